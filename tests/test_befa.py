@@ -1,0 +1,80 @@
+"""BeFA adapter: size formula, dense recomputation, dropout, gradients, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.befa import BeFA, befa_hidden_size, befa_parameter_count
+
+
+def _formula(d: int, h: int) -> int:
+    return (d * h + h) + (h * h + h) + (h * d + d)
+
+
+@pytest.mark.parametrize("t, hidden, expected", [(0.125, 8, _formula(64, 8)), (1, 64, 12_480), (8, 512, 328_768)])
+def test_parameter_count_matches_formula(t, hidden, expected):
+    adapter = BeFA(64, t=t, dropout=0.1)
+    assert adapter.hidden == hidden
+    assert sum(p.numel() for p in adapter.parameters()) == expected
+    assert befa_parameter_count(64, t) == expected
+
+
+def test_hidden_size_any_positive_t():
+    assert befa_hidden_size(64, 0.3) == 19  # 19.2
+    assert befa_hidden_size(4, 0.01) == 1  # never below 1
+    with pytest.raises(ValueError, match="positive"):
+        befa_hidden_size(64, 0)
+    with pytest.raises(ValueError, match="dropout"):
+        BeFA(8, 1.0, dropout=1.0)
+
+
+def _dense_gate(adapter: BeFA, c: np.ndarray) -> np.ndarray:
+    """The spec's equation in float64 numpy, reading only the adapter's weights."""
+    w1, b1 = adapter.decouple.weight.detach().double().numpy(), adapter.decouple.bias.detach().double().numpy()
+    w2, b2 = adapter.filter.weight.detach().double().numpy(), adapter.filter.bias.detach().double().numpy()
+    w3, b3 = adapter.recombine.weight.detach().double().numpy(), adapter.recombine.bias.detach().double().numpy()
+    z = np.maximum(c @ w1.T + b1, 0)
+    z = np.maximum(np.tanh(z) @ w2.T + b2, 0)
+    return 1 / (1 + np.exp(-(z @ w3.T + b3)))
+
+
+@pytest.mark.parametrize("t", [0.5, 1.0, 2.5])
+def test_forward_equals_dense_recomputation(t):
+    torch.manual_seed(0)
+    adapter = BeFA(6, t=t, dropout=0.5).eval()
+    c, e = torch.randn(9, 6), torch.randn(9, 6)
+    g = _dense_gate(adapter, c.double().numpy())
+    np.testing.assert_allclose(adapter.gate(c).detach().numpy(), g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(adapter(c, e).detach().numpy(), e.double().numpy() * g, rtol=1e-5, atol=1e-6)
+    assert ((adapter.gate(c) > 0) & (adapter.gate(c) < 1)).all()
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(1)
+    adapter = BeFA(16, t=2, dropout=0.5)
+    c = torch.randn(32, 16)
+    adapter.eval()
+    assert torch.equal(adapter.gate(c), adapter.gate(c))
+    adapter.train()
+    assert not torch.equal(adapter.gate(c), adapter.gate(c))
+
+
+def test_gradients_reach_every_adapter_weight_and_both_inputs():
+    torch.manual_seed(2)
+    adapter = BeFA(8, t=1, dropout=0.1)
+    c = torch.randn(5, 8, requires_grad=True)
+    e = torch.randn(5, 8, requires_grad=True)
+    adapter(c, e).pow(2).sum().backward()
+    for name, p in adapter.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert c.grad.abs().sum() > 0 and e.grad.abs().sum() > 0
+
+
+def test_shape_errors_are_clear():
+    adapter = BeFA(8)
+    with pytest.raises(ValueError, match=r"content must be \(N, 8\)"):
+        adapter.gate(torch.randn(3, 7))
+    with pytest.raises(ValueError, match="same shape"):
+        adapter(torch.randn(3, 8), torch.randn(4, 8))
