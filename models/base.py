@@ -1,0 +1,127 @@
+"""What every recommender in ``models/`` is given and must provide.
+
+The trainer (``pipeline/training.py``) and the evaluator (``pipeline/evaluation.py``)
+only talk to models through :class:`Recommender`:
+
+- ``pre_epoch(epoch)``: per-epoch work (FREEDOM's edge sampling, LATTICE's graph rebuild).
+- ``loss(users, pos_items, neg_items)``: a scalar training loss for one batch.
+- ``inference_embeddings()``: (user matrix U x k, item matrix I x k) such that the
+  score of item i for user u is ``users[u] @ items[i]``. Full-ranking evaluation is then
+  one matrix product per user batch, so no model recomputes graphs per batch.
+
+Content features arrive as frozen float32 tensors aligned to the catalog's item index,
+one per modality, with a mask of the items that had no feature (their rows are already
+filled by the feature loader's fill rule). A model must accept any number of modalities,
+including none where that makes sense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+
+@dataclass
+class TrainData:
+    """The train-split interaction graph plus content features, all on one device."""
+
+    num_users: int
+    num_items: int
+    train_users: Tensor  # (E,) int64
+    train_items: Tensor  # (E,) int64
+    features: dict[str, Tensor] = field(default_factory=dict)  # modality -> (I, D_m) float32
+    feature_masks: dict[str, Tensor] = field(default_factory=dict)  # modality -> (I,) bool, True = real feature
+    feature_snapshots: dict[str, str] = field(default_factory=dict)  # modality -> feature-store snapshot id
+    split_id: str = "unknown"
+    graph_cache_dir: Path | None = None  # where graphs are cached (key: snapshot + k + variant + split)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_users.device
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.features)
+
+
+class BeFAConfig(BaseModel):
+    """The behaviour-driven feature adapter (spec section 4)."""
+
+    model_config = ConfigDict(extra="forbid")
+    t: float = Field(1.0, gt=0, description="decoupling-space multiplier: hidden size h = round(d * t)")
+    dropout: float = Field(0.3, ge=0, lt=1, description="dropout after each ReLU, training only")
+    variant: Literal["default", "authors"] = Field(
+        "default", description="'authors' = the authors' published MGCN variant (no fuser, no InfoNCE)"
+    )
+
+
+class ModelConfig(BaseModel):
+    """Fields every model shares. Each model subclasses this with its own defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    embedding_dim: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_decay: tuple[float, int] | None = Field(None, description="(gamma, step): lr *= gamma ** (epoch / step)")
+    reg: float = Field(0.0, ge=0)
+    adapter: Literal["none", "befa"] = "none"
+    befa: BeFAConfig = Field(default_factory=BeFAConfig)
+    train_features: bool = Field(False, description="make raw feature tables trainable (reference behaviour)")
+    batch_size: int = Field(2048, ge=1)
+    uses_negatives: bool = Field(True, description="False for BM3: batches are (user, item) pairs only")
+
+
+class Recommender(nn.Module):
+    """Base class. Subclasses set ``name`` and ``Config`` and implement the three hooks."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    uses_content: ClassVar[bool] = False
+
+    def __init__(self, data: TrainData, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.num_users = data.num_users
+        self.num_items = data.num_items
+
+    def pre_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Called before each training epoch."""
+
+    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def inference_embeddings(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    # -- parameter accounting (spec section 4: report overhead both ways) ----
+    def feature_table_parameters(self) -> int:
+        """Size of the raw feature tables (I x D_m per modality), frozen buffers or trainable.
+
+        Content models override this; the reference counts these tables as parameters
+        because it trains them, the paper's overhead figure excludes them."""
+        return 0
+
+    def adapter_parameters(self) -> int:
+        """Parameters of BeFA adapters (0 when adapter='none'); adapters live under ``self.adapters``."""
+        return sum(p.numel() for n, p in self.named_parameters() if n.startswith("adapters."))
+
+    def parameter_report(self) -> dict[str, float]:
+        trainable = sum(p.numel() for p in self.parameters())
+        adapter = self.adapter_parameters()
+        tables = self.feature_table_parameters()
+        trained_tables = tables if self.config.train_features else 0
+        base_without = trainable - adapter - trained_tables
+        base_with = base_without + tables
+        return {
+            "params_trainable": trainable,
+            "params_adapter": adapter,
+            "params_feature_tables": tables,
+            "params_base_with_feature_tables": base_with,
+            "params_base_without_feature_tables": base_without,
+            "overhead_vs_base_with_tables": adapter / base_with if base_with else 0.0,
+            "overhead_vs_base_without_tables": adapter / base_without if base_without else 0.0,
+        }

@@ -1,0 +1,141 @@
+"""Graphs shared by the models (spec section 2), as torch CSR tensors.
+
+Why CSR: on CPU, CSR @ dense was measured ~8x faster than COO ``sparse.mm`` and
+~15x faster than edge-list message passing at 100k edges (platform notes), so
+propagation is a plain ``adj @ x``. PyG supplies degree and CSR conversion utils.
+
+- ``interaction_adjacency``: A = [[0, R], [R^T, 0]] of size (U+I)^2,
+  ``"sym"``: D^-1/2 A D^-1/2 (degrees + 1e-7); ``"lattice"``: D^-1 (A + I).
+- ``user_item_norm``: the user-item block of the symmetric normalised adjacency (U x I).
+- ``knn_graph``: cosine top-k item-item graph built in row blocks (I x I never dense),
+  self included, weighted (cosine values) or binary, then D^-1/2 S D^-1/2 with row-sum D.
+- ``degree_sensitive_edge_sample``: keep a fraction of user-item edges, without
+  replacement, with probability proportional to 1/sqrt(d_u d_i) (FREEDOM), vectorised
+  with the Gumbel top-k trick.
+- ``lightgcn_propagate``: mean of H^(0..L), H^(l+1) = Â H^(l).
+- ``cached``: graphs cached on disk under a key that names the feature snapshot, k,
+  variant and split (never k alone: a stale graph must not survive an encoder change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import degree, to_torch_csr_tensor
+
+from storage.atomic import atomic_path
+
+DEGREE_EPS = 1e-7
+
+
+def _csr(row: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tensor:
+    return to_torch_csr_tensor(torch.stack([row, col]), val, size=size)
+
+
+def interaction_adjacency(
+    num_users: int, num_items: int, users: Tensor, items: Tensor, variant: str = "sym"
+) -> Tensor:
+    """Normalised bipartite adjacency over U + I nodes (users first)."""
+    n = num_users + num_items
+    row = torch.cat([users, items + num_users])
+    col = torch.cat([items + num_users, users])
+    val = torch.ones(row.numel(), dtype=torch.float32, device=users.device)
+    if variant == "sym":
+        deg = degree(row, n, dtype=torch.float32) + DEGREE_EPS
+        dinv = deg.pow(-0.5)
+        val = dinv[row] * val * dinv[col]
+    elif variant == "lattice":
+        loops = torch.arange(n, device=users.device)
+        row, col = torch.cat([row, loops]), torch.cat([col, loops])
+        val = torch.ones(row.numel(), dtype=torch.float32, device=users.device)
+        deg = degree(row, n, dtype=torch.float32)
+        val = val / deg[row]
+    else:
+        raise ValueError(f"unknown adjacency variant {variant!r}; expected 'sym' or 'lattice'")
+    return _csr(row, col, val, (n, n))
+
+
+def user_item_norm(num_users: int, num_items: int, users: Tensor, items: Tensor) -> Tensor:
+    """U x I block of D^-1/2 A D^-1/2: entries 1/sqrt(d_u d_i)."""
+    du = degree(users, num_users, dtype=torch.float32) + DEGREE_EPS
+    di = degree(items, num_items, dtype=torch.float32) + DEGREE_EPS
+    val = du[users].pow(-0.5) * di[items].pow(-0.5)
+    return _csr(users, items, val, (num_users, num_items))
+
+
+@torch.no_grad()
+def knn_graph(features: Tensor, k: int = 10, weighted: bool = True, block_size: int = 2048) -> Tensor:
+    """Symmetrically normalised cosine kNN item graph, built in blocks of rows."""
+    num = features.size(0)
+    k = min(k, num)
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    rows, cols, vals = [], [], []
+    for start in range(0, num, block_size):
+        sim = x[start : start + block_size] @ x.T  # (block, I): the only dense piece
+        top_val, top_idx = sim.topk(k, dim=1)
+        rows.append(torch.arange(start, start + sim.size(0), device=x.device).repeat_interleave(k))
+        cols.append(top_idx.reshape(-1))
+        vals.append(top_val.reshape(-1) if weighted else torch.ones(top_idx.numel(), device=x.device))
+    row, col, val = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    rowsum = torch.zeros(num, device=x.device).index_add_(0, row, val)
+    dinv = rowsum.clamp_min(DEGREE_EPS).pow(-0.5)
+    val = dinv[row] * val * dinv[col]
+    return _csr(row, col, val, (num, num))
+
+
+def degree_sensitive_edge_sample(
+    users: Tensor, items: Tensor, num_users: int, num_items: int, keep_ratio: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Indices of ``round(keep_ratio * E)`` edges drawn without replacement, p ∝ 1/sqrt(d_u d_i)."""
+    n_keep = int(round(keep_ratio * users.numel()))
+    du = degree(users, num_users, dtype=torch.float32)
+    di = degree(items, num_items, dtype=torch.float32)
+    logw = -0.5 * (du[users].log() + di[items].log())
+    u = torch.rand(users.numel(), generator=generator, device=users.device).clamp_(1e-12, 1 - 1e-12)
+    gumbel = -torch.log(-torch.log(u))
+    return (logw + gumbel).topk(n_keep).indices
+
+
+def lightgcn_propagate(adj: Tensor, x: Tensor, num_layers: int) -> Tensor:
+    """Mean of the layer outputs H^(0), ..., H^(L) with H^(l+1) = adj @ H^(l)."""
+    out, h = x, x
+    for _ in range(num_layers):
+        h = adj @ h
+        out = out + h
+    return out / (num_layers + 1)
+
+
+def cache_key(**parts: Any) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def cached(cache_dir: Path | None, key_parts: dict[str, Any], build: Callable[[], Tensor]) -> Tensor:
+    """Load a CSR graph cached under ``key_parts`` (must name snapshot, k, variant, split) or build it."""
+    missing = {"snapshot", "k", "variant", "split"} - set(key_parts)
+    if missing:
+        raise ValueError(f"graph cache key lacks {sorted(missing)}: a stale graph could be reused")
+    if cache_dir is None:
+        return build()
+    path = Path(cache_dir) / f"graph-{cache_key(**key_parts)}.pt"
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        return torch.sparse_csr_tensor(blob["crow"], blob["col"], blob["val"], size=tuple(blob["size"]))
+    graph = build()
+    with atomic_path(path) as tmp:
+        torch.save(
+            {
+                "crow": graph.crow_indices().cpu(),
+                "col": graph.col_indices().cpu(),
+                "val": graph.values().cpu(),
+                "size": list(graph.shape),
+                "key": key_parts,
+            },
+            tmp,
+        )
+    return graph

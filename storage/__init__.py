@@ -1,0 +1,1 @@
+"""Storage: the Parquet feature store, atomic file writes and run artifacts."""
