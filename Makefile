@@ -1,0 +1,58 @@
+# befa: the README's two commands are `make demo` (main job) and `make test` (tests).
+# Both set up the venv from nothing; re-running setup on an up-to-date venv is a no-op,
+# because the venv is keyed on the hash of the dependency lock.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+LOCK_HASH := $(shell cat requirements.lock pyproject.toml Makefile 2>/dev/null | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+
+# Where raw datasets live (CI: ../shared/datasets). Override: make demo BEFA_DATASETS_ROOT=/data
+export BEFA_DATASETS_ROOT ?= $(abspath ../shared/datasets)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: venv demo test bench bench-store bench-extract bench-train bench-quality lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check pip==26.3
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	@# ImageBind's package declares audio/video deps that do not resolve beside torch 2.14; its model code needs none of them.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps imagebind-unofficial==0.1.1
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: venv
+	$(BIN)/befa demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: bench-store bench-extract bench-train
+
+bench-store: venv
+	$(BIN)/python -m benchmarks.bench_store
+
+bench-extract: venv
+	$(BIN)/python -m benchmarks.bench_extract
+
+bench-train: venv
+	$(BIN)/python -m benchmarks.bench_train
+
+bench-quality: venv
+	$(BIN)/python -m benchmarks.bench_quality
+
+# Regenerate the exact pins after changing dependencies in pyproject.toml.
+lock:
+	$(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(befa|imagebind-unofficial|pip)==' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .befa

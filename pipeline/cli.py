@@ -1,0 +1,151 @@
+"""The ``befa`` command line.
+
+Each command is a thin shell over a plain function of the core, so everything
+the CLI does can also be called from Python, from tests and from Prefect flows.
+Heavy imports (torch, encoders) happen inside the commands to keep ``--help`` fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.settings import Settings, get_settings
+
+app = typer.Typer(
+    name="befa",
+    help="Behaviour-driven feature adaptation for multimedia recommendation: "
+    "ingest catalogs, extract frozen-encoder features, train graph recommenders with and without BeFA.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+DatasetsRoot = typer.Option(None, "--datasets-root", envvar="BEFA_DATASETS_ROOT", help="Folder holding raw datasets.")
+Home = typer.Option(None, "--home", envvar="BEFA_HOME", help="befa storage root (catalogs, splits, runs). Default ./.befa")
+FeatureStoreOpt = typer.Option(None, "--feature-store", envvar="BEFA_FEATURE_STORE", help="Feature store root: path or fsspec URI.")
+
+
+def _settings(datasets_root: Optional[Path], home: Optional[Path], feature_store: Optional[str] = None) -> Settings:
+    return get_settings(datasets_root=datasets_root, home=home, feature_store=feature_store)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command("datasets")
+def datasets_cmd(datasets_root: Optional[Path] = DatasetsRoot) -> None:
+    """List the datasets befa knows, their public upstream and whether a local copy is present."""
+    from pipeline.datasets import KNOWN_DATASETS, local_status
+
+    settings = _settings(datasets_root, None)
+    table = Table(title=f"datasets (root: {settings.datasets_root})")
+    for col in ("name", "local copy", "upstream"):
+        table.add_column(col)
+    for name, ds in KNOWN_DATASETS.items():
+        table.add_row(name, local_status(name, settings.datasets_root), "\n".join(ds.upstream_urls))
+    console.print(table)
+
+
+@app.command("download")
+def download_cmd(
+    name: str = typer.Argument(..., help="Dataset name, e.g. movielens-100k-posters."),
+    datasets_root: Optional[Path] = DatasetsRoot,
+) -> None:
+    """Download a dataset from its public upstream into the datasets root and verify it (needs internet)."""
+    from pipeline.datasets import download
+
+    settings = _settings(datasets_root, None)
+    path = download(name, settings.datasets_root)
+    console.print(f"downloaded and verified: {path}")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    name: str = typer.Argument(..., help="Dataset name (movielens-100k-posters, amazon-baby-5core) or 'generic' / 'mmrec'."),
+    min_rating: Optional[float] = typer.Option(None, help="Keep ratings >= this (MovieLens default 4)."),
+    catalog_name: Optional[str] = typer.Option(None, "--as", help="Name to store the catalog under (generic/mmrec)."),
+    items: Optional[Path] = typer.Option(None, help="generic: items CSV/Parquet."),
+    interactions: Optional[Path] = typer.Option(None, help="generic: interactions CSV/Parquet."),
+    images: Optional[Path] = typer.Option(None, help="generic: image folder."),
+    folder: Optional[Path] = typer.Option(None, help="mmrec: folder with <name>.inter and *_feat.npy."),
+    datasets_root: Optional[Path] = DatasetsRoot,
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Import and validate a catalog; writes items/interactions Parquet and an ingest report."""
+    from pipeline.catalog import CatalogError
+    from pipeline.ingest import ingest
+
+    settings = _settings(datasets_root, home, feature_store)
+    options = {k: v for k, v in dict(min_rating=min_rating, name=catalog_name, items=items, interactions=interactions, images=images, folder=folder).items() if v is not None}
+    try:
+        catalog, report = ingest(name, settings, **options)
+    except (CatalogError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _print_report(report)
+    console.print(f"catalog [bold]{catalog.name}[/] written to {settings.catalog_dir(catalog.name)}")
+
+
+def _print_report(report) -> None:
+    table = Table(title=f"ingest: {report.dataset}")
+    for col in ("what", "in", "out"):
+        table.add_column(col, justify="right" if col != "what" else "left")
+    for key in sorted(set(report.counts_in) | set(report.counts_out)):
+        table.add_row(key, str(report.counts_in.get(key, "")), str(report.counts_out.get(key, "")))
+    console.print(table)
+    for kind, n in report.summary_by_problem().items():
+        console.print(f"  [yellow]{n}[/] x {kind}")
+
+
+@app.command("split")
+def split_cmd(
+    name: str = typer.Argument(..., help="Ingested catalog name."),
+    kind: str = typer.Option("random", help="random (MMRec 8:1:1 per user) or temporal (leave-last-out)."),
+    seed: int = typer.Option(2024, help="Seed of the random split."),
+    k_core: Optional[int] = typer.Option(None, help="Apply a k-core filter first (benchmarks use 5)."),
+    home: Optional[Path] = Home,
+) -> None:
+    """Split a catalog's interactions into train/valid/test and store the split with the catalog."""
+    from pipeline.catalog import Catalog
+    from pipeline.splits import make_split
+
+    settings = _settings(None, home)
+    catalog = Catalog.load(settings.catalog_dir(name))
+    split = make_split(catalog, kind=kind, seed=seed, k_core=k_core)
+    path = split.save(settings.catalog_dir(name) / "splits")
+    console.print(f"split {split.id}: {split.counts()} -> {path}")
+
+
+@app.command("stats")
+def stats_cmd(
+    name: str = typer.Argument(..., help="Ingested catalog name."),
+    home: Optional[Path] = Home,
+) -> None:
+    """Print statistics of an ingested catalog and its stored splits."""
+    from pipeline.stats import catalog_stats, render_stats
+
+    settings = _settings(None, home)
+    console.print(render_stats(catalog_stats(settings.catalog_dir(name))))
+
+
+@app.command("demo")
+def demo_cmd(
+    datasets_root: Optional[Path] = DatasetsRoot,
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """The main job on the default catalog (movielens-100k-posters): ingest, split, statistics."""
+    from pipeline.demo import run_demo
+
+    run_demo(_settings(datasets_root, home, feature_store), console=console)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
