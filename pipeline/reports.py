@@ -1,0 +1,404 @@
+"""Run reports: what a pipeline run produced, as files next to its training runs.
+
+Input: the run folders written by the trainer (``pipeline/runs.py``: ``run.json`` with
+the config, per-epoch valid metrics and test metrics at the best valid epoch) plus a
+:class:`ReportContext` (data, encoder, feature snapshots, split, configuration, step
+timings). Output, in one folder::
+
+    metrics.parquet / metrics.json   one row per model x adapter x metric (test split,
+                                     best valid epoch), long format
+    gains.parquet                    base vs +BeFA per model and metric, relative gain
+    curves.png                       valid Recall@20 per epoch, one line per model x adapter
+    base_vs_befa.png                 test Recall@20 / NDCG@20 bars, base next to +BeFA
+    report.md                        the summary a person reads
+
+Relative gain is ``(befa - base) / base``; it is left empty (not infinite) when the
+base metric is 0, which happens with tiny test configurations.
+
+This module reads ``run.json`` as plain JSON (no torch import), so a report can be
+rebuilt anywhere the run folders are readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from storage.atomic import atomic_path, write_json, write_parquet, write_text
+
+RUN_RECORD = "run.json"
+CURVE_METRIC = "recall@20"
+HEADLINE_METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+ADAPTER_LABEL = {"none": "base", "befa": "+BeFA"}
+
+
+class EncoderInfo(BaseModel):
+    """What encoded one modality, as the report names it."""
+
+    spec: str
+    fingerprint: str | None = None
+    weights: str | None = Field(None, description="weights identity: checkpoint sha256, tag, or random-init:seed")
+    random_init: bool = False
+    dim: int | None = None
+
+
+class ReportContext(BaseModel):
+    """Everything about a pipeline run that is not in the training run folders."""
+
+    title: str = "befa pipeline run"
+    dataset: dict[str, Any] = Field(default_factory=dict)  # name, fingerprint, counts
+    encoders: dict[str, EncoderInfo] = Field(default_factory=dict)  # modality -> encoder
+    snapshots: dict[str, str] = Field(default_factory=dict)  # modality -> feature snapshot id
+    extraction: dict[str, Any] = Field(default_factory=dict)  # encoded / skipped / failed per modality
+    split: dict[str, Any] = Field(default_factory=dict)  # id, kind, seed, counts
+    config: dict[str, Any] = Field(default_factory=dict)  # the pipeline parameters
+    timings: dict[str, float] = Field(default_factory=dict)  # step -> seconds
+    notes: list[str] = Field(default_factory=list)
+
+
+class ReportFiles(BaseModel):
+    folder: Path
+    metrics_parquet: Path
+    metrics_json: Path
+    gains_parquet: Path
+    report_md: Path
+    curves_png: Path | None = None
+    bars_png: Path | None = None
+
+
+# -- reading runs ------------------------------------------------------------
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """The run record of one run folder, with ``run_dir`` and ``adapter`` filled in."""
+    path = Path(run_dir) / RUN_RECORD
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no run record (is this a training run folder?)")
+    record = json.loads(path.read_text())
+    record["run_dir"] = str(Path(run_dir))
+    record["adapter"] = (record.get("config") or {}).get("adapter", "none")
+    return record
+
+
+def load_runs(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    return [load_run(d) for d in run_dirs]
+
+
+# -- tables ------------------------------------------------------------------
+METRIC_COLUMNS = ["model", "adapter", "metric", "value", "split", "best_epoch", "epochs_run", "status", "run_dir"]
+
+
+def metrics_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Long table: one row per model x adapter x test metric (at the best valid epoch)."""
+    rows = []
+    for rec in records:
+        for metric, value in sorted((rec.get("test") or {}).items()):
+            rows.append(
+                {
+                    "model": rec["model"],
+                    "adapter": rec["adapter"],
+                    "metric": metric,
+                    "value": float(value),
+                    "split": "test",
+                    "best_epoch": rec.get("best_epoch"),
+                    "epochs_run": len(rec.get("epochs") or []),
+                    "status": rec.get("status", ""),
+                    "run_dir": rec["run_dir"],
+                }
+            )
+    frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    frame["best_epoch"] = frame["best_epoch"].astype("Int64")
+    return frame
+
+
+def relative_gain(base: float | None, adapted: float | None) -> float | None:
+    if base is None or adapted is None or (isinstance(base, float) and math.isnan(base)):
+        return None
+    if adapted != adapted:  # NaN
+        return None
+    return (adapted - base) / base if base != 0 else None
+
+
+def gains_frame(metrics: pd.DataFrame, metric_names: Sequence[str] = HEADLINE_METRICS) -> pd.DataFrame:
+    """Per model and metric: base value, +BeFA value, relative gain (None when undefined).
+
+    Models trained only one way get a row with the other side empty."""
+    cols = ["model", "metric", "base", "befa", "relative_gain"]
+    if metrics.empty:
+        return pd.DataFrame(columns=cols)
+    wanted = metrics[metrics["metric"].isin(metric_names)]
+    rows = []
+    for (model, metric), group in wanted.groupby(["model", "metric"], sort=False):
+        by_adapter = dict(zip(group["adapter"], group["value"]))
+        base, befa = by_adapter.get("none"), by_adapter.get("befa")
+        rows.append({"model": model, "metric": metric, "base": base, "befa": befa, "relative_gain": relative_gain(base, befa)})
+    out = pd.DataFrame(rows, columns=cols)
+    order = {m: i for i, m in enumerate(metric_names)}
+    models_order = {m: i for i, m in enumerate(dict.fromkeys(metrics["model"]))}
+    out = out.sort_values(["model", "metric"], key=lambda s: s.map(models_order if s.name == "model" else order))
+    return out.reset_index(drop=True)
+
+
+def mean_gains(gains: pd.DataFrame) -> dict[str, float | None]:
+    """Relative gain averaged over the models that have both sides (the paper's summary figure)."""
+    out: dict[str, float | None] = {}
+    for metric, group in gains.groupby("metric", sort=False):
+        vals = [float(g) for g in group["relative_gain"] if g is not None and g == g]
+        out[metric] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def gains_table_rows(gains: pd.DataFrame) -> list[dict[str, Any]]:
+    """The gains as JSON-friendly rows (model, metric, base, +BeFA, gain in %), for artifacts."""
+    rows = []
+    for rec in gains.to_dict("records"):
+        gain = rec["relative_gain"]
+        rows.append(
+            {
+                "model": rec["model"],
+                "metric": rec["metric"],
+                "base": _fmt(rec["base"]),
+                "+BeFA": _fmt(rec["befa"]),
+                "relative gain": "n/a" if gain is None or gain != gain else f"{gain * 100:+.2f}%",
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{float(value):.{digits}f}"
+
+
+# -- plots -------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path, metric: str = CURVE_METRIC) -> Path:
+    """Valid ``metric`` per epoch, one line per model x adapter (dashed = +BeFA)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = list(dict.fromkeys(r["model"] for r in records))
+    for rec in records:
+        epochs = [e for e in rec.get("epochs") or [] if metric in (e.get("valid") or {})]
+        if not epochs:
+            continue
+        color = colors[models.index(rec["model"]) % len(colors)]
+        style = "--" if rec["adapter"] == "befa" else "-"
+        xs = [e["epoch"] for e in epochs]
+        ys = [e["valid"][metric] for e in epochs]
+        ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{rec['model']} {ADAPTER_LABEL.get(rec['adapter'], rec['adapter'])}")
+        if rec.get("best_epoch") in xs:
+            ax.plot([rec["best_epoch"]], [ys[xs.index(rec["best_epoch"])]], "*", color=color, markersize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {metric}")
+    ax.set_title(f"Training curves (valid {metric}; star = best epoch)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def plot_base_vs_befa(metrics: pd.DataFrame, path: str | Path, metric_names: Sequence[str] = ("recall@20", "ndcg@20")) -> Path:
+    """Grouped bars: per model and metric, base next to +BeFA (test split)."""
+    plt = _pyplot()
+    models = list(dict.fromkeys(metrics["model"]))
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.2 * len(metric_names), 3.8), dpi=110, squeeze=False)
+    width = 0.38
+    for ax, metric in zip(axes[0], metric_names):
+        sub = metrics[metrics["metric"] == metric]
+        for j, adapter in enumerate(("none", "befa")):
+            vals = []
+            for model in models:
+                hit = sub[(sub["model"] == model) & (sub["adapter"] == adapter)]["value"]
+                vals.append(float(hit.iloc[0]) if len(hit) else 0.0)
+            xs = [i + (j - 0.5) * width for i in range(len(models))]
+            bars = ax.bar(xs, vals, width, label=ADAPTER_LABEL[adapter])
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.set_xticks(range(len(models)), models)
+        ax.set_title(f"test {metric}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+def _save_fig(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+# -- markdown ----------------------------------------------------------------
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
+    align = align or ["---"] * len(header)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def weights_label(info: EncoderInfo) -> str:
+    return "random init" if info.random_init else (info.weights or "unknown")
+
+
+def render_markdown(
+    context: ReportContext,
+    records: Sequence[dict[str, Any]],
+    gains: pd.DataFrame,
+    files: dict[str, str] | None = None,
+) -> str:
+    lines = [f"# {context.title}", ""]
+    if any(info.random_init for info in context.encoders.values()):
+        lines += [
+            "> **Note:** at least one encoder uses randomly initialised weights "
+            "(asked for explicitly); its features carry no semantic content, so the metrics "
+            "below check the pipeline, not the method.",
+            "",
+        ]
+    # data
+    ds = context.dataset
+    lines += ["## Data", ""]
+    if ds:
+        lines += [f"- catalog: **{ds.get('name', '?')}** (fingerprint `{ds.get('fingerprint', '?')}`)"]
+        for key in ("num_users", "num_items", "num_interactions"):
+            if key in ds:
+                lines.append(f"- {key.replace('num_', '')}: {ds[key]:,}")
+    # encoders + snapshots
+    lines += ["", "## Encoder and features", ""]
+    if context.encoders:
+        rows = []
+        for modality, info in context.encoders.items():
+            ext = context.extraction.get(modality, {}) if isinstance(context.extraction.get(modality), dict) else {}
+            rows.append(
+                [
+                    modality,
+                    f"`{info.spec}`",
+                    f"`{info.fingerprint or '-'}`",
+                    f"weights: {weights_label(info)}",
+                    info.dim if info.dim is not None else "-",
+                    f"`{context.snapshots.get(modality, '-')}`",
+                    ext.get("encoded", "-"),
+                    ext.get("skipped", "-"),
+                    ext.get("failed", "-"),
+                ]
+            )
+        lines += _md_table(
+            ["modality", "spec", "fingerprint", "weights", "dim", "snapshot", "encoded", "reused", "failed"], rows
+        )
+    else:
+        lines.append("No content features (collaborative models only).")
+    # split
+    sp = context.split
+    lines += ["", "## Split", ""]
+    if sp:
+        lines.append(f"- id: `{sp.get('id', '?')}` (kind {sp.get('kind', '?')}, seed {sp.get('seed', '-')}, k-core {sp.get('k_core') or '-'})")
+        if sp.get("counts"):
+            lines.append("- rows: " + ", ".join(f"{k} {v:,}" for k, v in sp["counts"].items()))
+    # results
+    lines += ["", "## Test metrics (best valid epoch), base vs +BeFA", ""]
+    if gains.empty:
+        lines.append("No finished runs.")
+    else:
+        lines += _md_table(
+            ["model", "metric", "base", "+BeFA", "relative gain"],
+            [list(r.values()) for r in gains_table_rows(gains)],
+            ["---", "---", "---:", "---:", "---:"],
+        )
+        means = mean_gains(gains)
+        if any(v is not None for v in means.values()):
+            lines += ["", "Mean relative gain over models: " + ", ".join(
+                f"{m} {('n/a' if v is None else f'{v * 100:+.2f}%')}" for m, v in means.items()
+            )]
+    # runs
+    lines += ["", "## Runs", ""]
+    run_rows = []
+    for rec in records:
+        wall = rec.get("wall") or {}
+        params = rec.get("parameters") or {}
+        run_rows.append(
+            [
+                rec["model"],
+                ADAPTER_LABEL.get(rec["adapter"], rec["adapter"]),
+                rec.get("status", ""),
+                len(rec.get("epochs") or []),
+                rec.get("best_epoch", "-"),
+                _fmt((rec.get("best_valid") or {}).get(CURVE_METRIC)),
+                f"{wall.get('total_s', sum(v for v in wall.values() if isinstance(v, (int, float)))):.1f}",
+                f"{int(params.get('params_trainable', 0)):,}",
+                f"{int(params.get('params_adapter', 0)):,}",
+                f"`{Path(rec['run_dir']).name}`",
+            ]
+        )
+    lines += _md_table(
+        ["model", "adapter", "status", "epochs", "best epoch", f"valid {CURVE_METRIC}", "wall s", "params", "adapter params", "folder"],
+        run_rows,
+    )
+    # config + timings
+    if context.config:
+        lines += ["", "## Configuration", "", "```json", json.dumps(context.config, indent=2, default=str), "```"]
+    if context.timings:
+        lines += ["", "## Timings", ""]
+        lines += _md_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in context.timings.items()], ["---", "---:"])
+        lines.append(f"\nTotal: {sum(context.timings.values()):.1f} s")
+    if files:
+        lines += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in files.items()]
+    if context.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in context.notes]
+    return "\n".join(lines) + "\n"
+
+
+# -- all of it ---------------------------------------------------------------
+def write_report(folder: str | Path, run_dirs: Sequence[str | Path], context: ReportContext) -> ReportFiles:
+    """Write metrics (Parquet + JSON), gains, plots and report.md into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    records = load_runs(run_dirs)
+    metrics = metrics_frame(records)
+    gains = gains_frame(metrics)
+
+    metrics_parquet = write_parquet(folder / "metrics.parquet", pa.Table.from_pandas(metrics, preserve_index=False))
+    metrics_json = write_json(folder / "metrics.json", json.loads(metrics.to_json(orient="records")))
+    gains_parquet = write_parquet(folder / "gains.parquet", pa.Table.from_pandas(gains.astype({"base": float, "befa": float, "relative_gain": float}), preserve_index=False))
+    curves = plot_training_curves(records, folder / "curves.png") if records else None
+    bars = plot_base_vs_befa(metrics, folder / "base_vs_befa.png") if not metrics.empty else None
+    files = {
+        "metrics": metrics_parquet.name,
+        "metrics (JSON)": metrics_json.name,
+        "gains": gains_parquet.name,
+    }
+    if curves:
+        files["training curves"] = curves.name
+    if bars:
+        files["base vs +BeFA"] = bars.name
+    md = render_markdown(context, records, gains, files)
+    if curves:
+        md += f"\n![training curves]({curves.name})\n"
+    if bars:
+        md += f"\n![base vs +BeFA]({bars.name})\n"
+    report_md = write_text(folder / "report.md", md)
+    write_json(folder / "context.json", context.model_dump(mode="json"))
+    return ReportFiles(
+        folder=folder,
+        metrics_parquet=metrics_parquet,
+        metrics_json=metrics_json,
+        gains_parquet=gains_parquet,
+        report_md=report_md,
+        curves_png=curves,
+        bars_png=bars,
+    )

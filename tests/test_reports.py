@@ -1,0 +1,109 @@
+"""Run reports from run folders: metrics tables, gains, plots, report.md."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.reports import (
+    EncoderInfo,
+    ReportContext,
+    gains_frame,
+    load_runs,
+    mean_gains,
+    metrics_frame,
+    relative_gain,
+    write_report,
+)
+from pipeline.runs import EpochLog, RunRecord
+
+
+def _run(tmp_path, model, adapter, valid_curve, test):
+    run_dir = tmp_path / f"{model}-{adapter}"
+    epochs = [
+        EpochLog(epoch=i, loss=1.0 / (i + 1), lr=1e-3, train_s=0.1, eval_s=0.05, valid={"recall@20": v, "ndcg@20": v / 2})
+        for i, v in enumerate(valid_curve)
+    ]
+    best = max(range(len(valid_curve)), key=lambda i: valid_curve[i])
+    RunRecord(
+        model=model,
+        config={"adapter": adapter, "embedding_dim": 8},
+        seed=1,
+        device="cpu",
+        split_id="random-s1-abc",
+        feature_snapshots={"image": "snapimg", "text": "snaptxt"},
+        status="early_stopped",
+        epochs=epochs,
+        best_epoch=best,
+        best_valid={"recall@20": valid_curve[best]},
+        test=test,
+        wall={"total_s": 1.5},
+        parameters={"params_trainable": 1000, "params_adapter": 100 if adapter == "befa" else 0},
+    ).save(run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [
+        _run(tmp_path, "lightgcn", "none", [0.1, 0.2], {"recall@20": 0.20, "ndcg@20": 0.10, "recall@10": 0.1, "ndcg@10": 0.05}),
+        _run(tmp_path, "mgcn", "none", [0.1, 0.15], {"recall@20": 0.20, "ndcg@20": 0.10, "recall@10": 0.0, "ndcg@10": 0.05}),
+        _run(tmp_path, "mgcn", "befa", [0.12, 0.25, 0.2], {"recall@20": 0.25, "ndcg@20": 0.09, "recall@10": 0.02, "ndcg@10": 0.05}),
+    ]
+
+
+def test_metrics_frame_one_row_per_model_adapter_metric(runs):
+    frame = metrics_frame(load_runs(runs))
+    assert len(frame) == 12
+    assert set(frame["adapter"]) == {"none", "befa"}
+    row = frame[(frame.model == "mgcn") & (frame.adapter == "befa") & (frame.metric == "recall@20")]
+    assert row["value"].item() == pytest.approx(0.25)
+    assert row["best_epoch"].item() == 1
+
+
+def test_gains_relative_and_undefined_when_base_zero(runs):
+    gains = gains_frame(metrics_frame(load_runs(runs)))
+    g = gains.set_index(["model", "metric"])
+    assert g.loc[("mgcn", "recall@20"), "relative_gain"] == pytest.approx(0.25)
+    assert g.loc[("mgcn", "ndcg@20"), "relative_gain"] == pytest.approx(-0.1)
+    assert pd.isna(g.loc[("mgcn", "recall@10"), "relative_gain"])  # base 0: undefined, not inf
+    assert pd.isna(g.loc[("lightgcn", "recall@20"), "befa"])  # trained one way only
+    assert mean_gains(gains)["recall@20"] == pytest.approx(0.25)
+    assert relative_gain(0.2, 0.3) == pytest.approx(0.5)
+
+
+def test_write_report_files_and_content(runs, tmp_path):
+    ctx = ReportContext(
+        dataset={"name": "ml-tiny", "fingerprint": "abcd", "num_users": 10, "num_items": 40, "num_interactions": 99},
+        encoders={
+            "image": EncoderInfo(spec="clip:RN50@random", fingerprint="clip-rn50-random-123", weights="random-init:seed=0", random_init=True, dim=32),
+            "text": EncoderInfo(spec="minilm", fingerprint="minilm-abc", weights="sha256:feedbeef", dim=384),
+        },
+        snapshots={"image": "snapimg", "text": "snaptxt"},
+        extraction={"image": {"encoded": 40, "skipped": 0, "failed": 0}},
+        split={"id": "random-s1-abc", "kind": "random", "seed": 1, "counts": {"train": 80, "valid": 10, "test": 9}},
+        config={"dataset": "ml-tiny", "epochs": 2},
+        timings={"ingest": 1.0, "train": 2.5},
+    )
+    out = write_report(tmp_path / "report", runs, ctx)
+    for path in (out.metrics_parquet, out.metrics_json, out.gains_parquet, out.report_md, out.curves_png, out.bars_png):
+        assert path.exists() and path.stat().st_size > 0
+    assert out.curves_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pq.read_table(out.metrics_parquet).num_rows == 12
+    assert len(json.loads(out.metrics_json.read_text())) == 12
+    md = out.report_md.read_text()
+    assert "weights: random init" in md
+    assert "weights: sha256:feedbeef" in md
+    assert "snapimg" in md and "snaptxt" in md
+    assert "random-s1-abc" in md
+    assert "+25.00%" in md  # mgcn recall@20 gain
+    assert "Total: 3.5 s" in md
+    assert not list((tmp_path / "report").glob(".tmp-*"))
+
+
+def test_missing_run_record_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        load_runs([tmp_path / "nothing"])
