@@ -1,0 +1,215 @@
+"""The MMRec toolbox format, both ways (``mmrec``).
+
+A folder holding
+
+- ``<name>.inter``: tab-separated, header ``userID itemID rating timestamp x_label``;
+  ids 0-based, the number of users/items is max id + 1; ``x_label`` 0 train, 1 valid,
+  2 test;
+- ``image_feat.npy`` (I x D_v) and ``text_feat.npy`` (I x D_t), row i = item i
+  (either may be absent).
+
+Import: items are ``"0" .. str(I-1)`` with I = the feature matrices' row count (or max
+itemID + 1 without features); ``item_idx`` = itemID. They have no raw text or image:
+``text`` is empty and ``image`` null, and ``text_hash``/``image_hash`` hold the sha256 of
+the item's feature row (float32 bytes), so the content key of an imported feature
+changes exactly when the feature does. The matrices are returned as ready-made features
+(fingerprint ``mmrec-npy-<modality>-<first 12 hex of the .npy sha256>``) that
+:func:`pipeline.ingest.ingest` writes into the feature store; ``x_label`` becomes the
+named split ``given``. Users are ``str(userID)``; with contiguous ids ``user_idx`` =
+userID (a gap is reported: the catalog renumbers densely).
+
+Export (:func:`export_mmrec`): a catalog, a split and per-modality matrices (or a feature
+store + fingerprints) -> the same format, userID = user_idx, itemID = item_idx,
+x_label = split label, so results can be cross-checked with the toolbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.catalog import MODALITIES, Catalog, CatalogError, IngestReport, build_catalog, sha256_file
+from pipeline.importers.base import ImportedFeatures, Importer, ImporterOptions, ImportResult, count_catalog
+from pipeline.importers.validation import parse_numbers, parse_timestamps, read_table, require_columns, require_file
+from storage.atomic import atomic_path, write_text
+
+INTER_COLUMNS = ["userID", "itemID", "rating", "timestamp", "x_label"]
+FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
+
+
+class MMRecOptions(ImporterOptions):
+    folder: Path  # the dataset folder
+    inter: str | None = None  # the .inter file name; default: the only *.inter in the folder
+    name: str | None = None  # catalog name; default: the .inter file's stem
+
+
+def row_hashes(matrix: np.ndarray) -> list[str]:
+    """sha256 of each row's float32 little-endian bytes."""
+    m = np.ascontiguousarray(matrix, dtype="<f4")
+    return [hashlib.sha256(m[i].tobytes()).hexdigest() for i in range(m.shape[0])]
+
+
+def _int_ids(values: pd.Series, path: Path, column: str) -> np.ndarray:
+    num = parse_numbers(values, path, column)
+    bad = (num < 0) | (num != np.floor(num))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CatalogError(path, f"{column} {values.iloc[i]!r} is not a 0-based integer id", i + 1)
+    return num.astype(np.int64)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    require_file(path, "feature file")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CatalogError(path, f"not a readable .npy array: {exc}") from exc
+    if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+        raise CatalogError(path, f"expected a 2-D numeric array (items x dims), found shape {arr.shape} dtype {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise CatalogError(path, f"item {i} has a non-finite feature value ({int((~finite).sum())} such rows)", i + 1)
+    return arr
+
+
+class MMRecImporter(Importer):
+    name = "mmrec"
+    dataset = None
+    Options = MMRecOptions
+
+    def run(self, o: MMRecOptions) -> ImportResult:
+        folder = Path(o.folder)
+        if not folder.is_dir():
+            raise CatalogError(folder, "missing MMRec dataset folder")
+        if o.inter:
+            inter_path = folder / o.inter
+        else:
+            found = sorted(folder.glob("*.inter"))
+            if len(found) != 1:
+                raise CatalogError(folder, f"expected exactly one *.inter file, found {[p.name for p in found]}; pass inter=")
+            inter_path = found[0]
+        name = o.name or inter_path.stem
+        report = IngestReport(dataset=name)
+        report.sources = {"interactions": str(inter_path)}
+
+        raw = read_table(inter_path, "MMRec .inter file", sep="\t")
+        require_columns(raw, inter_path, ["userID", "itemID", "x_label"])
+        if len(raw) == 0:
+            raise CatalogError(inter_path, "empty catalog: no interactions")
+        users = _int_ids(raw["userID"], inter_path, "userID")
+        item_ids = _int_ids(raw["itemID"], inter_path, "itemID")
+        labels = _int_ids(raw["x_label"], inter_path, "x_label")
+        bad = ~np.isin(labels, [0, 1, 2])
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise CatalogError(inter_path, f"x_label {raw['x_label'].iloc[i]!r} must be 0 (train), 1 (valid) or 2 (test)", i + 1)
+        rating = parse_numbers(raw["rating"], inter_path, "rating") if "rating" in raw else np.ones(len(raw))
+        ts = parse_timestamps(raw["timestamp"], inter_path, "timestamp") if "timestamp" in raw else np.zeros(len(raw), np.int64)
+        report.counts_in.update(interactions=len(raw), users=int(users.max()) + 1)
+
+        features: dict[str, ImportedFeatures] = {}
+        for modality, fname in FEATURE_FILES.items():
+            path = folder / fname
+            if path.exists():
+                features[modality] = ImportedFeatures(modality, _load_npy(path), path, sha256_file(path))
+                report.sources[f"{modality}_features"] = str(path)
+            else:
+                report.notes.append(f"no {fname}: no ready-made {modality} features")
+        rows = {m: f.matrix.shape[0] for m, f in features.items()}
+        if len(set(rows.values())) > 1:
+            raise CatalogError(folder, f"feature files disagree on the number of items: {rows}")
+        n_items = next(iter(rows.values())) if rows else int(item_ids.max()) + 1
+        too_big = item_ids >= n_items
+        if too_big.any():
+            i = int(np.flatnonzero(too_big)[0])
+            raise CatalogError(inter_path, f"itemID {item_ids[i]} has no feature row (the .npy files have {n_items} rows)", i + 1)
+        report.counts_in["items"] = n_items
+        gaps = np.setdiff1d(np.arange(users.max() + 1), users)
+        if gaps.size:
+            report.add(
+                f"{gaps.size} userIDs below the maximum never appear (e.g. {gaps[:5].tolist()})",
+                "users renumbered densely: user_idx differs from userID",
+                file=inter_path,
+            )
+
+        items = pd.DataFrame({"item_id": np.arange(n_items).astype(str), "title": "", "text": "", "image": None, "image_hash": None})
+        inter = pd.DataFrame({"user_id": users.astype(str), "item_id": item_ids.astype(str), "rating": rating, "timestamp": ts})
+        meta: dict[str, Any] = {"source": "mmrec", "given_splits": ["given"], "features": {}}
+        catalog = build_catalog(name, items, inter, meta=meta)
+        for modality, feat in features.items():
+            catalog.items[f"{modality}_hash"] = row_hashes(feat.matrix)
+            meta["features"][modality] = {"fingerprint": feat.fingerprint, "dim": int(feat.matrix.shape[1]), "file": feat.source.name}
+        count_catalog(report, catalog)
+        report.notes.append("items carry no raw text/image; content hashes are sha256 of the imported feature rows")
+        split = pd.DataFrame(
+            {"user_idx": catalog.interactions["user_idx"].to_numpy(), "item_idx": catalog.interactions["item_idx"].to_numpy(), "label": labels.astype(np.int8)}
+        )
+        return ImportResult(catalog=catalog, report=report, given_splits={"given": split}, features=features)
+
+
+# -- export -----------------------------------------------------------------------------
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def features_from_store(store, catalog: Catalog, fingerprint: str, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """(I x D float32 matrix aligned with item_idx, present mask) read from a FeatureStore."""
+    keys = catalog.items
+    hashes = keys[f"{modality}_hash"].tolist()
+    tensor, mask = store.read(catalog.name, fingerprint, modality, keys["item_id"].tolist(), hashes)
+    return np.asarray(tensor, dtype=np.float32), np.asarray(mask, dtype=bool)
+
+
+def export_mmrec(
+    catalog: Catalog,
+    split,
+    dest: str | Path,
+    features: dict[str, np.ndarray] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write ``<dest>/<name>.inter`` (+ ``image_feat.npy``/``text_feat.npy`` for the given
+    matrices, row i = item_idx i). ``split`` is a :class:`pipeline.splits.Split` or a frame
+    with user_idx, item_idx, label. Rating and timestamp come from the catalog's first
+    interaction of each (user, item) pair. Returns the .inter path."""
+    dest = Path(dest)
+    name = name or catalog.name
+    frame = split.frame if hasattr(split, "frame") else split
+    ev = catalog.interactions.drop_duplicates(["user_idx", "item_idx"], keep="first").set_index(["user_idx", "item_idx"])
+    key = pd.MultiIndex.from_arrays([frame["user_idx"].to_numpy(np.int64), frame["item_idx"].to_numpy(np.int64)])
+    found = key.isin(ev.index)
+    if not found.all():
+        i = int(np.flatnonzero(~found)[0])
+        raise CatalogError(None, f"split row {i + 1} (user_idx {key[i][0]}, item_idx {key[i][1]}) is not an interaction of catalog {catalog.name!r}")
+    ev = ev.reindex(key)
+    out = pd.DataFrame(
+        {
+            "userID": frame["user_idx"].to_numpy(np.int64),
+            "itemID": frame["item_idx"].to_numpy(np.int64),
+            "rating": ev["rating"].to_numpy(np.float64),
+            "timestamp": ev["timestamp"].to_numpy(np.int64),
+            "x_label": frame["label"].to_numpy(np.int64),
+        }
+    )
+    # ratings print without a trailing ".0" when integral, as in the toolbox's files
+    out["rating"] = [f"{r:g}" if r == int(r) else repr(float(r)) for r in out["rating"]]
+    inter_path = dest / f"{name}.inter"
+    write_text(inter_path, out.to_csv(sep="\t", index=False, lineterminator="\n"))
+    for modality, matrix in (features or {}).items():
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        if matrix.shape[0] != catalog.num_items:
+            raise ValueError(f"{modality} features have {matrix.shape[0]} rows, catalog has {catalog.num_items} items")
+        _save_npy(dest / FEATURE_FILES[modality], matrix)
+    return inter_path
