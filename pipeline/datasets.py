@@ -310,7 +310,7 @@ def download(
 
     failed = [rel for rel in missing if not present(rel)]
     if failed:
-        lines = [f"{folder / rel}: " + ("; ".join(errors[rel][-3:]) or "no upstream serves it") for rel in failed[:10]]
+        lines = [f"{folder / rel}: " + ("; ".join(errors[rel][:6]) or "no upstream serves it") for rel in failed[:10]]
         more = f"\n... and {len(failed) - 10} more" if len(failed) > 10 else ""
         raise DownloadError(f"{name}: {len(failed)} file(s) could not be fetched and verified:\n" + "\n".join(lines) + more)
 

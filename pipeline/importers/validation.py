@@ -105,8 +105,7 @@ def parse_timestamps(values: pd.Series, path: str | Path, column: str, rows: np.
     """Unix seconds (int64). Accepts numbers (seconds) or date strings (ISO 8601 and the
     like, read as UTC when they carry no zone). Empty -> 0 (unknown), as the catalog says."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        ts = pd.to_datetime(values, utc=True)
-        return (ts.astype("int64") // 10**9).to_numpy(np.int64)
+        return _unix_seconds(pd.to_datetime(values, utc=True))
     text = values.astype(str).str.strip()
     blank = _is_blank(values)
     num = pd.to_numeric(text.where(~blank, "0"), errors="coerce")
@@ -119,8 +118,13 @@ def parse_timestamps(values: pd.Series, path: str | Path, column: str, rows: np.
         if bad.any():
             i = int(np.flatnonzero(~numeric)[np.flatnonzero(bad)[0]])
             raise CatalogError(path, f"{column} {values.iloc[i]!r} is neither unix seconds nor a date", _row(rows, i))
-        out[~numeric] = (dates.astype("int64") // 10**9).to_numpy(np.int64)
+        out[~numeric] = _unix_seconds(dates)
     return out
+
+
+def _unix_seconds(dates: pd.Series) -> np.ndarray:
+    # via a Timedelta: the datetime resolution (ns, us, s) differs across pandas versions
+    return ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
 def fold_duplicate_items(
