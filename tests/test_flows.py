@@ -1,0 +1,156 @@
+"""Prefect flows under ``prefect_test_harness``: the pipeline flow, its artifacts, the watch flow.
+
+Most behaviour is tested on the plain functions (test_full_pipeline.py); these tests
+check what only the Prefect layer does: parameters -> validated run, tasks, artifacts,
+events, deployments and the trigger definition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("prefect")
+
+from prefect.artifacts import Artifact  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from flows.artifacts import artifact_key  # noqa: E402
+from flows.pipeline_flow import befa  # noqa: E402
+from flows.serve import build_deployments  # noqa: E402
+from flows.watch_flow import EVENT  # noqa: E402
+from tests.flows_data import make_small_catalog  # noqa: E402
+
+TINY_ENCODER = "imagebind:tiny@random"
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    prefect_home = tmp_path_factory.mktemp("prefect-home")
+    old = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(prefect_home)
+    try:
+        with prefect_test_harness(server_startup_timeout=60):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def befa_env(tmp_path_factory, datasets_root):
+    """BEFA_HOME for this module (flows read settings from the environment) and a small catalog."""
+    root = tmp_path_factory.mktemp("flows")
+    saved = {k: os.environ.get(k) for k in ("BEFA_HOME", "BEFA_DATASETS_ROOT", "BEFA_FEATURE_STORE")}
+    os.environ["BEFA_HOME"] = str(root / "home")
+    os.environ["BEFA_DATASETS_ROOT"] = str(datasets_root)
+    os.environ.pop("BEFA_FEATURE_STORE", None)
+    cat = make_small_catalog(root / "source", datasets_root)
+    yield root / "home", cat
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _params(cat, **kw):
+    base = dict(
+        dataset="ml-flow", importer="generic", ingest_options=cat.ingest_options(), encoder=TINY_ENCODER,
+        models=["lightgcn", "freedom"], adapters=["none", "befa"], epochs=1, patience=1, seed=3,
+        model_overrides={"*": {"embedding_dim": 16}},
+    )
+    base.update(kw)
+    return base
+
+
+async def _task_run_count(flow_run_id) -> int:
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return len(runs)
+
+
+def test_pipeline_flow_runs_and_publishes_artifacts(harness, befa_env):
+    home, cat = befa_env
+    out = befa(**_params(cat, run_name="flow-run"))
+    folder = Path(out["folder"])
+    assert folder == home / "runs" / "pipelines" / "flow-run"
+    assert (folder / "metrics.parquet").exists() and (folder / "curves.png").exists() and (folder / "base_vs_befa.png").exists()
+    assert set(out["test"]) == {"lightgcn/none", "freedom/none", "freedom/befa"}
+    assert out["artifacts"] == {"table": "befa-metrics-ml-flow", "markdown": "befa-report-ml-flow"}
+
+    table = Artifact.get(artifact_key("metrics", "ml-flow"))
+    assert table is not None and table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {r["model"] for r in rows} == {"lightgcn", "freedom"}
+    assert {"base", "+BeFA", "relative gain"} <= set(rows[0])
+    md = Artifact.get(artifact_key("report", "ml-flow"))
+    assert md is not None and md.type == "markdown"
+    assert "weights: random init" in md.data and "freedom" in md.data
+
+
+def test_flow_rejects_bad_parameters_before_any_task(harness, befa_env):
+    _, cat = befa_env
+    state = befa(**_params(cat, encoder="nosuch:x@random", run_name="bad"), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="unknown encoder 'nosuch'"):
+        state.result()
+    import asyncio
+
+    assert asyncio.run(_task_run_count(state.state_details.flow_run_id)) == 0
+
+
+def test_watch_flow_emits_only_when_something_changed(harness, befa_env, monkeypatch):
+    home, cat = befa_env
+    import flows.watch_flow as wf
+
+    if not (home / "watch" / "catalogs.json").exists():
+        befa(**_params(cat, models=["lightgcn"], adapters=["none"], run_name="register"))
+    emitted = []
+    monkeypatch.setattr(wf, "emit_event", lambda **kw: emitted.append(kw))
+
+    wf.watch(catalogs=["ml-flow"])  # baseline
+    wf.watch(catalogs=["ml-flow"])
+    assert emitted == []
+
+    added = cat.add_items(2)
+    edited = pd.read_csv(cat.items, dtype=str)["item_id"].iloc[1]
+    cat.replace_poster(edited, with_poster_of=cat.spare_ids[0])
+    (summary,) = wf.watch(catalogs=["ml-flow"], retrain=False)
+    assert len(emitted) == 1
+    event = emitted[0]
+    assert event["event"] == EVENT
+    assert event["resource"]["prefect.resource.id"] == "befa.catalog.ml-flow"
+    assert event["resource"]["befa.retrain"] == "false"
+    assert event["payload"]["items_reencoded"] == 3 and event["payload"]["added"] == 2 and event["payload"]["image_changed"] == 1
+    assert summary["encoded"] == {"image": 3, "text": 2}
+    assert sorted(added)
+
+    wf.watch(catalogs=["ml-flow"])
+    assert len(emitted) == 1  # nothing changed: no event
+
+
+def test_deployments_schedule_and_trigger():
+    pipeline, watcher = build_deployments(cron="0 3 * * *")
+    assert (pipeline.name, watcher.name) == ("full-pipeline", "catalog-watch")
+    assert pipeline.flow_name == "befa" and watcher.flow_name == "befa-watch"
+    (trigger,) = pipeline.triggers
+    assert trigger.expect == {EVENT}
+    assert trigger.match.root == {"befa.retrain": "true"}
+    assert trigger.parameters == {"dataset": "{{ event.payload.catalog }}", "use_registered": True}
+    assert watcher.schedules[0].schedule.cron == "0 3 * * *"
+
+    pipeline, watcher = build_deployments(interval_s=120, retrain_on_change=False)
+    assert pipeline.triggers == []
+    assert watcher.parameters["retrain"] is False
+    assert watcher.schedules[0].schedule.interval.total_seconds() == 120
+    _, watcher = build_deployments(interval_s=None, cron=None)
+    assert not watcher.schedules

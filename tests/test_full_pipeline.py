@@ -1,0 +1,133 @@
+"""The pipeline as plain functions: validation, the whole run, incremental re-runs, catalog watch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.catalog_watch import last_watch, registered_catalogs, watch_catalog, watch_catalogs
+from pipeline.full_pipeline import PipelineError, PipelineParams, plan_runs, run_pipeline, validate_params
+from pipeline.settings import get_settings
+from tests.flows_data import make_small_catalog
+
+TINY_ENCODER = "imagebind:tiny@random"
+
+
+@pytest.fixture
+def settings(tmp_path, datasets_root):
+    return get_settings(home=tmp_path / "home", datasets_root=datasets_root)
+
+
+# -- validation: fails before any work --------------------------------------------
+def test_bad_encoder_fails_fast_with_the_valid_choices(settings):
+    with pytest.raises(PipelineError, match=r"unknown encoder 'nosuch'.*known encoders"):
+        validate_params({"encoder": "nosuch:thing@random"}, settings)
+    with pytest.raises(PipelineError, match="unknown open_clip architecture"):
+        validate_params({"encoder": "clip:ViT-Nope@random"}, settings)
+    with pytest.raises(PipelineError, match="does not exist"):
+        validate_params({"encoder": "image=clip:ViT-B-32@/no/such/ckpt.safetensors,text=minilm"}, settings)
+    with pytest.raises(PipelineError, match="unknown modality 'audio'"):
+        validate_params({"encoder": {"audio": "minilm"}}, settings)
+    assert not settings.home.exists()  # nothing was written
+
+
+def test_missing_dataset_and_bad_options_fail_fast(settings, tmp_path):
+    with pytest.raises(PipelineError, match="not an ingested catalog"):
+        validate_params({"dataset": "no-such-catalog"}, settings)
+    empty = get_settings(home=tmp_path / "h2", datasets_root=tmp_path / "nothing")
+    with pytest.raises(PipelineError, match="no local copy"):
+        validate_params({"dataset": "movielens-100k-posters"}, empty)
+    with pytest.raises(PipelineError, match="does not exist"):
+        validate_params({"dataset": "mine", "importer": "generic", "ingest_options": {"items": str(tmp_path / "x.csv"), "interactions": str(tmp_path / "y.csv")}}, settings)
+    with pytest.raises(PipelineError, match="unknown model 'gpt'"):
+        validate_params({"models": ["lightgcn", "gpt"]}, settings)
+    with pytest.raises(PipelineError, match="model_overrides for 'mgcn'"):
+        validate_params({"models": ["mgcn"], "model_overrides": {"mgcn": {"no_such_field": 1}}}, settings)
+    with pytest.raises(PipelineError, match="cluster"):
+        validate_params({"cluster": "http://x"}, settings)
+    with pytest.raises(PipelineError, match="reserved"):
+        validate_params({"study": True}, settings)
+    ok = validate_params({"dataset": "movielens-100k-posters", "encoder": {"image": TINY_ENCODER, "text": "minilm"}}, settings)
+    assert ok.encoder_spec() == f"image={TINY_ENCODER},text=minilm"
+
+
+def test_plan_skips_befa_for_content_free_models():
+    pairs, skipped = plan_runs(PipelineParams(models=["lightgcn", "freedom"], adapters=["none", "befa"]))
+    assert pairs == [("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
+    assert len(skipped) == 1 and "lightgcn" in skipped[0]
+
+
+# -- the whole run -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, datasets_root):
+    root = tmp_path_factory.mktemp("pipeline")
+    cat = make_small_catalog(root / "source", datasets_root)
+    settings = get_settings(home=root / "home", datasets_root=datasets_root)
+    params = PipelineParams(
+        dataset="ml-small", importer="generic", ingest_options=cat.ingest_options(), encoder=TINY_ENCODER,
+        models=["lightgcn", "freedom"], adapters=["none", "befa"], epochs=2, patience=2, seed=1,
+        model_overrides={"*": {"embedding_dim": 16}}, run_name="first",
+    )
+    result = run_pipeline(params, settings)
+    return cat, settings, params, result
+
+
+def test_pipeline_writes_runs_metrics_plots_and_report(small):
+    _, settings, _, result = small
+    folder = Path(result.folder)
+    assert folder == settings.runs_dir / "pipelines" / "first"
+    assert [(r.model, r.adapter) for r in result.runs] == [("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
+    for r in result.runs:
+        assert (Path(r.run_dir) / "run.json").exists() and (Path(r.run_dir) / "best.safetensors").exists()
+        assert 1 <= r.epochs_run <= 2 and "recall@20" in r.test
+        assert r.verified, f"{r.model} {r.adapter}: checkpoint re-evaluation differs by {r.max_abs_diff}"
+    metrics = pq.read_table(folder / "metrics.parquet").to_pandas()
+    assert len(metrics) == 3 * metrics["metric"].nunique() and set(metrics["adapter"]) == {"none", "befa"}
+    for name in ("report.md", "curves.png", "base_vs_befa.png", "metrics.json", "summary.json", "params.json"):
+        assert (folder / name).stat().st_size > 0, name
+    md = (folder / "report.md").read_text()
+    assert "weights: random init" in md
+    for m, f in result.extract.modalities.items():
+        assert f.snapshot in md and f.random_init
+    assert result.split.id in md
+    assert "lightgcn +befa skipped" in md
+    assert set(result.extract.modalities) == {"image", "text"}
+    assert all(f.encoded == 40 and f.failed == 0 for f in result.extract.modalities.values())
+    assert json.loads((folder / "summary.json").read_text())["split"]["id"] == result.split.id
+
+
+def test_second_run_reuses_features_and_is_reproducible(small):
+    _, settings, params, first = small
+    again = run_pipeline(params.model_copy(update={"run_name": "second", "models": ["freedom"], "adapters": ["befa"], "verify_checkpoints": False}), settings)
+    assert all(f.encoded == 0 and f.skipped == 40 for f in again.extract.modalities.values())
+    assert again.extract.snapshots == first.extract.snapshots
+    assert again.split.id == first.split.id
+    before = next(r for r in first.runs if (r.model, r.adapter) == ("freedom", "befa"))
+    assert again.runs[0].test == pytest.approx(before.test)  # same seed, same data: same metrics
+
+
+# -- catalog watch (plain functions) ----------------------------------------------
+def test_watch_reencodes_only_changed_items(small):
+    cat, settings, params, _ = small
+    assert "ml-small" in registered_catalogs(settings)
+    first = watch_catalog(settings, "ml-small")  # first watch: baseline, nothing changed
+    assert not first.changed
+    assert not watch_catalog(settings, "ml-small").changed  # stamp unchanged: no re-ingest
+    assert last_watch(settings, "ml-small").reason == "source files untouched"
+
+    added = cat.add_items(2)
+    edited = pd.read_csv(cat.items, dtype=str)["item_id"].iloc[0]
+    cat.replace_poster(edited, with_poster_of=cat.spare_ids[0])
+    (change,) = watch_catalogs(settings)
+    assert change.changed
+    assert change.diff.added == sorted(added) and change.diff.image_changed == [edited]
+    assert change.diff.text_changed == [] and change.diff.removed == []
+    assert sorted(change.items_reencoded) == sorted([*added, edited])
+    assert change.encoded == {"image": 3, "text": 2}
+    assert change.reused == {"image": 39, "text": 40}
+    assert change.snapshots != {}
+    assert not watch_catalog(settings, "ml-small").changed
