@@ -128,7 +128,7 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}") from None
 
 
 # -- checksums ---------------------------------------------------------------------

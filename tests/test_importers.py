@@ -211,3 +211,23 @@ def test_mmrec_bad_features(tmp_path):
 def test_registry_is_explicit():
     assert sorted(IMPORTERS) == ["amazon-baby-5core", "generic", "mmrec", "movielens-100k-posters"]
     assert all(IMPORTERS[k].name == k for k in IMPORTERS)
+
+
+def test_export_command_reads_features_from_store(tmp_path, ml_ingested):
+    """A catalog with items lacking an image: their feature rows are zero and counted."""
+    from pipeline.importers.mmrec import export_command
+
+    settings, catalog, _ = ml_ingested
+    store = FeatureStore(settings.feature_store)
+    store.register_encoder("toy-image-enc", {"random_init": True, "weights": "none", "dim": 3, "source": "test"})
+    keys = catalog.content_keys("image")
+    emb = np.arange(len(keys) * 3, dtype=np.float32).reshape(-1, 3)
+    store.upsert(catalog.name, "toy-image-enc", "image", keys["item_id"].tolist(), keys["content_hash"].tolist(), emb)
+    split = split_random(catalog, seed=3)
+    split.save(settings.catalog_dir(catalog.name) / "splits")
+    out = export_command(catalog.name, split.name, tmp_path / "x", {"image": "toy-image-enc"}, settings=settings)
+    assert out["missing_rows"] == {"image": 19} and out["rows"] == len(split.frame)
+    image = np.load(tmp_path / "x" / "image_feat.npy")
+    assert image.shape == (1682, 3)
+    assert np.array_equal(image[keys["item_idx"].to_numpy()], emb)
+    assert (np.abs(image).sum(axis=1) == 0).sum() == 19 + (emb.sum(axis=1) == 0).sum()

@@ -32,7 +32,7 @@ def get_importer(name: str) -> Importer:
     try:
         return IMPORTERS[name]
     except KeyError:
-        raise KeyError(f"unknown importer {name!r}; known: {sorted(IMPORTERS)}") from None
+        raise ValueError(f"unknown importer {name!r}; known: {sorted(IMPORTERS)}") from None
 
 
 __all__ = [

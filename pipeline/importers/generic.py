@@ -116,7 +116,7 @@ class GenericImporter(Importer):
 
         if o.image_column in raw.columns:
             base = o.images if o.images is not None else Path(o.items).parent
-            refs = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw[o.image_column]]
+            refs = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw[o.image_column].tolist()]
             rejects += attach_images(items, refs, base, report, o.items, rows, o.workers)
         else:
             items["image"], items["image_hash"] = None, None

@@ -89,12 +89,17 @@ def check_one(ref: str | None, base_dir: str | Path | None) -> ImageCheck:
 
 
 def check_images(refs: list[str | None], base_dir: str | Path | None = None, workers: int | None = None) -> list[ImageCheck]:
-    """Check every reference, in order. Threads: reading and JPEG decoding release the GIL."""
-    workers = workers or min(16, (os.cpu_count() or 1) * 4)
+    """Check every reference, in order. Threads, one chunk of references each (a future
+    per image costs more than decoding a thumbnail): file reads, sha256 and JPEG decoding
+    release the GIL, and remote URIs are I/O bound."""
+    workers = workers or min(8, os.cpu_count() or 1)
     if len(refs) < 64 or workers <= 1:
         return [check_one(r, base_dir) for r in refs]
+    size = -(-len(refs) // workers)
+    chunks = [refs[i : i + size] for i in range(0, len(refs), size)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda r: check_one(r, base_dir), refs, chunksize=32))
+        done = pool.map(lambda chunk: [check_one(r, base_dir) for r in chunk], chunks)
+        return [c for chunk in done for c in chunk]
 
 
 def attach_images(

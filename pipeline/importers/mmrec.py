@@ -120,6 +120,10 @@ class MMRecImporter(Importer):
             if path.exists():
                 features[modality] = ImportedFeatures(modality, _load_npy(path), path, sha256_file(path))
                 report.sources[f"{modality}_features"] = str(path)
+                zero = int((~features[modality].matrix.any(axis=1)).sum())
+                if zero:
+                    # some toolbox files mark a missing modality with a zero row; kept as given
+                    report.notes.append(f"{fname}: {zero} all-zero rows (kept as features, as the toolbox does)")
             else:
                 report.notes.append(f"no {fname}: no ready-made {modality} features")
         rows = {m: f.matrix.shape[0] for m, f in features.items()}
@@ -166,10 +170,22 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def features_from_store(store, catalog: Catalog, fingerprint: str, modality: str) -> tuple[np.ndarray, np.ndarray]:
     """(I x D float32 matrix aligned with item_idx, present mask) read from a FeatureStore."""
-    keys = catalog.items
-    hashes = keys[f"{modality}_hash"].tolist()
-    tensor, mask = store.read(catalog.name, fingerprint, modality, keys["item_id"].tolist(), hashes)
-    return np.asarray(tensor, dtype=np.float32), np.asarray(mask, dtype=bool)
+    # only items with content have a key; the others stay zero (MMRec needs every row)
+    keys = catalog.content_keys(modality)
+    info = store.encoder_info(fingerprint) or {}
+    if len(keys):
+        tensor, got = store.read(catalog.name, fingerprint, modality, keys["item_id"].tolist(), keys["content_hash"].tolist())
+        x, got = np.asarray(tensor, dtype=np.float32), np.asarray(got, dtype=bool)
+        dim = x.shape[1]
+    else:
+        x, got, dim = None, None, int(info.get("dim") or 0)
+    matrix = np.zeros((catalog.num_items, dim), dtype=np.float32)
+    mask = np.zeros(catalog.num_items, dtype=bool)
+    if x is not None:
+        idx = keys["item_idx"].to_numpy(np.int64)[got]
+        matrix[idx] = x[got]
+        mask[idx] = True
+    return matrix, mask
 
 
 def export_mmrec(
@@ -213,3 +229,33 @@ def export_mmrec(
             raise ValueError(f"{modality} features have {matrix.shape[0]} rows, catalog has {catalog.num_items} items")
         _save_npy(dest / FEATURE_FILES[modality], matrix)
     return inter_path
+
+
+def export_command(
+    catalog_name: str,
+    split_name: str,
+    dest: str | Path,
+    fingerprints: dict[str, str] | None = None,
+    settings=None,
+) -> dict[str, Any]:
+    """What ``befa export-mmrec`` runs: the stored catalog, its split
+    ``splits/<split_name>.parquet`` and, per modality, the features of ``fingerprints``
+    from the feature store (items without a feature get a zero row, counted in the
+    result; an MMRec catalog's own imported fingerprints are used when none are given)."""
+    from pipeline.settings import get_settings
+    from pipeline.splits import Split
+    from storage.feature_store import FeatureStore
+
+    settings = settings or get_settings()
+    folder = settings.catalog_dir(catalog_name)
+    catalog = Catalog.load(folder)
+    split = Split.load(folder / "splits" / f"{split_name}.parquet")
+    if fingerprints is None:
+        fingerprints = {m: f["fingerprint"] for m, f in catalog.meta.get("features", {}).items()}
+    store = FeatureStore(settings.feature_store)
+    matrices, missing = {}, {}
+    for modality, fp in fingerprints.items():
+        matrix, mask = features_from_store(store, catalog, fp, modality)
+        matrices[modality], missing[modality] = matrix, int((~mask).sum())
+    inter = export_mmrec(catalog, split, dest, matrices, name=catalog_name)
+    return {"inter": str(inter), "rows": len(split.frame), "features": {m: list(x.shape) for m, x in matrices.items()}, "missing_rows": missing}

@@ -106,11 +106,11 @@ class MovieLensImporter(Importer):
             {
                 "item_id": raw["movie_id"].to_numpy(),
                 "title": raw["title"].str.strip().to_numpy(),
-                "text": [movie_text(t, o) for t, o in zip(raw["title"], raw["overview"])],
+                "text": [movie_text(t, o) for t, o in zip(raw["title"].tolist(), raw["overview"].tolist())],
             }
         )
         rejects = []
-        for i, (iid, ov, t) in enumerate(zip(items["item_id"], raw["overview"], items["text"])):
+        for i, (iid, ov, t) in enumerate(zip(items["item_id"].tolist(), raw["overview"].tolist(), items["text"].tolist())):
             if not t:
                 report.add("empty title and overview", "item kept without text", file=items_path, row=int(item_rows[i]), item_id=iid)
                 rejects.append({"item_id": iid, "modality": "text", "file": str(items_path), "row": int(item_rows[i]), "source": None, "problem": "empty text"})
@@ -141,7 +141,7 @@ class MovieLensImporter(Importer):
             report.notes.append(
                 f"kept ratings >= {options.min_rating:g} as implicit interactions; {int(low.sum())} lower ratings not kept"
             )
-            lost = sorted(set(inter["user_id"]) - set(inter.loc[~low, "user_id"]), key=lambda u: (len(u), u))
+            lost = sorted(set(inter["user_id"].unique()) - set(inter.loc[~low, "user_id"].unique()), key=lambda u: (len(u), u))
             for uid in lost:
                 report.add(f"user has no rating >= {options.min_rating:g}", "user not in the catalog", file=ratings_path, user_id=uid)
             inter = inter[~low]
