@@ -1,0 +1,114 @@
+"""BM3: bootstrapped multimodal model, no negative sampling (spec section 3)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from models.base import ModelConfig, Recommender, TrainData
+from models.befa import BeFA
+from models.content import FeatureProjection, make_projection
+from models.graphs import interaction_adjacency
+from models.losses import negative_cosine, norm_reg
+from models.propagation import propagate
+
+
+class BM3(Recommender):
+    """BM3 (Zhou et al. 2023) on the project's graphs.
+
+    Forward:
+        [U*; I_g] = mean(H^(0..L)), H^(0) = [E_u; E_i], H^(l+1) = Â H^(l), Â = D^-1/2 A D^-1/2  (L = 1)
+        I* = I_g + E_i                              (residual ID embedding)
+        pred(x) = W x + b                           (one predictor Linear(d, d), shared by everything)
+    Loss, batch of (u, i) pairs (no negatives):
+        ũ = Dropout_p(U*).detach(),  ĩ = Dropout_p(I*).detach()          (target views, p = dropout)
+        L_ui = 1 - cos(pred(U*_u), ĩ_i)   L_iu = 1 - cos(pred(I*_i), ũ_u)
+        for each modality m, c_m = P_m X_m,  c̃_m = Dropout_p(c_m).detach():
+        L_m = [1 - cos(pred(c_m,i), ĩ_i)] + [1 - cos(pred(c_m,i), c̃_m,i)]
+        loss = mean(L_ui) + mean(L_iu) + reg * (||U*||_F + ||I*||_F) / I + cl_weight * sum_m mean(L_m)
+        (cosine terms are averaged over the batch rows; the norm term uses the full tables)
+    Scores: pred(U*_u) . pred(I*_i); content features are used only in training.
+    +BeFA (``adapter='befa'``): the content terms use adapted_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)
+    in place of c_m (online and target views both come from adapted_m).
+
+    Choices where the spec is silent:
+    - Target views: dropout is applied to the full output tables before indexing, so an
+      item or user repeated in a batch shares one mask (as the reference does); for content
+      it is applied to the batch's distinct items, which is the same thing.
+    - c_m is computed only for the batch's distinct items (the reference projects every item
+      every batch; the loss and its gradient are the same).
+    - With no modality the content terms vanish (not an error).
+    - GRID {num_layers: [1, 2], dropout: [0.3, 0.5], reg: [0.1, 0.01]}: a small grid around the
+      spec's defaults. P_m and the predictor: Xavier-normal weights; E_u, E_i: Xavier-uniform.
+    """
+
+    name = "bm3"
+    uses_content = True
+
+    class Config(ModelConfig):
+        num_layers: int = Field(1, ge=0)
+        dropout: float = Field(0.5, ge=0, lt=1, description="dropout of the target views")
+        reg: float = Field(0.1, ge=0)
+        cl_weight: float = Field(2.0, ge=0)
+        uses_negatives: bool = False
+
+    GRID: ClassVar[dict[str, list]] = {"num_layers": [1, 2], "dropout": [0.3, 0.5], "reg": [0.1, 0.01]}
+
+    def __init__(self, data: TrainData, config: "BM3.Config | None" = None):
+        config = config or BM3.Config()
+        super().__init__(data, config)
+        d, dev = config.embedding_dim, data.device
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
+        self.predictor = make_projection(d, d).to(dev)
+        self.adj = interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        modalities = data.modalities
+        self.projections = nn.ModuleDict(
+            {m: FeatureProjection(data.features[m].to(dev), d, config.train_features) for m in modalities}
+        )
+        if config.adapter == "befa":
+            self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout) for m in modalities})
+
+    def _forward(self) -> tuple[Tensor, Tensor]:
+        h = propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_layers)
+        return h[: self.num_users], h[self.num_users :] + self.item_emb
+
+    def content(self, modality: str, rows: Tensor) -> Tensor:
+        """c_m (or adapted_m under BeFA) for the given items: what the content terms consume."""
+        c = self.projections[modality](rows)
+        if self.config.adapter == "befa":
+            c = self.adapters[modality](c, self.item_emb[rows])
+        return c
+
+    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None = None) -> Tensor:
+        p = self.config.dropout
+        u_all, i_all = self._forward()
+        with torch.no_grad():
+            u_target = F.dropout(u_all, p)[users]
+            i_target = F.dropout(i_all, p)[pos_items]
+        u_online = self.predictor(u_all[users])
+        i_online = self.predictor(i_all[pos_items])
+        loss = negative_cosine(u_online, i_target) + negative_cosine(i_online, u_target)
+        loss = loss + self.config.reg * norm_reg(u_all, i_all)
+        if len(self.projections) and self.config.cl_weight > 0:
+            rows, inv = torch.unique(pos_items, return_inverse=True)
+            cl = 0.0
+            for m in self.projections:
+                c = self.content(m, rows)
+                with torch.no_grad():
+                    c_target = F.dropout(c, p)[inv]
+                c_online = self.predictor(c)[inv]
+                cl = cl + negative_cosine(c_online, i_target) + negative_cosine(c_online, c_target)
+            loss = loss + self.config.cl_weight * cl
+        return loss
+
+    def inference_embeddings(self) -> tuple[Tensor, Tensor]:
+        u, i = self._forward()
+        return self.predictor(u), self.predictor(i)
+
+    def feature_table_parameters(self) -> int:
+        return sum(p.num_table_entries for p in self.projections.values())

@@ -1,0 +1,189 @@
+"""FREEDOM: frozen modality kNN graph + degree-sensitive edge dropout (spec section 3)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from models.base import ModelConfig, Recommender, TrainData
+from models.befa import BeFA
+from models.content import FeatureProjection
+from models.graphs import cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph
+from models.losses import bpr_from_embeddings
+from models.propagation import propagate, spmm, transpose_csr, weighted_sum_csr
+
+
+def freedom_modality_weights(
+    modalities: list[str],
+    image_weight: float = 0.1,
+    image_modality: str = "image",
+    explicit: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Mixing weights w_m of G = sum_m w_m G_m over the modalities present (they sum to 1).
+
+    - ``explicit`` given: its weights for the present modalities, renormalised to sum 1
+      (weights of absent modalities are ignored; a present modality without a weight is an error);
+    - otherwise, no modality: {}; one modality: weight 1; ``image_modality`` present beside
+      others: it gets ``image_weight`` and the others share 1 - image_weight equally (the
+      reference's 0.1 G_v + 0.9 G_t when the modalities are image and text); no image
+      modality: equal weights.
+    """
+    if not modalities:
+        return {}
+    if explicit is not None:
+        missing = [m for m in modalities if m not in explicit]
+        if missing:
+            raise ValueError(f"FREEDOM modality_weights lacks a weight for modalities {missing} (given: {sorted(explicit)})")
+        raw = {m: float(explicit[m]) for m in modalities}
+        if any(w < 0 for w in raw.values()) or sum(raw.values()) <= 0:
+            raise ValueError(f"FREEDOM modality_weights must be >= 0 with a positive sum, got {raw}")
+        total = sum(raw.values())
+        return {m: w / total for m, w in raw.items()}
+    if len(modalities) == 1:
+        return {modalities[0]: 1.0}
+    if image_modality in modalities:
+        others = [m for m in modalities if m != image_modality]
+        return {m: (image_weight if m == image_modality else (1 - image_weight) / len(others)) for m in modalities}
+    return {m: 1 / len(modalities) for m in modalities}
+
+
+class FREEDOM(Recommender):
+    """FREEDOM (Zhou & Shen 2023) on the project's graphs.
+
+    Graphs (built once):
+        G_m = binary cosine kNN graph of the RAW features X_m (k per row, self included,
+              D^-1/2 S D^-1/2, so entries 1/k), cached under (snapshot, k, variant, split)
+        G   = sum_m w_m G_m   (see :func:`freedom_modality_weights`: 0.1 G_image + 0.9 G_text)
+        Â   = D^-1/2 A D^-1/2 of the user-item graph; per epoch (``pre_epoch``) Â_drop keeps
+              (1 - edge_dropout) of the edges, drawn without replacement with p ∝ 1/sqrt(d_u d_i),
+              and is renormalised on the kept edges; prediction uses the full Â.
+    Forward (Â_drop in training, Â at prediction):
+        h = G^hops E_i                                   (hops = 1)
+        [U*; I_g] = mean(H^(0..L)), H^(0) = [E_u; E_i], H^(l+1) = Â H^(l)   (L = 2)
+        I* = I_g + h;   score(u, i) = U*_u . I*_i
+    Loss, batch (u, p, n):
+        BPR(U*_u, I*_p, I*_n) + reg * sum_m BPR(U*_u, c_m[p], c_m[n]),   c_m = P_m X_m
+    +BeFA (``adapter='befa'``): the content terms use adapted_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)
+    in place of c_m; the graphs and the prediction are unchanged (features stay training-only).
+
+    Choices where the spec is silent:
+    - L = 2 user-item layers and 1 item-graph hop (the BeFA grid's setting; the reference's defaults).
+    - Any set of modalities: weights by :func:`freedom_modality_weights`; with no modality the
+      model is LightGCN with edge dropout (h = 0, no content terms), not an error.
+    - reg default 1e-3 (GRID {0, 1e-5, 1e-4, 1e-3}); edge_dropout default 0.8 (GRID {0.8, 0.9}).
+    - c_m is computed only for the batch's distinct items (the reference projects every item
+      every batch; the loss and its gradient are the same); when reg = 0 the content terms are
+      skipped entirely (their gradient is 0).
+    - P_m: Xavier-normal weights; E_u, E_i: Xavier-uniform.
+    - Edge sampling draws from torch's global generator, so it follows the trainer's seed.
+    """
+
+    name = "freedom"
+    uses_content = True
+
+    class Config(ModelConfig):
+        num_layers: int = Field(2, ge=0, description="user-item LightGCN layers")
+        item_graph_hops: int = Field(1, ge=0)
+        knn_k: int = Field(10, ge=1)
+        image_weight: float = Field(0.1, ge=0, le=1)
+        image_modality: str = "image"
+        modality_weights: dict[str, float] | None = None
+        edge_dropout: float = Field(0.8, ge=0, lt=1, description="fraction of user-item edges dropped per epoch")
+        reg: float = Field(1e-3, ge=0, description="weight of the content BPR terms")
+
+    GRID: ClassVar[dict[str, list]] = {"edge_dropout": [0.8, 0.9], "reg": [0.0, 1e-5, 1e-4, 1e-3]}
+
+    def __init__(self, data: TrainData, config: "FREEDOM.Config | None" = None):
+        config = config or FREEDOM.Config()
+        super().__init__(data, config)
+        d, dev = config.embedding_dim, data.device
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
+        self.register_buffer("edge_users", data.train_users, persistent=False)
+        self.register_buffer("edge_items", data.train_items, persistent=False)
+        self.full_adj = interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        self.train_adj = self.full_adj
+
+        modalities = data.modalities
+        self.projections = nn.ModuleDict(
+            {m: FeatureProjection(data.features[m].to(dev), d, config.train_features) for m in modalities}
+        )
+        if config.adapter == "befa":
+            self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout) for m in modalities})
+        self.modality_weights = freedom_modality_weights(
+            modalities, config.image_weight, config.image_modality, config.modality_weights
+        )
+        self.item_graph: Tensor | None = None
+        self.item_graph_t: Tensor | None = None
+        if modalities:
+            graphs = [(self.modality_weights[m], self._knn(data, m).to(dev)) for m in modalities]
+            self.item_graph = weighted_sum_csr(graphs)
+            self.item_graph_t = transpose_csr(self.item_graph)
+
+    def _knn(self, data: TrainData, modality: str) -> Tensor:
+        snapshot = data.feature_snapshots.get(modality)
+        key = {
+            "graph": "knn",
+            "modality": modality,
+            "snapshot": snapshot,
+            "k": self.config.knn_k,
+            "variant": "binary",
+            "split": data.split_id,
+            "items": data.num_items,
+        }
+        # without a snapshot id a cached graph could silently outlive an encoder change: don't cache
+        cache_dir = data.graph_cache_dir if snapshot else None
+        return cached(cache_dir, key, lambda: knn_graph(data.features[modality], self.config.knn_k, weighted=False))
+
+    def pre_epoch(self, epoch: int) -> None:
+        if self.config.edge_dropout <= 0:
+            self.train_adj = self.full_adj
+            return
+        keep = degree_sensitive_edge_sample(
+            self.edge_users, self.edge_items, self.num_users, self.num_items, 1 - self.config.edge_dropout
+        )
+        self.train_adj = interaction_adjacency(
+            self.num_users, self.num_items, self.edge_users[keep], self.edge_items[keep], "sym"
+        )
+
+    def _forward(self, adj: Tensor) -> tuple[Tensor, Tensor]:
+        h = propagate(adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_layers)
+        users, items = h[: self.num_users], h[self.num_users :]
+        if self.item_graph is not None and self.config.item_graph_hops > 0:
+            g = self.item_emb
+            for _ in range(self.config.item_graph_hops):
+                g = spmm(self.item_graph, g, self.item_graph_t)
+            items = items + g
+        return users, items
+
+    def content(self, modality: str, rows: Tensor) -> Tensor:
+        """c_m (or adapted_m under BeFA) for the given items: what the content terms consume."""
+        c = self.projections[modality](rows)
+        if self.config.adapter == "befa":
+            c = self.adapters[modality](c, self.item_emb[rows])
+        return c
+
+    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:
+        if neg_items is None:
+            raise ValueError("FREEDOM needs negative items (BPR)")
+        u_all, i_all = self._forward(self.train_adj)
+        u = u_all[users]
+        loss = bpr_from_embeddings(u, i_all[pos_items], i_all[neg_items])
+        if self.config.reg > 0 and len(self.projections):
+            rows, inv = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
+            pos_idx, neg_idx = inv[: pos_items.numel()], inv[pos_items.numel() :]
+            content_loss = 0.0
+            for m in self.projections:
+                c = self.content(m, rows)
+                content_loss = content_loss + bpr_from_embeddings(u, c[pos_idx], c[neg_idx])
+            loss = loss + self.config.reg * content_loss
+        return loss
+
+    def inference_embeddings(self) -> tuple[Tensor, Tensor]:
+        return self._forward(self.full_adj)
+
+    def feature_table_parameters(self) -> int:
+        return sum(p.num_table_entries for p in self.projections.values())

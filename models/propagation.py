@@ -1,0 +1,71 @@
+"""Fast sparse propagation with autograd, for CSR graphs from ``models.graphs``.
+
+Why not plain ``adj @ x``: its forward is fast, but the backward PyTorch derives for a
+CSR @ dense product was measured ~10x slower than the forward on this kind of machine
+(2 CPU cores, 26k x 26k adjacency, 240k non-zeros: ~0.2 s per backward vs ~12 ms per
+product). The gradient of ``adj @ x`` w.r.t. x is just ``adj^T @ grad``, so
+:class:`SpMM` precomputes ``adj^T`` once (or reuses ``adj`` when it is symmetric, as the
+symmetric normalised user-item adjacency is) and does one more CSR @ dense product.
+
+- ``spmm(adj, x, adj_t=None)``: adj @ x with the cheap backward (adj is a constant).
+- ``transpose_csr(adj)``: adj^T as a CSR tensor (for non-symmetric graphs: kNN, D^-1 (A+I)).
+- ``propagate(adj, x, num_layers, adj_t=None)``: LightGCN mean of H^(0..L), H^(l+1) = adj H^(l).
+- ``weighted_sum_csr([(w, G), ...])``: sum_m w_m G_m as one CSR tensor (FREEDOM's G = 0.1 G_v + 0.9 G_t).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class SpMM(torch.autograd.Function):
+    """y = adj @ x for a constant CSR ``adj``; dx = adj_t @ dy."""
+
+    @staticmethod
+    def forward(ctx, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.adj_t = adj_t
+        # autocast (bf16/fp16 on CUDA) does not handle sparse products: keep them in the graph's dtype
+        return adj @ x.to(adj.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return None, None, ctx.adj_t @ grad.to(ctx.adj_t.dtype)
+
+
+def spmm(adj: Tensor, x: Tensor, adj_t: Tensor | None = None) -> Tensor:
+    """adj @ x; pass ``adj_t`` unless adj is symmetric (then adj itself is its transpose)."""
+    if not x.requires_grad:
+        return adj @ x.to(adj.dtype)
+    return SpMM.apply(adj, adj if adj_t is None else adj_t, x)
+
+
+def transpose_csr(adj: Tensor) -> Tensor:
+    coo = adj.to_sparse_coo().coalesce()
+    row, col = coo.indices()
+    return torch.sparse_coo_tensor(torch.stack([col, row]), coo.values(), (adj.size(1), adj.size(0))).coalesce().to_sparse_csr()
+
+
+def propagate(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = None) -> Tensor:
+    """Mean of H^(0), ..., H^(L) with H^(l+1) = adj @ H^(l) (LightGCN)."""
+    out, h = x, x
+    for _ in range(num_layers):
+        h = spmm(adj, h, adj_t)
+        out = out + h
+    return out / (num_layers + 1)
+
+
+def weighted_sum_csr(terms: list[tuple[float, Tensor]]) -> Tensor:
+    """sum_m w_m G_m for CSR graphs of one shape, returned as CSR."""
+    if not terms:
+        raise ValueError("weighted_sum_csr needs at least one graph")
+    shape = terms[0][1].shape
+    indices, values = [], []
+    for weight, graph in terms:
+        if graph.shape != shape:
+            raise ValueError(f"weighted_sum_csr: graph shapes differ ({tuple(graph.shape)} vs {tuple(shape)})")
+        coo = graph.to_sparse_coo().coalesce()
+        indices.append(coo.indices())
+        values.append(coo.values() * weight)
+    total = torch.sparse_coo_tensor(torch.cat(indices, 1), torch.cat(values), shape).coalesce()
+    return total.to_sparse_csr()
