@@ -172,7 +172,8 @@ def test_unknown_items_skip_and_report(tmp_path):
     paths = make_shop(tmp_path, interactions=inter)
     res = run(paths, on_unknown_items="skip")
     assert len(res.catalog.interactions) == 3
-    (issue,) = res.report.issues
+    issue, lost = res.report.issues
+    assert (lost["user_id"], lost["action"]) == ("u3", "user not in the catalog")
     assert issue == {
         "file": str(paths["interactions"]), "row": 4, "problem": "unknown item",
         "action": "interaction skipped", "item_id": "ZZ", "user_id": "u3",

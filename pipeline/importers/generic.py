@@ -45,6 +45,7 @@ from pipeline.importers.validation import (
     parse_numbers,
     parse_timestamps,
     read_table,
+    report_lost_users,
     require_columns,
     require_nonempty,
 )
@@ -116,7 +117,7 @@ class GenericImporter(Importer):
 
         if o.image_column in raw.columns:
             base = o.images if o.images is not None else Path(o.items).parent
-            refs = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw[o.image_column].tolist()]
+            refs = [None if pd.isna(v) else str(v) for v in raw[o.image_column].tolist()]
             rejects += attach_images(items, refs, base, report, o.items, rows, o.workers)
         else:
             items["image"], items["image_hash"] = None, None
@@ -148,12 +149,14 @@ class GenericImporter(Importer):
         keep = check_known_items(
             inter["item_id"], items["item_id"], o.interactions, report, o.on_unknown_items, rows=irows, user_ids=inter["user_id"]
         )
+        all_users = inter["user_id"]
         inter = inter[keep]
         if o.min_rating is not None:
             low = inter["rating"].to_numpy() < o.min_rating
             report.counts_out["ratings_below_min_rating"] = int(low.sum())
             report.notes.append(f"kept ratings >= {o.min_rating:g}; {int(low.sum())} lower ratings not kept")
             inter = inter[~low]
+        report_lost_users(all_users, inter["user_id"], report, o.interactions, "every interaction of the user was skipped or filtered")
         require_nonempty(len(inter), o.interactions, "interactions left after validation and filtering")
         repeats = int(inter.duplicated(["user_id", "item_id"]).sum())
         if repeats:

@@ -43,6 +43,7 @@ from pipeline.importers.validation import (
     parse_numbers,
     parse_timestamps,
     read_table,
+    report_lost_users,
     require_columns,
     require_nonempty,
 )
@@ -141,9 +142,9 @@ class MovieLensImporter(Importer):
             report.notes.append(
                 f"kept ratings >= {options.min_rating:g} as implicit interactions; {int(low.sum())} lower ratings not kept"
             )
-            lost = sorted(set(inter["user_id"].unique()) - set(inter.loc[~low, "user_id"].unique()), key=lambda u: (len(u), u))
-            for uid in lost:
-                report.add(f"user has no rating >= {options.min_rating:g}", "user not in the catalog", file=ratings_path, user_id=uid)
+            report_lost_users(
+                inter["user_id"], inter.loc[~low, "user_id"], report, ratings_path, f"user has no rating >= {options.min_rating:g}"
+            )
             inter = inter[~low]
         require_nonempty(len(inter), ratings_path, f"interactions with rating >= {options.min_rating}")
 

@@ -225,6 +225,13 @@ def check_known_items(
     return ~unknown
 
 
+def report_lost_users(before: pd.Series, after: pd.Series, report: IngestReport, path: str | Path, reason: str) -> None:
+    """Report each user whose every interaction was filtered out (the catalog will not know them)."""
+    lost = sorted(set(before.unique().tolist()) - set(after.unique().tolist()), key=lambda u: (len(u), u))
+    for uid in lost:
+        report.add(reason, "user not in the catalog", file=path, user_id=uid)
+
+
 def require_nonempty(n: int, path: str | Path, what: str) -> None:
     if n == 0:
         raise CatalogError(path, f"empty catalog: no {what}")
