@@ -10,6 +10,7 @@ import io
 import shutil
 from pathlib import Path
 
+import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -74,10 +75,14 @@ def test_image_references_absolute_and_uri(tmp_path):
     paths = make_shop(tmp_path, items=items)
     items[0]["image"] = str(paths["images"] / "a.jpg")  # absolute path
     items[1]["image"] = (paths["images"] / "b.jpg").as_uri()  # file:// URI
+    fsspec.filesystem("memory").pipe("/befa-test/c.jpg", jpeg_bytes((1, 2, 3)))
+    items[2]["image"] = "memory://befa-test/c.jpg"  # any fsspec URI
     pd.DataFrame(items).to_csv(paths["items"], index=False)
     res = run(paths)
     assert res.catalog.items["image_hash"].notna().all()
     assert res.catalog.items["image"].iloc[1] == str(paths["images"] / "b.jpg")
+    assert res.catalog.items["image"].iloc[2] == "memory://befa-test/c.jpg"
+    assert res.catalog.items["image_hash"].iloc[2] == hashlib.sha256(jpeg_bytes((1, 2, 3))).hexdigest()
 
 
 def test_missing_items_file(tmp_path):
