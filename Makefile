@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test bench bench-store bench-extract bench-train bench-quality lock clean
+.PHONY: venv demo test bench bench-store bench-ingest bench-extract bench-train bench-quality lock clean
 
 venv: $(STAMP)
 
@@ -36,10 +36,13 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-bench: bench-store bench-extract bench-train
+bench: bench-store bench-ingest bench-extract bench-train
 
 bench-store: venv
 	$(BIN)/python -m benchmarks.bench_store
+
+bench-ingest: venv
+	$(BIN)/python -m benchmarks.bench_ingest
 
 bench-extract: venv
 	$(BIN)/python -m benchmarks.bench_extract

@@ -59,10 +59,13 @@ def download_cmd(
     datasets_root: Optional[Path] = DatasetsRoot,
 ) -> None:
     """Download a dataset from its public upstream into the datasets root and verify it (needs internet)."""
-    from pipeline.datasets import download
+    from pipeline.datasets import DownloadError, download
 
     settings = _settings(datasets_root, None)
-    path = download(name, settings.datasets_root)
+    try:
+        path = download(name, settings.datasets_root)
+    except (DownloadError, ValueError) as exc:
+        _fail(str(exc))
     console.print(f"downloaded and verified: {path}")
 
 
@@ -75,16 +78,28 @@ def ingest_cmd(
     interactions: Optional[Path] = typer.Option(None, help="generic: interactions CSV/Parquet."),
     images: Optional[Path] = typer.Option(None, help="generic: image folder."),
     folder: Optional[Path] = typer.Option(None, help="mmrec: folder with <name>.inter and *_feat.npy."),
+    on_unknown_items: Optional[str] = typer.Option(None, help="Interactions naming unknown items: 'error' (default) or 'skip' (each skip reported)."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Check known datasets against their SHA256 sums (default on)."),
+    column: list[str] = typer.Option([], "--column", help="generic: column mapping KEY=NAME, e.g. --column item_id_column=sku --column text_column=description."),
     datasets_root: Optional[Path] = DatasetsRoot,
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
 ) -> None:
-    """Import and validate a catalog; writes items/interactions Parquet and an ingest report."""
+    """Import and validate a catalog; writes items/interactions Parquet and an ingest report.
+
+    --min-rating 0 keeps every MovieLens rating (leaving it out keeps ratings >= 4)."""
     from pipeline.catalog import CatalogError
     from pipeline.ingest import ingest
 
     settings = _settings(datasets_root, home, feature_store)
-    options = {k: v for k, v in dict(min_rating=min_rating, name=catalog_name, items=items, interactions=interactions, images=images, folder=folder).items() if v is not None}
+    options = dict(min_rating=min_rating, name=catalog_name, items=items, interactions=interactions, images=images,
+                   folder=folder, on_unknown_items=on_unknown_items, verify=verify)
+    options = {k: v for k, v in options.items() if v is not None}
+    for mapping in column:
+        key, sep, value = mapping.partition("=")
+        if not sep or not key.endswith("_column"):
+            _fail(f"--column expects KEY_column=NAME, got {mapping!r}")
+        options[key] = value
     try:
         catalog, report = ingest(name, settings, **options)
     except (CatalogError, FileNotFoundError, ValueError) as exc:
@@ -121,6 +136,24 @@ def split_cmd(
     split = make_split(catalog, kind=kind, seed=seed, k_core=k_core)
     path = split.save(settings.catalog_dir(name) / "splits")
     console.print(f"split {split.id}: {split.counts()} -> {path}")
+
+
+@app.command("export-mmrec")
+def export_mmrec_cmd(
+    name: str = typer.Argument(..., help="Ingested catalog name."),
+    split: str = typer.Option(..., help="Stored split name, e.g. random-s2024."),
+    dest: Path = typer.Option(..., help="Output folder for <name>.inter and *_feat.npy."),
+    image_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the image features."),
+    text_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the text features."),
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy)."""
+    from pipeline.importers.mmrec import export_command
+
+    fps = {m: fp for m, fp in (("image", image_fp), ("text", text_fp)) if fp}
+    out = export_command(name, split, dest, fingerprints=fps or None, settings=_settings(None, home, feature_store))
+    console.print(f"exported: {out}")
 
 
 @app.command("stats")
