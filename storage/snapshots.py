@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
@@ -70,16 +71,19 @@ def snapshot_id(dataset: str, fingerprint: str, modality: str, dim: int, index: 
     h = hashlib.sha256()
     h.update(json.dumps([dataset, fingerprint, modality, int(dim)]).encode("utf-8"))
     if index.num_rows:
-        # Unit/record separators cannot appear in validated ids, hashes or part names
-        # (control characters are rejected on write), so the encoding is unambiguous.
+        # Each row becomes "item_id US hash US part US row US" (US = \x1f, which
+        # validated ids, hashes and part names cannot hold), so the concatenation is
+        # unambiguous; hashing the string buffer avoids a Python object per row.
         rows = pc.binary_join_element_wise(
-            index["item_id"],
-            index["content_hash"],
-            index["part"],
-            pc.cast(index["row"], pa.string()),
+            index["item_id"].combine_chunks(),
+            index["content_hash"].combine_chunks(),
+            index["part"].combine_chunks(),
+            pc.cast(index["row"].combine_chunks(), pa.string()),
+            "",
             "\x1f",
-        )
-        h.update("\x1e".join(rows.to_pylist()).encode("utf-8"))
+        ).cast(pa.large_string())
+        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset : rows.offset + len(rows) + 1]
+        h.update(memoryview(rows.buffers()[2])[offsets[0] : offsets[-1]])
     return h.hexdigest()[:ID_LENGTH]
 
 

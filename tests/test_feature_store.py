@@ -196,6 +196,13 @@ def test_unaligned_multipart_read_gathers_values_and_mask(store: FeatureStore, m
     assert not any(lo <= feats.data_ptr() < hi for lo, hi in _arrow_ranges(seen))
     feats[0] += 1.0  # the gathered copy is the caller's to edit
 
+    # One part, all rows present, shuffled order: the single-gather path.
+    assert len(store.compact(*KEY).parts) == 1
+    shuffled = [ids[k] for k in perm]
+    feats, mask = store.read(*KEY, shuffled)
+    assert mask.all() and torch.equal(feats, torch.from_numpy(x[perm]))
+    assert not any(lo <= feats.data_ptr() < hi for lo, hi in _arrow_ranges(seen))
+
 
 def test_content_hash_mismatch_is_masked(store: FeatureStore) -> None:
     ids, hashes, x = _data(12)
@@ -496,6 +503,10 @@ def test_validation_errors(store: FeatureStore) -> None:
         store.write_part(*KEY, ids, hashes[:3], x)
     with pytest.raises(ValueError, match="row 1 is missing"):
         store.write_part(*KEY, ["a", None], ["h", "h"], x[:2])
+    with pytest.raises(ValueError, match=r"row 1 \('b\\x1fc'\) is empty or holds control"):
+        store.write_part(*KEY, ["a", "b\x1fc"], ["h", "h"], x[:2])
+    with pytest.raises(ValueError, match="content_hashes: row 0"):
+        store.write_part(*KEY, ["a", "b"], ["", "h"], x[:2])
     with pytest.raises(ValueError, match="2-D"):
         store.write_part(*KEY, ids, hashes, x[:, 0])
     with pytest.raises(ValueError, match="random_init"):
