@@ -10,10 +10,12 @@ One (dataset, fingerprint, modality) is a *feature set*; its files are::
         CURRENT                                               id of the current snapshot
 
 A part holds ``item_id: string, content_hash: string,
-embedding: fixed_size_list<float32>[D]`` in one row group (zstd; no dictionary
+embedding: fixed_size_list<float32>[D]`` in one row group (zstd by default; no dictionary
 or statistics on the vectors, which would only cost time). A snapshot is an index
 (item_id, content_hash, part, row) over parts, see :mod:`storage.snapshots`.
-Everything is plain Parquet: pyarrow, DuckDB and Polars read it directly.
+Everything is plain Parquet that pyarrow, DuckDB or Polars read directly;
+:func:`duckdb_snapshot_query` gives the SQL for one snapshot's rows. Globs over
+parts must say ``part-*.parquet``: DuckDB's ``*`` also matches ``.tmp-*`` files.
 
 Life of a write:
 
@@ -838,6 +840,7 @@ class FeatureStore:
                 self._snapshots.pop(path, None)
                 self._indexes.pop(path, None)
                 removed += 1
+        self._available_cache.pop(folder, None)
         referenced = {p for s in retained.values() for p in s.parts}
         newest_ns = max((_iso_to_ns(s.created) for s in snaps), default=-1)
         for name in self._parts(folder):

@@ -99,19 +99,25 @@ class StoreFS:
         except FileNotFoundError:
             return None
 
-    def parquet_file(self, path: str) -> pq.ParquetFile:
+    @contextlib.contextmanager
+    def parquet_file(self, path: str) -> Iterator[pq.ParquetFile]:
         if self.is_local:
             # memory_map: the OS pages the file in, Arrow decodes straight from it.
-            return pq.ParquetFile(path, memory_map=True)
-        return pq.ParquetFile(self.fs.open(path, "rb"))
+            with pq.ParquetFile(path, memory_map=True) as pf:
+                yield pf
+            return
+        with self.fs.open(path, "rb") as fh, pq.ParquetFile(fh) as pf:
+            yield pf
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         # ParquetFile.read keeps one chunk per row group (pq.read_table re-batches at
         # 128k rows), which is what lets a one-row-group part be read without copies.
-        return self.parquet_file(path).read(columns=columns)
+        with self.parquet_file(path) as pf:
+            return pf.read(columns=columns)
 
     def parquet_schema(self, path: str) -> pa.Schema:
-        return self.parquet_file(path).schema_arrow
+        with self.parquet_file(path) as pf:
+            return pf.schema_arrow
 
     # -- listing and deleting -----------------------------------------------------------
 
