@@ -98,7 +98,8 @@ class MiniLMEncoder(Encoder):
         with self._forward_context():
             out = self.model.encode(
                 list(texts),
-                batch_size=max(1, len(texts)),
+                # sentence-transformers sorts by length within the call: batches of 64 pad little
+                batch_size=min(64, max(1, len(texts))),
                 convert_to_tensor=True,
                 normalize_embeddings=False,
                 show_progress_bar=False,
