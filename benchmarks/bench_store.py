@@ -1,6 +1,6 @@
 """Feature store throughput: write, read (zero-copy and gathered), and a 1% upsert vs a full rewrite.
 
-Run: ``python -m benchmarks.bench_store [--rows 100000] [--dim 512] [--repeats 3] [--root DIR]``
+Run: ``python -m benchmarks.bench_store [--rows 100000] [--dim 512] [--repeats 3] [--root DIR] [--compression zstd]``
 
 Each figure is the median of ``--repeats`` runs. MB are 10^6 bytes of float32
 vector payload (rows x dim x 4), not file size. A "full rewrite" is an upsert of
@@ -101,20 +101,33 @@ def main() -> None:
             assert bool(mask.all())
             gathered_s.append(t)
 
-        # 1% upsert vs full rewrite on the same feature set.
+        # 1% upsert vs full rewrite on the same feature set. "Cold": a new store
+        # object, as in a fresh CLI run (it first reads the keys of every part);
+        # "warm": the same object again (keys cached in memory).
         k = max(1, n // 100)
-        store = FeatureStore(root, compression=args.compression)
-        small_s, full_s = [], []
+        small_cold, small_warm, full_s = [], [], []
         current = list(hashes)
+
+        def touch_one_percent(tag: str) -> None:
+            for c in rng.choice(n, size=k, replace=False):
+                current[c] = f"{tag}-small-{c:055x}"
+
+        warm_store = FeatureStore(root, compression=args.compression)
         for r in range(args.repeats):
-            changed = rng.choice(n, size=k, replace=False)
-            for c in changed:
-                current[c] = f"{r:08x}-small-{c:055x}"
+            touch_one_percent(f"c{r:07x}")
+            store = FeatureStore(root, compression=args.compression)
             t, res = _timed(lambda: store.upsert(KEY_DATASET, fp, KEY_MODALITY, ids, current, x))
             assert res.written == k
-            small_s.append(t)
+            small_cold.append(t)
+        warm_store.existing_keys(KEY_DATASET, fp, KEY_MODALITY)  # fill its cache
+        for r in range(args.repeats):
+            touch_one_percent(f"w{r:07x}")
+            t, res = _timed(lambda: warm_store.upsert(KEY_DATASET, fp, KEY_MODALITY, ids, current, x))
+            assert res.written == k
+            small_warm.append(t)
         for r in range(args.repeats):
             current = [f"{r:08x}-full-{c:056x}" for c in range(n)]
+            store = FeatureStore(root, compression=args.compression)
             t, res = _timed(lambda: store.upsert(KEY_DATASET, fp, KEY_MODALITY, ids, current, x))
             assert res.written == n
             full_s.append(t)
@@ -129,11 +142,13 @@ def main() -> None:
     print(f"read, aligned (zero-copy view):    {_rate(n, d, med(aligned_s))}")
     print(f"  bare pyarrow read, same file:    {_rate(n, d, med(raw_r))}   store/bare time {med(aligned_s) / med(raw_r):.2f}x")
     print(f"read, shuffled order (gather):     {_rate(n, d, med(gathered_s))}")
-    print(f"upsert touching 1% ({k:,} rows):     {med(small_s) * 1000:,.0f} ms")
-    print(f"full rewrite ({n:,} new hashes):  {med(full_s) * 1000:,.0f} ms")
-    ratio = med(small_s) / med(full_s)
-    verdict = "meets" if ratio <= GOAL_UPSERT_RATIO else "misses"
-    print(f"1% upsert / full rewrite:          {ratio:.3f}   (goal <= {GOAL_UPSERT_RATIO:.2f}: {verdict})")
+    print(f"full rewrite ({n:,} new hashes):  {med(full_s) * 1000:>8,.0f} ms   (new store object)")
+    print(f"upsert touching 1% ({k:,} rows), cold: {med(small_cold) * 1000:>6,.0f} ms   (new store object)")
+    print(f"upsert touching 1% ({k:,} rows), warm: {med(small_warm) * 1000:>6,.0f} ms   (keys cached in memory)")
+    for label, times in (("cold", small_cold), ("warm", small_warm)):
+        ratio = med(times) / med(full_s)
+        verdict = "meets" if ratio <= GOAL_UPSERT_RATIO else "misses"
+        print(f"1% upsert / full rewrite, {label}:    {ratio:.3f}   (goal <= {GOAL_UPSERT_RATIO:.2f}: {verdict})")
 
 
 if __name__ == "__main__":
