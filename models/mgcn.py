@@ -1,0 +1,185 @@
+"""MGCN (Yu et al., MM 2023), plus its BeFA insertion and the authors' published BeFA model.
+
+Equations (spec section 3; d = ``embedding_dim``, M >= 1 modalities, N = U + I rows):
+
+    content   = LightGCN(D^-1/2 A D^-1/2, [E_u; E_i], n_ui_layers)        (N x d)
+    c_m       = P_m X_m                                                    (I x d)
+    z_m       = E_i * sigmoid(W_m c_m + b_m)                               purifier
+    z_m      <- G_m^{item_layers} z_m                                      G_m frozen weighted kNN graph of X_m
+    u_m       = R_hat z_m                                                  R_hat = U x I block of D^-1/2 A D^-1/2
+    v_m       = [u_m; z_m]                                                 (N x d) modality view
+    alpha     = softmax_m( q(v_m) ),  q = Linear(d, d) - tanh - Linear(d, 1, no bias)
+    common    = sum_m alpha_m v_m
+    specific_m = (v_m - common) * sigmoid(W_c,m content + b_c,m)
+    side      = (sum_m specific_m + common) / (M + 1)
+    final     = content + side                                             score = user . item
+    loss = BPR(final) + reg * 0.5 (|u|^2 + |i+|^2 + |i-|^2) / batch_size
+           + cl * [InfoNCE(side_i[pos], content_i[pos]) + InfoNCE(side_u[users], content_u[users])]
+    InfoNCE(a, b) = mean_r -log( exp(cos(a_r, b_r)/tau) / sum_s exp(cos(a_r, b_s)/tau) ),
+                    in-batch negatives (rows of the same batch, duplicates included), tau = 0.2
+
++BeFA (``adapter="befa"``, spec section 4), replacing the purifier gate:
+
+    z_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)                 (W_m, b_m do not exist)
+    default variant: everything else unchanged (fuser and InfoNCE kept);
+    ``befa.variant="authors"`` (the authors' public model): side = (1/M) sum_m v_m,
+    no fuser, no InfoNCE term: loss = BPR + reg L2/batch.
+
+Choices (where the spec is silent):
+
+- The content gate W_c is one Linear(d, d) per modality, as in the reference
+  (``gate_image_prefer``/``gate_text_prefer``) and the MGCN paper; its input is the full
+  LightGCN output row (users and items alike), so users are gated too.
+- The fuser and the side/final rows are row-wise functions, so training computes them only
+  for the batch's users, positives and negatives (identical values to computing every row
+  and indexing, which the reference does); the propagations (LightGCN, G_m, R_hat) and the
+  projections run over all rows every batch, as in the reference, since every item feeds
+  the graphs.
+- With M = 1 the fuser gives alpha = 1, so side = v_1 / 2 (the formula, not a special case).
+- The L2 term divides by the configured batch size (reference); embeddings are
+  Xavier-uniform; other layers keep PyTorch's default initialisation.
+- Zero modalities raise ValueError (MGCN has no content-free form); ``befa.variant`` is
+  only read when ``adapter="befa"``.
+- Frozen raw features by default (``train_features=True`` makes them trainable, as in the
+  reference). The kNN graphs G_m are built from the raw features once and cached on disk
+  under (feature snapshot, k, variant, split), never by k alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from models import graphs
+from models.base import ModelConfig, Recommender, TrainData
+from models.befa import BeFA
+from models.lattice import check_modalities, original_item_graph
+from models.losses import bpr_from_embeddings, l2_per_batch
+from models.sparse import SparseGraph
+
+
+def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
+    """Mean InfoNCE of matching rows, cosine similarity, in-batch negatives."""
+    a, b = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+    logits = a @ b.T / temperature
+    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device.type, enabled=False) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class MGCN(Recommender):
+    """Multi-view graph convolution with a behaviour-guided purifier. See the module docstring."""
+
+    name: ClassVar[str] = "mgcn"
+    uses_content: ClassVar[bool] = True
+    GRID: ClassVar[dict[str, list]] = {"cl_weight": [0.001, 0.01, 0.1]}
+
+    class Config(ModelConfig):
+        lr_decay: tuple[float, int] | None = (0.96, 50)
+        reg: float = Field(1e-4, ge=0, description="L2/batch weight")
+        cl_weight: float = Field(0.01, ge=0, description="InfoNCE weight (grid 0.001, 0.01, 0.1)")
+        temperature: float = Field(0.2, gt=0)
+        knn_k: int = Field(10, ge=1)
+        n_ui_layers: int = Field(2, ge=0)
+        item_layers: int = Field(1, ge=0, description="hops of the modality item graphs")
+
+    def __init__(self, data: TrainData, config: "MGCN.Config"):
+        super().__init__(data, config)
+        self.modalities = check_modalities(data, "MGCN")
+        d, dev = config.embedding_dim, data.device
+        self.befa = config.adapter == "befa"
+        self.authors = self.befa and config.befa.variant == "authors"
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
+        self._feature_names: dict[str, str] = {}
+        for j, m in enumerate(self.modalities):
+            name = f"feature_{j}"
+            x = data.features[m]
+            if config.train_features:
+                self.register_parameter(name, nn.Parameter(x.detach().clone().float()))
+            else:
+                self.register_buffer(name, x)  # shares storage: checkpoints skip it
+            self._feature_names[m] = name
+        self.projections = nn.ModuleDict({m: nn.Linear(data.features[m].size(1), d, device=dev) for m in self.modalities})
+        if self.befa:
+            self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout).to(dev) for m in self.modalities})
+        else:
+            self.purifiers = nn.ModuleDict({m: nn.Linear(d, d, device=dev) for m in self.modalities})
+        if not self.authors:
+            self.query = nn.Sequential(nn.Linear(d, d, device=dev), nn.Tanh(), nn.Linear(d, 1, bias=False, device=dev))
+            self.prefer_gates = nn.ModuleDict({m: nn.Linear(d, d, device=dev) for m in self.modalities})
+        # SparseGraph: CSR products whose backward reuses a transpose built once (models.sparse).
+        u, i, nu, ni = data.train_users, data.train_items, data.num_users, data.num_items
+        self.norm_adj = SparseGraph.from_csr(graphs.interaction_adjacency(nu, ni, u, i, "sym"))
+        self.user_item = SparseGraph.from_csr(graphs.user_item_norm(nu, ni, u, i))
+        self.item_graphs = {m: SparseGraph.from_csr(original_item_graph(data, m, config.knn_k)) for m in self.modalities}
+
+    def feature(self, modality: str) -> Tensor:
+        return getattr(self, self._feature_names[modality])
+
+    def feature_table_parameters(self) -> int:
+        return sum(self.feature(m).numel() for m in self.modalities)
+
+    # -- views ----------------------------------------------------------------
+    def purified(self, modality: str) -> Tensor:
+        """z_m before propagation: E_i gated by the content (purifier or BeFA)."""
+        c = self.projections[modality](self.feature(modality))
+        if self.befa:
+            return self.adapters[modality](c, self.item_embedding)
+        return self.item_embedding * torch.sigmoid(self.purifiers[modality](c))
+
+    def views(self) -> tuple[Tensor, list[Tensor]]:
+        """(content N x d, [v_m N x d per modality])."""
+        views = []
+        with _no_autocast(self.item_embedding.device):
+            ego = torch.cat([self.user_embedding, self.item_embedding]).float()
+            content = graphs.lightgcn_propagate(self.norm_adj, ego, self.config.n_ui_layers)
+            for m in self.modalities:
+                z = self.purified(m).float()
+                for _ in range(self.config.item_layers):
+                    z = self.item_graphs[m] @ z
+                views.append(torch.cat([self.user_item @ z, z]))
+        return content, views
+
+    def side(self, content: Tensor, views: list[Tensor]) -> Tensor:
+        """Row-wise fusion of the modality views (fuser, or the authors' mean)."""
+        if self.authors:
+            return torch.stack(views).mean(0)
+        scores = torch.cat([self.query(v) for v in views], dim=1)  # (rows, M)
+        alpha = scores.softmax(dim=1)
+        common = sum(alpha[:, j : j + 1] * v for j, v in enumerate(views))
+        specific = sum(
+            (v - common) * torch.sigmoid(self.prefer_gates[m](content)) for m, v in zip(self.modalities, views)
+        )
+        return (specific + common) / (len(views) + 1)
+
+    # -- recommender hooks ------------------------------------------------------
+    def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:
+        if neg_items is None:
+            raise ValueError("MGCN: BPR needs negative items")
+        content, views = self.views()
+        off = self.num_users
+        rows = torch.cat([users, pos_items + off, neg_items + off])
+        side = self.side(content[rows], [v[rows] for v in views])
+        final = content[rows] + side
+        b = users.numel()
+        u, p, n = final[:b], final[b : 2 * b], final[2 * b :]
+        loss = bpr_from_embeddings(u, p, n) + self.config.reg * l2_per_batch(u, p, n, batch_size=self.config.batch_size)
+        if not self.authors and self.config.cl_weight > 0:
+            t = self.config.temperature
+            cl = info_nce(side[b : 2 * b], content[rows[b : 2 * b]], t) + info_nce(side[:b], content[users], t)
+            loss = loss + self.config.cl_weight * cl
+        return loss
+
+    def inference_embeddings(self) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            content, views = self.views()
+            final = content + self.side(content, views)
+        return final.split([self.num_users, self.num_items])

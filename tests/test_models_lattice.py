@@ -1,0 +1,258 @@
+"""LATTICE: dense re-computation of the equations, sparse = dense learned graph, gradients,
+modality counts, feature tables, a short training run that must beat random ranking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models.lattice as lattice_mod
+import models.sparse as sparse_mod
+from models.base import TrainData
+from models.lattice import LATTICE
+
+U, I = 6, 8
+USERS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 0])
+ITEMS = torch.tensor([0, 1, 1, 2, 3, 5, 4, 5, 6, 3, 7, 0, 6])
+
+
+def tiny_data(dims=(("image", 5), ("text", 3)), seed=0) -> TrainData:
+    g = torch.Generator().manual_seed(seed)
+    feats = {m: torch.randn(I, d, generator=g) for m, d in dims}
+    return TrainData(U, I, USERS.clone(), ITEMS.clone(), features=feats)
+
+
+# -- an independent dense implementation of the spec's equations ----------------
+def dense_topk_graph(x: torch.Tensor, k: int) -> torch.Tensor:
+    xn = x / x.norm(dim=1, keepdim=True)
+    sim = xn @ xn.T
+    val, idx = sim.topk(k, dim=1)
+    return torch.zeros_like(sim).scatter(1, idx, val)
+
+
+def sym_norm(s: torch.Tensor) -> torch.Tensor:
+    d = s.sum(1).pow(-0.5)
+    return d[:, None] * s * d[None, :]
+
+
+def dense_adj_lattice(users, items, nu, ni) -> torch.Tensor:
+    n = nu + ni
+    a = torch.zeros(n, n)
+    a[users, items + nu] = 1
+    a[items + nu, users] = 1
+    a = a + torch.eye(n)
+    return a / a.sum(1, keepdim=True)
+
+
+def dense_gate(adapter, c):
+    z = torch.relu(c @ adapter.decouple.weight.T + adapter.decouple.bias)
+    z = torch.relu(torch.tanh(z) @ adapter.filter.weight.T + adapter.filter.bias)
+    return torch.sigmoid(z @ adapter.recombine.weight.T + adapter.recombine.bias)
+
+
+def dense_lattice(model: LATTICE, data: TrainData, cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(users, items, G) straight from the equations, with dense matrices."""
+    k = cfg.knn_k
+    w = torch.softmax(model.modal_logits, 0)
+    eu, ei = model.user_embedding, model.item_embedding
+    contents = [data.features[m] @ model.projections[m].weight.T + model.projections[m].bias for m in data.modalities]
+    if cfg.adapter == "befa":
+        basis = [ei * dense_gate(model.adapters[m], c) for m, c in zip(data.modalities, contents)]
+    else:
+        basis = contents
+    learned = sym_norm(sum(w[j] * dense_topk_graph(b, k) for j, b in enumerate(basis)))
+    original = sum(w[j] * sym_norm(dense_topk_graph(data.features[m], k)) for j, m in enumerate(data.modalities))
+    g = (1 - cfg.lambda_coeff) * learned + cfg.lambda_coeff * original
+    h = g @ (sum(w[j] * b for j, b in enumerate(basis)) if cfg.adapter == "befa" else ei)
+    adj = dense_adj_lattice(data.train_users, data.train_items, U, I)
+    x = torch.cat([eu, ei])
+    layers = [x]
+    for _ in range(cfg.n_ui_layers):
+        layers.append(adj @ layers[-1])
+    out = torch.stack(layers).mean(0)
+    return out[:U], out[U:] + h / h.norm(dim=1, keepdim=True), g
+
+
+def dense_loss(users_e, items_e, u, p, n, reg, batch_size):
+    us, ps, ns = users_e[u], items_e[p], items_e[n]
+    bpr = -torch.log(torch.sigmoid((us * ps).sum(1) - (us * ns).sum(1))).mean()
+    return bpr + reg * 0.5 * (us.pow(2).sum() + ps.pow(2).sum() + ns.pow(2).sum()) / batch_size
+
+
+BATCH = (torch.tensor([0, 1, 2, 3, 5]), torch.tensor([1, 2, 3, 5, 7]), torch.tensor([4, 6, 0, 2, 1]))
+
+
+@pytest.mark.parametrize("adapter", ["none", "befa"])
+def test_inference_and_loss_match_dense_equations(adapter, monkeypatch):
+    monkeypatch.setattr(sparse_mod, "GATHER_ELEMENTS", 8)  # several chunks in the value-gradient gather
+    torch.manual_seed(0)
+    data = tiny_data()
+    cfg = LATTICE.Config(embedding_dim=4, knn_k=3, reg=1e-2, adapter=adapter, befa={"t": 2.0, "dropout": 0.0}, batch_size=5)
+    model = LATTICE(data, cfg)
+    model.eval()
+    users_e, items_e = model.inference_embeddings()
+    with torch.no_grad():
+        du, di, _ = dense_lattice(model, data, cfg)
+    torch.testing.assert_close(users_e, du, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items_e, di, rtol=1e-5, atol=1e-6)
+
+    model.train()
+    model.pre_epoch(0)
+    u, p, n = BATCH
+    loss = model.loss(u, p, n)
+    du, di, _ = dense_lattice(model, data, cfg)
+    expected = dense_loss(du, di, u, p, n, cfg.reg, cfg.batch_size)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+    # First batch: the gradient through the (sparse) learned graph equals the dense one.
+    params = [p_ for p_ in model.parameters() if p_.requires_grad]
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    for (name, param), a, b in zip(model.named_parameters(), got, want):
+        a = torch.zeros_like(param) if a is None else a
+        b = torch.zeros_like(param) if b is None else b
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
+    assert want[[n for n, _ in model.named_parameters()].index("projections.image.weight")].abs().sum() > 0
+
+
+def test_sparse_learned_graph_equals_dense_topk(monkeypatch):
+    # Force several similarity blocks in the top-k search (2 rows per block).
+    monkeypatch.setattr(lattice_mod, "SIM_BLOCK_ELEMENTS", 2 * I)
+    torch.manual_seed(1)
+    data = tiny_data(seed=3)
+    cfg = LATTICE.Config(embedding_dim=4, knn_k=3)
+    model = LATTICE(data, cfg)
+    with torch.no_grad():
+        model.modal_logits.copy_(torch.tensor([0.3, -0.4]))  # unequal modality weights
+        graph = model.build_item_graph(model.content())
+        _, _, g_dense = dense_lattice(model, data, cfg)
+    torch.testing.assert_close(graph.to_dense(), g_dense, rtol=1e-5, atol=1e-7)
+    # Row k-sparsity: at most k learned + k original entries per modality and row.
+    assert int((graph.to_dense() != 0).sum(1).max()) <= 2 * 2 * cfg.knn_k
+
+
+def test_learned_graph_gradient_only_on_rebuild_batch_and_adapter_gets_gradients():
+    torch.manual_seed(0)
+    data = tiny_data()
+    model = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3, adapter="befa"))
+    model.train()
+    model.pre_epoch(0)
+    u, p, n = BATCH
+    model.loss(u, p, n).backward()
+    grads = {name: p_.grad for name, p_ in model.named_parameters()}
+    for name, g in grads.items():
+        assert g is not None and g.abs().sum() > 0, f"{name} got no gradient on the rebuild batch"
+    model.zero_grad(set_to_none=True)
+    model.loss(u, p, n).backward()
+    for name, p_ in model.named_parameters():
+        if name.startswith("projections."):
+            assert p_.grad is None, f"{name}: the detached graph must not feed P_m after the first batch"
+        else:
+            assert p_.grad is not None and p_.grad.abs().sum() > 0, f"{name} lost its gradient after batch 1"
+    assert model.parameter_report()["params_adapter"] == 2 * (4 * 4 + 4 + 4 * 4 + 4 + 4 * 4 + 4)
+
+
+def test_zero_one_two_modalities():
+    with pytest.raises(ValueError, match="at least one content modality"):
+        LATTICE(tiny_data(dims=()), LATTICE.Config(embedding_dim=4, knn_k=3))
+    for dims in ((("text", 3),), (("image", 5), ("text", 3))):
+        for adapter in ("none", "befa"):
+            data = tiny_data(dims=dims)
+            model = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3, adapter=adapter))
+            model.train()
+            model.pre_epoch(0)
+            loss = model.loss(*BATCH)
+            loss.backward()
+            assert torch.isfinite(loss)
+            model.eval()
+            ue, ie = model.inference_embeddings()
+            assert ue.shape == (U, 4) and ie.shape == (I, 4) and torch.isfinite(ie).all()
+
+
+def test_authors_variant_is_rejected_for_lattice():
+    with pytest.raises(ValueError, match="only for MGCN"):
+        LATTICE(tiny_data(), LATTICE.Config(embedding_dim=4, adapter="befa", befa={"variant": "authors"}))
+
+
+def test_train_features_toggles_trainable_tables():
+    data = tiny_data()
+    frozen = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3))
+    assert not any(n.startswith("feature_") for n, _ in frozen.named_parameters())
+    assert frozen.feature("image").data_ptr() == data.features["image"].data_ptr()  # shared, not copied
+    assert frozen.feature_table_parameters() == I * (5 + 3)
+    trained = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3, train_features=True))
+    names = {n for n, p in trained.named_parameters() if p.requires_grad}
+    assert {"feature_0", "feature_1"} <= names
+    trained.train()
+    trained.pre_epoch(0)
+    trained.loss(*BATCH).backward()
+    assert trained.feature("image").grad.abs().sum() > 0
+    rep = trained.parameter_report()
+    assert rep["params_feature_tables"] == I * 8
+    assert rep["params_base_with_feature_tables"] == rep["params_trainable"]
+
+
+def test_original_graph_cache_is_keyed_by_snapshot(tmp_path):
+    data = tiny_data()
+    data.graph_cache_dir = tmp_path
+    data.feature_snapshots = {"image": "snap-a", "text": "snap-b"}
+    LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3))
+    files = sorted(tmp_path.glob("graph-*.pt"))
+    assert len(files) == 2
+    data.feature_snapshots = {"image": "snap-a2", "text": "snap-b"}
+    m2 = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3))
+    assert len(list(tmp_path.glob("graph-*.pt"))) == 3
+    torch.testing.assert_close(m2.original_graphs[0].to_dense(), sym_norm(dense_topk_graph(data.features["image"], 3)))
+
+
+def clustered_data(seed=0, groups=4, users_per=15, items_per=10, per_user=6):
+    """Users of group g interact only with items of group g; features reveal the group."""
+    g = torch.Generator().manual_seed(seed)
+    nu, ni = groups * users_per, groups * items_per
+    train_u, train_i, test = [], [], {}
+    for u in range(nu):
+        grp = u // users_per
+        items = grp * items_per + torch.randperm(items_per, generator=g)[: per_user + 1]
+        train_u += [u] * per_user
+        train_i += items[:per_user].tolist()
+        test[u] = int(items[per_user])
+    centres = torch.randn(groups, 16, generator=g)
+    feats = {
+        "image": centres.repeat_interleave(items_per, 0) + 0.3 * torch.randn(ni, 16, generator=g),
+        "text": centres[:, :8].repeat_interleave(items_per, 0) + 0.3 * torch.randn(ni, 8, generator=g),
+    }
+    data = TrainData(nu, ni, torch.tensor(train_u), torch.tensor(train_i), features=feats)
+    return data, test
+
+
+def recall_at(model, data, test, k=5) -> float:
+    model.eval()
+    ue, ie = model.inference_embeddings()
+    scores = ue @ ie.T
+    scores[data.train_users, data.train_items] = -math.inf
+    top = scores.topk(k, dim=1).indices
+    return sum(float(test[u] in top[u].tolist()) for u in test) / len(test)
+
+
+@pytest.mark.parametrize("adapter", ["none", "befa"])
+def test_three_epochs_beat_random_ranking(adapter):
+    torch.manual_seed(0)
+    data, test = clustered_data()
+    model = LATTICE(data, LATTICE.Config(embedding_dim=16, knn_k=5, adapter=adapter, batch_size=32))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        model.train()
+        model.pre_epoch(epoch)
+        perm = torch.randperm(data.train_users.numel(), generator=gen)
+        for s in range(0, perm.numel(), 32):
+            idx = perm[s : s + 32]
+            neg = torch.randint(data.num_items, (idx.numel(),), generator=gen)
+            opt.zero_grad()
+            model.loss(data.train_users[idx], data.train_items[idx], neg).backward()
+            opt.step()
+    random_recall = 5 / (data.num_items - 6)  # expected Recall@5 of a random ranking
+    assert recall_at(model, data, test) > 3 * random_recall

@@ -1,0 +1,246 @@
+"""MGCN (+BeFA, +the authors' variant): dense re-computation of the equations, gradients,
+modality counts, feature tables, a short training run that must beat random ranking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.base import TrainData
+from models.mgcn import MGCN
+
+U, I = 6, 8
+USERS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 0])
+ITEMS = torch.tensor([0, 1, 1, 2, 3, 5, 4, 5, 6, 3, 7, 0, 6])
+BATCH = (torch.tensor([0, 1, 2, 3, 5, 0]), torch.tensor([1, 2, 3, 5, 7, 6]), torch.tensor([4, 6, 0, 2, 1, 3]))
+VARIANTS = {
+    "base": {},
+    "befa": {"adapter": "befa", "befa": {"t": 2.0, "dropout": 0.0}},
+    "authors": {"adapter": "befa", "befa": {"t": 0.5, "dropout": 0.0, "variant": "authors"}},
+}
+
+
+def tiny_data(dims=(("image", 5), ("text", 3)), seed=0) -> TrainData:
+    g = torch.Generator().manual_seed(seed)
+    feats = {m: torch.randn(I, d, generator=g) for m, d in dims}
+    return TrainData(U, I, USERS.clone(), ITEMS.clone(), features=feats)
+
+
+# -- an independent dense implementation of the spec's equations ----------------
+def dense_knn(x: torch.Tensor, k: int) -> torch.Tensor:
+    xn = x / x.norm(dim=1, keepdim=True)
+    sim = xn @ xn.T
+    val, idx = sim.topk(k, dim=1)
+    s = torch.zeros_like(sim).scatter(1, idx, val)
+    d = s.sum(1).pow(-0.5)
+    return d[:, None] * s * d[None, :]
+
+
+def dense_sym_adj(users, items) -> torch.Tensor:
+    a = torch.zeros(U + I, U + I)
+    a[users, items + U] = 1
+    a[items + U, users] = 1
+    d = (a.sum(1) + 1e-7).pow(-0.5)
+    return d[:, None] * a * d[None, :]
+
+
+def linear(layer, x):
+    out = x @ layer.weight.T
+    return out if layer.bias is None else out + layer.bias
+
+
+def dense_gate(adapter, c):
+    z = torch.relu(linear(adapter.decouple, c))
+    z = torch.relu(linear(adapter.filter, torch.tanh(z)))
+    return torch.sigmoid(linear(adapter.recombine, z))
+
+
+def dense_mgcn(model: MGCN, data: TrainData, cfg, variant: str):
+    """(final N x d, side N x d, content N x d) from the equations, with dense matrices."""
+    adj = dense_sym_adj(data.train_users, data.train_items)
+    r_hat = adj[:U, U:]
+    x = torch.cat([model.user_embedding, model.item_embedding])
+    layers = [x]
+    for _ in range(cfg.n_ui_layers):
+        layers.append(adj @ layers[-1])
+    content = torch.stack(layers).mean(0)
+    views = []
+    for m in data.modalities:
+        c = linear(model.projections[m], data.features[m])
+        if variant == "base":
+            z = model.item_embedding * torch.sigmoid(linear(model.purifiers[m], c))
+        else:
+            z = model.item_embedding * dense_gate(model.adapters[m], c)
+        z = dense_knn(data.features[m], cfg.knn_k) @ z
+        views.append(torch.cat([r_hat @ z, z]))
+    if variant == "authors":
+        side = sum(views) / len(views)
+    else:
+        q = [linear(model.query[2], torch.tanh(linear(model.query[0], v))) for v in views]  # (N, 1) each
+        e = torch.exp(torch.cat(q, 1))
+        alpha = e / e.sum(1, keepdim=True)
+        common = sum(alpha[:, j : j + 1] * v for j, v in enumerate(views))
+        specific = [
+            (v - common) * torch.sigmoid(linear(model.prefer_gates[m], content)) for m, v in zip(data.modalities, views)
+        ]
+        side = (sum(specific) + common) / (len(views) + 1)
+    return content + side, side, content
+
+
+def dense_info_nce(a, b, tau):
+    total = 0.0
+    for r in range(a.size(0)):
+        cos = torch.stack([torch.dot(a[r], b[s]) / (a[r].norm() * b[s].norm()) for s in range(b.size(0))])
+        total = total - torch.log(torch.exp(cos[r] / tau) / torch.exp(cos / tau).sum())
+    return total / a.size(0)
+
+
+def dense_loss(final, side, content, users, pos, neg, cfg, variant):
+    u, p, n = final[users], final[pos + U], final[neg + U]
+    bpr = -torch.log(torch.sigmoid((u * p).sum(1) - (u * n).sum(1))).mean()
+    loss = bpr + cfg.reg * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / cfg.batch_size
+    if variant != "authors":
+        cl = dense_info_nce(side[pos + U], content[pos + U], cfg.temperature) + dense_info_nce(
+            side[users], content[users], cfg.temperature
+        )
+        loss = loss + cfg.cl_weight * cl
+    return loss
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_inference_and_loss_match_dense_equations(variant):
+    torch.manual_seed(0)
+    data = tiny_data()
+    cfg = MGCN.Config(embedding_dim=4, knn_k=3, reg=1e-2, cl_weight=0.3, batch_size=6, **VARIANTS[variant])
+    model = MGCN(data, cfg)
+    model.eval()
+    users_e, items_e = model.inference_embeddings()
+    with torch.no_grad():
+        final, _, _ = dense_mgcn(model, data, cfg, variant)
+    torch.testing.assert_close(users_e, final[:U], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items_e, final[U:], rtol=1e-5, atol=1e-6)
+
+    model.train()
+    loss = model.loss(*BATCH)
+    expected = dense_loss(*dense_mgcn(model, data, cfg, variant), *BATCH, cfg, variant)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    for (name, param), a, b in zip(model.named_parameters(), got, want):
+        a = torch.zeros_like(param) if a is None else a
+        b = torch.zeros_like(param) if b is None else b
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
+
+
+def test_variant_structure_and_adapter_gradients():
+    data = tiny_data()
+    base = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3))
+    assert hasattr(base, "purifiers") and not hasattr(base, "adapters") and base.parameter_report()["params_adapter"] == 0
+    for variant in ("befa", "authors"):
+        # d = 16: with d = 4 and t = 0.5 the two hidden ReLUs can be dead for all 8 items
+        torch.manual_seed(0)
+        model = MGCN(data, MGCN.Config(embedding_dim=16, knn_k=3, **VARIANTS[variant]))
+        assert not hasattr(model, "purifiers")  # BeFA replaces the purifier gate
+        assert hasattr(model, "query") == (variant == "befa")  # the authors' model has no fuser
+        model.train()
+        model.loss(*BATCH).backward()
+        adapter_grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("adapters.")}
+        assert len(adapter_grads) == 2 * 6
+        for name, g in adapter_grads.items():
+            assert g is not None and g.abs().sum() > 0, f"{variant}: {name} got no gradient"
+        assert model.parameter_report()["params_adapter"] > 0
+
+
+def test_authors_variant_has_no_contrastive_term():
+    torch.manual_seed(0)
+    data = tiny_data()
+    losses = []
+    for cl in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, cl_weight=cl, **VARIANTS["authors"]))
+        model.train()
+        losses.append(model.loss(*BATCH))
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.manual_seed(0)
+    with_cl = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, cl_weight=5.0, **VARIANTS["befa"]))
+    torch.manual_seed(0)
+    without = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, cl_weight=0.0, **VARIANTS["befa"]))
+    assert with_cl.loss(*BATCH) > without.loss(*BATCH)  # InfoNCE >= 0 and is kept by default
+
+
+def test_zero_one_two_modalities():
+    with pytest.raises(ValueError, match="at least one content modality"):
+        MGCN(tiny_data(dims=()), MGCN.Config(embedding_dim=4, knn_k=3))
+    for dims in ((("image", 5),), (("image", 5), ("text", 3))):
+        for variant in VARIANTS:
+            data = tiny_data(dims=dims)
+            model = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, **VARIANTS[variant]))
+            model.train()
+            loss = model.loss(*BATCH)
+            loss.backward()
+            assert torch.isfinite(loss)
+            model.eval()
+            ue, ie = model.inference_embeddings()
+            assert ue.shape == (U, 4) and ie.shape == (I, 4) and torch.isfinite(ie).all()
+
+
+def test_train_features_toggles_trainable_tables():
+    data = tiny_data()
+    frozen = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3))
+    assert not any(n.startswith("feature_") for n, _ in frozen.named_parameters())
+    assert frozen.feature("text").data_ptr() == data.features["text"].data_ptr()
+    trained = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, train_features=True))
+    trained.train()
+    trained.loss(*BATCH).backward()
+    assert trained.feature("image").requires_grad and trained.feature("image").grad.abs().sum() > 0
+    rep = trained.parameter_report()
+    assert rep["params_feature_tables"] == I * 8
+    assert rep["params_base_without_feature_tables"] == rep["params_trainable"] - I * 8
+
+
+def clustered_data(seed=0, groups=4, users_per=15, items_per=10, per_user=6):
+    """Users of group g interact only with items of group g; features reveal the group."""
+    g = torch.Generator().manual_seed(seed)
+    nu, ni = groups * users_per, groups * items_per
+    train_u, train_i, test = [], [], {}
+    for u in range(nu):
+        grp = u // users_per
+        items = grp * items_per + torch.randperm(items_per, generator=g)[: per_user + 1]
+        train_u += [u] * per_user
+        train_i += items[:per_user].tolist()
+        test[u] = int(items[per_user])
+    centres = torch.randn(groups, 16, generator=g)
+    feats = {
+        "image": centres.repeat_interleave(items_per, 0) + 0.3 * torch.randn(ni, 16, generator=g),
+        "text": centres[:, :8].repeat_interleave(items_per, 0) + 0.3 * torch.randn(ni, 8, generator=g),
+    }
+    return TrainData(nu, ni, torch.tensor(train_u), torch.tensor(train_i), features=feats), test
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_three_epochs_beat_random_ranking(variant):
+    torch.manual_seed(0)
+    data, test = clustered_data()
+    model = MGCN(data, MGCN.Config(embedding_dim=16, knn_k=5, batch_size=32, **VARIANTS[variant]))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(3):
+        model.train()
+        model.pre_epoch(epoch)
+        perm = torch.randperm(data.train_users.numel(), generator=gen)
+        for s in range(0, perm.numel(), 32):
+            idx = perm[s : s + 32]
+            neg = torch.randint(data.num_items, (idx.numel(),), generator=gen)
+            opt.zero_grad()
+            model.loss(data.train_users[idx], data.train_items[idx], neg).backward()
+            opt.step()
+    model.eval()
+    ue, ie = model.inference_embeddings()
+    scores = ue @ ie.T
+    scores[data.train_users, data.train_items] = -math.inf
+    top = scores.topk(5, dim=1).indices
+    recall = sum(float(test[u] in top[u].tolist()) for u in test) / len(test)
+    assert recall > 3 * 5 / (data.num_items - 6)  # 3x the expected Recall@5 of a random ranking
