@@ -202,6 +202,9 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path, me
         ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{rec['model']} {ADAPTER_LABEL.get(rec['adapter'], rec['adapter'])}")
         if rec.get("best_epoch") in xs:
             ax.plot([rec["best_epoch"]], [ys[xs.index(rec["best_epoch"])]], "*", color=color, markersize=10)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"valid {metric}")
     ax.set_title(f"Training curves (valid {metric}; star = best epoch)")
@@ -221,12 +224,13 @@ def plot_base_vs_befa(metrics: pd.DataFrame, path: str | Path, metric_names: Seq
     for ax, metric in zip(axes[0], metric_names):
         sub = metrics[metrics["metric"] == metric]
         for j, adapter in enumerate(("none", "befa")):
-            vals = []
-            for model in models:
+            xs, vals = [], []
+            for i, model in enumerate(models):
                 hit = sub[(sub["model"] == model) & (sub["adapter"] == adapter)]["value"]
-                vals.append(float(hit.iloc[0]) if len(hit) else 0.0)
-            xs = [i + (j - 0.5) * width for i in range(len(models))]
-            bars = ax.bar(xs, vals, width, label=ADAPTER_LABEL[adapter])
+                if len(hit):  # a model trained one way only gets one bar, not a fake 0
+                    xs.append(i + (j - 0.5) * width)
+                    vals.append(float(hit.iloc[0]))
+            bars = ax.bar(xs, vals, width, label=ADAPTER_LABEL[adapter], color=f"C{j}")
             ax.bar_label(bars, fmt="%.3f", fontsize=7)
         ax.set_xticks(range(len(models)), models)
         ax.set_title(f"test {metric}")
@@ -254,7 +258,10 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Seque
 
 
 def weights_label(info: EncoderInfo) -> str:
-    return "random init" if info.random_init else (info.weights or "unknown")
+    if info.random_init:
+        # keep the encoder's own label ("random init (seed 0)") when it says so
+        return info.weights if (info.weights or "").startswith("random init") else "random init"
+    return info.weights or "unknown"
 
 
 def render_markdown(
