@@ -7,17 +7,20 @@ are not masked when testing (reference behaviour). Valid and test share the trai
 so one top-K pass over the union of their users serves both.
 
 Work runs in user batches on the embeddings' device; the batch size is chosen so one
-score block holds about ``block_elements`` floats (2^25 = 128 MB), which keeps memory
+score block holds about ``block_elements`` floats (2^24 = 64 MB), which keeps memory
 flat for large catalogs.
 
 Ties: ranking is by score, higher first, and among equal scores the LOWER item index
 comes first. This is exact and device independent: ``torch.topk`` alone leaves tie order
-unspecified (and it differs between CPU and CUDA), so (1) the K_max returned entries are
-re-ordered by (score desc, index asc) and (2) rows where the K-th score ties with an
-item left outside the top K are re-ranked with an exact integer key
-(order-preserving int of the float32 score, then the inverted item index). Rows without
-a boundary tie (almost all rows of a trained model) cost one extra comparison pass.
-MostPop, where many items share a popularity count, is the case this matters for.
+unspecified (and it differs between CPU and CUDA), so ``topk_items`` takes the top K + 1:
+(1) rows where the K-th and (K+1)-th scores are equal (a tie across the cut) are
+re-ranked with an exact integer key (order-preserving int of the float32 score, then
+the inverted item index); (2) rows with equal scores inside the top K are re-ordered by
+(score desc, index asc). Rows without ties (almost all rows of a trained model) cost
+nothing extra. MostPop, where many items share a popularity count, is the case this
+matters for. Held-out hits are found by a sorted-key lookup (``user * I + item``), and
+the per-split constants (who is ranked, the train entries to mask per batch) are built
+once and reused every epoch.
 """
 
 from __future__ import annotations
@@ -91,22 +94,45 @@ def _ordered_int(scores: Tensor) -> Tensor:
 
 def topk_items(scores: Tensor, k: int) -> Tensor:
     """Indices of the k best columns per row: score descending, ties -> lower index first."""
-    k = min(k, scores.size(1))
-    vals, idx = scores.topk(k, dim=1)
-    kth = vals[:, -1:]
-    boundary_tie = (scores >= kth).sum(1) > k
-    if bool(boundary_tie.any()):
-        rows = torch.nonzero(boundary_tie).flatten()
-        sub = scores[rows]
-        col = torch.arange(sub.size(1), device=sub.device, dtype=torch.int64)
-        key = _ordered_int(sub) * (1 << 32) + ((1 << 31) - 1 - col)
-        idx[rows] = key.topk(k, dim=1).indices
-        vals[rows] = sub.gather(1, idx[rows])
-    # Re-order inside the top k: ascending index, then a stable sort by score descending.
-    by_index = idx.argsort(dim=1)
-    idx, vals = idx.gather(1, by_index), vals.gather(1, by_index)
-    by_score = vals.argsort(dim=1, descending=True, stable=True)
-    return idx.gather(1, by_score)
+    n = scores.size(1)
+    k = min(k, n)
+    extra = 1 if k < n else 0
+    vals, idx = scores.topk(k + extra, dim=1)  # sorted, descending
+    if extra:
+        # A tie across the cut exists iff the (k+1)-th best equals the k-th best.
+        boundary = vals[:, k - 1] == vals[:, k]
+        vals, idx = vals[:, :k], idx[:, :k]
+        if bool(boundary.any()):
+            rows = torch.nonzero(boundary).flatten()
+            sub = scores[rows]
+            col = torch.arange(n, device=sub.device, dtype=torch.int64)
+            key = _ordered_int(sub) * (1 << 32) + ((1 << 31) - 1 - col)
+            idx[rows] = key.topk(k, dim=1).indices
+            vals[rows] = sub.gather(1, idx[rows])
+    inner = (vals[:, 1:] == vals[:, :-1]).any(1) if k > 1 else torch.zeros(0, dtype=torch.bool)
+    if bool(inner.any()):
+        # Re-order tied runs inside the top k: ascending index, then a stable sort by score.
+        rows = torch.nonzero(inner).flatten()
+        v, i = vals[rows], idx[rows]
+        by_index = i.argsort(dim=1)
+        v, i = v.gather(1, by_index), i.gather(1, by_index)
+        idx[rows] = i.gather(1, v.argsort(dim=1, descending=True, stable=True))
+    return idx
+
+
+@dataclass
+class _Plan:
+    """What does not change between epochs for one set of parts: who is ranked, in which
+    batches, which train entries to mask in each batch, and the held-out lookup keys."""
+
+    users: Tensor  # ranked users (union over parts), ascending
+    batch: int
+    train_pos: Tensor  # per masked train entry: row in ``users`` (sorted)
+    train_items: Tensor
+    bounds: Tensor  # train entries of batch b: bounds[b] .. bounds[b + 1]
+    part_rows: dict[str, Tensor]  # part -> rows of ``users`` that have held-out items in it
+    part_counts: dict[str, Tensor]
+    part_keys: dict[str, Tensor]  # part -> sorted user * I + item
 
 
 class Evaluator:
@@ -118,7 +144,7 @@ class Evaluator:
         heldout: dict[str, UserItems],
         num_items: int,
         ks: Sequence[int] = TOPKS,
-        block_elements: int = 1 << 25,
+        block_elements: int = 1 << 24,
         per_user_metrics_kept: Sequence[str] = ("recall@20", "ndcg@20"),
     ):
         self.train = train
@@ -130,44 +156,77 @@ class Evaluator:
         self.kept = tuple(per_user_metrics_kept)
         # With fewer items than K the list is the whole catalog; missing ranks count as misses.
         self.depth = min(self.kmax, self.num_items)
+        self._plans: dict[tuple, _Plan] = {}
 
     def to(self, device: torch.device | str) -> "Evaluator":
         self.train = self.train.to(device)
         self.heldout = {k: v.to(device) for k, v in self.heldout.items()}
+        self._plans.clear()
         return self
+
+    def _plan(self, parts: tuple[str, ...], device: torch.device) -> _Plan:
+        key = (parts, str(device))
+        if key in self._plans:
+            return self._plans[key]
+        I = self.num_items
+        per_part_users = {p: self.heldout[p].users_with_items() for p in parts}
+        users = torch.unique(torch.cat(list(per_part_users.values()))) if parts else torch.empty(0, dtype=torch.int64)
+        batch = max(1, self.block_elements // max(1, I))
+        # train entries of the ranked users, as (row in users, item), sorted by row
+        entry_user = torch.repeat_interleave(torch.arange(self.train.num_users), self.train.counts().cpu()).to(self.train.items.device)
+        pos = torch.searchsorted(users, entry_user).clamp_(max=max(users.numel() - 1, 0))
+        keep = users[pos] == entry_user if users.numel() else torch.zeros_like(entry_user, dtype=torch.bool)
+        train_pos, train_items = pos[keep], self.train.items[keep]  # already sorted by user
+        starts = torch.arange(0, users.numel() + batch, batch)
+        bounds = torch.searchsorted(train_pos, starts.to(train_pos.device))
+        part_keys = {}
+        for p in parts:
+            h = self.heldout[p]
+            owner = torch.repeat_interleave(torch.arange(h.num_users, device=h.items.device), h.counts())
+            part_keys[p] = (owner * I + h.items).sort().values
+        plan = _Plan(
+            users=users.to(device),
+            batch=batch,
+            train_pos=train_pos.to(device),
+            train_items=train_items.to(device),
+            bounds=bounds.cpu(),
+            part_rows={p: torch.searchsorted(users, u).to(device) for p, u in per_part_users.items()},
+            part_counts={p: self.heldout[p].counts()[u].to(device) for p, u in per_part_users.items()},
+            part_keys={p: k.to(device) for p, k in part_keys.items()},
+        )
+        self._plans[key] = plan
+        return plan
 
     @torch.no_grad()
     def evaluate(self, user_emb: Tensor, item_emb: Tensor, parts: Sequence[str] | None = None) -> dict[str, EvalResult]:
-        parts = list(parts) if parts is not None else list(self.heldout)
+        parts = tuple(parts) if parts is not None else tuple(self.heldout)
         device = user_emb.device
         user_emb, item_emb = user_emb.float(), item_emb.float()
-        if item_emb.size(0) != self.num_items:
-            raise ValueError(f"model returned {item_emb.size(0)} item embeddings for {self.num_items} items")
-        per_part_users = {p: self.heldout[p].users_with_items().to(device) for p in parts}
-        all_users = torch.unique(torch.cat(list(per_part_users.values()))) if parts else torch.empty(0, dtype=torch.int64)
-        batch = max(1, self.block_elements // max(1, self.num_items))
-        hits = {p: torch.zeros(all_users.numel(), self.kmax, dtype=torch.bool, device=device) for p in parts}
+        I = self.num_items
+        if item_emb.size(0) != I:
+            raise ValueError(f"model returned {item_emb.size(0)} item embeddings for {I} items")
+        plan = self._plan(parts, device)
+        n = plan.users.numel()
+        hits = {p: torch.zeros(n, self.kmax, dtype=torch.bool, device=device) for p in parts}
         item_t = item_emb.T.contiguous()
-        for start in range(0, all_users.numel(), batch):
-            users = all_users[start : start + batch]
+        for b, start in enumerate(range(0, n, plan.batch)):
+            users = plan.users[start : start + plan.batch]
             scores = user_emb[users] @ item_t
-            row, col = self.train.rows(users)
-            scores[row, col] = float("-inf")
+            lo, hi = int(plan.bounds[b]), int(plan.bounds[b + 1])
+            flat = (plan.train_pos[lo:hi] - start) * I + plan.train_items[lo:hi]
+            scores.view(-1)[flat] = float("-inf")
             top = topk_items(scores, self.depth)
             for p in parts:
-                truth = torch.zeros_like(scores, dtype=torch.bool)
-                row, col = self.heldout[p].rows(users)
-                truth[row, col] = True
-                hits[p][start : start + users.numel(), : self.depth] = truth.gather(1, top)
+                keys = plan.part_keys[p]
+                query = users[:, None] * I + top
+                at = torch.searchsorted(keys, query).clamp_(max=max(keys.numel() - 1, 0))
+                hits[p][start : start + users.numel(), : self.depth] = keys[at] == query if keys.numel() else False
         out = {}
         for p in parts:
-            users = per_part_users[p]
-            pos = torch.searchsorted(all_users, users)
-            counts = self.heldout[p].counts()[users]
-            values = per_user_metrics(hits[p][pos], counts, self.ks)
+            values = per_user_metrics(hits[p][plan.part_rows[p]], plan.part_counts[p], self.ks)
             out[p] = EvalResult(
                 metrics=average(values),
-                users=users.cpu().numpy(),
+                users=plan.users[plan.part_rows[p]].cpu().numpy(),
                 per_user={name: values[name].cpu().numpy() for name in self.kept if name in values},
             )
         return out

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def run_epoch(
+    model: Recommender,
+    optimiser: torch.optim.Optimizer,
+    data: Any,
+    batch_size: int,
+    generator: torch.Generator,
+    sampler: NegativeSampler | None,
+    epoch: int,
+    amp: bool = False,
+    max_batches: int | None = None,
+    batch_times: list[float] | None = None,
+) -> tuple[float, int]:
+    """One pass over the train interactions (``pre_epoch`` then one Adam step per batch).
+
+    Returns (mean batch loss, number of batches). ``max_batches`` cuts the pass short and
+    ``batch_times`` collects per-batch wall times (benchmarks only)."""
+    device = data.device
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    model.pre_epoch(epoch)
+    total, batches = torch.zeros((), device=device), 0
+    for users, pos, neg in epoch_batches(data.train_users, data.train_items, batch_size, generator, sampler):
+        tb = time.perf_counter()
+        optimiser.zero_grad(set_to_none=True)
+        with ctx:
+            loss = model.loss(users, pos, neg)
+        loss.backward()
+        optimiser.step()
+        total += loss.detach().float()
+        batches += 1
+        if batch_times is not None:
+            _sync(device)
+            batch_times.append(time.perf_counter() - tb)
+        if max_batches is not None and batches >= max_batches:
+            break
+    return float(total) / max(batches, 1), batches
+
+
+def make_optimiser(model: Recommender, config: ModelConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam over the trainable parameters, with the model's lr schedule (LambdaLR per epoch)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.Adam(params, lr=config.lr)
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_lambda(config.lr_decay))
+
+
 def is_trainable(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "trainable", True)) and any(p.requires_grad for p in model.parameters())
 
@@ -215,9 +260,7 @@ def fit(
             log(f"{model_cls.name}: not trainable, evaluated once: valid R@20 {res['valid'].metrics[SELECTION_METRIC]:.4f}")
         return RunResult(run_dir, record, model, res["valid"], res["test"])
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_lambda(config.lr_decay))
+    optimiser, scheduler = make_optimiser(model, config)
     generator = torch.Generator(device=device).manual_seed(trainer.seed)
     sampler = NegativeSampler(data.num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
 
@@ -237,7 +280,7 @@ def fit(
         if not trainer.quiet:
             log(f"resuming {run_dir} at epoch {start_epoch} (best valid R@20 {best:.4f}, {bad_epochs} epochs without gain)")
 
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if trainer.amp and device.type == "cuda" else contextlib.nullcontext()
+    amp = trainer.amp and device.type == "cuda"
     status = "max_epochs"
     if bad_epochs >= trainer.patience:
         status = "early_stopped"
@@ -247,18 +290,8 @@ def fit(
         model.train()
         _sync(device)
         t1 = time.perf_counter()
-        model.pre_epoch(epoch)
-        total, batches = torch.zeros((), device=device), 0
-        for users, pos, neg in epoch_batches(data.train_users, data.train_items, config.batch_size, generator, sampler):
-            optimiser.zero_grad(set_to_none=True)
-            with amp:
-                loss = model.loss(users, pos, neg)
-            loss.backward()
-            optimiser.step()
-            total += loss.detach().float()
-            batches += 1
-        mean_loss = float(total) / max(batches, 1)
-        if not torch.isfinite(torch.tensor(mean_loss)):
+        mean_loss, _ = run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch, amp)
+        if not math.isfinite(mean_loss):
             raise FloatingPointError(f"{model_cls.name}: loss became {mean_loss} in epoch {epoch} (lr {scheduler.get_last_lr()[0]:g})")
         lr = scheduler.get_last_lr()[0]
         scheduler.step()

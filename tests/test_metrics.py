@@ -73,6 +73,15 @@ def test_topk_ties_go_to_lower_item_index():
     assert (top == torch.arange(10, 15)).all()
 
 
+def test_topk_matches_stable_full_sort_with_many_ties():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 6, (64, 100), generator=g).float()
+    scores[::3, ::7] = float("-inf")
+    for k in (1, 5, 20, 50, 100):
+        expected = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
+        assert torch.equal(topk_items(scores, k), expected)
+
+
 def _evaluator(num_users, num_items, train, valid, test):
     def ui(pairs):
         u = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
