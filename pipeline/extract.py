@@ -296,6 +296,36 @@ class _PartWriter:
 
 
 # ---------------------------------------------------------------------------- extraction
+# What a fingerprint determines. The other info fields (spec, source, weights label)
+# may legitimately differ between runs of the same function: a checkpoint moved to
+# another path, a newer library version, `@random` vs `@random:0`.
+IDENTITY_FIELDS = ("dim", "weights", "random_init", "preprocessing", "architecture", "family")
+
+
+def register_encoder(store: "FeatureStore", encoder: "Encoder") -> None:
+    """Record the encoder's info under its fingerprint, once.
+
+    The first run's info is kept; later runs only check that the fields the
+    fingerprint stands for agree (a disagreement would mean two different
+    encoders share a fingerprint, so it is an error).
+    """
+    fp = encoder.fingerprint
+    info = encoder.info()
+    known = store.encoder_info(fp)
+    if known is None:
+        store.register_encoder(fp, info)
+        return
+    import json
+
+    norm = json.loads(json.dumps({k: info[k] for k in IDENTITY_FIELDS}, sort_keys=True, default=str))
+    differ = [k for k in IDENTITY_FIELDS if k in known and known[k] != norm[k]]
+    if differ:
+        raise ValueError(
+            f"encoder fingerprint {fp} is registered in {store.root} with different {', '.join(differ)}: "
+            "refusing to mix features of two encoders"
+        )
+
+
 def _progress(total: int, desc: str, unit: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -396,7 +426,7 @@ def _extract_modality(
 ) -> ModalitySummary:
     t0 = time.perf_counter()
     fp = encoder.fingerprint
-    store.register_encoder(fp, encoder.info())
+    register_encoder(store, encoder)
     items = catalog.items
     keys = catalog.content_keys(modality)
     summary = ModalitySummary(

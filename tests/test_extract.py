@@ -85,7 +85,7 @@ def test_first_run_then_nothing_then_exactly_the_changed_poster(make_catalog, en
     assert first.failed_items[0]["modality"] == "image"
     # the encoder is registered in the store, random init labelled
     info = store.encoder_info(encoder.fingerprint)
-    assert info["random_init"] is True and info["dim"] == 16
+    assert info["random_init"] is True and info["dim"] == 16 and info["spec"] == "imagebind:tiny@random:0"
     assert "weights: random init" in str(first)
 
     second = run(catalog, encoder, store)
@@ -199,3 +199,21 @@ def test_per_modality_spec_and_cli_helpers(make_catalog, tmp_path, monkeypatch):
     assert again.encoded == 0 and again.snapshot_ids == summary.snapshot_ids
     d = again.to_dict()
     assert d["modalities"]["image"]["skipped"] == N_POSTERS
+
+
+def test_same_weights_from_another_path_share_the_fingerprint(encoder, make_catalog, tmp_path):
+    """A checkpoint moved elsewhere is the same encoder: same fingerprint, store reused, no conflict."""
+    state = {k: v.contiguous() for k, v in encoder.model.state_dict().items()}
+    a, b = tmp_path / "a" / "ib.pt", tmp_path / "b" / "ib_copy.pt"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    torch.save(state, a)
+    shutil.copy(a, b)
+    enc_a, enc_b = create_encoder(f"imagebind:tiny@{a}"), create_encoder(f"imagebind:tiny@{b}")
+    assert enc_a.fingerprint == enc_b.fingerprint != encoder.fingerprint
+    store = FeatureStore(tmp_path / "store")
+    catalog = make_catalog()
+    run(catalog, enc_a, store, modalities=["text"])
+    again = run(catalog, enc_b, store, modalities=["text"])
+    assert again.encoded == 0
+    assert store.encoder_info(enc_a.fingerprint)["spec"] == f"imagebind:tiny@{a}"  # first registration kept
