@@ -7,6 +7,7 @@ MiniLM with its real packaged weights.
 from __future__ import annotations
 
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -306,3 +307,20 @@ def test_minilm_nearest_neighbours_on_movielens(minilm, datasets_root):
     for sequel in (172, 181):
         nn_id = ids[int(sim[ids.index(sequel)].argmax())]
         assert nn_id in star_wars and nn_id != sequel, f"{star_wars[sequel]} -> {nn_id}"
+
+
+def test_minilm_local_folder_is_identified_by_content(minilm, tmp_path):
+    from encoders.minilm import packaged_model_path
+
+    copy = tmp_path / "my-minilm"
+    shutil.copytree(packaged_model_path(), copy)
+    same = create_encoder(f"minilm@{copy}")
+    assert same.fingerprint == minilm.fingerprint  # same files, same function, wherever they live
+    assert torch.equal(same.encode_texts(TEXTS[:2]), minilm.encode_texts(TEXTS[:2]))
+    (copy / "1_Pooling" / "config.json").write_text(
+        (copy / "1_Pooling" / "config.json").read_text().replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false')
+        .replace('"pooling_mode_cls_token": false', '"pooling_mode_cls_token": true')
+    )
+    assert create_encoder(f"minilm@{copy}").fingerprint != minilm.fingerprint  # another pooling, another id
+    with pytest.raises(EncoderError, match="not a sentence-transformers model folder"):
+        create_encoder(f"minilm@{tmp_path / 'nothing'}")
