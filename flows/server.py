@@ -46,9 +46,11 @@ def prefect_env(home: Path, port: int, base: dict[str, str] | None = None) -> di
     return env
 
 
-def wait_healthy(api_url: str, timeout_s: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+def wait_healthy(api_url: str, timeout_s: float = 90.0, proc: subprocess.Popen | None = None, cancelled=None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if cancelled is not None and cancelled():
+            raise RuntimeError("interrupted while waiting for the prefect server")
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"prefect server exited with code {proc.returncode} before becoming healthy")
         try:
@@ -103,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=4200)
     p.add_argument("--home", default=None, help="befa storage root (default $BEFA_HOME or ./.befa)")
     p.add_argument("--no-serve", action="store_true", help="start only the server")
+    p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the server's health check")
     args = p.parse_args(argv)
 
     home = get_settings(home=args.home).home
@@ -120,7 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"starting prefect server on {api} (database {env['PREFECT_API_DATABASE_CONNECTION_URL']})", flush=True)
         server = start_server(env, args.port)
-        wait_healthy(api, proc=server)
+        try:
+            wait_healthy(api, timeout_s=args.startup_timeout, proc=server, cancelled=lambda: stopping)
+        except (TimeoutError, RuntimeError) as exc:
+            print(f"error: {exc}", flush=True)
+            return 1
         print(f"server healthy; UI at http://127.0.0.1:{args.port}", flush=True)
         if not args.no_serve:
             serve = start_serve(env, serve_args)

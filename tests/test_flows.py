@@ -66,7 +66,7 @@ def _params(cat, **kw):
     base = dict(
         dataset="ml-flow", importer="generic", ingest_options=cat.ingest_options(), encoder=TINY_ENCODER,
         models=["lightgcn", "freedom"], adapters=["none", "befa"], epochs=1, patience=1, seed=3,
-        model_overrides={"*": {"embedding_dim": 16}},
+        model_overrides={"*": {"embedding_dim": 16}}, verify_checkpoints=False,  # verified in test_full_pipeline
     )
     base.update(kw)
     return base
@@ -154,3 +154,22 @@ def test_deployments_schedule_and_trigger():
     assert watcher.schedules[0].schedule.interval.total_seconds() == 120
     _, watcher = build_deployments(interval_s=None, cron=None)
     assert not watcher.schedules
+
+
+def test_prefect_yaml_matches_the_served_deployments():
+    import yaml
+    from prefect.events import DeploymentEventTrigger
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((repo / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert set(by_name) == {"full-pipeline", "catalog-watch"}
+    assert by_name["full-pipeline"]["entrypoint"] == "flows/pipeline_flow.py:befa"
+    assert by_name["catalog-watch"]["entrypoint"] == "flows/watch_flow.py:watch"
+    for d in by_name.values():
+        path, _, name = d["entrypoint"].partition(":")
+        assert (repo / path).exists() and f"def {name}(" in (repo / path).read_text()
+        assert d["work_pool"]["name"] == "befa-process"
+    (trigger,) = [DeploymentEventTrigger.model_validate(t) for t in by_name["full-pipeline"]["triggers"]]
+    served = build_deployments()[0].triggers[0]
+    assert (trigger.expect, trigger.match, trigger.for_each, trigger.parameters) == (served.expect, served.match, served.for_each, served.parameters)
