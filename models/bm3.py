@@ -14,7 +14,7 @@ from models.befa import BeFA
 from models.content import FeatureProjection, make_projection
 from models.graphs import interaction_adjacency
 from models.losses import negative_cosine, norm_reg
-from models.propagation import propagate
+from models.propagation import compact_csr, propagate
 
 
 class BM3(Recommender):
@@ -36,9 +36,9 @@ class BM3(Recommender):
     in place of c_m (online and target views both come from adapted_m).
 
     Choices where the spec is silent:
-    - Target views: dropout is applied to the full output tables before indexing, so an
-      item or user repeated in a batch shares one mask (as the reference does); for content
-      it is applied to the batch's distinct items, which is the same thing.
+    - Target views: dropout is applied to the batch's distinct users and items, so a user or
+      item repeated in a batch shares one mask, as in the reference (which drops out the full
+      tables, then indexes them); same distribution, a fraction of the random draws.
     - c_m is computed only for the batch's distinct items (the reference projects every item
       every batch; the loss and its gradient are the same).
     - With no modality the content terms vanish (not an error).
@@ -65,7 +65,9 @@ class BM3(Recommender):
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.predictor = make_projection(d, d).to(dev)
-        self.adj = interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        self.adj = compact_csr(
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        )
         modalities = data.modalities
         self.projections = nn.ModuleDict(
             {m: FeatureProjection(data.features[m].to(dev), d, config.train_features) for m in modalities}
@@ -87,15 +89,18 @@ class BM3(Recommender):
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None = None) -> Tensor:
         p = self.config.dropout
         u_all, i_all = self._forward()
+        # dropout on the distinct rows only (a repeated user or item shares one mask, as when the
+        # reference drops out the whole table and indexes it), far cheaper than the full tables
+        user_rows, user_inv = torch.unique(users, return_inverse=True)
+        rows, inv = torch.unique(pos_items, return_inverse=True)
         with torch.no_grad():
-            u_target = F.dropout(u_all, p)[users]
-            i_target = F.dropout(i_all, p)[pos_items]
+            u_target = F.dropout(u_all[user_rows], p)[user_inv]
+            i_target = F.dropout(i_all[rows], p)[inv]
         u_online = self.predictor(u_all[users])
         i_online = self.predictor(i_all[pos_items])
         loss = negative_cosine(u_online, i_target) + negative_cosine(i_online, u_target)
         loss = loss + self.config.reg * norm_reg(u_all, i_all)
         if len(self.projections) and self.config.cl_weight > 0:
-            rows, inv = torch.unique(pos_items, return_inverse=True)
             cl = 0.0
             for m in self.projections:
                 c = self.content(m, rows)

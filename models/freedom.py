@@ -13,7 +13,7 @@ from models.befa import BeFA
 from models.content import FeatureProjection
 from models.graphs import cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph
 from models.losses import bpr_from_embeddings
-from models.propagation import propagate, spmm, transpose_csr, weighted_sum_csr
+from models.propagation import compact_csr, propagate, spmm, transpose_csr, weighted_sum_csr
 
 
 def freedom_modality_weights(
@@ -104,7 +104,9 @@ class FREEDOM(Recommender):
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.register_buffer("edge_users", data.train_users, persistent=False)
         self.register_buffer("edge_items", data.train_items, persistent=False)
-        self.full_adj = interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        self.full_adj = compact_csr(
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        )
         self.train_adj = self.full_adj
 
         modalities = data.modalities
@@ -120,8 +122,8 @@ class FREEDOM(Recommender):
         self.item_graph_t: Tensor | None = None
         if modalities:
             graphs = [(self.modality_weights[m], self._knn(data, m).to(dev)) for m in modalities]
-            self.item_graph = weighted_sum_csr(graphs)
-            self.item_graph_t = transpose_csr(self.item_graph)
+            self.item_graph = compact_csr(weighted_sum_csr(graphs))
+            self.item_graph_t = compact_csr(transpose_csr(self.item_graph))
 
     def _knn(self, data: TrainData, modality: str) -> Tensor:
         snapshot = data.feature_snapshots.get(modality)
@@ -145,8 +147,8 @@ class FREEDOM(Recommender):
         keep = degree_sensitive_edge_sample(
             self.edge_users, self.edge_items, self.num_users, self.num_items, 1 - self.config.edge_dropout
         )
-        self.train_adj = interaction_adjacency(
-            self.num_users, self.num_items, self.edge_users[keep], self.edge_items[keep], "sym"
+        self.train_adj = compact_csr(
+            interaction_adjacency(self.num_users, self.num_items, self.edge_users[keep], self.edge_items[keep], "sym")
         )
 
     def _forward(self, adj: Tensor) -> tuple[Tensor, Tensor]:
