@@ -307,7 +307,7 @@ def plot_cosines(stats: dict[str, dict[str, Any]], path: Path, model: str) -> Pa
     for ax in axes:
         ax.set_xlabel("cosine (all items)")
         ax.set_ylabel("items")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{model} +BeFA", fontsize=10)
     fig.tight_layout()

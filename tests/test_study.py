@@ -1,0 +1,237 @@
+"""The BeFA study: paired tests, search budget, the whole tiny study (sweep, ablation,
+sparsity, inspection, report), resuming, and honest verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from scipy import stats
+
+from models.befa import befa_parameter_count
+from pipeline.study import StudyError, StudyParams, search_points, validate_study, verdict
+from pipeline.study_stats import holm, paired_frame, paired_test
+from pipeline.settings import get_settings
+from tests.study_data import run_tiny_study, tiny_study_params
+
+
+# -- statistics -------------------------------------------------------------------------
+def _per_user(values: list[float], users: list[int] | None = None) -> pd.DataFrame:
+    users = users if users is not None else list(range(len(values)))
+    return pd.DataFrame({"part": "test", "user_idx": users, "recall@20": values, "ndcg@20": values})
+
+
+def test_paired_test_matches_scipy_and_pools_seeds_per_user():
+    rng = np.random.default_rng(0)
+    base = [rng.random(30) for _ in range(3)]
+    befa = [b + rng.normal(0.05, 0.1, 30) for b in base]
+    pairs = paired_frame([_per_user(list(b)) for b in base], [_per_user(list(a)) for a in befa], "recall@20")
+    assert len(pairs) == 90 and pairs["seed"].nunique() == 3
+    res = paired_test(pairs, "recall@20", "user_mean")
+    mb, ma = np.mean(base, axis=0), np.mean(befa, axis=0)  # per-user mean over seeds
+    assert res.n_pairs == 30
+    assert res.p_ttest == pytest.approx(stats.ttest_rel(ma, mb).pvalue)
+    assert res.p_wilcoxon == pytest.approx(stats.wilcoxon(ma, mb).pvalue)
+    assert res.mean_diff == pytest.approx(float((ma - mb).mean()))
+    concat = paired_test(pairs, "recall@20", "concat")
+    assert concat.n_pairs == 90
+    assert concat.p_ttest == pytest.approx(stats.ttest_rel(np.concatenate(befa), np.concatenate(base)).pvalue)
+
+
+def test_paired_test_edge_cases_and_alignment():
+    same = paired_frame([_per_user([0.0, 0.5, 1.0])], [_per_user([0.0, 0.5, 1.0])], "recall@20")
+    res = paired_test(same, "recall@20")
+    assert res.p_wilcoxon == 1.0 and res.p_ttest == 1.0 and res.wins == res.losses == 0
+    # users are matched by id, not by row order; a user missing on one side is dropped
+    pairs = paired_frame([_per_user([0.1, 0.2, 0.3], [5, 6, 7])], [_per_user([0.3, 0.2], [7, 5])], "recall@20")
+    assert sorted(pairs["user_idx"]) == [5, 7]
+    assert dict(zip(pairs["user_idx"], pairs["befa"] - pairs["base"])) == pytest.approx({5: 0.1, 7: 0.0})
+    with pytest.raises(ValueError, match="as many base runs"):
+        paired_frame([_per_user([0.1])], [], "recall@20")
+    with pytest.raises(ValueError, match="lacks 'map@20'"):
+        paired_frame([_per_user([0.1])], [_per_user([0.2])], "map@20")
+
+
+def test_holm_adjustment():
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None], nan_ok=True)
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def test_verdict_reports_negative_and_null_results_plainly():
+    def gains(r):
+        return [{"model": m, "metric": met, "relative_gain": r[m]} for m in r for met in ("recall@20", "ndcg@20")]
+
+    def sig(d, significant):
+        return [{"model": m, "metric": met, "mean_diff": d[m], "significant": significant[m]} for m in d for met in ("recall@20", "ndcg@20")]
+
+    hurt = verdict(gains({"a": -0.1, "b": -0.05}), sig({"a": -0.01, "b": -0.01}, {"a": True, "b": False}), 0.05)
+    assert hurt.startswith("BeFA hurt on this data") and "-7.50%" in hurt and "+9.07%" in hurt
+    null = verdict(gains({"a": 0.02, "b": -0.01}), sig({"a": 0.01, "b": -0.01}, {"a": False, "b": False}), 0.05)
+    assert null.startswith("No significant effect")
+    helped = verdict(gains({"a": 0.2, "b": 0.1}), sig({"a": 0.01, "b": 0.01}, {"a": True, "b": True}), 0.05)
+    assert helped.startswith("BeFA helped") and "+15.00%" in helped
+    mixed = verdict(gains({"a": 0.2, "b": -0.1}), sig({"a": 0.01, "b": -0.01}, {"a": True, "b": True}), 0.05)
+    assert mixed.startswith("Mixed result")
+
+
+# -- search budget / validation -------------------------------------------------------
+def test_search_points_default_first_seeded_and_budgeted():
+    grid = {"reg": [0.0, 0.1, 0.2], "t": [1, 2]}
+    pts = search_points(grid, 3, seed=0)
+    assert pts[0] == {} and len(pts) == 3
+    assert pts == search_points(grid, 3, seed=0)
+    assert len(search_points(grid, 100, seed=0)) == 7  # default + all 6 points
+    assert search_points({}, 5, seed=0) == [{}]
+
+
+def test_validation_names_the_problem(tmp_path, datasets_root):
+    settings = get_settings(home=tmp_path / "home", datasets_root=datasets_root)
+    with pytest.raises(StudyError, match="uses no content features"):
+        validate_study({"models": ["lightgcn", "freedom"], "focus_model": "freedom"}, settings)
+    with pytest.raises(StudyError, match="grid for freedom"):
+        validate_study({"models": ["freedom"], "grid": {"freedom": {"no_such": [1]}}}, settings)
+    with pytest.raises(StudyError, match="focus_model"):
+        validate_study({"models": ["mgcn"], "focus_model": "freedom"}, settings)
+    with pytest.raises(StudyError, match="train_fractions"):
+        validate_study({"train_fractions": [1.0, 0.0]}, settings)
+    with pytest.raises(StudyError, match="not a modality"):
+        validate_study({"modality_sets": [["audio"]]}, settings)
+    assert StudyParams().seeds == [999, 1000, 1001] and StudyParams().sweep_t == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+# -- the whole tiny study ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, datasets_root):
+    root = tmp_path_factory.mktemp("study")
+    cat, settings, result = run_tiny_study(root, datasets_root)
+    return cat, settings, result, Path(result.folder)
+
+
+def test_main_table_every_model_both_ways_every_seed(study):
+    _, _, result, folder = study
+    frame = pq.read_table(folder / "results.parquet").to_pandas()
+    main = frame[(frame["experiment"] == "main") & (frame["split"] == "test")]
+    counts = main[main["metric"] == "recall@20"].groupby(["model", "adapter"])["seed"].apply(sorted)
+    assert {k: v for k, v in counts.items()} == {(m, a): [1, 2] for m in ("bm3", "lattice", "freedom", "mgcn") for a in ("none", "befa")}
+    # one row per model x adapter x seed x metric; values are the runs' own test metrics
+    assert not main.duplicated(["model", "adapter", "seed", "metric"]).any()
+    for _, row in main[main["metric"] == "ndcg@20"].iterrows():
+        rec = json.loads((Path(row["run_dir"]) / "run.json").read_text())
+        assert row["value"] == pytest.approx(rec["test"]["ndcg@20"]) and rec["seed"] == row["seed"]
+    # the summary is mean ± std over the seeds
+    summary = pd.DataFrame(result.main)
+    got = summary[(summary["model"] == "mgcn") & (summary["adapter"] == "befa") & (summary["metric"] == "recall@20")].iloc[0]
+    vals = main[(main["model"] == "mgcn") & (main["adapter"] == "befa") & (main["metric"] == "recall@20")]["value"]
+    assert got["mean"] == pytest.approx(vals.mean()) and got["std"] == pytest.approx(vals.std(ddof=1)) and got["n"] == 2
+
+
+def test_significance_uses_the_runs_per_user_metrics(study):
+    _, _, result, folder = study
+    sig = {(s["model"], s["metric"]): s for s in result.significance}
+    assert set(sig) == {(m, k) for m in ("bm3", "lattice", "freedom", "mgcn") for k in ("recall@20", "ndcg@20")}
+    frame = pq.read_table(folder / "results.parquet").to_pandas()
+    main = frame[(frame["experiment"] == "main") & (frame["split"] == "test") & (frame["model"] == "lattice")]
+    dirs = {a: [main[(main["adapter"] == a) & (main["seed"] == s)]["run_dir"].iloc[0] for s in (1, 2)] for a in ("none", "befa")}
+    tabs = {a: [pd.read_parquet(Path(d) / "per_user.parquet") for d in ds] for a, ds in dirs.items()}
+    base = np.mean([t[t["part"] == "test"].sort_values("user_idx")["ndcg@20"].to_numpy() for t in tabs["none"]], axis=0)
+    befa = np.mean([t[t["part"] == "test"].sort_values("user_idx")["ndcg@20"].to_numpy() for t in tabs["befa"]], axis=0)
+    s = sig[("lattice", "ndcg@20")]
+    assert s["n_pairs"] == base.size
+    assert s["mean_diff"] == pytest.approx(float((befa - base).mean()))
+    if np.any(befa != base):
+        assert s["p_wilcoxon"] == pytest.approx(stats.wilcoxon(befa, base).pvalue)
+    assert all(0 <= x["p_wilcoxon_holm"] <= 1 for x in result.significance if x["p_wilcoxon_holm"] is not None)
+
+
+def test_search_is_valid_only_and_within_budget(study):
+    _, _, _, folder = study
+    searches = json.loads((folder / "search.json").read_text())
+    assert len(searches) == 8
+    for key, s in searches.items():
+        assert 1 <= len(s["trials"]) <= 2
+        assert s["trials"][0]["point"] == {}  # the model's defaults are always tried
+        scores = [t["valid"]["recall@20"] for t in s["trials"]]
+        assert scores[s["winner"]] == max(scores)
+        for t in s["trials"]:  # no test metric reaches the search record
+            assert set(t) == {"point", "overrides", "valid", "run_dir", "best_epoch"}
+        if key.endswith("/befa"):
+            assert set(s["grid"]) >= {"befa.t"}
+
+
+def test_overhead_and_time_columns(study):
+    _, _, _, folder = study
+    data = json.loads((folder / "study.json").read_text())
+    searches = json.loads((folder / "search.json").read_text())
+    for o in data["overhead"]:
+        t = float(searches[f"{o['model']}/befa"]["winner_overrides"].get("befa.t", 1.0))
+        assert o["adapter_params"] == 2 * befa_parameter_count(8, t)  # two modalities, d = 8
+        assert o["adapter_overhead_without_tables"] == pytest.approx(o["adapter_params"] / o["base_params_without_tables"])
+        assert o["base_params_with_tables"] == o["base_params_without_tables"] + 40 * 16 * 2  # 40 items x 16-d x 2 tables
+        assert o["epoch_s_base"] > 0 and o["epoch_s_befa"] > 0
+    mgcn = next(o for o in data["overhead"] if o["model"] == "mgcn")
+    assert mgcn["net_overhead_without_tables"] < mgcn["adapter_overhead_without_tables"]  # BeFA replaces the purifier
+
+
+def test_sweep_ablation_and_sparsity(study):
+    _, settings, result, folder = study
+    frame = pq.read_table(folder / "results.parquet").to_pandas()
+    test = frame[(frame["split"] == "test") & (frame["metric"] == "recall@20")]
+    sweep = test[test["experiment"] == "sweep_t"]
+    assert sorted(sweep[sweep["adapter"] == "befa"]["t"].unique()) == [0.25, 1.0, 4.0]
+    assert (sweep.groupby("setting")["seed"].count() == 2).all()
+    for t in (0.25, 4.0):  # the hidden size really changed
+        rd = sweep[(sweep["t"] == t)]["run_dir"].iloc[0]
+        assert json.loads((Path(rd) / "run.json").read_text())["parameters"]["params_adapter"] == 2 * befa_parameter_count(8, t)
+    abl = test[test["experiment"] == "ablation"]
+    assert set(abl["setting"]) == {"image", "text", "image+text"}
+    for setting, mods in (("image", ["image"]), ("text", ["text"])):
+        rd = abl[abl["setting"] == setting]["run_dir"].iloc[0]
+        assert sorted(json.loads((Path(rd) / "run.json").read_text())["feature_snapshots"]) == mods
+    sp = test[test["experiment"] == "sparsity"]
+    assert set(sp["setting"]) == {"train=100%", "train=50%"}
+    half = sp[sp["setting"] == "train=50%"]["run_dir"].iloc[0]
+    full = sp[sp["setting"] == "train=100%"]["run_dir"].iloc[0]
+    c_half = json.loads((Path(half) / "run.json").read_text())["data_counts"]
+    c_full = json.loads((Path(full) / "run.json").read_text())["data_counts"]
+    assert c_half["train"] < 0.75 * c_full["train"]
+    assert (c_half["valid"], c_half["test"]) == (c_full["valid"], c_full["test"])  # evaluation fixed
+    for name in ("main.png", "sweep_t.png", "ablation.png", "sparsity.png"):
+        assert (folder / "plots" / name).stat().st_size > 5000
+
+
+def test_inspection_gates_cosines_and_top10(study):
+    _, _, _, folder = study
+    ins = json.loads((folder / "inspection.json").read_text())
+    assert ins["model"] == "freedom" and len(ins["items"]) == 6
+    for m, s in ins["summary"].items():
+        assert 0 < s["gate_mean"] < 1 and -1 <= s["cos_content_adapted_mean"] <= 1 and -1 <= s["cos_behaviour_adapted_mean"] <= 1
+    assert len(ins["comparisons"]) == 3
+    for c in ins["comparisons"]:
+        assert len(c["base"]) == len(c["befa"]) == 10 and c["history"]
+        for card in c["base"] + c["befa"] + c["history"]:
+            assert card["poster"] and (folder / card["poster"]).exists()
+        train_items = {h["item_idx"] for h in c["history"]}
+        assert not train_items & {x["item_idx"] for x in c["base"] + c["befa"]}  # train items are masked
+    assert (folder / ins["gates_png"]).exists() and (folder / ins["cosines_png"]).exists()
+
+
+def test_report_states_the_result_and_labels_random_encoders(study):
+    _, _, result, folder = study
+    md = (folder / "report.md").read_text()
+    assert result.verdict in md and "paper's claim" in md and "Random-init encoder" in md
+    assert "Wilcoxon p" in md and "overhead w/o tables" in md
+    html = (folder / "report.html").read_text()
+    assert "plots/sweep_t.png" in html and "posters/" in html and "http" not in html.replace("http-equiv", "")
+
+
+def test_a_second_run_reuses_every_finished_run(study, datasets_root):
+    cat, settings, first, folder = study
+    from pipeline.study import run_study
+
+    again = run_study(tiny_study_params(cat), settings)
+    assert again.runs_trained == 0 and again.runs_reused > 0
+    assert again.main == first.main
