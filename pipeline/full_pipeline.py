@@ -162,7 +162,7 @@ class ModalityFeatures(BaseModel):
     failed: int = 0
 
 
-class ExtractSummary(Summary):
+class FeaturesSummary(Summary):
     modalities: dict[str, ModalityFeatures] = Field(default_factory=dict)
     backend: str = "local"
 
@@ -201,7 +201,7 @@ class PipelineResult(BaseModel):
     params: dict[str, Any]
     folder: str
     ingest: IngestSummary
-    extract: ExtractSummary
+    extract: FeaturesSummary
     split: SplitSummary
     runs: list[TrainSummary]
     report: dict[str, str | None]
@@ -364,10 +364,10 @@ def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
     return _timed(run)
 
 
-def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -> ExtractSummary:
+def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -> FeaturesSummary:
     """Encode the items whose content the store does not hold yet (incremental)."""
 
-    def run() -> ExtractSummary:
+    def run() -> FeaturesSummary:
         from pipeline.catalog import Catalog
         from storage.feature_store import FeatureStore
 
@@ -384,13 +384,13 @@ def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -
 
             result = extract_features(catalog, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False)
             backend = "local"
-        return ExtractSummary(modalities=modality_features(result), backend=backend)
+        return FeaturesSummary(modalities=modality_features(result), backend=backend)
 
     return _timed(run)
 
 
 def modality_features(result: Any) -> dict[str, ModalityFeatures]:
-    """Per-modality summary of an ``pipeline.extract.ExtractSummary``."""
+    """Per-modality summary of a ``pipeline.extract.ExtractSummary``."""
     return {
         modality: ModalityFeatures(
             spec=mod.encoder,
@@ -449,7 +449,7 @@ def train_step(
     settings: Settings,
     catalog_dir: str,
     split_path: str,
-    extract: ExtractSummary,
+    extract: FeaturesSummary,
     model: str,
     adapter: str,
     run_dir: str,
@@ -492,7 +492,7 @@ def train_step(
     return _timed(run)
 
 
-def evaluate_step(settings: Settings, catalog_dir: str, split_path: str, extract: ExtractSummary, summary: TrainSummary, tol: float = 1e-5) -> TrainSummary:
+def evaluate_step(settings: Settings, catalog_dir: str, split_path: str, extract: FeaturesSummary, summary: TrainSummary, tol: float = 1e-5) -> TrainSummary:
     """Reload the best checkpoint and recompute test metrics; record whether they match."""
 
     def run() -> TrainSummary:
@@ -518,7 +518,7 @@ def report_step(
     folder: str,
     params: PipelineParams,
     ingest: IngestSummary,
-    extract: ExtractSummary,
+    extract: FeaturesSummary,
     split: SplitSummary,
     runs: list[TrainSummary],
     timings: dict[str, float],
