@@ -84,23 +84,12 @@ def random_features(num_items: int, seed: int = 0):
 
 
 def model_class(name: str):
-    """The registry's class (``models.MODELS``); until that registry exists, the model files
-    imported explicitly here."""
-    import models
+    from pipeline.training import resolve_model
 
-    registry = getattr(models, "MODELS", None)
-    if not registry:
-        from models.bm3 import BM3
-        from models.freedom import FREEDOM
-        from models.lattice import LATTICE
-        from models.lightgcn import LightGCN
-        from models.mgcn import MGCN
-        from models.mostpop import MostPop
-
-        registry = {c.name: c for c in (BM3, FREEDOM, LATTICE, LightGCN, MGCN, MostPop)}
-    if name not in registry:
-        raise SystemExit(f"unknown model {name!r}; known: {sorted(registry)}")
-    return registry[name]
+    try:
+        return resolve_model(name)
+    except KeyError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:

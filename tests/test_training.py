@@ -320,3 +320,19 @@ def test_grid_with_real_trainer(ml_slice, tmp_path):
     valid = [t.valid["recall@20"] for t in res.trials]
     assert res.winner == int(np.argmax(valid))
     assert res.test == RunRecord.load(res.best.run_dir).test
+
+
+def test_prepare_data_drops_heldout_of_users_without_train_and_dedupes():
+    frame = pd.DataFrame(
+        {
+            "user_idx": [0, 0, 0, 1, 1, 2, 2],
+            "item_idx": [0, 0, 1, 2, 3, 1, 2],
+            "label": [0, 0, 1, 0, 2, 1, 2],  # user 2 has no train row
+        }
+    )
+    prep = prepare_data(frame, num_items=5)
+    assert prep.counts == {"users": 3, "items": 5, "train": 2, "valid": 1, "test": 1}
+    assert any("duplicate" in n for n in prep.notes) and any("no train row" in n for n in prep.notes)
+    assert prep.train.train_users.tolist() == [0, 1] and prep.train.train_items.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="label"):
+        prepare_data(frame.assign(label=[0, 0, 1, 0, 3, 1, 2]), num_items=5)
