@@ -81,6 +81,7 @@ class RunRecord(BaseModel):
     parameters: dict[str, float] = Field(default_factory=dict)
     graph_build_s: float | None = None
     resumed_at: list[str] = Field(default_factory=list)
+    error: str | None = None
     sources: dict[str, str | None] = Field(default_factory=dict)  # catalog / split paths, for evaluate_run
 
     def save(self, run_dir: str | Path) -> Path:

@@ -211,6 +211,8 @@ def fit(
     data, evaluator = prepared.train, prepared.evaluator
     device = data.device
     _set_threads(device, trainer.num_threads)
+    if evaluator.heldout["valid"].users_with_items().numel() == 0:
+        raise ValueError(f"split {data.split_id}: no valid rows, so early stopping on valid Recall@20 is impossible")
     has_last = (run_dir / LAST).exists()
     if not resume and (run_dir / RECORD).exists() and not overwrite:
         raise FileExistsError(f"{run_dir}: already holds a run; pass resume=True to continue it or overwrite=True")
@@ -286,59 +288,67 @@ def fit(
         status = "early_stopped"
     epochs = range(start_epoch, trainer.max_epochs) if status == "max_epochs" else range(0)
     bar = tqdm(epochs, desc=model_cls.name, disable=trainer.quiet, leave=False, dynamic_ncols=True)
-    for epoch in bar:
-        model.train()
-        _sync(device)
-        t1 = time.perf_counter()
-        mean_loss, _ = run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch, amp)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"{model_cls.name}: loss became {mean_loss} in epoch {epoch} (lr {scheduler.get_last_lr()[0]:g})")
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        _sync(device)
-        train_s = time.perf_counter() - t1
+    try:
+        for epoch in bar:
+            model.train()
+            _sync(device)
+            t1 = time.perf_counter()
+            mean_loss, _ = run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch, amp)
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"{model_cls.name}: loss became {mean_loss} in epoch {epoch} (lr {scheduler.get_last_lr()[0]:g})")
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            _sync(device)
+            train_s = time.perf_counter() - t1
 
-        t2 = time.perf_counter()
-        res = evaluate_model(model, evaluator, ("valid", "test"))
-        eval_s = time.perf_counter() - t2
-        valid = res["valid"].metrics
-        record.epochs.append(EpochLog(epoch=epoch, loss=mean_loss, lr=lr, train_s=train_s, eval_s=eval_s, valid=valid))
-        score = valid[SELECTION_METRIC]
-        improved = score > best
-        if improved:
-            best, bad_epochs, best_results = score, 0, res
-            record.best_epoch, record.best_valid, record.test = epoch, valid, res["test"].metrics
-            save_weights(run_dir / BEST, model, inputs, {"epoch": str(epoch)})
-            save_per_user(run_dir / PER_USER, res)
-        else:
-            bad_epochs += 1
-        save_last(
-            run_dir / LAST,
-            model,
-            inputs,
-            {
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(generator, device),
-                "epoch": epoch,
-                "best": best,
-                "bad_epochs": bad_epochs,
-                "record": record.model_dump_json(),
-            },
-        )
-        record.memory = peak_memory(device)
-        record.save(run_dir)
-        if not trainer.quiet:
-            log(
-                f"{model_cls.name} epoch {epoch:4d}  loss {mean_loss:.4f}  valid R@20 {score:.4f}"
-                f"{' *' if improved else '  '}  {train_s:.2f} s/epoch  eval {eval_s:.2f} s"
+            t2 = time.perf_counter()
+            res = evaluate_model(model, evaluator, ("valid", "test"))
+            eval_s = time.perf_counter() - t2
+            valid = res["valid"].metrics
+            record.epochs.append(EpochLog(epoch=epoch, loss=mean_loss, lr=lr, train_s=train_s, eval_s=eval_s, valid=valid))
+            score = valid[SELECTION_METRIC]
+            improved = score > best
+            if improved:
+                best, bad_epochs, best_results = score, 0, res
+                record.best_epoch, record.best_valid, record.test = epoch, valid, res["test"].metrics
+                save_weights(run_dir / BEST, model, inputs, {"epoch": str(epoch)})
+                save_per_user(run_dir / PER_USER, res)
+            else:
+                bad_epochs += 1
+            save_last(
+                run_dir / LAST,
+                model,
+                inputs,
+                {
+                    "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(generator, device),
+                    "epoch": epoch,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "record": record.model_dump_json(),
+                },
             )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, record)
-        if bad_epochs >= trainer.patience:
-            status = "early_stopped"
-            break
-    bar.close()
+            record.memory = peak_memory(device)
+            record.save(run_dir)
+            if not trainer.quiet:
+                log(
+                    f"{model_cls.name} epoch {epoch:4d}  loss {mean_loss:.4f}  valid R@20 {score:.4f}"
+                    f"{' *' if improved else '  '}  {train_s:.2f} s/epoch  eval {eval_s:.2f} s"
+                )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+            if bad_epochs >= trainer.patience:
+                status = "early_stopped"
+                break
+    except TrainingInterrupted:
+        raise  # a simulated kill: leave the folder exactly as a killed process would
+    except Exception as exc:
+        record.status, record.finished_at, record.error = "failed", now(), f"{type(exc).__name__}: {exc}"
+        record.save(run_dir)
+        raise
+    finally:
+        bar.close()
 
     train_times = [e.train_s for e in record.epochs]
     eval_times = [e.eval_s for e in record.epochs]

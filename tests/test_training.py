@@ -100,6 +100,13 @@ class Frozen(TinyMF):
         return (self.user.weight * 0).sum() + (self.item.weight * 0).sum()
 
 
+class Diverging(TinyMF):
+    name = "diverging"
+
+    def loss(self, users, pos, neg):
+        return super().loss(users, pos, neg) * float("nan")
+
+
 class Popularity(Recommender):
     """trainable = False: the trainer must only evaluate it."""
 
@@ -225,6 +232,13 @@ def test_lr_decay_schedule(ml_slice, tmp_path):
     res = _fit(ml_slice, tmp_path / "run", overrides={"lr_decay": (0.5, 2)}, max_epochs=3)
     lrs = [e.lr for e in res.record.epochs]
     assert lrs == pytest.approx([0.01 * 0.5 ** (e / 2) for e in range(3)])
+
+
+def test_non_finite_loss_fails_the_run_with_a_record(ml_slice, tmp_path):
+    with pytest.raises(FloatingPointError, match="diverging: loss became nan in epoch 0"):
+        _fit(ml_slice, tmp_path / "run", model=Diverging)
+    rec = RunRecord.load(tmp_path / "run")
+    assert rec.status == "failed" and "FloatingPointError" in rec.error
 
 
 def test_pairs_without_negatives(ml_slice, tmp_path):
