@@ -179,6 +179,28 @@ class StudyParams(BaseModel):
         )
 
 
+def study_params_from_pipeline(pipeline_params: Any, **study_fields: Any) -> StudyParams:
+    """StudyParams for the full pipeline's ``study`` option: the pipeline's data, encoder,
+    split, device, epochs, patience, seed (first of 3) and fixed overrides, plus any study
+    field given here (``max_trials``, ``focus_model``, ...). Content-free models in the
+    pipeline's list (lightgcn, mostpop) are left out: BeFA has nothing to adapt there."""
+    from models import MODELS
+
+    p = pipeline_params
+    models = [m for m in p.models if m in MODELS and MODELS[m].uses_content]
+    fields: dict[str, Any] = dict(
+        name=p.run_name, dataset=p.dataset, importer=p.importer, ingest=p.ingest, ingest_options=p.ingest_options,
+        encoder=p.encoder, split_kind=p.split_kind, split_seed=p.split_seed, k_core=p.k_core, device=p.device,
+        extract_batch_size=p.extract_batch_size, epochs=p.epochs, patience=p.patience,
+        seeds=[p.seed, p.seed + 1, p.seed + 2], model_overrides=p.model_overrides,
+    )
+    if models:
+        fields["models"] = models
+        fields["focus_model"] = "freedom" if "freedom" in models else models[0]
+    fields.update(study_fields)
+    return StudyParams.model_validate(fields)
+
+
 class StudyResult(BaseModel):
     folder: str
     params: dict[str, Any]

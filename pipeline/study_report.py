@@ -141,7 +141,7 @@ def encoder_rows(data: StudyData) -> list[list[str]]:
     for m, e in data.encoders.items():
         weights = e.get("weights") or "unknown"
         if e.get("random_init"):
-            weights = f"RANDOM INIT ({weights}): no semantic content"
+            weights = f"{weights}: RANDOM WEIGHTS, no semantic content"
         rows.append([m, e.get("spec", ""), weights, str(e.get("dim", "-")), e.get("snapshot", "-")])
     return rows
 

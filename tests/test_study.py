@@ -235,3 +235,12 @@ def test_a_second_run_reuses_every_finished_run(study, datasets_root):
     again = run_study(tiny_study_params(cat), settings)
     assert again.runs_trained == 0 and again.runs_reused > 0
     assert again.main == first.main
+
+
+def test_study_params_from_the_full_pipeline():
+    from pipeline.full_pipeline import PipelineParams
+    from pipeline.study import study_params_from_pipeline
+
+    sp = study_params_from_pipeline(PipelineParams(models=["lightgcn", "mgcn"], seed=5, epochs=7, encoder="minilm"), max_trials=3)
+    assert sp.models == ["mgcn"] and sp.focus_model == "mgcn"  # content-free models dropped
+    assert sp.seeds == [5, 6, 7] and sp.epochs == 7 and sp.max_trials == 3 and sp.encoder == "minilm"
