@@ -7,6 +7,12 @@ product). The gradient of ``adj @ x`` w.r.t. x is just ``adj^T @ grad``, so
 :class:`SpMM` precomputes ``adj^T`` once (or reuses ``adj`` when it is symmetric, as the
 symmetric normalised user-item adjacency is) and does one more CSR @ dense product.
 
+On CPU the product itself runs as ``F.embedding_bag`` over the CSR arrays (row r of the
+result is the weighted sum of the rows ``col[crow[r]:crow[r+1]]`` of x): measured ~2x faster
+than torch's CSR @ dense kernel here (26k x 26k, 240k non-zeros, 64 columns: 6 ms vs 14 ms;
+with 20% of the edges: 3 ms vs 8 ms, the CSR kernel costs ~O(rows)). CUDA keeps cuSPARSE.
+
+- ``csr_matmul(adj, x)``: adj @ x, no autograd.
 - ``spmm(adj, x, adj_t=None)``: adj @ x with the cheap backward (adj is a constant).
 - ``transpose_csr(adj)``: adj^T as a CSR tensor (for non-symmetric graphs: kNN, D^-1 (A+I)).
 - ``propagate(adj, x, num_layers, adj_t=None)``: LightGCN mean of H^(0..L), H^(l+1) = adj H^(l).
@@ -17,7 +23,18 @@ symmetric normalised user-item adjacency is) and does one more CSR @ dense produ
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+
+def csr_matmul(adj: Tensor, x: Tensor) -> Tensor:
+    """adj @ x for a CSR ``adj`` (autocast-safe: computed in the graph's dtype)."""
+    x = x.to(adj.values().dtype)
+    if adj.device.type == "cpu":
+        return F.embedding_bag(
+            adj.col_indices(), x, adj.crow_indices(), mode="sum", per_sample_weights=adj.values(), include_last_offset=True
+        )
+    return adj @ x
 
 
 class SpMM(torch.autograd.Function):
@@ -26,18 +43,17 @@ class SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.adj_t = adj_t
-        # autocast (bf16/fp16 on CUDA) does not handle sparse products: keep them in the graph's dtype
-        return adj @ x.to(adj.dtype)
+        return csr_matmul(adj, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return None, None, ctx.adj_t @ grad.to(ctx.adj_t.dtype)
+        return None, None, csr_matmul(ctx.adj_t, grad)
 
 
 def spmm(adj: Tensor, x: Tensor, adj_t: Tensor | None = None) -> Tensor:
     """adj @ x; pass ``adj_t`` unless adj is symmetric (then adj itself is its transpose)."""
     if not x.requires_grad:
-        return adj @ x.to(adj.dtype)
+        return csr_matmul(adj, x)
     return SpMM.apply(adj, adj if adj_t is None else adj_t, x)
 
 
