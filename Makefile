@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test bench bench-store bench-ingest bench-extract bench-train bench-quality lock clean
+.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-quality lock clean
 
 venv: $(STAMP)
 
@@ -33,7 +33,11 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 demo: venv
 	$(BIN)/befa demo
 
-test: venv
+# The study report test renders HTML in Debian's headless Chromium.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: venv chromium
 	$(BIN)/python -m pytest -q
 
 bench: bench-store bench-ingest bench-extract bench-train

@@ -168,6 +168,216 @@ def stats_cmd(
     console.print(render_stats(catalog_stats(settings.catalog_dir(name))))
 
 
+@app.command("extract")
+def extract_cmd(
+    dataset: str = typer.Option(..., "--dataset", help="Ingested catalog name."),
+    encoder: str = typer.Option("minilm", "--encoder", help="Encoder spec, e.g. minilm, clip:ViT-B-32@/models/vitb32.safetensors, "
+                                "clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, or image=...,text=..."),
+    batch_size: Optional[int] = typer.Option(None, help="Items per forward pass (default: sized to the device)."),
+    num_workers: Optional[int] = typer.Option(None, help="Image decoding worker processes (default: by device)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when present)."),
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Embed a catalog's images/texts with a frozen encoder into the feature store (incremental)."""
+    from pipeline.catalog import CatalogError
+    from pipeline.extract import extract_command, summary_table
+
+    try:
+        summary = extract_command(dataset, encoder, _settings(None, home, feature_store), batch_size=batch_size,
+                                  num_workers=num_workers, device=device)
+    except (CatalogError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(summary_table(summary))
+
+
+def _train_features(settings: Settings, catalog, encoder: str, device: Optional[str]):
+    """Extract (incrementally: usually a no-op) and load the features a content model needs."""
+    from pipeline.extract import extract_features, load_features
+    from storage.feature_store import FeatureStore
+
+    store = FeatureStore(settings.feature_store)
+    summary = extract_features(catalog, encoder, store, device=device, progress=True)
+    fps = {m: s.fingerprint for m, s in summary.modalities.items() if s.snapshot_id}
+    features = load_features(catalog, store, fps, snapshots={m: summary.snapshot_ids[m] for m in fps})
+    labels = {m: (store.encoder_info(fp) or {}) for m, fp in fps.items()}
+    return features, fps, labels
+
+
+@app.command("train")
+def train_cmd(
+    dataset: str = typer.Option(..., "--dataset", help="Ingested catalog name."),
+    model: str = typer.Option("lightgcn", "--model", help="mostpop, lightgcn, bm3, lattice, freedom or mgcn."),
+    adapter: str = typer.Option("none", "--adapter", help="none or befa."),
+    encoder: str = typer.Option("minilm", "--encoder", help="Encoder spec for content models (see `befa extract`)."),
+    split: str = typer.Option("random-s2024", "--split", help="Stored split name; random-s<SEED> is created if missing."),
+    set_: list[str] = typer.Option([], "--set", help="Model config override KEY=VALUE (JSON value), e.g. --set befa.t=2 --set reg=1e-4."),
+    seed: int = typer.Option(999, help="Training seed."),
+    epochs: int = typer.Option(1000, help="Max epochs."),
+    patience: int = typer.Option(10, help="Early stopping: epochs without a valid Recall@20 improvement."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when present)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Run folder (default under $BEFA_HOME/runs)."),
+    resume: bool = typer.Option(False, help="Resume from the run folder's last checkpoint."),
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Train one model (optionally +BeFA) to early stopping and print its test metrics."""
+    import json
+
+    from models import get_model_class
+    from pipeline.catalog import Catalog
+    from pipeline.splits import Split, split_random
+    from pipeline.training import metrics_table, train_model
+    from storage.atomic import write_json
+
+    settings = _settings(None, home, feature_store)
+    try:
+        model_cls = get_model_class(model)
+        catalog = Catalog.load(settings.catalog_dir(dataset))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    split_path = settings.catalog_dir(dataset) / "splits" / f"{split}.parquet"
+    if not split_path.exists():
+        if not split.startswith("random-s") or not split[8:].isdigit():
+            _fail(f"{split_path}: no such split; create it with `befa split {dataset}`")
+        split_random(catalog, seed=int(split[8:])).save(split_path.parent)
+    overrides: dict = {"adapter": adapter}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    features, fps, labels = (None, {}, {})
+    if model_cls.uses_content:
+        features, fps, labels = _train_features(settings, catalog, encoder, device)
+        for m, info in labels.items():
+            if info.get("random_init"):
+                console.print(f"[yellow]{m} features: weights: random init ({info.get('fingerprint', fps[m])}); "
+                              "quality numbers from them mean nothing[/]")
+    try:
+        result = train_model(catalog, Split.load(split_path), features, model, overrides=overrides, run_dir=run_dir,
+                             seed=seed, device=device, max_epochs=epochs, patience=patience, resume=resume,
+                             graph_cache_dir=settings.home / "graph-cache")
+    except ValueError as exc:
+        _fail(str(exc))
+    write_json(Path(result.run_dir) / "features.json", {
+        "catalog_dir": str(settings.catalog_dir(dataset)), "split": str(split_path), "encoder": encoder,
+        "fingerprints": fps, "snapshots": dict(result.record.feature_snapshots),
+        "random_init": {m: bool(info.get("random_init")) for m, info in labels.items()},
+    })
+    console.print(metrics_table([result], title=f"test metrics at best valid epoch {result.record.best_epoch}"))
+    console.print(f"run folder: {result.run_dir}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="A run folder written by `befa train`."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Reload a run's best checkpoint and recompute its valid and test metrics."""
+    import json
+
+    from pipeline.catalog import Catalog
+    from pipeline.extract import load_features
+    from pipeline.training import evaluate_run, metrics_table
+    from storage.feature_store import FeatureStore
+
+    settings = _settings(None, home, feature_store)
+    features = None
+    info_path = run / "features.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if info["fingerprints"]:
+            catalog = Catalog.load(info["catalog_dir"])
+            features = load_features(catalog, FeatureStore(settings.feature_store), info["fingerprints"],
+                                     snapshots=info["snapshots"])
+    try:
+        metrics = evaluate_run(run, features=features, device=device)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(metrics_table(metrics, title=str(run)))
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command("run")
+def run_cmd(
+    dataset: str = typer.Argument("movielens-100k-posters", help="Catalog to run on (ingested if needed)."),
+    encoder: str = typer.Option("minilm", help="Encoder spec or per-modality image=...,text=..."),
+    models: Optional[str] = typer.Option(None, help="Comma list (default lightgcn,freedom,mgcn)."),
+    adapters: Optional[str] = typer.Option(None, help="Comma list of none,befa (default both)."),
+    epochs: Optional[int] = typer.Option(None, help="Max epochs per model."),
+    patience: Optional[int] = typer.Option(None, help="Early-stopping patience."),
+    seed: Optional[int] = typer.Option(None, help="Training seed."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    cluster: Optional[str] = typer.Option(None, help="Ray address (ray://host:10001 or auto) for feature extraction."),
+    run_name: Optional[str] = typer.Option(None, help="Folder name under $BEFA_HOME/runs/pipelines."),
+    datasets_root: Optional[Path] = DatasetsRoot,
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Run the whole pipeline in this process, without a Prefect server (same steps as befa/full-pipeline)."""
+    from pipeline.full_pipeline import PipelineError, run_pipeline
+
+    params = dict(dataset=dataset, encoder=encoder, models=_csv(models), adapters=_csv(adapters), epochs=epochs,
+                  patience=patience, seed=seed, device=device, cluster=cluster, run_name=run_name)
+    params = {k: v for k, v in params.items() if v is not None}
+    try:
+        result = run_pipeline(params, _settings(datasets_root, home, feature_store), log=console.print)
+    except PipelineError as exc:
+        _fail(str(exc))
+    _print_pipeline_result(result)
+
+
+def _print_pipeline_result(result) -> None:
+    from pipeline.training import metrics_table
+
+    rows = {f"{r.model}{'+befa' if r.adapter == 'befa' else ''}": r.test for r in result.runs}
+    console.print(metrics_table(rows, title="test metrics at the best valid epoch"))
+    console.print(f"report: [bold]{result.report.get('report_md')}[/]")
+
+
+@app.command("watch")
+def watch_cmd(
+    names: list[str] = typer.Argument(None, help="Registered catalogs to check (default: all)."),
+    datasets_root: Optional[Path] = DatasetsRoot,
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Check registered catalogs for changes and re-extract only what changed (no Prefect event)."""
+    from pipeline.catalog_watch import watch_catalogs
+
+    for change in watch_catalogs(_settings(datasets_root, home, feature_store), names or None):
+        console.print(change.summary())
+
+
+@app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve_cmd(ctx: typer.Context) -> None:
+    """Serve befa/full-pipeline and befa-watch/catalog-watch (+ retrain trigger) to a Prefect server.
+
+    Options are those of `python -m flows.serve --help` (--interval, --cron, --no-schedule, --no-retrain-on-change, --catalog)."""
+    from flows.serve import main
+
+    main(list(ctx.args))
+
+
+@app.command("server", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def server_cmd(ctx: typer.Context) -> None:
+    """Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, analytics off) and the serve process.
+
+    Options are those of `python -m flows.server --help` (--port, --no-serve, ...). Ctrl-C stops both."""
+    from flows.server import main
+
+    raise typer.Exit(main(list(ctx.args)) or 0)
+
+
 @app.command("demo")
 def demo_cmd(
     datasets_root: Optional[Path] = DatasetsRoot,
