@@ -62,23 +62,24 @@ def batches(data: TrainData, batch: int, gen: torch.Generator):
         yield data.train_users[idx], data.train_items[idx], torch.randint(data.num_items, (idx.numel(),), generator=gen)
 
 
-def time_epochs(cls, data: TrainData, overrides: dict, epochs: int) -> tuple[list[float], float, float]:
+def time_epochs(cls, data: TrainData, overrides: dict, epochs: int) -> tuple[list[float], list[float], float, float]:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = cls(data, cls.Config(**overrides))
     build_s = time.perf_counter() - t0
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     gen = torch.Generator().manual_seed(1)
-    times = []
+    times, cpu = [], []
     for epoch in range(epochs):
         model.train()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         model.pre_epoch(epoch)
         for u, p, n in batches(data, 2048, gen):
             opt.zero_grad(set_to_none=True)
             model.loss(u, p, n).backward()
             opt.step()
         times.append(time.perf_counter() - t1)
+        cpu.append(time.process_time() - c1)
     model.eval()
     t2 = time.perf_counter()
     with torch.no_grad():
@@ -89,22 +90,24 @@ def time_epochs(cls, data: TrainData, overrides: dict, epochs: int) -> tuple[lis
             scores[data.train_users[mask] - s, data.train_items[mask]] = -torch.inf
             scores.topk(50, dim=1)
     infer_s = time.perf_counter() - t2
-    return times, build_s, infer_s
+    return times, cpu, build_s, infer_s
 
 
 def epoch_bench(models: list[str], epochs: int) -> None:
     data = random_data(19_445, 7_050, 119_674, {"image": 4096, "text": 384})
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes slow every figure)")
     print(f"amazon-baby sizes: {data.num_users} users, {data.num_items} items, {data.train_users.numel()} edges, "
           f"{torch.get_num_threads()} threads, epochs timed: {epochs} (median reported)")
     for name in models:
         base = None
         for label, overrides in VARIANTS[name]:
-            times, build_s, infer_s = time_epochs(CLASSES[name], data, overrides, epochs)
+            times, cpu, build_s, infer_s = time_epochs(CLASSES[name], data, overrides, epochs)
             med = sorted(times)[len(times) // 2]
+            med_cpu = sorted(cpu)[len(cpu) // 2]
             base = med if base is None else base
             extra = f"  x{med / base:.2f} of base (target <= 1.15)" if label != "base" else ""
             print(f"{name:8s} {label:14s} epoch {med:6.2f} s (target <= {TARGETS[name]} s, all: "
-                  f"{', '.join(f'{t:.2f}' for t in times)}){extra}  build {build_s:.2f} s  "
+                  f"{', '.join(f'{t:.2f}' for t in times)}; CPU {med_cpu:.2f} s){extra}  build {build_s:.2f} s  "
                   f"inference+ranking {infer_s:.2f} s (target <= 1.5 s)  peak RSS {peak_rss_mb():.0f} MB")
 
 

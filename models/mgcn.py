@@ -135,8 +135,8 @@ class MGCN(Recommender):
             return self.adapters[modality](c, self.item_embedding)
         return self.item_embedding * torch.sigmoid(self.purifiers[modality](c))
 
-    def views(self) -> tuple[Tensor, list[Tensor]]:
-        """(content N x d, [v_m N x d per modality])."""
+    def views(self) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """(content N x d, [(u_m U x d, z_m I x d) per modality]); v_m = [u_m; z_m]."""
         views = []
         with _no_autocast(self.item_embedding.device):
             ego = torch.cat([self.user_embedding, self.item_embedding]).float()
@@ -145,7 +145,7 @@ class MGCN(Recommender):
                 z = self.purified(m).float()
                 for _ in range(self.config.item_layers):
                     z = self.item_graphs[m] @ z
-                views.append(torch.cat([self.user_item @ z, z]))
+                views.append((self.user_item @ z, z))
         return content, views
 
     def side(self, content: Tensor, views: list[Tensor]) -> Tensor:
@@ -165,9 +165,9 @@ class MGCN(Recommender):
         if neg_items is None:
             raise ValueError("MGCN: BPR needs negative items")
         content, views = self.views()
-        off = self.num_users
-        rows = torch.cat([users, pos_items + off, neg_items + off])
-        side = self.side(content[rows], [v[rows] for v in views])
+        rows = torch.cat([users, pos_items + self.num_users, neg_items + self.num_users])
+        items = torch.cat([pos_items, neg_items])
+        side = self.side(content[rows], [torch.cat([u[users], z[items]]) for u, z in views])
         final = content[rows] + side
         b = users.numel()
         u, p, n = final[:b], final[b : 2 * b], final[2 * b :]
@@ -181,5 +181,5 @@ class MGCN(Recommender):
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             content, views = self.views()
-            final = content + self.side(content, views)
+            final = content + self.side(content, [torch.cat(v) for v in views])
         return final.split([self.num_users, self.num_items])
