@@ -34,6 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=60)
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{row['model']:8s} {row['metric']:10s} base {row['base_mean']:.4f}±{row['base_std']:.4f}  "
             f"+BeFA {row['befa_mean']:.4f}±{row['befa_std']:.4f}  gain {'n/a' if gain is None else f'{gain * 100:+.2f}%'}  "
-            f"Wilcoxon p {sig.get('p_wilcoxon')!s:.6}  Holm p {sig.get('p_wilcoxon_holm')!s:.6}"
+            f"Wilcoxon p {_p(sig.get('p_wilcoxon'))}  Holm p {_p(sig.get('p_wilcoxon_holm'))}"
         )
     print("\n" + result.verdict)
     print("\nphase wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.timings.items()))

@@ -291,8 +291,8 @@ class _Runner:
         self.seconds = 0.0
 
     def run_dir(self, spec: RunSpec) -> Path:
-        from pipeline.splits import Split  # noqa: F401 (doc: the split path identifies the split)
-
+        # the split file name carries its content (e.g. random-s2024, ...-train50); runs of
+        # one study share one catalog, so name + config + modalities + budget identify a run
         key = json.dumps(
             {
                 "model": spec.model,
@@ -724,6 +724,7 @@ def run_study(
     groups = user_groups(main_runs, params.models, Split.load(split.path).frame)
     overhead = overhead_rows(main_runs, params.models)
     text = verdict(gains, sig, params.alpha)
+    notes = budget_notes(frame, params)
 
     # 6. inspection
     t0 = time.perf_counter()
@@ -771,6 +772,7 @@ def run_study(
         inspection=inspection,
         timings=timings,
         runs={"trained": runner.trained, "reused": runner.reused, "train_seconds": runner.seconds},
+        notes=notes,
     )
     files = write_study_report(folder, frame, data)
     timings["total"] = time.perf_counter() - t_all
@@ -789,6 +791,21 @@ def run_study(
     log(text)
     log(f"report: {files['report_html']}")
     return result
+
+
+def budget_notes(frame: pd.DataFrame, params: StudyParams) -> list[str]:
+    """Say so when runs were cut by the epoch cap (not converged) or had a single seed."""
+    notes = []
+    runs = frame.drop_duplicates("run_dir")
+    capped = runs[runs["epochs_run"] >= params.epochs]
+    if len(capped):
+        notes.append(
+            f"{len(capped)} of {len(runs)} runs stopped at the epoch cap ({params.epochs}) before early stopping: "
+            "they had not converged, so this is a budget-limited comparison, not the protocol's (1000 epochs, patience 10)."
+        )
+    if len(params.seeds) < 2:
+        notes.append("One seed only: the ± columns are 0 by construction and say nothing about seed variance.")
+    return notes
 
 
 def _grid_size(grid: dict[str, list[Any]]) -> int:

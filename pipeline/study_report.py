@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field
@@ -44,6 +43,7 @@ class StudyData(BaseModel):
     inspection: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     runs: dict[str, Any] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
 
 
 # -- formatting ------------------------------------------------------------------------
@@ -282,6 +282,7 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
         lines += [f"> **Random-init encoder** for {', '.join(mods)}: those features carry no semantic content; "
                   "configure a checkpoint (e.g. `clip:ViT-B-32@/path/ckpt.safetensors`) for a real test of the method.", ""]
     lines += ["## Verdict", "", data.verdict, ""]
+    lines += [f"> {n}" for n in data.notes] + ([""] if data.notes else [])
     lines += _md(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data))
     ds = data.dataset
     lines += ["", "## Setup", "",
@@ -368,6 +369,7 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
         parts.append(f"<p class='warn'><b>Random-init encoder</b> for {html.escape(', '.join(rand))}: those features carry no semantic content. "
                      "Configure a checkpoint for a real test of the method.</p>")
     parts.append(f"<h2>Verdict</h2><p class='verdict' id='verdict'>{html.escape(data.verdict)}</p>")
+    parts += [f"<p class='warn note-item'>{html.escape(n)}</p>" for n in data.notes]
     parts.append(_h(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data)))
     ds = data.dataset
     parts.append("<h2>Setup</h2><ul>"
