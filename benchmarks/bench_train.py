@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write all figures here")
     p.add_argument("--big-batches", type=int, default=20, help="batches timed for LATTICE at 63k items")
     p.add_argument("--no-big", action="store_true", help="skip LATTICE at 63k items")
+    p.add_argument("--big-only", action="store_true", help="only LATTICE at 63k items")
+    p.add_argument("--big-variants", default="base", help="variants of LATTICE at 63k items: base, befa or base,befa")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     # internal: one configuration in this process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'model':<10} {'variant':<6} {'graph s':>8} {'epoch s / target':>22} {'eval v+t s / target':>22} {'peak RSS GB / target':>22} {'+BeFA ratio / target':>22}"
     print(header)
     print("-" * len(header))
-    for model in models:
+    for model in [] if args.big_only else models:
         base_epoch = None
         for variant in ("base",) if model in CONTENT_FREE else ("base", "befa"):
             r = run_child([*common, "--model", model, "--variant", variant], args.timeout)
@@ -250,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{mark(r['eval_s'], TARGET_EVAL_S):>22} {mark(r['peak_rss_gb'], TARGET_RSS_GB):>22} {ratio:>22}",
                 flush=True,
             )
-    if not args.no_big and "lattice" in models:
+    if args.big_only or (not args.no_big and "lattice" in models):
         print(f"\nLATTICE at {BIG['items']:,} items (random graph {BIG['users']:,} users, {BIG['interactions']:,} interactions, random features):")
-        for variant in ("base", "befa"):
+        for variant in [v.strip() for v in args.big_variants.split(",") if v.strip()]:
             r = run_child([*common, "--model", "lattice", "--variant", variant, "--big", "--big-batches", str(args.big_batches)], args.timeout)
             r.setdefault("model", "lattice-63k")
             r["model"] = "lattice-63k"
