@@ -54,7 +54,8 @@ Choices (where the spec is silent or the reference does not scale):
   for a negative sum; with self-similarity 1 kept it needs k - 1 strongly negative
   neighbours).
 - n_ui_layers = 2 (the reference's weight_size [64, 64]); item_layers = 1; embeddings
-  Xavier-uniform; the L2 term divides by the configured batch size (reference).
+  Xavier-uniform; the L2 term divides by the configured batch size (reference); default
+  reg = 0, the first value of the grid (the reference only gives the grid).
 - Zero modalities raise ValueError: LATTICE is defined by its content graphs.
 - The reference's raw feature tables are trainable; here they are frozen buffers unless
   ``train_features=True``.
@@ -64,7 +65,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch

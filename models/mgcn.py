@@ -36,6 +36,7 @@ Choices (where the spec is silent):
   projections run over all rows every batch, as in the reference, since every item feeds
   the graphs.
 - With M = 1 the fuser gives alpha = 1, so side = v_1 / 2 (the formula, not a special case).
+- Default cl_weight = 0.01, the middle of the grid {0.001, 0.01, 0.1}.
 - The L2 term divides by the configured batch size (reference); embeddings are
   Xavier-uniform; other layers keep PyTorch's default initialisation.
 - Zero modalities raise ValueError (MGCN has no content-free form); ``befa.variant`` is
