@@ -8,8 +8,9 @@
    model's documented grid (``Model.GRID``), crossed for +BeFA with ``befa_grid``
    (``befa.t`` x ``befa.dropout``, the authors' t and dropout grid). The model's default
    configuration is always tried first; if the grid holds more points than the budget,
-   the rest are a seeded random sample of the grid (random search), so base and +BeFA
-   always get the *same* number of trials. The winner is the trial with the best valid
+   the rest are a seeded random sample of the grid (random search). Base and +BeFA get the
+   *same* number of trials and the same model hyper-parameters trial by trial
+   (:func:`search_plan`), +BeFA adding a sampled t and dropout to each. The winner is the trial with the best valid
    Recall@20 at its best epoch (``pipeline.grid.select_on_valid``; test metrics of the
    trials are never read). Trials run with the first seed;
 3. **main table**: the winner of each (model, adapter) is trained with every seed
@@ -359,6 +360,22 @@ def _resolved(model: str, overrides: dict[str, Any]) -> str:
     return build_config(resolve_model(model), overrides).model_dump_json()
 
 
+def search_plan(params: StudyParams, model: str, adapter: str, spare: int = 4) -> list[dict[str, Any]]:
+    """The points one search tries, in order (more than ``max_trials``: spares replace duplicates).
+
+    Paired design: the k-th +BeFA trial uses the same model hyper-parameters as the k-th base
+    trial (default first, then the same seeded sample of the model's grid), combined with
+    the k-th point of a seeded sample of ``befa_grid`` (BeFA's defaults first). So both arms
+    explore the same base-model configurations within the same budget, and +BeFA's extra
+    freedom is only its own t and dropout."""
+    n = params.max_trials * spare
+    model_pts = search_points(model_grid(params, model), n, params.search_seed)
+    if adapter == "none":
+        return model_pts
+    befa_pts = search_points(params.befa_grid, n, params.search_seed + 1)
+    return [{**mp, **befa_pts[k % len(befa_pts)]} for k, mp in enumerate(model_pts)] or [{}]
+
+
 def run_search(runner: _Runner, model: str, adapter: str, split: str, modalities: list[str]) -> dict[str, Any]:
     """Valid-only search for one (model, adapter); returns the winner and every trial's valid metrics."""
     from pipeline.grid import select_on_valid
@@ -368,8 +385,7 @@ def run_search(runner: _Runner, model: str, adapter: str, split: str, modalities
     fixed = {**p.fixed_overrides(model), "adapter": adapter}
     trials, seen = [], set()
     start = time.perf_counter()
-    candidates = search_points(grid, p.max_trials * 4, p.search_seed)  # spare points replace duplicates
-    for point in candidates:
+    for point in search_plan(p, model, adapter):
         if len(trials) >= p.max_trials:
             break
         overrides = {**fixed, **point}

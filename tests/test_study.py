@@ -160,6 +160,9 @@ def test_search_is_valid_only_and_within_budget(study):
             assert set(t) == {"point", "overrides", "valid", "run_dir", "best_epoch"}
         if key.endswith("/befa"):
             assert set(s["grid"]) >= {"befa.t"}
+            base = searches[key.replace("/befa", "/none")]["trials"]
+            for tb, ta in zip(base, s["trials"]):  # paired: same model point per trial
+                assert {k: v for k, v in ta["point"].items() if not k.startswith("befa.")} == tb["point"]
 
 
 def test_overhead_and_time_columns(study):
@@ -247,3 +250,14 @@ def test_study_params_from_the_full_pipeline():
     sp = study_params_from_pipeline(PipelineParams(models=["lightgcn", "mgcn"], seed=5, epochs=7, encoder="minilm"), max_trials=3)
     assert sp.models == ["mgcn"] and sp.focus_model == "mgcn"  # content-free models dropped
     assert sp.seeds == [5, 6, 7] and sp.epochs == 7 and sp.max_trials == 3 and sp.encoder == "minilm"
+
+
+def test_search_plan_pairs_base_and_befa_trials():
+    from pipeline.study import search_plan
+
+    p = StudyParams(models=["freedom"], max_trials=3)
+    base, befa = search_plan(p, "freedom", "none"), search_plan(p, "freedom", "befa")
+    assert base[0] == {} and befa[0] == {}  # everyone's defaults first
+    for b, a in zip(base, befa):  # same model hyper-parameters trial by trial; +BeFA adds its own
+        assert {k: v for k, v in a.items() if not k.startswith("befa.")} == b
+    assert any(k.startswith("befa.") for a in befa[1:] for k in a)
