@@ -47,8 +47,9 @@ from pipeline.catalog import MODALITIES, sha256_file
 RANDOM_INIT_LABEL = "random init"
 
 
-class EncoderError(RuntimeError):
-    """An encoder that cannot be built: missing checkpoint, unknown arch, weights not available offline."""
+class EncoderError(ValueError):
+    """An encoder that cannot be built from what the user gave: missing or mismatched checkpoint,
+    weights not available offline. A ValueError, like a bad spec: callers report it as bad input."""
 
 
 def slug(text: str) -> str:
