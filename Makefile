@@ -31,7 +31,7 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 	@touch $@
 
 demo: venv
-	$(BIN)/befa demo
+	$(BIN)/python -m flows.demo
 
 # The study report test renders HTML in Debian's headless Chromium.
 chromium:

@@ -380,14 +380,14 @@ def server_cmd(ctx: typer.Context) -> None:
 
 @app.command("demo")
 def demo_cmd(
-    datasets_root: Optional[Path] = DatasetsRoot,
-    home: Optional[Path] = Home,
-    feature_store: Optional[str] = FeatureStoreOpt,
+    epochs: int = typer.Option(40, help="Max epochs per model (capped so the demo fits 15 minutes on 2 cores)."),
+    patience: int = typer.Option(5, help="Early-stopping patience."),
 ) -> None:
-    """The main job on the default catalog (movielens-100k-posters): ingest, split, statistics."""
-    from pipeline.demo import run_demo
+    """The main job on the default catalog through the `befa` flow: ingest, extract, train LightGCN/FREEDOM/MGCN
+    with and without BeFA, evaluate, report (what `make demo` runs)."""
+    from flows.demo import main
 
-    run_demo(_settings(datasets_root, home, feature_store), console=console)
+    raise typer.Exit(main(["--epochs", str(epochs), "--patience", str(patience)]))
 
 
 if __name__ == "__main__":  # pragma: no cover
