@@ -7,7 +7,7 @@ are not masked when testing (reference behaviour). Valid and test share the trai
 so one top-K pass over the union of their users serves both.
 
 Work runs in user batches on the embeddings' device; the batch size is chosen so one
-score block holds about ``block_elements`` floats (2^24 = 64 MB), which keeps memory
+score block holds about ``block_elements`` floats (2^21 = 8 MB, cache-sized; larger blocks were not faster here), which keeps memory
 flat for large catalogs.
 
 Ties: ranking is by score, higher first, and among equal scores the LOWER item index
@@ -144,7 +144,7 @@ class Evaluator:
         heldout: dict[str, UserItems],
         num_items: int,
         ks: Sequence[int] = TOPKS,
-        block_elements: int = 1 << 24,
+        block_elements: int = 1 << 21,
         per_user_metrics_kept: Sequence[str] = ("recall@20", "ndcg@20"),
     ):
         self.train = train
