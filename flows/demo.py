@@ -48,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary server's default 20 s start-up budget is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from pipeline.settings import get_settings
+
+    # Prefect's database and logs live under befa's storage root, not in the user's home.
+    prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(get_settings().home / "prefect")))
+    prefect_home.mkdir(parents=True, exist_ok=True)
     encoder = demo_encoder(console)
 
     from flows.pipeline_flow import befa
