@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-quality lock clean
+.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-quality bench-study bench-lattice-mgcn lock clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,12 @@ bench-extract: venv
 
 bench-train: venv
 	$(BIN)/python -m benchmarks.bench_train
+
+bench-study: venv
+	$(BIN)/python -m benchmarks.bench_study
+
+bench-lattice-mgcn: venv
+	$(BIN)/python -m benchmarks.bench_lattice_mgcn --threads 2
 
 bench-quality: venv
 	$(BIN)/python -m benchmarks.bench_quality

@@ -378,6 +378,41 @@ def server_cmd(ctx: typer.Context) -> None:
     raise typer.Exit(main(list(ctx.args)) or 0)
 
 
+@app.command("study")
+def study_cmd(
+    dataset: str = typer.Option("movielens-100k-posters", help="Catalog (ingested if needed)."),
+    encoder: str = typer.Option("image=clip:ViT-B-32@random,text=minilm", help="Encoder spec or image=...,text=... "
+                                "(random-init weights are labelled in the report)."),
+    models: Optional[str] = typer.Option(None, help="Comma list (default bm3,lattice,freedom,mgcn)."),
+    seeds: int = typer.Option(3, help="Number of training seeds."),
+    epochs: int = typer.Option(1000, help="Max epochs per run."),
+    patience: int = typer.Option(10, help="Early-stopping patience."),
+    max_trials: int = typer.Option(4, help="Hyper-parameter configurations tried per model and adapter (chosen on VALID)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop starting new trials of one search after this."),
+    focus_model: str = typer.Option("freedom", help="Model of the t sweep, modality ablation, sparsity sweep and inspection."),
+    experiment_seeds: Optional[int] = typer.Option(None, help="Seeds for sweep/ablation/sparsity (default: all)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for training."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    name: Optional[str] = typer.Option(None, help="Study folder name under $BEFA_HOME/runs/studies."),
+    datasets_root: Optional[Path] = DatasetsRoot,
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Base vs +BeFA across models and seeds, t sweep, modality ablation, sparsity sweep; writes report.html."""
+    from pipeline.study import StudyError, run_study
+
+    params = dict(dataset=dataset, encoder=encoder, models=_csv(models), seeds=[999 + i for i in range(seeds)],
+                  epochs=epochs, patience=patience, max_trials=max_trials, max_minutes=max_minutes,
+                  focus_model=focus_model, experiment_seeds=experiment_seeds, num_threads=threads, device=device, name=name)
+    params = {k: v for k, v in params.items() if v is not None}
+    try:
+        result = run_study(params, _settings(datasets_root, home, feature_store), log=console.print)
+    except (StudyError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(result.verdict)
+    console.print(f"report: [bold]{result.files.get('report_html')}[/]")
+
+
 @app.command("demo")
 def demo_cmd(
     epochs: int = typer.Option(40, help="Max epochs per model (capped so the demo fits 15 minutes on 2 cores)."),
