@@ -5,7 +5,7 @@ temporary local server. Encoders: MiniLM for text (real weights); for images ViT
 from the checkpoint in BEFA_CLIP_CHECKPOINT when set, otherwise random-init, which is
 labelled as such in the console, the report and the artifacts.
 
-Epochs are capped (``--epochs``, default 40, patience 5) so the demo finishes within
+Epochs are capped (``--epochs``, default 30, patience 5) so the demo finishes within
 15 minutes on 2 CPU cores; `befa run` / the deployment use the protocol's defaults.
 """
 
@@ -41,7 +41,7 @@ def demo_encoder(console: Console) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default=DEFAULT_DATASET)
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--models", default=",".join(DEMO_MODELS))
     args = p.parse_args(argv)

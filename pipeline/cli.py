@@ -415,7 +415,7 @@ def study_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    epochs: int = typer.Option(40, help="Max epochs per model (capped so the demo fits 15 minutes on 2 cores)."),
+    epochs: int = typer.Option(30, help="Max epochs per model (capped so the demo fits 15 minutes on 2 cores)."),
     patience: int = typer.Option(5, help="Early-stopping patience."),
 ) -> None:
     """The main job on the default catalog through the `befa` flow: ingest, extract, train LightGCN/FREEDOM/MGCN
