@@ -226,7 +226,7 @@ def train_cmd(
 
     from models import get_model_class
     from pipeline.catalog import Catalog
-    from pipeline.splits import Split, split_random
+    from pipeline.splits import split_random
     from pipeline.training import metrics_table, train_model
     from storage.atomic import write_json
 
@@ -258,7 +258,8 @@ def train_cmd(
                 console.print(f"[yellow]{m} features: weights: random init ({info.get('fingerprint', fps[m])}); "
                               "quality numbers from them mean nothing[/]")
     try:
-        result = train_model(catalog, Split.load(split_path), features, model, overrides=overrides, run_dir=run_dir,
+        # paths (not objects), so the run records where its catalog and split live for `befa evaluate`
+        result = train_model(settings.catalog_dir(dataset), split_path, features, model, overrides=overrides, run_dir=run_dir,
                              seed=seed, device=device, max_epochs=epochs, patience=patience, resume=resume,
                              graph_cache_dir=settings.home / "graph-cache")
     except ValueError as exc:

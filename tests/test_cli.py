@@ -37,3 +37,29 @@ def test_ingest_missing_dataset_is_a_clear_error(tmp_path):
 def test_ingest_rejects_bad_column_option(tmp_path):
     result = runner.invoke(app, ["ingest", "generic", "--column", "oops"], env={"BEFA_HOME": str(tmp_path)})
     assert result.exit_code == 2 and "--column" in result.output
+
+
+def test_train_then_evaluate_reproduces_metrics(tmp_path, datasets_root):
+    env = {"BEFA_DATASETS_ROOT": str(datasets_root), "BEFA_HOME": str(tmp_path)}
+    assert runner.invoke(app, ["ingest", "movielens-100k-posters"], env=env).exit_code == 0
+    run_dir = tmp_path / "run-lightgcn"
+    result = runner.invoke(
+        app,
+        ["train", "--dataset", "movielens-100k-posters", "--model", "lightgcn", "--epochs", "2", "--device", "cpu",
+         "--set", "reg=1e-4", "--run-dir", str(run_dir)],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    import json
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["reg"] == 1e-4 and record["split_id"].startswith("random-s2024")
+    result = runner.invoke(app, ["evaluate", str(run_dir), "--device", "cpu"], env=env)
+    assert result.exit_code == 0, result.output
+    test_row = next(line for line in result.output.splitlines() if line.lstrip("│ ").startswith("test "))
+    assert f"{record['test']['recall@20']:.4f}" in test_row
+
+
+def test_train_unknown_model_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["train", "--dataset", "x", "--model", "nope"], env={"BEFA_HOME": str(tmp_path)})
+    assert result.exit_code == 2 and "unknown model" in result.output
