@@ -476,12 +476,16 @@ def _extract_modality(
             writer.flush()
         finally:
             bar.close()
+    return finish_modality(summary, writer, store, catalog.name, fp, modality, key_ids, key_hashes, t_enc, t0)
+
+
+def finish_modality(summary, writer, store, dataset, fp, modality, key_ids, key_hashes, t_enc: float, t0: float):
+    """Timings, throughput, and the commit that makes the snapshot exactly the current catalog
+    (keys without a row, i.e. failed items, count as missing). Shared with Ray extraction."""
     summary.encode_seconds = time.perf_counter() - t_enc
     summary.throughput = summary.encoded / summary.encode_seconds if summary.encoded else 0.0
     summary.parts_written = len(writer.parts)
-
-    # The snapshot is the current catalog: keys without a row (failed items) count as missing.
-    snap = store.commit(catalog.name, fp, modality, keep=zip(key_ids, key_hashes))
+    snap = store.commit(dataset, fp, modality, keep=zip(key_ids, key_hashes))
     summary.snapshot_id = snap.id
     summary.snapshot_rows = snap.num_rows
     summary.seconds = time.perf_counter() - t0

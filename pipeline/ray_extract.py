@@ -39,6 +39,7 @@ from pipeline.extract import (
     ImageItems,
     ModalitySummary,
     _PartWriter,
+    finish_modality,
     _precision_name,
 )
 
@@ -203,11 +204,4 @@ def _extract_modality(ray: Any, catalog: Catalog, spec: str, store: Any, modalit
                 if len(summary.missing_items) < MAX_LISTED_FAILURES:
                     summary.missing_items.append({"item_id": str(batch["item_id"][j]), "item_idx": int(batch["item_idx"][j]), "kind": "failed", "reason": str(batch["reason"][j])})
         writer.flush()
-    summary.encode_seconds = time.perf_counter() - t_enc
-    summary.throughput = summary.encoded / summary.encode_seconds if summary.encoded else 0.0
-    summary.parts_written = len(writer.parts)
-    snap = store.commit(catalog.name, fp, modality, keep=zip(key_ids, key_hashes))
-    summary.snapshot_id = snap.id
-    summary.snapshot_rows = snap.num_rows
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return finish_modality(summary, writer, store, catalog.name, fp, modality, key_ids, key_hashes, t_enc, t0)
