@@ -102,6 +102,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.device == "cpu":
+        from pipeline.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the trainer does
     rss_after_imports = peak_rss_gb()
     device = torch.device(args.device)
     out: dict[str, Any] = {"model": args.model, "variant": args.variant, "threads": args.threads, "device": str(device)}

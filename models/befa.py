@@ -19,12 +19,14 @@ Choices where the spec is silent: the three linear maps keep PyTorch's default
 ``nn.Linear`` initialisation (Kaiming-uniform weights, uniform biases), so an untrained
 gate is close to 0.5 everywhere and the adapter starts as a mild, input-dependent
 shrinkage of E_i rather than as zero; dropout is the standard inverted dropout
-(``nn.Dropout``), active only in ``train()`` mode.
+(``models.dropout``: ``nn.Dropout``'s distribution, faster on CPU), active only in ``train()`` mode.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from models.dropout import Dropout
 
 
 def befa_hidden_size(dim: int, t: float) -> int:
@@ -55,7 +57,7 @@ class BeFA(nn.Module):
         self.decouple = nn.Linear(dim, self.hidden)  # W1, b1
         self.filter = nn.Linear(self.hidden, self.hidden)  # W2, b2
         self.recombine = nn.Linear(self.hidden, dim)  # W3, b3
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def gate(self, content: Tensor) -> Tensor:
         """g in (0, 1)^(N x d), the selection gate (exposed for the study's heatmaps)."""

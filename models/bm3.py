@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
 from models.content import FeatureProjection, make_projection
+from models.dropout import dropout
 from models.graphs import interaction_adjacency
 from models.losses import negative_cosine, norm_reg
-from models.propagation import compact_csr, propagate
+from models.sparse import SparseGraph, propagate
 
 
 class BM3(Recommender):
@@ -65,8 +65,8 @@ class BM3(Recommender):
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.predictor = make_projection(d, d).to(dev)
-        self.adj = compact_csr(
-            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        self.adj = SparseGraph.from_csr(
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
         )
         modalities = data.modalities
         self.projections = nn.ModuleDict(
@@ -94,8 +94,8 @@ class BM3(Recommender):
         user_rows, user_inv = torch.unique(users, return_inverse=True)
         rows, inv = torch.unique(pos_items, return_inverse=True)
         with torch.no_grad():
-            u_target = F.dropout(u_all[user_rows], p)[user_inv]
-            i_target = F.dropout(i_all[rows], p)[inv]
+            u_target = dropout(u_all[user_rows], p)[user_inv]
+            i_target = dropout(i_all[rows], p)[inv]
         u_online = self.predictor(u_all[users])
         i_online = self.predictor(i_all[pos_items])
         loss = negative_cosine(u_online, i_target) + negative_cosine(i_online, u_target)
@@ -105,7 +105,7 @@ class BM3(Recommender):
             for m in self.projections:
                 c = self.content(m, rows)
                 with torch.no_grad():
-                    c_target = F.dropout(c, p)[inv]
+                    c_target = dropout(c, p)[inv]
                 c_online = self.predictor(c)[inv]
                 cl = cl + negative_cosine(c_online, i_target) + negative_cosine(c_online, c_target)
             loss = loss + self.config.cl_weight * cl

@@ -15,9 +15,38 @@ backward ran raises an error instead of giving a wrong gradient.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-import torch
+
+class _FrozenInputLinear(torch.autograd.Function):
+    """x W^T + b for a constant x: the weight gradient as (x^T g)^T."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.has_bias = bias is not None
+        return torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        grad_w = (x.t() @ grad).t().contiguous() if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return None, grad_w, grad_b
+
+
+def project(x: Tensor, linear: nn.Linear) -> Tensor:
+    """``linear(x)`` for a frozen feature table x (no gradient to x).
+
+    Why not ``linear(x)``: its backward forms the weight gradient as g^T x, (d x N)(N x D);
+    on CPU MKL runs the same product as x^T g, (D x N)(N x d), ~15-30% faster for N x 4096
+    tables (measured on this project's 2-core machines), and this is the hottest product of
+    MGCN's and LATTICE's epochs. Same values, same gradient (tested)."""
+    if x.requires_grad or x.device.type != "cpu" or not torch.is_grad_enabled() or x.dim() != 2:
+        return F.linear(x, linear.weight, linear.bias)
+    return _FrozenInputLinear.apply(x, linear.weight, linear.bias)
 
 
 def make_projection(in_dim: int, out_dim: int) -> nn.Linear:
@@ -47,7 +76,7 @@ class FeatureProjection(nn.Module):
 
     def forward(self, rows: Tensor | None = None) -> Tensor:
         if rows is None:
-            return self.proj(self.table)
+            return project(self.table, self.proj)
         if self.table.requires_grad:
             return self.proj(self.table[rows])
         n = rows.numel()
@@ -55,4 +84,4 @@ class FeatureProjection(nn.Module):
         if buf is None or buf.size(0) < n or buf.device != self.table.device:
             buf = self._gather = torch.empty(max(n, 1), self.table.size(1), device=self.table.device)
         x = torch.index_select(self.table, 0, rows, out=buf[:n])
-        return self.proj(x)
+        return project(x, self.proj)

@@ -13,7 +13,7 @@ from models.befa import BeFA
 from models.content import FeatureProjection
 from models.graphs import cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph
 from models.losses import bpr_from_embeddings
-from models.propagation import compact_csr, propagate, spmm, transpose_csr, weighted_sum_csr
+from models.sparse import SparseGraph, propagate, weighted_sum
 
 
 def freedom_modality_weights(
@@ -82,7 +82,7 @@ class FREEDOM(Recommender):
 
     Cost: on CPU the epoch is dominated by the image content term, two GEMMs per batch of
     (distinct items of the batch, ~3k) x D_v x d (forward and P_v's gradient); the sparse
-    products are ~10% (``models.propagation``).
+    products are ~10% (``models.sparse``).
     """
 
     name = "freedom"
@@ -108,8 +108,8 @@ class FREEDOM(Recommender):
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.register_buffer("edge_users", data.train_users, persistent=False)
         self.register_buffer("edge_items", data.train_items, persistent=False)
-        self.full_adj = compact_csr(
-            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        self.full_adj = SparseGraph.from_csr(
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
         )
         self.train_adj = self.full_adj
 
@@ -122,12 +122,10 @@ class FREEDOM(Recommender):
         self.modality_weights = freedom_modality_weights(
             modalities, config.image_weight, config.image_modality, config.modality_weights
         )
-        self.item_graph: Tensor | None = None
-        self.item_graph_t: Tensor | None = None
+        self.item_graph: SparseGraph | None = None
         if modalities:
-            graphs = [(self.modality_weights[m], self._knn(data, m).to(dev)) for m in modalities]
-            self.item_graph = compact_csr(weighted_sum_csr(graphs))
-            self.item_graph_t = compact_csr(transpose_csr(self.item_graph))
+            graphs = [(self.modality_weights[m], SparseGraph.from_csr(self._knn(data, m).to(dev))) for m in modalities]
+            self.item_graph = weighted_sum(graphs)
 
     def _knn(self, data: TrainData, modality: str) -> Tensor:
         snapshot = data.feature_snapshots.get(modality)
@@ -151,17 +149,18 @@ class FREEDOM(Recommender):
         keep = degree_sensitive_edge_sample(
             self.edge_users, self.edge_items, self.num_users, self.num_items, 1 - self.config.edge_dropout
         )
-        self.train_adj = compact_csr(
-            interaction_adjacency(self.num_users, self.num_items, self.edge_users[keep], self.edge_items[keep], "sym")
+        self.train_adj = SparseGraph.from_csr(
+            interaction_adjacency(self.num_users, self.num_items, self.edge_users[keep], self.edge_items[keep], "sym"),
+            symmetric=True,
         )
 
-    def _forward(self, adj: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward(self, adj: SparseGraph) -> tuple[Tensor, Tensor]:
         h = propagate(adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_layers)
         users, items = h[: self.num_users], h[self.num_users :]
         if self.item_graph is not None and self.config.item_graph_hops > 0:
             g = self.item_emb
             for _ in range(self.config.item_graph_hops):
-                g = spmm(self.item_graph, g, self.item_graph_t)
+                g = self.item_graph @ g
             items = items + g
         return users, items
 

@@ -75,8 +75,9 @@ from torch import Tensor, nn
 from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
+from models.content import project
 from models.losses import bpr_from_embeddings, l2_per_batch
-from models.sparse import SparseGraph, coalesce_sum
+from models.sparse import SparseGraph, coalesce_sum, propagate
 
 # Largest dense similarity block built during a top-k search (floats): 128 MB.
 SIM_BLOCK_ELEMENTS = 1 << 25
@@ -206,7 +207,7 @@ class LATTICE(Recommender):
 
     def content(self) -> list[Tensor]:
         """c_m = P_m X_m for every modality (I x d)."""
-        return [self.projections[m](self.feature(m)) for m in self.modalities]
+        return [project(self.feature(m), self.projections[m]) for m in self.modalities]
 
     def adapted(self, content: list[Tensor]) -> list[Tensor]:
         """a_m = BeFA_m(c_m, E_i) (BeFA) — the representation the learned graph is built from."""
@@ -255,7 +256,7 @@ class LATTICE(Recommender):
             for _ in range(self.config.item_layers):
                 h = graph @ h.float()
             ego = torch.cat([self.user_embedding, self.item_embedding]).float()
-            out = graphs.lightgcn_propagate(self.norm_adj, ego, self.config.n_ui_layers)
+            out = propagate(self.norm_adj, ego, self.config.n_ui_layers)
         users, items = out.split([self.num_users, self.num_items])
         return users, items + F.normalize(h, dim=1)
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from models.base import ModelConfig, Recommender, TrainData
 from models.graphs import interaction_adjacency
 from models.losses import bpr_from_embeddings, l2_per_batch
-from models.propagation import compact_csr, propagate
+from models.sparse import SparseGraph, propagate
 
 
 class LightGCN(Recommender):
@@ -45,8 +45,8 @@ class LightGCN(Recommender):
         d, dev = config.embedding_dim, data.device
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
-        self.adj = compact_csr(
-            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym")
+        self.adj = SparseGraph.from_csr(
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
         )
 
     def _propagate(self) -> tuple[Tensor, Tensor]:

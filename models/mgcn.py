@@ -59,9 +59,10 @@ from torch import Tensor, nn
 from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
+from models.content import project
 from models.lattice import check_modalities, original_item_graph
 from models.losses import bpr_from_embeddings, l2_per_batch
-from models.sparse import SparseGraph
+from models.sparse import SparseGraph, propagate
 
 
 def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
@@ -118,7 +119,7 @@ class MGCN(Recommender):
             self.prefer_gates = nn.ModuleDict({m: nn.Linear(d, d, device=dev) for m in self.modalities})
         # SparseGraph: CSR products whose backward reuses a transpose built once (models.sparse).
         u, i, nu, ni = data.train_users, data.train_items, data.num_users, data.num_items
-        self.norm_adj = SparseGraph.from_csr(graphs.interaction_adjacency(nu, ni, u, i, "sym"))
+        self.norm_adj = SparseGraph.from_csr(graphs.interaction_adjacency(nu, ni, u, i, "sym"), symmetric=True)
         self.user_item = SparseGraph.from_csr(graphs.user_item_norm(nu, ni, u, i))
         self.item_graphs = {m: SparseGraph.from_csr(original_item_graph(data, m, config.knn_k)) for m in self.modalities}
 
@@ -131,7 +132,7 @@ class MGCN(Recommender):
     # -- views ----------------------------------------------------------------
     def purified(self, modality: str) -> Tensor:
         """z_m before propagation: E_i gated by the content (purifier or BeFA)."""
-        c = self.projections[modality](self.feature(modality))
+        c = project(self.feature(modality), self.projections[modality])
         if self.befa:
             return self.adapters[modality](c, self.item_embedding)
         return self.item_embedding * torch.sigmoid(self.purifiers[modality](c))
@@ -141,7 +142,7 @@ class MGCN(Recommender):
         views = []
         with _no_autocast(self.item_embedding.device):
             ego = torch.cat([self.user_embedding, self.item_embedding]).float()
-            content = graphs.lightgcn_propagate(self.norm_adj, ego, self.config.n_ui_layers)
+            content = propagate(self.norm_adj, ego, self.config.n_ui_layers)
             for m in self.modalities:
                 z = self.purified(m).float()
                 for _ in range(self.config.item_layers):

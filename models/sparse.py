@@ -1,11 +1,24 @@
-"""Sparse matrix products with cheap backward passes, for graph propagation on CPU and GPU.
+"""Sparse graph products with cheap backward passes: the one propagation primitive of ``models/``.
 
-Why not ``csr @ x`` directly: on CPU torch's backward of a CSR product with respect to
-the dense operand was measured ~5x slower than the forward (it transposes the matrix on
-every call), and its backward with respect to the sparse values densifies the matrix
-(20 GB and 2 minutes for a 63k x 63k graph with 2.5 M entries). A :class:`SparseGraph`
-keeps its transpose's CSR structure, built once, so ``grad_x = G^T grad_out`` is one
-more CSR product, and the value gradient is a gather of one dot product per entry.
+Every model propagates through a :class:`SparseGraph` (rows sorted, CSR arrays plus the
+CSR structure of its transpose, built once):
+
+- ``graph @ x`` is a CSR product with autograd. The gradient for x is ``G^T grad``: one
+  more CSR product through the transpose kept in the graph (for a symmetric graph, the
+  graph itself). The gradient for the values, when they require it (LATTICE's learned
+  graph), is one dot product per entry, gathered in chunks.
+- ``propagate(graph, x, L)`` is LightGCN's mean of H^(0..L), H^(l+1) = G H^(l).
+- ``coalesce_sum`` sums duplicate entries differentiably (mixing several graphs).
+
+Why not torch's own ``csr @ x`` with autograd (measured on this project's 2-core CPU
+machines, amazon-baby: 26k x 26k adjacency, 240k non-zeros, 64 columns):
+
+- its backward with respect to x transposes the matrix on every call: ~5-10x the forward;
+- its backward with respect to the sparse values densifies the matrix (20 GB and two
+  minutes for a 63k x 63k graph with 2.5 M entries);
+- on CPU its forward is ~2x slower than ``F.embedding_bag`` over the same CSR arrays (row r
+  of the result is the weighted sum of the rows ``col[crow[r]:crow[r+1]]`` of x), so the
+  CPU product runs as an embedding bag; CUDA keeps cuSPARSE.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Largest temporary (floats) of the value-gradient gather: 128 MB.
@@ -25,9 +39,17 @@ def _crow(row: Tensor, n: int) -> Tensor:
     return crow
 
 
+def csr_product(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int], x: Tensor) -> Tensor:
+    """(CSR matrix) @ x without autograd, computed in float32 (also under autocast)."""
+    x = x.detach().to(values.dtype)
+    if x.device.type == "cpu":
+        return F.embedding_bag(col, x, crow, mode="sum", per_sample_weights=values.detach(), include_last_offset=True)
+    return torch.sparse_csr_tensor(crow, col, values.detach(), size=shape) @ x
+
+
 @dataclass
 class SparseGraph:
-    """A fixed-structure (rows sorted) sparse matrix whose values may carry gradient."""
+    """A fixed-structure sparse matrix (entries sorted by row, then column) whose values may carry gradient."""
 
     num_rows: int
     num_cols: int
@@ -35,22 +57,41 @@ class SparseGraph:
     col: Tensor
     crow: Tensor
     values: Tensor
-    t_perm: Tensor  # entry order of the transpose (sorted by column, then row)
+    t_perm: Tensor | None  # entry order of the transpose (by column, then row); None when symmetric
     t_crow: Tensor
     t_col: Tensor
 
     @classmethod
-    def from_sorted(cls, row: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> "SparseGraph":
-        """From entries already sorted by (row, col)."""
+    def from_sorted(
+        cls, row: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int], symmetric: bool = False
+    ) -> "SparseGraph":
+        """From entries already sorted by (row, col). ``symmetric=True`` promises G = G^T (values included)."""
         n, m = shape
+        crow = _crow(row, n)
+        if symmetric:
+            if n != m:
+                raise ValueError(f"SparseGraph: a {n} x {m} matrix cannot be symmetric")
+            return cls(n, m, row, col, crow, values, None, crow, col)
         t_perm = torch.argsort(col * n + row)
-        return cls(n, m, row, col, _crow(row, n), values, t_perm, _crow(col[t_perm], m), row[t_perm])
+        return cls(n, m, row, col, crow, values, t_perm, _crow(col[t_perm], m), row[t_perm])
 
     @classmethod
-    def from_csr(cls, csr: Tensor) -> "SparseGraph":
-        crow, col = csr.crow_indices(), csr.col_indices()
+    def from_csr(cls, csr: Tensor, symmetric: bool = False) -> "SparseGraph":
+        crow, col = csr.crow_indices().long(), csr.col_indices().long()
         row = torch.repeat_interleave(torch.arange(csr.size(0), device=crow.device), crow.diff())
-        return cls.from_sorted(row, col.long(), csr.values(), (csr.size(0), csr.size(1)))
+        return cls.from_sorted(row, col, csr.values(), (csr.size(0), csr.size(1)), symmetric)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.t_perm is None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.num_rows, self.num_cols)
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
 
     def with_values(self, values: Tensor) -> "SparseGraph":
         return SparseGraph(**{f.name: getattr(self, f.name) for f in fields(self)} | {"values": values})
@@ -58,17 +99,18 @@ class SparseGraph:
     def detach(self) -> "SparseGraph":
         return self.with_values(self.values.detach())
 
+    def transposed_values(self) -> Tensor:
+        return self.values if self.t_perm is None else self.values[self.t_perm]
+
     def csr(self) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, self.values.detach(), size=(self.num_rows, self.num_cols))
+        return torch.sparse_csr_tensor(self.crow, self.col, self.values.detach(), size=self.shape)
 
     def to_dense(self) -> Tensor:
         return self.csr().to_dense()
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.num_rows, self.num_cols)
-
     def __matmul__(self, x: Tensor) -> Tensor:
+        if not (self.values.requires_grad or x.requires_grad):
+            return csr_product(self.crow, self.col, self.values, self.shape, x)
         return _SpMM.apply(self.values, x, self)
 
 
@@ -77,8 +119,7 @@ class _SpMM(torch.autograd.Function):
     def forward(ctx, values: Tensor, x: Tensor, graph: SparseGraph) -> Tensor:  # type: ignore[override]
         ctx.graph = graph
         ctx.save_for_backward(values, x)
-        adj = torch.sparse_csr_tensor(graph.crow, graph.col, values.detach(), size=graph.shape)
-        return adj @ x.detach()
+        return csr_product(graph.crow, graph.col, values, graph.shape, x)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
@@ -93,9 +134,18 @@ class _SpMM(torch.autograd.Function):
                 r, c = g.row[s : s + step], g.col[s : s + step]
                 grad_values[s : s + step] = (grad_out[r] * x[c]).sum(-1)
         if ctx.needs_input_grad[1]:
-            adj_t = torch.sparse_csr_tensor(g.t_crow, g.t_col, values.detach()[g.t_perm], size=(g.num_cols, g.num_rows))
-            grad_x = adj_t @ grad_out
+            t_values = values.detach() if g.t_perm is None else values.detach()[g.t_perm]
+            grad_x = csr_product(g.t_crow, g.t_col, t_values, (g.num_cols, g.num_rows), grad_out)
         return grad_values, grad_x, None
+
+
+def propagate(graph: SparseGraph, x: Tensor, num_layers: int) -> Tensor:
+    """LightGCN: mean of H^(0), ..., H^(L) with H^(l+1) = G @ H^(l)."""
+    out, h = x, x
+    for _ in range(num_layers):
+        h = graph @ h
+        out = out + h
+    return out / (num_layers + 1)
 
 
 def coalesce_sum(row: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> SparseGraph:
@@ -104,3 +154,17 @@ def coalesce_sum(row: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int
     uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
     summed = torch.zeros(uniq.numel(), dtype=values.dtype, device=values.device).index_add(0, inverse, values)
     return SparseGraph.from_sorted(uniq // shape[1], uniq % shape[1], summed, shape)
+
+
+def weighted_sum(terms: list[tuple[float, SparseGraph]]) -> SparseGraph:
+    """sum_m w_m G_m for graphs of one shape (FREEDOM's G = 0.1 G_v + 0.9 G_t)."""
+    if not terms:
+        raise ValueError("weighted_sum needs at least one graph")
+    shape = terms[0][1].shape
+    for _, graph in terms:
+        if graph.shape != shape:
+            raise ValueError(f"weighted_sum: graph shapes differ ({graph.shape} vs {shape})")
+    row = torch.cat([g.row for _, g in terms])
+    col = torch.cat([g.col for _, g in terms])
+    values = torch.cat([w * g.values for w, g in terms])
+    return coalesce_sum(row, col, values, shape)

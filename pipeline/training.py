@@ -45,6 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from models.base import ModelConfig, Recommender
+from pipeline.allocator import keep_freed_memory
 from pipeline.data import PreparedData, prepare_data
 from pipeline.evaluation import EvalResult, evaluate_model
 from pipeline.metrics import SELECTION_METRIC
@@ -185,7 +186,10 @@ def run_epoch(
 def make_optimiser(model: Recommender, config: ModelConfig) -> tuple[torch.optim.Optimizer, Any]:
     """Adam over the trainable parameters, with the model's lr schedule (LambdaLR per epoch)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=config.lr)
+    # The fused kernel: one pass over each tensor instead of ~10 elementwise passes; measured
+    # 1.7 ms vs 11 ms per step for amazon-baby's 1.7 M embedding entries on 2 CPU cores.
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    optimiser = torch.optim.Adam(params, lr=config.lr, fused=fused or None)
     return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_lambda(config.lr_decay))
 
 
@@ -211,6 +215,8 @@ def fit(
     data, evaluator = prepared.train, prepared.evaluator
     device = data.device
     _set_threads(device, trainer.num_threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     if evaluator.heldout["valid"].users_with_items().numel() == 0:
         raise ValueError(f"split {data.split_id}: no valid rows, so early stopping on valid Recall@20 is impossible")
     has_last = (run_dir / LAST).exists()

@@ -8,7 +8,7 @@ import torch
 
 from models.lightgcn import LightGCN
 from models.mostpop import MostPop
-from models.propagation import propagate, spmm, transpose_csr, weighted_sum_csr
+from models.sparse import SparseGraph, propagate, weighted_sum
 from tests._model_data import (
     TINY_EDGES,
     dense_bpr,
@@ -69,19 +69,26 @@ def test_lightgcn_matches_dense_equations(layers):
 def test_sparse_propagation_gradient_matches_dense():
     torch.manual_seed(1)
     dense = torch.rand(7, 7) * (torch.rand(7, 7) > 0.5)
-    adj = dense.to_sparse_csr()
+    graph = SparseGraph.from_csr(dense.to_sparse_csr())
     x = torch.randn(7, 3, requires_grad=True)
     w = torch.randn(7, 3)
-    (propagate(adj, x, 2, transpose_csr(adj)) * w).sum().backward()
+    (propagate(graph, x, 2) * w).sum().backward()
     x_ref = x.detach().clone().requires_grad_(True)
     ((x_ref + dense @ x_ref + dense @ (dense @ x_ref)) / 3 * w).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
-    # without the transpose the symmetric shortcut would be wrong for this non-symmetric matrix
+    # declared symmetric, the backward reuses G for G^T: wrong for this non-symmetric matrix
+    wrong = SparseGraph.from_csr(dense.to_sparse_csr(), symmetric=True)
     x2 = x.detach().clone().requires_grad_(True)
-    (spmm(adj, x2) * w).sum().backward()
+    (wrong @ x2 * w).sum().backward()
     assert not torch.allclose(x2.grad, dense.T @ w)
-    summed = weighted_sum_csr([(0.25, adj), (0.75, (dense.T).to_sparse_csr())]).to_dense()
+    sym = dense + dense.T
+    x3 = x.detach().clone().requires_grad_(True)
+    (SparseGraph.from_csr(sym.to_sparse_csr(), symmetric=True) @ x3 * w).sum().backward()
+    torch.testing.assert_close(x3.grad, sym @ w)
+    summed = weighted_sum([(0.25, graph), (0.75, SparseGraph.from_csr(dense.T.to_sparse_csr()))]).to_dense()
     torch.testing.assert_close(summed, 0.25 * dense + 0.75 * dense.T)
+    with pytest.raises(ValueError, match="cannot be symmetric"):
+        SparseGraph.from_csr(torch.ones(2, 3).to_sparse_csr(), symmetric=True)
 
 
 def test_lightgcn_needs_negatives():
@@ -102,3 +109,40 @@ def test_lightgcn_and_mostpop_beat_random_on_movielens():
     rec = recall_at(model, data, heldout)
     assert pop > 3 * base, (pop, base)
     assert rec > 3 * base, (rec, base)
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_passes_gradient_through_the_mask():
+    from models.dropout import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 250, requires_grad=True)
+    y = dropout(x, 0.3)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d y / d x = mask / (1 - p)
+    torch.manual_seed(5)
+    a = dropout(x.detach(), 0.5)
+    torch.manual_seed(5)
+    torch.testing.assert_close(a, dropout(x.detach(), 0.5))  # follows the global seed
+    layer = Dropout(0.5).eval()
+    assert layer(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
+
+
+def test_project_matches_linear_values_and_gradients():
+    from models.content import project
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 6)
+    lin = torch.nn.Linear(6, 4)
+    g = torch.randn(9, 4)
+    (project(x, lin) * g).sum().backward()
+    got = (lin.weight.grad.clone(), lin.bias.grad.clone())
+    lin.zero_grad()
+    (lin(x) * g).sum().backward()
+    torch.testing.assert_close(got[0], lin.weight.grad)
+    torch.testing.assert_close(got[1], lin.bias.grad)
+    torch.testing.assert_close(project(x, lin), lin(x))
