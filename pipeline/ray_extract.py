@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -52,7 +53,9 @@ def runtime_env() -> dict[str, Any]:
     import pipeline
     import storage
 
-    return {"py_modules": [pipeline, encoders, storage, models]}
+    # Folder paths rather than module objects: Ray Client copies the runtime_env on
+    # connect (its uv hook), and module objects cannot be copied; paths upload the same.
+    return {"py_modules": [str(Path(pkg.__file__).parent) for pkg in (pipeline, encoders, storage, models)]}
 
 
 @contextlib.contextmanager
@@ -110,6 +113,50 @@ class _Embedder:
             emb[:] = out.float().cpu().numpy()
             ok[:] = True
         return {"item_id": batch["item_id"], "content_hash": batch["content_hash"], "item_idx": batch["item_idx"], "embedding": emb, "ok": ok, "reason": reason}
+
+
+def _embed_stream(frame: pd.DataFrame, spec: str, modality: str, *, use_gpu: bool, actors: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """The Ray Data pipeline: items -> actor pool of encoders -> output batches, streamed."""
+    import ray
+
+    out = ray.data.from_pandas(frame).map_batches(
+        _Embedder,
+        fn_constructor_kwargs={"spec": spec, "modality": modality, "device": "cuda" if use_gpu else "cpu"},
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=actors,
+        num_gpus=1 if use_gpu else 0,
+    )
+    yield from out.iter_batches(batch_size=None, batch_format="numpy")
+
+
+class _StreamOnCluster:
+    """Ray Client (``ray://``) only: Ray Data's streaming executor needs a core worker, which a
+    client process does not have (Ray Data does not support Ray Client). This actor runs the
+    pipeline on the cluster instead; the client pulls one output batch per call, so the
+    cluster never runs further ahead than Ray Data's own buffering (pull = backpressure)."""
+
+    def __init__(self, frame: pd.DataFrame, spec: str, modality: str, use_gpu: bool, actors: int, batch_size: int):
+        self._batches = _embed_stream(frame, spec, modality, use_gpu=use_gpu, actors=actors, batch_size=batch_size)
+
+    def next_batch(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _embedded_batches(ray: Any, frame: pd.DataFrame, spec: str, modality: str, *, use_gpu: bool, actors: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Output batches of the Ray Data pipeline, run here (a driver on the cluster) or, through
+    Ray Client, by a :class:`_StreamOnCluster` actor (0 CPUs: it only drives the pipeline)."""
+    from ray.util.client import ray as client
+
+    if not client.is_connected():
+        yield from _embed_stream(frame, spec, modality, use_gpu=use_gpu, actors=actors, batch_size=batch_size)
+        return
+    driver = ray.remote(num_cpus=0)(_StreamOnCluster).remote(frame, spec, modality, use_gpu, actors, batch_size)
+    try:
+        while (batch := ray.get(driver.next_batch.remote())) is not None:
+            yield batch
+    finally:
+        ray.kill(driver)
 
 
 def _describe(spec: str, modality: str) -> dict[str, Any]:
@@ -184,17 +231,8 @@ def _extract_modality(ray: Any, catalog: Catalog, spec: str, store: Any, modalit
     if len(todo):
         payload = items[modality].to_numpy()[todo["item_idx"].to_numpy()]
         frame = pd.DataFrame({"item_id": todo["item_id"].astype(str).to_numpy(), "content_hash": todo["content_hash"].astype(str).to_numpy(), "item_idx": todo["item_idx"].to_numpy(np.int64), "payload": payload.astype(str)})
-        ds = ray.data.from_pandas(frame)
-        out = ds.map_batches(
-            _Embedder,
-            fn_constructor_kwargs={"spec": spec, "modality": modality, "device": "cuda" if use_gpu else "cpu"},
-            batch_size=batch_size,
-            batch_format="numpy",
-            concurrency=actors,
-            num_gpus=1 if use_gpu else 0,
-        )
         # streaming: parts are written while later batches are still being encoded
-        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+        for batch in _embedded_batches(ray, frame, spec, modality, use_gpu=use_gpu, actors=actors, batch_size=batch_size):
             ok = batch["ok"].astype(bool)
             if ok.any():
                 writer.add([str(x) for x in batch["item_id"][ok]], [str(x) for x in batch["content_hash"][ok]], np.asarray(batch["embedding"][ok], dtype=np.float32))
