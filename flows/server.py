@@ -2,6 +2,7 @@
 
     python -m flows.server                    # http://127.0.0.1:4200, DB under $BEFA_HOME/prefect
     python -m flows.server --port 4300 -- --cron "0 3 * * *"    # after --: flows.serve options
+    befa server --port 4300 --cron "0 3 * * *"                  # the same (serve options may be mixed in)
 
 - The server listens on 127.0.0.1 only, with its SQLite database and Prefect home under
   the befa storage root (``$BEFA_HOME/prefect/``), telemetry off
@@ -95,18 +96,39 @@ def stop(proc: subprocess.Popen | None, grace_s: float = 20.0) -> int | None:
     return proc.poll()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    serve_args: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, serve_args = argv[:cut], argv[cut + 1 :]
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flows.server", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=4200)
     p.add_argument("--home", default=None, help="befa storage root (default $BEFA_HOME or ./.befa)")
     p.add_argument("--no-serve", action="store_true", help="start only the server")
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the server's health check")
-    args = p.parse_args(argv)
+    return p
+
+
+def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(this command's options, the serve process's options).
+
+    Serve options go after ``--`` or mixed in: ``befa server --cron "0 3 * * *"`` reaches
+    here without its ``--`` (click drops it). They are checked now, so a typo fails
+    before anything starts."""
+    from flows.serve import parser as serve_parser
+
+    argv = list(argv)
+    rest: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1 :]
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
+    serve_args = unknown + rest
+    _, left = serve_parser().parse_known_args(serve_args)
+    if left:
+        p.error(f"unrecognized arguments: {' '.join(left)} (neither an option of this command nor of python -m flows.serve)")
+    return args, serve_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, serve_args = split_argv(sys.argv[1:] if argv is None else argv)
 
     home = get_settings(home=args.home).home
     env = prefect_env(home, args.port)
