@@ -184,3 +184,70 @@ def test_catalog_change_reencodes_three_items_and_triggers_retraining(stack):
     assert not last["changed"]
     time.sleep(10)  # what the trigger would need to act on an event (it acts within ~1-2 s)
     assert len(_pipeline_runs(env)) == before + 1
+
+
+def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
+    """The README's ``prefect deployment run befa/full-pipeline --watch --param encoder=minilm
+    --param epochs=50``, as written there (read from README.md) but with ``epochs=1`` and
+    ``--params`` pointing it at this test's small catalog: the run uses MiniLM for that
+    run only, its report and artifacts name it, and the store keeps the first run's
+    features beside MiniLM's (switching back encodes nothing)."""
+    from pipeline.catalog import Catalog
+    from pipeline.extract import extract_features
+    from storage.feature_store import FeatureStore
+    from tests.test_readme_commands import COMMANDS
+
+    env, home = stack["env"], stack["home"]
+    pipelines = home / "runs" / "pipelines"
+    if not (pipelines / "e2e-first" / "summary.json").exists():
+        pytest.skip("needs the first test's pipeline run (the other encoder's features)")
+    first = json.loads((pipelines / "e2e-first" / "summary.json").read_text())
+    first_spec = json.loads((pipelines / "e2e-first" / "params.json").read_text())["encoder"]
+    first_fps = {m: f["fingerprint"] for m, f in first["extract"]["modalities"].items()}
+
+    readme = next(c for c in COMMANDS if c.kind == "code" and "--param encoder=minilm" in c.text)
+    tokens = ["epochs=1" if t.startswith("epochs=") else t for t in readme.tokens]
+    assert tokens[:4] == ["prefect", "deployment", "run", "befa/full-pipeline"] and "--watch" in tokens
+    small = {
+        "dataset": CATALOG, "models": ["freedom"], "adapters": ["none", "befa"], "patience": 1,
+        "model_overrides": {"*": {"embedding_dim": 16}}, "run_name": "e2e-minilm", "verify_checkpoints": False,
+    }
+    proc = _cli(env, *tokens[1:], "--watch-interval", "2", "--params", json.dumps(small))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + _log_tail(stack)
+    (run,) = [r for r in _pipeline_runs(env) if r.parameters.get("run_name") == "e2e-minilm"]
+    assert run.state.is_completed() and run.parameters["encoder"] == "minilm" and run.parameters["epochs"] == 1
+
+    folder = pipelines / "e2e-minilm"
+    summary = json.loads((folder / "summary.json").read_text())
+    mods = summary["extract"]["modalities"]
+    assert set(mods) == {"text"} and mods["text"]["spec"] == "minilm" and not mods["text"]["random_init"]
+    minilm_fp = mods["text"]["fingerprint"]
+    assert minilm_fp != first_fps["text"]
+    assert all(r["epochs_run"] == 1 for r in summary["runs"])
+    report = (folder / "report.md").read_text()
+    assert "`minilm`" in report and minilm_fp in report
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def arts(client):
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+
+    found = {a.key: a for a in _api(env, arts)}
+    assert set(found) >= {"befa-metrics-ml-e2e", "befa-report-ml-e2e"}
+    assert "`minilm`" in found["befa-report-ml-e2e"].data and minilm_fp in found["befa-report-ml-e2e"].data
+    table = found["befa-metrics-ml-e2e"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert {row["model"] for row in rows} == {"freedom"}
+
+    # side by side: both encoders' features of every current item, under their own fingerprints
+    store = FeatureStore(home / "features")
+    catalog = Catalog.load(home / "catalogs" / CATALOG)
+    keys = catalog.content_keys("text")
+    text_keys = {(str(i), str(h)) for i, h in zip(keys["item_id"], keys["content_hash"])}
+    for fp in (first_fps["text"], minilm_fp):
+        assert store.current_snapshot(CATALOG, fp, "text") is not None
+        assert text_keys <= store.existing_keys(CATALOG, fp, "text")
+    assert store.current_snapshot(CATALOG, first_fps["image"], "image") is not None
+    back = extract_features(catalog, first_spec, store, progress=False)
+    assert {m: s.encoded for m, s in back.modalities.items()} == {"image": 0, "text": 0}
+    assert back.modalities["text"].skipped == len(text_keys)
