@@ -65,11 +65,39 @@ from models.losses import bpr_from_embeddings, l2_per_batch
 from models.sparse import SparseGraph, propagate
 
 
+class _InfoNCE(torch.autograd.Function):
+    """mean_r [logsumexp_s(l_rs) - l_rr] with l = a b^T, and its gradient in two passes over l."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        logits = a @ b.T
+        lse = torch.logsumexp(logits, dim=1)
+        ctx.save_for_backward(a, b, logits, lse)
+        return (lse - logits.diagonal()).mean()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        a, b, logits, lse = ctx.saved_tensors
+        # (softmax rows - identity) * grad / n; the scale goes on the small (rows x d) products
+        p = (logits - lse.unsqueeze(1)).exp_()
+        p.diagonal().sub_(1.0)
+        scale = grad / a.size(0)
+        return (p @ b).mul_(scale), (p.T @ a).mul_(scale)
+
+
 def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
-    """Mean InfoNCE of matching rows, cosine similarity, in-batch negatives."""
-    a, b = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
-    logits = a @ b.T / temperature
-    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    """Mean InfoNCE of matching rows, cosine similarity, in-batch negatives:
+
+        mean_r -log( exp(cos(a_r, b_r)/tau) / sum_s exp(cos(a_r, b_s)/tau) )
+
+    Why a hand-written gradient: with 2048-row batches the (rows x rows) logits are 16 MB,
+    and autograd's log-softmax + NLL made ~6 passes over them (fills, forward, backward),
+    measured at about as much time as the 2048 x 2048 x 64 products themselves on CPU.
+    Here: one product, one log-sum-exp, one exp, two products. Tested against the
+    dense formula, values and gradients."""
+    a = F.normalize(view1, dim=1) * (1.0 / temperature)
+    b = F.normalize(view2, dim=1)
+    return _InfoNCE.apply(a, b)
 
 
 def _no_autocast(device: torch.device):

@@ -60,6 +60,7 @@ class SparseGraph:
     t_perm: Tensor | None  # entry order of the transpose (by column, then row); None when symmetric
     t_crow: Tensor
     t_col: Tensor
+    t_values: Tensor | None = None  # values in transposed order, kept for constant graphs
 
     @classmethod
     def from_sorted(
@@ -73,7 +74,8 @@ class SparseGraph:
                 raise ValueError(f"SparseGraph: a {n} x {m} matrix cannot be symmetric")
             return cls(n, m, row, col, crow, values, None, crow, col)
         t_perm = torch.argsort(col * n + row)
-        return cls(n, m, row, col, crow, values, t_perm, _crow(col[t_perm], m), row[t_perm])
+        t_values = None if values.requires_grad else values[t_perm]
+        return cls(n, m, row, col, crow, values, t_perm, _crow(col[t_perm], m), row[t_perm], t_values)
 
     @classmethod
     def from_csr(cls, csr: Tensor, symmetric: bool = False) -> "SparseGraph":
@@ -94,13 +96,19 @@ class SparseGraph:
         return self.values.numel()
 
     def with_values(self, values: Tensor) -> "SparseGraph":
-        return SparseGraph(**{f.name: getattr(self, f.name) for f in fields(self)} | {"values": values})
+        t_values = None if self.t_perm is None or values.requires_grad else values[self.t_perm]
+        return SparseGraph(**{f.name: getattr(self, f.name) for f in fields(self)} | {"values": values, "t_values": t_values})
 
     def detach(self) -> "SparseGraph":
         return self.with_values(self.values.detach())
 
     def transposed_values(self) -> Tensor:
-        return self.values if self.t_perm is None else self.values[self.t_perm]
+        """The values in the transpose's entry order (a gather per call only while they carry gradient)."""
+        if self.t_perm is None:
+            return self.values.detach()
+        if self.t_values is not None:
+            return self.t_values
+        return self.values.detach()[self.t_perm]
 
     def csr(self) -> Tensor:
         return torch.sparse_csr_tensor(self.crow, self.col, self.values.detach(), size=self.shape)
@@ -134,8 +142,7 @@ class _SpMM(torch.autograd.Function):
                 r, c = g.row[s : s + step], g.col[s : s + step]
                 grad_values[s : s + step] = (grad_out[r] * x[c]).sum(-1)
         if ctx.needs_input_grad[1]:
-            t_values = values.detach() if g.t_perm is None else values.detach()[g.t_perm]
-            grad_x = csr_product(g.t_crow, g.t_col, t_values, (g.num_cols, g.num_rows), grad_out)
+            grad_x = csr_product(g.t_crow, g.t_col, g.transposed_values(), (g.num_cols, g.num_rows), grad_out)
         return grad_values, grad_x, None
 
 

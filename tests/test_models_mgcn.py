@@ -244,3 +244,20 @@ def test_three_epochs_beat_random_ranking(variant):
     top = scores.topk(5, dim=1).indices
     recall = sum(float(test[u] in top[u].tolist()) for u in test) / len(test)
     assert recall > 3 * 5 / (data.num_items - 6)  # 3x the expected Recall@5 of a random ranking
+
+
+def test_info_nce_gradient_matches_the_dense_formula():
+    from models.mgcn import info_nce
+
+    torch.manual_seed(3)
+    a = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    b_dup = torch.cat([b[:4], b[:1]])  # a duplicated row, as in batches with repeated items
+    got = info_nce(a, b_dup, 0.2)
+    ga, gb = torch.autograd.grad(3.0 * got, (a, b))
+    want = dense_info_nce(a, b_dup, 0.2)
+    wa, wb = torch.autograd.grad(3.0 * want, (a, b))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(ga, wa)
+    torch.testing.assert_close(gb, wb)
+    assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.5), (a, b))
