@@ -1,7 +1,7 @@
 """The full BeFA study on movielens-100k-posters, on CPU: `make bench-study`.
 
     python -m benchmarks.bench_study [--epochs 8] [--patience 3] [--max-trials 2]
-        [--seeds 999,1000,1001] [--experiment-seeds 2] [--focus freedom] [--threads 1]
+        [--seeds 999,1000,1001] [--experiment-seeds 3] [--focus freedom] [--threads 1]
         [--image-encoder clip:ViT-B-32@random] [--name bench-study] [--keep] [--json out.json]
 
 What it runs (``pipeline.study.run_study``): ingest movielens-100k-posters (1,682 movies,
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--max-trials", type=int, default=2)
     ap.add_argument("--seeds", default="999,1000,1001")
-    ap.add_argument("--experiment-seeds", type=int, default=2, help="seeds for sweep/ablation/sparsity")
+    ap.add_argument("--experiment-seeds", type=int, default=3, help="seeds for sweep/ablation/sparsity (all 3 by default)")
     ap.add_argument("--models", default="bm3,lattice,freedom,mgcn")
     ap.add_argument("--focus", default="freedom")
     ap.add_argument("--sweep-t", default="0.125,0.25,0.5,1,2,4,8")
