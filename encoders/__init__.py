@@ -6,7 +6,7 @@
 """
 
 from encoders.base import Encoder, EncoderError
-from encoders.registry import ENCODERS, create_encoder, create_encoders, resolve_specs
+from encoders.registry import ENCODERS, create_encoder, create_encoders, resolve_specs, validate_specs
 from encoders.spec import EncoderSpec, EncoderSpecError, parse_modality_specs, parse_spec
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "parse_modality_specs",
     "parse_spec",
     "resolve_specs",
+    "validate_specs",
 ]

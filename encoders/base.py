@@ -119,8 +119,18 @@ class Encoder(nn.Module):
     family: ClassVar[str]
     supported_modalities: ClassVar[tuple[str, ...]]
 
+    @classmethod
+    def check_spec(cls, spec: EncoderSpec) -> None:
+        """Raise ``EncoderSpecError``/``EncoderError`` for a spec this family cannot build,
+        without building anything (so a pipeline fails before minutes of other work).
+        Subclasses extend it; ``__init__`` runs it first."""
+        w = spec.weights
+        if w is not None and w.kind == "path" and not Path(w.value).expanduser().exists():
+            raise EncoderError(f"encoder spec {str(spec)!r}: checkpoint {Path(w.value).expanduser()} does not exist")
+
     def __init__(self, spec: EncoderSpec):
         super().__init__()
+        self.check_spec(spec)
         self.spec = spec
         self.modalities: tuple[str, ...] = self.supported_modalities
         self.dim: int = 0

@@ -71,13 +71,12 @@ class ClipEncoder(Encoder):
     family = "clip"
     supported_modalities = ("image", "text")
 
-    def __init__(self, spec: EncoderSpec):
-        super().__init__(spec)
-        import open_clip  # heavy import: only when a CLIP encoder is built
+    @classmethod
+    def check_spec(cls, spec: EncoderSpec) -> None:
+        import open_clip  # heavy import: only when a CLIP spec is used
 
         arch = spec.arch or DEFAULT_ARCH
-        model_cfg = open_clip.get_model_config(arch)
-        if model_cfg is None:
+        if open_clip.get_model_config(arch) is None:
             import difflib
 
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=5, cutoff=0.5)
@@ -85,13 +84,22 @@ class ClipEncoder(Encoder):
                 f"encoder spec {str(spec)!r}: unknown open_clip architecture {arch!r}"
                 + (f"; did you mean {close}?" if close else "; see open_clip.list_models()")
             )
-        weights = spec.weights
-        if weights is None:
+        if spec.weights is None:
             raise EncoderSpecError(
                 f"encoder spec {str(spec)!r}: say which weights to use, e.g. "
                 f"'clip:{arch}@/path/to/checkpoint.safetensors', 'clip:{arch}@<pretrained tag>' "
                 f"or 'clip:{arch}@random' (random init, for tests)"
             )
+        super().check_spec(spec)
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        import open_clip
+
+        arch = spec.arch or DEFAULT_ARCH
+        model_cfg = open_clip.get_model_config(arch)
+        weights = spec.weights
+        assert weights is not None  # check_spec
 
         kwargs: dict[str, Any] = dict(pretrained_image=False, pretrained_text=False, device="cpu")
         if weights.kind == "random":

@@ -185,14 +185,13 @@ class ImageBindEncoder(Encoder):
     family = "imagebind"
     supported_modalities = ("image", "text")
 
-    def __init__(self, spec: EncoderSpec):
-        super().__init__(spec)
+    @classmethod
+    def check_spec(cls, spec: EncoderSpec) -> None:
         arch = spec.arch or "huge"
         if arch not in IMAGEBIND_CONFIGS:
             raise EncoderSpecError(
                 f"encoder spec {str(spec)!r}: unknown ImageBind config {arch!r}; known: {sorted(IMAGEBIND_CONFIGS)}"
             )
-        cfg = IMAGEBIND_CONFIGS[arch]
         weights = spec.weights
         if weights is None or weights.kind == "tag":
             got = "no weights" if weights is None else f"tag {weights.value!r}"
@@ -201,6 +200,14 @@ class ImageBindEncoder(Encoder):
                 f"https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth (non-commercial licence) and pass "
                 f"'imagebind:{arch}@/path/to/imagebind_huge.pth', or 'imagebind:{arch}@random' for random init"
             )
+        super().check_spec(spec)
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        arch = spec.arch or "huge"
+        cfg = IMAGEBIND_CONFIGS[arch]
+        weights = spec.weights
+        assert weights is not None  # check_spec
         if weights.kind == "random":
             with seeded(weights.seed or 0):
                 model = build_imagebind(cfg)

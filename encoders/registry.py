@@ -65,6 +65,18 @@ def resolve_specs(
     return {m: mapping[m] for m in MODALITIES if m in mapping}
 
 
+def validate_specs(
+    spec: str | EncoderSpec | Mapping[str, str | EncoderSpec], modalities: Sequence[str] | None = None
+) -> dict[str, EncoderSpec]:
+    """``resolve_specs`` plus each family's ``check_spec``: every error a build would raise
+    about the spec itself (unknown architecture, missing weights, a checkpoint that does not
+    exist), without loading any model."""
+    specs = resolve_specs(spec, modalities)
+    for s in specs.values():
+        ENCODERS[s.family].check_spec(s)
+    return specs
+
+
 def create_encoders(
     spec: str | EncoderSpec | Mapping[str, str | EncoderSpec],
     modalities: Sequence[str] | None = None,

@@ -233,30 +233,12 @@ def validate_encoder(spec: str) -> dict[str, str]:
     Catches what would otherwise fail minutes later inside extraction: unknown family or
     architecture, a modality the family cannot embed, a checkpoint path that does not
     exist, weights not given where the family needs them."""
-    from encoders import resolve_specs
+    from encoders import validate_specs
 
     try:
-        specs = resolve_specs(spec)
-    except ValueError as exc:  # EncoderSpecError carries the detail and the valid choices
+        specs = validate_specs(spec)
+    except ValueError as exc:  # EncoderSpecError / EncoderError carry the detail and the valid choices
         raise PipelineError(f"encoder {spec!r}: {exc}") from None
-    for modality, s in specs.items():
-        w = s.weights
-        if w is not None and w.kind == "path" and not Path(w.value).expanduser().exists():
-            raise PipelineError(f"encoder {spec!r} ({modality}): checkpoint {w.value} does not exist")
-        if s.family == "clip":
-            import open_clip
-
-            if open_clip.get_model_config(s.arch or "ViT-B-32") is None:
-                raise PipelineError(f"encoder {spec!r}: unknown open_clip architecture {s.arch!r} (see open_clip.list_models())")
-            if w is None:
-                raise PipelineError(f"encoder {spec!r}: say which weights CLIP uses: @/path/to/checkpoint, @<pretrained tag> or @random")
-        if s.family == "imagebind":
-            from encoders.imagebind import IMAGEBIND_CONFIGS
-
-            if (s.arch or "huge") not in IMAGEBIND_CONFIGS:
-                raise PipelineError(f"encoder {spec!r}: unknown ImageBind config {s.arch!r}; known: {sorted(IMAGEBIND_CONFIGS)}")
-            if w is None or w.kind == "tag":
-                raise PipelineError(f"encoder {spec!r}: ImageBind needs a local checkpoint (@/path/imagebind_huge.pth) or @random")
     return {m: str(s) for m, s in specs.items()}
 
 

@@ -82,7 +82,7 @@ def test_registry_is_explicit_and_unknown_specs_fail_clearly():
     "spec", [f"clip:{CLIP_SMALL}@/no/such/dir/ckpt.safetensors", "imagebind:tiny@/no/such/imagebind.pth"]
 )
 def test_missing_checkpoint_fails_clearly(spec):
-    with pytest.raises(EncoderError, match="checkpoint file not found: /no/such"):
+    with pytest.raises(EncoderError, match="checkpoint /no/such.* does not exist"):
         create_encoder(spec)
 
 
@@ -324,3 +324,22 @@ def test_minilm_local_folder_is_identified_by_content(minilm, tmp_path):
     assert create_encoder(f"minilm@{copy}").fingerprint != minilm.fingerprint  # another pooling, another id
     with pytest.raises(EncoderError, match="not a sentence-transformers model folder"):
         create_encoder(f"minilm@{tmp_path / 'nothing'}")
+
+
+def test_validate_specs_checks_every_family_without_building(tmp_path):
+    from encoders import validate_specs
+
+    assert {m: str(s) for m, s in validate_specs("clip:ViT-B-32@random").items()} == {
+        "image": "clip:ViT-B-32@random:0", "text": "clip:ViT-B-32@random:0",
+    }
+    assert list(validate_specs("image=imagebind:tiny@random,text=minilm")) == ["image", "text"]
+    with pytest.raises(EncoderSpecError, match="unknown open_clip architecture"):
+        validate_specs("image=clip:ViT-Q-99@random,text=minilm")
+    with pytest.raises(EncoderError, match="does not exist"):
+        validate_specs(f"clip:ViT-B-32@{tmp_path}/missing.safetensors")
+    with pytest.raises(EncoderSpecError, match="needs a local checkpoint"):
+        validate_specs("imagebind:huge")
+    with pytest.raises(EncoderSpecError, match="minilm takes no tag"):
+        validate_specs("minilm@random")
+    with pytest.raises(EncoderError, match="not a sentence-transformers model folder"):
+        validate_specs(f"minilm@{tmp_path}/nothing-here")
