@@ -142,6 +142,13 @@ def ray_head():
         assert not left, f"Ray processes left running: {left}"
 
 
+def _ray_logs(temp: Path, chars: int = 2500) -> str:
+    """Tails of the cluster's client-server and worker error logs, for a failure message."""
+    logs = sorted((temp / "t").glob("session_2*/logs/*.err"))  # not session_latest, a link to the same folder
+    picked = [p for p in logs if p.name.startswith(("ray_client_server", "raylet", "gcs_server")) or "worker" in p.name]
+    return "".join(f"\n--- {p.name} ---\n{p.read_text(errors='replace')[-chars:]}" for p in picked if p.stat().st_size)
+
+
 CLIENT = textwrap.dedent(
     """
     import json, sys
@@ -167,12 +174,16 @@ def test_extraction_through_ray_client_matches_local(ray_head, tmp_path, dataset
 
     env = dict(ray_head["env"])
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # a loaded 2-core machine can take longer than Ray's default ~35 s for the client's
+    # first handshake (the proxy starts a server process per client)
+    env.setdefault("RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", "10")
+    env.setdefault("RAY_CLIENT_MAX_CONNECTION_TIMEOUT_S", "60")
     env.pop("BEFA_FEATURE_STORE", None)  # default: <home>/features, as settings above
     proc = subprocess.run(
         [sys.executable, "-c", CLIENT, str(settings.home), str(datasets_root), CATALOG, SPEC, ray_head["address"]],
         env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=420,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:] + _ray_logs(ray_head["temp"])
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
     dist = json.loads(line[len("RESULT "):])
     assert dist["backend"] == f"ray ({ray_head['address']})"
