@@ -261,3 +261,9 @@ def test_info_nce_gradient_matches_the_dense_formula():
     torch.testing.assert_close(ga, wa)
     torch.testing.assert_close(gb, wb)
     assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.5), (a, b))
+    # tau = 0.01: logits up to 100, the max-shifted branch; exp(100) would overflow float32
+    a32, b32 = a.detach().float().requires_grad_(), b.detach().float().requires_grad_()
+    small = info_nce(a32, b32, 0.01)
+    assert torch.isfinite(small)
+    torch.testing.assert_close(small.double(), dense_info_nce(a.detach(), b.detach(), 0.01), rtol=1e-4, atol=1e-4)
+    assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.02), (a, b))
