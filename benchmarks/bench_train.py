@@ -12,8 +12,8 @@ is or may be read from this benchmark.
 
 Per model, base and +BeFA, each in a fresh subprocess (so peak RSS is per config):
 graph-building time (model construction: kNN graphs, adjacency), seconds per training
-epoch (mean over ``--epochs`` epochs after ``--warmup``), seconds per full evaluation of
-valid + test (inference embeddings + full ranking, mean of 3 after one warm-up) and peak
+epoch (median over ``--epochs`` epochs after ``--warmup``), seconds per full evaluation of
+valid + test (inference embeddings + full ranking, median of 3 after one warm-up) and peak
 RSS (``ru_maxrss``), each printed next to its target.
 
 LATTICE at scale: a seeded random catalog of 63,001 items (random 4096-d + 384-d
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -160,7 +161,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch)
             if epoch >= args.warmup:
                 epoch_times.append(time.perf_counter() - t1)
-        out["epoch_s"] = sum(epoch_times) / len(epoch_times)
+        # the median: on a shared VM one slow epoch should not move the figure
+        out["epoch_s"] = statistics.median(epoch_times)
         out["epoch_s_all"] = epoch_times
         eval_times = []
         for i in range(4):
@@ -168,7 +170,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             res = evaluate_model(model, prepared.evaluator, ("valid", "test"))
             if i:
                 eval_times.append(time.perf_counter() - t2)
-        out["eval_s"] = sum(eval_times) / len(eval_times)
+        out["eval_s"] = statistics.median(eval_times)
         out["eval_users"] = {p: r.num_users for p, r in res.items()}
     out["peak_rss_gb"] = peak_rss_gb()
     out["rss_after_imports_gb"] = rss_after_imports
