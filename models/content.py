@@ -57,17 +57,25 @@ def make_projection(in_dim: int, out_dim: int) -> nn.Linear:
 
 
 class FeatureProjection(nn.Module):
-    """rows -> P_m X_m[rows] (all items when rows is None)."""
+    """rows -> P_m X_m[rows] (all items when rows is None).
 
-    def __init__(self, table: Tensor, dim: int, trainable: bool = False):
+    ``init``: "xavier_normal" (BM3, FREEDOM, as their reference code) or "default" (PyTorch's
+    ``nn.Linear`` initialisation: LATTICE, MGCN, as theirs)."""
+
+    def __init__(self, table: Tensor, dim: int, trainable: bool = False, init: str = "xavier_normal"):
         super().__init__()
         if table.dim() != 2:
             raise ValueError(f"feature table must be (items, D), got shape {tuple(table.shape)}")
+        if init not in ("xavier_normal", "default"):
+            raise ValueError(f"FeatureProjection init must be 'xavier_normal' or 'default', got {init!r}")
         if trainable:
             self.table = nn.Parameter(table.detach().clone().float())
         else:
-            self.register_buffer("table", table.detach().float(), persistent=False)
-        self.proj = make_projection(table.size(1), dim)
+            self.register_buffer("table", table.detach().float(), persistent=False)  # shares the caller's storage
+        linear = nn.Linear(table.size(1), dim, device=table.device)
+        if init == "xavier_normal":
+            nn.init.xavier_normal_(linear.weight)
+        self.proj = linear
         self._gather: Tensor | None = None
 
     @property

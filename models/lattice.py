@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
-from models.content import project
+from models.content import FeatureProjection
 from models.losses import bpr_from_embeddings, l2_per_batch
 from models.sparse import SparseGraph, coalesce_sum, propagate
 
@@ -177,16 +177,10 @@ class LATTICE(Recommender):
         d, dev = config.embedding_dim, data.device
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
-        self._feature_names: dict[str, str] = {}
-        for j, m in enumerate(self.modalities):
-            name = f"feature_{j}"
-            x = data.features[m]
-            if config.train_features:
-                self.register_parameter(name, nn.Parameter(x.detach().clone().float()))
-            else:
-                self.register_buffer(name, x)  # shares storage: checkpoints skip it
-            self._feature_names[m] = name
-        self.projections = nn.ModuleDict({m: nn.Linear(data.features[m].size(1), d, device=dev) for m in self.modalities})
+        # raw table X_m (frozen buffer sharing the caller's storage, or trainable) and P_m
+        self.projections = nn.ModuleDict(
+            {m: FeatureProjection(data.features[m].to(dev), d, config.train_features, init="default") for m in self.modalities}
+        )
         self.modal_logits = nn.Parameter(torch.zeros(len(self.modalities), device=dev))  # softmax -> equal weights
         if config.adapter == "befa":
             self.adapters = nn.ModuleDict(
@@ -202,14 +196,14 @@ class LATTICE(Recommender):
 
     # -- content ------------------------------------------------------------
     def feature(self, modality: str) -> Tensor:
-        return getattr(self, self._feature_names[modality])
+        return self.projections[modality].table
 
     def feature_table_parameters(self) -> int:
-        return sum(self.feature(m).numel() for m in self.modalities)
+        return sum(p.num_table_entries for p in self.projections.values())
 
     def content(self) -> list[Tensor]:
         """c_m = P_m X_m for every modality (I x d)."""
-        return [project(self.feature(m), self.projections[m]) for m in self.modalities]
+        return [self.projections[m]() for m in self.modalities]
 
     def adapted(self, content: list[Tensor]) -> list[Tensor]:
         """a_m = BeFA_m(c_m, E_i) (BeFA) — the representation the learned graph is built from."""

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
-from models.content import project
+from models.content import FeatureProjection
 from models.lattice import check_modalities, original_item_graph
 from models.losses import bpr_from_embeddings, l2_per_batch
 from models.sparse import SparseGraph, propagate
@@ -148,16 +148,10 @@ class MGCN(Recommender):
         self.authors = self.befa and config.befa.variant == "authors"
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
-        self._feature_names: dict[str, str] = {}
-        for j, m in enumerate(self.modalities):
-            name = f"feature_{j}"
-            x = data.features[m]
-            if config.train_features:
-                self.register_parameter(name, nn.Parameter(x.detach().clone().float()))
-            else:
-                self.register_buffer(name, x)  # shares storage: checkpoints skip it
-            self._feature_names[m] = name
-        self.projections = nn.ModuleDict({m: nn.Linear(data.features[m].size(1), d, device=dev) for m in self.modalities})
+        # raw table X_m (frozen buffer sharing the caller's storage, or trainable) and P_m
+        self.projections = nn.ModuleDict(
+            {m: FeatureProjection(data.features[m].to(dev), d, config.train_features, init="default") for m in self.modalities}
+        )
         if self.befa:
             self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout).to(dev) for m in self.modalities})
         else:
@@ -172,15 +166,15 @@ class MGCN(Recommender):
         self.item_graphs = {m: SparseGraph.from_csr(original_item_graph(data, m, config.knn_k)) for m in self.modalities}
 
     def feature(self, modality: str) -> Tensor:
-        return getattr(self, self._feature_names[modality])
+        return self.projections[modality].table
 
     def feature_table_parameters(self) -> int:
-        return sum(self.feature(m).numel() for m in self.modalities)
+        return sum(p.num_table_entries for p in self.projections.values())
 
     # -- views ----------------------------------------------------------------
     def purified(self, modality: str) -> Tensor:
         """z_m before propagation: E_i gated by the content (purifier or BeFA)."""
-        c = project(self.feature(modality), self.projections[modality])
+        c = self.projections[modality]()
         if self.befa:
             return self.adapters[modality](c, self.item_embedding)
         return self.item_embedding * torch.sigmoid(self.purifiers[modality](c))

@@ -82,13 +82,8 @@ def load_trained(run_dir: str | Path, catalog: Any, split_path: str, features: A
 @torch.no_grad()
 def content_and_behaviour(model: Any, modality: str) -> tuple[Tensor, Tensor]:
     """(c_m = P_m X_m, E_i), both I x d, as the model computes them at BeFA's insertion point."""
-    if hasattr(model, "feature"):  # LATTICE, MGCN: raw table under feature_j, nn.Linear projection
-        c = model.projections[modality](model.feature(modality))
-        e = model.item_embedding
-    else:  # BM3, FREEDOM: FeatureProjection over item rows
-        rows = torch.arange(model.num_items, device=model.item_emb.device)
-        c = model.projections[modality](rows)
-        e = model.item_emb
+    c = model.projections[modality]()  # every model: a FeatureProjection, all items
+    e = model.item_embedding if hasattr(model, "item_embedding") else model.item_emb
     return c.float(), e.float()
 
 

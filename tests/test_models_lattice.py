@@ -58,7 +58,7 @@ def dense_lattice(model: LATTICE, data: TrainData, cfg) -> tuple[torch.Tensor, t
     k = cfg.knn_k
     w = torch.softmax(model.modal_logits, 0)
     eu, ei = model.user_embedding, model.item_embedding
-    contents = [data.features[m] @ model.projections[m].weight.T + model.projections[m].bias for m in data.modalities]
+    contents = [data.features[m] @ model.projections[m].proj.weight.T + model.projections[m].proj.bias for m in data.modalities]
     if cfg.adapter == "befa":
         basis = [ei * dense_gate(model.adapters[m], c) for m, c in zip(data.modalities, contents)]
     else:
@@ -115,7 +115,7 @@ def test_inference_and_loss_match_dense_equations(adapter, monkeypatch):
         a = torch.zeros_like(param) if a is None else a
         b = torch.zeros_like(param) if b is None else b
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
-    assert want[[n for n, _ in model.named_parameters()].index("projections.image.weight")].abs().sum() > 0
+    assert want[[n for n, _ in model.named_parameters()].index("projections.image.proj.weight")].abs().sum() > 0
 
 
 def test_sparse_learned_graph_equals_dense_topk(monkeypatch):
@@ -180,12 +180,13 @@ def test_authors_variant_is_rejected_for_lattice():
 def test_train_features_toggles_trainable_tables():
     data = tiny_data()
     frozen = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3))
-    assert not any(n.startswith("feature_") for n, _ in frozen.named_parameters())
+    assert not any(n.endswith(".table") for n, _ in frozen.named_parameters())
+    assert not any(n.endswith(".table") for n in frozen.state_dict())  # data, not weights: checkpoints stay small
     assert frozen.feature("image").data_ptr() == data.features["image"].data_ptr()  # shared, not copied
     assert frozen.feature_table_parameters() == I * (5 + 3)
     trained = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3, train_features=True))
     names = {n for n, p in trained.named_parameters() if p.requires_grad}
-    assert {"feature_0", "feature_1"} <= names
+    assert {"projections.image.table", "projections.text.table"} <= names
     trained.train()
     trained.pre_epoch(0)
     trained.loss(*BATCH).backward()

@@ -68,7 +68,7 @@ def dense_mgcn(model: MGCN, data: TrainData, cfg, variant: str):
     content = torch.stack(layers).mean(0)
     views = []
     for m in data.modalities:
-        c = linear(model.projections[m], data.features[m])
+        c = linear(model.projections[m].proj, data.features[m])
         if variant == "base":
             z = model.item_embedding * torch.sigmoid(linear(model.purifiers[m], c))
         else:
@@ -190,7 +190,8 @@ def test_zero_one_two_modalities():
 def test_train_features_toggles_trainable_tables():
     data = tiny_data()
     frozen = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3))
-    assert not any(n.startswith("feature_") for n, _ in frozen.named_parameters())
+    assert not any(n.endswith(".table") for n, _ in frozen.named_parameters())
+    assert not any(n.endswith(".table") for n in frozen.state_dict())  # data, not weights: checkpoints stay small
     assert frozen.feature("text").data_ptr() == data.features["text"].data_ptr()
     trained = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, train_features=True))
     trained.train()
