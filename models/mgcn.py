@@ -115,8 +115,9 @@ def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     measured at about as much time as the 2048 x 2048 x 64 products themselves on CPU.
     Cosines bound the logits by 1/tau, which is what lets ``_InfoNCE`` skip the max shift.
     Tested against the dense formula, values and gradients, both branches."""
-    a = F.normalize(view1, dim=1) * (1.0 / temperature)
-    b = F.normalize(view2, dim=1)
+    # float32 even under CUDA autocast: the row sums of exp are not safe in bf16
+    a = F.normalize(view1.float(), dim=1) * (1.0 / temperature)
+    b = F.normalize(view2.float(), dim=1)
     return _InfoNCE.apply(a, b, 1.0 / temperature)
 
 
