@@ -84,16 +84,8 @@ class SparseGraph:
         return cls.from_sorted(row, col, csr.values(), (csr.size(0), csr.size(1)), symmetric)
 
     @property
-    def symmetric(self) -> bool:
-        return self.t_perm is None
-
-    @property
     def shape(self) -> tuple[int, int]:
         return (self.num_rows, self.num_cols)
-
-    @property
-    def nnz(self) -> int:
-        return self.values.numel()
 
     def with_values(self, values: Tensor) -> "SparseGraph":
         t_values = None if self.t_perm is None or values.requires_grad else values[self.t_perm]
