@@ -19,12 +19,10 @@ how many runs hit the cap (most do: a budget-limited comparison). The protocol's
 One training thread (``--threads 1``): on a shared 2-core machine small CSR products
 ran 2-4x faster with one thread than with two.
 
-Measured (2026-11-27, 2 cores shared with other jobs, load average 9-12): 28.5 min for
-the defaults (the run was interrupted once and resumed with ``--keep``: 11.5 + 17.0 min),
-with the features already in the store; the first extraction (ViT-B-32 random init on
-1,663 posters + MiniLM on 1,682 texts) took another ~27 min under that load (~2 min on
-an idle machine). The feature store under ``$BEFA_HOME`` makes extraction incremental: the first
-run encodes the posters and texts (about 2 minutes here), later runs reuse them. The
+Measured (2026-11-27, session 2, defaults with 3 seeds everywhere, 2 cores shared with a
+second benchmark at low priority): 40.3 min for 77 runs, paused ~10 min of it while speed
+benchmarks ran, with the features already in the store. The feature store under
+``$BEFA_HOME`` makes extraction incremental: the first run encodes the posters and texts (about 2 minutes here), later runs reuse them. The
 study folder is removed first (``--keep`` reuses its finished runs instead), so the wall
 time printed is that of the whole study.
 

@@ -72,10 +72,10 @@ class FeatureProjection(nn.Module):
             self.table = nn.Parameter(table.detach().clone().float())
         else:
             self.register_buffer("table", table.detach().float(), persistent=False)  # shares the caller's storage
-        linear = nn.Linear(table.size(1), dim, device=table.device)
         if init == "xavier_normal":
-            nn.init.xavier_normal_(linear.weight)
-        self.proj = linear
+            self.proj = make_projection(table.size(1), dim).to(table.device)
+        else:
+            self.proj = nn.Linear(table.size(1), dim, device=table.device)
         self._gather: Tensor | None = None
 
     @property
