@@ -23,8 +23,8 @@ Measured (2026-11-27, session 2, defaults with 3 seeds everywhere, 2 cores share
 second benchmark at low priority): 40.3 min for 77 runs, paused ~10 min of it while speed
 benchmarks ran, with the features already in the store. The feature store under
 ``$BEFA_HOME`` makes extraction incremental: the first run encodes the posters and texts
-(about 2 minutes here), later runs reuse them. The study folder is removed first (``--keep`` reuses its finished runs instead), so the wall
-time printed is that of the whole study.
+(about 2 minutes here), later runs reuse them. The study folder is removed first (``--keep``
+reuses its finished runs instead), so the wall time printed is that of the whole study.
 
 Prints the wall time of every phase, the main table with significance, the verdict.
 """
