@@ -76,8 +76,8 @@ class BM3(Recommender):
             self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout) for m in modalities})
 
     def _forward(self) -> tuple[Tensor, Tensor]:
-        h = propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_layers)
-        return h[: self.num_users], h[self.num_users :] + self.item_emb
+        users, items = propagate(self.adj, [self.user_emb, self.item_emb], self.config.num_layers)
+        return users, items + self.item_emb
 
     def content(self, modality: str, rows: Tensor) -> Tensor:
         """c_m (or adapted_m under BeFA) for the given items: what the content terms consume."""

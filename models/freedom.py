@@ -155,8 +155,7 @@ class FREEDOM(Recommender):
         )
 
     def _forward(self, adj: SparseGraph) -> tuple[Tensor, Tensor]:
-        h = propagate(adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_layers)
-        users, items = h[: self.num_users], h[self.num_users :]
+        users, items = propagate(adj, [self.user_emb, self.item_emb], self.config.num_layers)
         if self.item_graph is not None and self.config.item_graph_hops > 0:
             g = self.item_emb
             for _ in range(self.config.item_graph_hops):

@@ -251,9 +251,8 @@ class LATTICE(Recommender):
         with _no_autocast(h.device):
             for _ in range(self.config.item_layers):
                 h = graph @ h.float()
-            ego = torch.cat([self.user_embedding, self.item_embedding]).float()
-            out = propagate(self.norm_adj, ego, self.config.n_ui_layers)
-        users, items = out.split([self.num_users, self.num_items])
+            ego = [self.user_embedding.float(), self.item_embedding.float()]
+            users, items = propagate(self.norm_adj, ego, self.config.n_ui_layers)
         return users, items + F.normalize(h, dim=1)
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:

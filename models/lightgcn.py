@@ -50,8 +50,8 @@ class LightGCN(Recommender):
         )
 
     def _propagate(self) -> tuple[Tensor, Tensor]:
-        h = propagate(self.adj, torch.cat([self.user_emb, self.item_emb]), self.config.num_layers)
-        return h[: self.num_users], h[self.num_users :]
+        users, items = propagate(self.adj, [self.user_emb, self.item_emb], self.config.num_layers)
+        return users, items
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:
         if neg_items is None:

@@ -186,7 +186,7 @@ class MGCN(Recommender):
         views = []
         with _no_autocast(self.item_embedding.device):
             ego = torch.cat([self.user_embedding, self.item_embedding]).float()
-            content = propagate(self.norm_adj, ego, self.config.n_ui_layers)
+            (content,) = propagate(self.norm_adj, [ego], self.config.n_ui_layers)
             for m in self.modalities:
                 z = self.purified(m).float()
                 for _ in range(self.config.item_layers):

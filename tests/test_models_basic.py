@@ -72,7 +72,7 @@ def test_sparse_propagation_gradient_matches_dense():
     graph = SparseGraph.from_csr(dense.to_sparse_csr())
     x = torch.randn(7, 3, requires_grad=True)
     w = torch.randn(7, 3)
-    (propagate(graph, x, 2) * w).sum().backward()
+    (propagate(graph, [x], 2)[0] * w).sum().backward()
     x_ref = x.detach().clone().requires_grad_(True)
     ((x_ref + dense @ x_ref + dense @ (dense @ x_ref)) / 3 * w).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
@@ -89,6 +89,36 @@ def test_sparse_propagation_gradient_matches_dense():
     torch.testing.assert_close(summed, 0.25 * dense + 0.75 * dense.T)
     with pytest.raises(ValueError, match="cannot be symmetric"):
         SparseGraph.from_csr(torch.ones(2, 3).to_sparse_csr(), symmetric=True)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_propagate_blocks_match_dense_mean_and_gradient(layers):
+    """The one-node layer mean equals the op-by-op formula, per row block, in value and gradient."""
+    torch.manual_seed(layers)
+    dense = (torch.rand(9, 9, dtype=torch.float64) * (torch.rand(9, 9) > 0.5)).requires_grad_(False)
+    graph = SparseGraph.from_csr(dense.to_sparse_csr())
+    a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    top, bottom = propagate(graph, [a, b], layers)
+    assert top.shape == (4, 3) and bottom.shape == (5, 3)
+    x_ref = torch.cat([a, b]).detach().requires_grad_(True)
+    h, ref = x_ref, x_ref
+    for _ in range(layers):
+        h = dense @ h
+        ref = ref + h
+    ref = ref / (layers + 1)
+    torch.testing.assert_close(torch.cat([top, bottom]), ref)
+    # only the bottom block used: the top block's gradient still flows through G^T
+    w = torch.randn(5, 3, dtype=torch.float64)
+    (bottom * w).sum().backward()
+    (ref[4:] * w).sum().backward()
+    torch.testing.assert_close(torch.cat([a.grad, b.grad]), x_ref.grad)
+    assert torch.autograd.gradcheck(lambda p, q: propagate(graph, [p, q], layers), (a.detach().requires_grad_(), b.detach().requires_grad_()))
+    # values that carry gradient take the op-by-op path and agree
+    values = graph.values.clone().requires_grad_(True)
+    top2, bottom2 = propagate(graph.with_values(values), [a, b], layers)
+    torch.testing.assert_close(torch.cat([top2, bottom2]), ref)
+    assert propagate(graph, [a, b], 0) == (a, b)
 
 
 def test_lightgcn_needs_negatives():
@@ -118,8 +148,19 @@ def test_dropout_keeps_one_minus_p_scaled_and_passes_gradient_through_the_mask()
     x = torch.ones(400, 250, requires_grad=True)
     y = dropout(x, 0.3)
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.7) < 0.01
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 100k draws: sd 0.0014
+    keep_probability = 1 - round(0.3 * 2**16) / 2**16  # the 16-bit draw's exact keep rate
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / keep_probability))
+    assert abs(1 / keep_probability - 1 / 0.7) < 1e-4
+    # no draw is biased: each of the four 16-bit lanes of a 64-bit word keeps ~0.7, and an
+    # odd-sized tensor uses a partial last word
+    lanes = kept.reshape(-1, 4).float().mean(0)
+    assert torch.all((lanes - 0.7).abs() < 0.01), lanes
+    odd = dropout(torch.ones(3, 7), 0.5)
+    assert odd.shape == (3, 7) and set(odd.unique().tolist()) <= {0.0, 2.0}
+    # p near the ends of its range
+    assert torch.all(dropout(torch.ones(1000), 1e-9) == 1)
+    assert (dropout(torch.ones(100_000), 0.99) != 0).float().mean().item() == pytest.approx(0.01, abs=0.002)
     y.sum().backward()
     torch.testing.assert_close(x.grad, y.detach())  # d y / d x = mask / (1 - p)
     torch.manual_seed(5)
