@@ -17,7 +17,7 @@ valid + test (inference embeddings + full ranking, median of 3 after one warm-up
 RSS (``ru_maxrss``), each printed next to its target.
 
 The +BeFA ratio comes from one more process per content model ("paired"): base and +BeFA
-trained side by side, epochs alternated, the median of the per-pair ratios. The ratio of
+trained side by side, taking optimiser steps in turn, summed +BeFA time over summed base time. The ratio of
 the two separate runs is printed in brackets for comparison only: on a shared host it
 mostly measures how the load changed between them.
 
@@ -99,17 +99,19 @@ def model_class(name: str):
 
 
 def paired_child(args: argparse.Namespace) -> dict[str, Any]:
-    """Base and +BeFA of one model in one process, epochs alternated: the +BeFA ratio.
+    """Base and +BeFA of one model in one process, trained step by step in turn: the +BeFA ratio.
 
     Why: two separate processes minutes apart see different load on a shared host (the same
     epoch varied by +-20% between runs here), so a ratio of separate runs mostly measures the
-    host. Alternating epochs (base first on even epochs, +BeFA first on odd ones) puts both
-    under the same conditions; the figure is the median of the per-epoch-pair ratios."""
+    host. Here the two models take alternate optimiser steps (the order flips every epoch),
+    so both see the same conditions down to a fraction of a second. Each model's epoch time
+    is the sum of its own steps (``pre_epoch`` included, in its first step); the ratio is
+    summed +BeFA time over summed base time across the timed epochs."""
     import torch
 
     from pipeline.data import prepare_data
     from pipeline.sampling import NegativeSampler
-    from pipeline.training import build_config, make_optimiser, run_epoch
+    from pipeline.training import build_config, epoch_steps, make_optimiser
 
     torch.set_num_threads(args.threads)
     if args.device == "cpu":
@@ -132,20 +134,32 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
         runs[variant] = (model, optimiser, config, generator, sampler)
     times: dict[str, list[float]] = {"base": [], "befa": []}
     for epoch in range(args.warmup + args.epochs):
-        for variant in ("base", "befa") if epoch % 2 == 0 else ("befa", "base"):
-            model, optimiser, config, generator, sampler = runs[variant]
-            t0 = time.perf_counter()
-            run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch)
-            if epoch >= args.warmup:
-                times[variant].append(time.perf_counter() - t0)
-    ratios = [b / a for a, b in zip(times["base"], times["befa"])]
+        order = ("base", "befa") if epoch % 2 == 0 else ("befa", "base")
+        steps, spent = {}, {}
+        for v in order:
+            model, optimiser, config, generator, sampler = runs[v]
+            steps[v] = epoch_steps(model, optimiser, data, config.batch_size, generator, sampler, epoch)
+            spent[v] = 0.0
+        active = list(order)
+        while active:
+            for v in list(active):
+                t0 = time.perf_counter()
+                loss = next(steps[v], None)
+                if loss is not None:
+                    loss.item()  # waits for the device
+                spent[v] += time.perf_counter() - t0
+                if loss is None:
+                    active.remove(v)
+        if epoch >= args.warmup:
+            for v in order:
+                times[v].append(spent[v])
     return {
         "model": args.model,
         "paired": True,
         "epoch_s": {v: statistics.median(t) for v, t in times.items()},
         "epoch_s_all": times,
-        "befa_ratio": statistics.median(ratios),
-        "befa_ratio_all": ratios,
+        "befa_ratio": sum(times["befa"]) / sum(times["base"]),
+        "befa_ratio_per_epoch": [b / a for a, b in zip(times["base"], times["befa"])],
     }
 
 
@@ -270,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-big", action="store_true", help="skip LATTICE at 63k items")
     p.add_argument("--big-only", action="store_true", help="only LATTICE at 63k items")
     p.add_argument("--big-variants", default="base", help="variants of LATTICE at 63k items: base, befa or base,befa")
-    p.add_argument("--no-paired", action="store_true", help="skip the alternated base / +BeFA runs that give the +BeFA ratio")
+    p.add_argument("--no-paired", action="store_true", help="skip the paired base / +BeFA runs that give the +BeFA ratio")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     # internal: one configuration in this process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -326,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             e = r["epoch_s"]
             print(
-                f"{model:<10} {'paired':<6} {'':>8} {e['base']:>9.2f} | {e['befa']:<10.2f} {'base | +BeFA, alternated':>24}"
+                f"{model:<10} {'paired':<6} {'':>8} {e['base']:>9.2f} | {e['befa']:<10.2f} {'base | +BeFA, in turn':>24}"
                 f"{'':>22} {mark(r['befa_ratio'], TARGET_BEFA_RATIO):>22}",
                 flush=True,
             )

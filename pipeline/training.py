@@ -34,6 +34,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -146,6 +147,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def epoch_steps(
+    model: Recommender,
+    optimiser: torch.optim.Optimizer,
+    data: Any,
+    batch_size: int,
+    generator: torch.Generator,
+    sampler: NegativeSampler | None,
+    epoch: int,
+    amp: bool = False,
+) -> Iterator[Tensor]:
+    """One pass over the train interactions, one Adam step per ``next``: yields each batch's
+    (detached) loss. ``pre_epoch`` runs with the first step. :func:`run_epoch` drives it; a
+    benchmark can interleave two models' epochs step by step."""
+    device = data.device
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    model.pre_epoch(epoch)
+    for users, pos, neg in epoch_batches(data.train_users, data.train_items, batch_size, generator, sampler):
+        optimiser.zero_grad(set_to_none=True)
+        with ctx:
+            loss = model.loss(users, pos, neg)
+        loss.backward()
+        optimiser.step()
+        yield loss.detach()
+
+
 def run_epoch(
     model: Recommender,
     optimiser: torch.optim.Optimizer,
@@ -161,19 +187,17 @@ def run_epoch(
     """One pass over the train interactions (``pre_epoch`` then one Adam step per batch).
 
     Returns (mean batch loss, number of batches). ``max_batches`` cuts the pass short and
-    ``batch_times`` collects per-batch wall times (benchmarks only)."""
+    ``batch_times`` collects per-batch wall times (benchmarks only; the first includes
+    ``pre_epoch``)."""
     device = data.device
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    model.pre_epoch(epoch)
     total, batches = torch.zeros((), device=device), 0
-    for users, pos, neg in epoch_batches(data.train_users, data.train_items, batch_size, generator, sampler):
+    steps = epoch_steps(model, optimiser, data, batch_size, generator, sampler, epoch, amp)
+    while True:
         tb = time.perf_counter()
-        optimiser.zero_grad(set_to_none=True)
-        with ctx:
-            loss = model.loss(users, pos, neg)
-        loss.backward()
-        optimiser.step()
-        total += loss.detach().float()
+        loss = next(steps, None)
+        if loss is None:
+            break
+        total += loss.float()
         batches += 1
         if batch_times is not None:
             _sync(device)
