@@ -92,7 +92,7 @@ def topk_cosine_edges(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     k = min(k, num)
     xn = F.normalize(x.detach().float(), dim=1)
     block = max(1, min(num, SIM_BLOCK_ELEMENTS // max(num, 1)))
-    cols = [(xn[s : s + block] @ xn.T).topk(k, dim=1).indices for s in range(0, num, block)]
+    cols = [graphs.row_topk(xn[s : s + block] @ xn.T, k)[1] for s in range(0, num, block)]
     col = torch.cat(cols).reshape(-1)
     row = torch.arange(num, device=x.device).repeat_interleave(k)
     return row, col

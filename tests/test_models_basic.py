@@ -187,3 +187,31 @@ def test_project_matches_linear_values_and_gradients():
     torch.testing.assert_close(got[0], lin.weight.grad)
     torch.testing.assert_close(got[1], lin.bias.grad)
     torch.testing.assert_close(project(x, lin), lin(x))
+
+
+def test_row_topk_equals_torch_topk():
+    from models.graphs import TOPK_CHUNK, row_topk
+
+    g = torch.Generator().manual_seed(3)
+    sim = torch.randn(37, 5000, generator=g)
+    values, indices = row_topk(sim, 10)
+    ref_values, ref_indices = sim.topk(10, dim=1)
+    torch.testing.assert_close(values, ref_values)
+    assert torch.equal(indices, ref_indices)  # no ties in continuous data
+    # a row whose top entries all sit in one chunk: the bound must not cut them off
+    sim[0, :TOPK_CHUNK] = 100 + torch.arange(TOPK_CHUNK, dtype=torch.float32)
+    values, indices = row_topk(sim, 10)
+    assert torch.equal(indices[0], torch.arange(TOPK_CHUNK - 1, TOPK_CHUNK - 11, -1))
+    # the best entries in the tail columns that fill no whole chunk
+    sim[1, -3:] = torch.tensor([50.0, 60.0, 70.0])
+    values, indices = row_topk(sim, 10)
+    assert indices[1, :3].tolist() == [4999, 4998, 4997]
+    # heavy ties: same values as topk, each index a real column holding its value, no repeats
+    tied = torch.randint(0, 3, (12, 3000), generator=g).float()
+    values, indices = row_topk(tied, 10)
+    torch.testing.assert_close(values, tied.topk(10, dim=1).values)
+    torch.testing.assert_close(tied.gather(1, indices), values)
+    assert all(len(set(r.tolist())) == 10 for r in indices)
+    # short rows, more chunks needed than exist, and non-contiguous rows all fall back to topk
+    for case, k in ((torch.randn(5, 300), 4), (torch.randn(5, 2000), 40), (torch.randn(2000, 6).T, 3)):
+        torch.testing.assert_close(row_topk(case, k)[0], case.topk(k, dim=1).values)
