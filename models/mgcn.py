@@ -45,9 +45,9 @@ Choices (where the spec is silent):
   batch's users reach, through R_hat and one hop of G_m, all 7,050 amazon-baby items; counted),
   so the 4096-d projection is two full (7,050 x 4096 x 64) products per batch, forward and
   weight gradient, 7.4 GFLOP; the two 2048-row InfoNCE terms add three (2048 x 2048 x 64)
-  products each, 3.2 GFLOP, plus 8 M exponentials. At the ~100 GFLOP/s that 2 cores of this
-  project's CPU machines reach on these shapes, that is >= 6 s per 59-batch epoch before
-  any graph work. ``content.project`` and ``info_nce`` keep the rest small.
+  products each, 3.2 GFLOP, plus 8 M exponentials. At the 100-115 GFLOP/s that 2 cores of
+  this project's CPU machines reach on these shapes, that is 5.4-6.3 s per 59-batch epoch
+  before any graph work. ``content.project`` and ``info_nce`` keep the rest small.
 - Frozen raw features by default (``train_features=True`` makes them trainable, as in the
   reference). The kNN graphs G_m are built from the raw features once and cached on disk
   under (feature snapshot, k, variant, split), never by k alone.
