@@ -24,6 +24,9 @@ shrinkage of E_i rather than as zero; dropout is the standard inverted dropout
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
 from models.dropout import Dropout
@@ -76,3 +79,36 @@ class BeFA(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, t={self.t}, hidden={self.hidden}"
+
+
+def adapt_all(adapters: Sequence[BeFA], contents: Sequence[Tensor], behaviour: Tensor) -> list[Tensor]:
+    """``[adapters[j](contents[j], behaviour) for j]``, the modalities run as one batched chain.
+
+    Why: on CPU one adapter is ~25 small ops over (N x d) tensors, and with BM3's ~1,500
+    rows per batch their fixed costs dominate; stacking the modalities' weights and running
+    ``baddbmm`` halves the op count for two modalities (measured ~25% less adapter time on
+    this project's 2-core machines). Same maths and same dropout distribution (the draws
+    differ from running the adapters one by one). Adapters of different sizes, dropout or
+    mode, fewer than two, or a non-CPU device: one by one."""
+    first = adapters[0] if adapters else None
+    if (
+        first is None
+        or len(adapters) < 2
+        or behaviour.device.type != "cpu"
+        or any((a.dim, a.hidden, a.dropout.p, a.training) != (first.dim, first.hidden, first.dropout.p, first.training) for a in adapters)
+        or any(c.shape != behaviour.shape for c in contents)
+        or behaviour.dim() != 2
+        or behaviour.size(-1) != first.dim
+    ):
+        return [a(c, behaviour) for a, c in zip(adapters, contents)]
+
+    def stacked(layer: str) -> tuple[Tensor, Tensor]:
+        weight = torch.stack([getattr(a, layer).weight for a in adapters]).transpose(1, 2)
+        bias = torch.stack([getattr(a, layer).bias for a in adapters]).unsqueeze(1)
+        return weight, bias
+
+    (w1, b1), (w2, b2), (w3, b3) = stacked("decouple"), stacked("filter"), stacked("recombine")
+    z = first.dropout(torch.baddbmm(b1, torch.stack(list(contents)), w1).relu())
+    z = first.dropout(torch.baddbmm(b2, z.tanh(), w2).relu())
+    gates = torch.baddbmm(b3, z, w3).sigmoid()
+    return list((behaviour * gates).unbind(0))

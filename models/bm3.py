@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from models.base import ModelConfig, Recommender, TrainData
-from models.befa import BeFA
+from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection, make_projection
 from models.dropout import dropout
 from models.graphs import interaction_adjacency
@@ -79,12 +79,13 @@ class BM3(Recommender):
         users, items = propagate(self.adj, [self.user_emb, self.item_emb], self.config.num_layers)
         return users, items + self.item_emb
 
-    def content(self, modality: str, rows: Tensor) -> Tensor:
-        """c_m (or adapted_m under BeFA) for the given items: what the content terms consume."""
-        c = self.projections[modality](rows)
+    def contents(self, rows: Tensor) -> list[Tensor]:
+        """c_m (or adapted_m under BeFA) of the given items, per modality: what the content terms consume."""
+        cs = [self.projections[m](rows) for m in self.projections]
         if self.config.adapter == "befa":
-            c = self.adapters[modality](c, self.item_emb[rows])
-        return c
+            # one gather of E_i for all modalities, and the adapters run together
+            cs = adapt_all([self.adapters[m] for m in self.projections], cs, self.item_emb[rows])
+        return cs
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None = None) -> Tensor:
         p = self.config.dropout
@@ -102,8 +103,7 @@ class BM3(Recommender):
         loss = loss + self.config.reg * norm_reg(u_all, i_all)
         if len(self.projections) and self.config.cl_weight > 0:
             cl = 0.0
-            for m in self.projections:
-                c = self.content(m, rows)
+            for c in self.contents(rows):
                 with torch.no_grad():
                     c_target = dropout(c, p)[inv]
                 c_online = self.predictor(c)[inv]

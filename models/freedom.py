@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from models.base import ModelConfig, Recommender, TrainData
-from models.befa import BeFA
+from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection
 from models.graphs import cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph
 from models.losses import bpr_from_embeddings
@@ -163,12 +163,13 @@ class FREEDOM(Recommender):
             items = items + g
         return users, items
 
-    def content(self, modality: str, rows: Tensor) -> Tensor:
-        """c_m (or adapted_m under BeFA) for the given items: what the content terms consume."""
-        c = self.projections[modality](rows)
+    def contents(self, rows: Tensor) -> list[Tensor]:
+        """c_m (or adapted_m under BeFA) of the given items, per modality: what the content terms consume."""
+        cs = [self.projections[m](rows) for m in self.projections]
         if self.config.adapter == "befa":
-            c = self.adapters[modality](c, self.item_emb[rows])
-        return c
+            # one gather of E_i for all modalities, and the adapters run together
+            cs = adapt_all([self.adapters[m] for m in self.projections], cs, self.item_emb[rows])
+        return cs
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:
         if neg_items is None:
@@ -180,8 +181,7 @@ class FREEDOM(Recommender):
             rows, inv = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
             pos_idx, neg_idx = inv[: pos_items.numel()], inv[pos_items.numel() :]
             content_loss = 0.0
-            for m in self.projections:
-                c = self.content(m, rows)
+            for c in self.contents(rows):
                 content_loss = content_loss + bpr_from_embeddings(u, c[pos_idx], c[neg_idx])
             loss = loss + self.config.reg * content_loss
         return loss

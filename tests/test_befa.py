@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.befa import BeFA, befa_hidden_size, befa_parameter_count
+from models.befa import BeFA, adapt_all, befa_hidden_size, befa_parameter_count
 
 
 def _formula(d: int, h: int) -> int:
@@ -78,3 +78,36 @@ def test_shape_errors_are_clear():
         adapter.gate(torch.randn(3, 7))
     with pytest.raises(ValueError, match="same shape"):
         adapter(torch.randn(3, 8), torch.randn(4, 8))
+
+
+def test_adapt_all_equals_the_adapters_one_by_one():
+    """The stacked (bmm) run of several modalities' adapters: same values and gradients."""
+    torch.manual_seed(4)
+    adapters = [BeFA(8, t=1.5, dropout=0.3).eval() for _ in range(3)]
+    contents = [torch.randn(11, 8, requires_grad=True) for _ in range(3)]
+    e = torch.randn(11, 8, requires_grad=True)
+    w = [torch.randn(11, 8) for _ in range(3)]
+
+    def run(fn):
+        for t in (e, *contents, *(p for a in adapters for p in a.parameters())):
+            t.grad = None
+        outs = fn()
+        sum((o * wj).sum() for o, wj in zip(outs, w)).backward()
+        grads = [t.grad.clone() for t in (e, *contents, *(p for a in adapters for p in a.parameters()))]
+        return [o.detach() for o in outs], grads
+
+    stacked, stacked_grads = run(lambda: adapt_all(adapters, contents, e))
+    single, single_grads = run(lambda: [a(c, e) for a, c in zip(adapters, contents)])
+    for got, want in zip(stacked + stacked_grads, single + single_grads):
+        torch.testing.assert_close(got, want)
+    # training: dropout is active in both layers of every modality (outputs leave eval's values)
+    for a in adapters:
+        a.train()
+    trained = adapt_all(adapters, contents, e)
+    assert all(not torch.allclose(t, s) for t, s in zip(trained, stacked))
+    assert all(t.shape == (11, 8) for t in trained)
+    # adapters that cannot be stacked (different sizes) run one by one, still correct
+    mixed = [BeFA(8, t=1.0).eval(), BeFA(8, t=2.0).eval()]
+    torch.testing.assert_close(adapt_all(mixed, contents[:2], e)[1], mixed[1](contents[1], e))
+    with pytest.raises(ValueError, match="same shape"):
+        adapt_all(adapters[:2], [torch.randn(11, 8), torch.randn(10, 8)], e)
