@@ -156,9 +156,10 @@ class _MeanPropagation(torch.autograd.Function):
 
     Why one autograd node: the op-by-op graph (cat, L products, L adds, a division, then a
     slice per row block) makes a full (U + I) x d pass per op in both directions, and each
-    slice's backward writes a zero table of the full size; on CPU those passes cost as much
-    as the sparse products themselves (measured: ~8 ms of a 60 ms BM3 batch on amazon-baby).
-    A linear map needs nothing saved for its backward."""
+    slice's backward writes a zero table of the full size. A profile put the division and
+    the slice-backward fills at ~7 ms of a ~60 ms BM3 batch on amazon-baby; end-to-end A/B
+    runs on this project's shared 2-core host could not separate the gain from its noise.
+    A linear map also needs nothing saved for its backward (less memory)."""
 
     @staticmethod
     def forward(ctx, graph: SparseGraph, num_layers: int, *blocks: Tensor):  # type: ignore[override]
