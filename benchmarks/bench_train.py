@@ -17,9 +17,9 @@ valid + test (inference embeddings + full ranking, median of 3 after one warm-up
 RSS (``ru_maxrss``), each printed next to its target.
 
 The +BeFA ratio comes from one more process per content model ("paired"): base and +BeFA
-trained side by side, taking optimiser steps in turn, summed +BeFA time over summed base time. The ratio of
-the two separate runs is printed in brackets for comparison only: on a shared host it
-mostly measures how the load changed between them.
+trained side by side, taking optimiser steps in turn, summed +BeFA time over summed base
+time. The ratio of the two separate runs is printed in brackets for comparison only: on a
+shared host it mostly measures how the load changed between them.
 
 LATTICE at scale: a seeded random catalog of 63,001 items (random 4096-d + 384-d
 features) and a random graph of 192,403 users and 1,689,188 interactions; it times model
@@ -98,6 +98,32 @@ def model_class(name: str):
         raise SystemExit(str(exc)) from None
 
 
+def setup_process(args: argparse.Namespace):
+    """Threads, seed and (on CPU) the trainer's malloc settings for this child; its device."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.device == "cpu":
+        from pipeline.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as the trainer does
+    return torch.device(args.device)
+
+
+def training_state(model, config, data, num_items: int, device):
+    """(optimiser, batch generator, negative sampler or None), seeded as the trainer seeds them."""
+    import torch
+
+    from pipeline.sampling import NegativeSampler
+    from pipeline.training import make_optimiser
+
+    optimiser, _ = make_optimiser(model, config)
+    generator = torch.Generator(device=device).manual_seed(0)
+    sampler = NegativeSampler(num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
+    return optimiser, generator, sampler
+
+
 def paired_child(args: argparse.Namespace) -> dict[str, Any]:
     """Base and +BeFA of one model in one process, trained step by step in turn: the +BeFA ratio.
 
@@ -110,15 +136,9 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from pipeline.data import prepare_data
-    from pipeline.sampling import NegativeSampler
-    from pipeline.training import build_config, epoch_steps, make_optimiser
+    from pipeline.training import build_config, epoch_steps
 
-    torch.set_num_threads(args.threads)
-    if args.device == "cpu":
-        from pipeline.allocator import keep_freed_memory
-
-        keep_freed_memory()
-    device = torch.device(args.device)
+    device = setup_process(args)
     model_cls = model_class(args.model)
     frame, num_users, num_items = amazon_baby_split()
     feats, masks, snaps = random_features(num_items)
@@ -128,16 +148,13 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
         torch.manual_seed(0)
         config = build_config(model_cls, {"adapter": "befa"} if variant == "befa" else {})
         model = model_cls(data, config).to(device).train()
-        optimiser, _ = make_optimiser(model, config)
-        generator = torch.Generator(device=device).manual_seed(0)
-        sampler = NegativeSampler(num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
-        runs[variant] = (model, optimiser, config, generator, sampler)
+        runs[variant] = (model, *training_state(model, config, data, num_items, device), config)
     times: dict[str, list[float]] = {"base": [], "befa": []}
     for epoch in range(args.warmup + args.epochs):
         order = ("base", "befa") if epoch % 2 == 0 else ("befa", "base")
         steps, spent = {}, {}
         for v in order:
-            model, optimiser, config, generator, sampler = runs[v]
+            model, optimiser, generator, sampler, config = runs[v]
             steps[v] = epoch_steps(model, optimiser, data, config.batch_size, generator, sampler, epoch)
             spent[v] = 0.0
         active = list(order)
@@ -168,17 +185,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from pipeline.data import prepare_data
     from pipeline.evaluation import evaluate_model
-    from pipeline.sampling import NegativeSampler
-    from pipeline.training import build_config, make_optimiser, run_epoch
+    from pipeline.training import build_config, run_epoch
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    if args.device == "cpu":
-        from pipeline.allocator import keep_freed_memory
-
-        keep_freed_memory()  # as the trainer does
+    device = setup_process(args)
     rss_after_imports = peak_rss_gb()
-    device = torch.device(args.device)
     out: dict[str, Any] = {"model": args.model, "variant": args.variant, "threads": args.threads, "device": str(device)}
     model_cls = model_class(args.model)
     config = build_config(model_cls, {"adapter": "befa"} if args.variant == "befa" else {})
@@ -205,9 +215,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     model = model_cls(data, config).to(device)
     out["graph_build_s"] = time.perf_counter() - t0
     out["params"] = model.parameter_report()
-    optimiser, _ = make_optimiser(model, config)
-    generator = torch.Generator(device=device).manual_seed(0)
-    sampler = NegativeSampler(num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
+    optimiser, generator, sampler = training_state(model, config, data, num_items, device)
     model.train()
     if args.big:
         times: list[float] = []

@@ -17,6 +17,8 @@ scale is the inverse of that exact keep probability, so E[dropout(x)] = x holds 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,9 +28,7 @@ _LEVELS = 1 << 16
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[Tensor, float]:
     """(bool mask, scale): each entry kept with probability ``1 - drop / 2^16``, drop = round(p * 2^16)."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     drop = min(int(round(p * _LEVELS)), _LEVELS - 1)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     uniform16 = words.view(torch.int16)[:n].view(shape)  # uniform on [-2^15, 2^15)

@@ -191,12 +191,8 @@ def run_epoch(
     ``pre_epoch``)."""
     device = data.device
     total, batches = torch.zeros((), device=device), 0
-    steps = epoch_steps(model, optimiser, data, batch_size, generator, sampler, epoch, amp)
-    while True:
-        tb = time.perf_counter()
-        loss = next(steps, None)
-        if loss is None:
-            break
+    tb = time.perf_counter()
+    for loss in epoch_steps(model, optimiser, data, batch_size, generator, sampler, epoch, amp):
         total += loss.float()
         batches += 1
         if batch_times is not None:
@@ -204,6 +200,7 @@ def run_epoch(
             batch_times.append(time.perf_counter() - tb)
         if max_batches is not None and batches >= max_batches:
             break
+        tb = time.perf_counter()
     return float(total) / max(batches, 1), batches
 
 
