@@ -41,7 +41,7 @@ TARGET_RERUN_S = 5.0
 
 
 def _catalog(datasets_root: Path | None, home: Path):
-    from pipeline.ingest import ingest
+    from pipeline.data.ingest import ingest
     from pipeline.settings import get_settings
 
     settings = get_settings(datasets_root=datasets_root, home=home, feature_store=str(home / "features"))
@@ -50,7 +50,7 @@ def _catalog(datasets_root: Path | None, home: Path):
 
 
 def _limit(catalog, n: int | None):
-    from pipeline.catalog import build_catalog
+    from pipeline.data.catalog import build_catalog
 
     if not n or n >= catalog.num_items:
         return catalog
@@ -61,7 +61,7 @@ def _limit(catalog, n: int | None):
 
 def _with_changed_posters(catalog, fraction: float, folder: Path, seed: int = 0):
     """A copy of the catalog where ``fraction`` of the posters are new images (mirrored)."""
-    from pipeline.catalog import sha256_file
+    from storage.keys import sha256_file
 
     items = catalog.items.copy()
     with_image = np.flatnonzero(items["image"].notna().to_numpy())
@@ -114,7 +114,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from encoders import create_encoder
-    from pipeline.extract import cpu_count, default_num_workers, extract_features, resolve_device, torch_threads
+    from pipeline.features.extract import cpu_count, default_num_workers, extract_features, resolve_device, torch_threads
     from storage.feature_store import FeatureStore
 
     datasets_root = args.datasets_root or (

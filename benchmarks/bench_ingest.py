@@ -29,9 +29,9 @@ def _time(fn, repeats: int = REPEATS) -> tuple[float, float, object]:
 
 
 def main() -> None:
-    from pipeline.datasets import get_spec, verify_dataset
-    from pipeline.importers.images import check_images
-    from pipeline.ingest import ingest
+    from pipeline.data.datasets import get_spec, verify_dataset
+    from pipeline.data.importers.images import check_images
+    from pipeline.data.ingest import ingest
     from pipeline.settings import get_settings
 
     root = Path(os.environ.get("BEFA_DATASETS_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "datasets")

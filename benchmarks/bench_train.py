@@ -82,18 +82,20 @@ def amazon_baby_split():
 def random_features(num_items: int, seed: int = 0):
     import torch
 
+    from pipeline.training.prepare import FeatureBundle
+
     g = torch.Generator().manual_seed(seed)
     feats = {"image": torch.randn(num_items, 4096, generator=g), "text": torch.randn(num_items, 384, generator=g)}
     masks = {m: torch.ones(num_items, dtype=torch.bool) for m in feats}
     snaps = {m: f"random-speed-only-seed{seed}" for m in feats}
-    return feats, masks, snaps
+    return FeatureBundle(feats, masks, snaps)
 
 
 def model_class(name: str):
-    from pipeline.training import resolve_model
+    from models import get_model_class
 
     try:
-        return resolve_model(name)
+        return get_model_class(name)
     except KeyError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -105,7 +107,7 @@ def setup_process(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.device == "cpu":
-        from pipeline.allocator import keep_freed_memory
+        from pipeline.training.allocator import keep_freed_memory
 
         keep_freed_memory()  # as the trainer does
     return torch.device(args.device)
@@ -115,8 +117,8 @@ def training_state(model, config, data, num_items: int, device):
     """(optimiser, batch generator, negative sampler or None), seeded as the trainer seeds them."""
     import torch
 
-    from pipeline.sampling import NegativeSampler
-    from pipeline.training import make_optimiser
+    from pipeline.training.sampling import NegativeSampler
+    from pipeline.training.trainer import make_optimiser
 
     optimiser, _ = make_optimiser(model, config)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -135,18 +137,18 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
     summed +BeFA time over summed base time across the timed epochs."""
     import torch
 
-    from pipeline.data import prepare_data
-    from pipeline.training import build_config, epoch_steps
+    from models import make_config
+    from pipeline.training.prepare import prepare_data
+    from pipeline.training.trainer import epoch_steps
 
     device = setup_process(args)
     model_cls = model_class(args.model)
     frame, num_users, num_items = amazon_baby_split()
-    feats, masks, snaps = random_features(num_items)
-    data = prepare_data(frame, num_items, feats, masks, snaps, num_users=num_users, device=device).train
+    data = prepare_data(frame, num_items, random_features(num_items), num_users=num_users, device=device).train
     runs = {}
     for variant in ("base", "befa"):
         torch.manual_seed(0)
-        config = build_config(model_cls, {"adapter": "befa"} if variant == "befa" else {})
+        config = make_config(model_cls, {"adapter": "befa"} if variant == "befa" else {})
         model = model_cls(data, config).to(device).train()
         runs[variant] = (model, *training_state(model, config, data, num_items, device), config)
     times: dict[str, list[float]] = {"base": [], "befa": []}
@@ -183,15 +185,16 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from pipeline.data import prepare_data
-    from pipeline.evaluation import evaluate_model
-    from pipeline.training import build_config, run_epoch
+    from models import make_config
+    from pipeline.evaluation.evaluator import evaluate_model
+    from pipeline.training.prepare import prepare_data
+    from pipeline.training.trainer import run_epoch
 
     device = setup_process(args)
     rss_after_imports = peak_rss_gb()
     out: dict[str, Any] = {"model": args.model, "variant": args.variant, "threads": args.threads, "device": str(device)}
     model_cls = model_class(args.model)
-    config = build_config(model_cls, {"adapter": "befa"} if args.variant == "befa" else {})
+    config = make_config(model_cls, {"adapter": "befa"} if args.variant == "befa" else {})
     if args.big:
         import pandas as pd
 
@@ -205,8 +208,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     else:
         frame, num_users, num_items = amazon_baby_split()
         out["data"] = "amazon-baby-5core given split"
-    feats, masks, snaps = random_features(num_items)
-    prepared = prepare_data(frame, num_items, feats, masks, snaps, num_users=num_users, device=device)
+    prepared = prepare_data(frame, num_items, random_features(num_items), num_users=num_users, device=device)
     del feats
     data = prepared.train
     out["counts"] = prepared.counts

@@ -42,7 +42,7 @@ from PIL import Image
 from torch import nn
 
 from encoders.spec import EncoderSpec, EncoderSpecError
-from pipeline.catalog import MODALITIES, sha256_file
+from storage.keys import MODALITIES, sha256_file
 
 RANDOM_INIT_LABEL = "random init"
 

@@ -11,7 +11,7 @@ from encoders.clip import ClipEncoder
 from encoders.imagebind import ImageBindEncoder
 from encoders.minilm import MiniLMEncoder
 from encoders.spec import EncoderSpec, EncoderSpecError, is_per_modality, parse_modality_specs, parse_spec
-from pipeline.catalog import MODALITIES
+from storage.keys import MODALITIES
 
 ENCODERS: dict[str, type[Encoder]] = {
     "clip": ClipEncoder,

@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.catalog import MODALITIES
+from storage.keys import MODALITIES
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 _FAMILY_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")

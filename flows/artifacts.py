@@ -13,8 +13,8 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.full_pipeline import PipelineResult
-from pipeline.reports import gains_frame, gains_table_rows, load_runs, metrics_frame
+from pipeline.job.params import PipelineResult
+from pipeline.reporting.pipeline_report import gains_frame, gains_table_rows, load_runs, metrics_frame
 
 MAX_MARKDOWN = 60_000  # keep the artifact small; the full report stays in the run folder
 

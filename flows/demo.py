@@ -19,7 +19,10 @@ from typing import Sequence
 
 from rich.console import Console
 
-from pipeline.full_pipeline import DEFAULT_DATASET
+from flows.pipeline_flow import befa
+from pipeline.job.params import DEFAULT_DATASET
+from pipeline.settings import get_settings
+from pipeline.reporting.console import metrics_table
 
 DEMO_MODELS = ["lightgcn", "freedom", "mgcn"]
 
@@ -50,15 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # The temporary server's default 20 s start-up budget is too short on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    from pipeline.settings import get_settings
 
     # Prefect's database and logs live under befa's storage root, not in the user's home.
     prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(get_settings().home / "prefect")))
     prefect_home.mkdir(parents=True, exist_ok=True)
     encoder = demo_encoder(console)
-
-    from flows.pipeline_flow import befa
-    from pipeline.training import metrics_table
 
     result = befa(dataset=args.dataset, encoder=encoder, models=args.models.split(","), adapters=["none", "befa"],
                   epochs=args.epochs, patience=args.patience)

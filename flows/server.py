@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+from flows.serve import parser as serve_parser
 from pipeline.settings import get_settings
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -111,7 +112,6 @@ def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     Serve options go after ``--`` or mixed in: ``befa server --cron "0 3 * * *"`` reaches
     here without its ``--`` (click drops it). They are checked now, so a typo fails
     before anything starts."""
-    from flows.serve import parser as serve_parser
 
     argv = list(argv)
     rest: list[str] = []

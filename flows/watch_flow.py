@@ -1,7 +1,7 @@
 """The catalog watch flow: re-ingest and re-encode changed catalogs, announce it with an event.
 
 Run on a schedule (``flows/serve.py``: interval or cron). For each registered catalog
-(``pipeline.catalog_watch``) whose content changed, the flow emits one Prefect event::
+(``pipeline.job.watch``) whose content changed, the flow emits one Prefect event::
 
     event     befa.features.updated
     resource  prefect.resource.id = befa.catalog.<name>, befa.catalog = <name>,
@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from pipeline.catalog_watch import CatalogChange, watch_catalogs
+from pipeline.job.watch import CatalogChange, watch_catalogs
 from pipeline.settings import get_settings
 
 EVENT = "befa.features.updated"

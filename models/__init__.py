@@ -2,12 +2,13 @@
 
 ``MODELS`` is the explicit registry; ``create_model`` the single factory::
 
-    model = create_model("mgcn", data, adapter="befa", befa={"t": 2.0})
+    model = create_model("mgcn", data, {"adapter": "befa", "befa.t": 2.0})
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Mapping
 
 from models.base import BeFAConfig, ModelConfig, Recommender, TrainData
 from models.befa import BeFA
@@ -26,32 +27,75 @@ MODELS: dict[str, type[Recommender]] = {
     "freedom": FREEDOM,
     "mgcn": MGCN,
 }
-CONTENT_MODELS = ("bm3", "lattice", "freedom", "mgcn")
+CONTENT_MODELS: tuple[str, ...] = tuple(name for name, cls in MODELS.items() if cls.uses_content)
 
 
-def get_model_class(name: str) -> type[Recommender]:
+class UnknownModelError(KeyError, ValueError):
+    """A model name that is not in ``MODELS``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_model_class(model: str | type[Recommender]) -> type[Recommender]:
+    """A registry name (``MODELS``), or a Recommender subclass passed through."""
+    if isinstance(model, type) and issubclass(model, Recommender):
+        return model
     try:
-        return MODELS[name]
+        return MODELS[model]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+        raise UnknownModelError(f"unknown model {model!r}; choose from {', '.join(MODELS)}") from None
 
 
-def make_config(name: str, **overrides: Any) -> ModelConfig:
-    """The model's typed config with overrides applied and validated."""
-    return get_model_class(name).Config(**overrides)
+def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; dotted keys reach nested sections (``befa.t``)."""
+    out = json.loads(json.dumps(base))
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise KeyError(f"config override {key!r}: {part!r} is not a nested section")
+            node = node[part]
+        node[parts[-1]] = value
+    return out
 
 
-def create_model(name: str, data: TrainData, **overrides: Any) -> Recommender:
-    cls = get_model_class(name)
-    config = cls.Config(**overrides)
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["befa.t=2", "reg=1e-4"]`` -> ``{"befa.t": 2, "reg": 0.0001}``: values are JSON,
+    or plain strings where they are not JSON."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def make_config(model: str | type[Recommender], overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+    """The model's typed config with (dotted) overrides applied and validated."""
+    cls = get_model_class(model)
+    return cls.Config.model_validate(apply_overrides(cls.Config().model_dump(mode="json"), overrides or {}))
+
+
+def create_model(model: str | type[Recommender], data: TrainData, overrides: Mapping[str, Any] | None = None) -> Recommender:
+    """The one factory: ``create_model("mgcn", data, {"adapter": "befa", "befa.t": 2.0})``."""
+    cls = get_model_class(model)
+    config = make_config(cls, overrides)
     if config.adapter == "befa" and not cls.uses_content:
-        raise ValueError(f"model {name!r} uses no content features, so it has nothing for BeFA to adapt")
+        raise ValueError(f"model {cls.name!r} uses no content features, so it has nothing for BeFA to adapt")
     return cls(data, config)
 
 
 __all__ = [
     "MODELS",
     "CONTENT_MODELS",
+    "UnknownModelError",
+    "apply_overrides",
     "BeFA",
     "BeFAConfig",
     "ModelConfig",
@@ -60,4 +104,5 @@ __all__ = [
     "create_model",
     "get_model_class",
     "make_config",
+    "parse_overrides",
 ]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.settings import get_settings
+from pipeline.study.run import run_study
 from tests.flows_data import make_small_catalog
 
 TINY_ENCODER = "imagebind:tiny@random"
@@ -38,8 +39,6 @@ def tiny_study_params(cat, **changes: Any) -> dict[str, Any]:
 
 
 def run_tiny_study(root: Path, datasets_root: Path, **changes: Any):
-    from pipeline.study import run_study
-
     cat = make_small_catalog(root / "source", datasets_root)
     settings = get_settings(home=root / "home", datasets_root=datasets_root)
     return cat, settings, run_study(tiny_study_params(cat, **changes), settings)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import CatalogError
-from pipeline.datasets import DATASETS, DownloadError, download, local_status, pinned_sums, read_sums, verify_dataset
-from pipeline.ingest import ingest
+from pipeline.data.catalog import CatalogError
+from pipeline.data.datasets import DATASETS, DownloadError, download, local_status, pinned_sums, read_sums, verify_dataset
+from pipeline.data.ingest import ingest
 from pipeline.settings import get_settings
 
 AMITKAPS = "github/amitkaps/recommendation/raw/7f7ecbd/MovieLens"

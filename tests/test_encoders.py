@@ -293,7 +293,7 @@ def test_minilm_contract(minilm, posters):
 
 def test_minilm_nearest_neighbours_on_movielens(minilm, datasets_root):
     """Real weights, real texts: a Star Wars sequel's nearest neighbour is another Star Wars film."""
-    from pipeline.importers.movielens import movie_text
+    from pipeline.data.importers.movielens import movie_text
 
     items = pd.read_csv(datasets_root / "movielens-100k-posters" / "items.csv").drop_duplicates("movie_id")
     star_wars = {50: "Star Wars (1977)", 172: "Empire Strikes Back, The (1980)", 181: "Return of the Jedi (1983)"}

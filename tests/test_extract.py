@@ -14,9 +14,12 @@ import torch
 from PIL import Image
 
 from encoders import create_encoder
-from pipeline.catalog import build_catalog, sha256_file
-from pipeline.extract import extract_command, extract_features, load_features, summary_table
+from pipeline.data.catalog import build_catalog
+from pipeline.features.extract import extract_command, extract_features
+from pipeline.features.load import load_features
+from pipeline.reporting.console import summary_table
 from storage.feature_store import FeatureStore
+from storage.keys import sha256_file
 
 N_POSTERS = 20
 NO_POSTER_ID = "999001"  # an item without image: rejected at ingest
@@ -101,7 +104,8 @@ def test_first_run_then_nothing_then_exactly_the_changed_poster(make_catalog, en
     assert third.modalities["image"].encoded == 1 and third.modalities["image"].skipped == N_POSTERS - 1
     assert third.modalities["text"].encoded == 0
     assert third.modalities["image"].snapshot_id != first.modalities["image"].snapshot_id
-    feats, masks, snaps = load_features(catalog2, store, third.fingerprints)
+    bundle = load_features(catalog2, store, third.fingerprints)
+    feats, masks, snaps = bundle.features, bundle.masks, bundle.snapshots
     idx = int(catalog2.items.index[catalog2.items.item_id == changed][0])
     torch.testing.assert_close(feats["image"][idx], feats["image"][0])  # same picture, same vector
     assert snaps == third.snapshot_ids
@@ -143,8 +147,8 @@ def test_interrupted_run_resumes_without_duplicates(make_catalog, encoder, tmp_p
     # the resumed store holds the same vectors as one uninterrupted run
     fresh = FeatureStore(tmp_path / "fresh")
     run(catalog, encoder, fresh, modalities=["image"], num_workers=0)
-    a, ma, _ = load_features(catalog, store, {"image": fp})
-    b, mb, _ = load_features(catalog, fresh, {"image": fp})
+    first, second = load_features(catalog, store, {"image": fp}), load_features(catalog, fresh, {"image": fp})
+    a, ma, b, mb = first.features, first.masks, second.features, second.masks
     assert torch.equal(ma["image"], mb["image"])
     torch.testing.assert_close(a["image"], b["image"])
 
@@ -153,8 +157,9 @@ def test_load_features_masks_and_fill_rules(make_catalog, encoder, tmp_path):
     store = FeatureStore(tmp_path / "store")
     catalog = make_catalog()
     out = run(catalog, encoder, store)
-    feats, masks, snaps = load_features(catalog, store, out.fingerprints, fill="mean")
-    zero, zmasks, _ = load_features(catalog, store, out.fingerprints, fill="zero")
+    mean_fill, zero_fill = load_features(catalog, store, out.fingerprints, fill="mean"), load_features(catalog, store, out.fingerprints, fill="zero")
+    feats, masks, snaps = mean_fill.features, mean_fill.masks, mean_fill.snapshots
+    zero, zmasks = zero_fill.features, zero_fill.masks
     n = catalog.num_items
     assert feats["image"].shape == (n, 16) and feats["image"].dtype == torch.float32
     assert snaps == out.snapshot_ids

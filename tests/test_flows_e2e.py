@@ -192,8 +192,8 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     ``--params`` pointing it at this test's small catalog: the run uses MiniLM for that
     run only, its report and artifacts name it, and the store keeps the first run's
     features beside MiniLM's (switching back encodes nothing)."""
-    from pipeline.catalog import Catalog
-    from pipeline.extract import extract_features
+    from pipeline.data.catalog import Catalog
+    from pipeline.features.extract import extract_features
     from storage.feature_store import FeatureStore
     from tests.test_readme_commands import COMMANDS
 

@@ -9,8 +9,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.catalog_watch import last_watch, registered_catalogs, watch_catalog, watch_catalogs
-from pipeline.full_pipeline import PipelineError, PipelineParams, plan_runs, run_pipeline, validate_params
+from pipeline.job.params import PipelineError, PipelineParams, validate_params
+from pipeline.job.run import run_pipeline
+from pipeline.job.steps import plan_runs
+from pipeline.job.watch import last_watch, registered_catalogs, watch_catalog, watch_catalogs
 from pipeline.settings import get_settings
 from tests.flows_data import make_small_catalog
 
@@ -49,7 +51,7 @@ def test_missing_dataset_and_bad_options_fail_fast(settings, tmp_path):
         validate_params({"models": ["mgcn"], "model_overrides": {"mgcn": {"no_such_field": 1}}}, settings)
     with pytest.raises(PipelineError, match="cluster"):
         validate_params({"cluster": "http://x"}, settings)
-    with pytest.raises(PipelineError, match="reserved"):
+    with pytest.raises(PipelineError, match="study"):  # the old reserved flag is gone: `befa study` runs studies
         validate_params({"study": True}, settings)
     ok = validate_params({"dataset": "movielens-100k-posters", "encoder": {"image": TINY_ENCODER, "text": "minilm"}}, settings)
     assert ok.encoder_spec() == f"image={TINY_ENCODER},text=minilm"

@@ -10,12 +10,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.catalog import Catalog, CatalogError
-from pipeline.importers import IMPORTERS, export_mmrec
-from pipeline.importers.mmrec import features_from_store, row_hashes
-from pipeline.ingest import ingest
+from pipeline.data.catalog import Catalog, CatalogError
+from pipeline.data.export import export_mmrec, features_from_store
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.importers.mmrec import row_hashes
+from pipeline.data.ingest import ingest
+from pipeline.data.splits import Split, split_random
 from pipeline.settings import get_settings
-from pipeline.splits import Split, split_random
 from storage.feature_store import FeatureStore
 
 
@@ -215,7 +216,7 @@ def test_registry_is_explicit():
 
 def test_export_command_reads_features_from_store(tmp_path, ml_ingested):
     """A catalog with items lacking an image: their feature rows are zero and counted."""
-    from pipeline.importers.mmrec import export_command
+    from pipeline.data.export import export_command
 
     settings, catalog, _ = ml_ingested
     store = FeatureStore(settings.feature_store)
@@ -225,7 +226,7 @@ def test_export_command_reads_features_from_store(tmp_path, ml_ingested):
     store.upsert(catalog.name, "toy-image-enc", "image", keys["item_id"].tolist(), keys["content_hash"].tolist(), emb)
     split = split_random(catalog, seed=3)
     split.save(settings.catalog_dir(catalog.name) / "splits")
-    out = export_command(catalog.name, split.name, tmp_path / "x", {"image": "toy-image-enc"}, settings=settings)
+    out = export_command(catalog.name, split.name, tmp_path / "x", settings, {"image": "toy-image-enc"})
     assert out["missing_rows"] == {"image": 19} and out["rows"] == len(split.frame)
     image = np.load(tmp_path / "x" / "image_feat.npy")
     assert image.shape == (1682, 3)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import Evaluator, UserItems, topk_items
-from pipeline.metrics import hits_from_rankings, per_user_metrics, ranking_metrics
+from pipeline.evaluation.evaluator import Evaluator, UserItems, topk_items
+from pipeline.evaluation.metrics import hits_from_rankings, per_user_metrics, ranking_metrics
 
 
 def test_spec_example_recall_at_4():

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from models.bm3 import BM3
 from tests._model_data import (
     TINY_EDGES,
-    dense_lightgcn,
     dense_sym_adj,
     movielens_data,
     np_,

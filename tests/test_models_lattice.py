@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import models.lattice as lattice_mod
 import models.sparse as sparse_mod

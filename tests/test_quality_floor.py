@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.ingest import ingest
-from pipeline.metrics import SELECTION_METRIC
+from pipeline.data.ingest import ingest
+from pipeline.data.splits import split_random
+from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.settings import get_settings
-from pipeline.splits import split_random
-from pipeline.training import train_model
+from pipeline.training.api import train_model
 
 
 @pytest.fixture(scope="module")

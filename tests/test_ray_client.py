@@ -3,8 +3,8 @@
 The test starts a real Ray head with ``ray start --head --block`` (the venv's ``ray``, 1 CPU,
 no dashboard, its own temp dir, free ports, token authentication with a token made here,
 so nothing under ``~/.ray`` is read or written), then runs the flow's extraction step
-(:func:`pipeline.full_pipeline.extract_step`, which calls
-:func:`pipeline.ray_extract.extract_features_ray`) in a separate Python process connected
+(:func:`pipeline.job.run.extract_step`, which calls
+:func:`pipeline.features.ray_backend.extract_features_ray`) in a separate Python process connected
 as a Ray Client to ``ray://127.0.0.1:<port>``, and checks the vectors equal a local
 extraction's. A separate process because a Ray Client is per process and Ray caches its
 authentication settings per process (another test may have run ``ray.init`` here).
@@ -42,8 +42,9 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("grpc", reason="Ray Client needs grpcio (the ray[client] extra)")
 
-from pipeline.extract import extract_features, load_features  # noqa: E402
-from pipeline.ingest import ingest  # noqa: E402
+from pipeline.data.ingest import ingest  # noqa: E402
+from pipeline.features.extract import extract_features
+from pipeline.features.load import load_features
 from pipeline.settings import get_settings  # noqa: E402
 from storage.feature_store import FeatureStore  # noqa: E402
 from tests.flows_data import make_small_catalog  # noqa: E402
@@ -152,15 +153,16 @@ def _ray_logs(temp: Path, chars: int = 2500) -> str:
 CLIENT = textwrap.dedent(
     """
     import json, sys
-    from pipeline import full_pipeline as fp
+    from pipeline.job.params import validate_params
+    from pipeline.job.steps import extract_step
     from pipeline.settings import get_settings
 
     home, datasets_root, catalog, spec, address = sys.argv[1:]
     settings = get_settings(home=home, datasets_root=datasets_root)
-    params = fp.validate_params(
+    params = validate_params(
         dict(dataset=catalog, encoder=spec, cluster=address, ingest="never", extract_batch_size=8), settings
     )
-    summary = fp.extract_step(params, settings, str(settings.catalog_dir(catalog)))
+    summary = extract_step(params, settings, str(settings.catalog_dir(catalog)))
     print("RESULT " + summary.model_dump_json())
     """
 )
@@ -198,8 +200,8 @@ def test_extraction_through_ray_client_matches_local(ray_head, tmp_path, dataset
 
     fps = {m: s.fingerprint for m, s in local.modalities.items()}
     ray_store = FeatureStore(settings.feature_store)
-    fa, ma, _ = load_features(catalog, local_store, fps)
-    fb, mb, _ = load_features(catalog, ray_store, fps)
+    local, remote = load_features(catalog, local_store, fps), load_features(catalog, ray_store, fps)
+    fa, ma, fb, mb = local.features, local.masks, remote.features, remote.masks
     for m in fps:
         assert bool(ma[m].all()) and bool(mb[m].all())
         np.testing.assert_allclose(fb[m].numpy(), fa[m].numpy(), rtol=0, atol=1e-6)

@@ -7,10 +7,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipeline.catalog import Catalog  # noqa: E402
-from pipeline.extract import extract_features, load_features  # noqa: E402
-from pipeline.ingest import ingest  # noqa: E402
-from pipeline.ray_extract import extract_features_ray, runtime_env  # noqa: E402
+from pipeline.data.catalog import Catalog  # noqa: E402
+from pipeline.data.ingest import ingest  # noqa: E402
+from pipeline.features.extract import extract_features
+from pipeline.features.load import load_features
+from pipeline.features.ray_backend import extract_features_ray, runtime_env  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402
 from storage.feature_store import FeatureStore  # noqa: E402
 from tests.flows_data import make_small_catalog  # noqa: E402
@@ -39,8 +40,8 @@ def test_ray_extraction_matches_local_and_is_incremental(local_ray, tmp_path, da
         assert (b.encoded, b.skipped, b.failed) == (a.encoded, 0, 0) == (24, 0, 0)
         assert b.fingerprint == a.fingerprint and b.random_init
     fps = {m: s.fingerprint for m, s in local.modalities.items()}
-    fa, ma, _ = load_features(catalog, local_store, fps)
-    fb, mb, _ = load_features(catalog, ray_store, fps)
+    local, remote = load_features(catalog, local_store, fps), load_features(catalog, ray_store, fps)
+    fa, ma, fb, mb = local.features, local.masks, remote.features, remote.masks
     for m in fps:
         assert bool(mb[m].all()) and bool(ma[m].all())
         np.testing.assert_allclose(fb[m].numpy(), fa[m].numpy(), rtol=0, atol=1e-6)

@@ -25,7 +25,7 @@ What each kind of command must pass:
   the deployment (the CLI's check); they validate against the deployment's parameter
   schema (the server's check), through the flow's pydantic parameter model
   (``Flow.validate_parameters``, what the run does first) and, for ``befa/full-pipeline``,
-  through ``pipeline.full_pipeline.validate_params`` (what the flow does before any task).
+  through ``pipeline.job.run.validate_params`` (what the flow does before any task).
 - other ``prefect``/``ray`` commands: their CLI parses them (cyclopts / click).
 - ``make TARGET``: TARGET is a rule of the Makefile.
 
@@ -51,6 +51,8 @@ from typing import Any
 import pytest
 import typer
 from typer.testing import CliRunner
+
+from pipeline.job.params import PipelineError, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -136,7 +138,7 @@ def _of(*firsts: str) -> list[Command]:
 # -- befa --------------------------------------------------------------------------
 def befa_click():
     """The click command tree of ``befa`` (typer 0.29 vendors click as ``typer._click``)."""
-    from pipeline.cli import app
+    from pipeline.cli.main import app
 
     return typer.main.get_command(app)
 
@@ -245,15 +247,13 @@ def validate_deployment_run(tokens: list[str], settings, root: Path) -> dict[str
     flow = _flow_of(name)
     validated = flow.validate_parameters(merged)  # the flow run, before its body
     if name == PIPELINE:
-        from pipeline import full_pipeline as fp
-
         # the flow body: its arguments, defaults filled, are the PipelineParams fields
         args = {k: p.default for k, p in inspect.signature(flow.fn).parameters.items()}
         args.update(validated)
         assert not args.pop("use_registered"), "README runs use their own parameters"
         args["ingest_options"] = args["ingest_options"] or {}
         args["model_overrides"] = args["model_overrides"] or {}
-        fp.validate_params(args, settings)
+        validate_params(args, settings)
     return {"parameters": validated, "substituted": seen}
 
 
@@ -300,16 +300,16 @@ def test_befa_command_parses(cmd: Command):
 @pytest.mark.parametrize("cmd", [c for c in _of("befa") if c.tokens[1] == "run"], ids=str)
 def test_befa_run_validates_its_pipeline_parameters(cmd: Command, settings, monkeypatch):
     """``befa run`` as shown, up to the pipeline's parameter validation (then stops)."""
-    from pipeline import full_pipeline as fp
+    import pipeline.cli.main as cli
 
     seen = {}
 
     def validate_only(params, settings_, log=None):
-        seen["params"] = fp.validate_params(params, settings)
-        raise fp.PipelineError("validated; stopping before any work")
+        seen["params"] = validate_params(params, settings)
+        raise PipelineError("validated; stopping before any work")
 
-    monkeypatch.setattr(fp, "run_pipeline", validate_only)
-    from pipeline.cli import app
+    monkeypatch.setattr(cli, "run_pipeline", validate_only)
+    app = cli.app
 
     result = CliRunner().invoke(app, cmd.tokens[1:])
     assert "params" in seen, f"{cmd}\n{result.output}"

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.reports import (
+from pipeline.reporting.pipeline_report import (
     EncoderInfo,
     ReportContext,
     gains_frame,
@@ -18,7 +18,7 @@ from pipeline.reports import (
     relative_gain,
     write_report,
 )
-from pipeline.runs import EpochLog, RunRecord
+from pipeline.training.record import EpochLog, RunRecord
 
 
 def _run(tmp_path, model, adapter, valid_curve, test):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.sampling import NegativeSampler, epoch_batches
+from pipeline.training.sampling import NegativeSampler, epoch_batches
 
 
 def _graph(num_users=50, num_items=40, per_user=30, seed=0):

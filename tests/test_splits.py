@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.catalog import build_catalog
-from pipeline.splits import TEST, TRAIN, VALID, Split, kcore, make_split, split_random, split_temporal
+from pipeline.data.catalog import build_catalog
+from pipeline.data.splits import TEST, TRAIN, VALID, Split, kcore, make_split, split_random, split_temporal
 
 
 def _catalog(n_per_user, n_items=60, seed=0):

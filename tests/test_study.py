@@ -13,9 +13,14 @@ import pytest
 from scipy import stats
 
 from models.befa import befa_parameter_count
-from pipeline.study import StudyError, StudyParams, search_points, validate_study, verdict
-from pipeline.study_stats import holm, paired_frame, paired_test
+from pipeline.job.params import PipelineParams
+from pipeline.job.watch import REGISTRY, register_catalog, registered_params, watch_dir
 from pipeline.settings import get_settings
+from pipeline.study.analysis import verdict
+from pipeline.study.params import StudyError, StudyParams, validate_study
+from pipeline.study.run import run_study
+from pipeline.study.search import search_points
+from pipeline.study.stats import holm, paired_frame, paired_test
 from tests.study_data import run_tiny_study, tiny_study_params
 
 
@@ -236,24 +241,21 @@ def test_report_states_the_result_and_labels_random_encoders(study):
 
 def test_a_second_run_reuses_every_finished_run(study, datasets_root):
     cat, settings, first, folder = study
-    from pipeline.study import run_study
+    # a watch-triggered retrain reruns a catalog with its registered parameters: a study on
+    # the same catalog must leave them alone
+    registered = PipelineParams(dataset="ml-small", importer="generic", models=["lightgcn"], epochs=3, encoder="minilm", ingest_options=cat.ingest_options())
+    register_catalog(settings, registered)
+    before = (watch_dir(settings) / REGISTRY).read_bytes()
 
     again = run_study(tiny_study_params(cat), settings)
     assert again.runs_trained == 0 and again.runs_reused > 0
     assert again.main == first.main
-
-
-def test_study_params_from_the_full_pipeline():
-    from pipeline.full_pipeline import PipelineParams
-    from pipeline.study import study_params_from_pipeline
-
-    sp = study_params_from_pipeline(PipelineParams(models=["lightgcn", "mgcn"], seed=5, epochs=7, encoder="minilm"), max_trials=3)
-    assert sp.models == ["mgcn"] and sp.focus_model == "mgcn"  # content-free models dropped
-    assert sp.seeds == [5, 6, 7] and sp.epochs == 7 and sp.max_trials == 3 and sp.encoder == "minilm"
+    assert (watch_dir(settings) / REGISTRY).read_bytes() == before
+    assert registered_params(settings, "ml-small") == registered.model_copy(update={"run_name": None})
 
 
 def test_search_plan_pairs_base_and_befa_trials():
-    from pipeline.study import search_plan
+    from pipeline.study.search import search_plan
 
     p = StudyParams(models=["freedom"], max_trials=3)
     base, befa = search_plan(p, "freedom", "none"), search_plan(p, "freedom", "befa")

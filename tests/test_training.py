@@ -2,14 +2,13 @@
 
 Models here are tiny ones defined in this file (plain MF/BPR), so the trainer is
 tested independently of the real models. Data: a slice of MovieLens-100k (ratings >= 4,
-first 150 users), split with ``pipeline.splits.split_random``.
+first 150 users), split with ``pipeline.data.splits.split_random``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,22 +17,17 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from models import make_config
 from models.base import ModelConfig, Recommender, TrainData
 from models.losses import bpr_from_embeddings
-from pipeline.catalog import build_catalog
-from pipeline.data import prepare_data
-from pipeline.grid import grid_search, select_on_valid
-from pipeline.runs import BEST, LAST, PER_USER, RunRecord
-from pipeline.splits import split_random
-from pipeline.training import (
-    TrainerConfig,
-    TrainingInterrupted,
-    build_config,
-    evaluate_run,
-    fit,
-    metrics_table,
-    train_model,
-)
+from pipeline.data.catalog import build_catalog
+from pipeline.data.splits import split_random
+from pipeline.reporting.console import metrics_table
+from pipeline.study.search import grid_search, select_on_valid
+from pipeline.training.api import evaluate_run, train_model
+from pipeline.training.prepare import FeatureBundle, prepare_data
+from pipeline.training.record import BEST, LAST, PER_USER, RunRecord
+from pipeline.training.trainer import TrainerConfig, TrainingInterrupted, fit
 
 
 class TinyMF(Recommender):
@@ -145,17 +139,16 @@ def ml_slice(datasets_root, tmp_path_factory):
     feats = {"text": torch.randn(catalog.num_items, 8, generator=g)}
     masks = {"text": torch.ones(catalog.num_items, dtype=torch.bool)}
     snaps = {"text": "snap-test-1"}
-    return {"catalog": catalog, "catalog_dir": folder, "split": split, "split_path": split_path, "features": (feats, masks, snaps)}
+    return {"catalog": catalog, "catalog_dir": folder, "split": split, "split_path": split_path, "features": FeatureBundle(feats, masks, snaps)}
 
 
 def _prepared(ml, with_features=True):
-    feats, masks, snaps = ml["features"] if with_features else ({}, {}, {})
-    return prepare_data(ml["split"], ml["catalog"].num_items, feats, masks, snaps, num_users=ml["catalog"].num_users)
+    return prepare_data(ml["split"], ml["catalog"].num_items, ml["features"] if with_features else None, num_users=ml["catalog"].num_users)
 
 
 def _fit(ml, tmp, model=TinyMF, overrides=None, **trainer):
     trainer = TrainerConfig(**{"max_epochs": 4, "patience": 10, "seed": 7, "quiet": True, "num_threads": 1, **trainer})
-    return fit(model, build_config(model, overrides), _prepared(ml), tmp, trainer)
+    return fit(model, make_config(model, overrides), _prepared(ml), tmp, trainer)
 
 
 def test_trained_mf_beats_random_and_writes_run_folder(ml_slice, tmp_path):
@@ -204,10 +197,10 @@ def test_resume_after_kill_matches_uninterrupted(ml_slice, tmp_path):
 
     trainer = TrainerConfig(max_epochs=4, patience=10, seed=7, quiet=True, num_threads=1)
     with pytest.raises(TrainingInterrupted):
-        fit(TinyMF, build_config(TinyMF), _prepared(ml_slice), tmp_path / "part", trainer, on_epoch_end=kill_after_epoch_2)
+        fit(TinyMF, make_config(TinyMF), _prepared(ml_slice), tmp_path / "part", trainer, on_epoch_end=kill_after_epoch_2)
     partial = RunRecord.load(tmp_path / "part")
     assert len(partial.epochs) == 3 and partial.status == "running"
-    resumed = fit(TinyMF, build_config(TinyMF), _prepared(ml_slice), tmp_path / "part", trainer, resume=True)
+    resumed = fit(TinyMF, make_config(TinyMF), _prepared(ml_slice), tmp_path / "part", trainer, resume=True)
     rec = resumed.record
     assert len(rec.resumed_at) == 1
     assert [e.loss for e in rec.epochs] == [e.loss for e in full.epochs]
@@ -265,9 +258,9 @@ def test_train_model_api_and_evaluate_run(ml_slice, tmp_path):
     again = evaluate_run(tmp_path / "run", features=ml["features"], model=TinyMF)
     assert again["valid"] == pytest.approx(res.record.best_valid)
     assert again["test"] == pytest.approx(res.record.test)
-    feats, masks, _ = ml["features"]
+    feats, masks = ml["features"].features, ml["features"].masks
     with pytest.raises(ValueError, match="snapshot"):
-        evaluate_run(tmp_path / "run", features=(feats, masks, {"text": "another-snapshot"}), model=TinyMF)
+        evaluate_run(tmp_path / "run", features=FeatureBundle(feats, masks, {"text": "another-snapshot"}), model=TinyMF)
     with pytest.raises(ValueError, match="pass them"):
         evaluate_run(tmp_path / "run", model=TinyMF)
     table = metrics_table({"tiny": res.record.test})
@@ -280,7 +273,7 @@ def test_bad_inputs_name_the_problem(ml_slice):
     with pytest.raises(ValueError, match="row 6: item_idx"):
         prepare_data(frame, ml_slice["catalog"].num_items)
     with pytest.raises(ValueError, match="aligned"):
-        prepare_data(ml_slice["split"], ml_slice["catalog"].num_items, {"image": torch.zeros(3, 4)})
+        prepare_data(ml_slice["split"], ml_slice["catalog"].num_items, FeatureBundle({"image": torch.zeros(3, 4)}, {}, {}))
     with pytest.raises(KeyError, match="unknown model"):
         train_model(ml_slice["catalog_dir"], ml_slice["split_path"], None, "no-such-model", quiet=True)
 

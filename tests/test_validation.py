@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.catalog import Catalog, CatalogError
-from pipeline.importers import IMPORTERS
-from pipeline.ingest import ingest
+from pipeline.data.catalog import Catalog, CatalogError
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.ingest import ingest
 from pipeline.settings import get_settings
 
 

@@ -1,0 +1,248 @@
+"""The canonical catalog every importer produces and every later stage reads.
+
+A catalog is two tables, stored as Parquet in ``$BEFA_HOME/catalogs/<name>/``:
+
+items (one row per item, ``item_idx`` = 0..I-1 is the row order everywhere:
+feature matrices, graphs and score columns are aligned to it)
+
+    item_id     string   the catalog's own id (movie id, ASIN, SKU)
+    item_idx    int64    dense 0-based index
+    title       string
+    text        string   the exact string a text encoder embeds ("" if none)
+    image       string   local path or URI of the image, null if none/rejected
+    text_hash   string   sha256 of ``text`` (null when text is empty)
+    image_hash  string   sha256 of the image bytes (null when no valid image)
+
+interactions (one row per user-item event)
+
+    user_id     string
+    item_id     string
+    user_idx    int64    dense 0-based index
+    item_idx    int64
+    rating      float32  rating or weight (1.0 for implicit data)
+    timestamp   int64    unix seconds (0 when unknown)
+
+Content hashes key the feature store: an item whose text or image changes gets
+a new hash and is re-encoded; everything else is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.atomic import write_json, write_parquet, write_text
+from storage.keys import text_hash
+
+ITEM_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("item_idx", pa.int64()),
+        ("title", pa.string()),
+        ("text", pa.string()),
+        ("image", pa.string()),
+        ("text_hash", pa.string()),
+        ("image_hash", pa.string()),
+    ]
+)
+INTERACTION_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("user_idx", pa.int64()),
+        ("item_idx", pa.int64()),
+        ("rating", pa.float32()),
+        ("timestamp", pa.int64()),
+    ]
+)
+
+
+class CatalogError(ValueError):
+    """Bad input, with the file, the row (1-based, header excluded) and the problem."""
+
+    def __init__(self, file: str | Path | None, problem: str, row: int | None = None):
+        self.file = str(file) if file is not None else None
+        self.row = row
+        self.problem = problem
+        where = self.file or "<input>"
+        if row is not None:
+            where += f", row {row}"
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class IngestReport:
+    """What an import read, kept, folded and rejected, and why. Nothing is dropped silently."""
+
+    dataset: str
+    sources: dict[str, str] = field(default_factory=dict)
+    counts_in: dict[str, int] = field(default_factory=dict)
+    counts_out: dict[str, int] = field(default_factory=dict)
+    # each entry: {"file", "row", "item_id"/"user_id", "problem", "action"}
+    issues: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, problem: str, action: str, file: str | Path | None = None, row: int | None = None, **ids: Any) -> None:
+        self.issues.append(
+            {"file": str(file) if file else None, "row": row, "problem": problem, "action": action, **ids}
+        )
+
+    def summary_by_problem(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for issue in self.issues:
+            key = f"{issue['problem']} -> {issue['action']}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "sources": self.sources,
+            "counts_in": self.counts_in,
+            "counts_out": self.counts_out,
+            "issues_by_kind": self.summary_by_problem(),
+            "issues": self.issues,
+            "notes": self.notes,
+        }
+
+    def to_markdown(self, max_rows: int = 50) -> str:
+        lines = [f"# Ingest report: {self.dataset}", ""]
+        if self.sources:
+            lines += ["## Sources", ""] + [f"- {k}: `{v}`" for k, v in self.sources.items()] + [""]
+        lines += ["## Counts", "", "| what | in | out |", "| --- | ---: | ---: |"]
+        for key in sorted(set(self.counts_in) | set(self.counts_out)):
+            lines.append(f"| {key} | {self.counts_in.get(key, '')} | {self.counts_out.get(key, '')} |")
+        lines += ["", "## Issues", ""]
+        if not self.issues:
+            lines.append("None.")
+        else:
+            lines += [f"- {k}: {v}" for k, v in self.summary_by_problem().items()]
+            lines += ["", "| file | row | id | problem | action |", "| --- | ---: | --- | --- | --- |"]
+            for issue in self.issues[:max_rows]:
+                ident = issue.get("item_id") or issue.get("user_id") or ""
+                lines.append(
+                    f"| {issue['file'] or ''} | {issue['row'] if issue['row'] is not None else ''} | {ident} "
+                    f"| {issue['problem']} | {issue['action']} |"
+                )
+            if len(self.issues) > max_rows:
+                lines.append(f"\n... and {len(self.issues) - max_rows} more in ingest_report.json")
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Catalog:
+    """An ingested dataset: items and interactions in canonical form."""
+
+    name: str
+    items: pd.DataFrame
+    interactions: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.interactions["user_idx"].max()) + 1 if len(self.interactions) else 0
+
+    def content_keys(self, modality: str) -> pd.DataFrame:
+        """(item_id, item_idx, content_hash) of the items that have this modality."""
+        col = f"{modality}_hash"
+        present = self.items[self.items[col].notna()]
+        return present[["item_id", "item_idx", col]].rename(columns={col: "content_hash"})
+
+    def fingerprint(self) -> str:
+        """Content fingerprint of the catalog (ids + content hashes + interactions)."""
+        h = hashlib.sha256()
+        h.update(pd.util.hash_pandas_object(self.items[["item_id", "text_hash", "image_hash"]], index=False).values.tobytes())
+        h.update(pd.util.hash_pandas_object(self.interactions[["user_id", "item_id", "rating", "timestamp"]], index=False).values.tobytes())
+        return h.hexdigest()[:16]
+
+    # -- persistence -------------------------------------------------------
+    def save(self, folder: str | Path, report: IngestReport | None = None) -> Path:
+        folder = Path(folder)
+        write_parquet(folder / "items.parquet", pa.Table.from_pandas(self.items, schema=ITEM_SCHEMA, preserve_index=False))
+        write_parquet(
+            folder / "interactions.parquet",
+            pa.Table.from_pandas(self.interactions, schema=INTERACTION_SCHEMA, preserve_index=False),
+        )
+        if report is not None:
+            write_json(folder / "ingest_report.json", report.to_dict())
+            write_text(folder / "ingest_report.md", report.to_markdown())
+        meta = dict(self.meta)
+        meta.update(
+            name=self.name,
+            num_items=self.num_items,
+            num_users=self.num_users,
+            num_interactions=len(self.interactions),
+            fingerprint=self.fingerprint(),
+        )
+        # catalog.json is written last: its presence marks a complete catalog.
+        write_json(folder / "catalog.json", meta)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Catalog":
+        folder = Path(folder)
+        meta_path = folder / "catalog.json"
+        if not meta_path.exists():
+            raise CatalogError(meta_path, "no ingested catalog here (run `befa ingest` first)")
+        meta = json.loads(meta_path.read_text())
+        items = pq.read_table(folder / "items.parquet").to_pandas()
+        inter = pq.read_table(folder / "interactions.parquet").to_pandas()
+        return cls(name=meta["name"], items=items, interactions=inter, meta=meta)
+
+
+def _natural_sorted(ids: np.ndarray) -> list[str]:
+    """Numeric ids sort as numbers (so MovieLens user 1 gets index 0), others as strings."""
+    ids = [str(i) for i in ids]
+    if all(i.lstrip("-").isdigit() for i in ids):
+        return sorted(ids, key=int)
+    return sorted(ids)
+
+
+def build_catalog(
+    name: str,
+    items: pd.DataFrame,
+    interactions: pd.DataFrame,
+    meta: dict[str, Any] | None = None,
+) -> Catalog:
+    """Assign dense indices and fill hashes. ``items`` needs item_id/title/text/image/image_hash;
+    ``interactions`` needs user_id/item_id/rating/timestamp and must only name known items."""
+    items = items.reset_index(drop=True).copy()
+    items["item_id"] = items["item_id"].astype(str)
+    items["item_idx"] = np.arange(len(items), dtype=np.int64)
+    items["text"] = items["text"].fillna("").astype(str)
+    items["title"] = items["title"].fillna("").astype(str)
+    items["text_hash"] = [text_hash(t) for t in items["text"]]
+    for col in ("image", "image_hash"):
+        if col not in items:
+            items[col] = None
+    items = items[[f.name for f in ITEM_SCHEMA]]
+
+    inter = interactions.reset_index(drop=True).copy()
+    inter["user_id"] = inter["user_id"].astype(str)
+    inter["item_id"] = inter["item_id"].astype(str)
+    idx_of = pd.Series(items["item_idx"].values, index=items["item_id"].values)
+    inter["item_idx"] = idx_of.reindex(inter["item_id"].values).values
+    if inter["item_idx"].isna().any():
+        raise ValueError("build_catalog: interactions name unknown items; validate before building")
+    inter["item_idx"] = inter["item_idx"].astype(np.int64)
+    users = _natural_sorted(pd.unique(inter["user_id"]))
+    user_idx = pd.Series(np.arange(len(users), dtype=np.int64), index=users)
+    inter["user_idx"] = user_idx.reindex(inter["user_id"].values).values
+    inter["rating"] = inter["rating"].astype(np.float32)
+    inter["timestamp"] = inter["timestamp"].fillna(0).astype(np.int64)
+    inter = inter[[f.name for f in INTERACTION_SCHEMA]]
+    return Catalog(name=name, items=items, interactions=inter, meta=dict(meta or {}))

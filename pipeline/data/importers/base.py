@@ -1,0 +1,92 @@
+"""What every importer returns, and the small interface they share.
+
+An importer turns one source format into the canonical :class:`~pipeline.data.catalog.Catalog`
+plus an :class:`~pipeline.data.catalog.IngestReport`. Some sources also carry things that are
+not part of the catalog proper:
+
+- a *given split* (MMRec ``x_label``, Amazon train/val/test json) kept as a named split;
+- *ready-made features* (MMRec ``image_feat.npy`` / ``text_feat.npy``) that go into the
+  feature store instead of being re-encoded;
+- *rejects*: items whose image (or text) could not be used; they stay in the catalog
+  with that modality null, and the list is written next to the catalog.
+
+Importers never write anything: :func:`pipeline.data.ingest.ingest` does the writing, so an
+importer can be run and inspected in memory (tests do).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.data.catalog import Catalog, IngestReport
+
+REJECT_COLUMNS = ["item_id", "modality", "file", "row", "source", "problem"]
+
+
+class ImporterOptions(BaseModel):
+    """Base of every importer's options: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ImportedFeatures:
+    """A ready-made feature matrix (row i = item_idx i) read from a file."""
+
+    modality: str
+    matrix: np.ndarray  # (I, D) float32
+    source: Path
+    sha256: str  # of the source file
+
+    @property
+    def fingerprint(self) -> str:
+        return f"mmrec-npy-{self.modality}-{self.sha256[:12]}"
+
+
+@dataclass
+class ImportResult:
+    catalog: Catalog
+    report: IngestReport
+    # split name -> DataFrame(user_idx, item_idx, label in {0, 1, 2})
+    given_splits: dict[str, pd.DataFrame] = field(default_factory=dict)
+    features: dict[str, ImportedFeatures] = field(default_factory=dict)
+    rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECT_COLUMNS))
+
+
+class Importer(ABC):
+    """One source format. ``dataset`` names a known dataset folder (see
+    :mod:`pipeline.data.datasets`) when the importer reads one; ``None`` when the user gives
+    the paths in the options."""
+
+    name: ClassVar[str]
+    dataset: ClassVar[str | None] = None
+    Options: ClassVar[type[ImporterOptions]] = ImporterOptions
+
+    def options(self, **options: Any) -> ImporterOptions:
+        return self.Options(**options)
+
+    @abstractmethod
+    def run(self, options: ImporterOptions) -> ImportResult:
+        """Read, validate and build the catalog (no writes)."""
+
+    def __call__(self, **options: Any) -> ImportResult:
+        return self.run(self.options(**options))
+
+
+def count_catalog(report: IngestReport, catalog: Catalog) -> None:
+    """The catalog's own counts, as the report's ``counts_out``."""
+    items = catalog.items
+    report.counts_out.update(
+        items=catalog.num_items,
+        items_with_image=int(items["image_hash"].notna().sum()),
+        items_with_text=int(items["text_hash"].notna().sum()),
+        users=catalog.num_users,
+        interactions=len(catalog.interactions),
+    )

@@ -1,0 +1,120 @@
+"""Reading a feature set back, aligned to a catalog's item index, as a ``FeatureBundle``.
+
+The store hands back numpy rows keyed by (item_id, content hash); this is where they
+become float32 torch tensors, with masks for items that have no feature and the
+snapshot ids that were read (so a run can record exactly which features it used).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from pipeline.data.catalog import Catalog, CatalogError
+from pipeline.features.extract import extract_features
+from pipeline.training.prepare import FeatureBundle
+from pipeline.training.record import LEGACY_FEATURES, RunRecord
+from storage.feature_store import FeatureStore
+from storage.keys import MODALITIES
+
+
+# ---------------------------------------------------------------------------- reading back
+def load_features(
+    catalog: Catalog,
+    store: "FeatureStore",
+    fingerprints_by_modality: Mapping[str, str],
+    fill: Literal["mean", "zero"] = "mean",
+    snapshots: Mapping[str, str] | None = None,
+) -> FeatureBundle:
+    """Feature matrices aligned to ``item_idx``, with masks and the snapshot ids read.
+
+    For each modality, row i is the feature of item i computed from its current
+    content (the stored content hash must equal the catalog's). Items without one
+    (no image, image failed to decode, text empty, not extracted yet) have mask
+    False and a filled row:
+
+    - ``fill="mean"`` (default): the mean of the present rows (the centroid; not
+      re-normalised). A missing item then sits in the middle of the feature cloud:
+      it gets neutral kNN neighbours and projections instead of a zero vector,
+      which cosine similarity cannot handle and a linear projection maps to its
+      bias. If no row is present, zeros.
+    - ``fill="zero"``: zeros.
+
+    Models receive the mask and may treat those items specially.
+
+    Args:
+        snapshots: modality -> snapshot id to read exactly a recorded state
+            (default: each feature set's current snapshot).
+
+    Returns:
+        ``FeatureBundle(features {m: (I, D) float32}, masks {m: (I,) bool}, snapshots {m: id})``.
+    """
+    if fill not in ("mean", "zero"):
+        raise ValueError(f"fill must be 'mean' or 'zero', got {fill!r}")
+    n = catalog.num_items
+    feats: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    snap_ids: dict[str, str] = {}
+    for modality, fp in fingerprints_by_modality.items():
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {list(MODALITIES)}")
+        wanted = (snapshots or {}).get(modality)
+        snap = (
+            store.current_snapshot(catalog.name, fp, modality)
+            if wanted is None
+            else next((s for s in store.snapshots(catalog.name, fp, modality) if s.id == wanted), None)
+        )
+        if snap is None:
+            what = f"snapshot {wanted}" if wanted else "features"
+            raise CatalogError(
+                None,
+                f"no {modality} {what} for dataset {catalog.name!r} under encoder {fp!r} in {store.root} "
+                f"(run `befa extract --dataset {catalog.name} --encoder <spec>` first)",
+            )
+        keys = catalog.content_keys(modality)
+        out = torch.zeros(n, snap.dim, dtype=torch.float32)
+        mask = torch.zeros(n, dtype=torch.bool)
+        if len(keys):
+            x, m = store.read(
+                catalog.name, fp, modality, keys["item_id"].tolist(), keys["content_hash"].tolist(), snapshot=snap.id
+            )
+            idx = torch.from_numpy(keys["item_idx"].to_numpy(dtype=np.int64, copy=True))
+            out[idx[m]] = x[m]  # indexing copies: the store's read-only buffer is never written
+            mask[idx[m]] = True
+        if fill == "mean" and mask.any() and not mask.all():
+            out[~mask] = out[mask].mean(dim=0)
+        feats[modality], masks[modality], snap_ids[modality] = out, mask, snap.id
+    fingerprints = dict(fingerprints_by_modality)
+    random_init = {m: bool((store.encoder_info(fp) or {}).get("random_init")) for m, fp in fingerprints.items()}
+    return FeatureBundle(feats, masks, snap_ids, fingerprints, random_init)
+
+
+def features_for_training(
+    catalog: Catalog, encoder: str, store: "FeatureStore", device: str | None = None, progress: bool = True
+) -> FeatureBundle:
+    """Extract what is missing (incremental: usually nothing) and load the current features."""
+    summary = extract_features(catalog, encoder, store, device=device, progress=progress)
+    fps = {m: s.fingerprint for m, s in summary.modalities.items() if s.snapshot_id}
+    return load_features(catalog, store, fps, snapshots={m: summary.snapshot_ids[m] for m in fps})
+
+
+def load_run_features(record: RunRecord, store: "FeatureStore", run_dir: str | Path | None = None) -> FeatureBundle | None:
+    """The exact features a run trained on (its recorded fingerprints and snapshots), or None
+    when it used none. Runs from before record version 2 kept them in ``features.json``."""
+    catalog_dir = record.sources.get("catalog")
+    sets = {m: s for m, s in record.feature_sets.items() if s.get("fingerprint")}
+    if not sets and run_dir is not None and (Path(run_dir) / LEGACY_FEATURES).exists():
+        legacy = json.loads((Path(run_dir) / LEGACY_FEATURES).read_text())
+        catalog_dir = catalog_dir or legacy.get("catalog_dir")
+        sets = {m: {"fingerprint": fp, "snapshot": legacy.get("snapshots", {}).get(m)} for m, fp in legacy.get("fingerprints", {}).items()}
+    if not sets:
+        return None
+    if catalog_dir is None:
+        raise ValueError("the run did not record its catalog folder, so its features cannot be found")
+    catalog = Catalog.load(catalog_dir)
+    return load_features(catalog, store, {m: s["fingerprint"] for m, s in sets.items()}, snapshots={m: s["snapshot"] for m, s in sets.items() if s.get("snapshot")})

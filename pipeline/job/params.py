@@ -1,0 +1,276 @@
+"""What one pipeline run is: its validated parameters and the small, JSON-friendly
+summaries its steps return (paths and counts, never tensors).
+
+Parameters are validated before any work (:func:`validate_params`): an unknown encoder
+family, a checkpoint file that does not exist, an unknown model or a dataset with no
+local copy and no ingested catalog fail at once, with a message naming the problem and
+the valid choices.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from encoders import validate_specs
+from models import MODELS, make_config
+from pipeline.data.importers import IMPORTERS
+from pipeline.settings import Settings
+from storage.keys import MODALITIES
+
+DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
+DEFAULT_DATASET = "movielens-100k-posters"
+DEFAULT_ENCODER = "minilm"
+Adapter = Literal["none", "befa"]
+_FOLDER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+class PipelineError(ValueError):
+    """Parameters that cannot run: says which one and why, before any work starts."""
+
+
+class DataParams(BaseModel):
+    """Which catalog, how it is ingested, encoded and split: shared by the pipeline and the study."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(DEFAULT_DATASET, description="catalog name (folder under $BEFA_HOME/catalogs)")
+    importer: str | None = Field(
+        None, description="importer to (re-)ingest with: default the dataset name when it is a known dataset, 'generic' when ingest_options name files"
+    )
+    ingest: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: ingest when the catalog is not there yet; always: re-ingest; never: use the stored catalog"
+    )
+    ingest_options: dict[str, Any] = Field(default_factory=dict, description="importer options (generic: items, interactions, images, ...)")
+    encoder: str | dict[str, str] = Field(
+        DEFAULT_ENCODER, description="encoder spec ('minilm', 'clip:ViT-B-32@/ckpt.pt', 'image=...,text=...') or {modality: spec}"
+    )
+    split_kind: Literal["random", "temporal"] = "random"
+    split_seed: int = 2024
+    k_core: int | None = Field(None, ge=1)
+    device: str | None = Field(None, description="torch device for extraction and training; default cuda if present")
+    extract_batch_size: int | None = Field(None, ge=1)
+
+    def encoder_spec(self) -> str:
+        """The encoder as one spec string (per-modality mappings become 'image=...,text=...')."""
+        if isinstance(self.encoder, dict):
+            bad = sorted(set(self.encoder) - set(MODALITIES))
+            if bad:
+                raise PipelineError(f"encoder: unknown modality {bad[0]!r}; use {list(MODALITIES)}")
+            return ",".join(f"{m}={self.encoder[m]}" for m in MODALITIES if m in self.encoder)
+        return self.encoder.strip()
+
+
+class PipelineParams(DataParams):
+    """Everything one pipeline run needs. Flat, so each field is a flow parameter
+    (``prefect deployment run befa/full-pipeline --param encoder=minilm``)."""
+
+    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
+    adapters: list[Adapter] = Field(default_factory=lambda: ["none", "befa"])
+    model_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="model name (or '*' for all) -> config overrides, dotted keys for nested ('befa.t')"
+    )
+    epochs: int = Field(1000, ge=1, description="max epochs per run")
+    patience: int = Field(10, ge=1, description="early-stopping patience on valid Recall@20")
+    seed: int = Field(999, description="training seed")
+    cluster: str | None = Field(None, description="'ray://host:port' or 'auto': run feature extraction on Ray")
+    verify_checkpoints: bool = Field(True, description="re-evaluate each best checkpoint and check it reproduces the metrics")
+    run_name: str | None = Field(None, description="pipeline folder name; default <dataset>-<UTC time>")
+
+    @field_validator("models")
+    @classmethod
+    def _models_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("models: give at least one model")
+        return list(dict.fromkeys(m.strip().lower() for m in v))
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapters_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("adapters: give at least one of 'none', 'befa'")
+        return list(dict.fromkeys(v))
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_form(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if v != "auto" and not re.fullmatch(r"ray://[^/:]+:\d+", v):
+            raise ValueError(f"cluster {v!r}: expected 'auto' or 'ray://host:port'")
+        return v
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(_FOLDER_NAME, v):
+            raise ValueError(f"run_name {v!r}: letters, digits, '.', '_' or '-' only (it names a folder)")
+        return v
+
+    def overrides_for(self, model: str, adapter: str) -> dict[str, Any]:
+        out = dict(self.model_overrides.get("*", {}))
+        out.update(self.model_overrides.get(model, {}))
+        out["adapter"] = adapter
+        return out
+
+
+# -- step summaries (small, JSON-friendly) ----------------------------------------
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    seconds: float = 0.0
+
+
+class IngestSummary(Summary):
+    catalog_dir: str
+    name: str
+    fingerprint: str
+    num_users: int
+    num_items: int
+    num_interactions: int
+    ingested: bool = Field(description="False when the stored catalog was used as is")
+    issues: dict[str, int] = Field(default_factory=dict)
+
+
+class ModalityFeatures(BaseModel):
+    spec: str
+    fingerprint: str
+    snapshot: str
+    dim: int | None = None
+    weights: str | None = None
+    random_init: bool = False
+    encoded: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+class FeaturesSummary(Summary):
+    modalities: dict[str, ModalityFeatures] = Field(default_factory=dict)
+    backend: str = "local"
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return {m: f.fingerprint for m, f in self.modalities.items()}
+
+    @property
+    def snapshots(self) -> dict[str, str]:
+        return {m: f.snapshot for m, f in self.modalities.items()}
+
+
+class SplitSummary(Summary):
+    path: str
+    id: str
+    kind: str
+    seed: int | None
+    k_core: int | None
+    counts: dict[str, int]
+
+
+class TrainSummary(Summary):
+    model: str
+    adapter: str
+    run_dir: str
+    status: str
+    best_epoch: int | None
+    epochs_run: int
+    test: dict[str, float]
+    valid: dict[str, float]
+    verified: bool | None = None
+    max_abs_diff: float | None = None
+
+
+class PipelineResult(BaseModel):
+    params: dict[str, Any]
+    folder: str
+    ingest: IngestSummary
+    extract: FeaturesSummary
+    split: SplitSummary
+    runs: list[TrainSummary]
+    report: dict[str, str | None]
+    timings: dict[str, float]
+    skipped: list[str] = Field(default_factory=list)
+
+
+# -- validation ---------------------------------------------------------------------
+def _known_importers() -> dict[str, Any]:
+    return IMPORTERS
+
+
+def resolve_importer(params: PipelineParams) -> str | None:
+    if params.importer:
+        return params.importer
+    known = _known_importers()
+    if params.dataset in known:
+        return params.dataset
+    if params.ingest_options.get("items") or params.ingest_options.get("folder"):
+        return "generic" if params.ingest_options.get("items") else "mmrec"
+    return None
+
+
+def validate_encoder(spec: str) -> dict[str, str]:
+    """Check an encoder spec without building the encoder; returns {modality: canonical spec}.
+
+    Catches what would otherwise fail minutes later inside extraction: unknown family or
+    architecture, a modality the family cannot embed, a checkpoint path that does not
+    exist, weights not given where the family needs them."""
+
+    try:
+        specs = validate_specs(spec)
+    except ValueError as exc:  # EncoderSpecError / EncoderError carry the detail and the valid choices
+        raise PipelineError(f"encoder {spec!r}: {exc}") from None
+    return {m: str(s) for m, s in specs.items()}
+
+
+def validate_params(params: PipelineParams | dict[str, Any], settings: Settings) -> PipelineParams:
+    """Validate everything that can be checked cheaply; raise PipelineError on the first problem."""
+    if not isinstance(params, PipelineParams):
+        try:
+            params = PipelineParams.model_validate(params)
+        except ValueError as exc:
+            raise PipelineError(f"bad pipeline parameters: {exc}") from None
+    # models
+
+    unknown = [m for m in params.models if m not in MODELS]
+    if unknown:
+        raise PipelineError(f"unknown model {unknown[0]!r}; choose from {sorted(MODELS)}")
+    for model in params.models:
+        for adapter in params.adapters:
+            try:
+                make_config(MODELS[model], params.overrides_for(model, adapter))
+            except (ValueError, KeyError) as exc:
+                raise PipelineError(f"model_overrides for {model!r} (adapter {adapter}): {exc}") from None
+    # encoder
+    validate_encoder(params.encoder_spec())
+    # dataset: an ingested catalog, or something to ingest it from
+    catalog_ready = (settings.catalog_dir(params.dataset) / "catalog.json").exists()
+    if params.ingest == "never" or (params.ingest == "auto" and catalog_ready):
+        if not catalog_ready:
+            raise PipelineError(
+                f"dataset {params.dataset!r}: no ingested catalog at {settings.catalog_dir(params.dataset)} (ingest='never')"
+            )
+        return params
+    importer = resolve_importer(params)
+    known = _known_importers()
+    if importer is None:
+        raise PipelineError(
+            f"dataset {params.dataset!r}: not an ingested catalog under {settings.catalogs_dir} and not a known dataset "
+            f"({sorted(k for k in known if k not in ('generic', 'mmrec'))}); for your own data pass "
+            "importer='generic' with ingest_options items=..., interactions=..., images=..."
+        )
+    if importer not in known:
+        raise PipelineError(f"importer {importer!r} unknown; choose from {sorted(known)}")
+    imp = known[importer]
+    if getattr(imp, "dataset", None):
+        folder = settings.datasets_root / imp.dataset
+        if not folder.exists() and not params.ingest_options.get("root"):
+            raise PipelineError(
+                f"dataset {params.dataset!r}: no local copy at {folder} (set BEFA_DATASETS_ROOT or run `befa download {imp.dataset}`)"
+            )
+    else:
+        for key in ("items", "interactions", "images", "folder"):
+            value = params.ingest_options.get(key)
+            if value and "://" not in str(value) and not Path(value).expanduser().exists():
+                raise PipelineError(f"dataset {params.dataset!r}: ingest option {key}={value} does not exist")
+    return params

@@ -1,0 +1,127 @@
+"""The whole job: ``run_pipeline(params, settings, steps)``, one orchestration for every caller.
+
+``befa run`` and ``make demo``'s in-process path call it with :data:`LOCAL_STEPS` (the
+plain step functions of :mod:`pipeline.job.steps`); the Prefect flow ``befa``
+(``flows/pipeline_flow.py``) calls it with the same steps wrapped as Prefect tasks.
+So the order of the steps, the log lines, the timings and ``summary.json`` are written
+in one place.
+
+The job, not a step, registers the catalog for watching (``pipeline.job.watch``), so a
+retrain triggered by a catalog change reruns it with these parameters; a study runs the
+same steps and leaves the registration alone.
+
+Folder of one pipeline run (``$BEFA_HOME/runs/pipelines/<run name>/``)::
+
+    params.json                     the validated parameters
+    runs/<model>-<adapter>/         one training run folder each (pipeline.training.record)
+    summary.json                    every step's summary
+    metrics.parquet, report.md, curves.png, base_vs_befa.png, ...   (pipeline.reporting)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.job.params import PipelineParams, PipelineResult, TrainSummary, validate_params
+from pipeline.job.steps import evaluate_step, extract_step, ingest_step, plan_runs, report_step, split_step, train_step
+from pipeline.job.watch import register_catalog
+from pipeline.settings import Settings
+from storage.atomic import write_json
+
+
+@dataclass(frozen=True)
+class PipelineSteps:
+    """The step functions ``run_pipeline`` calls, by role; an orchestrator swaps in wrapped ones."""
+
+    ingest: Callable[..., Any] = ingest_step
+    extract: Callable[..., Any] = extract_step
+    split: Callable[..., Any] = split_step
+    train: Callable[..., Any] = train_step
+    evaluate: Callable[..., Any] = evaluate_step
+    report: Callable[..., Any] = report_step
+
+    def wrapped(self, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> "PipelineSteps":
+        """Every step passed through ``wrap(role, fn)`` (e.g. into a Prefect task)."""
+        return PipelineSteps(**{f.name: wrap(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+LOCAL_STEPS = PipelineSteps()
+
+
+def pipeline_folder(params: PipelineParams, settings: Settings) -> Path:
+    name = params.run_name or f"{params.dataset}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    return settings.runs_dir / "pipelines" / name
+
+
+def run_pipeline(
+    params: PipelineParams | dict[str, Any],
+    settings: Settings,
+    steps: PipelineSteps = LOCAL_STEPS,
+    log: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Validate, then ingest -> extract -> split -> train (and verify) each run -> report."""
+    log = log or (lambda msg: None)
+    params = validate_params(params, settings)
+    folder = pipeline_folder(params, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "params.json", params.model_dump(mode="json"))
+    log(f"pipeline folder {folder}")
+    timings: dict[str, float] = {}
+
+    ingest = steps.ingest(params, settings)
+    timings["ingest"] = ingest.seconds
+    register_catalog(settings, params)
+    log(f"ingest: {ingest.name} ({ingest.num_items} items, {ingest.num_interactions} interactions) in {ingest.seconds:.1f} s")
+    extract = steps.extract(params, settings, ingest.catalog_dir)
+    timings["extract"] = extract.seconds
+    for m, f in extract.modalities.items():
+        log(f"extract {m}: {f.encoded} encoded, {f.skipped} reused, snapshot {f.snapshot} (weights: {'random init' if f.random_init else f.weights})")
+    split = steps.split(params, ingest.catalog_dir)
+    timings["split"] = split.seconds
+    log(f"split: {split.id} {split.counts}")
+
+    pairs, skipped = plan_runs(params)
+    for note in skipped:
+        log(note)
+    runs = [train_and_verify(steps, params, settings, ingest.catalog_dir, split.path, extract, model, adapter, folder, timings, log) for model, adapter in pairs]
+
+    start = time.perf_counter()
+    report = steps.report(str(folder), params, ingest, extract, split, runs, timings, skipped)
+    timings["report"] = round(time.perf_counter() - start, 3)
+    result = PipelineResult(
+        params=params.model_dump(mode="json"), folder=str(folder), ingest=ingest, extract=extract,
+        split=split, runs=runs, report=report, timings=timings, skipped=skipped,
+    )
+    write_json(folder / "summary.json", json.loads(result.model_dump_json()))
+    log(f"report: {report['report_md']}")
+    return result
+
+
+def train_and_verify(
+    steps: PipelineSteps,
+    params: PipelineParams,
+    settings: Settings,
+    catalog_dir: str,
+    split_path: str,
+    extract: Any,
+    model: str,
+    adapter: str,
+    folder: Path,
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> TrainSummary:
+    """One (model, adapter) run, then (``verify_checkpoints``) its best checkpoint re-evaluated."""
+    summary = steps.train(params, settings, catalog_dir, split_path, extract, model, adapter, str(folder / "runs" / f"{model}-{adapter}"))
+    timings[f"train {model} {adapter}"] = summary.seconds
+    if params.verify_checkpoints:
+        before = summary.seconds
+        summary = steps.evaluate(settings, catalog_dir, split_path, extract, summary)
+        timings[f"evaluate {model} {adapter}"] = round(summary.seconds - before, 3)
+    log(f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {summary.test.get('recall@20', float('nan')):.4f}")
+    return summary

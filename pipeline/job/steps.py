@@ -1,0 +1,262 @@
+"""The pipeline's steps: ingest -> extract -> split -> train -> evaluate -> report.
+
+Every step takes small, JSON-friendly inputs (parameters, settings, paths, ids) and
+returns a small pydantic summary with paths and counts, never tensors: features are
+read from the feature store inside the step that needs them, so an orchestrator that
+keeps every step result in memory (Prefect) holds kilobytes, not feature matrices.
+Steps have no side effects beyond their outputs: registering a catalog for watching is
+the job's business (``pipeline.job.run``), not a step's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from models import MODELS
+from pipeline.data.catalog import Catalog
+from pipeline.data.ingest import ingest
+from pipeline.data.splits import make_split
+from pipeline.features.extract import extract_features
+from pipeline.features.load import load_features
+from pipeline.features.ray_backend import extract_features_ray
+from pipeline.job.params import (
+    FeaturesSummary,
+    IngestSummary,
+    ModalityFeatures,
+    PipelineParams,
+    SplitSummary,
+    Summary,
+    TrainSummary,
+    resolve_importer,
+)
+from pipeline.reporting.pipeline_report import EncoderInfo, ReportContext, write_report
+from pipeline.settings import Settings
+from pipeline.training.api import evaluate_run, train_model
+from storage.feature_store import FeatureStore
+
+
+# -- steps -------------------------------------------------------------------------
+def _timed(fn: Callable[[], Summary]) -> Summary:
+    start = time.perf_counter()
+    out = fn()
+    out.seconds = round(time.perf_counter() - start, 3)
+    return out
+
+
+def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
+    """Ingest the catalog when asked (or when it is missing); else describe the stored one."""
+    def run() -> IngestSummary:
+        folder = settings.catalog_dir(params.dataset)
+        ready = (folder / "catalog.json").exists()
+        issues: dict[str, int] = {}
+        ingested = False
+        if params.ingest == "always" or (params.ingest == "auto" and not ready):
+            importer = resolve_importer(params)
+            options = dict(params.ingest_options)
+            if importer != params.dataset:
+                options.setdefault("name", params.dataset)
+            catalog, report = ingest(importer, settings, **options)
+            issues = report.summary_by_problem()
+            ingested = True
+            folder = settings.catalog_dir(catalog.name)
+        else:
+            catalog = Catalog.load(folder)
+        return IngestSummary(
+            catalog_dir=str(folder),
+            name=catalog.name,
+            fingerprint=catalog.fingerprint(),
+            num_users=catalog.num_users,
+            num_items=catalog.num_items,
+            num_interactions=len(catalog.interactions),
+            ingested=ingested,
+            issues=issues,
+        )
+
+    return _timed(run)
+
+
+def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -> FeaturesSummary:
+    """Encode the items whose content the store does not hold yet (incremental)."""
+
+    def run() -> FeaturesSummary:
+        catalog = Catalog.load(catalog_dir)
+        store = FeatureStore(settings.feature_store)
+        spec = params.encoder_spec()
+        if params.cluster:
+            result = extract_features_ray(catalog, spec, store, cluster=params.cluster, device=params.device, batch_size=params.extract_batch_size)
+            backend = f"ray ({params.cluster})"
+        else:
+            result = extract_features(catalog, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False)
+            backend = "local"
+        return FeaturesSummary(modalities=modality_features(result), backend=backend)
+
+    return _timed(run)
+
+
+def modality_features(result: Any) -> dict[str, ModalityFeatures]:
+    """Per-modality summary of a ``pipeline.features.extract.ExtractSummary``."""
+    return {
+        modality: ModalityFeatures(
+            spec=mod.encoder,
+            fingerprint=mod.fingerprint,
+            snapshot=mod.snapshot_id,
+            dim=mod.dim,
+            weights=mod.weights,
+            random_init=bool(mod.random_init),
+            encoded=mod.encoded,
+            skipped=mod.skipped,
+            failed=mod.failed,
+        )
+        for modality, mod in result.modalities.items()
+    }
+
+
+def split_step(params: PipelineParams, catalog_dir: str) -> SplitSummary:
+    """Make (or remake: deterministic) the split and store it with the catalog."""
+
+    def run() -> SplitSummary:
+        catalog = Catalog.load(catalog_dir)
+        split = make_split(catalog, kind=params.split_kind, seed=params.split_seed, k_core=params.k_core)
+        path = split.save(Path(catalog_dir) / "splits")
+        return SplitSummary(
+            path=str(path),
+            id=split.id,
+            kind=params.split_kind,
+            seed=params.split_seed if params.split_kind == "random" else None,
+            k_core=params.k_core,
+            counts=split.counts(),
+        )
+
+    return _timed(run)
+
+
+def _features(settings: Settings, catalog: Any, snapshots: dict[str, str], fingerprints: dict[str, str]) -> Any:
+    if not fingerprints:
+        return None
+
+    return load_features(catalog, FeatureStore(settings.feature_store), fingerprints, snapshots=snapshots)
+
+
+def uses_content(model: str) -> bool:
+    return bool(MODELS[model].uses_content)
+
+
+def train_step(
+    params: PipelineParams,
+    settings: Settings,
+    catalog_dir: str,
+    split_path: str,
+    extract: FeaturesSummary,
+    model: str,
+    adapter: str,
+    run_dir: str,
+) -> TrainSummary:
+    """Train one model with one adapter setting; features are loaded here, from the store."""
+
+    def run() -> TrainSummary:
+        catalog = Catalog.load(catalog_dir)
+        features = _features(settings, catalog, extract.snapshots, extract.fingerprints) if uses_content(model) else None
+        result = train_model(
+            catalog_dir,
+            split_path,
+            features,
+            model,
+            overrides=params.overrides_for(model, adapter),
+            run_dir=run_dir,
+            seed=params.seed,
+            device=params.device,
+            max_epochs=params.epochs,
+            patience=params.patience,
+            quiet=True,
+            overwrite=True,
+            graph_cache_dir=settings.home / "graph-cache",
+        )
+        rec = result.record
+        return TrainSummary(
+            model=model,
+            adapter=adapter,
+            run_dir=str(result.run_dir),
+            status=rec.status,
+            best_epoch=rec.best_epoch,
+            epochs_run=len(rec.epochs),
+            test=dict(rec.test),
+            valid=dict(rec.best_valid),
+        )
+
+    return _timed(run)
+
+
+def evaluate_step(settings: Settings, catalog_dir: str, split_path: str, extract: FeaturesSummary, summary: TrainSummary, tol: float = 1e-5) -> TrainSummary:
+    """Reload the best checkpoint and recompute test metrics; record whether they match."""
+
+    def run() -> TrainSummary:
+        catalog = Catalog.load(catalog_dir)
+        features = _features(settings, catalog, extract.snapshots, extract.fingerprints) if uses_content(summary.model) else None
+        metrics = evaluate_run(summary.run_dir, catalog=catalog_dir, split=split_path, features=features)
+        diffs = [abs(metrics["test"][k] - v) for k, v in summary.test.items() if k in metrics["test"]]
+        out = summary.model_copy()
+        out.max_abs_diff = max(diffs) if diffs else None
+        out.verified = bool(diffs) and out.max_abs_diff <= tol
+        return out
+
+    start = time.perf_counter()
+    out = run()
+    out.seconds = round(summary.seconds + time.perf_counter() - start, 3)
+    return out
+
+
+def report_step(
+    folder: str,
+    params: PipelineParams,
+    ingest: IngestSummary,
+    extract: FeaturesSummary,
+    split: SplitSummary,
+    runs: list[TrainSummary],
+    timings: dict[str, float],
+    notes: list[str] | None = None,
+) -> dict[str, str | None]:
+    """Write metrics, plots and report.md; returns {what: path}."""
+    context = ReportContext(
+        title=f"befa pipeline: {ingest.name}",
+        dataset={
+            "name": ingest.name,
+            "fingerprint": ingest.fingerprint,
+            "num_users": ingest.num_users,
+            "num_items": ingest.num_items,
+            "num_interactions": ingest.num_interactions,
+        },
+        encoders={
+            m: EncoderInfo(spec=f.spec, fingerprint=f.fingerprint, weights=f.weights, random_init=f.random_init, dim=f.dim)
+            for m, f in extract.modalities.items()
+        },
+        snapshots=extract.snapshots,
+        extraction={m: {"encoded": f.encoded, "skipped": f.skipped, "failed": f.failed} for m, f in extract.modalities.items()},
+        split={"id": split.id, "kind": split.kind, "seed": split.seed, "k_core": split.k_core, "counts": split.counts},
+        config=params.model_dump(mode="json"),
+        timings=timings,
+        notes=list(notes or [])
+        + [
+            f"{r.model} {r.adapter}: checkpoint re-evaluation {'matches' if r.verified else 'DIFFERS'} (max |diff| {r.max_abs_diff})"
+            for r in runs
+            if r.verified is not None
+        ],
+    )
+    files = write_report(folder, [r.run_dir for r in runs], context)
+    return {k: (str(v) if v is not None else None) for k, v in files.model_dump().items()}
+
+
+def plan_runs(params: PipelineParams) -> tuple[list[tuple[str, str]], list[str]]:
+    """(model, adapter) pairs to train, and the pairs skipped with the reason.
+
+    BeFA adapts content features, so a content-free model (LightGCN, MostPop) is trained
+    once, without adapter."""
+    pairs, skipped = [], []
+    for model in params.models:
+        for adapter in params.adapters:
+            if adapter == "befa" and not uses_content(model):
+                skipped.append(f"{model} +befa skipped: {model} uses no content features, so BeFA has nothing to adapt")
+                continue
+            pairs.append((model, adapter))
+    return pairs, skipped

@@ -1,0 +1,291 @@
+"""Watch registered catalogs; when their source changed, re-ingest and re-encode only what changed.
+
+A catalog is *registered* when a pipeline run ingests or uses it
+(:func:`register_catalog`, called by ``pipeline.job.run.ingest_step``): the
+registry keeps the pipeline parameters of that run (importer, ingest options, encoder),
+which say how to re-ingest the catalog and which encoder its features come from.
+
+:func:`watch_catalog` then, for one catalog:
+
+1. stamps its source files (path, size, mtime of every file under the dataset folder or
+   the generic importer's items / interactions / images): an unchanged stamp means
+   nothing to do, without reading any file;
+2. otherwise re-ingests (the importer re-hashes texts and images) and compares the new
+   item table with the stored one by ``item_id``: items added, removed, text edited,
+   image edited, and whether the interactions changed;
+3. when something changed, runs the incremental feature extraction with the registered
+   encoder: the feature store is keyed by (item_id, content hash), so only added and
+   edited items are encoded; every other vector is reused.
+
+The first watch of a catalog has no stamp yet, so it always does step 2 (cheap for the
+catalogs this project handles; the comparison, not the stamp, decides "changed").
+
+State lives under ``$BEFA_HOME/watch/``: ``catalogs.json`` (registry) and
+``state/<catalog>.json`` (last stamp and catalog fingerprint).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import BaseModel, Field
+
+from pipeline.data.catalog import Catalog
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.ingest import ingest
+from pipeline.features.extract import extract_features
+from pipeline.job.params import PipelineParams, resolve_importer
+from pipeline.job.steps import modality_features
+from pipeline.settings import Settings
+from storage.atomic import write_json
+from storage.feature_store import FeatureStore
+
+REGISTRY = "catalogs.json"
+
+
+def watch_dir(settings: Settings) -> Path:
+    return settings.home / "watch"
+
+
+# -- registry ----------------------------------------------------------------------
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def register_catalog(settings: Settings, params: PipelineParams) -> None:
+    """Remember how this catalog is ingested and encoded (latest registration wins)."""
+    path = watch_dir(settings) / REGISTRY
+    registry = _read_json(path, {})
+    entry = params.model_dump(mode="json")
+    entry["run_name"] = None  # a retraining run gets a fresh folder
+    registry[params.dataset] = {"params": entry, "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    write_json(path, registry)
+
+
+def unregister_catalog(settings: Settings, name: str) -> bool:
+    path = watch_dir(settings) / REGISTRY
+    registry = _read_json(path, {})
+    found = registry.pop(name, None) is not None
+    write_json(path, registry)
+    return found
+
+
+def registered_catalogs(settings: Settings) -> dict[str, PipelineParams]:
+    registry = _read_json(watch_dir(settings) / REGISTRY, {})
+    return {name: PipelineParams.model_validate(entry["params"]) for name, entry in registry.items()}
+
+
+def registered_params(settings: Settings, name: str) -> PipelineParams:
+    registry = registered_catalogs(settings)
+    if name not in registry:
+        raise KeyError(f"catalog {name!r} is not registered for watching (registered: {sorted(registry)}); run the pipeline on it once")
+    return registry[name]
+
+
+# -- source stamps ----------------------------------------------------------------
+def source_paths(settings: Settings, params: PipelineParams) -> list[Path]:
+    """The files and folders a catalog is ingested from."""
+    importer = resolve_importer(params)
+    imp = IMPORTERS.get(importer) if importer else None
+    paths: list[Path] = []
+    if imp is not None and getattr(imp, "dataset", None):
+        paths.append(Path(params.ingest_options.get("root") or settings.datasets_root / imp.dataset))
+    for key in ("items", "interactions", "images", "folder"):
+        value = params.ingest_options.get(key)
+        if value and "://" not in str(value):
+            paths.append(Path(value).expanduser())
+    if params.ingest_options.get("items") and not params.ingest_options.get("images"):
+        paths.append(Path(params.ingest_options["items"]).expanduser().parent)  # relative image names
+    return paths
+
+
+def source_stamp(paths: Iterable[Path]) -> str:
+    """sha256 over (path, size, mtime_ns) of every file under ``paths`` (stat only, no reads)."""
+    h = hashlib.sha256()
+    for root in sorted({Path(p).resolve() for p in paths}):
+        if root.is_file():
+            files = [root]
+        elif root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file())
+        else:
+            h.update(f"missing:{root}".encode())
+            continue
+        for f in files:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+# -- comparing catalogs -------------------------------------------------------------
+class CatalogDiff(BaseModel):
+    added: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    text_changed: list[str] = Field(default_factory=list)
+    image_changed: list[str] = Field(default_factory=list)
+    interactions_changed: bool = False
+
+    @property
+    def items_changed(self) -> bool:
+        return bool(self.added or self.removed or self.text_changed or self.image_changed)
+
+    @property
+    def any(self) -> bool:
+        return self.items_changed or self.interactions_changed
+
+    def to_encode(self, new_items: Any) -> dict[str, set[str]]:
+        """Item ids whose features must be (re)computed, per modality."""
+        import pandas as pd
+
+        by_id = new_items.set_index("item_id")
+        out = {"image": set(self.image_changed), "text": set(self.text_changed)}
+        for modality in out:
+            # an edit that removed the content needs no encoding
+            out[modality] = {i for i in out[modality] if pd.notna(by_id.at[i, f"{modality}_hash"])}
+            out[modality] |= {i for i in self.added if pd.notna(by_id.at[i, f"{modality}_hash"])}
+        return out
+
+
+def diff_catalogs(old: Any, new: Any) -> CatalogDiff:
+    """What changed between two catalogs, by item_id and content hash."""
+    o = old.items.set_index("item_id")[["text_hash", "image_hash"]]
+    n = new.items.set_index("item_id")[["text_hash", "image_hash"]]
+    common = o.index.intersection(n.index)
+
+    def changed(col: str) -> list[str]:
+        a, b = o.loc[common, col], n.loc[common, col]
+        differ = ~((a == b) | (a.isna() & b.isna()))
+        # an item whose image was removed also counts: its feature goes away
+        return sorted(map(str, common[differ.to_numpy()]))
+
+    inter_cols = ["user_id", "item_id", "rating", "timestamp"]
+    return CatalogDiff(
+        added=sorted(map(str, n.index.difference(o.index))),
+        removed=sorted(map(str, o.index.difference(n.index))),
+        text_changed=changed("text_hash"),
+        image_changed=changed("image_hash"),
+        interactions_changed=not old.interactions[inter_cols].reset_index(drop=True).equals(new.interactions[inter_cols].reset_index(drop=True)),
+    )
+
+
+class CatalogChange(BaseModel):
+    """What one watch of one catalog found and did."""
+
+    catalog: str
+    changed: bool
+    reason: str
+    diff: CatalogDiff = Field(default_factory=CatalogDiff)
+    items_reencoded: list[str] = Field(default_factory=list, description="distinct items encoded by this watch")
+    encoded: dict[str, int] = Field(default_factory=dict)  # modality -> vectors encoded
+    reused: dict[str, int] = Field(default_factory=dict)  # modality -> vectors reused from the store
+    snapshots: dict[str, str] = Field(default_factory=dict)
+    fingerprint_before: str | None = None
+    fingerprint_after: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Small payload for events and logs."""
+        return {
+            "catalog": self.catalog,
+            "changed": self.changed,
+            "reason": self.reason,
+            "added": len(self.diff.added),
+            "removed": len(self.diff.removed),
+            "text_changed": len(self.diff.text_changed),
+            "image_changed": len(self.diff.image_changed),
+            "interactions_changed": self.diff.interactions_changed,
+            "items_reencoded": len(self.items_reencoded),
+            "encoded": self.encoded,
+            "snapshots": self.snapshots,
+            "fingerprint_before": self.fingerprint_before,
+            "fingerprint_after": self.fingerprint_after,
+        }
+
+
+# -- the watch ----------------------------------------------------------------------
+def _state_path(settings: Settings, name: str) -> Path:
+    return watch_dir(settings) / "state" / f"{name}.json"
+
+
+def last_watch(settings: Settings, name: str) -> CatalogChange | None:
+    """What the latest watch of this catalog found (None if never watched)."""
+    state = _read_json(_state_path(settings, name), {})
+    return CatalogChange.model_validate(state["last"]) if "last" in state else None
+
+
+def watch_catalog(settings: Settings, name: str, params: "PipelineParams | None" = None) -> CatalogChange:
+    """Check one registered catalog; re-ingest and re-encode only what changed."""
+    import time
+
+    start = time.perf_counter()
+    params = params or registered_params(settings, name)
+    state_path = _state_path(settings, name)
+    state = _read_json(state_path, {})
+    stamp = source_stamp(source_paths(settings, params))
+    folder = settings.catalog_dir(name)
+    stored = Catalog.load(folder) if (folder / "catalog.json").exists() else None
+
+    def done(change: CatalogChange) -> CatalogChange:
+        change.seconds = round(time.perf_counter() - start, 3)
+        write_json(
+            state_path,
+            {
+                "stamp": stamp,
+                "fingerprint": change.fingerprint_after,
+                "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "last": change.model_dump(mode="json"),
+            },
+        )
+        return change
+
+    if stored is not None and state.get("stamp") == stamp and state.get("fingerprint") == stored.fingerprint():
+        fp = stored.fingerprint()
+        return done(CatalogChange(catalog=name, changed=False, reason="source files untouched", fingerprint_before=fp, fingerprint_after=fp))
+
+    importer = resolve_importer(params)
+    if importer is None:
+        raise ValueError(f"catalog {name!r}: registered without an importer; cannot re-ingest it")
+    options = dict(params.ingest_options)
+    if importer != params.dataset:
+        options.setdefault("name", params.dataset)
+    new, _report = ingest(importer, settings, **options)
+    before = stored.fingerprint() if stored is not None else None
+    after = new.fingerprint()
+    if stored is not None and before == after:
+        return done(CatalogChange(catalog=name, changed=False, reason="source files touched, content identical", fingerprint_before=before, fingerprint_after=after))
+
+    diff = diff_catalogs(stored, new) if stored is not None else CatalogDiff(added=sorted(new.items["item_id"].astype(str)))
+    # Re-encode: the store skips every (item_id, content hash) it already holds.
+
+    store = FeatureStore(settings.feature_store)
+    result = extract_features(new, params.encoder_spec(), store, device=params.device, batch_size=params.extract_batch_size, progress=False)
+    mods = modality_features(result)
+    wanted = diff.to_encode(new.items)
+    reencoded = sorted(set().union(*(wanted[m] for m in mods if m in wanted))) if mods else []
+    return done(
+        CatalogChange(
+            catalog=name,
+            changed=True,
+            reason="first watch: no stored catalog" if stored is None else "content changed",
+            diff=diff,
+            items_reencoded=reencoded,
+            encoded={m: f.encoded for m, f in mods.items()},
+            reused={m: f.skipped for m, f in mods.items()},
+            snapshots={m: f.snapshot for m, f in mods.items()},
+            fingerprint_before=before,
+            fingerprint_after=after,
+        )
+    )
+
+
+def watch_catalogs(settings: Settings, names: Iterable[str] | None = None) -> list[CatalogChange]:
+    """Watch every registered catalog (or the named ones)."""
+    registry = registered_catalogs(settings)
+    names = list(names) if names else sorted(registry)
+    missing = [n for n in names if n not in registry]
+    if missing:
+        raise KeyError(f"catalog {missing[0]!r} is not registered for watching (registered: {sorted(registry)})")
+    return [watch_catalog(settings, n, registry[n]) for n in names]

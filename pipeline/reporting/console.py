@@ -1,0 +1,52 @@
+"""Tables for a terminal: rich tables of metrics, one row per run."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pipeline.features.extract import ExtractSummary
+from pipeline.training.trainer import RunResult
+
+
+def metrics_table(
+    rows: Mapping[str, Mapping[str, float]] | list[RunResult],
+    metrics: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@20", "map@20"),
+    title: str | None = None,
+) -> Any:
+    """A rich Table: one row per run (label -> metrics, or RunResults: their test metrics)."""
+    from rich.table import Table
+
+    if isinstance(rows, list):
+        rows = {f"{r.record.model}{'+befa' if r.record.config.get('adapter') == 'befa' else ''}": r.record.test for r in rows}
+    table = Table(title=title)
+    table.add_column("run")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for label, values in rows.items():
+        table.add_row(label, *(f"{values[m]:.4f}" if m in values else "-" for m in metrics))
+    return table
+
+
+def summary_table(summary: ExtractSummary, max_failed: int = 10):
+    """The summary as a rich Table (one row per modality, failed items listed under it)."""
+    from rich.table import Table
+
+    table = Table(title=f"extract {summary.dataset} ({summary.seconds:.1f} s)")
+    for col, justify in (
+        ("modality", "left"), ("encoder / fingerprint", "left"), ("weights", "left"), ("encoded", "right"),
+        ("skipped", "right"), ("failed", "right"), ("no content", "right"), ("items/s", "right"),
+        ("device", "left"), ("snapshot", "left"),
+    ):
+        table.add_column(col, justify=justify)
+    for s in summary.modalities.values():
+        table.add_row(
+            s.modality, f"{s.encoder}\n{s.fingerprint} ({s.dim}-d)", f"weights: {s.weights}",
+            str(s.encoded), str(s.skipped), str(s.failed), str(s.no_content), f"{s.throughput:.1f}",
+            f"{s.device}\n{s.precision}", f"{s.snapshot_id}\n{s.snapshot_rows} rows",
+        )
+    failed = summary.failed_items
+    if failed:
+        table.caption = "failed: " + "; ".join(
+            f"{f['modality']} item {f['item_id']}: {f['reason']}" for f in failed[:max_failed]
+        ) + (f"; ... {len(failed) - max_failed} more" if len(failed) > max_failed else "")
+    return table

@@ -1,0 +1,235 @@
+"""From run records to the study's answer: the long results table, mean ± std over seeds,
+relative gains, paired per-user tests (Holm-adjusted), user-activity groups, parameter
+and time overhead, and the one-paragraph verdict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.reporting.study_report import HEADLINE, PAPER_CLAIM
+from pipeline.study.params import StudyParams
+from pipeline.study.runner import RunSpec
+from pipeline.study.stats import holm, paired_frame, paired_test
+
+# -- results ---------------------------------------------------------------------------
+RESULT_COLUMNS = [
+    "experiment", "setting", "model", "adapter", "seed", "split", "metric", "value",
+    "t", "modalities", "train_fraction", "best_epoch", "epochs_run", "train_epoch_s", "run_dir",
+]
+
+
+def result_rows(rec: dict[str, Any], spec: RunSpec, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric (test and valid at the best valid epoch) of one run."""
+    rows = []
+    wall = rec.get("wall") or {}
+    base = {
+        "experiment": spec.experiment,
+        "setting": spec.setting,
+        "model": spec.model,
+        "adapter": spec.adapter,
+        "seed": spec.seed,
+        "t": float(rec["config"].get("befa", {}).get("t")) if spec.adapter == "befa" else None,
+        "modalities": "+".join(sorted(spec.modalities)),
+        "train_fraction": extra.get("train_fraction", 1.0),
+        "best_epoch": rec.get("best_epoch"),
+        "epochs_run": len(rec.get("epochs") or []),
+        "train_epoch_s": wall.get("train_epoch_mean_s"),
+        "run_dir": rec["run_dir"],
+    }
+    for split_name, metrics in (("test", rec.get("test") or {}), ("valid", rec.get("best_valid") or {})):
+        for metric, value in sorted(metrics.items()):
+            rows.append({**base, "split": split_name, "metric": metric, "value": float(value)})
+    return rows
+
+
+def results_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    frame["best_epoch"] = frame["best_epoch"].astype("Int64")
+    frame["t"] = frame["t"].astype(float)
+    frame["train_epoch_s"] = frame["train_epoch_s"].astype(float)
+    return frame
+
+
+def summarise(frame: pd.DataFrame, by: list[str], split: str = "test") -> pd.DataFrame:
+    """mean, std (ddof 1), n over seeds of ``value`` grouped by ``by`` + metric."""
+    sub = frame[frame["split"] == split]
+    g = sub.groupby([*by, "metric"], sort=False, dropna=False)["value"]
+    out = g.agg(mean="mean", std=lambda s: float(s.std(ddof=1)) if len(s) > 1 else 0.0, n="count").reset_index()
+    return out
+
+
+def per_user(run_dir: str) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(run_dir) / "per_user.parquet").to_pandas()
+
+
+def significance(
+    runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str], pooling: str, alpha: float
+) -> list[dict[str, Any]]:
+    """Paired tests per model x headline metric, with Holm-adjusted Wilcoxon p-values."""
+    out = []
+    for model in models:
+        base, befa = runs.get((model, "none"), []), runs.get((model, "befa"), [])
+        n = min(len(base), len(befa))
+        if n == 0:
+            continue
+        b_tabs, a_tabs = [per_user(r["run_dir"]) for r in base[:n]], [per_user(r["run_dir"]) for r in befa[:n]]
+        for metric in HEADLINE:
+            test = paired_test(paired_frame(b_tabs, a_tabs, metric), metric, pooling)  # type: ignore[arg-type]
+            out.append({"model": model, **test.to_dict()})
+    adjusted = holm([r["p_wilcoxon"] for r in out])
+    for r, p in zip(out, adjusted):
+        r["p_wilcoxon_holm"] = p
+        r["significant"] = p is not None and p < alpha
+    return out
+
+
+def user_groups(
+    runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str], split_frame: pd.DataFrame, groups: int = 3
+) -> list[dict[str, Any]]:
+    """Test Recall@20 / NDCG@20 of base and +BeFA by user activity (train-size terciles)."""
+    train = split_frame[split_frame["label"] == 0].groupby("user_idx").size().rename("n_train")
+    out = []
+    for model in models:
+        base, befa = runs.get((model, "none"), []), runs.get((model, "befa"), [])
+        n = min(len(base), len(befa))
+        if n == 0:
+            continue
+
+        b_tabs, a_tabs = [per_user(r["run_dir"]) for r in base[:n]], [per_user(r["run_dir"]) for r in befa[:n]]
+        for metric in HEADLINE:
+            pairs = paired_frame(b_tabs, a_tabs, metric).groupby("user_idx")[["base", "befa"]].mean()
+            pairs = pairs.join(train, how="left").fillna({"n_train": 0})
+            ranks = pairs["n_train"].rank(method="first")
+            pairs["group"] = pd.qcut(ranks, q=min(groups, len(pairs)), labels=False) if len(pairs) else []
+            for g, sub in pairs.groupby("group"):
+                lo, hi = int(sub["n_train"].min()), int(sub["n_train"].max())
+                b, a = float(sub["base"].mean()), float(sub["befa"].mean())
+                out.append({
+                    "model": model, "metric": metric, "group": int(g), "train_interactions": f"{lo}-{hi}",
+                    "users": int(len(sub)), "base": b, "befa": a, "relative_gain": (a - b) / b if b else None,
+                })
+    return out
+
+
+def overhead_rows(main_runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str]) -> list[dict[str, Any]]:
+    """Parameters and seconds per epoch, base vs +BeFA (first seed's records; times: mean over seeds)."""
+    rows = []
+    for model in models:
+        base, befa = main_runs.get((model, "none"), []), main_runs.get((model, "befa"), [])
+        if not base or not befa:
+            continue
+        pb, pa_ = base[0].get("parameters") or {}, befa[0].get("parameters") or {}
+        with_b = pb.get("params_base_with_feature_tables", 0)
+        without_b = pb.get("params_base_without_feature_tables", 0)
+        adapter = pa_.get("params_adapter", 0)
+        # totals of what each model holds (trainable + frozen tables)
+        total_b_with = with_b
+        total_a_with = pa_.get("params_base_with_feature_tables", 0) + adapter
+        total_b_without = without_b
+        total_a_without = pa_.get("params_base_without_feature_tables", 0) + adapter
+
+        def epoch_s(recs):
+            vals = [r.get("wall", {}).get("train_epoch_mean_s") for r in recs]
+            vals = [v for v in vals if v is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        tb, ta = epoch_s(base), epoch_s(befa)
+        rows.append({
+            "model": model,
+            "adapter_params": int(adapter),
+            "base_params_without_tables": int(total_b_without),
+            "base_params_with_tables": int(total_b_with),
+            "befa_params_without_tables": int(total_a_without),
+            "befa_params_with_tables": int(total_a_with),
+            "adapter_overhead_without_tables": adapter / total_b_without if total_b_without else None,
+            "adapter_overhead_with_tables": adapter / total_b_with if total_b_with else None,
+            "net_overhead_without_tables": (total_a_without - total_b_without) / total_b_without if total_b_without else None,
+            "net_overhead_with_tables": (total_a_with - total_b_with) / total_b_with if total_b_with else None,
+            "epoch_s_base": tb,
+            "epoch_s_befa": ta,
+            "epoch_time_ratio": ta / tb if ta and tb else None,
+            "epochs_base": [len(r.get("epochs") or []) for r in base],
+            "epochs_befa": [len(r.get("epochs") or []) for r in befa],
+        })
+    return rows
+
+
+def gains_table(summary: pd.DataFrame, models: list[str]) -> list[dict[str, Any]]:
+    """Per model and headline metric: mean ± std of base and +BeFA, relative gain of the means."""
+    rows = []
+    for model in models:
+        for metric in HEADLINE:
+            get = lambda a: summary[(summary["model"] == model) & (summary["adapter"] == a) & (summary["metric"] == metric)]  # noqa: E731
+            b, a = get("none"), get("befa")
+            if b.empty or a.empty:
+                continue
+            bm, am = float(b["mean"].iloc[0]), float(a["mean"].iloc[0])
+            rows.append({
+                "model": model, "metric": metric,
+                "base_mean": bm, "base_std": float(b["std"].iloc[0]),
+                "befa_mean": am, "befa_std": float(a["std"].iloc[0]),
+                "seeds": int(min(b["n"].iloc[0], a["n"].iloc[0])),
+                "relative_gain": (am - bm) / bm if bm else None,
+            })
+    return rows
+
+
+def verdict(gains: list[dict[str, Any]], sig: list[dict[str, Any]], alpha: float) -> str:
+    """One plain paragraph: did BeFA help here, by how much, against the paper's claim."""
+    if not gains:
+        return "No model was trained both ways, so the study cannot say whether BeFA helps."
+    parts = []
+    for metric in HEADLINE:
+        vals = [g["relative_gain"] for g in gains if g["metric"] == metric and g["relative_gain"] is not None]
+        if vals:
+            mean = sum(vals) / len(vals)
+            parts.append(f"{metric} {mean * 100:+.2f}% (paper: {PAPER_CLAIM[metric] * 100:+.2f}%)")
+    up = sorted({s["model"] for s in sig if s["significant"] and s["mean_diff"] > 0})
+    down = sorted({s["model"] for s in sig if s["significant"] and s["mean_diff"] < 0})
+    mean_r = [g["relative_gain"] for g in gains if g["metric"] == "recall@20" and g["relative_gain"] is not None]
+    avg = sum(mean_r) / len(mean_r) if mean_r else 0.0
+    n_models = len({g["model"] for g in gains})
+    if up and not down and avg > 0:
+        head = f"BeFA helped on this data: significantly better for {', '.join(up)} (of {n_models} models)"
+    elif down and not up and avg < 0:
+        head = f"BeFA hurt on this data: significantly worse for {', '.join(down)} (of {n_models} models)"
+    elif up or down:
+        head = (
+            f"Mixed result: BeFA was significantly better for {', '.join(up) or 'no model'} "
+            f"and significantly worse for {', '.join(down) or 'no model'} (of {n_models} models)"
+        )
+    else:
+        head = f"No significant effect of BeFA on this data for any of the {n_models} models"
+    return (
+        f"{head}. Mean relative gain over models, test at the best valid epoch: {'; '.join(parts)}. "
+        f"Significance: two-sided Wilcoxon signed-rank over test users (per-user differences averaged over seeds), "
+        f"Holm-adjusted across models and metrics, alpha = {alpha}."
+    )
+
+
+def budget_notes(frame: pd.DataFrame, params: StudyParams) -> list[str]:
+    """Say so when runs were cut by the epoch cap (not converged) or had a single seed."""
+    notes = []
+    runs = frame.drop_duplicates("run_dir")
+    capped = runs[runs["epochs_run"] >= params.epochs]
+    if len(capped):
+        notes.append(
+            f"{len(capped)} of {len(runs)} runs stopped at the epoch cap ({params.epochs}) before early stopping: "
+            "they had not converged, so this is a budget-limited comparison, not the protocol's (1000 epochs, patience 10)."
+        )
+    if len(params.seeds) < 2:
+        notes.append("One seed only: the ± columns are 0 by construction and say nothing about seed variance.")
+    return notes
+
+
+def grid_size(grid: dict[str, list[Any]]) -> int:
+    n = 1
+    for v in grid.values():
+        n *= len(v)
+    return n

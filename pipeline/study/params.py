@@ -1,0 +1,200 @@
+"""What one study is: its validated parameters (data fields as the pipeline's), the search
+grids, and the record of its result. Checked before any work (:func:`validate_study`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models import CONTENT_MODELS, MODELS, make_config
+from pipeline.job.params import PipelineError, PipelineParams, validate_params
+from pipeline.settings import Settings
+
+DEFAULT_BEFA_GRID: dict[str, list[Any]] = {"befa.t": [1.0, 2.0, 4.0, 8.0], "befa.dropout": [0.1, 0.3, 0.5, 0.7]}
+
+
+DEFAULT_SWEEP_T = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+DEFAULT_MODALITY_SETS = [["image"], ["text"], ["image", "text"]]
+
+
+DEFAULT_FRACTIONS = [1.0, 0.5, 0.25]
+
+
+ADAPTERS = ("none", "befa")
+
+
+class StudyError(ValueError):
+    """Study parameters that cannot run (named, before any work)."""
+
+
+class StudyParams(BaseModel):
+    """One study. Data fields mirror ``PipelineParams`` (same meaning)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="study folder name; default <dataset>-<UTC time>")
+    # -- data (as the full pipeline) --
+    dataset: str = "movielens-100k-posters"
+    importer: str | None = None
+    ingest: Literal["auto", "always", "never"] = "auto"
+    ingest_options: dict[str, Any] = Field(default_factory=dict)
+    encoder: str | dict[str, str] = Field(
+        "image=clip:ViT-B-32@random,text=minilm",
+        description="encoder spec; CLIP at random init unless a checkpoint is given (labelled in the report)",
+    )
+    split_kind: Literal["random", "temporal"] = "random"
+    split_seed: int = 2024
+    k_core: int | None = Field(None, ge=1)
+    device: str | None = None
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for training (default: every usable core)")
+    extract_batch_size: int | None = Field(None, ge=1)
+    # -- training --
+    models: list[str] = Field(default_factory=lambda: ["bm3", "lattice", "freedom", "mgcn"])
+    seeds: list[int] = Field(default_factory=lambda: [999, 1000, 1001], description="training seeds (default 3)")
+    epochs: int = Field(1000, ge=1, description="max epochs per run")
+    patience: int = Field(10, ge=1)
+    model_overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="model (or '*') -> fixed config overrides applied to every run (e.g. embedding_dim)"
+    )
+    # -- search (valid only) --
+    grid: Literal["model", "none"] | dict[str, dict[str, list[Any]]] = Field(
+        "model", description="'model': each model's GRID; 'none': defaults only; or model -> {field: values}"
+    )
+    befa_grid: dict[str, list[Any]] = Field(default_factory=lambda: dict(DEFAULT_BEFA_GRID))
+    max_trials: int = Field(4, ge=1, description="configurations tried per model and adapter")
+    max_minutes: float | None = Field(None, gt=0, description="stop starting new trials of one search after this")
+    search_seed: int = 0
+    # -- experiments --
+    focus_model: str = Field("freedom", description="model of the sweep, ablation, sparsity and inspection")
+    sweep_t: list[float] | None = Field(default_factory=lambda: list(DEFAULT_SWEEP_T), description="None: no sweep")
+    modality_sets: list[list[str]] | None = Field(default_factory=lambda: [list(s) for s in DEFAULT_MODALITY_SETS])
+    train_fractions: list[float] | None = Field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    experiment_seeds: int | None = Field(None, ge=1, description="seeds for sweep/ablation/sparsity (default: all)")
+    inspect_items: int = Field(24, ge=1)
+    inspect_users: int = Field(4, ge=0)
+    pooling: Literal["user_mean", "concat"] = "user_mean"
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("models: give at least one content model")
+        return list(dict.fromkeys(m.strip().lower() for m in v))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("seeds: give at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"name {v!r}: letters, digits, '.', '_' or '-' only (it names a folder)")
+        return v
+
+    @field_validator("train_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None:
+            bad = [f for f in v if not 0 < f <= 1]
+            if bad:
+                raise ValueError(f"train_fractions must be in (0, 1], got {bad}")
+        return v
+
+    @field_validator("sweep_t")
+    @classmethod
+    def _sweep(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(t <= 0 for t in v):
+            raise ValueError(f"sweep_t values must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _focus(self) -> "StudyParams":
+        if self.focus_model not in self.models:
+            raise ValueError(f"focus_model {self.focus_model!r} must be one of models {self.models}")
+        return self
+
+    @property
+    def experiment_seed_list(self) -> list[int]:
+        return self.seeds[: self.experiment_seeds] if self.experiment_seeds else list(self.seeds)
+
+    def fixed_overrides(self, model: str) -> dict[str, Any]:
+        out = dict(self.model_overrides.get("*", {}))
+        out.update(self.model_overrides.get(model, {}))
+        return out
+
+    def pipeline_params(self) -> Any:
+        return PipelineParams(
+            dataset=self.dataset, importer=self.importer, ingest=self.ingest, ingest_options=self.ingest_options,
+            encoder=self.encoder, models=self.models, adapters=["none", "befa"], epochs=self.epochs,
+            patience=self.patience, seed=self.seeds[0], split_kind=self.split_kind, split_seed=self.split_seed,
+            k_core=self.k_core, device=self.device, extract_batch_size=self.extract_batch_size,
+            model_overrides=self.model_overrides, verify_checkpoints=False, run_name=self.name,
+        )
+
+
+class StudyResult(BaseModel):
+    folder: str
+    params: dict[str, Any]
+    verdict: str
+    main: list[dict[str, Any]]  # per model x adapter x metric: mean, std, n
+    significance: list[dict[str, Any]]
+    files: dict[str, str]
+    timings: dict[str, float]
+    runs_trained: int
+    runs_reused: int
+
+
+# -- validation ----------------------------------------------------------------------
+def model_grid(params: StudyParams, model: str) -> dict[str, list[Any]]:
+    """The model's search grid (its documented ``GRID``, a custom one, or none)."""
+    if params.grid == "none":
+        return {}
+    if isinstance(params.grid, dict):
+        return dict(params.grid.get(model, {}))
+    return dict(getattr(MODELS[model], "GRID", {}) or {})
+
+
+def validate_study(params: StudyParams | dict[str, Any], settings: Settings) -> StudyParams:
+    """Check everything cheap before any work; raise StudyError naming the problem."""
+    if not isinstance(params, StudyParams):
+        try:
+            params = StudyParams.model_validate(params)
+        except ValueError as exc:
+            raise StudyError(f"bad study parameters: {exc}") from None
+    for m in params.models:
+        if m not in MODELS:
+            raise StudyError(f"unknown model {m!r}; the study compares content models {list(CONTENT_MODELS)}")
+        if not MODELS[m].uses_content:
+            raise StudyError(f"model {m!r} uses no content features: BeFA has nothing to adapt (use {list(CONTENT_MODELS)})")
+    for m in params.models:
+        grids = {"none": model_grid(params, m), "befa": {**model_grid(params, m), **params.befa_grid}}
+        for adapter, grid in grids.items():
+            for key, values in grid.items():
+                if isinstance(values, (str, bytes)) or not isinstance(values, list) or not values:
+                    raise StudyError(f"grid for {m}: {key!r} must be a non-empty list, got {values!r}")
+                try:  # every value must make a valid config
+                    for v in values:
+                        make_config(MODELS[m], {**params.fixed_overrides(m), "adapter": adapter, key: v})
+                except (ValueError, KeyError) as exc:
+                    raise StudyError(f"grid for {m} ({adapter}): {key}: {exc}") from None
+    for s in params.modality_sets or []:
+        bad = [x for x in s if x not in ("image", "text")] or ([] if s else ["(empty)"])
+        if bad:
+            raise StudyError(f"modality_sets: {bad[0]!r} is not a modality (image, text)")
+    try:
+        validate_params(params.pipeline_params(), settings)
+    except PipelineError as exc:
+        raise StudyError(str(exc)) from None
+    return params

@@ -1,0 +1,184 @@
+"""The training API the CLI, the job and the study call: ``train_model``, ``evaluate_run``
+and ``load_trained`` (a run folder back to a model with its best weights).
+
+Inputs are what a user has at hand: a catalog (or its folder), a split (or its Parquet
+file), a :class:`~pipeline.training.prepare.FeatureBundle` for content models, a model
+name and config overrides (dotted keys for nested sections: ``{"befa.t": 2}``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import torch
+
+from models import get_model_class, make_config
+from models.base import ModelConfig, Recommender
+from pipeline.data.catalog import Catalog
+from pipeline.data.splits import Split
+from pipeline.evaluation.evaluator import evaluate_model
+from pipeline.training.checkpoints import load_weights
+from pipeline.training.device import resolve_device
+from pipeline.training.prepare import FeatureBundle, PreparedData, prepare_data
+from pipeline.training.record import BEST, RunRecord
+from pipeline.training.trainer import RunResult, TrainerConfig, fit
+
+
+def _load_catalog(catalog: Any) -> Any:
+    if isinstance(catalog, Catalog):
+        return catalog
+    return Catalog.load(catalog)
+
+
+def _load_split(split: Any) -> Any:
+    if isinstance(split, (str, Path)):
+        return Split.load(split)
+    return split
+
+
+def default_run_dir(root: str | Path, model_name: str, split_id: str, config: ModelConfig, seed: int) -> Path:
+    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
+    return Path(root) / f"{model_name}-{split_id}-seed{seed}-{digest}"
+
+
+def train_model(
+    catalog: Any,
+    split: Any,
+    features: FeatureBundle | None,
+    model: str | type[Recommender],
+    overrides: Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    seed: int = 999,
+    device: str | torch.device | None = None,
+    max_epochs: int = 1000,
+    patience: int = 10,
+    resume: bool = False,
+    quiet: bool = False,
+    num_threads: int | None = None,
+    overwrite: bool = False,
+    graph_cache_dir: str | Path | None = None,
+    on_epoch_end: Callable[[int, RunRecord], None] | None = None,
+    runs_root: str | Path | None = None,
+) -> RunResult:
+    """Train one model on one split.
+
+    catalog: a Catalog or its folder; split: a Split, its parquet path or a DataFrame
+    (user_idx, item_idx, label); features: a ``FeatureBundle`` as the feature loader
+    returns it, or None for content-free models; model: a registry name
+    or a Recommender class; overrides: model config fields (dotted keys for nested:
+    ``{"adapter": "befa", "befa.t": 2}``); run_dir: default
+    ``<runs_root>/<model>-<split id>-seed<seed>-<config hash>`` (runs_root: the caller's
+    ``Settings.runs_dir``; ``./runs`` when not given).
+    """
+    model_cls = get_model_class(model)
+    config = make_config(model_cls, overrides)
+    cat = _load_catalog(catalog)
+    split_obj = _load_split(split)
+    device = resolve_device(device)
+    prepared = prepare_data(
+        split_obj,
+        num_items=cat.num_items,
+        features=features,
+        num_users=max(cat.num_users, _max_user(split_obj) + 1),
+        device=device,
+        graph_cache_dir=graph_cache_dir,
+    )
+    if run_dir is None:
+        run_dir = default_run_dir(runs_root or Path.cwd() / "runs", model_cls.name, prepared.train.split_id, config, seed)
+    trainer = TrainerConfig(
+        max_epochs=max_epochs, patience=patience, seed=seed, device=str(device), num_threads=num_threads, quiet=quiet
+    )
+    # enough to rebuild the run for evaluate_run
+    sources = {
+        "catalog": str(Path(catalog).resolve()) if isinstance(catalog, (str, Path)) else None,
+        "split": str(Path(split).resolve()) if isinstance(split, (str, Path)) else None,
+    }
+    return fit(
+        model_cls, config, prepared, run_dir, trainer, resume=resume, overwrite=overwrite,
+        catalog=cat.name, on_epoch_end=on_epoch_end, sources=sources,
+    )
+
+
+def _max_user(split: Any) -> int:
+    frame = split if isinstance(split, pd.DataFrame) else split.frame
+    return int(frame["user_idx"].max()) if len(frame) else -1
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    catalog: Any = None,
+    split: Any = None,
+    features: FeatureBundle | None = None,
+    device: str | torch.device | None = None,
+    model: str | type[Recommender] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Rebuild the run's model, load ``best.safetensors``, recompute valid and test metrics.
+
+    catalog / split default to the paths the run recorded; features must be passed for
+    content models (their snapshot ids must match the record); model defaults to the
+    registry entry named in the record (pass the class for models outside the registry)."""
+    trained = load_trained(run_dir, catalog, split, features, device, model)
+    res = evaluate_model(trained.model, trained.prepared.evaluator, ("valid", "test"))
+    return {part: r.metrics for part, r in res.items()}
+
+
+@dataclass
+class TrainedRun:
+    """A run folder brought back: its record, its data and its model with the best weights."""
+
+    run_dir: Path
+    record: RunRecord
+    prepared: PreparedData
+    model: Recommender
+
+
+def load_trained(
+    run_dir: str | Path,
+    catalog: Any = None,
+    split: Any = None,
+    features: FeatureBundle | None = None,
+    device: str | torch.device | None = None,
+    model: str | type[Recommender] | None = None,
+) -> TrainedRun:
+    """The run's model rebuilt on its split and features, with ``best.safetensors`` loaded.
+
+    Checks that the split and the feature snapshots are the ones the run recorded."""
+    run_dir = Path(run_dir)
+    record = RunRecord.load(run_dir)
+    catalog = catalog if catalog is not None else record.sources.get("catalog")
+    split = split if split is not None else record.sources.get("split")
+    if catalog is None or split is None:
+        raise ValueError(f"{run_dir}: the run did not record its catalog/split paths; pass catalog= and split=")
+    model_cls = get_model_class(model if model is not None else record.model)
+    if model_cls.name != record.model:
+        raise ValueError(f"{run_dir}: the run trained {record.model!r}, not {model_cls.name!r}")
+    config = model_cls.Config.model_validate(record.config)
+    cat, split_obj = _load_catalog(catalog), _load_split(split)
+    bundle = features if features is not None else FeatureBundle.empty()
+    _check_snapshots(run_dir, record, bundle)
+    prepared = prepare_data(
+        split_obj,
+        num_items=cat.num_items,
+        features=bundle.subset(record.feature_snapshots),
+        num_users=max(cat.num_users, _max_user(split_obj) + 1),
+        device=resolve_device(device),
+    )
+    if prepared.train.split_id != record.split_id:
+        raise ValueError(f"{run_dir}: split {prepared.train.split_id} differs from the run's {record.split_id}")
+    torch.manual_seed(record.seed)
+    net = model_cls(prepared.train, config).to(prepared.train.device)
+    load_weights(run_dir / BEST, net, record.record_version)
+    net.eval()
+    return TrainedRun(run_dir, record, prepared, net)
+
+
+def _check_snapshots(run_dir: Path, record: RunRecord, bundle: FeatureBundle) -> None:
+    for modality, snap in record.feature_snapshots.items():
+        if modality not in bundle.features:
+            raise ValueError(f"{run_dir}: the run used {modality!r} features (snapshot {snap}); pass them")
+        if bundle.snapshots.get(modality) not in (None, "unknown", snap):
+            raise ValueError(f"{run_dir}: {modality!r} features are snapshot {bundle.snapshots[modality]}, the run used {snap}")

@@ -1,0 +1,124 @@
+"""A training run on disk: its folder, its record, its checkpoints.
+
+Folder layout (every file written atomically, ``storage.atomic``)::
+
+    <run_dir>/
+      run.json            RunRecord: config, per-epoch valid metrics, test at the best
+                          valid epoch, split and feature snapshot ids, seed, code version,
+                          wall times, peak memory, parameter report
+      best.safetensors    model weights at the best valid epoch
+      last.pt             resumable state after the latest epoch (model, optimiser,
+                          scheduler, epoch, best so far, early-stopping counter, RNG states)
+      per_user.parquet    per-user recall@20 / ndcg@20 on valid and test at the best epoch
+                          (columns: part, user_idx, recall@20, ndcg@20) for paired tests
+
+Checkpoints leave out tensors that are derived from the inputs rather than learned:
+sparse graphs (rebuilt by the model's constructor) and the frozen input feature tensors
+themselves (identified by their feature snapshot ids in the record).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.atomic import write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECORD = "run.json"
+BEST = "best.safetensors"
+LAST = "last.pt"
+PER_USER = "per_user.parquet"
+LEGACY_FEATURES = "features.json"  # written by `befa train` before record version 2
+RECORD_VERSION = 2
+
+
+class EpochLog(BaseModel):
+    epoch: int
+    loss: float | None
+    lr: float | None
+    train_s: float
+    eval_s: float
+    valid: dict[str, float]
+
+
+class RunRecord(BaseModel):
+    """Everything needed to say what a run was and how it went."""
+
+    model_config = ConfigDict(extra="allow")
+    # 1: before the sub-package layout; 2: adds feature_sets (features.json folded in).
+    # Checkpoint key renames between versions are mapped in pipeline.training.checkpoints.
+    record_version: int = RECORD_VERSION
+    model: str
+    config: dict[str, Any]
+    trainer: dict[str, Any] = Field(default_factory=dict)  # seed, device, max_epochs, patience, ...
+    seed: int
+    device: str
+    catalog: str | None = None
+    split_id: str
+    feature_snapshots: dict[str, str] = Field(default_factory=dict)
+    # modality -> {snapshot, fingerprint, random_init}: enough to reload the exact features
+    feature_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    data_counts: dict[str, int] = Field(default_factory=dict)
+    data_notes: list[str] = Field(default_factory=list)
+    code_version: dict[str, Any] = Field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str | None = None
+    status: str = "running"  # running | finished | early_stopped | max_epochs | evaluated_only | failed
+    epochs: list[EpochLog] = Field(default_factory=list)
+    best_epoch: int | None = None
+    best_valid: dict[str, float] = Field(default_factory=dict)
+    test: dict[str, float] = Field(default_factory=dict)  # test metrics at the best valid epoch
+    selection_metric: str = "recall@20"
+    wall: dict[str, float] = Field(default_factory=dict)
+    memory: dict[str, float] = Field(default_factory=dict)
+    parameters: dict[str, float] = Field(default_factory=dict)
+    graph_build_s: float | None = None
+    resumed_at: list[str] = Field(default_factory=list)
+    error: str | None = None
+    sources: dict[str, str | None] = Field(default_factory=dict)  # catalog / split paths, for evaluate_run
+
+    def save(self, run_dir: str | Path) -> Path:
+        return write_json(Path(run_dir) / RECORD, self.model_dump(mode="json"))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunRecord":
+        path = Path(run_dir) / RECORD
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no run record (is this a run folder?)")
+        return cls.model_validate(json.loads(path.read_text()))
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """Git commit + dirty flag of the befa checkout, else the installed package version."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return {"kind": "git", "commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return {"kind": "package", "version": version("befa")}
+    except Exception:  # noqa: BLE001 - not installed: say so rather than fail a run
+        return {"kind": "unknown"}
+
+

@@ -1,0 +1,193 @@
+"""The layering rule, held by a walk over every module's ``ast`` imports.
+
+Floors, lowest first; a module may import its own floor and the floors below it::
+
+    storage - pipeline.settings - (encoders, models) - pipeline.data - pipeline.evaluation
+    - pipeline.training - pipeline.features - pipeline.reporting - pipeline.job
+    - pipeline.study - pipeline.cli
+
+``flows`` (Prefect only) may import ``pipeline.job``, ``pipeline.study``,
+``pipeline.reporting`` and ``pipeline.settings``, and nothing else of the core; only the
+CLI's Prefect commands import ``flows``, lazily, inside the command. First-party imports
+sit at the top of files (imports inside functions hid cycles before), and the module
+graph has no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("storage", "encoders", "models", "pipeline", "flows")
+FLOORS: list[tuple[str, ...]] = [
+    ("storage",),
+    ("pipeline.settings",),
+    ("encoders", "models"),
+    ("pipeline.data",),
+    ("pipeline.evaluation",),
+    ("pipeline.training",),
+    ("pipeline.features",),
+    ("pipeline.reporting",),
+    ("pipeline.job",),
+    ("pipeline.study",),
+    ("pipeline.cli",),
+]
+FLOWS_MAY_IMPORT = ("flows", "pipeline.job", "pipeline.study", "pipeline.reporting", "pipeline.settings")
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module
+    target: str  # the imported module (dotted)
+    line: int
+    top_level: bool
+
+
+def _unit(module: str) -> str:
+    """The floor unit a module belongs to (``pipeline.job.run`` -> ``pipeline.job``)."""
+    parts = module.split(".")
+    if parts[0] == "pipeline" and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def _floor(unit: str) -> int | None:
+    for i, units in enumerate(FLOORS):
+        if unit in units:
+            return i
+    return None
+
+
+def imports_of(module: str, source: str, known: set[str]) -> list[Import]:
+    """First-party imports of one module; ``from pkg import sub`` resolves to the submodule."""
+    tree = ast.parse(source)
+    top = {id(n) for n in tree.body}
+    out = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+        else:
+            continue
+        for target in targets:
+            if target.split(".")[0] in PACKAGES:
+                out.append(Import(module, target, node.lineno, id(node) in top))
+    return out
+
+
+def violations(sources: dict[str, str]) -> list[str]:
+    """Every wrong-way import, function-level first-party import and import cycle."""
+    known = set(sources)
+    problems: list[str] = []
+    graph: dict[str, set[str]] = {m: set() for m in sources}
+    for module, source in sources.items():
+        for imp in imports_of(module, source, known):
+            here, there = _unit(module), _unit(imp.target)
+            where = f"{module}:{imp.line} imports {imp.target}"
+            lazy_flows = here == "pipeline.cli" and there == "flows" and not imp.top_level
+            if not imp.top_level and not lazy_flows:
+                problems.append(f"{where} inside a function (first-party imports go at the top)")
+            if here == "flows":
+                if there not in FLOWS_MAY_IMPORT:
+                    problems.append(f"{where}: flows may import only {', '.join(FLOWS_MAY_IMPORT)}")
+            elif there == "flows":
+                if not lazy_flows:
+                    problems.append(f"{where}: only the CLI's Prefect commands import flows (inside the command)")
+            else:
+                a, b = _floor(here), _floor(there)
+                if a is None or b is None:
+                    problems.append(f"{where}: {here if a is None else there} is on no floor")
+                elif b > a or (a == b and here != there):
+                    problems.append(f"{where}: {there} is {'above' if b > a else 'beside'} {here}")
+            if imp.target in graph and imp.target != module and not lazy_flows:
+                graph[module].add(imp.target)
+    problems.extend(f"import cycle: {' -> '.join(c)}" for c in _cycles(graph))
+    return problems
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp) + [sorted(comp)[0]])
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def repo_sources() -> dict[str, str]:
+    sources = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).with_suffix("")
+            parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+            sources[".".join(parts)] = path.read_text()
+    return sources
+
+
+def test_the_tree_keeps_the_layering_rule():
+    assert violations(repo_sources()) == []
+
+
+def test_the_checker_catches_a_wrong_way_import():
+    sources = {
+        "storage": "",
+        "storage.keys": "from pipeline.job.run import run_pipeline\n",
+        "pipeline": "",
+        "pipeline.job": "",
+        "pipeline.job.run": "",
+    }
+    assert violations(sources) == ["storage.keys:1 imports pipeline.job.run: pipeline.job is above storage"]
+
+
+def test_the_checker_catches_lazy_imports_cycles_and_flows():
+    sources = {
+        "pipeline": "",
+        "pipeline.data": "",
+        "pipeline.data.a": "from pipeline.data.b import x\n",
+        "pipeline.data.b": "def f():\n    from pipeline.data.a import y\n",
+        "pipeline.reporting": "",
+        "pipeline.reporting.r": "import flows.artifacts\n",
+        "pipeline.cli": "",
+        "pipeline.cli.main": "def serve():\n    from flows.serve import main\n",
+        "flows": "",
+        "flows.artifacts": "from pipeline.training.api import train_model\n",
+        "flows.serve": "",
+        "pipeline.training": "",
+        "pipeline.training.api": "",
+    }
+    found = violations(sources)
+    assert "pipeline.data.b:2 imports pipeline.data.a inside a function (first-party imports go at the top)" in found
+    assert "import cycle: pipeline.data.a -> pipeline.data.b -> pipeline.data.a" in found
+    assert "pipeline.reporting.r:1 imports flows.artifacts: only the CLI's Prefect commands import flows (inside the command)" in found
+    assert any(p.startswith("flows.artifacts:1 imports pipeline.training.api: flows may import only") for p in found)
+    assert not any(p.startswith("pipeline.cli.main") for p in found)  # the lazy Prefect command is the allowed case
