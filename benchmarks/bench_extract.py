@@ -114,7 +114,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from encoders import create_encoder
-    from pipeline.features.extract import cpu_count, default_num_workers, extract_features, resolve_device, torch_threads
+    from pipeline.features.extract import extract_features
+    from pipeline.features.images import default_num_workers
+    from pipeline.training.device import cpu_count, resolve_device, torch_threads
     from storage.feature_store import FeatureStore
 
     datasets_root = args.datasets_root or (

@@ -12,6 +12,7 @@ rows are encoded and written, then a new snapshot is committed).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -21,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from storage.feature_store import FeatureStore
+from storage.keys import FeatureSetKey
 
 KEY_DATASET, KEY_MODALITY = "bench", "image"
 
@@ -59,17 +60,17 @@ def main() -> None:
     tmp = None if args.root else tempfile.mkdtemp(prefix="befa-bench-store-")
     root = args.root or tmp
     print(f"feature store benchmark: {n:,} rows x {d} float32 ({n * d * 4 / 1e6:,.1f} MB payload), root {root}, "
-          f"median of {args.repeats}, torch threads {torch.get_num_threads()}")
+          f"median of {args.repeats}, {os.cpu_count()} CPUs")
     try:
         # Writes: a fresh feature set each time (first extraction of a dataset).
         write_s = []
         for r in range(args.repeats):
             store = FeatureStore(root, compression=args.compression)
-            t, res = _timed(lambda: store.upsert(KEY_DATASET, f"enc{r}", KEY_MODALITY, ids, hashes, x))
+            t, res = _timed(lambda: store.upsert(FeatureSetKey(KEY_DATASET, f"enc{r}", KEY_MODALITY), ids, hashes, x))
             assert res.written == n
             write_s.append(t)
-        fp = "enc0"
-        folder = Path(store.feature_set_path(KEY_DATASET, fp, KEY_MODALITY))
+        key = FeatureSetKey(KEY_DATASET, "enc0", KEY_MODALITY)
+        folder = Path(store.feature_set_path(key))
         size_mb = sum(p.stat().st_size for p in (folder / "parts").iterdir()) / 1e6
 
         # Baseline in the same conditions: bare pyarrow write/read of the same table.
@@ -94,10 +95,10 @@ def main() -> None:
         aligned_s, gathered_s = [], []
         shuffled = [ids[k] for k in rng.permutation(n)]
         for _ in range(args.repeats):
-            t, (feats, mask) = _timed(lambda: FeatureStore(root).read(KEY_DATASET, fp, KEY_MODALITY, ids, hashes))
+            t, (feats, mask) = _timed(lambda: FeatureStore(root).read(key, ids, hashes))
             assert bool(mask.all()) and feats.shape == (n, d)
             aligned_s.append(t)
-            t, (feats, mask) = _timed(lambda: FeatureStore(root).read(KEY_DATASET, fp, KEY_MODALITY, shuffled))
+            t, (feats, mask) = _timed(lambda: FeatureStore(root).read(key, shuffled))
             assert bool(mask.all())
             gathered_s.append(t)
 
@@ -116,19 +117,19 @@ def main() -> None:
         for r in range(args.repeats):
             touch_one_percent(f"c{r:07x}")
             store = FeatureStore(root, compression=args.compression)
-            t, res = _timed(lambda: store.upsert(KEY_DATASET, fp, KEY_MODALITY, ids, current, x))
+            t, res = _timed(lambda: store.upsert(key, ids, current, x))
             assert res.written == k
             small_cold.append(t)
-        warm_store.existing_keys(KEY_DATASET, fp, KEY_MODALITY)  # fill its cache
+        warm_store.existing_keys(key)  # fill its cache
         for r in range(args.repeats):
             touch_one_percent(f"w{r:07x}")
-            t, res = _timed(lambda: warm_store.upsert(KEY_DATASET, fp, KEY_MODALITY, ids, current, x))
+            t, res = _timed(lambda: warm_store.upsert(key, ids, current, x))
             assert res.written == k
             small_warm.append(t)
         for r in range(args.repeats):
             current = [f"{r:08x}-full-{c:056x}" for c in range(n)]
             store = FeatureStore(root, compression=args.compression)
-            t, res = _timed(lambda: store.upsert(KEY_DATASET, fp, KEY_MODALITY, ids, current, x))
+            t, res = _timed(lambda: store.upsert(key, ids, current, x))
             assert res.written == n
             full_s.append(t)
     finally:

@@ -117,8 +117,8 @@ def training_state(model, config, data, num_items: int, device):
     """(optimiser, batch generator, negative sampler or None), seeded as the trainer seeds them."""
     import torch
 
+    from pipeline.training.epochs import make_optimiser
     from pipeline.training.sampling import NegativeSampler
-    from pipeline.training.trainer import make_optimiser
 
     optimiser, _ = make_optimiser(model, config)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -138,8 +138,8 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from models import make_config
+    from pipeline.training.epochs import epoch_steps
     from pipeline.training.prepare import prepare_data
-    from pipeline.training.trainer import epoch_steps
 
     device = setup_process(args)
     model_cls = model_class(args.model)
@@ -187,8 +187,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from models import make_config
     from pipeline.evaluation.evaluator import evaluate_model
+    from pipeline.training.epochs import run_epoch
     from pipeline.training.prepare import prepare_data
-    from pipeline.training.trainer import run_epoch
 
     device = setup_process(args)
     rss_after_imports = peak_rss_gb()
@@ -209,7 +209,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         frame, num_users, num_items = amazon_baby_split()
         out["data"] = "amazon-baby-5core given split"
     prepared = prepare_data(frame, num_items, random_features(num_items), num_users=num_users, device=device)
-    del feats
     data = prepared.train
     out["counts"] = prepared.counts
 

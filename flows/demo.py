@@ -21,8 +21,8 @@ from rich.console import Console
 
 from flows.pipeline_flow import befa
 from pipeline.job.params import DEFAULT_DATASET
-from pipeline.settings import get_settings
 from pipeline.reporting.console import metrics_table
+from pipeline.settings import get_settings
 
 DEMO_MODELS = ["lightgcn", "freedom", "mgcn"]
 

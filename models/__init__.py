@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from models.base import BeFAConfig, ModelConfig, Recommender, TrainData
+from models.base import BeFAConfig, BeFAInput, ModelConfig, Recommender, TrainData
 from models.befa import BeFA
 from models.bm3 import BM3
 from models.freedom import FREEDOM
@@ -98,6 +98,7 @@ __all__ = [
     "apply_overrides",
     "BeFA",
     "BeFAConfig",
+    "BeFAInput",
     "ModelConfig",
     "Recommender",
     "TrainData",

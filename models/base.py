@@ -1,6 +1,6 @@
 """What every recommender in ``models/`` is given and must provide.
 
-The trainer (``pipeline/training.py``) and the evaluator (``pipeline/evaluation.py``)
+The trainer (``pipeline.training``) and the evaluator (``pipeline.evaluation``)
 only talk to models through :class:`Recommender`:
 
 - ``pre_epoch(epoch)``: per-epoch work (FREEDOM's edge sampling, LATTICE's graph rebuild).
@@ -8,6 +8,12 @@ only talk to models through :class:`Recommender`:
 - ``inference_embeddings()``: (user matrix U x k, item matrix I x k) such that the
   score of item i for user u is ``users[u] @ items[i]``. Full-ranking evaluation is then
   one matrix product per user batch, so no model recomputes graphs per batch.
+- ``befa_inputs()``: per modality, the content c_m and the behaviour embedding E_i at
+  BeFA's insertion point (for the study's inspection; training does not call it).
+
+Naming: the ID (behaviour) embeddings E_u (U x d) and E_i (I x d) of the equations are the
+parameters ``user_embedding`` and ``item_embedding`` in every model that has them, and a
+content model keeps c_m = P_m X_m as ``projections[m]`` (``models.content.FeatureProjection``).
 
 Content features arrive as frozen float32 tensors aligned to the catalog's item index,
 one per modality, with a mask of the items that had no feature (their rows are already
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Iterable, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,8 +81,16 @@ class ModelConfig(BaseModel):
     uses_negatives: bool = Field(True, description="False for BM3: batches are (user, item) pairs only")
 
 
+class BeFAInput(NamedTuple):
+    """What BeFA_m reads at its insertion point, every item: adapted_m = behaviour * g_m(content)."""
+
+    content: Tensor  # c_m = P_m X_m (I x d): the content feature where the base model consumes it
+    behaviour: Tensor  # E_i (I x d): the item ID embedding the gate selects from
+
+
 class Recommender(nn.Module):
-    """Base class. Subclasses set ``name`` and ``Config`` and implement the three hooks."""
+    """Base class. Subclasses set ``name`` and ``Config`` and implement the three training
+    hooks (``pre_epoch``, ``loss``, ``inference_embeddings``); ``befa_inputs`` has a default."""
 
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]] = ModelConfig
@@ -96,6 +110,29 @@ class Recommender(nn.Module):
 
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def befa_inputs(self, modalities: Iterable[str] | None = None) -> dict[str, BeFAInput]:
+        """modality -> ``BeFAInput(content, behaviour)``, both I x d, all items: the inputs of
+        BeFA at its insertion point (spec section 4), from the current parameters.
+
+        For every model BeFA substitutes adapted_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m) for
+        what the base model consumes at that point, so ``content`` is c_m = P_m X_m as the
+        model computes it there and ``behaviour`` is E_i (BM3, FREEDOM: the content loss
+        terms; LATTICE: the learned graph and the item view; MGCN: the purifier, itself a
+        gate on E_i). Defined whether or not the model has adapters (``adapter='none'``
+        gives the same c_m and E_i the +BeFA model would gate).
+
+        ``modalities``: only these (default: every modality the model consumes); an unknown
+        one raises KeyError. A model without content (``uses_content`` False) returns {}.
+        The default reads the naming convention of the module docstring,
+        ``projections[m]()`` (every item) and ``item_embedding``; a model whose insertion
+        point differs overrides this. Differentiable: wrap it in ``torch.no_grad()`` to inspect.
+        """
+        if not self.uses_content:
+            return {}
+        projections, behaviour = self.projections, self.item_embedding
+        wanted = list(projections) if modalities is None else list(modalities)
+        return {m: BeFAInput(projections[m](), behaviour) for m in wanted}
 
     # -- parameter accounting (spec section 4: report overhead both ways) ----
     def feature_table_parameters(self) -> int:

@@ -62,8 +62,8 @@ class BM3(Recommender):
         config = config or BM3.Config()
         super().__init__(data, config)
         d, dev = config.embedding_dim, data.device
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.predictor = make_projection(d, d).to(dev)
         self.adj = SparseGraph.from_csr(
             interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
@@ -76,15 +76,15 @@ class BM3(Recommender):
             self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout) for m in modalities})
 
     def _forward(self) -> tuple[Tensor, Tensor]:
-        users, items = propagate(self.adj, [self.user_emb, self.item_emb], self.config.num_layers)
-        return users, items + self.item_emb
+        users, items = propagate(self.adj, [self.user_embedding, self.item_embedding], self.config.num_layers)
+        return users, items + self.item_embedding
 
     def contents(self, rows: Tensor) -> list[Tensor]:
         """c_m (or adapted_m under BeFA) of the given items, per modality: what the content terms consume."""
         cs = [self.projections[m](rows) for m in self.projections]
         if self.config.adapter == "befa":
             # one gather of E_i for all modalities, and the adapters run together
-            cs = adapt_all([self.adapters[m] for m in self.projections], cs, self.item_emb[rows])
+            cs = adapt_all([self.adapters[m] for m in self.projections], cs, self.item_embedding[rows])
         return cs
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None = None) -> Tensor:

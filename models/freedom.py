@@ -104,8 +104,8 @@ class FREEDOM(Recommender):
         config = config or FREEDOM.Config()
         super().__init__(data, config)
         d, dev = config.embedding_dim, data.device
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.register_buffer("edge_users", data.train_users, persistent=False)
         self.register_buffer("edge_items", data.train_items, persistent=False)
         self.full_adj = SparseGraph.from_csr(
@@ -155,9 +155,9 @@ class FREEDOM(Recommender):
         )
 
     def _forward(self, adj: SparseGraph) -> tuple[Tensor, Tensor]:
-        users, items = propagate(adj, [self.user_emb, self.item_emb], self.config.num_layers)
+        users, items = propagate(adj, [self.user_embedding, self.item_embedding], self.config.num_layers)
         if self.item_graph is not None and self.config.item_graph_hops > 0:
-            g = self.item_emb
+            g = self.item_embedding
             for _ in range(self.config.item_graph_hops):
                 g = self.item_graph @ g
             items = items + g
@@ -168,7 +168,7 @@ class FREEDOM(Recommender):
         cs = [self.projections[m](rows) for m in self.projections]
         if self.config.adapter == "befa":
             # one gather of E_i for all modalities, and the adapters run together
-            cs = adapt_all([self.adapters[m] for m in self.projections], cs, self.item_emb[rows])
+            cs = adapt_all([self.adapters[m] for m in self.projections], cs, self.item_embedding[rows])
         return cs
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:

@@ -64,7 +64,6 @@ Choices (where the spec is silent or the reference does not scale):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import ClassVar
 
 import torch
@@ -79,11 +78,6 @@ from models.content import FeatureProjection
 from models.losses import bpr_from_embeddings, l2_per_batch
 from models.sparse import SparseGraph, coalesce_sum, propagate
 
-# Largest dense similarity block built during a top-k search (floats): 32 MB. Smaller blocks
-# keep the product's output in cache for the top-k pass that reads it: on amazon-baby
-# (7,050 items) ~1,100-row blocks took 230 ms per modality against 320 ms for 4,760-row ones.
-SIM_BLOCK_ELEMENTS = 1 << 23
-
 
 @torch.no_grad()
 def topk_cosine_edges(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -91,7 +85,7 @@ def topk_cosine_edges(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     num = x.size(0)
     k = min(k, num)
     xn = F.normalize(x.detach().float(), dim=1)
-    block = max(1, min(num, SIM_BLOCK_ELEMENTS // max(num, 1)))
+    block = max(1, min(num, graphs.SIM_BLOCK_ELEMENTS // max(num, 1)))
     cols = [graphs.row_topk(xn[s : s + block] @ xn.T, k)[1] for s in range(0, num, block)]
     col = torch.cat(cols).reshape(-1)
     row = torch.arange(num, device=x.device).repeat_interleave(k)
@@ -117,43 +111,6 @@ def _no_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def feature_snapshot(data: TrainData, modality: str) -> str:
-    """The feature-store snapshot id, or a content hash when the caller gave none."""
-    snap = data.feature_snapshots.get(modality)
-    if snap:
-        return snap
-    x = data.features[modality].detach().to("cpu").contiguous()
-    return "sha256:" + hashlib.sha256(x.numpy().tobytes()).hexdigest()[:20]
-
-
-def original_item_graph(data: TrainData, modality: str, k: int) -> Tensor:
-    """Frozen weighted kNN graph of the raw features (spec section 2), cached by snapshot."""
-    x = data.features[modality]
-    block = max(1, min(2048, SIM_BLOCK_ELEMENTS // max(x.size(0), 1)))
-    key = {
-        "snapshot": feature_snapshot(data, modality),
-        "k": k,
-        "variant": "weighted",
-        "split": data.split_id,
-        "modality": modality,
-        "num_items": data.num_items,
-    }
-    return graphs.cached(data.graph_cache_dir, key, lambda: graphs.knn_graph(x, k=k, weighted=True, block_size=block))
-
-
-def check_modalities(data: TrainData, model: str) -> list[str]:
-    mods = data.modalities
-    if not mods:
-        raise ValueError(f"{model}: needs at least one content modality in data.features, got none")
-    for m in mods:
-        x = data.features[m]
-        if not m or "." in m:
-            raise ValueError(f"{model}: modality name {m!r} must be non-empty and contain no '.'")
-        if x.dim() != 2 or x.size(0) != data.num_items:
-            raise ValueError(f"{model}: features[{m!r}] must be ({data.num_items}, D), got {tuple(x.shape)}")
-    return mods
-
-
 class LATTICE(Recommender):
     """LATTICE: a learned (sparse) item-item graph on top of LightGCN. See the module docstring."""
 
@@ -171,7 +128,7 @@ class LATTICE(Recommender):
 
     def __init__(self, data: TrainData, config: "LATTICE.Config"):
         super().__init__(data, config)
-        self.modalities = check_modalities(data, "LATTICE")
+        self.modalities = graphs.check_modalities(data, "LATTICE")
         if config.adapter == "befa" and config.befa.variant != "default":
             raise ValueError("LATTICE: befa.variant='authors' exists only for MGCN; use variant='default'")
         d, dev = config.embedding_dim, data.device
@@ -189,7 +146,9 @@ class LATTICE(Recommender):
         self.norm_adj = SparseGraph.from_csr(
             graphs.interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "lattice")
         )
-        self.original_graphs = [SparseGraph.from_csr(original_item_graph(data, m, config.knn_k)) for m in self.modalities]
+        self.original_graphs = [
+            SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k)) for m in self.modalities
+        ]
         self._train_graph: SparseGraph | None = None
         self._train_content: list[Tensor] | None = None
         self._graph_has_grad = False

@@ -43,14 +43,14 @@ class LightGCN(Recommender):
         if self.config.adapter != "none":
             raise ValueError(f"LightGCN consumes no content features: adapter={self.config.adapter!r} has nowhere to go")
         d, dev = config.embedding_dim, data.device
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
+        self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
+        self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.adj = SparseGraph.from_csr(
             interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
         )
 
     def _propagate(self) -> tuple[Tensor, Tensor]:
-        users, items = propagate(self.adj, [self.user_emb, self.item_emb], self.config.num_layers)
+        users, items = propagate(self.adj, [self.user_embedding, self.item_embedding], self.config.num_layers)
         return users, items
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:
@@ -58,7 +58,7 @@ class LightGCN(Recommender):
             raise ValueError("LightGCN needs negative items (BPR)")
         u, i = self._propagate()
         bpr = bpr_from_embeddings(u[users], i[pos_items], i[neg_items])
-        reg = l2_per_batch(self.user_emb[users], self.item_emb[pos_items], self.item_emb[neg_items])
+        reg = l2_per_batch(self.user_embedding[users], self.item_embedding[pos_items], self.item_embedding[neg_items])
         return bpr + self.config.reg * reg
 
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:

@@ -67,7 +67,6 @@ from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
 from models.content import FeatureProjection
-from models.lattice import check_modalities, original_item_graph
 from models.losses import bpr_from_embeddings, l2_per_batch
 from models.sparse import SparseGraph, propagate
 
@@ -144,7 +143,7 @@ class MGCN(Recommender):
 
     def __init__(self, data: TrainData, config: "MGCN.Config"):
         super().__init__(data, config)
-        self.modalities = check_modalities(data, "MGCN")
+        self.modalities = graphs.check_modalities(data, "MGCN")
         d, dev = config.embedding_dim, data.device
         self.befa = config.adapter == "befa"
         self.authors = self.befa and config.befa.variant == "authors"
@@ -165,7 +164,9 @@ class MGCN(Recommender):
         u, i, nu, ni = data.train_users, data.train_items, data.num_users, data.num_items
         self.norm_adj = SparseGraph.from_csr(graphs.interaction_adjacency(nu, ni, u, i, "sym"), symmetric=True)
         self.user_item = SparseGraph.from_csr(graphs.user_item_norm(nu, ni, u, i))
-        self.item_graphs = {m: SparseGraph.from_csr(original_item_graph(data, m, config.knn_k)) for m in self.modalities}
+        self.item_graphs = {
+            m: SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k)) for m in self.modalities
+        }
 
     def feature(self, modality: str) -> Tensor:
         return self.projections[modality].table

@@ -1,1 +1,15 @@
-"""Storage: the Parquet feature store, atomic file writes and run artifacts."""
+"""Storage, the ground floor (numpy, pyarrow and fsspec; no torch): atomic file writes and the
+Parquet feature store, with the store split by concern.
+
+- ``feature_store``: the :class:`FeatureStore` facade and ``duckdb_snapshot_query``.
+- ``keys``: :class:`FeatureSetKey` (dataset, encoder fingerprint, modality), the modalities,
+  content hashes.
+- ``columns``: validated id/hash columns and float32 matrices.
+- ``parts``: immutable vector part files and the newest row of each key over them.
+- ``index``: snapshot files, the ``CURRENT`` pointer and the commit.
+- ``snapshots``: the :class:`Snapshot` record and its content-addressed id.
+- ``reads``: aligned (zero-copy when possible) and whole-table reads, as numpy.
+- ``maintenance``: ``compact`` and ``gc``.
+- ``encoder_records``: what produced each encoder fingerprint.
+- ``filesystem`` (one root, local or fsspec) and ``atomic`` (temporary file, then rename).
+"""

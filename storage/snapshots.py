@@ -1,6 +1,7 @@
 """Snapshots of the feature store: immutable, content-addressed versions of one feature set.
 
-A feature set is one (dataset, encoder fingerprint, modality). A snapshot is its
+A feature set is one (dataset, encoder fingerprint, modality), a
+:class:`~storage.keys.FeatureSetKey`. A snapshot is its
 index, one row per item::
 
     item_id       string   the item
@@ -24,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
+
+from storage.keys import FeatureSetKey
 
 SNAPSHOT_METADATA_KEY = b"befa.snapshot"
 ID_LENGTH = 16
@@ -54,6 +57,11 @@ class Snapshot(BaseModel):
     parent: str | None = None
     missing: int = 0
 
+    @property
+    def key(self) -> FeatureSetKey:
+        """The feature set this snapshot is a version of."""
+        return FeatureSetKey(self.dataset, self.fingerprint, self.modality)
+
 
 class UpsertResult(BaseModel):
     """What :meth:`FeatureStore.upsert` did: rows written, rows reused, the resulting snapshot."""
@@ -65,11 +73,11 @@ class UpsertResult(BaseModel):
     snapshot: Snapshot
 
 
-def snapshot_id(dataset: str, fingerprint: str, modality: str, dim: int, index: pa.Table) -> str:
+def snapshot_id(key: FeatureSetKey, dim: int, index: pa.Table) -> str:
     """Deterministic id of a state: hash of the key, ``dim`` and the index sorted by item_id."""
     index = index.sort_by("item_id") if index.num_rows else index
     h = hashlib.sha256()
-    h.update(json.dumps([dataset, fingerprint, modality, int(dim)]).encode("utf-8"))
+    h.update(json.dumps([key.dataset, key.fingerprint, key.modality, int(dim)]).encode("utf-8"))
     if index.num_rows:
         # Each row becomes "item_id US hash US part US row US" (US = \x1f, which
         # validated ids, hashes and part names cannot hold), so the concatenation is

@@ -1,4 +1,5 @@
-"""BeFA adapter: size formula, dense recomputation, dropout, gradients, bad input."""
+"""BeFA adapter: size formula, dense recomputation, dropout, gradients, bad input; the models'
+``befa_inputs`` hook (what BeFA reads at its insertion point) and their shared embedding names."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from models import CONTENT_MODELS, MODELS, BeFAInput, create_model
 from models.befa import BeFA, adapt_all, befa_hidden_size, befa_parameter_count
+from tests._model_data import tiny_data
 
 
 def _formula(d: int, h: int) -> int:
@@ -111,3 +114,54 @@ def test_adapt_all_equals_the_adapters_one_by_one():
     torch.testing.assert_close(adapt_all(mixed, contents[:2], e)[1], mixed[1](contents[1], e))
     with pytest.raises(ValueError, match="same shape"):
         adapt_all(adapters[:2], [torch.randn(11, 8), torch.randn(10, 8)], e)
+
+
+def _consumed(model, modality: str) -> torch.Tensor:
+    """What the +BeFA model itself consumes at the insertion point, all items (eval mode)."""
+    if model.name in ("bm3", "freedom"):
+        return model.contents(torch.arange(model.num_items))[sorted(model.projections).index(modality)]
+    if model.name == "lattice":
+        return model.adapted(model.content())[model.modalities.index(modality)]
+    if model.name == "mgcn":
+        return model.purified(modality)
+    raise AssertionError(f"no insertion point known for {model.name}")
+
+
+@pytest.mark.parametrize("name", CONTENT_MODELS)
+def test_befa_inputs_are_what_the_adapters_gate_inside_the_model(name):
+    torch.manual_seed(5)
+    data = tiny_data()
+    model = create_model(name, data, {"embedding_dim": 4, "adapter": "befa"}).eval()
+    with torch.no_grad():
+        inputs = model.befa_inputs()
+        assert sorted(inputs) == data.modalities
+        for m, got in inputs.items():
+            assert isinstance(got, BeFAInput)
+            assert got.content.shape == got.behaviour.shape == (data.num_items, 4)
+            assert got.behaviour is model.item_embedding
+            torch.testing.assert_close(got.content, model.projections[m]())
+            torch.testing.assert_close(model.adapters[m](*got), _consumed(model, m))
+        only = model.befa_inputs(["text"])
+        assert list(only) == ["text"]
+        torch.testing.assert_close(only["text"].content, inputs["text"].content)
+        with pytest.raises(KeyError):
+            model.befa_inputs(["audio"])
+    # without an adapter the hook gives the same c_m and E_i (what +BeFA would gate)
+    base = create_model(name, data, {"embedding_dim": 4})
+    assert sorted(base.befa_inputs()) == data.modalities
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - set(CONTENT_MODELS)))
+def test_models_without_content_have_no_befa_inputs(name):
+    assert create_model(name, tiny_data()).befa_inputs() == {}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_names_its_id_embeddings_alike(name):
+    """user_embedding / item_embedding (U x d, I x d) wherever a model has ID embeddings."""
+    data = tiny_data()
+    params = dict(create_model(name, data, {"embedding_dim": 4}).named_parameters())
+    assert not {"user_emb", "item_emb"} & set(params)
+    if name != "mostpop":
+        assert params["user_embedding"].shape == (data.num_users, 4)
+        assert params["item_embedding"].shape == (data.num_items, 4)

@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from encoders import create_encoder
-from pipeline.data.catalog import build_catalog
+from pipeline.data.catalog import Catalog, build_catalog
 from pipeline.features.extract import extract_command, extract_features
 from pipeline.features.load import load_features
 from pipeline.reporting.console import summary_table
 from storage.feature_store import FeatureStore
-from storage.keys import sha256_file
+from storage.keys import FeatureSetKey, sha256_file
 
 N_POSTERS = 20
 NO_POSTER_ID = "999001"  # an item without image: rejected at ingest
@@ -133,13 +133,14 @@ def test_interrupted_run_resumes_without_duplicates(make_catalog, encoder, tmp_p
     with pytest.raises(Interrupted):
         run(catalog, encoder, store, modalities=["image"], part_size=4, on_part=stop_after_second_part)
     fp = encoder.fingerprint
-    assert len(store.existing_keys(catalog.name, fp, "image")) == 8  # two pending parts of 4
-    assert store.current_snapshot(catalog.name, fp, "image") is None  # nothing committed
+    key = FeatureSetKey(catalog.name, fp, "image")
+    assert len(store.existing_keys(key)) == 8  # two pending parts of 4
+    assert store.current_snapshot(key) is None  # nothing committed
 
     resumed = run(catalog, encoder, store, modalities=["image"], part_size=4)
     img = resumed.modalities["image"]
     assert (img.encoded, img.skipped, img.failed) == (N_POSTERS - 8, 8, 1)
-    table = store.read_table(catalog.name, fp, "image")
+    table = store.read_table(key)
     ids = table["item_id"].to_pylist()
     assert len(ids) == len(set(ids)) == N_POSTERS
     assert set(ids) == set(make_catalog.ids)

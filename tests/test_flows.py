@@ -1,6 +1,6 @@
 """Prefect flows under ``prefect_test_harness``: the pipeline flow, its artifacts, the watch flow.
 
-Most behaviour is tested on the plain functions (test_full_pipeline.py); these tests
+Most behaviour is tested on the plain functions (test_job.py); these tests
 check what only the Prefect layer does: parameters -> validated run, tasks, artifacts,
 events, deployments and the trigger definition.
 """
@@ -66,7 +66,7 @@ def _params(cat, **kw):
     base = dict(
         dataset="ml-flow", importer="generic", ingest_options=cat.ingest_options(), encoder=TINY_ENCODER,
         models=["lightgcn", "freedom"], adapters=["none", "befa"], epochs=1, patience=1, seed=3,
-        model_overrides={"*": {"embedding_dim": 16}}, verify_checkpoints=False,  # verified in test_full_pipeline
+        model_overrides={"*": {"embedding_dim": 16}}, verify_checkpoints=False,  # verified in test_job
     )
     base.update(kw)
     return base
@@ -159,6 +159,7 @@ def test_deployments_schedule_and_trigger():
 def test_prefect_yaml_matches_the_served_deployments():
     import yaml
     from prefect.events import DeploymentEventTrigger
+    from prefect.flows import load_flow_from_entrypoint
 
     repo = Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((repo / "prefect.yaml").read_text())
@@ -166,10 +167,34 @@ def test_prefect_yaml_matches_the_served_deployments():
     assert set(by_name) == {"full-pipeline", "catalog-watch"}
     assert by_name["full-pipeline"]["entrypoint"] == "flows/pipeline_flow.py:befa"
     assert by_name["catalog-watch"]["entrypoint"] == "flows/watch_flow.py:watch"
+    from flows.pipeline_flow import befa
+    from flows.watch_flow import watch
+
+    served = {"full-pipeline": befa, "catalog-watch": watch}
     for d in by_name.values():
-        path, _, name = d["entrypoint"].partition(":")
-        assert (repo / path).exists() and f"def {name}(" in (repo / path).read_text()
+        # what `prefect deploy` and a worker load: the same flow objects as `befa serve`
+        assert load_flow_from_entrypoint(str(repo / d["entrypoint"])).name == served[d["name"]].name
         assert d["work_pool"]["name"] == "befa-process"
     (trigger,) = [DeploymentEventTrigger.model_validate(t) for t in by_name["full-pipeline"]["triggers"]]
     served = build_deployments()[0].triggers[0]
     assert (trigger.expect, trigger.match, trigger.for_each, trigger.parameters) == (served.expect, served.match, served.for_each, served.parameters)
+
+
+def test_flow_parameters_are_the_pipeline_params_fields():
+    """One edit adds a parameter: the flow's signature is derived from PipelineParams."""
+    import inspect
+
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline_flow import befa
+    from pipeline.job.params import PipelineParams
+
+    params = inspect.signature(befa.fn).parameters
+    assert list(params) == [*PipelineParams.model_fields, "use_registered"]
+    for name, field in PipelineParams.model_fields.items():
+        assert params[name].default == field.get_default(call_default_factory=True), name
+        assert params[name].annotation == field.annotation, name
+    assert set(parameter_schema(befa).properties) == set(params)  # the deployment's form
+    assert "study" not in params  # the reserved, never implemented flag is gone
+    validated = befa.validate_parameters({"epochs": "5", "encoder": "minilm"})
+    assert validated["epochs"] == 5 and PipelineParams.model_validate({k: v for k, v in validated.items() if k != "use_registered"}).epochs == 5

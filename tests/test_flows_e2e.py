@@ -195,6 +195,7 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     from pipeline.data.catalog import Catalog
     from pipeline.features.extract import extract_features
     from storage.feature_store import FeatureStore
+    from storage.keys import FeatureSetKey
     from tests.test_readme_commands import COMMANDS
 
     env, home = stack["env"], stack["home"]
@@ -245,9 +246,9 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     keys = catalog.content_keys("text")
     text_keys = {(str(i), str(h)) for i, h in zip(keys["item_id"], keys["content_hash"])}
     for fp in (first_fps["text"], minilm_fp):
-        assert store.current_snapshot(CATALOG, fp, "text") is not None
-        assert text_keys <= store.existing_keys(CATALOG, fp, "text")
-    assert store.current_snapshot(CATALOG, first_fps["image"], "image") is not None
+        assert store.current_snapshot(FeatureSetKey(CATALOG, fp, "text")) is not None
+        assert text_keys <= store.existing_keys(FeatureSetKey(CATALOG, fp, "text"))
+    assert store.current_snapshot(FeatureSetKey(CATALOG, first_fps["image"], "image")) is not None
     back = extract_features(catalog, first_spec, store, progress=False)
     assert {m: s.encoded for m, s in back.modalities.items()} == {"image": 0, "text": 0}
     assert back.modalities["text"].skipped == len(text_keys)

@@ -18,6 +18,7 @@ from pipeline.data.ingest import ingest
 from pipeline.data.splits import Split, split_random
 from pipeline.settings import get_settings
 from storage.feature_store import FeatureStore
+from storage.keys import FeatureSetKey
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +224,7 @@ def test_export_command_reads_features_from_store(tmp_path, ml_ingested):
     store.register_encoder("toy-image-enc", {"random_init": True, "weights": "none", "dim": 3, "source": "test"})
     keys = catalog.content_keys("image")
     emb = np.arange(len(keys) * 3, dtype=np.float32).reshape(-1, 3)
-    store.upsert(catalog.name, "toy-image-enc", "image", keys["item_id"].tolist(), keys["content_hash"].tolist(), emb)
+    store.upsert(FeatureSetKey(catalog.name, "toy-image-enc", "image"), keys["item_id"].tolist(), keys["content_hash"].tolist(), emb)
     split = split_random(catalog, seed=3)
     split.save(settings.catalog_dir(catalog.name) / "splits")
     out = export_command(catalog.name, split.name, tmp_path / "x", settings, {"image": "toy-image-enc"})

@@ -21,6 +21,7 @@ from pipeline.training.checkpoints import load_weights
 from pipeline.training.prepare import FeatureBundle, prepare_data
 from pipeline.training.record import BEST, RunRecord
 from storage.feature_store import FeatureStore
+from storage.keys import FeatureSetKey
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy_v1"
 RUNS = sorted(p.name for p in LEGACY.iterdir() if (p / "run.json").exists())
@@ -61,13 +62,36 @@ def test_a_store_written_before_reads_identically():
     meta = json.loads((LEGACY / "store.json").read_text())
     expected = np.load(LEGACY / "store_expected.npz")
     store = FeatureStore(LEGACY / "store")
+    key = FeatureSetKey("shop", "toy-enc-000000000000", "image")
     first, current = meta["snapshots"]
-    assert [s.id for s in store.snapshots("shop", "toy-enc-000000000000", "image")] == [first, current]
-    assert store.current_snapshot("shop", "toy-enc-000000000000", "image").id == current
-    x1, m1 = store.read("shop", "toy-enc-000000000000", "image", meta["ids1"], meta["hashes1"], snapshot=first)
-    x2, m2 = store.read("shop", "toy-enc-000000000000", "image", meta["ids2"], meta["hashes2"])
+    assert [s.id for s in store.snapshots(key)] == [first, current]
+    assert store.current_snapshot(key).id == current
+    x1, m1 = store.read(key, meta["ids1"], meta["hashes1"], snapshot=first)
+    x2, m2 = store.read(key, meta["ids2"], meta["hashes2"])
     np.testing.assert_array_equal(np.asarray(x1), expected["x1"])
     np.testing.assert_array_equal(np.asarray(m1), expected["m1"])
     np.testing.assert_array_equal(np.asarray(x2), expected["x2"])
     np.testing.assert_array_equal(np.asarray(m2), expected["m2"])
     assert store.encoder_info("toy-enc-000000000000")["weights"] == "legacy fixture"
+
+
+def test_a_version_1_resume_state_loads(tmp_path):
+    """``last.pt`` of a run interrupted before the rename resumes into today's model."""
+    from pipeline.training.checkpoints import KEY_RENAMES, load_last
+
+    prepared = _prepared()
+    cls = get_model_class("lightgcn")
+    torch.manual_seed(1)
+    model = cls(prepared.train, cls.Config(embedding_dim=4))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    old_names = {new: old for old, new in KEY_RENAMES[1]}
+    legacy = {old_names.get(k.split(".")[0], k.split(".")[0]) + k[len(k.split(".")[0]):]: v for k, v in state.items()}
+    assert set(legacy) != set(state)  # the fixture really uses the old names
+    record = RunRecord(model="lightgcn", config={}, seed=1, device="cpu", split_id="x", record_version=1)
+    torch.save({"model": legacy, "epoch": 3, "record": record.model_dump_json()}, tmp_path / "last.pt")
+    torch.manual_seed(2)
+    fresh = cls(prepared.train, cls.Config(embedding_dim=4))
+    rest = load_last(tmp_path / "last.pt", fresh)
+    assert rest["epoch"] == 3
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(v, state[k])

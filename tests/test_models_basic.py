@@ -52,7 +52,7 @@ def test_lightgcn_matches_dense_equations(layers):
     cfg = LightGCN.Config(embedding_dim=4, num_layers=layers, reg=0.01)
     model = LightGCN(data, cfg)
     adj = dense_sym_adj(6, 8, TINY_EDGES)
-    x = np.concatenate([np_(model.user_emb), np_(model.item_emb)])
+    x = np.concatenate([np_(model.user_embedding), np_(model.item_embedding)])
     out = dense_lightgcn(adj, x, layers)
     u_e, i_e = model.inference_embeddings()
     np.testing.assert_allclose(np_(u_e), out[:6], rtol=1e-5, atol=1e-6)

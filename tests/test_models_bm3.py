@@ -37,8 +37,8 @@ def _gate(adapter, c):
 def _dense(model, data, users, items, adapted=False):
     """The spec's BM3 equations in float64 torch on dense matrices (dropout p = 0: targets = outputs,
     detached). Returns (loss, user leaf, item leaf, prediction matrices)."""
-    e_u = model.user_emb.detach().double().clone().requires_grad_(True)
-    e_i = model.item_emb.detach().double().clone().requires_grad_(True)
+    e_u = model.user_embedding.detach().double().clone().requires_grad_(True)
+    e_i = model.item_embedding.detach().double().clone().requires_grad_(True)
     adj = torch.from_numpy(dense_sym_adj(6, 8, TINY_EDGES))
     x = torch.cat([e_u, e_i])
     out = (x + adj @ x) / 2  # one layer, mean of H0, H1
@@ -75,8 +75,8 @@ def test_bm3_matches_dense_equations_and_gradients(adapter):
     # same gradients as the dense version with detached targets: targets carry no gradient
     loss.backward()
     ref.backward()
-    np.testing.assert_allclose(np_(model.user_emb.grad), np_(e_u.grad), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(np_(model.item_emb.grad), np_(e_i.grad), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np_(model.user_embedding.grad), np_(e_u.grad), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(np_(model.item_embedding.grad), np_(e_i.grad), rtol=1e-4, atol=1e-7)
     u_e, i_e = model.inference_embeddings()
     np.testing.assert_allclose(np_(u_e), np_(pu), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np_(i_e), np_(pi), rtol=1e-5, atol=1e-6)

@@ -39,7 +39,7 @@ def _dense_gate(adapter, c: np.ndarray) -> np.ndarray:
 
 def _dense_forward(model, data, adj, weights=None):
     weights = weights or {"image": 0.1, "text": 0.9}
-    e_u, e_i = np_(model.user_emb), np_(model.item_emb)
+    e_u, e_i = np_(model.user_embedding), np_(model.item_embedding)
     out = dense_lightgcn(adj, np.concatenate([e_u, e_i]), 2)
     g = sum(w * dense_knn(np_(data.features[m]), 3, weighted=False) for m, w in weights.items() if m in data.features)
     items = out[6:] + (g @ e_i if data.features else 0)
@@ -54,7 +54,7 @@ def _dense_loss(model, data, adj, users, pos, neg, adapted: bool = False) -> flo
     for m, proj in model.projections.items():
         c = np_(data.features[m]) @ np_(proj.proj.weight).T + np_(proj.proj.bias)
         if adapted:
-            c = np_(model.item_emb) * _dense_gate(model.adapters[m], c)
+            c = np_(model.item_embedding) * _dense_gate(model.adapters[m], c)
         content += dense_bpr(u, c[pos], c[neg])
     return loss + model.config.reg * content
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import models.lattice as lattice_mod
+import models.graphs as graphs
 import models.sparse as sparse_mod
 from models.base import TrainData
 from models.lattice import LATTICE
@@ -119,7 +119,7 @@ def test_inference_and_loss_match_dense_equations(adapter, monkeypatch):
 
 def test_sparse_learned_graph_equals_dense_topk(monkeypatch):
     # Force several similarity blocks in the top-k search (2 rows per block).
-    monkeypatch.setattr(lattice_mod, "SIM_BLOCK_ELEMENTS", 2 * I)
+    monkeypatch.setattr(graphs, "SIM_BLOCK_ELEMENTS", 2 * I)
     torch.manual_seed(1)
     data = tiny_data(seed=3)
     cfg = LATTICE.Config(embedding_dim=4, knn_k=3)

@@ -300,7 +300,8 @@ def test_befa_command_parses(cmd: Command):
 @pytest.mark.parametrize("cmd", [c for c in _of("befa") if c.tokens[1] == "run"], ids=str)
 def test_befa_run_validates_its_pipeline_parameters(cmd: Command, settings, monkeypatch):
     """``befa run`` as shown, up to the pipeline's parameter validation (then stops)."""
-    import pipeline.cli.main as cli
+    import pipeline.cli.job as cli_job
+    from pipeline.cli.main import app
 
     seen = {}
 
@@ -308,8 +309,7 @@ def test_befa_run_validates_its_pipeline_parameters(cmd: Command, settings, monk
         seen["params"] = validate_params(params, settings)
         raise PipelineError("validated; stopping before any work")
 
-    monkeypatch.setattr(cli, "run_pipeline", validate_only)
-    app = cli.app
+    monkeypatch.setattr(cli_job, "run_pipeline", validate_only)
 
     result = CliRunner().invoke(app, cmd.tokens[1:])
     assert "params" in seen, f"{cmd}\n{result.output}"

@@ -178,6 +178,25 @@ def test_trained_mf_beats_random_and_writes_run_folder(ml_slice, tmp_path):
         _fit(ml_slice, tmp_path / "run")
 
 
+def test_the_thread_count_is_restored_after_a_run(ml_slice, tmp_path):
+    before = torch.get_num_threads()
+    seen = []
+    trainer = TrainerConfig(max_epochs=1, patience=10, seed=7, quiet=True, num_threads=1 if before > 1 else 2)
+    fit(TinyMF, make_config(TinyMF), _prepared(ml_slice), tmp_path / "run", trainer, on_epoch_end=lambda e, r: seen.append(torch.get_num_threads()))
+    assert seen == [trainer.num_threads]  # the run used what it was told
+    assert torch.get_num_threads() == before  # and gave the process its own setting back
+
+
+def test_the_run_record_keeps_where_its_features_came_from(ml_slice, tmp_path):
+    bundle = FeatureBundle(ml_slice["features"].features, ml_slice["features"].masks, ml_slice["features"].snapshots, {"text": "fp-text-1"}, {"text": False})
+    trainer = TrainerConfig(max_epochs=1, patience=10, seed=7, quiet=True, num_threads=1)
+    prepared = prepare_data(ml_slice["split"], ml_slice["catalog"].num_items, bundle, num_users=ml_slice["catalog"].num_users)
+    fit(TinyMF, make_config(TinyMF), prepared, tmp_path / "run", trainer)
+    rec = RunRecord.load(tmp_path / "run")
+    assert rec.record_version == 2
+    assert rec.feature_sets == {"text": {"snapshot": "snap-test-1", "fingerprint": "fp-text-1", "random_init": False}}
+
+
 def test_same_seed_same_metrics_different_seed_differs(ml_slice, tmp_path):
     a = RunRecord.load(_fit(ml_slice, tmp_path / "a", max_epochs=3).run_dir)
     b = RunRecord.load(_fit(ml_slice, tmp_path / "b", max_epochs=3).run_dir)

@@ -237,6 +237,58 @@ def _fetch(url: str, timeout: float, retries: int = 3) -> bytes:
     raise AssertionError("unreachable")
 
 
+class _Fetch:
+    """One download: which files are still missing, the errors per file, checked writes."""
+
+    def __init__(self, folder: Path, expected: dict[str, str], url_map: dict[str, str] | None, timeout: float):
+        self.folder, self.expected, self.url_map, self.timeout = folder, expected, url_map, timeout
+        self.missing = [rel for rel in expected if not self.present(rel)]
+        self.errors: dict[str, list[str]] = {rel: [] for rel in self.missing}
+
+    def present(self, rel: str) -> bool:
+        p = self.folder / rel
+        return p.is_file() and sha256_file(p) == self.expected[rel]
+
+    def accept(self, rel: str, data: bytes, url: str) -> bool:
+        got = sha256_bytes(data)
+        if got != self.expected[rel]:
+            self.errors[rel].append(f"{url}: sha256 {got} != expected {self.expected[rel]}")
+            return False
+        write_bytes(self.folder / rel, data)
+        return True
+
+    def from_archive(self, up: Upstream, todo: list[str]) -> None:
+        url = _map_url(up.archive, self.url_map)
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(_fetch(url, self.timeout)))
+        except Exception as exc:
+            for rel in todo:
+                self.errors[rel].append(f"{url}: {exc}")
+            return
+        names = set(archive.namelist())
+        for rel in todo:
+            member = up.member.format(path=rel)
+            if member not in names:
+                self.errors[rel].append(f"{url}: no member {member}")
+                continue
+            self.accept(rel, archive.read(member), f"{url}#{member}")
+
+    def from_urls(self, up: Upstream, todo: list[str], workers: int) -> None:
+        def one(rel: str) -> None:
+            for template in up.urls:
+                url = _map_url(template.format(path=rel), self.url_map)
+                try:
+                    data = _fetch(url, self.timeout)
+                except Exception as exc:
+                    self.errors[rel].append(f"{url}: {exc}")
+                    continue
+                if self.accept(rel, data, url):
+                    return
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(one, todo))
+
+
 def download(
     name: str,
     dest: str | Path,
@@ -245,79 +297,36 @@ def download(
     workers: int = 8,
     timeout: float = 60.0,
 ) -> Path:
-    """Fetch dataset ``name`` into ``dest/<folder>`` (``dest``: the datasets root), verify every file, write ``SHA256SUMS`` and
-    ``PROVENANCE.md``; returns the dataset folder. Raises :class:`DownloadError` naming
-    each file that no upstream could supply with the right checksum."""
+    """Fetch dataset ``name`` into ``dest/<folder>`` (``dest``: the datasets root), verify
+    every file, write ``SHA256SUMS`` and ``PROVENANCE.md``; returns the dataset folder.
+    Raises :class:`DownloadError` naming each file that no upstream could supply with the
+    right checksum."""
     spec = get_spec(name)
     folder = Path(dest) / spec.folder
     folder.mkdir(parents=True, exist_ok=True)
-    expected = pinned_sums(name)
-
-    def present(rel: str) -> bool:
-        p = folder / rel
-        return p.is_file() and sha256_file(p) == expected[rel]
-
-    missing = [rel for rel in expected if not present(rel)]
-    errors: dict[str, list[str]] = {rel: [] for rel in missing}
-    log.info("%s: %d of %d files to fetch", name, len(missing), len(expected))
-
-    def accept(rel: str, data: bytes, url: str) -> bool:
-        got = sha256_bytes(data)
-        if got != expected[rel]:
-            errors[rel].append(f"{url}: sha256 {got} != expected {expected[rel]}")
-            return False
-        write_bytes(folder / rel, data)
-        return True
-
+    fetch = _Fetch(folder, pinned_sums(name), url_map, timeout)
+    log.info("%s: %d of %d files to fetch", name, len(fetch.missing), len(fetch.expected))
     for up in spec.upstreams:
-        todo = [rel for rel in missing if up.matches(rel) and not present(rel)]
-        if not todo:
-            continue
-        if up.archive:
-            url = _map_url(up.archive, url_map)
-            try:
-                archive = zipfile.ZipFile(io.BytesIO(_fetch(url, timeout)))
-            except Exception as exc:
-                for rel in todo:
-                    errors[rel].append(f"{url}: {exc}")
-                continue
-            names = set(archive.namelist())
-            for rel in todo:
-                member = up.member.format(path=rel)
-                if member not in names:
-                    errors[rel].append(f"{url}: no member {member}")
-                    continue
-                accept(rel, archive.read(member), f"{url}#{member}")
-            continue
-
-        def one(rel: str) -> None:
-            for template in up.urls:
-                url = _map_url(template.format(path=rel), url_map)
-                try:
-                    data = _fetch(url, timeout)
-                except Exception as exc:
-                    errors[rel].append(f"{url}: {exc}")
-                    continue
-                if accept(rel, data, url):
-                    return
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(one, todo))
-
-    failed = [rel for rel in missing if not present(rel)]
+        todo = [rel for rel in fetch.missing if up.matches(rel) and not fetch.present(rel)]
+        if todo and up.archive:
+            fetch.from_archive(up, todo)
+        elif todo:
+            fetch.from_urls(up, todo, workers)
+    failed = [rel for rel in fetch.missing if not fetch.present(rel)]
     if failed:
-        lines = [f"{folder / rel}: " + ("; ".join(errors[rel][:6]) or "no upstream serves it") for rel in failed[:10]]
+        lines = [f"{folder / rel}: " + ("; ".join(fetch.errors[rel][:6]) or "no upstream serves it") for rel in failed[:10]]
         more = f"\n... and {len(failed) - 10} more" if len(failed) > 10 else ""
         raise DownloadError(f"{name}: {len(failed)} file(s) could not be fetched and verified:\n" + "\n".join(lines) + more)
+    _write_provenance(spec, folder)
+    verify_dataset(name, folder)
+    return folder
 
+
+def _write_provenance(spec: DatasetSpec, folder: Path) -> None:
     write_text(folder / SUMS_NAME, spec.checksums_file.read_text(encoding="utf-8"))
-    sources = "\n".join(
-        f"- `{u.pattern}`: " + (u.archive if u.archive else ", ".join(u.urls)) for u in spec.upstreams
-    )
+    sources = "\n".join(f"- `{u.pattern}`: " + (u.archive if u.archive else ", ".join(u.urls)) for u in spec.upstreams)
     write_text(
         folder / "PROVENANCE.md",
         f"# {spec.name}\n\n{spec.description}\n\nFetched by `befa download` from:\n\n{sources}\n\n"
         f"Every file verified against befa's pinned checksums ({SUMS_NAME}).\n\nLicence: {spec.licence}\n",
     )
-    verify_dataset(name, folder)
-    return folder

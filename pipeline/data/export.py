@@ -18,7 +18,7 @@ from pipeline.data.splits import Split
 from pipeline.settings import Settings
 from storage.atomic import atomic_path, write_text
 from storage.feature_store import FeatureStore
-from storage.keys import MODALITIES
+from storage.keys import MODALITIES, FeatureSetKey
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -28,14 +28,14 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def features_from_store(store, catalog: Catalog, fingerprint: str, modality: str) -> tuple[np.ndarray, np.ndarray]:
+def features_from_store(store: FeatureStore, catalog: Catalog, fingerprint: str, modality: str) -> tuple[np.ndarray, np.ndarray]:
     """(I x D float32 matrix aligned with item_idx, present mask) read from a FeatureStore."""
     # only items with content have a key; the others stay zero (MMRec needs every row)
     keys = catalog.content_keys(modality)
     info = store.encoder_info(fingerprint) or {}
     if len(keys):
-        tensor, got = store.read(catalog.name, fingerprint, modality, keys["item_id"].tolist(), keys["content_hash"].tolist())
-        x, got = np.asarray(tensor, dtype=np.float32), np.asarray(got, dtype=bool)
+        key = FeatureSetKey(catalog.name, fingerprint, modality)
+        x, got = store.read(key, keys["item_id"].tolist(), keys["content_hash"].tolist())
         dim = x.shape[1]
     else:
         x, got, dim = None, None, int(info.get("dim") or 0)

@@ -34,6 +34,7 @@ from pipeline.data.splits import Split
 from pipeline.settings import Settings
 from storage.atomic import write_parquet
 from storage.feature_store import FeatureStore
+from storage.keys import FeatureSetKey
 
 REJECTS_SCHEMA = pa.schema(
     [
@@ -110,9 +111,8 @@ def save_result(result: ImportResult, folder: str | Path, settings: Settings, so
                     "modality": modality,
                 },
             )
-            res = store.upsert(
-                catalog.name, feat.fingerprint, modality, items["item_id"].tolist(), items[f"{modality}_hash"].tolist(), feat.matrix
-            )
+            key = FeatureSetKey(catalog.name, feat.fingerprint, modality)
+            res = store.upsert(key, items["item_id"].tolist(), items[f"{modality}_hash"].tolist(), feat.matrix)
             report.notes.append(
                 f"{modality} features {feat.source.name} ({feat.matrix.shape[0]} x {feat.matrix.shape[1]}) -> feature store "
                 f"{settings.feature_store}, fingerprint {feat.fingerprint} ({res.written} written, {res.skipped} already there)"

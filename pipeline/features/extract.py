@@ -9,217 +9,105 @@ snapshot per modality.
   a second run on an unchanged catalog encodes nothing and a changed poster is
   re-encoded alone.
 - Crash-safe and resumable: vectors are written as Parquet parts every
-  ``part_size`` items (or every ``flush_seconds``); ``existing_keys`` sees
-  pending parts, so a run that stops midway resumes where it stopped. The final
-  ``commit(keep=<every current catalog key of the modality>)`` makes the
-  snapshot exactly the current catalog: items that left the catalog or changed
-  content drop out, items without a feature are counted as missing.
+  ``part_size`` items (or every ``flush_seconds``, see :mod:`pipeline.features.writer`);
+  ``existing_keys`` sees pending parts, so a run that stops midway resumes where it
+  stopped. The final ``commit(key, keep=<every current catalog key of the modality>)``
+  makes the snapshot exactly the current catalog: items that left the catalog or
+  changed content drop out, items without a feature are counted as missing.
 - Overlapped: images are read, checked against their catalog hash, decoded and
-  preprocessed in DataLoader worker processes while the main process runs the
-  forward pass. On CUDA: bf16 (fp16 on older cards) autocast, pinned memory,
-  batches sized to the card, a batch that runs out of memory is split. On CPU:
-  torch uses every core for the forward pass and one worker decodes (decoding a
-  poster costs ~1/50 of a ViT-B-32 forward on it, so one worker keeps up).
+  preprocessed in DataLoader worker processes (:mod:`pipeline.features.images`)
+  while the main process runs the forward pass. On CUDA: bf16 (fp16 on older cards)
+  autocast, pinned memory, batches sized to the card, a batch that runs out of memory
+  is split. On CPU: torch uses every core for the forward pass and one worker decodes
+  (decoding a poster costs ~1/50 of a ViT-B-32 forward on it, so one worker keeps up).
 - Failures are listed, never silent: an item whose image is null in the catalog
   (rejected at ingest) or fails to read/decode now (or whose bytes no longer match
-  the catalog hash) gets no image feature; the summary names it and why.
+  the catalog hash) gets no image feature; the summary
+  (:mod:`pipeline.features.summary`) names it and why.
 
-``load_features`` reads the features back aligned to ``item_idx``, with masks,
-for the models.
+``pipeline.features.load.load_features`` reads the features back aligned to
+``item_idx``, with masks, for the models.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from encoders.base import Encoder, autocast_dtype, check_modalities
 from encoders.registry import create_encoders
 from pipeline.data.catalog import Catalog
+from pipeline.features.images import ImageItems, default_num_workers, image_loader
+from pipeline.features.summary import ExtractSummary, ModalitySummary
+from pipeline.features.writer import PartWriter
 from pipeline.settings import Settings
 from pipeline.training.device import cpu_count, resolve_device, torch_threads
 from storage.feature_store import FeatureStore
-from storage.keys import MODALITIES
+from storage.keys import MODALITIES, FeatureSetKey
 
-MAX_LISTED_FAILURES = 10_000  # listing every failure of a broken image folder would not help anyone
-
-
-# ---------------------------------------------------------------------------- summary
-@dataclass
-class ModalitySummary:
-    """What one modality's extraction did."""
-
-    modality: str
-    encoder: str  # spec
-    fingerprint: str
-    weights: str  # identity label; "random init (seed N)" for random weights
-    random_init: bool
-    dim: int
-    items: int  # items of the catalog
-    with_content: int  # items that have this modality in the catalog
-    encoded: int = 0
-    skipped: int = 0  # already in the store under this fingerprint and content hash
-    failed: int = 0  # could not be read/decoded at extraction
-    no_content: int = 0  # null in the catalog (e.g. image rejected at ingest)
-    missing_items: list[dict[str, Any]] = field(default_factory=list)  # item_id, item_idx, reason
-    seconds: float = 0.0
-    encode_seconds: float = 0.0
-    throughput: float = 0.0  # encoded items per second of the encode loop
-    parts_written: int = 0
-    snapshot_id: str | None = None
-    snapshot_rows: int = 0
-    batch_size: int = 0
-    num_workers: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"
-
-    @property
-    def failed_items(self) -> list[dict[str, Any]]:
-        return [m for m in self.missing_items if m["kind"] == "failed"]
+# What a fingerprint determines. The other info fields (spec, source, weights label)
+# may legitimately differ between runs of the same function: a checkpoint moved to
+# another path, a newer library version, `@random` vs `@random:0`.
+IDENTITY_FIELDS = ("dim", "weights", "random_init", "preprocessing", "architecture", "family")
 
 
-@dataclass
-class ExtractSummary:
-    """Per-modality results of :func:`extract_features`."""
+def register_encoder(store: FeatureStore, encoder: Encoder) -> None:
+    """Record the encoder's info under its fingerprint, once.
 
-    dataset: str
-    modalities: dict[str, ModalitySummary]
-    seconds: float = 0.0
-
-    @property
-    def encoded(self) -> int:
-        return sum(m.encoded for m in self.modalities.values())
-
-    @property
-    def skipped(self) -> int:
-        return sum(m.skipped for m in self.modalities.values())
-
-    @property
-    def failed(self) -> int:
-        return sum(m.failed for m in self.modalities.values())
-
-    @property
-    def failed_items(self) -> list[dict[str, Any]]:
-        return [dict(m, modality=s.modality) for s in self.modalities.values() for m in s.failed_items]
-
-    @property
-    def snapshot_ids(self) -> dict[str, str | None]:
-        return {m: s.snapshot_id for m, s in self.modalities.items()}
-
-    @property
-    def fingerprints(self) -> dict[str, str]:
-        return {m: s.fingerprint for m, s in self.modalities.items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "seconds": round(self.seconds, 3),
-            "modalities": {m: asdict(s) for m, s in self.modalities.items()},
-        }
-
-    def lines(self) -> list[str]:
-        out = [f"extract {self.dataset}: {self.seconds:.1f} s"]
-        for s in self.modalities.values():
-            out.append(
-                f"  {s.modality}: encoder {s.encoder} ({s.fingerprint}, {s.dim}-d), weights: {s.weights}; "
-                f"encoded {s.encoded}, skipped {s.skipped}, failed {s.failed}, no {s.modality} {s.no_content}; "
-                f"{s.throughput:.1f} items/s on {s.device} ({s.precision}, batch {s.batch_size}, "
-                f"{s.num_workers} workers); snapshot {s.snapshot_id} ({s.snapshot_rows} rows)"
-            )
-            for m in s.failed_items[:5]:
-                out.append(f"    failed: item {m['item_id']} (idx {m['item_idx']}): {m['reason']}")
-            if s.failed > 5:
-                out.append(f"    ... and {s.failed - 5} more failed items")
-        return out
-
-    def __str__(self) -> str:
-        return "\n".join(self.lines())
-
-
-# ---------------------------------------------------------------------------- images
-def read_image_bytes(ref: str) -> bytes:
-    """Bytes of a catalog image reference: a local path or an fsspec URI."""
-    if "://" in ref and not ref.startswith("file://"):
-        import fsspec
-
-        with fsspec.open(ref, "rb") as fh:
-            return fh.read()
-    if ref.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        ref = unquote(urlparse(ref).path)
-    with open(ref, "rb") as fh:
-        return fh.read()
-
-
-class ImageItems(Dataset):
-    """Images to encode; ``__getitem__`` runs in DataLoader workers.
-
-    Returns ``(position, pixels, None)`` or ``(position, None, reason)``: a bad
-    image is reported, not raised, so one broken file does not stop the run. The
-    bytes are checked against the catalog's hash, so a feature is never stored
-    under a hash it was not computed from.
+    The first run's info is kept; later runs only check that the fields the
+    fingerprint stands for agree (a disagreement would mean two different
+    encoders share a fingerprint, so it is an error).
     """
-
-    def __init__(self, refs: Sequence[str], hashes: Sequence[str], transform: Callable[[Image.Image], torch.Tensor]):
-        self.refs = list(refs)
-        self.hashes = list(hashes)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, pos: int) -> tuple[int, torch.Tensor | None, str | None]:
-        ref = self.refs[pos]
-        try:
-            data = read_image_bytes(ref)
-        except FileNotFoundError:
-            return pos, None, f"image file missing: {ref}"
-        except Exception as exc:
-            return pos, None, f"image unreadable ({type(exc).__name__}: {exc}): {ref}"
-        if hashlib.sha256(data).hexdigest() != self.hashes[pos]:
-            return pos, None, f"image changed since ingest (sha256 differs from the catalog; re-run ingest): {ref}"
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                pixels = self.transform(img.convert("RGB"))
-        except Exception as exc:  # PIL raises many types
-            return pos, None, f"image does not decode ({type(exc).__name__}: {exc}): {ref}"
-        return pos, pixels, None
+    fp = encoder.fingerprint
+    info = encoder.info()
+    known = store.encoder_info(fp)
+    if known is None:
+        store.register_encoder(fp, info)
+        return
+    norm = json.loads(json.dumps({k: info[k] for k in IDENTITY_FIELDS}, sort_keys=True, default=str))
+    differ = [k for k in IDENTITY_FIELDS if k in known and known[k] != norm[k]]
+    if differ:
+        raise ValueError(
+            f"encoder fingerprint {fp} is registered in {store.root} with different {', '.join(differ)}: "
+            "refusing to mix features of two encoders"
+        )
 
 
-def collate_images(batch: list[tuple[int, torch.Tensor | None, str | None]]):
-    ok = [(p, x) for p, x, err in batch if err is None]
-    bad = [(p, err) for p, _, err in batch if err is not None]
-    positions = [p for p, _ in ok]
-    pixels = torch.stack([x for _, x in ok]) if ok else None
-    return positions, pixels, bad
-
-
-def _worker_init(_: int) -> None:
-    # Workers only decode and resize: one thread each, or they fight the forward pass for cores.
-    torch.set_num_threads(1)
-
-
-def default_num_workers(device: torch.device) -> int:
-    cores = cpu_count()
-    if device.type == "cuda":
-        return max(1, min(8, cores - 1))
-    # On CPU the forward pass needs the cores; decoding is ~2% of its cost per image.
-    return 1 if cores <= 8 else 2
-
-
-def _precision_name(encoder: "Encoder", device: torch.device) -> str:
+def precision_name(encoder: Encoder, device: torch.device) -> str:
+    """How the forward pass runs on ``device``: fp32 or the autocast dtype."""
     dtype = encoder.precision if encoder.precision is not None else autocast_dtype(device)
     return {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
+
+
+def todo_keys(store: FeatureStore, key: FeatureSetKey, keys: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``keys`` (item_id, content_hash, item_idx) the store has no vector for yet."""
+    existing = store.existing_keys(key)
+    pairs = zip(keys["item_id"].tolist(), keys["content_hash"].tolist())
+    todo = np.fromiter(((i, h) not in existing for i, h in pairs), dtype=bool, count=len(keys))
+    return keys[todo]
+
+
+def finish_modality(
+    summary: ModalitySummary, writer: PartWriter, store: FeatureStore, key: FeatureSetKey,
+    keys: pd.DataFrame, t_enc: float, t0: float,
+) -> ModalitySummary:
+    """Timings, throughput, and the commit that makes the snapshot exactly the current catalog
+    (keys without a row, i.e. failed items, count as missing). Shared with Ray extraction."""
+    summary.encode_seconds = time.perf_counter() - t_enc
+    summary.throughput = summary.encoded / summary.encode_seconds if summary.encoded else 0.0
+    summary.parts_written = len(writer.parts)
+    snap = store.commit(key, keep=zip(keys["item_id"].tolist(), keys["content_hash"].tolist()))
+    summary.snapshot_id = snap.id
+    summary.snapshot_rows = snap.num_rows
+    summary.seconds = time.perf_counter() - t0
+    return summary
 
 
 def _embed_split_on_oom(fn: Callable[[Any], torch.Tensor], batch: Any, n: int) -> torch.Tensor:
@@ -234,77 +122,12 @@ def _embed_split_on_oom(fn: Callable[[Any], torch.Tensor], batch: Any, n: int) -
         return torch.cat([_embed_split_on_oom(fn, batch[:half], half), _embed_split_on_oom(fn, batch[half:], n - half)])
 
 
-# ---------------------------------------------------------------------------- writer
-class _PartWriter:
-    """Buffers embeddings and writes a store part every ``part_size`` rows or ``flush_seconds``."""
-
-    def __init__(self, store, dataset, fingerprint, modality, part_size, flush_seconds, on_part):
-        self.store, self.dataset, self.fingerprint, self.modality = store, dataset, fingerprint, modality
-        self.part_size, self.flush_seconds, self.on_part = part_size, flush_seconds, on_part
-        self.ids: list[str] = []
-        self.hashes: list[str] = []
-        self.chunks: list[np.ndarray] = []
-        self.parts: list[str] = []
-        self.last = time.perf_counter()
-
-    def add(self, ids: list[str], hashes: list[str], emb: np.ndarray) -> None:
-        self.ids += ids
-        self.hashes += hashes
-        self.chunks.append(emb)
-        if len(self.ids) >= self.part_size or time.perf_counter() - self.last >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.ids:
-            name = self.store.write_part(
-                self.dataset, self.fingerprint, self.modality, self.ids, self.hashes, np.concatenate(self.chunks)
-            )
-            self.parts.append(name)
-            self.ids, self.hashes, self.chunks = [], [], []
-            if self.on_part is not None:
-                self.on_part(self.modality, len(self.parts), name)
-        self.last = time.perf_counter()
-
-
-# ---------------------------------------------------------------------------- extraction
-# What a fingerprint determines. The other info fields (spec, source, weights label)
-# may legitimately differ between runs of the same function: a checkpoint moved to
-# another path, a newer library version, `@random` vs `@random:0`.
-IDENTITY_FIELDS = ("dim", "weights", "random_init", "preprocessing", "architecture", "family")
-
-
-def register_encoder(store: "FeatureStore", encoder: "Encoder") -> None:
-    """Record the encoder's info under its fingerprint, once.
-
-    The first run's info is kept; later runs only check that the fields the
-    fingerprint stands for agree (a disagreement would mean two different
-    encoders share a fingerprint, so it is an error).
-    """
-    fp = encoder.fingerprint
-    info = encoder.info()
-    known = store.encoder_info(fp)
-    if known is None:
-        store.register_encoder(fp, info)
-        return
-    import json
-
-    norm = json.loads(json.dumps({k: info[k] for k in IDENTITY_FIELDS}, sort_keys=True, default=str))
-    differ = [k for k in IDENTITY_FIELDS if k in known and known[k] != norm[k]]
-    if differ:
-        raise ValueError(
-            f"encoder fingerprint {fp} is registered in {store.root} with different {', '.join(differ)}: "
-            "refusing to mix features of two encoders"
-        )
-
-
-def _progress(total: int, desc: str, unit: str, enabled: bool):
-    from tqdm.auto import tqdm
-
+def _progress(total: int, desc: str, unit: str, enabled: bool) -> tqdm:
     # tqdm shows items/s and the ETA; mininterval keeps the bar cheap.
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5, dynamic_ncols=True)
 
 
-def _resolve_encoders(encoder_or_spec: Any, modalities: Sequence[str] | None, device: torch.device) -> dict[str, "Encoder"]:
+def _resolve_encoders(encoder_or_spec: Any, modalities: Sequence[str] | None, device: torch.device) -> dict[str, Encoder]:
     if isinstance(encoder_or_spec, Encoder):
         wanted = list(modalities) if modalities is not None else list(encoder_or_spec.modalities)
         check_modalities(encoder_or_spec.family, wanted, encoder_or_spec.modalities)
@@ -326,7 +149,7 @@ def _resolve_encoders(encoder_or_spec: Any, modalities: Sequence[str] | None, de
 def extract_features(
     catalog: Catalog,
     encoder_or_spec: Any,
-    store: "FeatureStore",
+    store: FeatureStore,
     modalities: Sequence[str] | None = None,
     batch_size: int | None = None,
     num_workers: int | None = None,
@@ -380,8 +203,8 @@ def extract_features(
 
 def _extract_modality(
     catalog: Catalog,
-    encoder: "Encoder",
-    store: "FeatureStore",
+    encoder: Encoder,
+    store: FeatureStore,
     modality: str,
     device: torch.device,
     *,
@@ -390,93 +213,55 @@ def _extract_modality(
     part_size: int,
     flush_seconds: float,
     progress: bool,
-    on_part,
+    on_part: Callable[[str, int, str], None] | None,
 ) -> ModalitySummary:
     t0 = time.perf_counter()
-    fp = encoder.fingerprint
     register_encoder(store, encoder)
-    items = catalog.items
+    key = FeatureSetKey(catalog.name, encoder.fingerprint, modality)
     keys = catalog.content_keys(modality)
     summary = ModalitySummary(
-        modality=modality, encoder=str(encoder.spec), fingerprint=fp, weights=encoder.weights_label,
-        random_init=encoder.random_init, dim=encoder.dim, items=len(items), with_content=len(keys),
+        modality=modality, encoder=str(encoder.spec), fingerprint=key.fingerprint, weights=encoder.weights_label,
+        random_init=encoder.random_init, dim=encoder.dim, items=catalog.num_items, with_content=len(keys),
         batch_size=batch_size, num_workers=num_workers if modality == "image" else 0,
-        device=str(device), precision=_precision_name(encoder, device),
+        device=str(device), precision=precision_name(encoder, device),
     )
-    no_content = items[items[f"{modality}_hash"].isna()]
-    summary.no_content = len(no_content)
-    reason = "no image in the catalog (missing or rejected at ingest)" if modality == "image" else "empty text"
-    summary.missing_items += [
-        {"item_id": i, "item_idx": int(x), "kind": "no_content", "reason": reason}
-        for i, x in zip(no_content["item_id"].tolist()[:MAX_LISTED_FAILURES], no_content["item_idx"].tolist())
-    ]
-
-    existing = store.existing_keys(catalog.name, fp, modality)
-    key_ids = keys["item_id"].tolist()
-    key_hashes = keys["content_hash"].tolist()
-    todo_mask = np.fromiter(((i, h) not in existing for i, h in zip(key_ids, key_hashes)), dtype=bool, count=len(keys))
-    todo = keys[todo_mask]
+    summary.record_no_content(catalog.items)
+    todo = todo_keys(store, key, keys)
     summary.skipped = int(len(keys) - len(todo))
-
-    writer = _PartWriter(store, catalog.name, fp, modality, part_size, flush_seconds, on_part)
+    writer = PartWriter(store, key, part_size, flush_seconds, on_part)
     t_enc = time.perf_counter()
     if len(todo):
-        todo_ids = todo["item_id"].tolist()
-        todo_hashes = todo["content_hash"].tolist()
-        todo_idx = todo["item_idx"].tolist()
-        bar = _progress(len(todo), f"{modality} {fp}", "img" if modality == "image" else "text", progress)
-        try:
-            if modality == "image":
-                batches = _image_batches(encoder, items, todo, batch_size, num_workers, device)
-            else:
-                batches = _text_batches(encoder, items, todo, batch_size)
-            for positions, emb, bad in batches:
-                if positions:
-                    writer.add([todo_ids[p] for p in positions], [todo_hashes[p] for p in positions], emb)
-                    summary.encoded += len(positions)
-                for p, why in bad:
-                    summary.failed += 1
-                    if len(summary.missing_items) < MAX_LISTED_FAILURES:
-                        summary.missing_items.append(
-                            {"item_id": todo_ids[p], "item_idx": int(todo_idx[p]), "kind": "failed", "reason": why}
-                        )
-                bar.update(len(positions) + len(bad))
-            writer.flush()
-        finally:
-            bar.close()
-    return finish_modality(summary, writer, store, catalog.name, fp, modality, key_ids, key_hashes, t_enc, t0)
+        if modality == "image":
+            batches = _image_batches(encoder, catalog.items, todo, batch_size, num_workers, device)
+        else:
+            batches = _text_batches(encoder, catalog.items, todo, batch_size)
+        _encode_into(writer, summary, batches, todo, progress)
+    return finish_modality(summary, writer, store, key, keys, t_enc, t0)
 
 
-def finish_modality(summary, writer, store, dataset, fp, modality, key_ids, key_hashes, t_enc: float, t0: float):
-    """Timings, throughput, and the commit that makes the snapshot exactly the current catalog
-    (keys without a row, i.e. failed items, count as missing). Shared with Ray extraction."""
-    summary.encode_seconds = time.perf_counter() - t_enc
-    summary.throughput = summary.encoded / summary.encode_seconds if summary.encoded else 0.0
-    summary.parts_written = len(writer.parts)
-    snap = store.commit(dataset, fp, modality, keep=zip(key_ids, key_hashes))
-    summary.snapshot_id = snap.id
-    summary.snapshot_rows = snap.num_rows
-    summary.seconds = time.perf_counter() - t0
-    return summary
+def _encode_into(writer: PartWriter, summary: ModalitySummary, batches, todo: pd.DataFrame, progress: bool) -> None:
+    """Consume ``batches`` of ``todo``: vectors to the writer, failures to the summary, then flush."""
+    ids, hashes, idx = todo["item_id"].tolist(), todo["content_hash"].tolist(), todo["item_idx"].tolist()
+    unit = "img" if summary.modality == "image" else "text"
+    bar = _progress(len(todo), f"{summary.modality} {summary.fingerprint}", unit, progress)
+    try:
+        for positions, emb, bad in batches:
+            if positions:
+                writer.add([ids[p] for p in positions], [hashes[p] for p in positions], emb)
+                summary.encoded += len(positions)
+            for p, why in bad:
+                summary.record_failure(ids[p], idx[p], why)
+            bar.update(len(positions) + len(bad))
+        writer.flush()
+    finally:
+        bar.close()
 
 
 def _image_batches(encoder, items, todo, batch_size, num_workers, device):
     """Yield ``(positions, embeddings (n, D) float32 numpy, failures)`` per batch of ``todo``."""
     refs = items["image"].to_numpy()[todo["item_idx"].to_numpy()]
     dataset = ImageItems(refs.tolist(), todo["content_hash"].tolist(), encoder.image_transform)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_images,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if num_workers > 0 else None,
-        # a few batches ahead per worker hide decoding jitter; on CUDA batches are big, so fewer
-        prefetch_factor=(2 if device.type == "cuda" else 4) if num_workers > 0 else None,
-        persistent_workers=False,
-    )
-    for positions, pixels, bad in loader:
+    for positions, pixels, bad in image_loader(dataset, batch_size, num_workers, device):
         if pixels is None:
             yield [], None, bad
             continue
@@ -512,5 +297,3 @@ def extract_command(
         catalog, encoder_spec, store, modalities=modalities, batch_size=batch_size,
         num_workers=num_workers, device=device, progress=progress,
     )
-
-

@@ -20,13 +20,48 @@ from pipeline.features.extract import extract_features
 from pipeline.training.prepare import FeatureBundle
 from pipeline.training.record import LEGACY_FEATURES, RunRecord
 from storage.feature_store import FeatureStore
-from storage.keys import MODALITIES
+from storage.keys import MODALITIES, FeatureSetKey
+from storage.snapshots import Snapshot
 
 
 # ---------------------------------------------------------------------------- reading back
+def _snapshot_to_read(store: FeatureStore, key: FeatureSetKey, wanted: str | None) -> Snapshot:
+    """The snapshot id ``wanted`` of ``key``, or its current one; a CatalogError saying what to run when absent."""
+    if wanted is None:
+        snap = store.current_snapshot(key)
+    else:
+        snap = next((s for s in store.snapshots(key) if s.id == wanted), None)
+    if snap is None:
+        what = f"snapshot {wanted}" if wanted else "features"
+        raise CatalogError(
+            None,
+            f"no {key.modality} {what} for dataset {key.dataset!r} under encoder {key.fingerprint!r} in {store.root} "
+            f"(run `befa extract --dataset {key.dataset} --encoder <spec>` first)",
+        )
+    return snap
+
+
+def _aligned(store: FeatureStore, key: FeatureSetKey, snap: Snapshot, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
+    """(I, D) float32 rows by item_idx and the (I,) mask of items whose current content has a feature.
+
+    The store's numpy rows (possibly a read-only view of its buffer) are scattered into a
+    new array, which torch then wraps without a copy.
+    """
+    n = catalog.num_items
+    out = np.zeros((n, snap.dim), dtype=np.float32)
+    mask = np.zeros(n, dtype=bool)
+    keys = catalog.content_keys(key.modality)
+    if len(keys):
+        x, found = store.read(key, keys["item_id"].tolist(), keys["content_hash"].tolist(), snapshot=snap.id)
+        idx = keys["item_idx"].to_numpy(dtype=np.int64)[found]
+        out[idx] = x[found]  # indexing copies: the store's read-only buffer is never written
+        mask[idx] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
 def load_features(
     catalog: Catalog,
-    store: "FeatureStore",
+    store: FeatureStore,
     fingerprints_by_modality: Mapping[str, str],
     fill: Literal["mean", "zero"] = "mean",
     snapshots: Mapping[str, str] | None = None,
@@ -56,36 +91,15 @@ def load_features(
     """
     if fill not in ("mean", "zero"):
         raise ValueError(f"fill must be 'mean' or 'zero', got {fill!r}")
-    n = catalog.num_items
     feats: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     snap_ids: dict[str, str] = {}
     for modality, fp in fingerprints_by_modality.items():
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected one of {list(MODALITIES)}")
-        wanted = (snapshots or {}).get(modality)
-        snap = (
-            store.current_snapshot(catalog.name, fp, modality)
-            if wanted is None
-            else next((s for s in store.snapshots(catalog.name, fp, modality) if s.id == wanted), None)
-        )
-        if snap is None:
-            what = f"snapshot {wanted}" if wanted else "features"
-            raise CatalogError(
-                None,
-                f"no {modality} {what} for dataset {catalog.name!r} under encoder {fp!r} in {store.root} "
-                f"(run `befa extract --dataset {catalog.name} --encoder <spec>` first)",
-            )
-        keys = catalog.content_keys(modality)
-        out = torch.zeros(n, snap.dim, dtype=torch.float32)
-        mask = torch.zeros(n, dtype=torch.bool)
-        if len(keys):
-            x, m = store.read(
-                catalog.name, fp, modality, keys["item_id"].tolist(), keys["content_hash"].tolist(), snapshot=snap.id
-            )
-            idx = torch.from_numpy(keys["item_idx"].to_numpy(dtype=np.int64, copy=True))
-            out[idx[m]] = x[m]  # indexing copies: the store's read-only buffer is never written
-            mask[idx[m]] = True
+        key = FeatureSetKey(catalog.name, fp, modality)
+        snap = _snapshot_to_read(store, key, (snapshots or {}).get(modality))
+        out, mask = _aligned(store, key, snap, catalog)
         if fill == "mean" and mask.any() and not mask.all():
             out[~mask] = out[mask].mean(dim=0)
         feats[modality], masks[modality], snap_ids[modality] = out, mask, snap.id
@@ -95,7 +109,7 @@ def load_features(
 
 
 def features_for_training(
-    catalog: Catalog, encoder: str, store: "FeatureStore", device: str | None = None, progress: bool = True
+    catalog: Catalog, encoder: str, store: FeatureStore, device: str | None = None, progress: bool = True
 ) -> FeatureBundle:
     """Extract what is missing (incremental: usually nothing) and load the current features."""
     summary = extract_features(catalog, encoder, store, device=device, progress=progress)
@@ -103,7 +117,7 @@ def features_for_training(
     return load_features(catalog, store, fps, snapshots={m: summary.snapshot_ids[m] for m in fps})
 
 
-def load_run_features(record: RunRecord, store: "FeatureStore", run_dir: str | Path | None = None) -> FeatureBundle | None:
+def load_run_features(record: RunRecord, store: FeatureStore, run_dir: str | Path | None = None) -> FeatureBundle | None:
     """The exact features a run trained on (its recorded fingerprints and snapshots), or None
     when it used none. Runs from before record version 2 kept them in ``features.json``."""
     catalog_dir = record.sources.get("catalog")

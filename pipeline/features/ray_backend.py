@@ -12,8 +12,8 @@
   reachable from the workers, e.g. ``s3://``), checks its bytes against the catalog
   hash, decodes, preprocesses and embeds; texts are embedded as they are;
 - the driver consumes the output as a stream and writes the same Parquet parts the local
-  extractor writes (``FeatureStore.write_part``, every ``part_size`` rows), then commits
-  one snapshot per modality with ``keep`` = the catalog's current keys.
+  extractor writes (:class:`~pipeline.features.writer.PartWriter`, every ``part_size``
+  rows), then commits one snapshot per modality with ``keep`` = the catalog's current keys.
 
 Same encoder, same preprocessing, same fp32 forward pass on CPU: the vectors equal the
 local run's (tested, to float32 rounding: batches may be cut differently). Snapshot ids
@@ -32,18 +32,16 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from encoders.registry import create_encoders, resolve_specs
 from pipeline.data.catalog import Catalog
-from pipeline.features.extract import (
-    MAX_LISTED_FAILURES,
-    ExtractSummary,
-    ImageItems,
-    ModalitySummary,
-    _PartWriter,
-    _precision_name,
-    finish_modality,
-)
+from pipeline.features.extract import finish_modality, precision_name, todo_keys
+from pipeline.features.images import ImageItems
+from pipeline.features.summary import ExtractSummary, ModalitySummary
+from pipeline.features.writer import PartWriter
+from storage.feature_store import FeatureStore
+from storage.keys import FeatureSetKey
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,15 +75,11 @@ class _Embedder:
     """Ray Data actor: builds the encoder once, then embeds batches of items."""
 
     def __init__(self, spec: str, modality: str, device: str):
-        import torch
-
         self.modality = modality
         self.device = torch.device(device)
         self.encoder = create_encoders(spec, [modality])[modality].to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         n = len(batch["item_id"])
         ok = np.zeros(n, dtype=bool)
         reason = np.array([""] * n, dtype=object)
@@ -166,14 +160,14 @@ def _describe(spec: str, modality: str) -> dict[str, Any]:
         "weights": enc.weights_label,
         "random_init": bool(enc.random_init),
         "spec": str(enc.spec),
-        "precision": _precision_name(enc, __import__("torch").device("cpu")),
+        "precision": precision_name(enc, torch.device("cpu")),
     }
 
 
 def extract_features_ray(
     catalog: Catalog,
     encoder_spec: str,
-    store: Any,
+    store: FeatureStore,
     cluster: str = "auto",
     modalities: Sequence[str] | None = None,
     batch_size: int | None = None,
@@ -199,40 +193,49 @@ def extract_features_ray(
     return ExtractSummary(dataset=catalog.name, modalities=summaries, seconds=time.perf_counter() - t_start)
 
 
-def _extract_modality(ray: Any, catalog: Catalog, spec: str, store: Any, modality: str, *, use_gpu: bool, actors: int, batch_size: int, part_size: int) -> ModalitySummary:
+def _work_frame(items: pd.DataFrame, todo: pd.DataFrame, modality: str) -> pd.DataFrame:
+    """What the actors get per item: id, content hash, index and the payload (image reference or text)."""
+    payload = items[modality].to_numpy()[todo["item_idx"].to_numpy()]
+    return pd.DataFrame({
+        "item_id": todo["item_id"].astype(str).to_numpy(),
+        "content_hash": todo["content_hash"].astype(str).to_numpy(),
+        "item_idx": todo["item_idx"].to_numpy(np.int64),
+        "payload": payload.astype(str),
+    })
+
+
+def _take_batch(writer: PartWriter, summary: ModalitySummary, batch: dict[str, np.ndarray]) -> None:
+    """One output batch of the actors: vectors to the writer, failures to the summary."""
+    ok = batch["ok"].astype(bool)
+    if ok.any():
+        ids, hashes = [str(x) for x in batch["item_id"][ok]], [str(x) for x in batch["content_hash"][ok]]
+        writer.add(ids, hashes, np.asarray(batch["embedding"][ok], dtype=np.float32))
+        summary.encoded += int(ok.sum())
+    for j in np.flatnonzero(~ok):
+        summary.record_failure(str(batch["item_id"][j]), int(batch["item_idx"][j]), str(batch["reason"][j]))
+
+
+def _extract_modality(ray: Any, catalog: Catalog, spec: str, store: FeatureStore, modality: str, *, use_gpu: bool, actors: int, batch_size: int, part_size: int) -> ModalitySummary:
     t0 = time.perf_counter()
     desc = ray.get(ray.remote(_describe).options(num_gpus=0).remote(spec, modality))
-    fp = desc["fingerprint"]
-    store.register_encoder(fp, desc["info"])
-    items = catalog.items
+    store.register_encoder(desc["fingerprint"], desc["info"])
+    key = FeatureSetKey(catalog.name, desc["fingerprint"], modality)
     keys = catalog.content_keys(modality)
     summary = ModalitySummary(
-        modality=modality, encoder=desc["spec"], fingerprint=fp, weights=desc["weights"], random_init=desc["random_init"],
-        dim=desc["dim"], items=len(items), with_content=len(keys), batch_size=batch_size, num_workers=actors,
+        modality=modality, encoder=desc["spec"], fingerprint=key.fingerprint, weights=desc["weights"], random_init=desc["random_init"],
+        dim=desc["dim"], items=catalog.num_items, with_content=len(keys), batch_size=batch_size, num_workers=actors,
         device="cuda (ray)" if use_gpu else "cpu (ray)", precision="bf16/fp16 autocast" if use_gpu else desc["precision"],
     )
-    no_content = items[items[f"{modality}_hash"].isna()]
-    summary.no_content = len(no_content)
-    existing = store.existing_keys(catalog.name, fp, modality)
-    key_ids, key_hashes = keys["item_id"].tolist(), keys["content_hash"].tolist()
-    todo_mask = np.fromiter(((i, h) not in existing for i, h in zip(key_ids, key_hashes)), dtype=bool, count=len(keys))
-    todo = keys[todo_mask]
+    summary.record_no_content(catalog.items)
+    todo = todo_keys(store, key, keys)
     summary.skipped = int(len(keys) - len(todo))
 
-    writer = _PartWriter(store, catalog.name, fp, modality, part_size, 60.0, None)
+    writer = PartWriter(store, key, part_size, 60.0, None)
     t_enc = time.perf_counter()
     if len(todo):
-        payload = items[modality].to_numpy()[todo["item_idx"].to_numpy()]
-        frame = pd.DataFrame({"item_id": todo["item_id"].astype(str).to_numpy(), "content_hash": todo["content_hash"].astype(str).to_numpy(), "item_idx": todo["item_idx"].to_numpy(np.int64), "payload": payload.astype(str)})
+        frame = _work_frame(catalog.items, todo, modality)
         # streaming: parts are written while later batches are still being encoded
         for batch in _embedded_batches(ray, frame, spec, modality, use_gpu=use_gpu, actors=actors, batch_size=batch_size):
-            ok = batch["ok"].astype(bool)
-            if ok.any():
-                writer.add([str(x) for x in batch["item_id"][ok]], [str(x) for x in batch["content_hash"][ok]], np.asarray(batch["embedding"][ok], dtype=np.float32))
-                summary.encoded += int(ok.sum())
-            for j in np.flatnonzero(~ok):
-                summary.failed += 1
-                if len(summary.missing_items) < MAX_LISTED_FAILURES:
-                    summary.missing_items.append({"item_id": str(batch["item_id"][j]), "item_idx": int(batch["item_idx"][j]), "kind": "failed", "reason": str(batch["reason"][j])})
+            _take_batch(writer, summary, batch)
         writer.flush()
-    return finish_modality(summary, writer, store, catalog.name, fp, modality, key_ids, key_hashes, t_enc, t0)
+    return finish_modality(summary, writer, store, key, keys, t_enc, t0)

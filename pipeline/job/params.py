@@ -25,7 +25,7 @@ DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
 DEFAULT_DATASET = "movielens-100k-posters"
 DEFAULT_ENCODER = "minilm"
 Adapter = Literal["none", "befa"]
-_FOLDER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+FOLDER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 
 class PipelineError(ValueError):
@@ -62,6 +62,15 @@ class DataParams(BaseModel):
                 raise PipelineError(f"encoder: unknown modality {bad[0]!r}; use {list(MODALITIES)}")
             return ",".join(f"{m}={self.encoder[m]}" for m in MODALITIES if m in self.encoder)
         return self.encoder.strip()
+
+    def ingest_call(self) -> tuple[str | None, dict[str, Any]]:
+        """(importer, options) that (re-)ingest this catalog: the ingest options, stored under
+        ``dataset`` when the importer has another name (generic, mmrec)."""
+        importer = resolve_importer(self)
+        options = dict(self.ingest_options)
+        if importer != self.dataset:
+            options.setdefault("name", self.dataset)
+        return importer, options
 
 
 class PipelineParams(DataParams):
@@ -106,7 +115,7 @@ class PipelineParams(DataParams):
     @field_validator("run_name")
     @classmethod
     def _run_name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(_FOLDER_NAME, v):
+        if v is not None and not re.fullmatch(FOLDER_NAME, v):
             raise ValueError(f"run_name {v!r}: letters, digits, '.', '_' or '-' only (it names a folder)")
         return v
 
@@ -194,15 +203,12 @@ class PipelineResult(BaseModel):
 
 
 # -- validation ---------------------------------------------------------------------
-def _known_importers() -> dict[str, Any]:
-    return IMPORTERS
-
-
-def resolve_importer(params: PipelineParams) -> str | None:
+def resolve_importer(params: DataParams) -> str | None:
+    """The importer named, else the dataset's own (a known dataset), else generic / mmrec
+    from the ingest options; None when nothing says how to ingest it."""
     if params.importer:
         return params.importer
-    known = _known_importers()
-    if params.dataset in known:
+    if params.dataset in IMPORTERS:
         return params.dataset
     if params.ingest_options.get("items") or params.ingest_options.get("folder"):
         return "generic" if params.ingest_options.get("items") else "mmrec"
@@ -252,7 +258,7 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
             )
         return params
     importer = resolve_importer(params)
-    known = _known_importers()
+    known = IMPORTERS
     if importer is None:
         raise PipelineError(
             f"dataset {params.dataset!r}: not an ingested catalog under {settings.catalogs_dir} and not a known dataset "

@@ -29,7 +29,6 @@ from pipeline.job.params import (
     SplitSummary,
     Summary,
     TrainSummary,
-    resolve_importer,
 )
 from pipeline.reporting.pipeline_report import EncoderInfo, ReportContext, write_report
 from pipeline.settings import Settings
@@ -53,10 +52,7 @@ def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
         issues: dict[str, int] = {}
         ingested = False
         if params.ingest == "always" or (params.ingest == "auto" and not ready):
-            importer = resolve_importer(params)
-            options = dict(params.ingest_options)
-            if importer != params.dataset:
-                options.setdefault("name", params.dataset)
+            importer, options = params.ingest_call()
             catalog, report = ingest(importer, settings, **options)
             issues = report.summary_by_problem()
             ingested = True
@@ -96,7 +92,7 @@ def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -
 
 
 def modality_features(result: Any) -> dict[str, ModalityFeatures]:
-    """Per-modality summary of a ``pipeline.features.extract.ExtractSummary``."""
+    """Per-modality summary of a ``pipeline.features.summary.ExtractSummary``."""
     return {
         modality: ModalityFeatures(
             spec=mod.encoder,

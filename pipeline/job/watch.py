@@ -29,9 +29,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import pandas as pd
 from pydantic import BaseModel, Field
 
 from pipeline.data.catalog import Catalog
@@ -138,8 +140,6 @@ class CatalogDiff(BaseModel):
 
     def to_encode(self, new_items: Any) -> dict[str, set[str]]:
         """Item ids whose features must be (re)computed, per modality."""
-        import pandas as pd
-
         by_id = new_items.set_index("item_id")
         out = {"image": set(self.image_changed), "text": set(self.text_changed)}
         for modality in out:
@@ -216,68 +216,56 @@ def last_watch(settings: Settings, name: str) -> CatalogChange | None:
     return CatalogChange.model_validate(state["last"]) if "last" in state else None
 
 
-def watch_catalog(settings: Settings, name: str, params: "PipelineParams | None" = None) -> CatalogChange:
+def watch_catalog(settings: Settings, name: str, params: PipelineParams | None = None) -> CatalogChange:
     """Check one registered catalog; re-ingest and re-encode only what changed."""
-    import time
-
     start = time.perf_counter()
     params = params or registered_params(settings, name)
-    state_path = _state_path(settings, name)
-    state = _read_json(state_path, {})
     stamp = source_stamp(source_paths(settings, params))
     folder = settings.catalog_dir(name)
     stored = Catalog.load(folder) if (folder / "catalog.json").exists() else None
-
-    def done(change: CatalogChange) -> CatalogChange:
-        change.seconds = round(time.perf_counter() - start, 3)
-        write_json(
-            state_path,
-            {
-                "stamp": stamp,
-                "fingerprint": change.fingerprint_after,
-                "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "last": change.model_dump(mode="json"),
-            },
-        )
-        return change
-
+    state = _read_json(_state_path(settings, name), {})
     if stored is not None and state.get("stamp") == stamp and state.get("fingerprint") == stored.fingerprint():
         fp = stored.fingerprint()
-        return done(CatalogChange(catalog=name, changed=False, reason="source files untouched", fingerprint_before=fp, fingerprint_after=fp))
+        change = CatalogChange(catalog=name, changed=False, reason="source files untouched", fingerprint_before=fp, fingerprint_after=fp)
+    else:
+        change = _reingest_and_encode(settings, name, params, stored)
+    change.seconds = round(time.perf_counter() - start, 3)
+    write_json(_state_path(settings, name), {
+        "stamp": stamp,
+        "fingerprint": change.fingerprint_after,
+        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "last": change.model_dump(mode="json"),
+    })
+    return change
 
-    importer = resolve_importer(params)
+
+def _reingest_and_encode(settings: Settings, name: str, params: PipelineParams, stored: Catalog | None) -> CatalogChange:
+    """Re-ingest; if the content changed, encode what the store does not hold yet."""
+    importer, options = params.ingest_call()
     if importer is None:
         raise ValueError(f"catalog {name!r}: registered without an importer; cannot re-ingest it")
-    options = dict(params.ingest_options)
-    if importer != params.dataset:
-        options.setdefault("name", params.dataset)
     new, _report = ingest(importer, settings, **options)
     before = stored.fingerprint() if stored is not None else None
     after = new.fingerprint()
     if stored is not None and before == after:
-        return done(CatalogChange(catalog=name, changed=False, reason="source files touched, content identical", fingerprint_before=before, fingerprint_after=after))
-
+        return CatalogChange(catalog=name, changed=False, reason="source files touched, content identical", fingerprint_before=before, fingerprint_after=after)
     diff = diff_catalogs(stored, new) if stored is not None else CatalogDiff(added=sorted(new.items["item_id"].astype(str)))
-    # Re-encode: the store skips every (item_id, content hash) it already holds.
-
+    # The store skips every (item_id, content hash) it already holds: only edits and additions encode.
     store = FeatureStore(settings.feature_store)
     result = extract_features(new, params.encoder_spec(), store, device=params.device, batch_size=params.extract_batch_size, progress=False)
     mods = modality_features(result)
     wanted = diff.to_encode(new.items)
-    reencoded = sorted(set().union(*(wanted[m] for m in mods if m in wanted))) if mods else []
-    return done(
-        CatalogChange(
-            catalog=name,
-            changed=True,
-            reason="first watch: no stored catalog" if stored is None else "content changed",
-            diff=diff,
-            items_reencoded=reencoded,
-            encoded={m: f.encoded for m, f in mods.items()},
-            reused={m: f.skipped for m, f in mods.items()},
-            snapshots={m: f.snapshot for m, f in mods.items()},
-            fingerprint_before=before,
-            fingerprint_after=after,
-        )
+    return CatalogChange(
+        catalog=name,
+        changed=True,
+        reason="first watch: no stored catalog" if stored is None else "content changed",
+        diff=diff,
+        items_reencoded=sorted(set().union(*(wanted[m] for m in mods if m in wanted))) if mods else [],
+        encoded={m: f.encoded for m, f in mods.items()},
+        reused={m: f.skipped for m, f in mods.items()},
+        snapshots={m: f.snapshot for m, f in mods.items()},
+        fingerprint_before=before,
+        fingerprint_after=after,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pipeline.features.extract import ExtractSummary
+from pipeline.features.summary import ExtractSummary
 from pipeline.training.trainer import RunResult
 
 

@@ -1,6 +1,6 @@
 """Run reports: what a pipeline run produced, as files next to its training runs.
 
-Input: the run folders written by the trainer (``pipeline/runs.py``: ``run.json`` with
+Input: the run folders written by the trainer (``pipeline.training.record``: ``run.json`` with
 the config, per-epoch valid metrics and test metrics at the best valid epoch) plus a
 :class:`ReportContext` (data, encoder, feature snapshots, split, configuration, step
 timings). Output, in one folder::
@@ -15,8 +15,8 @@ timings). Output, in one folder::
 Relative gain is ``(befa - base) / base``; it is left empty (not infinite) when the
 base metric is 0, which happens with tiny test configurations.
 
-This module reads ``run.json`` as plain JSON (no torch import), so a report can be
-rebuilt anywhere the run folders are readable.
+Run records are read through :class:`~pipeline.training.record.RunRecord`, which imports
+no torch, so a report can be rebuilt anywhere the run folders are readable.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from storage.atomic import atomic_path, write_json, write_parquet, write_text
+from pipeline.reporting.common import ADAPTER_LABEL, fmt_number, markdown_table, pyplot, save_figure
+from pipeline.training.record import RunRecord
+from storage.atomic import write_json, write_parquet, write_text
 
-RUN_RECORD = "run.json"
 CURVE_METRIC = "recall@20"
 HEADLINE_METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
-ADAPTER_LABEL = {"none": "base", "befa": "+BeFA"}
 
 
 class EncoderInfo(BaseModel):
@@ -75,10 +75,7 @@ class ReportFiles(BaseModel):
 # -- reading runs ------------------------------------------------------------
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """The run record of one run folder, with ``run_dir`` and ``adapter`` filled in."""
-    path = Path(run_dir) / RUN_RECORD
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no run record (is this a training run folder?)")
-    record = json.loads(path.read_text())
+    record = RunRecord.load(run_dir).model_dump(mode="json")  # validated: a damaged run.json fails here, by name
     record["run_dir"] = str(Path(run_dir))
     record["adapter"] = (record.get("config") or {}).get("adapter", "none")
     return record
@@ -161,33 +158,18 @@ def gains_table_rows(gains: pd.DataFrame) -> list[dict[str, Any]]:
             {
                 "model": rec["model"],
                 "metric": rec["metric"],
-                "base": _fmt(rec["base"]),
-                "+BeFA": _fmt(rec["befa"]),
+                "base": fmt_number(rec["base"]),
+                "+BeFA": fmt_number(rec["befa"]),
                 "relative gain": "n/a" if gain is None or gain != gain else f"{gain * 100:+.2f}%",
             }
         )
     return rows
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{float(value):.{digits}f}"
-
-
 # -- plots -------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path, metric: str = CURVE_METRIC) -> Path:
     """Valid ``metric`` per epoch, one line per model x adapter (dashed = +BeFA)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     models = list(dict.fromkeys(r["model"] for r in records))
@@ -212,12 +194,12 @@ def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path, me
     if ax.lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_base_vs_befa(metrics: pd.DataFrame, path: str | Path, metric_names: Sequence[str] = ("recall@20", "ndcg@20")) -> Path:
     """Grouped bars: per model and metric, base next to +BeFA (test split)."""
-    plt = _pyplot()
+    plt = pyplot()
     models = list(dict.fromkeys(metrics["model"]))
     fig, axes = plt.subplots(1, len(metric_names), figsize=(4.2 * len(metric_names), 3.8), dpi=110, squeeze=False)
     width = 0.38
@@ -237,26 +219,10 @@ def plot_base_vs_befa(metrics: pd.DataFrame, path: str | Path, metric_names: Seq
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    return _save_fig(fig, path)
-
-
-def _save_fig(fig, path: str | Path) -> Path:
-    plt = _pyplot()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- markdown ----------------------------------------------------------------
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
-    align = align or ["---"] * len(header)
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def weights_label(info: EncoderInfo) -> str:
     if info.random_init:
         # keep the encoder's own label ("random init (seed 0)") when it says so
@@ -270,6 +236,8 @@ def render_markdown(
     gains: pd.DataFrame,
     files: dict[str, str] | None = None,
 ) -> str:
+    """report.md: a warning for random weights, then data, features, split, results, runs,
+    configuration, timings, files and notes."""
     lines = [f"# {context.title}", ""]
     if any(info.random_init for info in context.encoders.values()):
         lines += [
@@ -278,96 +246,91 @@ def render_markdown(
             "below check the pipeline, not the method.",
             "",
         ]
-    # data
+    for section in (_data_section(context), _features_section(context), _split_section(context), _results_section(gains), _runs_section(records)):
+        lines += section
+    lines += _appendix(context, files)
+    return "\n".join(lines) + "\n"
+
+
+def _data_section(context: ReportContext) -> list[str]:
     ds = context.dataset
-    lines += ["## Data", ""]
+    lines = ["## Data", ""]
     if ds:
         lines += [f"- catalog: **{ds.get('name', '?')}** (fingerprint `{ds.get('fingerprint', '?')}`)"]
-        for key in ("num_users", "num_items", "num_interactions"):
-            if key in ds:
-                lines.append(f"- {key.replace('num_', '')}: {ds[key]:,}")
-    # encoders + snapshots
-    lines += ["", "## Encoder and features", ""]
-    if context.encoders:
-        rows = []
-        for modality, info in context.encoders.items():
-            ext = context.extraction.get(modality, {}) if isinstance(context.extraction.get(modality), dict) else {}
-            rows.append(
-                [
-                    modality,
-                    f"`{info.spec}`",
-                    f"`{info.fingerprint or '-'}`",
-                    f"weights: {weights_label(info)}",
-                    info.dim if info.dim is not None else "-",
-                    f"`{context.snapshots.get(modality, '-')}`",
-                    ext.get("encoded", "-"),
-                    ext.get("skipped", "-"),
-                    ext.get("failed", "-"),
-                ]
-            )
-        lines += _md_table(
-            ["modality", "spec", "fingerprint", "weights", "dim", "snapshot", "encoded", "reused", "failed"], rows
-        )
-    else:
-        lines.append("No content features (collaborative models only).")
-    # split
+        lines += [f"- {key.replace('num_', '')}: {ds[key]:,}" for key in ("num_users", "num_items", "num_interactions") if key in ds]
+    return lines
+
+
+def _features_section(context: ReportContext) -> list[str]:
+    lines = ["", "## Encoder and features", ""]
+    if not context.encoders:
+        return lines + ["No content features (collaborative models only)."]
+    rows = []
+    for modality, info in context.encoders.items():
+        ext = context.extraction.get(modality, {}) if isinstance(context.extraction.get(modality), dict) else {}
+        rows.append([
+            modality, f"`{info.spec}`", f"`{info.fingerprint or '-'}`", f"weights: {weights_label(info)}",
+            info.dim if info.dim is not None else "-", f"`{context.snapshots.get(modality, '-')}`",
+            ext.get("encoded", "-"), ext.get("skipped", "-"), ext.get("failed", "-"),
+        ])
+    return lines + markdown_table(["modality", "spec", "fingerprint", "weights", "dim", "snapshot", "encoded", "reused", "failed"], rows)
+
+
+def _split_section(context: ReportContext) -> list[str]:
     sp = context.split
-    lines += ["", "## Split", ""]
+    lines = ["", "## Split", ""]
     if sp:
         lines.append(f"- id: `{sp.get('id', '?')}` (kind {sp.get('kind', '?')}, seed {sp.get('seed', '-')}, k-core {sp.get('k_core') or '-'})")
         if sp.get("counts"):
             lines.append("- rows: " + ", ".join(f"{k} {v:,}" for k, v in sp["counts"].items()))
-    # results
-    lines += ["", "## Test metrics (best valid epoch), base vs +BeFA", ""]
+    return lines
+
+
+def _results_section(gains: pd.DataFrame) -> list[str]:
+    lines = ["", "## Test metrics (best valid epoch), base vs +BeFA", ""]
     if gains.empty:
-        lines.append("No finished runs.")
-    else:
-        lines += _md_table(
-            ["model", "metric", "base", "+BeFA", "relative gain"],
-            [list(r.values()) for r in gains_table_rows(gains)],
-            ["---", "---", "---:", "---:", "---:"],
-        )
-        means = mean_gains(gains)
-        if any(v is not None for v in means.values()):
-            lines += ["", "Mean relative gain over models: " + ", ".join(
-                f"{m} {('n/a' if v is None else f'{v * 100:+.2f}%')}" for m, v in means.items()
-            )]
-    # runs
-    lines += ["", "## Runs", ""]
-    run_rows = []
+        return lines + ["No finished runs."]
+    lines += markdown_table(
+        ["model", "metric", "base", "+BeFA", "relative gain"],
+        [list(r.values()) for r in gains_table_rows(gains)],
+        ["---", "---", "---:", "---:", "---:"],
+    )
+    means = mean_gains(gains)
+    if any(v is not None for v in means.values()):
+        lines += ["", "Mean relative gain over models: " + ", ".join(
+            f"{m} {('n/a' if v is None else f'{v * 100:+.2f}%')}" for m, v in means.items()
+        )]
+    return lines
+
+
+def _runs_section(records: Sequence[dict[str, Any]]) -> list[str]:
+    rows = []
     for rec in records:
         wall = rec.get("wall") or {}
         params = rec.get("parameters") or {}
-        run_rows.append(
-            [
-                rec["model"],
-                ADAPTER_LABEL.get(rec["adapter"], rec["adapter"]),
-                rec.get("status", ""),
-                len(rec.get("epochs") or []),
-                rec.get("best_epoch", "-"),
-                _fmt((rec.get("best_valid") or {}).get(CURVE_METRIC)),
-                f"{wall.get('total_s', sum(v for v in wall.values() if isinstance(v, (int, float)))):.1f}",
-                f"{int(params.get('params_trainable', 0)):,}",
-                f"{int(params.get('params_adapter', 0)):,}",
-                f"`{Path(rec['run_dir']).name}`",
-            ]
-        )
-    lines += _md_table(
-        ["model", "adapter", "status", "epochs", "best epoch", f"valid {CURVE_METRIC}", "wall s", "params", "adapter params", "folder"],
-        run_rows,
-    )
-    # config + timings
+        rows.append([
+            rec["model"], ADAPTER_LABEL.get(rec["adapter"], rec["adapter"]), rec.get("status", ""),
+            len(rec.get("epochs") or []), rec.get("best_epoch", "-"), fmt_number((rec.get("best_valid") or {}).get(CURVE_METRIC)),
+            f"{wall.get('total_s', sum(v for v in wall.values() if isinstance(v, (int, float)))):.1f}",
+            f"{int(params.get('params_trainable', 0)):,}", f"{int(params.get('params_adapter', 0)):,}", f"`{Path(rec['run_dir']).name}`",
+        ])
+    header = ["model", "adapter", "status", "epochs", "best epoch", f"valid {CURVE_METRIC}", "wall s", "params", "adapter params", "folder"]
+    return ["", "## Runs", ""] + markdown_table(header, rows)
+
+
+def _appendix(context: ReportContext, files: dict[str, str] | None) -> list[str]:
+    lines: list[str] = []
     if context.config:
         lines += ["", "## Configuration", "", "```json", json.dumps(context.config, indent=2, default=str), "```"]
     if context.timings:
         lines += ["", "## Timings", ""]
-        lines += _md_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in context.timings.items()], ["---", "---:"])
+        lines += markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in context.timings.items()], ["---", "---:"])
         lines.append(f"\nTotal: {sum(context.timings.values()):.1f} s")
     if files:
         lines += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in files.items()]
     if context.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in context.notes]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # -- all of it ---------------------------------------------------------------

@@ -10,10 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.reporting.study_report import HEADLINE, PAPER_CLAIM
+from pipeline.reporting.study_tables import HEADLINE, PAPER_CLAIM
 from pipeline.study.params import StudyParams
 from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
+from pipeline.training.record import PER_USER
 
 # -- results ---------------------------------------------------------------------------
 RESULT_COLUMNS = [
@@ -65,7 +66,18 @@ def summarise(frame: pd.DataFrame, by: list[str], split: str = "test") -> pd.Dat
 def per_user(run_dir: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
-    return pq.read_table(Path(run_dir) / "per_user.parquet").to_pandas()
+    return pq.read_table(Path(run_dir) / PER_USER).to_pandas()
+
+
+def paired_per_user(runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str]) -> list[tuple[str, tuple[list[pd.DataFrame], list[pd.DataFrame]]]]:
+    """Per model trained both ways: the per-user tables of base and +BeFA, seed by seed."""
+    out = []
+    for model in models:
+        base, befa = runs.get((model, "none"), []), runs.get((model, "befa"), [])
+        n = min(len(base), len(befa))
+        if n:
+            out.append((model, ([per_user(r["run_dir"]) for r in base[:n]], [per_user(r["run_dir"]) for r in befa[:n]])))
+    return out
 
 
 def significance(
@@ -73,12 +85,7 @@ def significance(
 ) -> list[dict[str, Any]]:
     """Paired tests per model x headline metric, with Holm-adjusted Wilcoxon p-values."""
     out = []
-    for model in models:
-        base, befa = runs.get((model, "none"), []), runs.get((model, "befa"), [])
-        n = min(len(base), len(befa))
-        if n == 0:
-            continue
-        b_tabs, a_tabs = [per_user(r["run_dir"]) for r in base[:n]], [per_user(r["run_dir"]) for r in befa[:n]]
+    for model, (b_tabs, a_tabs) in paired_per_user(runs, models):
         for metric in HEADLINE:
             test = paired_test(paired_frame(b_tabs, a_tabs, metric), metric, pooling)  # type: ignore[arg-type]
             out.append({"model": model, **test.to_dict()})
@@ -95,13 +102,7 @@ def user_groups(
     """Test Recall@20 / NDCG@20 of base and +BeFA by user activity (train-size terciles)."""
     train = split_frame[split_frame["label"] == 0].groupby("user_idx").size().rename("n_train")
     out = []
-    for model in models:
-        base, befa = runs.get((model, "none"), []), runs.get((model, "befa"), [])
-        n = min(len(base), len(befa))
-        if n == 0:
-            continue
-
-        b_tabs, a_tabs = [per_user(r["run_dir"]) for r in base[:n]], [per_user(r["run_dir"]) for r in befa[:n]]
+    for model, (b_tabs, a_tabs) in paired_per_user(runs, models):
         for metric in HEADLINE:
             pairs = paired_frame(b_tabs, a_tabs, metric).groupby("user_idx")[["base", "befa"]].mean()
             pairs = pairs.join(train, how="left").fillna({"n_train": 0})

@@ -48,8 +48,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from pipeline.data.importers.images import read_image_bytes
 from pipeline.evaluation.evaluator import topk_items
-from pipeline.features.extract import read_image_bytes
+from pipeline.reporting.common import pyplot, save_figure
 from pipeline.training.api import load_trained
 
 THUMB_SIZE = (120, 180)
@@ -57,10 +58,10 @@ THUMB_SIZE = (120, 180)
 
 @torch.no_grad()
 def content_and_behaviour(model: Any, modality: str) -> tuple[Tensor, Tensor]:
-    """(c_m = P_m X_m, E_i), both I x d, as the model computes them at BeFA's insertion point."""
-    c = model.projections[modality]()  # every model: a FeatureProjection, all items
-    e = model.item_embedding if hasattr(model, "item_embedding") else model.item_emb
-    return c.float(), e.float()
+    """(c_m = P_m X_m, E_i), both I x d, as the model computes them at BeFA's insertion point
+    (the model's ``Recommender.befa_inputs``)."""
+    content, behaviour = model.befa_inputs([modality])[modality]
+    return content.float(), behaviour.float()
 
 
 @torch.no_grad()
@@ -183,37 +184,7 @@ def inspect_adapter(
     heatmap = plot_gates(stats, items, catalog.items, out_dir / "plots" / "gates.png", model_name)
     hist = plot_cosines(stats, out_dir / "plots" / "cosines.png", model_name)
 
-    # top-10 comparisons
-    test = prepared.evaluator.heldout["test"]
-    users = test.users_with_items()
-    comparisons = []
-    if n_users > 0 and users.numel():
-        base_top = top_k(base, prepared, users)
-        befa_top = top_k(befa, prepared, users)
-        t_rows, t_items = test.rows(users.to(test.indptr.device))
-        truth: dict[int, set[int]] = {int(u): set() for u in users.tolist()}
-        for r, i in zip(t_rows.tolist(), t_items.tolist()):
-            truth[int(users[r])].add(int(i))
-        inter = catalog.interactions
-        split = pd.read_parquet(split_path)
-        train = split[split["label"] == 0]
-        ts = inter.drop_duplicates(["user_idx", "item_idx"], keep="last").set_index(["user_idx", "item_idx"])["timestamp"]
-        users_np = users.cpu().numpy()
-        for j, why in pick_users(base_top, befa_top, users_np, truth, n_users, seed):
-            u = int(users_np[j])
-            hist_items = train[train["user_idx"] == u]["item_idx"].to_numpy()
-            when = np.array([ts.get((u, int(i)), 0) for i in hist_items])
-            recent = hist_items[np.argsort(-when, kind="stable")][:history]
-            comparisons.append({
-                "user_idx": u,
-                "user_id": str(inter.loc[inter["user_idx"] == u, "user_id"].iloc[0]) if (inter["user_idx"] == u).any() else str(u),
-                "why": why,
-                "n_train": int(len(hist_items)),
-                "test_items": [_item_card(catalog.items, i, out_dir, True) for i in sorted(truth[u])][:history],
-                "history": [_item_card(catalog.items, int(i), out_dir) for i in recent],
-                "base": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in base_top[j]],
-                "befa": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in befa_top[j]],
-            })
+    comparisons = compare_top10(base, befa, prepared, catalog, split_path, out_dir, n_users, history, seed)
     summary = {
         m: {
             "gate_mean": s["gate_mean"], "gate_std": s["gate_std"],
@@ -236,18 +207,46 @@ def inspect_adapter(
     return result
 
 
+def compare_top10(
+    base: Any, befa: Any, prepared: Any, catalog: Any, split_path: str, out_dir: Path, n_users: int, history: int, seed: int
+) -> list[dict[str, Any]]:
+    """For a few test users: recent history, test items, and the top-10 of base and +BeFA."""
+    test = prepared.evaluator.heldout["test"]
+    users = test.users_with_items()
+    if n_users <= 0 or not users.numel():
+        return []
+    base_top, befa_top = top_k(base, prepared, users), top_k(befa, prepared, users)
+    t_rows, t_items = test.rows(users.to(test.indptr.device))
+    truth: dict[int, set[int]] = {int(u): set() for u in users.tolist()}
+    for r, i in zip(t_rows.tolist(), t_items.tolist()):
+        truth[int(users[r])].add(int(i))
+    inter = catalog.interactions
+    split = pd.read_parquet(split_path)
+    train = split[split["label"] == 0]
+    ts = inter.drop_duplicates(["user_idx", "item_idx"], keep="last").set_index(["user_idx", "item_idx"])["timestamp"]
+    users_np = users.cpu().numpy()
+    out = []
+    for j, why in pick_users(base_top, befa_top, users_np, truth, n_users, seed):
+        u = int(users_np[j])
+        hist_items = train[train["user_idx"] == u]["item_idx"].to_numpy()
+        when = np.array([ts.get((u, int(i)), 0) for i in hist_items])
+        recent = hist_items[np.argsort(-when, kind="stable")][:history]
+        out.append({
+            "user_idx": u,
+            "user_id": str(inter.loc[inter["user_idx"] == u, "user_id"].iloc[0]) if (inter["user_idx"] == u).any() else str(u),
+            "why": why,
+            "n_train": int(len(hist_items)),
+            "test_items": [_item_card(catalog.items, i, out_dir, True) for i in sorted(truth[u])][:history],
+            "history": [_item_card(catalog.items, int(i), out_dir) for i in recent],
+            "base": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in base_top[j]],
+            "befa": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in befa_top[j]],
+        })
+    return out
+
+
 # -- plots -----------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_gates(stats: dict[str, dict[str, Any]], items: list[int], item_table: pd.DataFrame, path: Path, model: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     mods = list(stats)
     fig, axes = plt.subplots(1, len(mods), figsize=(6.5 * len(mods), 0.28 * len(items) + 2), dpi=100, squeeze=False)
     labels = [str(item_table.iloc[i].get("title") or item_table.iloc[i]["item_id"])[:28] for i in items]
@@ -258,13 +257,11 @@ def plot_gates(stats: dict[str, dict[str, Any]], items: list[int], item_table: p
         ax.set_title(f"{model} +BeFA gate g_{m} (eval mode)")
         fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_cosines(stats: dict[str, dict[str, Any]], path: Path, model: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     bins = np.linspace(-1, 1, 41)
     for m, s in stats.items():
@@ -279,6 +276,4 @@ def plot_cosines(stats: dict[str, dict[str, Any]], path: Path, model: str) -> Pa
         ax.grid(alpha=0.3)
     fig.suptitle(f"{model} +BeFA", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

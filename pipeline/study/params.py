@@ -7,24 +7,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from models import CONTENT_MODELS, MODELS, make_config
-from pipeline.job.params import PipelineError, PipelineParams, validate_params
+from pipeline.job.params import FOLDER_NAME, DataParams, PipelineError, PipelineParams, validate_params
 from pipeline.settings import Settings
 
 DEFAULT_BEFA_GRID: dict[str, list[Any]] = {"befa.t": [1.0, 2.0, 4.0, 8.0], "befa.dropout": [0.1, 0.3, 0.5, 0.7]}
-
-
 DEFAULT_SWEEP_T = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
-
-
 DEFAULT_MODALITY_SETS = [["image"], ["text"], ["image", "text"]]
-
-
 DEFAULT_FRACTIONS = [1.0, 0.5, 0.25]
-
-
 ADAPTERS = ("none", "befa")
 
 
@@ -32,27 +24,16 @@ class StudyError(ValueError):
     """Study parameters that cannot run (named, before any work)."""
 
 
-class StudyParams(BaseModel):
-    """One study. Data fields mirror ``PipelineParams`` (same meaning)."""
-
-    model_config = ConfigDict(extra="forbid")
+class StudyParams(DataParams):
+    """One study: the data fields are the pipeline's (``DataParams``), then training,
+    search and experiments."""
 
     name: str | None = Field(None, description="study folder name; default <dataset>-<UTC time>")
-    # -- data (as the full pipeline) --
-    dataset: str = "movielens-100k-posters"
-    importer: str | None = None
-    ingest: Literal["auto", "always", "never"] = "auto"
-    ingest_options: dict[str, Any] = Field(default_factory=dict)
     encoder: str | dict[str, str] = Field(
         "image=clip:ViT-B-32@random,text=minilm",
         description="encoder spec; CLIP at random init unless a checkpoint is given (labelled in the report)",
     )
-    split_kind: Literal["random", "temporal"] = "random"
-    split_seed: int = 2024
-    k_core: int | None = Field(None, ge=1)
-    device: str | None = None
     num_threads: int | None = Field(None, ge=1, description="CPU threads for training (default: every usable core)")
-    extract_batch_size: int | None = Field(None, ge=1)
     # -- training --
     models: list[str] = Field(default_factory=lambda: ["bm3", "lattice", "freedom", "mgcn"])
     seeds: list[int] = Field(default_factory=lambda: [999, 1000, 1001], description="training seeds (default 3)")
@@ -99,7 +80,7 @@ class StudyParams(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+        if v is not None and not re.fullmatch(FOLDER_NAME, v):
             raise ValueError(f"name {v!r}: letters, digits, '.', '_' or '-' only (it names a folder)")
         return v
 
@@ -134,13 +115,12 @@ class StudyParams(BaseModel):
         out.update(self.model_overrides.get(model, {}))
         return out
 
-    def pipeline_params(self) -> Any:
+    def pipeline_params(self) -> PipelineParams:
+        """The pipeline parameters whose steps prepare this study's data (its data fields, as given)."""
+        data = {name: getattr(self, name) for name in DataParams.model_fields}
         return PipelineParams(
-            dataset=self.dataset, importer=self.importer, ingest=self.ingest, ingest_options=self.ingest_options,
-            encoder=self.encoder, models=self.models, adapters=["none", "befa"], epochs=self.epochs,
-            patience=self.patience, seed=self.seeds[0], split_kind=self.split_kind, split_seed=self.split_seed,
-            k_core=self.k_core, device=self.device, extract_batch_size=self.extract_batch_size,
-            model_overrides=self.model_overrides, verify_checkpoints=False, run_name=self.name,
+            **data, models=self.models, adapters=["none", "befa"], epochs=self.epochs, patience=self.patience,
+            seed=self.seeds[0], model_overrides=self.model_overrides, verify_checkpoints=False, run_name=self.name,
         )
 
 

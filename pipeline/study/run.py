@@ -51,7 +51,8 @@ from pipeline.features.load import FeatureBundle, load_features
 from pipeline.job.params import FeaturesSummary, IngestSummary, SplitSummary
 from pipeline.job.steps import extract_step, ingest_step, split_step
 from pipeline.reporting.pipeline_report import EncoderInfo, weights_label
-from pipeline.reporting.study_report import StudyData, write_study_report
+from pipeline.reporting.study_report import write_study_report
+from pipeline.reporting.study_tables import StudyData
 from pipeline.settings import Settings
 from pipeline.study.analysis import (
     budget_notes,

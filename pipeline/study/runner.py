@@ -20,6 +20,7 @@ from pipeline.settings import Settings
 from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
 from pipeline.training.prepare import FeatureBundle
+from pipeline.training.record import LAST, PER_USER, RECORD
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -70,10 +71,10 @@ class StudyRunner:
     def train(self, spec: RunSpec) -> dict[str, Any]:
         """The run's record (dict), training it unless an identical finished run exists."""
         run_dir = self.run_dir(spec)
-        record_path = run_dir / "run.json"
+        record_path = run_dir / RECORD
         if record_path.exists():
             rec = json.loads(record_path.read_text())
-            if rec.get("status") in ("early_stopped", "max_epochs", "evaluated_only") and (run_dir / "per_user.parquet").exists():
+            if rec.get("status") in ("early_stopped", "max_epochs", "evaluated_only") and (run_dir / PER_USER).exists():
                 self.reused += 1
                 return load_run(run_dir)
         sub = self.features.subset(spec.modalities)
@@ -81,7 +82,7 @@ class StudyRunner:
         train_model(
             self.catalog_dir, spec.split, sub, spec.model, overrides=spec.overrides, run_dir=run_dir, seed=spec.seed,
             device=self.params.device, max_epochs=self.params.epochs, patience=self.params.patience,
-            resume=(run_dir / "last.pt").exists() and record_path.exists(), quiet=True, overwrite=True,
+            resume=(run_dir / LAST).exists() and record_path.exists(), quiet=True, overwrite=True,
             num_threads=self.params.num_threads,
             graph_cache_dir=self.settings.home / "graph-cache",
         )

@@ -53,7 +53,10 @@ def save_weights(path: str | Path, model: torch.nn.Module, inputs: Iterable[Tens
 
 # Checkpoint keys renamed since a run-record version: version -> [(old prefix, new prefix)].
 # A checkpoint of record version v gets the renames of every version >= v applied on load.
-KEY_RENAMES: dict[int, list[tuple[str, str]]] = {1: []}
+KEY_RENAMES: dict[int, list[tuple[str, str]]] = {
+    # one ID-embedding name across models (LightGCN, BM3, FREEDOM had user_emb / item_emb)
+    1: [("user_emb", "user_embedding"), ("item_emb", "item_embedding")],
+}
 
 
 def upgrade_keys(tensors: dict[str, Tensor], record_version: int) -> dict[str, Tensor]:
@@ -103,9 +106,13 @@ def save_last(path: str | Path, model: torch.nn.Module, inputs: Iterable[Tensor]
 
 
 def load_last(path: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load the resumable state saved by ``save_last`` into ``model``; returns the rest
+    (optimiser, scheduler, RNG states, counters, the record so far). Keys of an older
+    layout are renamed by the record version saved with it."""
     path = Path(path)
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    _load_checked(model, blob.pop("model"), path)
+    version = json.loads(blob.get("record") or "{}").get("record_version", 1)
+    _load_checked(model, upgrade_keys(blob.pop("model"), version), path)
     return blob
 
 

@@ -139,23 +139,7 @@ def prepare_data(
         num_users = int(users.max()) + 1 if users.size else 0
     notes: list[str] = []
 
-    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for lab, name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
-        sel = labels == lab
-        keys = np.unique(users[sel] * num_items + items[sel])
-        if keys.size != int(sel.sum()):
-            notes.append(f"{name}: {int(sel.sum()) - keys.size} duplicate (user, item) rows collapsed")
-        parts[lab] = (keys // num_items, keys % num_items)
-    if parts[TRAIN][0].size == 0:
-        raise ValueError("split has no train rows (label 0)")
-    has_train = np.zeros(num_users, dtype=bool)
-    has_train[parts[TRAIN][0]] = True
-    for lab, name in ((VALID, "valid"), (TEST, "test")):
-        u, i = parts[lab]
-        keep = has_train[u]
-        if not keep.all():
-            notes.append(f"{name}: {int((~keep).sum())} rows of users with no train row dropped")
-            parts[lab] = (u[keep], i[keep])
+    parts = _parts(users, items, labels, num_users, num_items, notes)
 
     def tensor(a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -185,3 +169,26 @@ def prepare_data(
         "test": int(parts[TEST][0].size),
     }
     return PreparedData(train=train, evaluator=evaluator, notes=notes, counts=counts, feature_sets=bundle.provenance())
+
+
+def _parts(users: np.ndarray, items: np.ndarray, labels: np.ndarray, num_users: int, num_items: int, notes: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """label -> (users, items): duplicates collapsed, valid/test rows of users without a
+    train row dropped (each counted in ``notes``)."""
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for lab, name in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
+        sel = labels == lab
+        keys = np.unique(users[sel] * num_items + items[sel])
+        if keys.size != int(sel.sum()):
+            notes.append(f"{name}: {int(sel.sum()) - keys.size} duplicate (user, item) rows collapsed")
+        parts[lab] = (keys // num_items, keys % num_items)
+    if parts[TRAIN][0].size == 0:
+        raise ValueError("split has no train rows (label 0)")
+    has_train = np.zeros(num_users, dtype=bool)
+    has_train[parts[TRAIN][0]] = True
+    for lab, name in ((VALID, "valid"), (TEST, "test")):
+        u, i = parts[lab]
+        keep = has_train[u]
+        if not keep.all():
+            notes.append(f"{name}: {int((~keep).sum())} rows of users with no train row dropped")
+            parts[lab] = (u[keep], i[keep])
+    return parts

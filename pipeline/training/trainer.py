@@ -28,11 +28,9 @@ do), which is what the checkpoint restores.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -48,9 +46,10 @@ from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.allocator import keep_freed_memory
 from pipeline.training.checkpoints import load_last, load_weights, save_last, save_per_user, save_weights
 from pipeline.training.device import cpu_count, peak_memory, sync, torch_threads
+from pipeline.training.epochs import is_trainable, make_optimiser, run_epoch
 from pipeline.training.prepare import PreparedData
 from pipeline.training.record import BEST, LAST, PER_USER, RECORD, EpochLog, RunRecord, code_version, now
-from pipeline.training.sampling import NegativeSampler, epoch_batches
+from pipeline.training.sampling import NegativeSampler
 
 
 class TrainerConfig(BaseModel):
@@ -101,84 +100,6 @@ def _set_rng_state(state: Mapping[str, Tensor], generator: torch.Generator, devi
         torch.cuda.set_rng_state(state["torch_cuda"], device)
 
 
-def _lr_lambda(decay: tuple[float, int] | None) -> Callable[[int], float]:
-    if decay is None:
-        return lambda epoch: 1.0
-    gamma, step = decay
-    return lambda epoch: gamma ** (epoch / step)
-
-
-def epoch_steps(
-    model: Recommender,
-    optimiser: torch.optim.Optimizer,
-    data: Any,
-    batch_size: int,
-    generator: torch.Generator,
-    sampler: NegativeSampler | None,
-    epoch: int,
-    amp: bool = False,
-) -> Iterator[Tensor]:
-    """One pass over the train interactions, one Adam step per ``next``: yields each batch's
-    (detached) loss. ``pre_epoch`` runs with the first step. :func:`run_epoch` drives it; a
-    benchmark can interleave two models' epochs step by step."""
-    device = data.device
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    model.pre_epoch(epoch)
-    for users, pos, neg in epoch_batches(data.train_users, data.train_items, batch_size, generator, sampler):
-        optimiser.zero_grad(set_to_none=True)
-        with ctx:
-            loss = model.loss(users, pos, neg)
-        loss.backward()
-        optimiser.step()
-        yield loss.detach()
-
-
-def run_epoch(
-    model: Recommender,
-    optimiser: torch.optim.Optimizer,
-    data: Any,
-    batch_size: int,
-    generator: torch.Generator,
-    sampler: NegativeSampler | None,
-    epoch: int,
-    amp: bool = False,
-    max_batches: int | None = None,
-    batch_times: list[float] | None = None,
-) -> tuple[float, int]:
-    """One pass over the train interactions (``pre_epoch`` then one Adam step per batch).
-
-    Returns (mean batch loss, number of batches). ``max_batches`` cuts the pass short and
-    ``batch_times`` collects per-batch wall times (benchmarks only; the first includes
-    ``pre_epoch``)."""
-    device = data.device
-    total, batches = torch.zeros((), device=device), 0
-    tb = time.perf_counter()
-    for loss in epoch_steps(model, optimiser, data, batch_size, generator, sampler, epoch, amp):
-        total += loss.float()
-        batches += 1
-        if batch_times is not None:
-            sync(device)
-            batch_times.append(time.perf_counter() - tb)
-        if max_batches is not None and batches >= max_batches:
-            break
-        tb = time.perf_counter()
-    return float(total) / max(batches, 1), batches
-
-
-def make_optimiser(model: Recommender, config: ModelConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """Adam over the trainable parameters, with the model's lr schedule (LambdaLR per epoch)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel: one pass over each tensor instead of ~10 elementwise passes; measured
-    # 1.7 ms vs 11 ms per step for amazon-baby's 1.7 M embedding entries on 2 CPU cores.
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    optimiser = torch.optim.Adam(params, lr=config.lr, fused=fused or None)
-    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_lambda(config.lr_decay))
-
-
-def is_trainable(model: torch.nn.Module) -> bool:
-    return bool(getattr(model, "trainable", True)) and any(p.requires_grad for p in model.parameters())
-
-
 def fit(
     model_cls: type[Recommender],
     config: ModelConfig,
@@ -203,11 +124,10 @@ def fit(
         record = _new_record(model, config, prepared, trainer, graph_build_s, catalog, sources)
         if not is_trainable(model):
             return _evaluate_once(model, prepared, record, run_dir, trainer)
-        loop = _Loop.start(model, config, prepared, trainer)
+        loop = _Loop.start(model, config, prepared, trainer, record, run_dir)
         if resume and (run_dir / LAST).exists():
-            _restore(loop, run_dir, record, trainer)
-        status = _train_epochs(loop, prepared, record, run_dir, trainer, config, on_epoch_end)
-        return _finish(loop, prepared, record, run_dir, trainer, status, graph_build_s)
+            _restore(loop)
+        return _finish(loop, _train_epochs(loop, on_epoch_end), graph_build_s)
 
 
 def _check_run_folder(prepared: PreparedData, run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -283,9 +203,15 @@ def _evaluate_once(model: Recommender, prepared: PreparedData, record: RunRecord
 
 @dataclass
 class _Loop:
-    """What the epoch loop carries from one epoch to the next (and ``last.pt`` restores)."""
+    """One training run in progress: what it trains on, where it writes, and what the epoch
+    loop carries from one epoch to the next (``last.pt`` restores the latter)."""
 
     model: Recommender
+    config: ModelConfig
+    prepared: PreparedData
+    trainer: TrainerConfig
+    record: RunRecord
+    run_dir: Path
     optimiser: torch.optim.Optimizer
     scheduler: Any
     generator: torch.Generator
@@ -296,86 +222,78 @@ class _Loop:
     best_results: dict[str, EvalResult] | None = None
 
     @classmethod
-    def start(cls, model: Recommender, config: ModelConfig, prepared: PreparedData, trainer: TrainerConfig) -> "_Loop":
+    def start(
+        cls, model: Recommender, config: ModelConfig, prepared: PreparedData, trainer: TrainerConfig, record: RunRecord, run_dir: Path
+    ) -> "_Loop":
         data = prepared.train
         optimiser, scheduler = make_optimiser(model, config)
         generator = torch.Generator(device=data.device).manual_seed(trainer.seed)
         sampler = NegativeSampler(data.num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
-        return cls(model, optimiser, scheduler, generator, sampler)
+        return cls(model, config, prepared, trainer, record, run_dir, optimiser, scheduler, generator, sampler)
 
-    def state(self, epoch: int, record: RunRecord) -> dict[str, Any]:
+    @property
+    def device(self) -> torch.device:
+        return self.prepared.train.device
+
+    def state(self, epoch: int) -> dict[str, Any]:
         return {
             "optimiser": self.optimiser.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(self.generator, self.generator.device),
+            "rng": _rng_state(self.generator, self.device),
             "epoch": epoch,
             "best": self.best,
             "bad_epochs": self.bad_epochs,
-            "record": record.model_dump_json(),
+            "record": self.record.model_dump_json(),
         }
 
+    def log(self, message: str) -> None:
+        if not self.trainer.quiet:
+            tqdm.write(message)
 
-def _restore(loop: _Loop, run_dir: Path, record: RunRecord, trainer: TrainerConfig) -> None:
+
+def _restore(loop: _Loop) -> None:
     """Continue from ``last.pt``: weights, optimiser, schedule, RNG states and the record so far."""
-    state = load_last(run_dir / LAST, loop.model)
+    state = load_last(loop.run_dir / LAST, loop.model)
     loop.optimiser.load_state_dict(state["optimiser"])
     loop.scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"], loop.generator, loop.generator.device)
+    _set_rng_state(state["rng"], loop.generator, loop.device)
     loop.start_epoch, loop.best, loop.bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
-    previous = RunRecord.model_validate(json.loads(state["record"]))
+    previous, record = RunRecord.model_validate(json.loads(state["record"])), loop.record
     record.epochs, record.best_epoch = previous.epochs, previous.best_epoch
     record.best_valid, record.test = previous.best_valid, previous.test
     record.started_at = previous.started_at
     record.resumed_at = [*previous.resumed_at, now()]
-    if not trainer.quiet:
-        tqdm.write(f"resuming {run_dir} at epoch {loop.start_epoch} (best valid R@20 {loop.best:.4f}, {loop.bad_epochs} epochs without gain)")
+    loop.log(f"resuming {loop.run_dir} at epoch {loop.start_epoch} (best valid R@20 {loop.best:.4f}, {loop.bad_epochs} epochs without gain)")
 
 
-def _train_epochs(
-    loop: _Loop,
-    prepared: PreparedData,
-    record: RunRecord,
-    run_dir: Path,
-    trainer: TrainerConfig,
-    config: ModelConfig,
-    on_epoch_end: Callable[[int, RunRecord], None] | None,
-) -> str:
+def _train_epochs(loop: _Loop, on_epoch_end: Callable[[int, RunRecord], None] | None) -> str:
     """Epochs until early stop or ``max_epochs``; returns the run's status."""
-    if loop.bad_epochs >= trainer.patience:
+    if loop.bad_epochs >= loop.trainer.patience:
         return "early_stopped"
-    bar = tqdm(range(loop.start_epoch, trainer.max_epochs), desc=record.model, disable=trainer.quiet, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(loop.start_epoch, loop.trainer.max_epochs), desc=loop.record.model, disable=loop.trainer.quiet, leave=False, dynamic_ncols=True)
     try:
         for epoch in bar:
-            if _one_epoch(loop, prepared, record, run_dir, trainer, config, epoch, on_epoch_end):
+            if _one_epoch(loop, epoch, on_epoch_end):
                 return "early_stopped"
     except TrainingInterrupted:
         raise  # a simulated kill: leave the folder exactly as a killed process would
     except Exception as exc:
-        record.status, record.finished_at, record.error = "failed", now(), f"{type(exc).__name__}: {exc}"
-        record.save(run_dir)
+        loop.record.status, loop.record.finished_at, loop.record.error = "failed", now(), f"{type(exc).__name__}: {exc}"
+        loop.record.save(loop.run_dir)
         raise
     finally:
         bar.close()
     return "max_epochs"
 
 
-def _one_epoch(
-    loop: _Loop,
-    prepared: PreparedData,
-    record: RunRecord,
-    run_dir: Path,
-    trainer: TrainerConfig,
-    config: ModelConfig,
-    epoch: int,
-    on_epoch_end: Callable[[int, RunRecord], None] | None,
-) -> bool:
+def _one_epoch(loop: _Loop, epoch: int, on_epoch_end: Callable[[int, RunRecord], None] | None) -> bool:
     """Train one epoch, evaluate, checkpoint; True when early stopping says stop."""
-    model, data, device = loop.model, prepared.train, prepared.train.device
+    model, record, data, device = loop.model, loop.record, loop.prepared.train, loop.device
     model.train()
     sync(device)
     t1 = time.perf_counter()
-    amp = trainer.amp and device.type == "cuda"
-    mean_loss, _ = run_epoch(model, loop.optimiser, data, config.batch_size, loop.generator, loop.sampler, epoch, amp)
+    amp = loop.trainer.amp and device.type == "cuda"
+    mean_loss, _ = run_epoch(model, loop.optimiser, data, loop.config.batch_size, loop.generator, loop.sampler, epoch, amp)
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"{record.model}: loss became {mean_loss} in epoch {epoch} (lr {loop.scheduler.get_last_lr()[0]:g})")
     lr = loop.scheduler.get_last_lr()[0]
@@ -384,7 +302,7 @@ def _one_epoch(
     train_s = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    res = evaluate_model(model, prepared.evaluator, ("valid", "test"))
+    res = evaluate_model(model, loop.prepared.evaluator, ("valid", "test"))
     eval_s = time.perf_counter() - t2
     valid = res["valid"].metrics
     record.epochs.append(EpochLog(epoch=epoch, loss=mean_loss, lr=lr, train_s=train_s, eval_s=eval_s, valid=valid))
@@ -394,27 +312,25 @@ def _one_epoch(
     if improved:
         loop.best, loop.bad_epochs, loop.best_results = score, 0, res
         record.best_epoch, record.best_valid, record.test = epoch, valid, res["test"].metrics
-        save_weights(run_dir / BEST, model, inputs, {"epoch": str(epoch)})
-        save_per_user(run_dir / PER_USER, res)
+        save_weights(loop.run_dir / BEST, model, inputs, {"epoch": str(epoch)})
+        save_per_user(loop.run_dir / PER_USER, res)
     else:
         loop.bad_epochs += 1
-    save_last(run_dir / LAST, model, inputs, loop.state(epoch, record))
+    save_last(loop.run_dir / LAST, model, inputs, loop.state(epoch))
     record.memory = peak_memory(device)
-    record.save(run_dir)
-    if not trainer.quiet:
-        tqdm.write(
-            f"{record.model} epoch {epoch:4d}  loss {mean_loss:.4f}  valid R@20 {score:.4f}"
-            f"{' *' if improved else '  '}  {train_s:.2f} s/epoch  eval {eval_s:.2f} s"
-        )
+    record.save(loop.run_dir)
+    loop.log(
+        f"{record.model} epoch {epoch:4d}  loss {mean_loss:.4f}  valid R@20 {score:.4f}"
+        f"{' *' if improved else '  '}  {train_s:.2f} s/epoch  eval {eval_s:.2f} s"
+    )
     if on_epoch_end is not None:
         on_epoch_end(epoch, record)
-    return loop.bad_epochs >= trainer.patience
+    return loop.bad_epochs >= loop.trainer.patience
 
 
-def _finish(
-    loop: _Loop, prepared: PreparedData, record: RunRecord, run_dir: Path, trainer: TrainerConfig, status: str, graph_build_s: float
-) -> RunResult:
+def _finish(loop: _Loop, status: str, graph_build_s: float) -> RunResult:
     """Close the record, reload the best weights and return them with their metrics."""
+    record = loop.record
     train_times = [e.train_s for e in record.epochs]
     eval_times = [e.eval_s for e in record.epochs]
     record.status, record.finished_at = status, now()
@@ -425,18 +341,15 @@ def _finish(
         "eval_mean_s": sum(eval_times) / max(len(eval_times), 1),
         "epochs": len(record.epochs),
     }
-    record.memory = peak_memory(prepared.train.device)
-    record.save(run_dir)
-    load_weights(run_dir / BEST, loop.model)
+    record.memory = peak_memory(loop.device)
+    record.save(loop.run_dir)
+    load_weights(loop.run_dir / BEST, loop.model)
     best = loop.best_results
     if best is None:  # resumed after the best epoch: recompute from the best checkpoint
-        best = evaluate_model(loop.model, prepared.evaluator, ("valid", "test"))
-    if not trainer.quiet:
-        tqdm.write(
-            f"{record.model}: {status} after {len(record.epochs)} epochs; best epoch {record.best_epoch}: "
-            f"valid R@20 {record.best_valid.get(SELECTION_METRIC, float('nan')):.4f}, "
-            f"test R@20 {record.test.get(SELECTION_METRIC, float('nan')):.4f}"
-        )
-    return RunResult(run_dir, record, loop.model, best["valid"], best["test"])
-
-
+        best = evaluate_model(loop.model, loop.prepared.evaluator, ("valid", "test"))
+    loop.log(
+        f"{record.model}: {status} after {len(record.epochs)} epochs; best epoch {record.best_epoch}: "
+        f"valid R@20 {record.best_valid.get(SELECTION_METRIC, float('nan')):.4f}, "
+        f"test R@20 {record.test.get(SELECTION_METRIC, float('nan')):.4f}"
+    )
+    return RunResult(loop.run_dir, record, loop.model, best["valid"], best["test"])

@@ -83,46 +83,7 @@ class AmazonBabyImporter(Importer):
         require_nonempty(len(asins), root / "item2id.json", "items")
         report.counts_in.update(users=len(users), items=len(asins))
 
-        parts = []
-        for fname, label in SPLIT_FILES:
-            path = root / fname
-            data = _load_json(path)
-            u_list, i_list = [], []
-            for ukey, items in data.items():
-                try:
-                    u = int(ukey)
-                except ValueError:
-                    raise CatalogError(path, f"user key {ukey!r} is not an integer index") from None
-                if not 0 <= u < len(users):
-                    raise CatalogError(path, f"user index {u} is not in user2id.json (0..{len(users) - 1})")
-                if not isinstance(items, list):
-                    raise CatalogError(path, f"user {ukey}: expected a list of item indices, found {type(items).__name__}")
-                arr = np.asarray(items)
-                if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= len(asins)):
-                    bad = next(x for x in items if not isinstance(x, int) or not 0 <= x < len(asins))
-                    raise CatalogError(path, f"user {ukey}: item {bad!r} is not an index of item2id.json (0..{len(asins) - 1})")
-                u_list.append(np.full(arr.size, u, dtype=np.int64))
-                i_list.append(arr.astype(np.int64))
-            frame = pd.DataFrame(
-                {
-                    "u": np.concatenate(u_list) if u_list else np.empty(0, np.int64),
-                    "i": np.concatenate(i_list) if i_list else np.empty(0, np.int64),
-                }
-            )
-            frame["label"] = np.int8(label)
-            frame["file"] = fname
-            report.counts_in[f"interactions_{fname.split('.')[0]}"] = len(frame)
-            parts.append(frame)
-        given = pd.concat(parts, ignore_index=True)
-        dup = given.duplicated(["u", "i"], keep=False).to_numpy()
-        if dup.any():
-            first = given[dup].iloc[0]
-            files = given[dup & (given["u"] == first["u"]).to_numpy() & (given["i"] == first["i"]).to_numpy()]["file"].tolist()
-            raise CatalogError(
-                root / files[-1],
-                f"user {first['u']} / item {first['i']} appears in {files}: an interaction may be in one split only "
-                f"({int(dup.sum())} such rows)",
-            )
+        given = _given_splits(root, len(users), len(asins), report)
         require_nonempty(len(given), root / "train.json", "interactions")
         report.counts_in["interactions"] = len(given)
 
@@ -147,3 +108,48 @@ class AmazonBabyImporter(Importer):
             }
         )
         return ImportResult(catalog=catalog, report=report, given_splits={"given": split})
+
+
+def _split_file(path: Path, num_users: int, num_items: int) -> pd.DataFrame:
+    """One of train/val/test.json ({user index: [item index, ...]}) as (u, i) rows, checked."""
+    u_list, i_list = [], []
+    for ukey, items in _load_json(path).items():
+        try:
+            u = int(ukey)
+        except ValueError:
+            raise CatalogError(path, f"user key {ukey!r} is not an integer index") from None
+        if not 0 <= u < num_users:
+            raise CatalogError(path, f"user index {u} is not in user2id.json (0..{num_users - 1})")
+        if not isinstance(items, list):
+            raise CatalogError(path, f"user {ukey}: expected a list of item indices, found {type(items).__name__}")
+        arr = np.asarray(items)
+        if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= num_items):
+            bad = next(x for x in items if not isinstance(x, int) or not 0 <= x < num_items)
+            raise CatalogError(path, f"user {ukey}: item {bad!r} is not an index of item2id.json (0..{num_items - 1})")
+        u_list.append(np.full(arr.size, u, dtype=np.int64))
+        i_list.append(arr.astype(np.int64))
+    return pd.DataFrame({
+        "u": np.concatenate(u_list) if u_list else np.empty(0, np.int64),
+        "i": np.concatenate(i_list) if i_list else np.empty(0, np.int64),
+    })
+
+
+def _given_splits(root: Path, num_users: int, num_items: int, report: IngestReport) -> pd.DataFrame:
+    """The dataset's own train/valid/test as (u, i, label, file) rows; an interaction may be in one only."""
+    parts = []
+    for fname, label in SPLIT_FILES:
+        frame = _split_file(root / fname, num_users, num_items)
+        frame["label"] = np.int8(label)
+        frame["file"] = fname
+        report.counts_in[f"interactions_{fname.split('.')[0]}"] = len(frame)
+        parts.append(frame)
+    given = pd.concat(parts, ignore_index=True)
+    dup = given.duplicated(["u", "i"], keep=False).to_numpy()
+    if dup.any():
+        first = given[dup].iloc[0]
+        files = given[dup & (given["u"] == first["u"]).to_numpy() & (given["i"] == first["i"]).to_numpy()]["file"].tolist()
+        raise CatalogError(
+            root / files[-1],
+            f"user {first['u']} / item {first['i']} appears in {files}: an interaction may be in one split only ({int(dup.sum())} such rows)",
+        )
+    return given

@@ -84,9 +84,14 @@ class GenericImporter(Importer):
     def run(self, o: GenericOptions) -> ImportResult:
         report = IngestReport(dataset=o.name)
         report.sources = {"items": str(o.items), "interactions": str(o.interactions)}
-        rejects: list[dict] = []
+        items, rejects = self._items(o, report)
+        inter = self._interactions(o, report, items)
+        catalog = build_catalog(o.name, items, inter, meta={"source": "generic", "min_rating": o.min_rating})
+        count_catalog(report, catalog)
+        return ImportResult(catalog=catalog, report=report, rejects=pd.DataFrame(rejects, columns=REJECT_COLUMNS))
 
-        # -- items ----------------------------------------------------------------
+    def _items(self, o: GenericOptions, report: IngestReport) -> tuple[pd.DataFrame, list[dict]]:
+        """The item table, validated (ids, duplicates), with texts and images attached."""
         raw = read_table(o.items, "item table")
         require_columns(raw, o.items, [o.item_id_column], "item id")
         report.counts_in["item_rows"] = len(raw)
@@ -110,11 +115,11 @@ class GenericImporter(Importer):
             text = title
             report.notes.append(f"no {o.text_column!r} column: the title is the text")
         items = pd.DataFrame({"item_id": raw[o.item_id_column].to_numpy(), "title": title.to_numpy(), "text": text.to_numpy()})
+        rejects: list[dict] = []
         for i in np.flatnonzero(~items["text"].astype(bool).to_numpy()):
             iid = items["item_id"].iat[i]
             report.add("empty text", "item kept without text (text_hash null)", file=o.items, row=int(rows[i]), item_id=iid)
             rejects.append({"item_id": iid, "modality": "text", "file": str(o.items), "row": int(rows[i]), "source": None, "problem": "empty text"})
-
         if o.image_column in raw.columns:
             base = o.images if o.images is not None else Path(o.items).parent
             refs = [None if pd.isna(v) else str(v) for v in raw[o.image_column].tolist()]
@@ -122,19 +127,19 @@ class GenericImporter(Importer):
         else:
             items["image"], items["image_hash"] = None, None
             report.notes.append(f"no {o.image_column!r} column: no item has an image")
+        return items, rejects
 
-        # -- interactions ---------------------------------------------------------
+    def _interactions(self, o: GenericOptions, report: IngestReport, items: pd.DataFrame) -> pd.DataFrame:
+        """The interaction table, parsed (ratings, timestamps), checked against the items, filtered."""
         inter_raw = read_table(o.interactions, "interaction table").reset_index(drop=True)
         require_columns(inter_raw, o.interactions, [o.user_id_column, o.interaction_item_column])
         report.counts_in["interactions"] = len(inter_raw)
         require_nonempty(len(inter_raw), o.interactions, "interactions (the interaction table has no rows)")
         irows = np.arange(1, len(inter_raw) + 1)
-        inter = pd.DataFrame(
-            {
-                "user_id": clean_ids(inter_raw[o.user_id_column], o.interactions, o.user_id_column),
-                "item_id": clean_ids(inter_raw[o.interaction_item_column], o.interactions, o.interaction_item_column),
-            }
-        )
+        inter = pd.DataFrame({
+            "user_id": clean_ids(inter_raw[o.user_id_column], o.interactions, o.user_id_column),
+            "item_id": clean_ids(inter_raw[o.interaction_item_column], o.interactions, o.interaction_item_column),
+        })
         if o.rating_column in inter_raw.columns:
             inter["rating"] = parse_numbers(inter_raw[o.rating_column], o.interactions, o.rating_column)
         else:
@@ -145,10 +150,7 @@ class GenericImporter(Importer):
         else:
             inter["timestamp"] = 0
         report.counts_in["users"] = int(inter["user_id"].nunique())
-
-        keep = check_known_items(
-            inter["item_id"], items["item_id"], o.interactions, report, o.on_unknown_items, rows=irows, user_ids=inter["user_id"]
-        )
+        keep = check_known_items(inter["item_id"], items["item_id"], o.interactions, report, o.on_unknown_items, rows=irows, user_ids=inter["user_id"])
         all_users = inter["user_id"]
         inter = inter[keep]
         if o.min_rating is not None:
@@ -161,7 +163,4 @@ class GenericImporter(Importer):
         repeats = int(inter.duplicated(["user_id", "item_id"]).sum())
         if repeats:
             report.notes.append(f"{repeats} interactions repeat an earlier (user, item) pair; all are kept")
-
-        catalog = build_catalog(o.name, items, inter, meta={"source": "generic", "min_rating": o.min_rating})
-        count_catalog(report, catalog)
-        return ImportResult(catalog=catalog, report=report, rejects=pd.DataFrame(rejects, columns=REJECT_COLUMNS))
+        return inter

@@ -5,7 +5,8 @@ URI (``file://``, or any fsspec protocol such as ``s3://``/``https://`` when the
 fsspec backend is installed). Each referenced image is read once: ``image_hash`` is the
 sha256 of the file bytes, and the same bytes are fully decoded with PIL
 (``Image.open(...).convert("RGB")``), so a truncated or garbage file is caught here and not
-in the middle of an encoding run. An image that is missing, unreadable or does not decode
+in the middle of an encoding run. :func:`read_image_bytes` is the one reader of image
+references: feature extraction and the study's thumbnails read through it too. An image that is missing, unreadable or does not decode
 is *rejected*: the item keeps its other modalities, ``image`` and ``image_hash`` become
 null, and a row goes to the rejects list (``rejects.parquet`` next to the catalog) and
 to the ingest report.
@@ -18,7 +19,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+import fsspec
 from PIL import Image
 
 from storage.keys import sha256_bytes
@@ -36,25 +39,30 @@ def is_uri(ref: str) -> bool:
     return "://" in ref
 
 
+def _file_uri_path(ref: str) -> str:
+    """The local path of a ``file://`` URI."""
+    return str(Path(unquote(urlparse(ref).path)))
+
+
 def resolve(ref: str, base_dir: str | Path | None) -> str:
     """Absolute path for local references, the URI itself otherwise."""
     if ref.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        return str(Path(unquote(urlparse(ref).path)))
+        return _file_uri_path(ref)
     if is_uri(ref):
         return ref
     # abspath, not Path.resolve(): no symlink walk (a third of the check time otherwise)
     return os.path.abspath(os.path.join(os.fspath(base_dir or "."), os.path.expanduser(ref)))
 
 
-def _read(resolved: str) -> bytes:
-    if is_uri(resolved):
-        import fsspec
-
-        with fsspec.open(resolved, "rb") as fh:
+def read_image_bytes(ref: str) -> bytes:
+    """Bytes of an image reference as the catalog stores it: a local path, a ``file://``
+    URI or any fsspec URI (``s3://``, ``https://``, ...)."""
+    if ref.startswith("file://"):
+        ref = _file_uri_path(ref)
+    if is_uri(ref):
+        with fsspec.open(ref, "rb") as fh:
             return fh.read()
-    with open(resolved, "rb") as fh:
+    with open(ref, "rb") as fh:
         return fh.read()
 
 
@@ -75,7 +83,7 @@ def check_one(ref: str | None, base_dir: str | Path | None) -> ImageCheck:
         return ImageCheck(None, None, None, None)
     resolved = resolve(str(ref).strip(), base_dir)
     try:
-        data = _read(resolved)
+        data = read_image_bytes(resolved)
     except FileNotFoundError:
         return ImageCheck(None, None, "image file missing", resolved)
     except IsADirectoryError:

@@ -113,18 +113,7 @@ class MMRecImporter(Importer):
         ts = parse_timestamps(raw["timestamp"], inter_path, "timestamp") if "timestamp" in raw else np.zeros(len(raw), np.int64)
         report.counts_in.update(interactions=len(raw), users=int(users.max()) + 1)
 
-        features: dict[str, ImportedFeatures] = {}
-        for modality, fname in FEATURE_FILES.items():
-            path = folder / fname
-            if path.exists():
-                features[modality] = ImportedFeatures(modality, _load_npy(path), path, sha256_file(path))
-                report.sources[f"{modality}_features"] = str(path)
-                zero = int((~features[modality].matrix.any(axis=1)).sum())
-                if zero:
-                    # some toolbox files mark a missing modality with a zero row; kept as given
-                    report.notes.append(f"{fname}: {zero} all-zero rows (kept as features, as the toolbox does)")
-            else:
-                report.notes.append(f"no {fname}: no ready-made {modality} features")
+        features = _feature_files(folder, report)
         rows = {m: f.matrix.shape[0] for m, f in features.items()}
         if len(set(rows.values())) > 1:
             raise CatalogError(folder, f"feature files disagree on the number of items: {rows}")
@@ -157,6 +146,18 @@ class MMRecImporter(Importer):
         return ImportResult(catalog=catalog, report=report, given_splits={"given": split}, features=features)
 
 
-# -- export -----------------------------------------------------------------------------
-
-
+def _feature_files(folder: Path, report: IngestReport) -> dict[str, ImportedFeatures]:
+    """The ready-made ``image_feat.npy`` / ``text_feat.npy`` that the folder holds."""
+    features: dict[str, ImportedFeatures] = {}
+    for modality, fname in FEATURE_FILES.items():
+        path = folder / fname
+        if not path.exists():
+            report.notes.append(f"no {fname}: no ready-made {modality} features")
+            continue
+        features[modality] = ImportedFeatures(modality, _load_npy(path), path, sha256_file(path))
+        report.sources[f"{modality}_features"] = str(path)
+        zero = int((~features[modality].matrix.any(axis=1)).sum())
+        if zero:
+            # some toolbox files mark a missing modality with a zero row; kept as given
+            report.notes.append(f"{fname}: {zero} all-zero rows (kept as features, as the toolbox does)")
+    return features

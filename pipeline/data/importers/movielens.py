@@ -82,33 +82,37 @@ class MovieLensImporter(Importer):
         if options.verify:
             n = verify_dataset(NAME, root)
             report.notes.append(f"{n} files verified against SHA256SUMS")
+        report.sources = {"items": str(root / "items.csv"), "ratings": str(root / "ml-100k" / "u.data"), "posters": str(root / "posters")}
+        items, rejects = self._items(root, options, report)
+        inter = self._ratings(root / "ml-100k" / "u.data", options, report, items)
+        meta = {
+            "source": "movielens-100k-posters",
+            "min_rating": options.min_rating,
+            "text": "'{title}. {overview}' (title alone when the overview is empty)",
+        }
+        catalog = build_catalog(NAME, items, inter, meta=meta)
+        count_catalog(report, catalog)
+        return ImportResult(catalog=catalog, report=report, rejects=pd.DataFrame(rejects, columns=REJECT_COLUMNS))
 
+    def _items(self, root: Path, options: MovieLensOptions, report: IngestReport) -> tuple[pd.DataFrame, list[dict]]:
+        """items.csv (title, overview) with the posters attached."""
         items_path = root / "items.csv"
-        ratings_path = root / "ml-100k" / "u.data"
-        report.sources = {"items": str(items_path), "ratings": str(ratings_path), "posters": str(root / "posters")}
-
-        # -- items ------------------------------------------------------------
         raw = read_table(items_path, "item table")
         require_columns(raw, items_path, ["movie_id", "title", "overview"])
         report.counts_in["item_rows"] = len(raw)
         rows = np.arange(1, len(raw) + 1)
         raw = raw.assign(movie_id=clean_ids(raw["movie_id"], items_path, "movie_id"))
         raw["_row"] = rows
-        folded = fold_duplicate_items(
-            raw.drop(columns="_row"), items_path, report, ["title", "overview"], id_column="movie_id", rows=rows
-        )
+        folded = fold_duplicate_items(raw.drop(columns="_row"), items_path, report, ["title", "overview"], id_column="movie_id", rows=rows)
         raw = raw.loc[folded.index]
         item_rows = raw["_row"].to_numpy()
         report.counts_in["items"] = len(raw)
         require_nonempty(len(raw), items_path, "items")
-
-        items = pd.DataFrame(
-            {
-                "item_id": raw["movie_id"].to_numpy(),
-                "title": raw["title"].str.strip().to_numpy(),
-                "text": [movie_text(t, o) for t, o in zip(raw["title"].tolist(), raw["overview"].tolist())],
-            }
-        )
+        items = pd.DataFrame({
+            "item_id": raw["movie_id"].to_numpy(),
+            "title": raw["title"].str.strip().to_numpy(),
+            "text": [movie_text(t, o) for t, o in zip(raw["title"].tolist(), raw["overview"].tolist())],
+        })
         rejects = []
         for i, (iid, ov, t) in enumerate(zip(items["item_id"].tolist(), raw["overview"].tolist(), items["text"].tolist())):
             if not t:
@@ -118,8 +122,10 @@ class MovieLensImporter(Importer):
                 report.add("empty overview", "text is the title alone", file=items_path, row=int(item_rows[i]), item_id=iid)
         refs = [f"posters/{iid}.jpg" for iid in items["item_id"]]
         rejects += attach_images(items, refs, root, report, items_path, item_rows, options.workers)
+        return items, rejects
 
-        # -- ratings ----------------------------------------------------------
+    def _ratings(self, ratings_path: Path, options: MovieLensOptions, report: IngestReport, items: pd.DataFrame) -> pd.DataFrame:
+        """u.data, parsed, checked against the items and filtered by ``min_rating``."""
         names = ["user_id", "item_id", "rating", "timestamp"]
         inter = read_table(ratings_path, "ratings file", sep="\t", header=None, names=names)
         if inter.shape[1] != 4:
@@ -131,32 +137,13 @@ class MovieLensImporter(Importer):
         inter["rating"] = parse_numbers(inter["rating"], ratings_path, "rating")
         inter["timestamp"] = parse_timestamps(inter["timestamp"], ratings_path, "timestamp")
         report.counts_in["users"] = int(inter["user_id"].nunique())
-        keep = check_known_items(
-            inter["item_id"], items["item_id"], ratings_path, report, options.on_unknown_items, user_ids=inter["user_id"]
-        )
+        keep = check_known_items(inter["item_id"], items["item_id"], ratings_path, report, options.on_unknown_items, user_ids=inter["user_id"])
         inter = inter[keep]
         if options.min_rating is not None:
             low = inter["rating"].to_numpy() < options.min_rating
             report.counts_out["ratings_below_min_rating"] = int(low.sum())
-            report.notes.append(
-                f"kept ratings >= {options.min_rating:g} as implicit interactions; {int(low.sum())} lower ratings not kept"
-            )
-            report_lost_users(
-                inter["user_id"], inter.loc[~low, "user_id"], report, ratings_path, f"user has no rating >= {options.min_rating:g}"
-            )
+            report.notes.append(f"kept ratings >= {options.min_rating:g} as implicit interactions; {int(low.sum())} lower ratings not kept")
+            report_lost_users(inter["user_id"], inter.loc[~low, "user_id"], report, ratings_path, f"user has no rating >= {options.min_rating:g}")
             inter = inter[~low]
         require_nonempty(len(inter), ratings_path, f"interactions with rating >= {options.min_rating}")
-
-        catalog = build_catalog(
-            NAME,
-            items,
-            inter,
-            meta={
-                "source": "movielens-100k-posters",
-                "min_rating": options.min_rating,
-                "text": "'{title}. {overview}' (title alone when the overview is empty)",
-            },
-        )
-        count_catalog(report, catalog)
-        return ImportResult(catalog=catalog, report=report, rejects=pd.DataFrame(rejects, columns=REJECT_COLUMNS))
-
+        return inter

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job.params import PipelineError, PipelineParams, validate_params
-from pipeline.job.run import run_pipeline
-from pipeline.job.steps import plan_runs
-from pipeline.job.watch import last_watch, registered_catalogs, watch_catalog, watch_catalogs
+from pipeline.job.run import LOCAL_STEPS, PipelineSteps, run_pipeline
+from pipeline.job.steps import ingest_step, plan_runs
+from pipeline.job.watch import last_watch, registered_catalogs, registered_params, watch_catalog, watch_catalogs
 from pipeline.settings import get_settings
 from tests.flows_data import make_small_catalog
 
@@ -110,6 +110,39 @@ def test_second_run_reuses_features_and_is_reproducible(small):
     assert again.split.id == first.split.id
     before = next(r for r in first.runs if (r.model, r.adapter) == ("freedom", "befa"))
     assert again.runs[0].test == pytest.approx(before.test)  # same seed, same data: same metrics
+
+
+def test_run_pipeline_calls_the_steps_it_is_given_in_order(small, tmp_path):
+    """The Prefect flow passes task-wrapped steps: run_pipeline must call exactly those."""
+    _, settings, params, first = small
+    calls = []
+
+    def recording(role, fn):
+        def step(*args, **kwargs):
+            calls.append(role)
+            return fn(*args, **kwargs)
+
+        return step
+
+    steps = LOCAL_STEPS.wrapped(recording)
+    again = run_pipeline(params.model_copy(update={"run_name": "wrapped", "models": ["lightgcn"], "adapters": ["none"]}), settings, steps=steps)
+    assert calls == ["ingest", "extract", "split", "train", "evaluate", "report"]
+    assert again.runs[0].test == pytest.approx(next(r for r in first.runs if r.model == "lightgcn").test)
+
+
+def test_the_job_registers_the_catalog_and_the_steps_do_not(small, tmp_path):
+    _, settings, params, first = small
+    canned = PipelineSteps(  # the first run's summaries: no work, only the orchestration
+        ingest=lambda p, s: first.ingest, extract=lambda p, s, c: first.extract, split=lambda p, c: first.split,
+        train=lambda *a: first.runs[0], evaluate=lambda s, c, sp, e, summary: summary, report=lambda *a: first.report,
+    )
+    job_home = get_settings(home=tmp_path / "job", datasets_root=settings.datasets_root)
+    run_pipeline(params.model_copy(update={"run_name": "canned", "models": ["lightgcn"], "adapters": ["none"]}), job_home, steps=canned)
+    assert registered_params(job_home, "ml-small").models == ["lightgcn"] and registered_params(job_home, "ml-small").run_name is None
+
+    step_home = get_settings(home=tmp_path / "step", datasets_root=settings.datasets_root)
+    ingest_step(params, step_home)  # a step alone (what the study runs) leaves no registration behind
+    assert registered_catalogs(step_home) == {}
 
 
 # -- catalog watch (plain functions) ----------------------------------------------

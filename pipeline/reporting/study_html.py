@@ -1,0 +1,110 @@
+"""The study report as one self-contained HTML page (tables, plots, poster cards)."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import pandas as pd
+
+from pipeline.reporting.study_tables import (
+    COSINE_NOTE,
+    OVERHEAD_NOTE,
+    StudyData,
+    encoder_rows,
+    experiment_table,
+    fmt_num,
+    groups_table,
+    main_table,
+    mean_gain_rows,
+    overhead_table,
+    search_table,
+)
+
+# -- HTML --------------------------------------------------------------------------------
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;color:#222;padding:0 16px}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.8em}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+td:first-child,th:first-child,td:nth-child(2){text-align:left}th{background:#f3f3f3}
+.verdict{background:#fffbe6;border:1px solid #e6d57a;padding:10px 14px;border-radius:6px;font-size:15px}
+.warn{background:#fdecea;border:1px solid #e0a19b;padding:8px 12px;border-radius:6px}
+.note{color:#555;font-size:13px;max-width:1000px}
+img.plot{max-width:100%;border:1px solid #eee;margin:6px 0}
+.row{display:flex;flex-wrap:wrap;gap:6px;margin:4px 0 10px}
+.card{width:96px;font-size:11px;text-align:center}
+.card img{width:92px;height:138px;object-fit:cover;border:3px solid transparent;border-radius:3px}
+.card.hit img,.card.hit .ph{border-color:#1a9c3a}
+.ph{width:86px;height:132px;border:3px solid #ddd;display:flex;align-items:center;justify-content:center;background:#f6f6f6;font-size:10px;padding:3px;overflow:hidden}
+.cols{display:flex;gap:24px}.cols>div{flex:1}
+.label{font-weight:600;margin-top:6px}
+"""
+
+
+def _h(head: list[str], rows: list[list[str]], cls: str = "") -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>'
+
+
+def _cards(cards: list[dict[str, Any]]) -> str:
+    out = []
+    for rank, c in enumerate(cards, 1):
+        title = html.escape(c["title"])
+        hit = c.get("hit")
+        img = f'<img src="{html.escape(c["poster"])}" alt="{title}" loading="eager">' if c.get("poster") else f'<div class="ph">{title}</div>'
+        out.append(f'<div class="card{" hit" if hit else ""}" title="{title}">{img}<div>{title[:40]}{" ✔" if hit else ""}</div></div>')
+    return '<div class="row">' + "".join(out) + "</div>"
+
+
+def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> str:
+    p = data.params
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(data.title)}</h1>"]
+    rand = [m for m, e in data.encoders.items() if e.get("random_init")]
+    if rand:
+        parts.append(f"<p class='warn'><b>Random-init encoder</b> for {html.escape(', '.join(rand))}: those features carry no semantic content. "
+                     "Configure a checkpoint for a real test of the method.</p>")
+    parts.append(f"<h2>Verdict</h2><p class='verdict' id='verdict'>{html.escape(data.verdict)}</p>")
+    parts += [f"<p class='warn note-item'>{html.escape(n)}</p>" for n in data.notes]
+    parts.append(_h(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data)))
+    ds = data.dataset
+    parts.append("<h2>Setup</h2><ul>"
+                 f"<li>data: <b>{html.escape(str(ds.get('name')))}</b> ({ds.get('users', '?')} users, {ds.get('items', '?')} items, {ds.get('interactions', '?')} interactions); split <code>{html.escape(str(data.split.get('id')))}</code> {html.escape(str(data.split.get('counts', {})))}</li>"
+                 f"<li>seeds {html.escape(str(p.get('seeds')))}; max epochs {p.get('epochs')}, patience {p.get('patience')} on valid Recall@20; search &le; {p.get('max_trials')} trials per model and adapter (valid only)</li>"
+                 f"<li>fixed overrides <code>{html.escape(json.dumps(p.get('model_overrides') or {}))}</code></li></ul>")
+    parts.append(_h(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data)))
+    parts.append("<h2>Base vs +BeFA (test, best valid epoch)</h2>")
+    parts.append(_h(*main_table(data), cls="results"))
+    parts.append("<p class='note'>Wilcoxon signed-rank (two-sided) on per-user test metrics, per-user differences averaged over seeds; "
+                 "Holm-adjusted across models and metrics. users +/-: users where +BeFA is higher / lower.</p>")
+    if "main" in plots:
+        parts.append(f"<img class='plot' id='main-plot' src='{plots['main']}' alt='base vs +BeFA'>")
+    parts.append("<h2>Parameters and time per epoch</h2>" + f"<p class='note'>{html.escape(OVERHEAD_NOTE)}</p>" + _h(*overhead_table(data)))
+    parts.append("<h2>Where BeFA helps</h2><h3>By user activity</h3>" + _h(*groups_table(data)))
+    for exp, title, key in (("sweep_t", "Decoupling-space sweep", "sweep"), ("ablation", "Modality ablation", "ablation"), ("sparsity", "Sparsity sweep (valid/test fixed)", "sparsity")):
+        if (frame["experiment"] == exp).any():
+            parts.append(f"<h3>{title}</h3>")
+            if key in plots:
+                parts.append(f"<img class='plot' id='{key}-plot' src='{plots[key]}' alt='{title}'>")
+            parts.append(_h(*experiment_table(frame, exp)))
+    ins = data.inspection
+    if ins:
+        parts.append(f"<h2>What BeFA changes ({html.escape(ins['model'])})</h2><p class='note'>{html.escape(COSINE_NOTE)}</p>")
+        parts.append(_h(["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
+                        [[m, fmt_num(s["gate_mean"], 3), fmt_num(s["gate_std"], 3), fmt_num(s["cos_content_adapted_mean"], 3), fmt_num(s["cos_behaviour_adapted_mean"], 3)] for m, s in ins["summary"].items()]))
+        parts.append(f"<img class='plot' id='gates-plot' src='{ins['gates_png']}' alt='gate heatmap'>")
+        parts.append(f"<img class='plot' id='cosines-plot' src='{ins['cosines_png']}' alt='cosine histograms'>")
+        parts.append("<h3>Top-10 of base and +BeFA (green border: a test item of the user)</h3>")
+        for c in ins["comparisons"]:
+            parts.append(f"<div class='user' id='user-{c['user_idx']}'><h4>User {html.escape(c['user_id'])}: {html.escape(c['why'])} ({c['n_train']} train items)</h4>")
+            parts.append("<div class='label'>History (most recent train items)</div>" + _cards(c["history"]))
+            parts.append("<div class='cols'><div><div class='label'>base top-10</div>" + _cards(c["base"]) + "</div>"
+                         "<div><div class='label'>+BeFA top-10</div>" + _cards(c["befa"]) + "</div></div>")
+            parts.append("<div class='label'>Test items</div>" + _cards(c["test_items"]) + "</div>")
+    parts.append("<h2>Search (valid only)</h2>" + _h(*search_table(data)))
+    parts.append("<h2>Timings</h2>" + _h(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()]))
+    parts.append(f"<p class='note'>Runs trained: {data.runs.get('trained')}, reused: {data.runs.get('reused')}. "
+                 "Per-run results: <code>results.parquet</code>; Markdown: <a href='report.md'>report.md</a>.</p></body></html>")
+    return "\n".join(parts)
