@@ -73,38 +73,31 @@ class ReportFiles(BaseModel):
 
 
 # -- reading runs ------------------------------------------------------------
-def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """The run record of one run folder, with ``run_dir`` and ``adapter`` filled in."""
-    record = RunRecord.load(run_dir).model_dump(mode="json")  # validated: a damaged run.json fails here, by name
-    record["run_dir"] = str(Path(run_dir))
-    record["adapter"] = (record.get("config") or {}).get("adapter", "none")
-    return record
-
-
-def load_runs(run_dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
-    return [load_run(d) for d in run_dirs]
+def load_runs(run_dirs: Iterable[str | Path]) -> list[RunRecord]:
+    """The validated run records of these folders (a damaged run.json fails here, by name)."""
+    return [RunRecord.load(d) for d in run_dirs]
 
 
 # -- tables ------------------------------------------------------------------
 METRIC_COLUMNS = ["model", "adapter", "metric", "value", "split", "best_epoch", "epochs_run", "status", "run_dir"]
 
 
-def metrics_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     """Long table: one row per model x adapter x test metric (at the best valid epoch)."""
     rows = []
     for rec in records:
-        for metric, value in sorted((rec.get("test") or {}).items()):
+        for metric, value in sorted(rec.test.items()):
             rows.append(
                 {
-                    "model": rec["model"],
-                    "adapter": rec["adapter"],
+                    "model": rec.model,
+                    "adapter": rec.adapter,
                     "metric": metric,
                     "value": float(value),
                     "split": "test",
-                    "best_epoch": rec.get("best_epoch"),
-                    "epochs_run": len(rec.get("epochs") or []),
-                    "status": rec.get("status", ""),
-                    "run_dir": rec["run_dir"],
+                    "best_epoch": rec.best_epoch,
+                    "epochs_run": len(rec.epochs),
+                    "status": rec.status,
+                    "run_dir": rec.run_dir,
                 }
             )
     frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
@@ -167,23 +160,23 @@ def gains_table_rows(gains: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 # -- plots -------------------------------------------------------------------
-def plot_training_curves(records: Sequence[dict[str, Any]], path: str | Path, metric: str = CURVE_METRIC) -> Path:
+def plot_training_curves(records: Sequence[RunRecord], path: str | Path, metric: str = CURVE_METRIC) -> Path:
     """Valid ``metric`` per epoch, one line per model x adapter (dashed = +BeFA)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    models = list(dict.fromkeys(r["model"] for r in records))
+    models = list(dict.fromkeys(r.model for r in records))
     for rec in records:
-        epochs = [e for e in rec.get("epochs") or [] if metric in (e.get("valid") or {})]
+        epochs = [e for e in rec.epochs if metric in e.valid]
         if not epochs:
             continue
-        color = colors[models.index(rec["model"]) % len(colors)]
-        style = "--" if rec["adapter"] == "befa" else "-"
-        xs = [e["epoch"] for e in epochs]
-        ys = [e["valid"][metric] for e in epochs]
-        ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{rec['model']} {ADAPTER_LABEL.get(rec['adapter'], rec['adapter'])}")
-        if rec.get("best_epoch") in xs:
-            ax.plot([rec["best_epoch"]], [ys[xs.index(rec["best_epoch"])]], "*", color=color, markersize=10)
+        color = colors[models.index(rec.model) % len(colors)]
+        style = "--" if rec.adapter == "befa" else "-"
+        xs = [e.epoch for e in epochs]
+        ys = [e.valid[metric] for e in epochs]
+        ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{rec.model} {ADAPTER_LABEL.get(rec.adapter, rec.adapter)}")
+        if rec.best_epoch in xs:
+            ax.plot([rec.best_epoch], [ys[xs.index(rec.best_epoch)]], "*", color=color, markersize=10)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -232,7 +225,7 @@ def weights_label(info: EncoderInfo) -> str:
 
 def render_markdown(
     context: ReportContext,
-    records: Sequence[dict[str, Any]],
+    records: Sequence[RunRecord],
     gains: pd.DataFrame,
     files: dict[str, str] | None = None,
 ) -> str:
@@ -303,16 +296,15 @@ def _results_section(gains: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _runs_section(records: Sequence[dict[str, Any]]) -> list[str]:
+def _runs_section(records: Sequence[RunRecord]) -> list[str]:
     rows = []
     for rec in records:
-        wall = rec.get("wall") or {}
-        params = rec.get("parameters") or {}
+        wall, params = rec.wall, rec.parameters
         rows.append([
-            rec["model"], ADAPTER_LABEL.get(rec["adapter"], rec["adapter"]), rec.get("status", ""),
-            len(rec.get("epochs") or []), rec.get("best_epoch", "-"), fmt_number((rec.get("best_valid") or {}).get(CURVE_METRIC)),
+            rec.model, ADAPTER_LABEL.get(rec.adapter, rec.adapter), rec.status,
+            len(rec.epochs), "-" if rec.best_epoch is None else rec.best_epoch, fmt_number(rec.best_valid.get(CURVE_METRIC)),
             f"{wall.get('total_s', sum(v for v in wall.values() if isinstance(v, (int, float)))):.1f}",
-            f"{int(params.get('params_trainable', 0)):,}", f"{int(params.get('params_adapter', 0)):,}", f"`{Path(rec['run_dir']).name}`",
+            f"{int(params.get('params_trainable', 0)):,}", f"{int(params.get('params_adapter', 0)):,}", f"`{Path(rec.run_dir or '.').name}`",
         ])
     header = ["model", "adapter", "status", "epochs", "best epoch", f"valid {CURVE_METRIC}", "wall s", "params", "adapter params", "folder"]
     return ["", "## Runs", ""] + markdown_table(header, rows)

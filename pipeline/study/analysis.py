@@ -14,7 +14,7 @@ from pipeline.reporting.study_tables import HEADLINE, PAPER_CLAIM
 from pipeline.study.params import StudyParams
 from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
-from pipeline.training.record import PER_USER
+from pipeline.training.record import PER_USER, RunRecord
 
 # -- results ---------------------------------------------------------------------------
 RESULT_COLUMNS = [
@@ -23,25 +23,28 @@ RESULT_COLUMNS = [
 ]
 
 
-def result_rows(rec: dict[str, Any], spec: RunSpec, extra: dict[str, Any]) -> list[dict[str, Any]]:
+Runs = dict[tuple[str, str], list[RunRecord]]  # (model, adapter) -> one record per seed
+
+
+def result_rows(rec: RunRecord, spec: RunSpec, extra: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per metric (test and valid at the best valid epoch) of one run."""
     rows = []
-    wall = rec.get("wall") or {}
+    wall = rec.wall
     base = {
         "experiment": spec.experiment,
         "setting": spec.setting,
         "model": spec.model,
         "adapter": spec.adapter,
         "seed": spec.seed,
-        "t": float(rec["config"].get("befa", {}).get("t")) if spec.adapter == "befa" else None,
+        "t": float(rec.config.get("befa", {}).get("t")) if spec.adapter == "befa" else None,
         "modalities": "+".join(sorted(spec.modalities)),
         "train_fraction": extra.get("train_fraction", 1.0),
-        "best_epoch": rec.get("best_epoch"),
-        "epochs_run": len(rec.get("epochs") or []),
+        "best_epoch": rec.best_epoch,
+        "epochs_run": len(rec.epochs),
         "train_epoch_s": wall.get("train_epoch_mean_s"),
-        "run_dir": rec["run_dir"],
+        "run_dir": rec.run_dir,
     }
-    for split_name, metrics in (("test", rec.get("test") or {}), ("valid", rec.get("best_valid") or {})):
+    for split_name, metrics in (("test", rec.test), ("valid", rec.best_valid)):
         for metric, value in sorted(metrics.items()):
             rows.append({**base, "split": split_name, "metric": metric, "value": float(value)})
     return rows
@@ -69,19 +72,19 @@ def per_user(run_dir: str) -> pd.DataFrame:
     return pq.read_table(Path(run_dir) / PER_USER).to_pandas()
 
 
-def paired_per_user(runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str]) -> list[tuple[str, tuple[list[pd.DataFrame], list[pd.DataFrame]]]]:
+def paired_per_user(runs: Runs, models: list[str]) -> list[tuple[str, tuple[list[pd.DataFrame], list[pd.DataFrame]]]]:
     """Per model trained both ways: the per-user tables of base and +BeFA, seed by seed."""
     out = []
     for model in models:
         base, befa = runs.get((model, "none"), []), runs.get((model, "befa"), [])
         n = min(len(base), len(befa))
         if n:
-            out.append((model, ([per_user(r["run_dir"]) for r in base[:n]], [per_user(r["run_dir"]) for r in befa[:n]])))
+            out.append((model, ([per_user(r.run_dir) for r in base[:n]], [per_user(r.run_dir) for r in befa[:n]])))
     return out
 
 
 def significance(
-    runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str], pooling: str, alpha: float
+    runs: Runs, models: list[str], pooling: str, alpha: float
 ) -> list[dict[str, Any]]:
     """Paired tests per model x headline metric, with Holm-adjusted Wilcoxon p-values."""
     out = []
@@ -97,7 +100,7 @@ def significance(
 
 
 def user_groups(
-    runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str], split_frame: pd.DataFrame, groups: int = 3
+    runs: Runs, models: list[str], split_frame: pd.DataFrame, groups: int = 3
 ) -> list[dict[str, Any]]:
     """Test Recall@20 / NDCG@20 of base and +BeFA by user activity (train-size terciles)."""
     train = split_frame[split_frame["label"] == 0].groupby("user_idx").size().rename("n_train")
@@ -118,14 +121,14 @@ def user_groups(
     return out
 
 
-def overhead_rows(main_runs: dict[tuple[str, str], list[dict[str, Any]]], models: list[str]) -> list[dict[str, Any]]:
+def overhead_rows(main_runs: Runs, models: list[str]) -> list[dict[str, Any]]:
     """Parameters and seconds per epoch, base vs +BeFA (first seed's records; times: mean over seeds)."""
     rows = []
     for model in models:
         base, befa = main_runs.get((model, "none"), []), main_runs.get((model, "befa"), [])
         if not base or not befa:
             continue
-        pb, pa_ = base[0].get("parameters") or {}, befa[0].get("parameters") or {}
+        pb, pa_ = base[0].parameters, befa[0].parameters
         with_b = pb.get("params_base_with_feature_tables", 0)
         without_b = pb.get("params_base_without_feature_tables", 0)
         adapter = pa_.get("params_adapter", 0)
@@ -136,7 +139,7 @@ def overhead_rows(main_runs: dict[tuple[str, str], list[dict[str, Any]]], models
         total_a_without = pa_.get("params_base_without_feature_tables", 0) + adapter
 
         def epoch_s(recs):
-            vals = [r.get("wall", {}).get("train_epoch_mean_s") for r in recs]
+            vals = [r.wall.get("train_epoch_mean_s") for r in recs]
             vals = [v for v in vals if v is not None]
             return sum(vals) / len(vals) if vals else None
 
@@ -155,8 +158,8 @@ def overhead_rows(main_runs: dict[tuple[str, str], list[dict[str, Any]]], models
             "epoch_s_base": tb,
             "epoch_s_befa": ta,
             "epoch_time_ratio": ta / tb if ta and tb else None,
-            "epochs_base": [len(r.get("epochs") or []) for r in base],
-            "epochs_befa": [len(r.get("epochs") or []) for r in befa],
+            "epochs_base": [len(r.epochs) for r in base],
+            "epochs_befa": [len(r.epochs) for r in befa],
         })
     return rows
 

@@ -55,6 +55,7 @@ from pipeline.reporting.study_report import write_study_report
 from pipeline.reporting.study_tables import StudyData
 from pipeline.settings import Settings
 from pipeline.study.analysis import (
+    Runs,
     budget_notes,
     gains_table,
     grid_size,
@@ -70,10 +71,9 @@ from pipeline.study.inspect import inspect_adapter
 from pipeline.study.params import ADAPTERS, StudyError, StudyParams, StudyResult, validate_study
 from pipeline.study.runner import RunSpec, StudyRunner
 from pipeline.study.search import run_search
+from pipeline.training.record import RunRecord
 from storage.atomic import write_json
 from storage.feature_store import FeatureStore
-
-Runs = dict[tuple[str, str], list[dict[str, Any]]]
 
 
 @dataclass
@@ -97,7 +97,7 @@ class StudyContext:
     def modalities(self) -> list[str]:
         return sorted(self.features.features)
 
-    def train_seeds(self, seeds: list[int], spec_of_seed: Callable[[int], RunSpec], extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def train_seeds(self, seeds: list[int], spec_of_seed: Callable[[int], RunSpec], extra: dict[str, Any] | None = None) -> list[RunRecord]:
         """Train (or reuse) one run per seed; their rows join the results table."""
         recs = []
         for seed in seeds:
@@ -238,8 +238,8 @@ def inspect(ctx: StudyContext, main_runs: Runs) -> dict[str, Any]:
     """Phase 6: what BeFA changes (gates, cosines, top-10 of base vs +BeFA), first seed."""
     p, focus = ctx.params, ctx.params.focus_model
     return inspect_adapter(
-        base_run=main_runs[(focus, "none")][0]["run_dir"],
-        befa_run=main_runs[(focus, "befa")][0]["run_dir"],
+        base_run=main_runs[(focus, "none")][0].run_dir,
+        befa_run=main_runs[(focus, "befa")][0].run_dir,
         catalog=ctx.catalog,
         split_path=ctx.split.path,
         features=ctx.features,

@@ -15,12 +15,11 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from pipeline.reporting.pipeline_report import load_run
 from pipeline.settings import Settings
 from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
 from pipeline.training.prepare import FeatureBundle
-from pipeline.training.record import LAST, PER_USER, RECORD
+from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -68,15 +67,15 @@ class StudyRunner:
         digest = hashlib.sha256(key.encode()).hexdigest()[:10]
         return self.folder / "runs" / f"{spec.model}-{spec.adapter}-{digest}-s{spec.seed}"
 
-    def train(self, spec: RunSpec) -> dict[str, Any]:
-        """The run's record (dict), training it unless an identical finished run exists."""
+    def train(self, spec: RunSpec) -> RunRecord:
+        """The run's record, training it unless an identical finished run exists."""
         run_dir = self.run_dir(spec)
         record_path = run_dir / RECORD
         if record_path.exists():
-            rec = json.loads(record_path.read_text())
-            if rec.get("status") in ("early_stopped", "max_epochs", "evaluated_only") and (run_dir / PER_USER).exists():
+            rec = RunRecord.load(run_dir)
+            if rec.status in FINISHED and (run_dir / PER_USER).exists():
                 self.reused += 1
-                return load_run(run_dir)
+                return rec
         sub = self.features.subset(spec.modalities)
         start = time.perf_counter()
         train_model(
@@ -89,9 +88,9 @@ class StudyRunner:
         took = time.perf_counter() - start
         self.seconds += took
         self.trained += 1
-        rec = load_run(run_dir)
+        rec = RunRecord.load(run_dir)
         self.log(
             f"  {spec.experiment} {spec.setting}: {spec.model} {'+BeFA' if spec.adapter == 'befa' else 'base'} seed {spec.seed}: "
-            f"{len(rec.get('epochs') or [])} epochs, valid R@20 {rec['best_valid'].get('recall@20', float('nan')):.4f} ({took:.0f} s)"
+            f"{len(rec.epochs)} epochs, valid R@20 {rec.best_valid.get('recall@20', float('nan')):.4f} ({took:.0f} s)"
         )
         return rec

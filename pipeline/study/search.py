@@ -164,6 +164,6 @@ def run_search(runner: StudyRunner, model: str, adapter: str, split: str, modali
             break
         seen.add(key)
         rec = runner.train(RunSpec(model=model, overrides=overrides, modalities=modalities, split=split, seed=p.seeds[0], experiment="search", setting=json.dumps(point) if point else "default"))
-        trials.append({"point": point, "overrides": overrides, "valid": dict(rec.get("best_valid") or {}), "run_dir": rec["run_dir"], "best_epoch": rec.get("best_epoch")})
+        trials.append({"point": point, "overrides": overrides, "valid": dict(rec.best_valid), "run_dir": rec.run_dir, "best_epoch": rec.best_epoch})
     winner = select_on_valid([t["valid"] for t in trials])
     return {"model": model, "adapter": adapter, "grid": grid, "trials": trials, "winner": winner, "winner_overrides": trials[winner]["overrides"], "seconds": time.perf_counter() - start}

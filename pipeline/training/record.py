@@ -37,6 +37,7 @@ LAST = "last.pt"
 PER_USER = "per_user.parquet"
 LEGACY_FEATURES = "features.json"  # written by `befa train` before record version 2
 RECORD_VERSION = 2
+FINISHED = ("early_stopped", "max_epochs", "evaluated_only")  # statuses of a run that ended normally
 
 
 class EpochLog(BaseModel):
@@ -83,6 +84,12 @@ class RunRecord(BaseModel):
     resumed_at: list[str] = Field(default_factory=list)
     error: str | None = None
     sources: dict[str, str | None] = Field(default_factory=dict)  # catalog / split paths, for evaluate_run
+    # where this record was read from (set by ``load``; never written into run.json)
+    run_dir: str | None = Field(None, exclude=True)
+
+    @property
+    def adapter(self) -> str:
+        return str(self.config.get("adapter", "none"))
 
     def save(self, run_dir: str | Path) -> Path:
         return write_json(Path(run_dir) / RECORD, self.model_dump(mode="json"))
@@ -92,7 +99,9 @@ class RunRecord(BaseModel):
         path = Path(run_dir) / RECORD
         if not path.exists():
             raise FileNotFoundError(f"{path}: no run record (is this a run folder?)")
-        return cls.model_validate(json.loads(path.read_text()))
+        record = cls.model_validate(json.loads(path.read_text()))
+        record.run_dir = str(Path(run_dir))
+        return record
 
 
 def now() -> str:
