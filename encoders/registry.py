@@ -8,6 +8,7 @@ import torch
 
 from encoders.base import Encoder, check_modalities
 from encoders.clip import ClipEncoder
+from encoders.effnet import EffNetEncoder
 from encoders.imagebind import ImageBindEncoder
 from encoders.minilm import MiniLMEncoder
 from encoders.spec import EncoderSpec, EncoderSpecError, is_per_modality, parse_modality_specs, parse_spec
@@ -15,6 +16,7 @@ from storage.keys import MODALITIES
 
 ENCODERS: dict[str, type[Encoder]] = {
     "clip": ClipEncoder,
+    "effnet": EffNetEncoder,
     "imagebind": ImageBindEncoder,
     "minilm": MiniLMEncoder,
 }

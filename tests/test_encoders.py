@@ -62,8 +62,8 @@ def test_parse_per_modality_specs():
 
 
 def test_registry_is_explicit_and_unknown_specs_fail_clearly():
-    assert set(ENCODERS) == {"clip", "imagebind", "minilm"}
-    with pytest.raises(EncoderSpecError, match=r"unknown encoder 'foo'.*known encoders: \['clip', 'imagebind', 'minilm'\]"):
+    assert set(ENCODERS) == {"clip", "effnet", "imagebind", "minilm"}
+    with pytest.raises(EncoderSpecError, match=r"unknown encoder 'foo'.*known encoders: \['clip', 'effnet', 'imagebind', 'minilm'\]"):
         create_encoder("foo:bar@random")
     with pytest.raises(EncoderSpecError, match="unknown open_clip architecture 'ViT-Q-99'"):
         create_encoder("clip:ViT-Q-99@random")

@@ -19,7 +19,7 @@ commands = CommandGroup()
 @commands.command("extract")
 def extract_cmd(
     dataset: str = typer.Option(..., "--dataset", help="Ingested catalog name."),
-    encoder: str = typer.Option("minilm", "--encoder", help="Encoder spec, e.g. minilm, clip:ViT-B-32@/models/vitb32.safetensors, "
+    encoder: str = typer.Option("minilm", "--encoder", help="Encoder spec, e.g. minilm, effnet:lite2, clip:ViT-B-32@/models/vitb32.safetensors, "
                                 "clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, or image=...,text=..."),
     batch_size: Optional[int] = typer.Option(None, help="Items per forward pass (default: sized to the device)."),
     num_workers: Optional[int] = typer.Option(None, help="Image decoding worker processes (default: by device)."),

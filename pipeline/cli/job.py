@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import CommandGroup, DatasetsRoot, FeatureStoreOpt, Home, console, csv_list, fail, settings_from
-from pipeline.job.params import PipelineError
+from pipeline.job.params import DEFAULT_ENCODER, PipelineError
 from pipeline.job.run import run_pipeline
 from pipeline.job.watch import watch_catalogs
 from pipeline.reporting.console import metrics_table
@@ -24,7 +24,7 @@ commands = CommandGroup()
 @commands.command("run")
 def run_cmd(
     dataset: str = typer.Argument("movielens-100k-posters", help="Catalog to run on (ingested if needed)."),
-    encoder: str = typer.Option("minilm", help="Encoder spec or per-modality image=...,text=..."),
+    encoder: str = typer.Option(DEFAULT_ENCODER, help="Encoder spec or per-modality image=...,text=..."),
     models: Optional[str] = typer.Option(None, help="Comma list (default lightgcn,freedom,mgcn)."),
     adapters: Optional[str] = typer.Option(None, help="Comma list of none,befa (default both)."),
     epochs: Optional[int] = typer.Option(None, help="Max epochs per model."),
@@ -69,8 +69,8 @@ def watch_cmd(
 @commands.command("study")
 def study_cmd(
     dataset: str = typer.Option("movielens-100k-posters", help="Catalog (ingested if needed)."),
-    encoder: str = typer.Option("image=clip:ViT-B-32@random,text=minilm", help="Encoder spec or image=...,text=... "
-                                "(random-init weights are labelled in the report)."),
+    encoder: str = typer.Option(DEFAULT_ENCODER, help="Encoder spec or image=...,text=... "
+                                "(random-init weights, when asked for, are labelled in the report)."),
     models: Optional[str] = typer.Option(None, help="Comma list (default bm3,lattice,freedom,mgcn)."),
     seeds: int = typer.Option(3, help="Number of training seeds."),
     epochs: int = typer.Option(1000, help="Max epochs per run."),

@@ -23,7 +23,8 @@ from storage.keys import MODALITIES
 
 DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
 DEFAULT_DATASET = "movielens-100k-posters"
-DEFAULT_ENCODER = "minilm"
+# Real weights, offline: ImageNet EfficientNet-Lite2 for posters/photos, MiniLM for text.
+DEFAULT_ENCODER = "image=effnet:lite2,text=minilm"
 Adapter = Literal["none", "befa"]
 FOLDER_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
@@ -46,7 +47,7 @@ class DataParams(BaseModel):
     )
     ingest_options: dict[str, Any] = Field(default_factory=dict, description="importer options (generic: items, interactions, images, ...)")
     encoder: str | dict[str, str] = Field(
-        DEFAULT_ENCODER, description="encoder spec ('minilm', 'clip:ViT-B-32@/ckpt.pt', 'image=...,text=...') or {modality: spec}"
+        DEFAULT_ENCODER, description="encoder spec ('image=effnet:lite2,text=minilm', 'minilm', 'clip:ViT-B-32@/ckpt.pt', ...) or {modality: spec}"
     )
     split_kind: Literal["random", "temporal"] = "random"
     split_seed: int = 2024

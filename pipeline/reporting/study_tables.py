@@ -140,14 +140,12 @@ def encoder_rows(data: StudyData) -> list[list[str]]:
     return rows
 
 
-# -- Markdown ----------------------------------------------------------------------------
+# -- notes under the tables --------------------------------------------------------------
 OVERHEAD_NOTE = (
     "Overhead w/o tables = adapter parameters / the base model's trainable parameters excluding the raw "
     "feature tables (the paper's 0.93-2.09% count); with tables = the same over a base that also counts the "
     "I x D_m feature tables (frozen here). Net change also counts what BeFA removes (MGCN's purifier)."
 )
-
-
 COSINE_NOTE = (
     "Before/after, per item and modality, in the trained +BeFA model: cos(c_m, adapted_m) with c_m = P_m X_m "
     "the content feature at the adapter's insertion point and adapted_m = E_i * g_m(c_m) what the model "

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from models import CONTENT_MODELS, MODELS, make_config
-from pipeline.job.params import FOLDER_NAME, DataParams, PipelineError, PipelineParams, validate_params
+from pipeline.job.params import DEFAULT_ENCODER, FOLDER_NAME, DataParams, PipelineError, PipelineParams, validate_params
 from pipeline.settings import Settings
 
 DEFAULT_BEFA_GRID: dict[str, list[Any]] = {"befa.t": [1.0, 2.0, 4.0, 8.0], "befa.dropout": [0.1, 0.3, 0.5, 0.7]}
@@ -30,8 +30,8 @@ class StudyParams(DataParams):
 
     name: str | None = Field(None, description="study folder name; default <dataset>-<UTC time>")
     encoder: str | dict[str, str] = Field(
-        "image=clip:ViT-B-32@random,text=minilm",
-        description="encoder spec; CLIP at random init unless a checkpoint is given (labelled in the report)",
+        DEFAULT_ENCODER,
+        description="encoder spec; default EfficientNet-Lite2 (ImageNet) images + MiniLM text, both real weights",
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for training (default: every usable core)")
     # -- training --

@@ -22,7 +22,6 @@ from pipeline.training.prepare import FeatureBundle
 from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord
 
 
-# -- runs ------------------------------------------------------------------------------
 class RunSpec(BaseModel):
     """One training run of the study: what it is, not where (the folder is derived)."""
 

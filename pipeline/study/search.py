@@ -1,5 +1,8 @@
-"""Hyper-parameter grids, selected on VALID only (spec section 1).
+"""Hyper-parameter search, selected on VALID only (spec section 1).
 
+The study's search (:func:`run_search`) tries, per model and adapter, the default
+configuration and then a seeded sample of the grid (:func:`search_plan`: base and +BeFA
+get the same model hyper-parameters trial by trial, +BeFA adding its own t and dropout).
 ``grid_search`` trains one run per point of the Cartesian product of a dict of lists,
 picks the point with the best VALID Recall@20 (at each run's best valid epoch; ties go
 to the earlier point in grid order) and reports the TEST metrics of the winner alone.
@@ -116,7 +119,7 @@ def grid_search(
     return result
 
 
-# -- search ----------------------------------------------------------------------------
+# -- the study's search ------------------------------------------------------------------
 def search_points(grid: dict[str, list[Any]], max_trials: int, seed: int) -> list[dict[str, Any]]:
     """Default point first, then a seeded random sample of the grid, ``max_trials`` in all."""
     points = grid_points(grid) if grid else []

@@ -20,7 +20,6 @@ from pipeline.training.record import RECORD_VERSION
 from storage.atomic import atomic_path, write_parquet
 
 
-# -- checkpoints -------------------------------------------------------------
 def _skip(name: str, t: Tensor, inputs: Iterable[Tensor]) -> bool:
     if t.layout != torch.strided:
         return True  # sparse graphs: rebuilt from the split and features
