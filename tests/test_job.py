@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from pipeline.features.load import load_run_features
 from pipeline.job.params import PipelineError, PipelineParams, validate_params
 from pipeline.job.run import LOCAL_STEPS, PipelineSteps, run_pipeline
 from pipeline.job.steps import ingest_step, plan_runs
 from pipeline.job.watch import last_watch, registered_catalogs, registered_params, watch_catalog, watch_catalogs
 from pipeline.settings import get_settings
+from pipeline.training.api import evaluate_run
+from pipeline.training.record import RunRecord
+from storage.feature_store import FeatureStore
 from tests.flows_data import make_small_catalog
 
 TINY_ENCODER = "imagebind:tiny@random"
@@ -143,6 +149,35 @@ def test_the_job_registers_the_catalog_and_the_steps_do_not(small, tmp_path):
     step_home = get_settings(home=tmp_path / "step", datasets_root=settings.datasets_root)
     ingest_step(params, step_home)  # a step alone (what the study runs) leaves no registration behind
     assert registered_catalogs(step_home) == {}
+
+
+def test_a_run_record_alone_finds_its_exact_features(small, tmp_path):
+    """What `befa evaluate RUN` relies on: run.json names the catalog, split and feature sets,
+    and a run written before record version 2 keeps them in features.json instead."""
+    _, settings, _, first = small
+    run = next(r for r in first.runs if (r.model, r.adapter) == ("freedom", "befa"))
+    record = RunRecord.load(run.run_dir)
+    assert set(record.feature_sets) == {"image", "text"}
+    assert {m: s["snapshot"] for m, s in record.feature_sets.items()} == first.extract.snapshots
+    assert {m: s["fingerprint"] for m, s in record.feature_sets.items()} == first.extract.fingerprints
+    assert all(s["random_init"] for s in record.feature_sets.values())  # the tiny encoder is random-init
+    store = FeatureStore(settings.feature_store)
+    bundle = load_run_features(record, store, run.run_dir)
+    assert bundle.snapshots == first.extract.snapshots and bundle.fingerprints == first.extract.fingerprints
+    assert evaluate_run(run.run_dir, features=bundle)["test"] == pytest.approx(run.test)
+
+    legacy = tmp_path / "legacy-run"
+    shutil.copytree(run.run_dir, legacy)
+    raw = json.loads((legacy / "run.json").read_text())
+    raw.pop("feature_sets")
+    raw["record_version"] = 1
+    (legacy / "run.json").write_text(json.dumps(raw))
+    (legacy / "features.json").write_text(json.dumps({
+        "catalog_dir": record.sources["catalog"], "fingerprints": first.extract.fingerprints, "snapshots": first.extract.snapshots,
+    }))
+    old = load_run_features(RunRecord.load(legacy), store, legacy)
+    assert old.snapshots == bundle.snapshots
+    assert all(torch.equal(old.features[m], bundle.features[m]) for m in bundle.features)
 
 
 # -- catalog watch (plain functions) ----------------------------------------------

@@ -107,3 +107,19 @@ def test_write_report_files_and_content(runs, tmp_path):
 def test_missing_run_record_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run.json"):
         load_runs([tmp_path / "nothing"])
+
+
+def test_metrics_carry_the_feature_provenance(tmp_path):
+    """metrics.parquet/json name the encoder fingerprints and flag random-init features."""
+    from pipeline.training.record import RunRecord
+
+    run = tmp_path / "run"
+    RunRecord(
+        model="freedom", config={"adapter": "befa"}, seed=1, device="cpu", split_id="s", status="early_stopped",
+        best_epoch=3, best_valid={"recall@20": 0.2}, test={"recall@20": 0.1, "ndcg@20": 0.05},
+        feature_sets={"image": {"snapshot": "a", "fingerprint": "effnet-lite2-66c3144f22ad", "random_init": False},
+                      "text": {"snapshot": "b", "fingerprint": "minilm-x", "random_init": True}},
+    ).save(run)
+    frame = metrics_frame(load_runs([run]))
+    assert set(frame["feature_fingerprints"]) == {"image=effnet-lite2-66c3144f22ad,text=minilm-x"}
+    assert frame["random_init"].all() and len(frame) == 2

@@ -6,7 +6,8 @@ the config, per-epoch valid metrics and test metrics at the best valid epoch) pl
 timings). Output, in one folder::
 
     metrics.parquet / metrics.json   one row per model x adapter x metric (test split,
-                                     best valid epoch), long format
+                                     best valid epoch), long format, with the encoder
+                                     fingerprints and a random-init flag on every row
     gains.parquet                    base vs +BeFA per model and metric, relative gain
     curves.png                       valid Recall@20 per epoch, one line per model x adapter
     base_vs_befa.png                 test Recall@20 / NDCG@20 bars, base next to +BeFA
@@ -79,7 +80,10 @@ def load_runs(run_dirs: Iterable[str | Path]) -> list[RunRecord]:
 
 
 # -- tables ------------------------------------------------------------------
-METRIC_COLUMNS = ["model", "adapter", "metric", "value", "split", "best_epoch", "epochs_run", "status", "run_dir"]
+METRIC_COLUMNS = [
+    "model", "adapter", "metric", "value", "split", "best_epoch", "epochs_run", "status", "run_dir",
+    "feature_fingerprints", "random_init",
+]
 
 
 def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -98,6 +102,9 @@ def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
                     "epochs_run": len(rec.epochs),
                     "status": rec.status,
                     "run_dir": rec.run_dir,
+                    # provenance travels with every number: which encoder weights, and whether random
+                    "feature_fingerprints": ",".join(f"{m}={s.get('fingerprint')}" for m, s in sorted(rec.feature_sets.items())),
+                    "random_init": any(bool(s.get("random_init")) for s in rec.feature_sets.values()),
                 }
             )
     frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
