@@ -1,5 +1,11 @@
 """The befa command line, through typer's runner (same code path as the console script)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
@@ -63,3 +69,30 @@ def test_train_then_evaluate_reproduces_metrics(tmp_path, datasets_root):
 def test_train_unknown_model_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["train", "--dataset", "x", "--model", "nope"], env={"BEFA_HOME": str(tmp_path)})
     assert result.exit_code == 2 and "unknown model" in result.output
+
+
+def test_the_command_table_matches_the_command_modules():
+    """`befa --help` shows COMMANDS without importing the groups: it must say what they say."""
+    import importlib
+
+    from pipeline.cli.main import COMMANDS
+
+    defined = {}
+    for module in sorted({m for m, _ in COMMANDS.values()}):
+        for name, fn, _ in importlib.import_module(module).commands.commands:
+            defined[name] = (module, (fn.__doc__ or "").strip().splitlines()[0])
+    assert COMMANDS == defined
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ingest", "--help"], ["datasets"]], ids=" ".join)
+def test_quick_commands_start_without_torch(argv, tmp_path):
+    """Only the commands that need torch (extract, train, run, ...) pay for importing it."""
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom pipeline.cli.main import app\n"
+        f"r = CliRunner().invoke(app, {argv!r})\nassert r.exit_code == 0, r.output\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    env = {**os.environ, "BEFA_HOME": str(tmp_path), "BEFA_DATASETS_ROOT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "no torch"

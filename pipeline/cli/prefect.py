@@ -37,8 +37,9 @@ def demo_cmd(
     epochs: int = typer.Option(30, help="Max epochs per model (capped so the demo fits 15 minutes on 2 cores)."),
     patience: int = typer.Option(5, help="Early-stopping patience."),
 ) -> None:
-    """The main job on the default catalog through the `befa` flow: ingest, extract, train LightGCN/FREEDOM/MGCN
-    with and without BeFA, evaluate, report (what `make demo` runs)."""
+    """The main job on the default catalog through the `befa` flow (what `make demo` runs).
+
+    Ingest, extract, train LightGCN/FREEDOM/MGCN with and without BeFA, evaluate, report."""
     from flows.demo import main  # lazy: only these commands load Prefect
 
     raise typer.Exit(main(["--epochs", str(epochs), "--patience", str(patience)]))

@@ -259,16 +259,15 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
             )
         return params
     importer = resolve_importer(params)
-    known = IMPORTERS
     if importer is None:
         raise PipelineError(
             f"dataset {params.dataset!r}: not an ingested catalog under {settings.catalogs_dir} and not a known dataset "
-            f"({sorted(k for k in known if k not in ('generic', 'mmrec'))}); for your own data pass "
+            f"({sorted(k for k in IMPORTERS if k not in ('generic', 'mmrec'))}); for your own data pass "
             "importer='generic' with ingest_options items=..., interactions=..., images=..."
         )
-    if importer not in known:
-        raise PipelineError(f"importer {importer!r} unknown; choose from {sorted(known)}")
-    imp = known[importer]
+    if importer not in IMPORTERS:
+        raise PipelineError(f"importer {importer!r} unknown; choose from {sorted(IMPORTERS)}")
+    imp = IMPORTERS[importer]
     if getattr(imp, "dataset", None):
         folder = settings.datasets_root / imp.dataset
         if not folder.exists() and not params.ingest_options.get("root"):
