@@ -38,6 +38,7 @@ def prepare(args: argparse.Namespace):
     from pipeline.data.catalog import Catalog
     from pipeline.data.ingest import ingest
     from pipeline.data.splits import split_random
+    from pipeline.data.versions import is_ingested
     from pipeline.features.extract import extract_features
     from pipeline.features.load import load_features
     from pipeline.settings import get_settings
@@ -45,14 +46,14 @@ def prepare(args: argparse.Namespace):
 
     settings = get_settings(home=args.out / "home")
     cat_dir = settings.catalog_dir(DATASET)
-    if (cat_dir / "catalog.json").exists():
+    if is_ingested(cat_dir):
         catalog = Catalog.load(cat_dir)
     else:
         catalog, _ = ingest(DATASET, settings)
     split = split_random(catalog, seed=2024)
-    split_path = cat_dir / "splits" / f"{split.name}.parquet"
+    split_path = catalog.splits_dir / f"{split.name}.parquet"
     if not split_path.exists():
-        split.save(cat_dir / "splits")
+        split.save(catalog.splits_dir)
     spec = f"image={args.image_encoder},text={args.text_encoder}" if args.image_encoder != "none" else args.text_encoder
     modalities = ["image", "text"] if args.image_encoder != "none" else ["text"]
     store = FeatureStore(settings.feature_store)

@@ -49,7 +49,9 @@ def watch(catalogs: list[str] | None = None, retrain: bool = True) -> list[dict[
     out = []
     for change in changes:
         summary = change.summary()
-        if change.changed:
+        if change.error:  # one catalog failed: said here, the others are still watched
+            logger.error("%s: watch failed, skipped: %s", change.catalog, change.error)
+        elif change.changed:
             emit_event(event=EVENT, resource=resource_for(change.catalog, retrain), payload=summary)
             logger.info(
                 "%s changed (%s): +%d -%d items, %d texts and %d images edited; %d items re-encoded; event %s emitted%s",

@@ -10,6 +10,8 @@ same name; nothing is hard-coded to this machine.
 - ``BEFA_FEATURE_STORE``: root of the Parquet feature store. A local path or any
   fsspec URI (``s3://bucket/features``, ``memory://features``). Defaults to
   ``$BEFA_HOME/features``.
+
+Image URLs are downloaded (only by ``befa fetch-images``) into ``$BEFA_HOME/image-cache``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class Settings(BaseModel):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        """Downloaded image URLs (``pipeline.data.image_cache``)."""
+        return self.home / "image-cache"
 
     def catalog_dir(self, name: str) -> Path:
         return self.catalogs_dir / name

@@ -12,4 +12,5 @@ Parquet feature store, with the store split by concern.
 - ``maintenance``: ``compact`` and ``gc``.
 - ``encoder_records``: what produced each encoder fingerprint.
 - ``filesystem`` (one root, local or fsspec) and ``atomic`` (temporary file, then rename).
+- ``faults``: named pause points (``BEFA_PAUSE_AT``) where crash tests kill a process.
 """

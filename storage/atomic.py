@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from storage.faults import pause_point
 
 TMP_PREFIX = ".tmp-"
 
@@ -32,6 +35,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        pause_point(f"write:{path.name}")  # crash tests stop here: written, not yet renamed
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -61,11 +65,25 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, **kwargs: Any) -> Pa
     return Path(path)
 
 
-def clean_temporaries(folder: str | os.PathLike) -> int:
-    """Remove temporaries left by killed writers under ``folder``; returns the count."""
-    n = 0
-    for p in Path(folder).rglob(f"{TMP_PREFIX}*"):
-        if p.is_file():
-            p.unlink()
-            n += 1
-    return n
+# A write in progress renames its temporary within seconds; one an hour old was left by a
+# killed writer. Cleaning younger files could delete a concurrent writer's work.
+SAFE_AGE_S = 3600.0
+
+
+def clean_temporaries(folder: str | os.PathLike, older_than_s: float = SAFE_AGE_S, dry_run: bool = False) -> list[Path]:
+    """Remove temporaries left by killed writers under ``folder`` (files named ``.tmp-*`` and
+    older than ``older_than_s``); returns what was (or, with ``dry_run``, would be) removed."""
+    root = Path(folder)
+    if not root.exists():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for p in root.rglob(f"{TMP_PREFIX}*"):
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                if not dry_run:
+                    p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # renamed or removed by its writer meanwhile
+            continue
+    return removed

@@ -45,9 +45,10 @@ turns them into torch tensors. Writers: one writer per feature set at a time
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,7 @@ from storage.encoder_records import EncoderRecords
 from storage.filesystem import StoreFS
 from storage.index import SNAPSHOTS_DIR, SnapshotFiles, index_rows
 from storage.keys import FeatureSetKey
+from storage.locks import DEFAULT_TIMEOUT_S, file_lock
 from storage.parts import PARTS_DIR, Available, PartFiles, check_part_rows
 from storage.reads import read_aligned, snapshot_table
 from storage.snapshots import Snapshot, UpsertResult
@@ -115,6 +117,18 @@ class FeatureStore:
                 f"feature store methods take a FeatureSetKey(dataset, fingerprint, modality), got {type(key).__name__}"
             )
         return self.fs.join(*key.segments)
+
+    @contextlib.contextmanager
+    def lock(self, key: FeatureSetKey, timeout_s: float = DEFAULT_TIMEOUT_S, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """One writer at a time per feature set (an OS lock on ``<feature set>.lock``), so two
+        extractions of the same catalog and encoder do not both encode: the second waits,
+        then finds the work done. On a non-local store (``s3://``, ``memory://``) there is no
+        cross-process lock; commits stay atomic, so two writers there can only duplicate work."""
+        if not self.fs.is_local:
+            yield
+            return
+        with file_lock(self.feature_set_path(key).rstrip("/") + ".lock", f"feature set {key.dataset}/{key.fingerprint}/{key.modality}", timeout_s, on_wait, holder="another extraction"):
+            yield
 
     # ------------------------------------------------------------------ encoders
 

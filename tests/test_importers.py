@@ -16,6 +16,7 @@ from pipeline.data.importers import IMPORTERS
 from pipeline.data.importers.mmrec import row_hashes
 from pipeline.data.ingest import ingest
 from pipeline.data.splits import Split, split_random
+from pipeline.data.versions import files_dir
 from pipeline.settings import get_settings
 from storage.feature_store import FeatureStore
 from storage.keys import FeatureSetKey
@@ -51,7 +52,7 @@ def test_movielens_every_fold_and_reject_reported(ml_ingested):
     assert kinds["duplicate item id, identical row -> folded into the first row"] == 1_746 - 1_682
     assert kinds["empty overview -> text is the title alone"] == 18
     assert kinds["image file missing -> item kept without image"] == 1_682 - 1_663
-    folder = settings.catalog_dir("movielens-100k-posters")
+    folder = files_dir(settings.catalog_dir("movielens-100k-posters"))  # the current version
     rejects = pq.read_table(folder / "rejects.parquet").to_pandas()
     assert len(rejects) == 19 and set(rejects["modality"]) == {"image"}
     on_disk = json.loads((folder / "ingest_report.json").read_text())
@@ -88,7 +89,7 @@ def test_amazon_baby_counts(tmp_path, datasets_root):
     settings = get_settings(datasets_root=datasets_root, home=tmp_path, feature_store=str(tmp_path / "fs"))
     catalog, report = ingest("amazon-baby-5core", settings)
     assert (catalog.num_users, catalog.num_items, len(catalog.interactions)) == (19_445, 7_050, 160_792)
-    split = Split.load(settings.catalog_dir("amazon-baby-5core") / "splits" / "given.parquet")
+    split = Split.load(catalog.splits_dir / "given.parquet")
     assert split.counts() == {"train": 119_674, "valid": 20_559, "test": 20_559}
     root = datasets_root / "amazon-baby-5core"
     item2id = json.loads((root / "item2id.json").read_text())
@@ -144,7 +145,7 @@ def test_mmrec_import_export_round_trip(tmp_path):
     got, mask = features_from_store(store, catalog, fp, "image")
     assert mask.all() and np.array_equal(got, image)
 
-    split = Split.load(settings.catalog_dir("toy") / "splits" / "given.parquet")
+    split = Split.load(Catalog.load(settings.catalog_dir("toy")).splits_dir / "given.parquet")
     assert split.counts() == {"train": 12, "valid": 6, "test": 6}
 
     text_fp = catalog.meta["features"]["text"]["fingerprint"]
@@ -169,11 +170,15 @@ def test_catalog_export_import_round_trip(tmp_path, ml_ingested):
     back = IMPORTERS["mmrec"](folder=tmp_path / "ml")
     assert back.catalog.num_items == catalog.num_items
     assert back.catalog.num_users == catalog.num_users
-    assert np.array_equal(back.features["text"].matrix, feats)
+    # items without an interaction were moved to the front (pipeline.data.export); item_map.tsv says how
+    exported = pd.read_csv(tmp_path / "ml" / "item_map.tsv", sep="\t", dtype={"item_id": str})["itemID"].to_numpy()
+    assert np.array_equal(back.features["text"].matrix[exported], feats)
     assert "image" not in back.features
-    given = Split.from_labels("given", back.given_splits["given"])
-    pd.testing.assert_frame_equal(given.frame, split.frame)
-    merged = back.catalog.interactions.merge(
+    given = Split.from_labels("given", back.given_splits["given"]).frame
+    inverse = np.argsort(exported)
+    given = given.assign(item_idx=inverse[given["item_idx"].to_numpy()])
+    pd.testing.assert_frame_equal(given, split.frame)
+    merged = back.catalog.interactions.assign(item_idx=inverse[back.catalog.interactions["item_idx"].to_numpy()]).merge(
         catalog.interactions, on=["user_idx", "item_idx"], suffixes=("_back", "")
     )
     assert len(merged) == len(split.frame)
@@ -183,10 +188,10 @@ def test_catalog_export_import_round_trip(tmp_path, ml_ingested):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda f: f.assign(x_label=f["x_label"].where(f.index != 2, 3)), r"toy\.inter, row 3: x_label '3' must be 0"),
-        (lambda f: f.assign(itemID=f["itemID"].where(f.index != 4, 99)), r"toy\.inter, row 5: itemID 99 has no feature row"),
-        (lambda f: f.assign(userID=f["userID"].astype(str).where(f.index != 1, "bob")), r"toy\.inter, row 2: userID 'bob' is not a number"),
-        (lambda f: f.assign(rating=f["rating"].astype(str).where(f.index != 0, "x")), r"toy\.inter, row 1: rating 'x' is not a number"),
+        (lambda f: f.assign(x_label=f["x_label"].where(f.index != 2, 3)), r"toy\.inter, data row 3 \(line 4\): x_label '3' must be 0"),
+        (lambda f: f.assign(itemID=f["itemID"].where(f.index != 4, 99)), r"toy\.inter, data row 5 \(line 6\): itemID 99 has no feature row"),
+        (lambda f: f.assign(userID=f["userID"].astype(str).where(f.index != 1, "bob")), r"toy\.inter, data row 2 \(line 3\): userID 'bob' is not a number"),
+        (lambda f: f.assign(rating=f["rating"].astype(str).where(f.index != 0, "x")), r"toy\.inter, data row 1 \(line 2\): rating 'x' is not a number"),
     ],
 )
 def test_mmrec_bad_inter(tmp_path, edit, message):
@@ -213,23 +218,3 @@ def test_mmrec_bad_features(tmp_path):
 def test_registry_is_explicit():
     assert sorted(IMPORTERS) == ["amazon-baby-5core", "generic", "mmrec", "movielens-100k-posters"]
     assert all(IMPORTERS[k].name == k for k in IMPORTERS)
-
-
-def test_export_command_reads_features_from_store(tmp_path, ml_ingested):
-    """A catalog with items lacking an image: their feature rows are zero and counted."""
-    from pipeline.data.export import export_command
-
-    settings, catalog, _ = ml_ingested
-    store = FeatureStore(settings.feature_store)
-    store.register_encoder("toy-image-enc", {"random_init": True, "weights": "none", "dim": 3, "source": "test"})
-    keys = catalog.content_keys("image")
-    emb = np.arange(len(keys) * 3, dtype=np.float32).reshape(-1, 3)
-    store.upsert(FeatureSetKey(catalog.name, "toy-image-enc", "image"), keys["item_id"].tolist(), keys["content_hash"].tolist(), emb)
-    split = split_random(catalog, seed=3)
-    split.save(settings.catalog_dir(catalog.name) / "splits")
-    out = export_command(catalog.name, split.name, tmp_path / "x", settings, {"image": "toy-image-enc"})
-    assert out["missing_rows"] == {"image": 19} and out["rows"] == len(split.frame)
-    image = np.load(tmp_path / "x" / "image_feat.npy")
-    assert image.shape == (1682, 3)
-    assert np.array_equal(image[keys["item_idx"].to_numpy()], emb)
-    assert (np.abs(image).sum(axis=1) == 0).sum() == 19 + (emb.sum(axis=1) == 0).sum()

@@ -298,8 +298,9 @@ def test_befa_command_parses(cmd: Command):
 
 
 @pytest.mark.parametrize("cmd", [c for c in _of("befa") if c.tokens[1] == "run"], ids=str)
-def test_befa_run_validates_its_pipeline_parameters(cmd: Command, settings, monkeypatch):
-    """``befa run`` as shown, up to the pipeline's parameter validation (then stops)."""
+def test_befa_run_validates_its_pipeline_parameters(cmd: Command, settings, monkeypatch, tmp_path):
+    """``befa run`` as shown (placeholder paths swapped for stand-ins), up to the pipeline's
+    parameter validation (then stops)."""
     import pipeline.cli.job as cli_job
     from pipeline.cli.main import app
 
@@ -311,7 +312,7 @@ def test_befa_run_validates_its_pipeline_parameters(cmd: Command, settings, monk
 
     monkeypatch.setattr(cli_job, "run_pipeline", validate_only)
 
-    result = CliRunner().invoke(app, cmd.tokens[1:])
+    result = CliRunner().invoke(app, substitute_placeholders(cmd.tokens[1:], tmp_path / "placeholders", {}))
     assert "params" in seen, f"{cmd}\n{result.output}"
     assert "validated; stopping" in result.output, f"{cmd}: validation failed:\n{result.output}"
 

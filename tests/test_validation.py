@@ -19,6 +19,7 @@ from PIL import Image
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import ingest
+from pipeline.data.versions import files_dir
 from pipeline.settings import get_settings
 
 
@@ -121,7 +122,7 @@ def test_missing_required_column(tmp_path):
     with pytest.raises(CatalogError, match=r"items\.csv: missing column\(s\) \['item_id'\]"):
         run(paths)
     # ... unless the column name is configured
-    res = run({**paths, "interactions": _inter(tmp_path, [("u", "A", "5")])}, item_id_column="sku")
+    res = run({**paths, "images": None, "interactions": _inter(tmp_path, [("u", "A", "5")])}, item_id_column="sku")
     assert res.catalog.items["item_id"].tolist() == ["A"]
 
 
@@ -137,7 +138,8 @@ def test_conflicting_duplicate_item_is_an_error_naming_both_rows(tmp_path):
     with pytest.raises(CatalogError) as err:
         run(paths)
     msg = str(err.value)
-    assert "items.csv, row 4" in msg and "rows 1 and 4" in msg and "'A'" in msg and "text" in msg
+    assert "items.csv, data row 4 (line 5)" in msg and "data row 1 (line 2) and data row 4 (line 5)" in msg
+    assert "'A'" in msg and "text" in msg
     assert err.value.row == 4
 
 
@@ -168,8 +170,9 @@ def test_unknown_items_error_by_default(tmp_path):
     with pytest.raises(CatalogError) as err:
         run(paths)
     msg = str(err.value)
-    assert "interactions.csv, row 4" in msg and "2 interaction(s)" in msg
-    assert "row 4: 'ZZ'" in msg and "row 5: 'YY'" in msg and "on_unknown_items='skip'" in msg
+    assert "interactions.csv, data row 4 (line 5)" in msg and "2 interaction(s)" in msg
+    assert "'ZZ' (line 5), 'YY' (line 6)" in msg and "--on-unknown-items skip" in msg
+    assert "on_unknown_items" not in msg  # the command line's words, not Python's
 
 
 def test_unknown_items_skip_and_report(tmp_path):
@@ -205,14 +208,17 @@ def test_bad_images_are_rejected_item_keeps_text(tmp_path, content, problem):
     else:
         target.write_bytes(content)
     settings = get_settings(datasets_root=tmp_path, home=tmp_path / "home", feature_store=str(tmp_path / "fs"))
-    catalog, report = ingest("generic", settings, name="shop", **paths)
+    with pytest.raises(CatalogError, match=r"1 of 3 images \(33%\) cannot be used.*--allow-missing-images"):
+        ingest("generic", settings, name="shop", **paths)  # 1 in 3 is over the default --max-missing-images 20%
+    catalog, report = ingest("generic", settings, name="shop", max_missing_images=0.5, **paths)
+    assert "1 of 3 images (33%) cannot be used" in report.warnings[0]
     b = catalog.items.set_index("item_id").loc["B"]
     assert pd.isna(b["image"]) and pd.isna(b["image_hash"])
     assert b["text_hash"] == hashlib.sha256("A blue ceramic mug.".encode()).hexdigest()
     (issue,) = report.issues
     assert issue["problem"].startswith(problem) and issue["row"] == 2 and issue["item_id"] == "B"
     assert issue["file"] == str(paths["items"]) and issue["image"] == str(target)
-    rejects = pq.read_table(settings.catalog_dir("shop") / "rejects.parquet").to_pandas()
+    rejects = pq.read_table(files_dir(settings.catalog_dir("shop")) / "rejects.parquet").to_pandas()
     assert rejects[["item_id", "modality", "row"]].values.tolist() == [["B", "image", 2]]
     assert rejects["problem"].iloc[0].startswith(problem)
     assert report.counts_out["items_with_image"] == 2 and report.counts_out["items"] == 3
@@ -235,7 +241,7 @@ def test_non_numeric_rating(tmp_path):
     inter = [dict(r) for r in INTERACTIONS]
     inter[1]["rating"] = "five"
     paths = make_shop(tmp_path, interactions=inter)
-    with pytest.raises(CatalogError, match=r"interactions\.csv, row 2: rating 'five' is not a number"):
+    with pytest.raises(CatalogError, match=r"interactions\.csv, data row 2 \(line 3\): rating 'five' is not a number"):
         run(paths)
 
 
@@ -243,12 +249,12 @@ def test_bad_timestamp_and_empty_ids(tmp_path):
     inter = [dict(r) for r in INTERACTIONS]
     inter[2]["timestamp"] = "yesterday-ish"
     paths = make_shop(tmp_path, interactions=inter)
-    with pytest.raises(CatalogError, match=r"interactions\.csv, row 3: timestamp 'yesterday-ish'"):
+    with pytest.raises(CatalogError, match=r"interactions\.csv, data row 3 \(line 4\): timestamp 'yesterday-ish'"):
         run(paths)
     items = [dict(r) for r in ITEMS]
     items[1]["item_id"] = ""
     paths = make_shop(tmp_path / "2", items=items)
-    with pytest.raises(CatalogError, match=r"items\.csv, row 2: empty item_id"):
+    with pytest.raises(CatalogError, match=r"items\.csv, data row 2 \(line 3\): empty item_id"):
         run(paths)
 
 
@@ -293,8 +299,10 @@ def test_counts_add_up_nothing_dropped_silently(tmp_path):
 def test_unknown_option_is_rejected(tmp_path):
     paths = make_shop(tmp_path)
     settings = get_settings(datasets_root=tmp_path, home=tmp_path / "home")
-    with pytest.raises(ValueError, match=r"bad options: item_column: Extra inputs"):
+    with pytest.raises(ValueError, match=r"--column item_column=\.\.\.: unknown column key; keys: item_id_column"):
         ingest("generic", settings, item_column="x", **paths)
+    with pytest.raises(ValueError, match=r"--folder does not apply to generic \(its options: --items"):
+        ingest("generic", settings, folder=str(tmp_path), **paths)
 
 
 def test_movielens_conflicting_duplicate_names_both_rows(tmp_path, datasets_root):
@@ -313,4 +321,5 @@ def test_movielens_conflicting_duplicate_names_both_rows(tmp_path, datasets_root
     with pytest.raises(CatalogError) as err:
         IMPORTERS["movielens-100k-posters"](root=dst, verify=False)
     msg = str(err.value)
-    assert f"items.csv, row {k + 1}" in msg and f"rows {first} and {k + 1}" in msg and "overview" in msg
+    assert f"items.csv, data row {k + 1} (line {k + 2})" in msg and f"data row {first} (line {first + 1}) and data row {k + 1}" in msg
+    assert "overview" in msg

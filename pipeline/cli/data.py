@@ -1,4 +1,4 @@
-"""Data commands: ``befa datasets``, ``download``, ``ingest``, ``split``, ``export-mmrec``, ``stats``.
+"""Data commands: ``befa datasets``, ``download``, ``ingest``, ``split``, ``stats``.
 """
 
 from __future__ import annotations
@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.cli.common import CommandGroup, DatasetsRoot, FeatureStoreOpt, Home, console, fail, settings_from
+from pipeline.cli.ingest_options import ImporterHelpCommand, with_ingest_options
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.datasets import KNOWN_DATASETS, DownloadError, download, local_status
-from pipeline.data.export import export_command
 from pipeline.data.ingest import ingest
-from pipeline.data.splits import make_split
+from pipeline.data.splits import check_cold_fraction, make_split
 from pipeline.data.stats import catalog_stats, render_stats
+from pipeline.data.versions import CatalogLockTimeout
 
 commands = CommandGroup()
 
@@ -46,41 +48,32 @@ def download_cmd(
     console.print(f"downloaded and verified: {path}")
 
 
-@commands.command("ingest")
+@commands.command("ingest", cls=ImporterHelpCommand)
+@with_ingest_options
 def ingest_cmd(
-    name: str = typer.Argument(..., help="Dataset name (movielens-100k-posters, amazon-baby-5core) or 'generic' / 'mmrec'."),
-    min_rating: Optional[float] = typer.Option(None, help="Keep ratings >= this (MovieLens default 4)."),
+    name: str = typer.Argument(..., help="Dataset name (movielens-100k-posters, amazon-baby-5core) or 'generic' / 'mmrec'; "
+                               "`befa ingest generic --help` shows that importer's format and options."),
     catalog_name: Optional[str] = typer.Option(None, "--as", help="Name to store the catalog under (generic/mmrec)."),
-    items: Optional[Path] = typer.Option(None, help="generic: items CSV/Parquet."),
-    interactions: Optional[Path] = typer.Option(None, help="generic: interactions CSV/Parquet."),
-    images: Optional[Path] = typer.Option(None, help="generic: image folder."),
-    folder: Optional[Path] = typer.Option(None, help="mmrec: folder with <name>.inter and *_feat.npy."),
-    on_unknown_items: Optional[str] = typer.Option(None, help="Interactions naming unknown items: 'error' (default) or 'skip' (each skip reported)."),
-    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Check known datasets against their SHA256 sums (default on)."),
-    column: list[str] = typer.Option([], "--column", help="generic: column mapping KEY=NAME, e.g. --column item_id_column=sku --column text_column=description."),
     datasets_root: Optional[Path] = DatasetsRoot,
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
+    ingest_options: Optional[dict] = None,
 ) -> None:
     """Import and validate a catalog; writes items/interactions Parquet and an ingest report.
 
     --min-rating 0 keeps every MovieLens rating (leaving it out keeps ratings >= 4)."""
 
     settings = settings_from(datasets_root, home, feature_store)
-    options = dict(min_rating=min_rating, name=catalog_name, items=items, interactions=interactions, images=images,
-                   folder=folder, on_unknown_items=on_unknown_items, verify=verify)
-    options = {k: v for k, v in options.items() if v is not None}
-    for mapping in column:
-        key, sep, value = mapping.partition("=")
-        if not sep or not key.endswith("_column"):
-            fail(f"--column expects KEY_column=NAME, got {mapping!r}")
-        options[key] = value
+    options = dict(ingest_options or {})
+    if catalog_name is not None:
+        options["name"] = catalog_name
     try:
-        catalog, report = ingest(name, settings, **options)
-    except (CatalogError, FileNotFoundError, ValueError) as exc:
+        # a second ingest of the same catalog waits for the first one's lock, saying so
+        catalog, report = ingest(name, settings, on_wait=lambda why: console.print(why, markup=False, highlight=False), **options)
+    except (CatalogError, CatalogLockTimeout, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     _print_report(report)
-    console.print(f"catalog [bold]{catalog.name}[/] written to {settings.catalog_dir(catalog.name)}")
+    console.print(f"catalog [bold]{catalog.name}[/] version {catalog.version} written to {settings.catalog_dir(catalog.name)}")
 
 
 def _print_report(report) -> None:
@@ -92,38 +85,36 @@ def _print_report(report) -> None:
     console.print(table)
     for kind, n in report.summary_by_problem().items():
         console.print(f"  [yellow]{n}[/] x {kind}")
+    for note in report.notes:
+        console.print(f"  {note}", markup=False, highlight=False)
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
 
 
 @commands.command("split")
 def split_cmd(
     name: str = typer.Argument(..., help="Ingested catalog name."),
-    kind: str = typer.Option("random", help="random (MMRec 8:1:1 per user) or temporal (leave-last-out)."),
-    seed: int = typer.Option(2024, help="Seed of the random split."),
+    kind: str = typer.Option("random", help="random (MMRec 8:1:1 per user), temporal (leave-last-out) or cold-items (item cold start)."),
+    seed: int = typer.Option(2024, help="Seed of the random and cold-items splits."),
     k_core: Optional[int] = typer.Option(None, help="Apply a k-core filter first (benchmarks use 5)."),
+    cold_fraction: Optional[float] = typer.Option(None, help="cold-items: share of items (0 < f < 1, default 0.2) with all interactions in valid/test, none in train."),
     home: Optional[Path] = Home,
 ) -> None:
     """Split a catalog's interactions into train/valid/test and store the split with the catalog."""
     settings = settings_from(None, home)
-    catalog = Catalog.load(settings.catalog_dir(name))
-    split = make_split(catalog, kind=kind, seed=seed, k_core=k_core)
-    path = split.save(settings.catalog_dir(name) / "splits")
-    console.print(f"split {split.id}: {split.counts()} -> {path}")
-
-
-@commands.command("export-mmrec")
-def export_mmrec_cmd(
-    name: str = typer.Argument(..., help="Ingested catalog name."),
-    split: str = typer.Option(..., help="Stored split name, e.g. random-s2024."),
-    dest: Path = typer.Option(..., help="Output folder for <name>.inter and *_feat.npy."),
-    image_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the image features."),
-    text_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the text features."),
-    home: Optional[Path] = Home,
-    feature_store: Optional[str] = FeatureStoreOpt,
-) -> None:
-    """Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy)."""
-    fps = {m: fp for m, fp in (("image", image_fp), ("text", text_fp)) if fp}
-    out = export_command(name, split, dest, settings_from(None, home, feature_store), fingerprints=fps or None)
-    console.print(f"exported: {out}")
+    try:
+        if cold_fraction is not None:  # checked before any work, naming the flag
+            if kind != "cold-items":
+                raise ValueError(f"--cold-fraction applies to --kind cold-items only (got --kind {kind})")
+            check_cold_fraction(cold_fraction)
+        catalog = Catalog.load(settings.catalog_dir(name))
+        split = make_split(catalog, kind=kind, seed=seed, k_core=k_core, cold_fraction=cold_fraction)
+    except (CatalogError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    path = split.save(catalog.splits_dir)
+    cold = split.cold_items
+    extra = f", {cold.size} cold items (no train interaction)" if cold is not None else ""
+    console.print(f"split {split.id}: {split.counts()}{extra} -> {path}")
 
 
 @commands.command("stats")
@@ -133,4 +124,8 @@ def stats_cmd(
 ) -> None:
     """Print statistics of an ingested catalog and its stored splits."""
     settings = settings_from(None, home)
-    console.print(render_stats(catalog_stats(settings.catalog_dir(name))))
+    try:
+        stats = catalog_stats(settings.catalog_dir(name))
+    except (CatalogError, FileNotFoundError, OSError, ValueError) as exc:
+        fail(f"{exc}" if isinstance(exc, CatalogError) else f"{settings.catalog_dir(name)}: the catalog cannot be read ({exc}); re-run `befa ingest`")
+    console.print(render_stats(stats))

@@ -1,4 +1,4 @@
-"""Feature commands: ``befa extract``.
+"""Feature commands: ``befa extract`` and ``befa export-mmrec`` (features as training reads them).
 """
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ from typing import Optional
 
 import typer
 
+from pipeline.cli.checks import at_least, device_or_fail, encoder_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fail, settings_from
 from pipeline.data.catalog import CatalogError
+from pipeline.features.export import export_command
 from pipeline.features.extract import extract_command
 from pipeline.reporting.console import summary_table
 
@@ -28,9 +30,38 @@ def extract_cmd(
     feature_store: Optional[str] = FeatureStoreOpt,
 ) -> None:
     """Embed a catalog's images/texts with a frozen encoder into the feature store (incremental)."""
+    at_least(batch_size, "--batch-size")
+    at_least(num_workers, "--num-workers", 0)
+    device_or_fail(device)
+    encoder_or_fail(encoder)
     try:
         summary = extract_command(dataset, encoder, settings_from(None, home, feature_store), batch_size=batch_size,
                                   num_workers=num_workers, device=device)
     except (CatalogError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     console.print(summary_table(summary))
+
+
+@commands.command("export-mmrec")
+def export_mmrec_cmd(
+    name: str = typer.Argument(..., help="Ingested catalog name."),
+    split: str = typer.Option(..., help="Stored split name, e.g. random-s2024."),
+    dest: Path = typer.Option(..., help="Output folder for <name>.inter and *_feat.npy."),
+    image_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the image features."),
+    text_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the text features."),
+    home: Optional[Path] = Home,
+    feature_store: Optional[str] = FeatureStoreOpt,
+) -> None:
+    """Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy)."""
+    fps = {m: fp for m, fp in (("image", image_fp), ("text", text_fp)) if fp}
+    try:
+        out = export_command(name, split, dest, settings_from(None, home, feature_store), fingerprints=fps or None)
+    except (CatalogError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"exported {out['rows']} interactions of {out['items']} items to {out['inter']}")
+    console.print(f"  features {out['features']}, rows mean-filled as in training: {out['mean_filled_rows']}")
+    if out["items_without_interactions"]:
+        console.print(
+            f"  {out['items_without_interactions']} items have no interaction: they come first in item_map.tsv's itemID order, "
+            "so MMRec (items = max itemID + 1) sees every item"
+        )

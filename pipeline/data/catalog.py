@@ -1,6 +1,9 @@
 """The canonical catalog every importer produces and every later stage reads.
 
-A catalog is two tables, stored as Parquet in ``$BEFA_HOME/catalogs/<name>/``:
+A catalog is two tables, stored as Parquet in a version folder under
+``$BEFA_HOME/catalogs/<name>/`` (``versions/<id>/``, named by ``CURRENT``: see
+:mod:`pipeline.data.versions`; ``settings.catalog_dir(name)`` is the handle, and
+:meth:`Catalog.load` resolves it and checks the files against ``catalog.json``):
 
 items (one row per item, ``item_idx`` = 0..I-1 is the row order everywhere:
 feature matrices, graphs and score columns are aligned to it)
@@ -9,7 +12,7 @@ feature matrices, graphs and score columns are aligned to it)
     item_idx    int64    dense 0-based index
     title       string
     text        string   the exact string a text encoder embeds ("" if none)
-    image       string   local path or URI of the image, null if none/rejected
+    image       string   local path, URI or http(s) URL (read from the image cache) of the image, null if none/rejected
     text_hash   string   sha256 of ``text`` (null when text is empty)
     image_hash  string   sha256 of the image bytes (null when no valid image)
 
@@ -39,8 +42,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.versions import CURRENT, META, VERSIONS, current_version, splits_dir, write_version
 from storage.atomic import write_json, write_parquet, write_text
-from storage.keys import text_hash
+from storage.faults import pause_point
+from storage.keys import sha256_bytes, text_hash
 
 ITEM_SCHEMA = pa.schema(
     [
@@ -64,6 +69,32 @@ INTERACTION_SCHEMA = pa.schema(
     ]
 )
 
+# images (or texts) an importer could not use; the item stays, without that modality
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("modality", pa.string()),
+        ("file", pa.string()),
+        ("row", pa.int64()),
+        ("source", pa.string()),
+        ("problem", pa.string()),
+    ]
+)
+
+
+# Text tables with a header line: data row N is line N + 1 of the file.
+_HEADED_TEXT = (".csv", ".tsv", ".tab", ".inter")
+
+
+def row_location(file: str | Path | None, row: int, short: bool = False) -> str:
+    """Where data row ``row`` (1-based, header excluded) is, in words a user can find:
+    ``data row 4 (line 5)`` for a CSV/TSV with a header (``line 5`` when ``short``),
+    ``data row 4`` for Parquet, ``row 4`` for other files (no header: row 4 is line 4)."""
+    name = str(file).lower() if file is not None else ""
+    if name.endswith(_HEADED_TEXT):
+        return f"line {row + 1}" if short else f"data row {row} (line {row + 1})"
+    return f"data row {row}" if name.endswith((".parquet", ".pq")) else f"row {row}"
+
 
 class CatalogError(ValueError):
     """Bad input, with the file, the row (1-based, header excluded) and the problem."""
@@ -74,7 +105,7 @@ class CatalogError(ValueError):
         self.problem = problem
         where = self.file or "<input>"
         if row is not None:
-            where += f", row {row}"
+            where += f", {row_location(file, row)}"
         super().__init__(f"{where}: {problem}")
 
 
@@ -89,6 +120,8 @@ class IngestReport:
     # each entry: {"file", "row", "item_id"/"user_id", "problem", "action"}
     issues: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # what the user must read now (printed by `befa ingest`): removed splits, id hints, ...
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, problem: str, action: str, file: str | Path | None = None, row: int | None = None, **ids: Any) -> None:
         self.issues.append(
@@ -111,10 +144,13 @@ class IngestReport:
             "issues_by_kind": self.summary_by_problem(),
             "issues": self.issues,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
     def to_markdown(self, max_rows: int = 50) -> str:
         lines = [f"# Ingest report: {self.dataset}", ""]
+        if self.warnings:
+            lines += ["## Warnings", ""] + [f"- {w}" for w in self.warnings] + [""]
         if self.sources:
             lines += ["## Sources", ""] + [f"- {k}: `{v}`" for k, v in self.sources.items()] + [""]
         lines += ["## Counts", "", "| what | in | out |", "| --- | ---: | ---: |"]
@@ -147,6 +183,9 @@ class Catalog:
     items: pd.DataFrame
     interactions: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    # where it was loaded from (or saved to), and which version: None when built in memory
+    folder: Path | None = None
+    version: str | None = None
 
     @property
     def num_items(self) -> int:
@@ -169,17 +208,52 @@ class Catalog:
         h.update(pd.util.hash_pandas_object(self.interactions[["user_id", "item_id", "rating", "timestamp"]], index=False).values.tobytes())
         return h.hexdigest()[:16]
 
+    def interactions_fingerprint(self) -> str:
+        """Fingerprint of what a split is made of: the interaction rows with their dense
+        indices. Item content is not in it, so a split survives a changed title or photo;
+        an added item that shifts the indices of others changes it."""
+        cols = ["user_id", "item_id", "user_idx", "item_idx", "rating", "timestamp"]
+        h = hashlib.sha256(pd.util.hash_pandas_object(self.interactions[cols], index=False).values.tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def splits_dir(self) -> Path:
+        """Where this catalog's splits are stored: shared by every version with the same
+        interactions (``<catalog>/splits/<interactions fingerprint>/``, see
+        :mod:`pipeline.data.versions`); ``<catalog>/splits`` for a folder written before versions."""
+        if self.folder is None:
+            raise ValueError(f"catalog {self.name!r} was not loaded from a folder: it has no splits folder")
+        fp = self.meta.get("interactions_fingerprint") or self.interactions_fingerprint()
+        return splits_dir(self.folder, fp, versioned=self.version is not None)
+
     # -- persistence -------------------------------------------------------
-    def save(self, folder: str | Path, report: IngestReport | None = None) -> Path:
+    def save(self, folder: str | Path, report: IngestReport | None = None, rejects: pd.DataFrame | None = None) -> Path:
+        """Write a new version of the catalog in ``folder`` and make it current; returns the
+        version's folder. Callers that may race (ingest) hold :func:`catalog_lock`."""
         folder = Path(folder)
-        write_parquet(folder / "items.parquet", pa.Table.from_pandas(self.items, schema=ITEM_SCHEMA, preserve_index=False))
-        write_parquet(
-            folder / "interactions.parquet",
-            pa.Table.from_pandas(self.interactions, schema=INTERACTION_SCHEMA, preserve_index=False),
-        )
+        self.version = write_version(folder, lambda target: self.write_files(target, report, rejects))
+        self.folder = folder
+        return folder / VERSIONS / self.version
+
+    def write_files(self, target: Path, report: IngestReport | None = None, rejects: pd.DataFrame | None = None) -> None:
+        """The files of one version, ``catalog.json`` last: it records every other file's
+        row count and sha256, so :meth:`load` can tell which file does not belong."""
+        tables = {
+            "items.parquet": pa.Table.from_pandas(self.items, schema=ITEM_SCHEMA, preserve_index=False),
+            "interactions.parquet": pa.Table.from_pandas(self.interactions, schema=INTERACTION_SCHEMA, preserve_index=False),
+        }
+        if rejects is not None:
+            frame = rejects.reindex(columns=REJECTS_SCHEMA.names).astype({"row": "Int64"})
+            tables["rejects.parquet"] = pa.Table.from_pandas(frame, schema=REJECTS_SCHEMA, preserve_index=False)
+        files = {}
+        for name, table in tables.items():
+            write_parquet(target / name, table)
+            files[name] = {"rows": table.num_rows, "sha256": sha256_bytes((target / name).read_bytes())}
+            if name == "interactions.parquet":
+                pause_point("catalog-write")  # crash tests: a half-written version
         if report is not None:
-            write_json(folder / "ingest_report.json", report.to_dict())
-            write_text(folder / "ingest_report.md", report.to_markdown())
+            write_json(target / "ingest_report.json", report.to_dict())
+            write_text(target / "ingest_report.md", report.to_markdown())
         meta = dict(self.meta)
         meta.update(
             name=self.name,
@@ -187,21 +261,56 @@ class Catalog:
             num_users=self.num_users,
             num_interactions=len(self.interactions),
             fingerprint=self.fingerprint(),
+            interactions_fingerprint=self.interactions_fingerprint(),
+            files=files,
         )
-        # catalog.json is written last: its presence marks a complete catalog.
-        write_json(folder / "catalog.json", meta)
-        return folder
+        write_json(target / META, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Catalog":
+        """The current version of the catalog in ``folder``, checked against its
+        ``catalog.json``: a file whose rows or bytes differ is named in the error."""
         folder = Path(folder)
-        meta_path = folder / "catalog.json"
-        if not meta_path.exists():
-            raise CatalogError(meta_path, "no ingested catalog here (run `befa ingest` first)")
-        meta = json.loads(meta_path.read_text())
-        items = pq.read_table(folder / "items.parquet").to_pandas()
-        inter = pq.read_table(folder / "interactions.parquet").to_pandas()
-        return cls(name=meta["name"], items=items, interactions=inter, meta=meta)
+        version = current_version(folder)
+        where = folder / VERSIONS / version if version else folder
+        meta_file = where / META
+        if not meta_file.exists():
+            if version:
+                raise CatalogError(folder / CURRENT, f"names version {version}, but {meta_file} is missing: the catalog folder was damaged; re-run `befa ingest`")
+            raise CatalogError(meta_file, "no ingested catalog here (run `befa ingest` first)")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError as exc:
+            raise CatalogError(meta_file, f"not valid JSON ({exc}); re-run `befa ingest`") from None
+        items = _read_checked(where / "items.parquet", meta, meta.get("num_items"))
+        inter = _read_checked(where / "interactions.parquet", meta, meta.get("num_interactions"))
+        catalog = cls(name=meta["name"], items=items, interactions=inter, meta=meta, folder=folder, version=version)
+        if meta.get("fingerprint") and catalog.fingerprint() != meta["fingerprint"]:
+            raise CatalogError(
+                where / "interactions.parquet" if "files" in meta else where,
+                f"items.parquet and interactions.parquet do not give the fingerprint {meta_file} records "
+                f"({catalog.fingerprint()} vs {meta['fingerprint']}): the files come from different ingests; re-run `befa ingest`",
+            )
+        return catalog
+
+
+def _read_checked(path: Path, meta: dict[str, Any], rows: int | None) -> pd.DataFrame:
+    """One table of a catalog, checked against what ``catalog.json`` records of it."""
+    if not path.exists():
+        raise CatalogError(path, "missing: the catalog folder was damaged; re-run `befa ingest`")
+    data = path.read_bytes()
+    recorded = meta.get("files", {}).get(path.name)
+    if recorded and sha256_bytes(data) != recorded["sha256"]:
+        raise CatalogError(
+            path, f"changed after ingest: its sha256 is not the one {META} records (from another ingest, or edited); re-run `befa ingest`"
+        )
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CatalogError(path, f"unreadable Parquet ({exc}); re-run `befa ingest`") from None
+    if rows is not None and table.num_rows != int(rows):
+        raise CatalogError(path, f"holds {table.num_rows} rows, but {META} records {rows}: the files come from different ingests; re-run `befa ingest`")
+    return table.to_pandas()
 
 
 def _natural_sorted(ids: np.ndarray) -> list[str]:

@@ -1,13 +1,13 @@
 """Catalogs out: a catalog, a split and features in the MMRec toolbox format
-(``<name>.inter`` + ``image_feat.npy`` / ``text_feat.npy``), so results can be checked
-against the reference implementation (``befa export-mmrec``).
+(``<name>.inter`` + ``image_feat.npy`` / ``text_feat.npy`` + ``item_map.tsv``), so results
+can be checked against the reference implementation. ``befa export-mmrec`` fills the
+matrices as training does (``pipeline.features.export``); this module writes the files.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +15,6 @@ import pandas as pd
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.importers.mmrec import FEATURE_FILES
 from pipeline.data.splits import Split
-from pipeline.settings import Settings
 from storage.atomic import atomic_path, write_text
 from storage.feature_store import FeatureStore
 from storage.keys import MODALITIES, FeatureSetKey
@@ -48,6 +47,26 @@ def features_from_store(store: FeatureStore, catalog: Catalog, fingerprint: str,
     return matrix, mask
 
 
+ITEM_MAP = "item_map.tsv"
+
+
+def exported_item_ids(num_items: int, split_items: np.ndarray) -> np.ndarray:
+    """befa item_idx -> the itemID written for MMRec.
+
+    MMRec counts items as max(itemID) + 1 over the ``.inter`` file, so items after the last
+    one that has an interaction would be lost (and its models crash on the shape of the
+    ``.npy``). When that happens, the items without any interaction in the split are moved
+    to the front and the others follow in befa's order; otherwise the ids are befa's."""
+    present = np.zeros(num_items, dtype=bool)
+    present[split_items] = True
+    if num_items == 0 or present[-1]:
+        return np.arange(num_items, dtype=np.int64)
+    order = np.concatenate([np.flatnonzero(~present), np.flatnonzero(present)])
+    ids = np.empty(num_items, dtype=np.int64)
+    ids[order] = np.arange(num_items, dtype=np.int64)
+    return ids
+
+
 def export_mmrec(
     catalog: Catalog,
     split,
@@ -56,9 +75,10 @@ def export_mmrec(
     name: str | None = None,
 ) -> Path:
     """Write ``<dest>/<name>.inter`` (+ ``image_feat.npy``/``text_feat.npy`` for the given
-    matrices, row i = item_idx i). ``split`` is a :class:`pipeline.data.splits.Split` or a frame
-    with user_idx, item_idx, label. Rating and timestamp come from the catalog's first
-    interaction of each (user, item) pair. Returns the .inter path."""
+    matrices, row i = befa item_idx i, reordered with the items) and ``item_map.tsv``
+    (item_id, befa item_idx, MMRec itemID). ``split`` is a :class:`pipeline.data.splits.Split`
+    or a frame with user_idx, item_idx, label. Rating and timestamp come from the catalog's
+    first interaction of each (user, item) pair. Returns the .inter path."""
     dest = Path(dest)
     name = name or catalog.name
     frame = split.frame if hasattr(split, "frame") else split
@@ -68,11 +88,17 @@ def export_mmrec(
     if not found.all():
         i = int(np.flatnonzero(~found)[0])
         raise CatalogError(None, f"split row {i + 1} (user_idx {key[i][0]}, item_idx {key[i][1]}) is not an interaction of catalog {catalog.name!r}")
+    for modality, matrix in (features or {}).items():
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        if matrix.shape[0] != catalog.num_items:
+            raise ValueError(f"{modality} features have {matrix.shape[0]} rows, catalog has {catalog.num_items} items")
     ev = ev.reindex(key)
+    item_ids = exported_item_ids(catalog.num_items, frame["item_idx"].to_numpy(np.int64))
     out = pd.DataFrame(
         {
             "userID": frame["user_idx"].to_numpy(np.int64),
-            "itemID": frame["item_idx"].to_numpy(np.int64),
+            "itemID": item_ids[frame["item_idx"].to_numpy(np.int64)],
             "rating": ev["rating"].to_numpy(np.float64),
             "timestamp": ev["timestamp"].to_numpy(np.int64),
             "x_label": frame["label"].to_numpy(np.int64),
@@ -82,36 +108,10 @@ def export_mmrec(
     out["rating"] = [f"{r:g}" if r == int(r) else repr(float(r)) for r in out["rating"]]
     inter_path = dest / f"{name}.inter"
     write_text(inter_path, out.to_csv(sep="\t", index=False, lineterminator="\n"))
+    items = catalog.items.sort_values("item_idx")
+    mapping = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "item_idx": items["item_idx"].to_numpy(np.int64), "itemID": item_ids})
+    write_text(dest / ITEM_MAP, mapping.to_csv(sep="\t", index=False, lineterminator="\n"))
+    order = np.argsort(item_ids)  # row j of the .npy is the befa item exported as itemID j
     for modality, matrix in (features or {}).items():
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-        if matrix.shape[0] != catalog.num_items:
-            raise ValueError(f"{modality} features have {matrix.shape[0]} rows, catalog has {catalog.num_items} items")
-        _save_npy(dest / FEATURE_FILES[modality], matrix)
+        _save_npy(dest / FEATURE_FILES[modality], matrix[order])
     return inter_path
-
-
-def export_command(
-    catalog_name: str,
-    split_name: str,
-    dest: str | Path,
-    settings: Settings,
-    fingerprints: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """What ``befa export-mmrec`` runs: the stored catalog, its split
-    ``splits/<split_name>.parquet`` and, per modality, the features of ``fingerprints``
-    from the feature store (items without a feature get a zero row, counted in the
-    result; an MMRec catalog's own imported fingerprints are used when none are given)."""
-
-    folder = settings.catalog_dir(catalog_name)
-    catalog = Catalog.load(folder)
-    split = Split.load(folder / "splits" / f"{split_name}.parquet")
-    if fingerprints is None:
-        fingerprints = {m: f["fingerprint"] for m, f in catalog.meta.get("features", {}).items()}
-    store = FeatureStore(settings.feature_store)
-    matrices, missing = {}, {}
-    for modality, fp in fingerprints.items():
-        matrix, mask = features_from_store(store, catalog, fp, modality)
-        matrices[modality], missing[modality] = matrix, int((~mask).sum())
-    inter = export_mmrec(catalog, split, dest, matrices, name=catalog_name)
-    return {"inter": str(inter), "rows": len(split.frame), "features": {m: list(x.shape) for m, x in matrices.items()}, "missing_rows": missing}

@@ -31,7 +31,7 @@ def catalog_stats(folder: str | Path) -> dict[str, Any]:
         "interactions_per_item (min/median/max)": f"{per_item.min()}/{per_item.median():g}/{per_item.max()}",
         "splits": {},
     }
-    for path in sorted((Path(folder) / "splits").glob("*.parquet")):
+    for path in sorted(catalog.splits_dir.glob("*.parquet")):
         split = Split.load(path)
         stats["splits"][split.name] = {"id": split.id, **split.counts()}
     return stats

@@ -2,7 +2,8 @@
 DataLoader workers, its collate function, and the loader settings.
 
 Reading goes through :func:`pipeline.data.importers.images.read_image_bytes`, the one
-reader of image references (local path, ``file://`` or any fsspec URI). The bytes are
+reader of image references (local path, ``file://``, an fsspec URI, or an ``http(s)://``
+URL read from the image cache the catalog was ingested with: never fetched). The bytes are
 checked against the catalog's hash, so a feature is never stored under a hash it was
 not computed from, and a bad image is reported, not raised.
 """
@@ -17,6 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.data.image_cache import ImageCache, ImageNotDownloaded
+from pipeline.data.image_modes import to_rgb
 from pipeline.data.importers.images import read_image_bytes
 from pipeline.training.device import cpu_count
 
@@ -28,10 +31,14 @@ class ImageItems(Dataset):
     file does not stop the run.
     """
 
-    def __init__(self, refs: Sequence[str], hashes: Sequence[str], transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(
+        self, refs: Sequence[str], hashes: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], cache_root: str | None = None
+    ):
         self.refs = list(refs)
         self.hashes = list(hashes)
         self.transform = transform
+        # a path, not an ImageCache: the dataset is pickled into DataLoader workers
+        self.cache_root = cache_root
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -39,7 +46,9 @@ class ImageItems(Dataset):
     def __getitem__(self, pos: int) -> tuple[int, torch.Tensor | None, str | None]:
         ref = self.refs[pos]
         try:
-            data = read_image_bytes(ref)
+            data = read_image_bytes(ref, ImageCache(self.cache_root) if self.cache_root else None)
+        except ImageNotDownloaded as exc:
+            return pos, None, str(exc)
         except FileNotFoundError:
             return pos, None, f"image file missing: {ref}"
         except Exception as exc:
@@ -48,7 +57,7 @@ class ImageItems(Dataset):
             return pos, None, f"image changed since ingest (sha256 differs from the catalog; re-run ingest): {ref}"
         try:
             with Image.open(io.BytesIO(data)) as img:
-                pixels = self.transform(img.convert("RGB"))
+                pixels = self.transform(to_rgb(img))
         except Exception as exc:  # PIL raises many types
             return pos, None, f"image does not decode ({type(exc).__name__}: {exc}): {ref}"
         return pos, pixels, None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from storage.faults import pause_point
 from storage.feature_store import FeatureStore
 from storage.keys import FeatureSetKey
 
@@ -54,4 +55,5 @@ class PartWriter:
             self.ids, self.hashes, self.chunks = [], [], []
             if self.on_part is not None:
                 self.on_part(self.key.modality, len(self.parts), name)
+            pause_point("extract-part")  # crash tests: a part written, the snapshot not committed
         self.last = time.perf_counter()

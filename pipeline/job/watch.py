@@ -3,7 +3,10 @@
 A catalog is *registered* when a pipeline run ingests or uses it
 (:func:`register_catalog`, called by ``pipeline.job.run.ingest_step``): the
 registry keeps the pipeline parameters of that run (importer, ingest options, encoder),
-which say how to re-ingest the catalog and which encoder its features come from.
+which say how to re-ingest the catalog and which encoder its features come from. A run
+that gave no ingest options (``befa run myshop`` on a catalog made by ``befa ingest
+generic ...``) registers the options the catalog recorded when it was ingested
+(``catalog.json``, ``ingest``), so every catalog that was run can be re-ingested.
 
 :func:`watch_catalog` then, for one catalog:
 
@@ -17,6 +20,10 @@ which say how to re-ingest the catalog and which encoder its features come from.
    encoder: the feature store is keyed by (item_id, content hash), so only added and
    edited items are encoded; every other vector is reused.
 
+:func:`watch_catalogs` watches each catalog on its own: one that fails (a source file
+gone, an unreadable registration, nothing recorded to re-ingest it from) comes back as a
+:class:`CatalogChange` with ``error`` set, and the others are still watched.
+
 The first watch of a catalog has no stamp yet, so it always does step 2 (cheap for the
 catalogs this project handles; the comparison, not the stamp, decides "changed").
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,6 +47,7 @@ from pydantic import BaseModel, Field
 from pipeline.data.catalog import Catalog
 from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import ingest
+from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
 from pipeline.job.params import PipelineParams, resolve_importer
 from pipeline.job.steps import modality_features
@@ -59,13 +68,27 @@ def _read_json(path: Path, default: Any) -> Any:
 
 
 def register_catalog(settings: Settings, params: PipelineParams) -> None:
-    """Remember how this catalog is ingested and encoded (latest registration wins)."""
+    """Remember how this catalog is ingested and encoded (latest registration wins). A run
+    that gave no ingest options registers the catalog's own ingest record (``befa ingest``'s
+    options), so every catalog that was run can be re-ingested by the watch."""
     path = watch_dir(settings) / REGISTRY
     registry = _read_json(path, {})
+    params = params.with_recorded_ingest(settings)
     entry = params.model_dump(mode="json")
+    entry["ingest_options"] = _absolute_paths(entry["ingest_options"])
     entry["run_name"] = None  # a retraining run gets a fresh folder
     registry[params.dataset] = {"params": entry, "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     write_json(path, registry)
+
+
+def _absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
+    """File options made absolute: the watch runs from wherever the serve process runs."""
+    out = dict(options)
+    for key in ("items", "interactions", "images", "folder", "root"):
+        value = out.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            out[key] = os.path.abspath(os.path.expanduser(value))
+    return out
 
 
 def unregister_catalog(settings: Settings, name: str) -> bool:
@@ -76,15 +99,32 @@ def unregister_catalog(settings: Settings, name: str) -> bool:
     return found
 
 
+class WatchError(ValueError):
+    """A registered catalog that cannot be watched: which one, and what to do."""
+
+
+def _registry(settings: Settings) -> dict[str, PipelineParams | WatchError]:
+    """Every registration, parsed; one that does not parse is its error, not everyone's."""
+    out: dict[str, PipelineParams | WatchError] = {}
+    for name, entry in _read_json(watch_dir(settings) / REGISTRY, {}).items():
+        try:
+            out[name] = PipelineParams.model_validate(entry["params"])
+        except (ValueError, KeyError, TypeError) as exc:
+            out[name] = WatchError(f"catalog {name!r}: its registration cannot be read ({exc}); run `befa run {name}` again")
+    return out
+
+
 def registered_catalogs(settings: Settings) -> dict[str, PipelineParams]:
-    registry = _read_json(watch_dir(settings) / REGISTRY, {})
-    return {name: PipelineParams.model_validate(entry["params"]) for name, entry in registry.items()}
+    """The registrations that parse (see :func:`watch_catalogs` for the others)."""
+    return {name: p for name, p in _registry(settings).items() if isinstance(p, PipelineParams)}
 
 
 def registered_params(settings: Settings, name: str) -> PipelineParams:
-    registry = registered_catalogs(settings)
+    registry = _registry(settings)
     if name not in registry:
         raise KeyError(f"catalog {name!r} is not registered for watching (registered: {sorted(registry)}); run the pipeline on it once")
+    if isinstance(registry[name], WatchError):
+        raise registry[name]
     return registry[name]
 
 
@@ -177,6 +217,7 @@ class CatalogChange(BaseModel):
     catalog: str
     changed: bool
     reason: str
+    error: str | None = Field(None, description="why this catalog could not be watched (the others still were)")
     diff: CatalogDiff = Field(default_factory=CatalogDiff)
     items_reencoded: list[str] = Field(default_factory=list, description="distinct items encoded by this watch")
     encoded: dict[str, int] = Field(default_factory=dict)  # modality -> vectors encoded
@@ -192,6 +233,7 @@ class CatalogChange(BaseModel):
             "catalog": self.catalog,
             "changed": self.changed,
             "reason": self.reason,
+            "error": self.error,
             "added": len(self.diff.added),
             "removed": len(self.diff.removed),
             "text_changed": len(self.diff.text_changed),
@@ -219,10 +261,12 @@ def last_watch(settings: Settings, name: str) -> CatalogChange | None:
 def watch_catalog(settings: Settings, name: str, params: PipelineParams | None = None) -> CatalogChange:
     """Check one registered catalog; re-ingest and re-encode only what changed."""
     start = time.perf_counter()
-    params = params or registered_params(settings, name)
+    # the catalog's own ingest record fills in a registration without options: the stamp
+    # must cover the files the re-ingest reads
+    params = (params or registered_params(settings, name)).with_recorded_ingest(settings)
     stamp = source_stamp(source_paths(settings, params))
     folder = settings.catalog_dir(name)
-    stored = Catalog.load(folder) if (folder / "catalog.json").exists() else None
+    stored = Catalog.load(folder) if is_ingested(folder) else None
     state = _read_json(_state_path(settings, name), {})
     if stored is not None and state.get("stamp") == stamp and state.get("fingerprint") == stored.fingerprint():
         fp = stored.fingerprint()
@@ -243,7 +287,10 @@ def _reingest_and_encode(settings: Settings, name: str, params: PipelineParams, 
     """Re-ingest; if the content changed, encode what the store does not hold yet."""
     importer, options = params.ingest_call()
     if importer is None:
-        raise ValueError(f"catalog {name!r}: registered without an importer; cannot re-ingest it")
+        raise WatchError(
+            f"catalog {name!r}: nothing says which files it is ingested from (it was stored before catalogs "
+            f"recorded their ingest options); run it once with them: befa run {name} --items ... --interactions ..."
+        )
     new, _report = ingest(importer, settings, **options)
     before = stored.fingerprint() if stored is not None else None
     after = new.fingerprint()
@@ -270,10 +317,26 @@ def _reingest_and_encode(settings: Settings, name: str, params: PipelineParams, 
 
 
 def watch_catalogs(settings: Settings, names: Iterable[str] | None = None) -> list[CatalogChange]:
-    """Watch every registered catalog (or the named ones)."""
-    registry = registered_catalogs(settings)
+    """Watch every registered catalog (or the named ones). A catalog that fails is reported
+    in its :class:`CatalogChange` (``error``) and skipped; the others are still watched."""
+    registry = _registry(settings)
     names = list(names) if names else sorted(registry)
     missing = [n for n in names if n not in registry]
     if missing:
         raise KeyError(f"catalog {missing[0]!r} is not registered for watching (registered: {sorted(registry)})")
-    return [watch_catalog(settings, n, registry[n]) for n in names]
+    return [_watch_one(settings, n, registry[n]) for n in names]
+
+
+def _watch_one(settings: Settings, name: str, params: PipelineParams | WatchError) -> CatalogChange:
+    try:
+        if isinstance(params, WatchError):
+            raise params
+        return watch_catalog(settings, name, params)
+    # Any failure of one catalog (bad source file, missing folder, encoder) must not stop
+    # the watch of the others; the error is the catalog's report.
+    except Exception as exc:  # noqa: BLE001
+        if isinstance(exc, KeyError) and exc.args:
+            message = str(exc.args[0])
+        else:
+            message = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+        return CatalogChange(catalog=name, changed=False, reason="watch failed", error=message)

@@ -31,6 +31,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+class DeviceError(ValueError):
+    """A device the user asked for that this machine does not have (said in words)."""
+
+
+def check_device(device: str | torch.device | None, flag: str = "--device") -> torch.device:
+    """``resolve_device``, refusing up front what would fail deep inside the work: a name
+    torch does not know, CUDA without a visible GPU, a GPU index past the last one, MPS
+    without MPS. Commands call this before loading any data."""
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"{flag} {device}: not a device torch knows; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"{flag} {device}: no CUDA GPU is visible on this machine; use --device cpu (or leave it out)")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"{flag} {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"{flag} {device}: MPS is not available on this machine")
+    return dev
+
+
 def cpu_count() -> int:
     """The CPUs this process may run on (its affinity mask), not the machine's total."""
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from pipeline.data.catalog import CatalogError, IngestReport, build_catalog
 from pipeline.data.datasets import verify_dataset
@@ -35,7 +36,7 @@ SPLIT_FILES = (("train.json", 0), ("val.json", 1), ("test.json", 2))
 
 class AmazonOptions(ImporterOptions):
     root: Path | None = None
-    verify: bool = True
+    verify: bool = Field(True, description="check the dataset's files against their pinned SHA256 sums first")
 
 
 def _load_json(path: Path) -> dict:
@@ -71,7 +72,7 @@ class AmazonBabyImporter(Importer):
 
     def run(self, options: AmazonOptions) -> ImportResult:
         if options.root is None:
-            raise CatalogError(None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass root=)")
+            raise CatalogError(None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass --datasets-root)")
         root = Path(options.root)
         report = IngestReport(dataset=NAME)
         if options.verify:

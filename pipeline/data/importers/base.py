@@ -10,7 +10,8 @@ not part of the catalog proper:
 - *rejects*: items whose image (or text) could not be used; they stay in the catalog
   with that modality null, and the list is written next to the catalog.
 
-Importers never write anything: :func:`pipeline.data.ingest.ingest` does the writing, so an
+Importers never write anything (but the image cache, when ``--fetch-images`` asks them to
+fill it): :func:`pipeline.data.ingest.ingest` does the writing, so an
 importer can be run and inspected in memory (tests do).
 """
 
@@ -83,10 +84,18 @@ class Importer(ABC):
 def count_catalog(report: IngestReport, catalog: Catalog) -> None:
     """The catalog's own counts, as the report's ``counts_out``."""
     items = catalog.items
+    # Items nobody interacted with stay in the catalog (cold items: ranked, never trained on).
+    cold = catalog.num_items - int(catalog.interactions["item_idx"].nunique())
     report.counts_out.update(
         items=catalog.num_items,
         items_with_image=int(items["image_hash"].notna().sum()),
         items_with_text=int(items["text_hash"].notna().sum()),
+        items_without_interactions=cold,
         users=catalog.num_users,
         interactions=len(catalog.interactions),
     )
+    if cold:
+        report.notes.append(
+            f"{cold} of {catalog.num_items} items ({cold / max(catalog.num_items, 1):.0%}) have no interaction: "
+            "they are kept (ranked as cold items, never seen in training)"
+        )

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from pipeline.data.catalog import CatalogError, IngestReport, build_catalog
 from pipeline.data.importers.base import ImportedFeatures, Importer, ImporterOptions, ImportResult, count_catalog
@@ -42,8 +43,8 @@ FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
 
 
 class MMRecOptions(ImporterOptions):
-    folder: Path  # the dataset folder
-    inter: str | None = None  # the .inter file name; default: the only *.inter in the folder
+    folder: Path = Field(description="MMRec dataset folder: <name>.inter, image_feat.npy, text_feat.npy")
+    inter: str | None = Field(None, description="the .inter file name in --folder (default: the only *.inter there)")
     name: str | None = None  # catalog name; default: the .inter file's stem
 
 
@@ -92,7 +93,7 @@ class MMRecImporter(Importer):
         else:
             found = sorted(folder.glob("*.inter"))
             if len(found) != 1:
-                raise CatalogError(folder, f"expected exactly one *.inter file, found {[p.name for p in found]}; pass inter=")
+                raise CatalogError(folder, f"expected exactly one *.inter file, found {[p.name for p in found]}; name one with --inter")
             inter_path = found[0]
         name = o.name or inter_path.stem
         report = IngestReport(dataset=name)

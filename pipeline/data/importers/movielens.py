@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from pipeline.data.catalog import CatalogError, IngestReport, build_catalog
 from pipeline.data.datasets import verify_dataset
@@ -63,10 +64,10 @@ def movie_text(title: str, overview: str) -> str:
 
 class MovieLensOptions(ImporterOptions):
     root: Path | None = None  # dataset folder; ingest() fills it from settings.datasets_root
-    min_rating: float | None = 4.0
-    verify: bool = True  # check every file against the pinned SHA256SUMS first
-    on_unknown_items: UnknownPolicy = "error"
-    workers: int | None = None  # image-check threads
+    min_rating: float | None = Field(4.0, description="keep only ratings >= this (MovieLens default 4; 0 keeps every rating)")
+    verify: bool = Field(True, description="check the dataset's files against their pinned SHA256 sums first")
+    on_unknown_items: UnknownPolicy = Field("error", description="interactions naming unknown items: 'error' or 'skip' (each skip reported)")
+    workers: int | None = Field(None, ge=1, description="threads that check the images (default: up to 8)")
 
 
 class MovieLensImporter(Importer):
@@ -76,7 +77,7 @@ class MovieLensImporter(Importer):
 
     def run(self, options: MovieLensOptions) -> ImportResult:
         if options.root is None:
-            raise CatalogError(None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass root=)")
+            raise CatalogError(None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass --datasets-root)")
         root = Path(options.root)
         report = IngestReport(dataset=NAME)
         if options.verify:

@@ -1,29 +1,38 @@
 """Input checks shared by the importers. Every failure is a :class:`CatalogError` naming
-the file, the row (1-based, header excluded: row 1 is the first data line) and the problem.
+the file, the row (1-based, header excluded: data row 1 is line 2 of a CSV) and the problem.
 
 Rules (the same for every importer):
 
 - missing or unreadable file, or a required column absent: error;
-- an empty id (item or user): error;
+- an empty id (item or user), or one holding a control or other non-printable character
+  (``\\x00``-``\\x1f``, ``\\x7f``, zero-width and format characters): error;
 - duplicate item ids: rows identical in the columns the catalog uses are folded into the
   first one and every fold is reported; rows that differ there are an error naming both
   rows and the differing columns (no row silently "wins");
 - a rating that is not a finite number: error;
-- a timestamp that is neither a number (unix seconds) nor a parseable date: error;
+- a timestamp must be unix seconds from 1970-01-01 to 9999-12-31 (NaN, ``1e30``, negative
+  or millisecond values are errors) or an ISO 8601 date; another date form only with
+  ``--date-format`` (a strptime format), so ``05/01/2024`` is never guessed as US or EU order;
+- a file that is not UTF-8 is an error naming the line, data row and byte offset;
 - interactions naming unknown items: error listing the first offenders by default;
-  ``on_unknown_items="skip"`` drops them and reports each one;
+  ``--on-unknown-items skip`` drops them and reports each one; when *no* interaction names
+  a known item it is an error either way, with a hint when the ids differ only in case,
+  leading zeros or a trailing ``.0`` (a spreadsheet or a numeric column rewrote them);
+- repeat (user, item) interactions: each pair is kept once, as its latest event
+  (:func:`fold_repeat_interactions`), counted and stated in the report;
 - no items, or no interactions left: error.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Literal
 
 import numpy as np
 import pandas as pd
 
-from pipeline.data.catalog import CatalogError, IngestReport
+from pipeline.data.catalog import CatalogError, IngestReport, row_location
 
 UnknownPolicy = Literal["error", "skip"]
 _MAX_LISTED = 5
@@ -57,10 +66,46 @@ def read_table(path: str | Path, what: str = "table", **csv_kwargs) -> pd.DataFr
     except pd.errors.EmptyDataError as exc:
         raise CatalogError(path, f"empty {what} (no header, no rows)") from exc
     except UnicodeDecodeError as exc:
-        raise CatalogError(path, f"{what} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+        raise CatalogError(path, f"{what} is not UTF-8 text: {_utf8_error_location(path, exc)}; save it as UTF-8") from None
     except (pd.errors.ParserError, ValueError, OSError) as exc:
         # pyarrow's ArrowInvalid subclasses ValueError: a corrupt Parquet file lands here.
         raise CatalogError(path, f"cannot parse {what}: {exc}") from exc
+
+
+def _utf8_error_location(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where the first undecodable byte is in the file (the exception's offset is relative to
+    the chunk the reader was decoding), in words: byte offset, line, data row, the byte."""
+    base, lines, pending, line_start = 0, 0, b"", 0  # base: file offset of buf[0]
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(1 << 20)
+            buf = pending + chunk
+            if not buf:
+                break
+            try:
+                buf.decode("utf-8")
+                good = len(buf)
+            except UnicodeDecodeError as bad:
+                # a sequence cut by the chunk boundary is decoded with the next chunk
+                if chunk and bad.reason == "unexpected end of data":
+                    good = bad.start
+                else:
+                    nl = buf.rfind(b"\n", 0, bad.start)
+                    lines += buf.count(b"\n", 0, bad.start)
+                    line_start = base + nl + 1 if nl >= 0 else line_start
+                    pos = base + bad.start
+                    where = row_location(path, lines) if lines else "the header line (line 1)"
+                    return (
+                        f"byte 0x{buf[bad.start]:02x} at byte offset {pos} ({where}, byte {pos - line_start + 1} of the line) "
+                        f"is not valid UTF-8 ({bad.reason})"
+                    )
+            nl = buf.rfind(b"\n", 0, good)
+            lines += buf.count(b"\n", 0, good)
+            line_start = base + nl + 1 if nl >= 0 else line_start
+            pending, base = buf[good:], base + good
+            if not chunk:
+                break
+    return f"{exc.reason} near byte {exc.start}"
 
 
 def require_columns(frame: pd.DataFrame, path: str | Path, columns: Iterable[str], role: str = "") -> None:
@@ -85,7 +130,17 @@ def clean_ids(values: pd.Series, path: str | Path, column: str, rows: np.ndarray
         raise CatalogError(path, f"empty {column}", _row(rows, i))
     if pd.api.types.is_float_dtype(values) and np.all(np.mod(values.to_numpy(), 1) == 0):
         values = values.astype(np.int64)
-    return values.astype(str).str.strip()
+    out = values.astype(str).str.strip()
+    for i, value in enumerate(out.tolist()):
+        if not value.isprintable():
+            ch = next(c for c in value if not c.isprintable())
+            raise CatalogError(
+                path,
+                f"{column} {value!r} holds a non-printable character (U+{ord(ch):04X}, {unicodedata.name(ch, 'a control character')}); "
+                "ids must be printable text: fix the file",
+                _row(rows, i),
+            )
+    return out
 
 
 def parse_numbers(values: pd.Series, path: str | Path, column: str, rows: np.ndarray | None = None) -> np.ndarray:
@@ -108,25 +163,62 @@ def _to_float(values: pd.Series) -> np.ndarray:
         return pd.to_numeric(values.astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
 
 
-def parse_timestamps(values: pd.Series, path: str | Path, column: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """Unix seconds (int64). Accepts numbers (seconds) or date strings (ISO 8601 and the
-    like, read as UTC when they carry no zone). Empty -> 0 (unknown), as the catalog says."""
+# unix seconds of 9999-12-31T23:59:59Z: beyond it no datetime type holds the value
+MAX_UNIX_SECONDS = 253_402_300_799
+
+
+def parse_timestamps(
+    values: pd.Series, path: str | Path, column: str, rows: np.ndarray | None = None, date_format: str | None = None
+) -> np.ndarray:
+    """Unix seconds (int64). Accepts numbers (seconds) or dates: ISO 8601 (read as UTC when
+    they carry no zone), or ``date_format`` (strptime) when given. Empty -> 0 (unknown), as
+    the catalog says. Out of range (before 1970, after 9999, NaN, infinite): an error."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        return _unix_seconds(pd.to_datetime(values, utc=True))
+        return _checked_range(_unix_seconds(pd.to_datetime(values, utc=True)), values, path, column, rows)
     text = values.astype(str).str.strip()
     blank = _is_blank(values)
     num = _to_float(text.where(~blank, "0"))
     out = np.zeros(len(values), dtype=np.int64)
     numeric = np.isfinite(num)
+    spelled_number = ~numeric & text.str.lower().str.lstrip("+-").isin(["nan", "inf", "infinity"]).to_numpy()
+    if spelled_number.any():
+        i = int(np.flatnonzero(spelled_number)[0])
+        raise CatalogError(path, f"{column} {values.iloc[i]!r} is not a time (unix seconds or a date)", _row(rows, i))
+    in_range = numeric & (num >= 0) & (num <= MAX_UNIX_SECONDS)
+    if (numeric & ~in_range).any():
+        i = int(np.flatnonzero(numeric & ~in_range)[0])
+        hint = " (it looks like milliseconds: divide by 1000)" if 0 < num[i] / 1000 <= MAX_UNIX_SECONDS else ""
+        raise CatalogError(
+            path, f"{column} {values.iloc[i]!r} is out of range: unix seconds must lie between 0 (1970-01-01) and "
+            f"{MAX_UNIX_SECONDS} (9999-12-31){hint}", _row(rows, i),
+        )
     out[numeric] = np.round(num[numeric]).astype(np.int64)
     if (~numeric).any():
-        dates = pd.to_datetime(text[~numeric], utc=True, errors="coerce", format="mixed")
+        fmt = date_format or "ISO8601"
+        dates = pd.to_datetime(text[~numeric], utc=True, errors="coerce", format=fmt)
         bad = dates.isna().to_numpy()
         if bad.any():
             i = int(np.flatnonzero(~numeric)[np.flatnonzero(bad)[0]])
-            raise CatalogError(path, f"{column} {values.iloc[i]!r} is neither unix seconds nor a date", _row(rows, i))
-        out[~numeric] = _unix_seconds(dates)
+            if date_format:
+                problem = f"{column} {values.iloc[i]!r} is neither unix seconds nor a date in --date-format {date_format!r}"
+            else:
+                problem = (
+                    f"{column} {values.iloc[i]!r} is neither unix seconds nor an ISO 8601 date (2024-05-01, "
+                    "2024-05-01T10:00:00Z); for another date form name its strptime format with --date-format "
+                    "(e.g. --date-format '%d/%m/%Y'): befa never guesses day and month order"
+                )
+            raise CatalogError(path, problem, _row(rows, i))
+        out[~numeric] = _checked_range(_unix_seconds(dates), values[~numeric], path, column, rows, np.flatnonzero(~numeric))
     return out
+
+
+def _checked_range(seconds: np.ndarray, values: pd.Series, path, column: str, rows, positions=None) -> np.ndarray:
+    bad = seconds < 0
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        i = int(positions[k]) if positions is not None else k
+        raise CatalogError(path, f"{column} {values.iloc[k]!r} is before 1970-01-01: out of range for unix seconds", _row(rows, i))
+    return seconds
 
 
 def _unix_seconds(dates: pd.Series) -> np.ndarray:
@@ -170,8 +262,8 @@ def fold_duplicate_items(
             show = ", ".join(f"{c}: {sub[c][f]!r} vs {sub[c][k]!r}" for c in conflicting[:3])
             raise CatalogError(
                 path,
-                f"duplicate {id_column} {item_id!r} with conflicting content in rows {first_row} and "
-                f"{row} ({show}); fix the file or remove one of the rows",
+                f"duplicate {id_column} {item_id!r} with conflicting content in {row_location(path, first_row)} and "
+                f"{row_location(path, row)} ({show}); fix the file or remove one of the rows",
                 row,
             )
         if differs:
@@ -204,25 +296,98 @@ def check_known_items(
     rows: np.ndarray | None = None,
     user_ids: pd.Series | None = None,
 ) -> np.ndarray:
-    """Boolean keep-mask over the interactions. Unknown items: error (default) or skip+report."""
+    """Boolean keep-mask over the interactions. Unknown items: error (default) or skip+report;
+    an error either way when no interaction names a known item (skipping would leave nothing)."""
     known = pd.Index(known)
     unknown = ~item_ids.isin(known).to_numpy()
     if not unknown.any():
         return np.ones(len(item_ids), dtype=bool)
     bad = np.flatnonzero(unknown)
+    listed = ", ".join(f"{item_ids.iloc[i]!r} ({row_location(path, _row(rows, int(i)), short=True)})" for i in bad[:_MAX_LISTED])
+    more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+    hint = id_mismatch_hint(item_ids.iloc[bad], known, all_unknown=bool(unknown.all()))
+    if unknown.all():
+        examples = ", ".join(repr(k) for k in known[:3])
+        raise CatalogError(
+            path,
+            f"none of the {len(bad)} interactions names an item of the item table (e.g. {listed}{more}; "
+            f"item table ids look like {examples}). {hint}",
+        )
     if policy == "error":
-        listed = ", ".join(f"row {_row(rows, i)}: {item_ids.iloc[i]!r}" for i in bad[:_MAX_LISTED])
-        more = f" (and {len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
         raise CatalogError(
             path,
             f"{len(bad)} interaction(s) name items that are not in the item table: {listed}{more}. "
-            "Pass on_unknown_items='skip' to drop them (each is reported).",
+            + (f"{hint} " if hint else "")
+            + "Pass --on-unknown-items skip to drop them (each is reported).",
             _row(rows, int(bad[0])),
         )
+    if hint:
+        report.warnings.append(f"{len(bad)} interactions skipped for unknown items: {hint}")
     for i in bad:
         extra = {"user_id": str(user_ids.iloc[i])} if user_ids is not None else {}
         report.add("unknown item", "interaction skipped", file=path, row=_row(rows, int(i)), item_id=str(item_ids.iloc[i]), **extra)
     return ~unknown
+
+
+def _loose_ids(ids: pd.Series | pd.Index) -> pd.Series:
+    """Ids with case, surrounding blanks, a trailing ``.0`` and leading zeros ignored."""
+    s = pd.Series(ids, dtype=object).astype(str).str.strip().str.lower()
+    s = s.str.replace(r"\.0+$", "", regex=True)
+    return s.str.replace(r"(?<!\d)0+(?=\d)", "", regex=True)
+
+
+def id_mismatch_hint(unknown: pd.Series, known: pd.Index, all_unknown: bool = False) -> str:
+    """Why ids do not match when it can be seen: they do once case, leading zeros or a
+    trailing ``.0`` are ignored. Empty when no such near match exists (unless every
+    interaction is unknown: then the likely causes are named)."""
+    distinct = pd.Index(pd.unique(unknown.astype(str)))
+    loose_known = pd.Series(known.astype(str), index=_loose_ids(known).to_numpy())
+    loose_known = loose_known[~loose_known.index.duplicated()]
+    loose = _loose_ids(distinct)
+    hit = loose.isin(loose_known.index).to_numpy()
+    if not hit.any():
+        if not all_unknown:
+            return ""
+        return (
+            "No unknown id resembles an item id, even ignoring case and leading zeros: check that --items and "
+            "--interactions are files of the same catalog, and that --column interaction_item_column names the "
+            "interactions' item column."
+        )
+    a, b = str(distinct[hit][0]), str(loose_known[loose.to_numpy()[hit][0]])
+    if a.lower() == b.lower():
+        cause = "case"
+    elif a.rstrip("0").endswith(".") or b.rstrip("0").endswith("."):
+        cause = "a trailing '.0' (ids read as numbers)"
+    else:
+        cause = "leading zeros (a spreadsheet or a numeric column drops them)"
+    return (
+        f"{int(hit.sum())} of {len(distinct)} unknown ids match an item id once case and leading zeros are ignored "
+        f"(e.g. {a!r} vs {b!r}): the two files write ids differently, in {cause}. Write the ids the same way in both "
+        "files (keep ids as text)."
+    )
+
+
+def fold_repeat_interactions(inter: pd.DataFrame, report: IngestReport) -> pd.DataFrame:
+    """One interaction per (user, item): the rule for repeats, the same for every split.
+
+    A repeat purchase or view says the user likes the item again, but a split or a
+    training graph counts a pair once, so the pair is kept once here, where it is stated,
+    and not silently later: its *latest* event (largest timestamp, the later row on a tie)
+    with that event's rating. The report counts the folded rows and the pairs."""
+    dup = inter.duplicated(["user_id", "item_id"], keep=False).to_numpy()
+    if not dup.any():
+        return inter
+    latest = inter.sort_values("timestamp", kind="stable").drop_duplicates(["user_id", "item_id"], keep="last")
+    kept = inter[inter.index.isin(latest.index)]  # the file's order
+    folded = len(inter) - len(kept)
+    pairs = int(inter[dup].groupby(["user_id", "item_id"]).ngroups)
+    report.counts_out["repeat_interactions_folded"] = folded
+    report.notes.append(
+        f"repeats: {folded} interactions repeat an earlier (user, item) pair ({pairs} pairs); each pair is kept once, "
+        f"as its latest event (its rating and timestamp), so the catalog has {len(kept)} interactions, one per pair, "
+        "and every split uses exactly these"
+    )
+    return kept
 
 
 def report_lost_users(before: pd.Series, after: pd.Series, report: IngestReport, path: str | Path, reason: str) -> None:
