@@ -15,6 +15,12 @@ matters when d * t ends in exactly .5.
 Parameters per modality: (d h + h) + (h^2 + h) + (h d + d); d = 64: t = 1 -> 12,480,
 t = 8 -> 328,768 (see :func:`befa_parameter_count`).
 
+Cold items (no train interaction): the gate g_m(c_m) is computed from content every
+item has, but adapted_m = E_i * g_m multiplies the item's behaviour embedding, which a
+cold item never trained (its E_i only ever gets BPR-negative and regulariser gradients),
+so for cold items BeFA passes on little more than a gated, near-initial E_i. Each base
+model's docstring says what that means at its insertion point.
+
 Choices where the spec is silent: the three linear maps keep PyTorch's default
 ``nn.Linear`` initialisation (Kaiming-uniform weights, uniform biases), so an untrained
 gate is close to 0.5 everywhere and the adapter starts as a mild, input-dependent

@@ -2,17 +2,25 @@
 
 - ``bpr_loss``: -mean log sigmoid(s_pos - s_neg) for score vectors.
 - ``bpr_from_embeddings``: the same with s = <u, i> (row-wise dot products).
-- ``l2_per_batch``: 0.5 * sum of squared entries / batch size (LightGCN, LATTICE, MGCN "L2/batch").
-- ``norm_reg``: sum of Frobenius norms / rows of the last tensor (the reference toolbox's
-  ``EmbLoss``, used by BM3 on the full user and item tables: / I).
 - ``negative_cosine``: 1 - mean cosine(a, b), BM3's alignment term.
+- ``embedding_reg``: the L2-type regulariser in either form, chosen by a model's ``reg_form`` config field:
+  ``"squared"`` = 0.5 * sum_t ||t||_F^2 / n (the LightGCN paper's and the reference's
+  LATTICE / MGCN ``bpr_loss``), ``"norm"`` = sum_t ||t||_F / n (the reference's
+  ``EmbLoss``: LightGCN, BM3). The two are different objectives for the same ``reg``: at
+  trained embeddings the squared form of LightGCN's batch term was measured about 54x the
+  norm form, so a ``reg`` taken from a reference grid means the same only in its form.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+RegForm = Literal["squared", "norm"]
+REG_FORMS: tuple[str, ...] = ("squared", "norm")
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
@@ -23,15 +31,15 @@ def bpr_from_embeddings(users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     return bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
 
 
-def l2_per_batch(*tensors: Tensor, batch_size: int | None = None) -> Tensor:
-    """0.5 * sum ||x||^2 / batch (batch = rows of the first tensor unless given)."""
-    n = batch_size if batch_size is not None else tensors[0].size(0)
-    return 0.5 * sum(t.pow(2).sum() for t in tensors) / max(n, 1)
-
-
-def norm_reg(*tensors: Tensor) -> Tensor:
-    """sum ||x||_F / rows of the last tensor (not squared)."""
-    return sum(torch.linalg.vector_norm(t) for t in tensors) / max(tensors[-1].size(0), 1)
+def embedding_reg(*tensors: Tensor, form: RegForm, batch_size: int | None = None) -> Tensor:
+    """The L2-type regulariser in ``form`` (module docstring), divided by ``batch_size``
+    (default: the rows of the last tensor, as the reference's ``EmbLoss``)."""
+    n = batch_size if batch_size is not None else tensors[-1].size(0)
+    if form == "squared":
+        return 0.5 * sum(t.pow(2).sum() for t in tensors) / max(n, 1)
+    if form == "norm":
+        return sum(torch.linalg.vector_norm(t) for t in tensors) / max(n, 1)
+    raise ValueError(f"reg_form must be one of {REG_FORMS}, got {form!r}")
 
 
 def negative_cosine(a: Tensor, b: Tensor) -> Tensor:

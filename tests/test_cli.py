@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
+from pipeline.data.catalog import Catalog
 
 runner = CliRunner()
 
@@ -27,7 +28,7 @@ def test_ingest_split_stats_on_movielens(tmp_path, datasets_root):
     assert "55375" in result.output.replace(",", "")
     result = runner.invoke(app, ["split", "movielens-100k-posters", "--seed", "7"], env=env)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "catalogs/movielens-100k-posters/splits/random-s7.parquet").exists()
+    assert (Catalog.load(tmp_path / "catalogs/movielens-100k-posters").splits_dir / "random-s7.parquet").exists()
     result = runner.invoke(app, ["stats", "movielens-100k-posters"], env=env)
     assert result.exit_code == 0, result.output
     assert "1682" in result.output and "random-s7" in result.output

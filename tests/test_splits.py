@@ -90,3 +90,15 @@ def test_movielens_split_counts(datasets_root):
     c = split.counts()
     assert sum(c.values()) == 55_375
     assert 0.78 < c["train"] / 55_375 < 0.84 and abs(c["valid"] - c["test"]) <= 943
+
+
+def test_repeats_are_folded_once_and_the_record_says_how_many():
+    """A catalog that still holds repeat (user, item) rows (an older catalog, an MMRec or
+    Amazon source) is split on one row per pair, and the split's record counts the folded rows."""
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(6)], "title": "", "text": "t"})
+    rows = [(f"u{u}", f"i{i}", 5.0, 10 * u + i) for u in range(4) for i in range(6)]
+    rows += [("u0", "i1", 4.0, 99), ("u0", "i1", 3.0, 100), ("u2", "i5", 5.0, 101)]
+    catalog = build_catalog("repeats", items, pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]))
+    for split in (split_random(catalog, seed=1), split_temporal(catalog)):
+        assert split.meta["repeats_folded"] == 3
+        assert len(split.frame) == 24 == len(split.frame.drop_duplicates(["user_idx", "item_idx"]))

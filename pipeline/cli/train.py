@@ -1,21 +1,32 @@
 """Training commands: ``befa train`` and ``befa evaluate``.
+
+``befa train --run-dir R --resume`` continues the run in R from its record alone: model,
+config, catalog, split, seed, budget and the exact feature snapshots it trained on
+(``RunRecord.feature_sets``). When those snapshots are gone from the store it refuses,
+unless ``--allow-new-features`` (then the current snapshot of the same encoder is used and
+the switch is printed). A folder whose run was killed is reported as interrupted, with
+this command.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from models import get_model_class, parse_overrides
+from pipeline.cli.checks import at_least, config_or_fail, device_or_fail, encoder_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fail, settings_from
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.splits import ensure_split
-from pipeline.features.load import features_for_training, load_run_features
-from pipeline.reporting.console import metrics_table
-from pipeline.training.api import evaluate_run, train_model
-from pipeline.training.record import RunRecord
+from pipeline.features.load import features_for_training, load_features, load_run_features
+from pipeline.reporting.console import item_groups_table, metrics_table
+from pipeline.training.api import evaluate_run_results, run_folder_for, train_model
+from pipeline.training.liveness import interrupted_note
+from pipeline.training.prepare import FeatureBundle
+from pipeline.training.record import RECORD, RunRecord
+from pipeline.training.trainer import RunResult
 from storage.feature_store import FeatureStore
 
 commands = CommandGroup()
@@ -23,7 +34,7 @@ commands = CommandGroup()
 
 @commands.command("train")
 def train_cmd(
-    dataset: str = typer.Option(..., "--dataset", help="Ingested catalog name."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Ingested catalog name (not needed with --run-dir R --resume)."),
     model: str = typer.Option("lightgcn", "--model", help="mostpop, lightgcn, bm3, lattice, freedom or mgcn."),
     adapter: str = typer.Option("none", "--adapter", help="none or befa."),
     encoder: str = typer.Option("minilm", "--encoder", help="Encoder spec for content models (see `befa extract`)."),
@@ -34,36 +45,112 @@ def train_cmd(
     patience: int = typer.Option(10, help="Early stopping: epochs without a valid Recall@20 improvement."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when present)."),
     run_dir: Optional[Path] = typer.Option(None, help="Run folder (default under $BEFA_HOME/runs)."),
-    resume: bool = typer.Option(False, help="Resume from the run folder's last checkpoint."),
+    resume: bool = typer.Option(False, help="Continue the run folder's run from its last checkpoint, with the config and feature snapshots it recorded."),
+    allow_new_features: bool = typer.Option(False, "--allow-new-features", help="With --resume: continue on the current features when the run's recorded snapshots are gone."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
 ) -> None:
     """Train one model (optionally +BeFA) to early stopping and print its test metrics."""
+    device_or_fail(device)
+    at_least(epochs, "--epochs")
+    at_least(patience, "--patience")
     settings = settings_from(None, home, feature_store)
+    store = FeatureStore(settings.feature_store)
+    if resume and run_dir is not None and (run_dir / RECORD).exists():
+        result = _resume(run_dir, store, device, allow_new_features, settings)
+    else:
+        if dataset is None:
+            fail("--dataset: name the catalog to train on (only `--run-dir R --resume` on an existing run reads it from the run)")
+        try:
+            overrides = {**parse_overrides(set_), "adapter": adapter}
+            model_cls = get_model_class(model)
+        except ValueError as exc:
+            fail(f"--set: {exc}" if "=" in str(exc) else str(exc))
+        config_or_fail(model_cls, overrides)  # before any data loads or features extract
+        if model_cls.uses_content:
+            encoder_or_fail(encoder)
+        try:
+            catalog = Catalog.load(settings.catalog_dir(dataset))
+            split_path = ensure_split(catalog, catalog.splits_dir, split)
+            folder = run_dir or run_folder_for(split_path, model, overrides, seed, settings.runs_dir)
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+        if resume and (folder / RECORD).exists():
+            result = _resume(folder, store, device, allow_new_features, settings)
+        else:
+            features = _current_features(model_cls, catalog, encoder, store, device)
+            # paths (not objects), so the run records where its catalog and split live for `befa evaluate`
+            result = _train(settings.catalog_dir(dataset), split_path, features, model, overrides, folder, seed, device,
+                            epochs, patience, resume, settings)
+    _print_result(result)
+
+
+def _current_features(model_cls: Any, catalog: Catalog, encoder: str, store: FeatureStore, device: Optional[str]) -> FeatureBundle | None:
+    if not model_cls.uses_content:
+        return None
+    features = features_for_training(catalog, encoder, store, device=device)
+    for m in features.modalities:
+        if features.random_init.get(m):
+            console.print(f"[yellow]{m} features: weights: random init ({features.fingerprints[m]}); quality numbers from them mean nothing[/]")
+    return features
+
+
+def _train(catalog_dir: Path, split_path: Any, features: FeatureBundle | None, model: str, overrides: dict[str, Any], run_dir: Path,
+           seed: int, device: Optional[str], epochs: int, patience: int, resume: bool, settings: Any, allow_new_features: bool = False) -> RunResult:
     try:
-        overrides = {**parse_overrides(set_), "adapter": adapter}
-    except ValueError as exc:
-        fail(f"--set: {exc}")
-    try:
-        model_cls = get_model_class(model)
-        catalog = Catalog.load(settings.catalog_dir(dataset))
-        split_path = ensure_split(catalog, settings.catalog_dir(dataset) / "splits", split)
+        return train_model(catalog_dir, split_path, features, model, overrides=overrides, run_dir=run_dir, seed=seed, device=device,
+                           max_epochs=epochs, patience=patience, resume=resume, graph_cache_dir=settings.home / "graph-cache",
+                           runs_root=settings.runs_dir, allow_new_features=allow_new_features)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    features = None
-    if model_cls.uses_content:
-        features = features_for_training(catalog, encoder, FeatureStore(settings.feature_store), device=device)
-        for m in features.modalities:
-            if features.random_init.get(m):
-                console.print(f"[yellow]{m} features: weights: random init ({features.fingerprints[m]}); quality numbers from them mean nothing[/]")
+    raise AssertionError("unreachable")  # fail() exits
+
+
+def _resume(run_dir: Path, store: FeatureStore, device: Optional[str], allow_new_features: bool, settings: Any) -> RunResult:
+    """Continue the run in ``run_dir`` with what its record says: model, config, data, budget, features."""
+    rec = RunRecord.load(run_dir)
+    catalog_dir, split_path = rec.sources.get("catalog"), rec.sources.get("split")
+    if not catalog_dir or not split_path:
+        fail(f"{run_dir}: run.json does not record its catalog and split; resume with --dataset and --split")
+    config = dict(rec.config)
+    if rec.batching is not None:  # the asked-for batch: the trainer applies the small-catalog rule again
+        config["batch_size"] = rec.batching.configured_batch_size
+    features = _recorded_features(rec, run_dir, store, allow_new_features)
+    console.print(f"resuming {run_dir}: {rec.model} {rec.adapter}, {len(rec.epochs)} epochs done, its recorded config and features")
+    return _train(Path(catalog_dir), split_path, features, rec.model, config, run_dir, rec.seed, device,
+                  int(rec.trainer.get("max_epochs", 1000)), int(rec.trainer.get("patience", 10)), True, settings, allow_new_features)
+
+
+def _recorded_features(rec: RunRecord, run_dir: Path, store: FeatureStore, allow_new_features: bool) -> FeatureBundle | None:
+    """The snapshots the run trained on; when they are gone, refuse, or (``--allow-new-features``) the current ones."""
     try:
-        # paths (not objects), so the run records where its catalog and split live for `befa evaluate`
-        result = train_model(settings.catalog_dir(dataset), split_path, features, model, overrides=overrides, run_dir=run_dir,
-                             seed=seed, device=device, max_epochs=epochs, patience=patience, resume=resume,
-                             graph_cache_dir=settings.home / "graph-cache", runs_root=settings.runs_dir)
-    except ValueError as exc:
-        fail(str(exc))
-    console.print(metrics_table([result], title=f"test metrics at best valid epoch {result.record.best_epoch}"))
+        return load_run_features(rec, store, run_dir)
+    except CatalogError as exc:
+        if not allow_new_features:
+            fail(f"{run_dir}: --resume: the feature snapshots this run trained on are gone ({exc.problem}). A resume never "
+                 "switches features silently: pass --allow-new-features to continue on the current snapshot of the same "
+                 "encoder, or train anew without --resume")
+    sets = {m: s["fingerprint"] for m, s in rec.feature_sets.items() if s.get("fingerprint")}
+    try:
+        features = load_features(Catalog.load(rec.sources["catalog"]), store, sets)
+    except CatalogError as exc:
+        fail(f"{run_dir}: --allow-new-features: no current features of the run's encoders either ({exc.problem})")
+    for m in features.modalities:
+        old = rec.feature_snapshots.get(m)
+        if old != features.snapshots[m]:
+            console.print(f"[yellow]{m} features: the run's snapshot {old} is gone; continuing on snapshot {features.snapshots[m]} (--allow-new-features)[/]")
+    return features
+
+
+def _print_result(result: RunResult) -> None:
+    rec = result.record
+    console.print(metrics_table([result], title=f"test metrics at best valid epoch {rec.best_epoch}"))
+    if rec.item_groups:
+        console.print(item_groups_table(rec.item_groups))
+    if rec.batching is not None and rec.batching.adapted:
+        console.print(f"small catalog: {rec.batching.note()}")
+    if rec.below_floor:
+        console.print(f"[bold yellow]warning:[/] {rec.floor.line(rec.model + ('+befa' if rec.adapter == 'befa' else ''))}")
     console.print(f"run folder: {result.run_dir}")
 
 
@@ -75,10 +162,18 @@ def evaluate_cmd(
     feature_store: Optional[str] = FeatureStoreOpt,
 ) -> None:
     """Reload a run's best checkpoint and recompute its valid and test metrics."""
+    device_or_fail(device)
     settings = settings_from(None, home, feature_store)
     try:
-        features = load_run_features(RunRecord.load(run), FeatureStore(settings.feature_store), run)
-        metrics = evaluate_run(run, features=features, device=device)
+        record = RunRecord.load(run)
+        if record.state in ("interrupted", "running"):
+            what = interrupted_note(record) if record.state == "interrupted" else f"{run}: still training"
+            console.print(f"[yellow]note:[/] {what}; the metrics below are of its best epoch so far")
+        features = load_run_features(record, FeatureStore(settings.feature_store), run)
+        results = evaluate_run_results(run, features=features, device=device)
     except (ValueError, FileNotFoundError, CatalogError) as exc:
         fail(str(exc))
-    console.print(metrics_table(metrics, title=str(run)))
+    console.print(metrics_table({part: r.metrics for part, r in results.items()}, title=str(run)))
+    groups = {part: r.groups for part, r in results.items() if r.groups}
+    if groups:
+        console.print(item_groups_table(groups))

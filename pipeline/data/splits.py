@@ -8,6 +8,14 @@
   anyway), so no user is lost.
 - ``split_temporal``: leave-last-out by timestamp (ties broken by item index): the last
   interaction is test, the one before valid, the rest train; n < 3 as above.
+- ``split_cold_items``: the item cold-start split. A seeded ``cold_fraction`` of the
+  items that have interactions is drawn as *cold*: every interaction of a cold item goes
+  to valid or test (alternating over the item's interactions in a seeded order, so each
+  cold item is split about evenly), none to train. The other (warm) interactions follow
+  the MMRec rule above, per user over the user's warm interactions. The cold item list is
+  kept in the split's meta (``cold_items``, also in ``<name>.json``) so that evaluation
+  reports the cold group; a user whose items are all cold has no train row, and the
+  trainer drops such users' held-out rows (spec section 1), with a note.
 - ``kcore``: optional iterative k-core filter applied before splitting (5-core is the
   benchmark convention). Item and user indices are kept: items filtered out stay in the
   ranking universe as cold items, so features stay aligned with the catalog.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +90,16 @@ class Split:
         if bad.any():
             raise ValueError(f"split {name!r}: label must be 0/1/2, row {int(np.flatnonzero(bad)[0]) + 1} has {frame['label'][bad].iloc[0]!r}")
         return cls(name=name, frame=_canonical(frame), meta=dict(meta or {}, kind="given"))
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", "given"))
+
+    @property
+    def cold_items(self) -> np.ndarray | None:
+        """item_idx of the items held out as cold (sorted), or None when the split has none."""
+        cold = self.meta.get("cold_items")
+        return None if cold is None else np.asarray(cold, dtype=np.int64)
 
     def subsample_train(self, fraction: float, seed: int) -> "Split":
         """Keep ``fraction`` of each user's train rows (at least one), valid/test unchanged.
@@ -146,29 +165,37 @@ def kcore(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
         df = df[keep]
 
 
-def _prepare(catalog: Catalog, k_core: int | None) -> pd.DataFrame:
+def _prepare(catalog: Catalog, k_core: int | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The interactions to split, one row per (user, item) pair, and what the split's record
+    says about them. Ingest already keeps one row per pair for generic catalogs (the latest
+    event); a catalog that holds repeats (an older catalog, some MMRec/Amazon sources) has
+    them folded here by the same rule, and the record counts them."""
     inter = catalog.interactions.drop_duplicates(["user_idx", "item_idx"], keep="last")
+    notes: dict[str, Any] = {"repeats_folded": len(catalog.interactions) - len(inter)}
     if k_core:
+        before = len(inter)
         inter = kcore(inter, k_core)
+        notes["k_core_removed"] = before - len(inter)
     if inter.empty:
-        raise ValueError(f"catalog {catalog.name!r}: no interactions left to split (k_core={k_core})")
-    return inter
+        raise ValueError(f"catalog {catalog.name!r}: no interactions left to split (--k-core {k_core})")
+    return inter, notes
 
 
 def split_random(catalog: Catalog, seed: int = 2024, k_core: int | None = None) -> Split:
     """Seeded per-user random 8:1:1 split (MMRec rule)."""
-    inter = _prepare(catalog, k_core)
+    inter, notes = _prepare(catalog, k_core)
     users = inter["user_idx"].to_numpy(np.int64)
     pos = _positions_within_user(users, np.random.default_rng(seed))
     n = inter.groupby("user_idx")["user_idx"].transform("size").to_numpy()
     frame = pd.DataFrame({"user_idx": users, "item_idx": inter["item_idx"].to_numpy(np.int64), "label": _labels_from_positions(pos, n)})
     name = f"random-s{seed}" + (f"-k{k_core}" if k_core else "")
-    return Split(name=name, frame=_canonical(frame), meta={"kind": "random", "seed": seed, "k_core": k_core, "catalog": catalog.fingerprint()})
+    return Split(name=name, frame=_canonical(frame), meta={"kind": "random", "seed": seed, "k_core": k_core, "catalog": catalog.fingerprint(), **notes})
 
 
 def split_temporal(catalog: Catalog, k_core: int | None = None) -> Split:
     """Leave-last-out by timestamp: last -> test, second last -> valid, the rest train."""
-    inter = _prepare(catalog, k_core).sort_values(["user_idx", "timestamp", "item_idx"], kind="stable")
+    inter, notes = _prepare(catalog, k_core)
+    inter = inter.sort_values(["user_idx", "timestamp", "item_idx"], kind="stable")
     users = inter["user_idx"].to_numpy(np.int64)
     pos = inter.groupby("user_idx").cumcount().to_numpy()
     n = inter.groupby("user_idx")["user_idx"].transform("size").to_numpy()
@@ -178,26 +205,82 @@ def split_temporal(catalog: Catalog, k_core: int | None = None) -> Split:
     label[eligible & (pos == n - 1)] = TEST
     frame = pd.DataFrame({"user_idx": users, "item_idx": inter["item_idx"].to_numpy(np.int64), "label": label})
     name = "temporal-loo" + (f"-k{k_core}" if k_core else "")
-    return Split(name=name, frame=_canonical(frame), meta={"kind": "temporal", "k_core": k_core, "catalog": catalog.fingerprint()})
+    return Split(name=name, frame=_canonical(frame), meta={"kind": "temporal", "k_core": k_core, "catalog": catalog.fingerprint(), **notes})
 
 
-SPLITTERS = {"random": split_random, "temporal": split_temporal}
+DEFAULT_COLD_FRACTION = 0.2
 
 
-def make_split(catalog: Catalog, kind: str = "random", seed: int = 2024, k_core: int | None = None) -> Split:
+def check_cold_fraction(cold_fraction: float) -> float:
+    if not (isinstance(cold_fraction, (int, float)) and 0 < cold_fraction < 1):
+        raise ValueError(f"--cold-fraction must be strictly between 0 and 1 (the share of items held out as cold), got {cold_fraction!r}")
+    return float(cold_fraction)
+
+
+def cold_split_name(cold_fraction: float, seed: int, k_core: int | None = None) -> str:
+    return f"cold-items-f{cold_fraction * 100:g}-s{seed}" + (f"-k{k_core}" if k_core else "")
+
+
+def split_cold_items(catalog: Catalog, cold_fraction: float = DEFAULT_COLD_FRACTION, seed: int = 2024, k_core: int | None = None) -> Split:
+    """Item cold-start split: a seeded share of the items has all its interactions in
+    valid/test and none in train (module docstring)."""
+    cold_fraction = check_cold_fraction(cold_fraction)
+    inter, notes = _prepare(catalog, k_core)
+    users = inter["user_idx"].to_numpy(np.int64)
+    items = inter["item_idx"].to_numpy(np.int64)
+    rng = np.random.default_rng(seed)
+    candidates = np.unique(items)
+    if candidates.size < 2:
+        raise ValueError(f"catalog {catalog.name!r}: a cold-items split needs at least 2 items with interactions, has {candidates.size}")
+    # at least one cold and one warm item, whatever the fraction
+    n_cold = min(max(int(round(cold_fraction * candidates.size)), 1), candidates.size - 1)
+    cold = np.sort(rng.choice(candidates, size=n_cold, replace=False))
+    is_cold = np.isin(items, cold)
+    label = np.empty(len(items), dtype=np.int8)
+    warm_users = users[~is_cold]
+    pos = _positions_within_user(warm_users, rng)
+    n = pd.Series(warm_users).groupby(warm_users).transform("size").to_numpy()
+    label[~is_cold] = _labels_from_positions(pos, n)
+    # each cold item's interactions alternate valid / test in a seeded order
+    label[is_cold] = np.where(_positions_within_user(items[is_cold], rng) % 2 == 0, VALID, TEST)
+    frame = pd.DataFrame({"user_idx": users, "item_idx": items, "label": label})
+    meta = {
+        "kind": "cold-items", "seed": seed, "k_core": k_core, "cold_fraction": cold_fraction,
+        "cold_items": [int(i) for i in cold], "catalog": catalog.fingerprint(), **notes,
+    }
+    return Split(name=cold_split_name(cold_fraction, seed, k_core), frame=_canonical(frame), meta=meta)
+
+
+SPLITTERS = {"random": split_random, "temporal": split_temporal, "cold-items": split_cold_items}
+
+
+def make_split(
+    catalog: Catalog, kind: str = "random", seed: int = 2024, k_core: int | None = None, cold_fraction: float | None = None
+) -> Split:
     if kind not in SPLITTERS:
-        raise ValueError(f"unknown split kind {kind!r}; choose from {sorted(SPLITTERS)}")
+        raise ValueError(f"unknown split kind {kind!r} (--kind); choose from {sorted(SPLITTERS)}")
+    if cold_fraction is not None and kind != "cold-items":
+        raise ValueError(f"--cold-fraction applies to --kind cold-items only (got --kind {kind})")
     if kind == "random":
         return split_random(catalog, seed=seed, k_core=k_core)
+    if kind == "cold-items":
+        return split_cold_items(catalog, DEFAULT_COLD_FRACTION if cold_fraction is None else cold_fraction, seed=seed, k_core=k_core)
     return split_temporal(catalog, k_core=k_core)
 
 
+_COLD_NAME = re.compile(r"cold-items-f(\d+(?:\.\d+)?)-s(\d+)")
+
+
 def ensure_split(catalog: Catalog, folder: str | Path, name: str) -> Path:
-    """The stored split ``<folder>/<name>.parquet``; a missing ``random-s<SEED>`` is made
-    (deterministic, so making it again gives the same split). Other names must exist."""
+    """The stored split ``<folder>/<name>.parquet``; a missing ``random-s<SEED>`` or
+    ``cold-items-f<PERCENT>-s<SEED>`` is made (deterministic, so making it again gives the
+    same split). Other names must exist."""
     path = Path(folder) / f"{name}.parquet"
     if path.exists():
         return path
-    if not name.startswith("random-s") or not name[8:].isdigit():
-        raise FileNotFoundError(f"{path}: no such split; create it with `befa split {catalog.name}`")
-    return split_random(catalog, seed=int(name[8:])).save(folder)
+    if name.startswith("random-s") and name[8:].isdigit():
+        return split_random(catalog, seed=int(name[8:])).save(folder)
+    cold = _COLD_NAME.fullmatch(name)
+    if cold and 0 < float(cold.group(1)) < 100:
+        return split_cold_items(catalog, float(cold.group(1)) / 100, seed=int(cold.group(2))).save(folder)
+    raise FileNotFoundError(f"{path}: no such split; create it with `befa split {catalog.name}`")

@@ -21,12 +21,19 @@ nothing extra. MostPop, where many items share a popularity count, is the case t
 matters for. Held-out hits are found by a sorted-key lookup (``user * I + item``), and
 the per-split constants (who is ranked, the train entries to mask per batch) are built
 once and reused every epoch.
+
+Item groups (``item_groups``: group -> (I,) bool mask, ``pipeline.evaluation.groups``:
+warm, cold, long tail): from the same top-K pass, each group's Recall@20 and NDCG@20
+count, per user, only the user's held-out items in the group (the denominators use the
+user's count of held-out items in the group); users with none are skipped; ranks are
+those of the full ranking over all items. ``EvalResult.groups`` holds the averages, and
+``EvalResult.per_user`` adds ``<group>/<metric>`` arrays (NaN for skipped users).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -74,12 +81,23 @@ class UserItems:
 
 
 @dataclass
+class GroupResult:
+    """One item group's metrics on one part: averages over its users."""
+
+    metrics: dict[str, float]  # recall@20, ndcg@20
+    users: int  # users with >= 1 held-out item in the group
+    heldout: int  # held-out (user, item) pairs in the group
+
+
+@dataclass
 class EvalResult:
     """Averaged metrics plus the per-user values needed for paired tests."""
 
     metrics: dict[str, float]
     users: np.ndarray  # evaluated user_idx (>= 1 held-out item), ascending
-    per_user: dict[str, np.ndarray] = field(default_factory=dict)  # recall@20, ndcg@20, aligned with users
+    # recall@20, ndcg@20 (+ <group>/<metric>, NaN where the user has no item of the group), aligned with users
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)
+    groups: dict[str, GroupResult] = field(default_factory=dict)  # item group -> metrics
 
     @property
     def num_users(self) -> int:
@@ -133,6 +151,8 @@ class _Plan:
     part_rows: dict[str, Tensor]  # part -> rows of ``users`` that have held-out items in it
     part_counts: dict[str, Tensor]
     part_keys: dict[str, Tensor]  # part -> sorted user * I + item
+    group_masks: dict[str, Tensor] = field(default_factory=dict)  # group -> (I,) bool on the device
+    group_counts: dict[tuple[str, str], Tensor] = field(default_factory=dict)  # (part, group) -> per part row
 
 
 class Evaluator:
@@ -146,6 +166,7 @@ class Evaluator:
         ks: Sequence[int] = TOPKS,
         block_elements: int = 1 << 21,
         per_user_metrics_kept: Sequence[str] = ("recall@20", "ndcg@20"),
+        item_groups: Mapping[str, Tensor] | None = None,
     ):
         self.train = train
         self.heldout = heldout
@@ -154,6 +175,10 @@ class Evaluator:
         self.kmax = max(self.ks)
         self.block_elements = block_elements
         self.kept = tuple(per_user_metrics_kept)
+        self.item_groups = {g: m.to(dtype=torch.bool).flatten() for g, m in (item_groups or {}).items()}
+        for g, m in self.item_groups.items():
+            if m.numel() != self.num_items:
+                raise ValueError(f"item group {g!r}: mask has {m.numel()} entries for {self.num_items} items")
         # With fewer items than K the list is the whole catalog; missing ranks count as misses.
         self.depth = min(self.kmax, self.num_items)
         self._plans: dict[tuple, _Plan] = {}
@@ -161,6 +186,7 @@ class Evaluator:
     def to(self, device: torch.device | str) -> "Evaluator":
         self.train = self.train.to(device)
         self.heldout = {k: v.to(device) for k, v in self.heldout.items()}
+        self.item_groups = {g: m.to(device) for g, m in self.item_groups.items()}
         self._plans.clear()
         return self
 
@@ -193,9 +219,23 @@ class Evaluator:
             part_rows={p: torch.searchsorted(users, u).to(device) for p, u in per_part_users.items()},
             part_counts={p: self.heldout[p].counts()[u].to(device) for p, u in per_part_users.items()},
             part_keys={p: k.to(device) for p, k in part_keys.items()},
+            group_masks={g: m.to(device) for g, m in self.item_groups.items()},
+            group_counts=self._group_counts(parts, per_part_users, device),
         )
         self._plans[key] = plan
         return plan
+
+    def _group_counts(self, parts: tuple[str, ...], per_part_users: dict[str, Tensor], device: torch.device) -> dict[tuple[str, str], Tensor]:
+        """(part, group) -> each evaluated user's number of held-out items in the group."""
+        out = {}
+        for p in parts:
+            h = self.heldout[p]
+            owner = torch.repeat_interleave(torch.arange(h.num_users, device=h.items.device), h.counts())
+            for g, mask in self.item_groups.items():
+                inside = mask.to(h.items.device)[h.items]
+                counts = torch.bincount(owner[inside], minlength=h.num_users)
+                out[(p, g)] = counts[per_part_users[p].to(counts.device)].to(device)
+        return out
 
     @torch.no_grad()
     def evaluate(self, user_emb: Tensor, item_emb: Tensor, parts: Sequence[str] | None = None) -> dict[str, EvalResult]:
@@ -208,6 +248,7 @@ class Evaluator:
         plan = self._plan(parts, device)
         n = plan.users.numel()
         hits = {p: torch.zeros(n, self.kmax, dtype=torch.bool, device=device) for p in parts}
+        in_group = {g: torch.zeros(n, self.kmax, dtype=torch.bool, device=device) for g in plan.group_masks}
         item_t = item_emb.T.contiguous()
         for b, start in enumerate(range(0, n, plan.batch)):
             users = plan.users[start : start + plan.batch]
@@ -216,6 +257,8 @@ class Evaluator:
             flat = (plan.train_pos[lo:hi] - start) * I + plan.train_items[lo:hi]
             scores.view(-1)[flat] = float("-inf")
             top = topk_items(scores, self.depth)
+            for g, mask in plan.group_masks.items():
+                in_group[g][start : start + users.numel(), : self.depth] = mask[top]
             for p in parts:
                 keys = plan.part_keys[p]
                 query = users[:, None] * I + top
@@ -223,13 +266,32 @@ class Evaluator:
                 hits[p][start : start + users.numel(), : self.depth] = keys[at] == query if keys.numel() else False
         out = {}
         for p in parts:
-            values = per_user_metrics(hits[p][plan.part_rows[p]], plan.part_counts[p], self.ks)
+            rows = plan.part_rows[p]
+            values = per_user_metrics(hits[p][rows], plan.part_counts[p], self.ks)
             out[p] = EvalResult(
                 metrics=average(values),
-                users=plan.users[plan.part_rows[p]].cpu().numpy(),
+                users=plan.users[rows].cpu().numpy(),
                 per_user={name: values[name].cpu().numpy() for name in self.kept if name in values},
             )
+            for g in plan.group_masks:
+                self._group_metrics(out[p], hits[p][rows] & in_group[g][rows], plan.group_counts[(p, g)], g)
         return out
+
+    def _group_metrics(self, result: EvalResult, hits: Tensor, counts: Tensor, group: str) -> None:
+        """Add one item group's averages and per-user values (NaN: no held-out item in the group)."""
+        has = counts > 0
+        values = per_user_metrics(hits[has], counts[has], self.ks)
+        kept = [name for name in self.kept if name in values]
+        result.groups[group] = GroupResult(
+            metrics={name: (float(values[name].mean()) if int(has.sum()) else float("nan")) for name in kept},
+            users=int(has.sum()),
+            heldout=int(counts.sum()),
+        )
+        mask = has.cpu().numpy()
+        for name in kept:
+            column = np.full(mask.size, np.nan)
+            column[mask] = values[name].cpu().numpy()
+            result.per_user[f"{group}/{name}"] = column
 
 
 def evaluate_model(model: torch.nn.Module, evaluator: Evaluator, parts: Sequence[str] | None = None) -> dict[str, EvalResult]:

@@ -12,6 +12,13 @@ and counts the user's held-out items ``n``. Then, for K in {5, 10, 20, 50}:
 Users with n = 0 are not evaluated (the averages run over users with >= 1 held-out
 item). The spec's example: user a has held-out {x, y, z} and ranks x 1st, y 3rd;
 user b has held-out {w} ranked 1st: Recall@4 = (2/3 + 1) / 2 = 0.8333.
+
+Per item group (warm, cold, long tail; ``pipeline.evaluation.groups``) the same formulas
+apply to a restricted hit matrix: hit(r) counts only held-out items of the group, n is
+the user's number of held-out items in the group, users with n = 0 in the group are
+skipped, and r stays the rank in the full ranking over all items. Example: held-out
+{x (cold), y (warm)}, x ranked 2nd, y 1st: cold Recall@20 = 1/1, cold NDCG@20 =
+(1/log2 3) / 1 = 0.6309; warm NDCG@20 = 1.
 """
 
 from __future__ import annotations

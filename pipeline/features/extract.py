@@ -42,13 +42,17 @@ import torch
 from tqdm.auto import tqdm
 
 from encoders.base import Encoder, autocast_dtype, check_modalities
-from encoders.registry import create_encoders
+from encoders.registry import create_encoders, resolve_specs
+from encoders.spec import EncoderSpec
 from pipeline.data.catalog import Catalog
+from pipeline.features.encoder_cache import known_fingerprint, remember_fingerprint
 from pipeline.features.images import ImageItems, default_num_workers, image_loader
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
 from pipeline.settings import Settings
 from pipeline.training.device import cpu_count, resolve_device, torch_threads
+from storage.columns import string_array
+from storage.faults import pause_point
 from storage.feature_store import FeatureStore
 from storage.keys import MODALITIES, FeatureSetKey
 
@@ -182,11 +186,19 @@ def extract_features(
         throughput, seconds, snapshot id per modality).
     """
     t_start = time.perf_counter()
+    _check_item_ids(catalog)
     dev = resolve_device(device)
-    encoders = _resolve_encoders(encoder_or_spec, modalities, dev)
+    specs = None if _built(encoder_or_spec) else resolve_specs(encoder_or_spec, modalities)
+    # the store first: a modality whose every item is already encoded needs no encoder at all
+    summaries: dict[str, ModalitySummary] = _without_encoders(catalog, store, specs, dev) if specs else {}
+    if specs is None:
+        encoders = _resolve_encoders(encoder_or_spec, modalities, dev)
+    else:
+        encoders = _resolve_encoders({m: s for m, s in specs.items() if m not in summaries}, None, dev)
+        for modality, encoder in encoders.items():
+            remember_fingerprint(store, specs[modality], encoder.fingerprint)
     workers = default_num_workers(dev) if num_workers is None else int(num_workers)
     threads = (num_threads or cpu_count()) if dev.type == "cpu" else None
-    summaries: dict[str, ModalitySummary] = {}
     with torch_threads(threads):
         for modality, encoder in encoders.items():
             summaries[modality] = _extract_modality(
@@ -198,7 +210,52 @@ def extract_features(
                 progress=progress,
                 on_part=on_part,
             )
-    return ExtractSummary(dataset=catalog.name, modalities=summaries, seconds=time.perf_counter() - t_start)
+    ordered = {m: summaries[m] for m in MODALITIES if m in summaries}
+    return ExtractSummary(dataset=catalog.name, modalities=ordered, seconds=time.perf_counter() - t_start)
+
+
+def _check_item_ids(catalog: Catalog) -> None:
+    """The store's own id check, before any encoder loads: a bad id would fail the write
+    only after everything was encoded (ingest rejects such ids; an old catalog may hold one)."""
+    try:
+        string_array(catalog.items["item_id"], "item_id")
+    except ValueError as exc:
+        raise ValueError(f"catalog {catalog.name}: {exc}; fix the id and re-run `befa ingest`") from None
+
+
+def _built(encoder_or_spec: Any) -> bool:
+    """An Encoder, or a mapping of them: already built, nothing to save by looking first."""
+    if isinstance(encoder_or_spec, Encoder):
+        return True
+    return isinstance(encoder_or_spec, Mapping) and bool(encoder_or_spec) and all(isinstance(v, Encoder) for v in encoder_or_spec.values())
+
+
+def _without_encoders(catalog: Catalog, store: FeatureStore, specs: Mapping[str, EncoderSpec], device: torch.device) -> dict[str, ModalitySummary]:
+    """Modalities whose spec built a fingerprint the store knows and whose every current
+    (item, content hash) the store holds: committed and summarised without loading the encoder."""
+    out: dict[str, ModalitySummary] = {}
+    for modality, spec in specs.items():
+        known = known_fingerprint(store, spec)
+        if known is None:
+            continue
+        t0 = time.perf_counter()
+        fingerprint, info = known
+        key = FeatureSetKey(catalog.name, fingerprint, modality)
+        keys = catalog.content_keys(modality)
+        if len(todo_keys(store, key, keys)):
+            continue
+        summary = ModalitySummary(
+            modality=modality, encoder=str(spec), fingerprint=fingerprint, weights=str(info.get("weights_label") or info.get("weights") or ""),
+            random_init=bool(info.get("random_init")), dim=int(info.get("dim") or 0), items=catalog.num_items, with_content=len(keys),
+            device=str(device), precision="encoder not loaded: nothing to encode",
+        )
+        summary.record_no_content(catalog.items)
+        summary.skipped = len(keys)
+        snap = store.commit(key, keep=zip(keys["item_id"].tolist(), keys["content_hash"].tolist()))
+        summary.snapshot_id, summary.snapshot_rows = snap.id, snap.num_rows
+        summary.seconds = time.perf_counter() - t0
+        out[modality] = summary
+    return out
 
 
 def _extract_modality(
@@ -226,17 +283,20 @@ def _extract_modality(
         device=str(device), precision=precision_name(encoder, device),
     )
     summary.record_no_content(catalog.items)
-    todo = todo_keys(store, key, keys)
-    summary.skipped = int(len(keys) - len(todo))
-    writer = PartWriter(store, key, part_size, flush_seconds, on_part)
-    t_enc = time.perf_counter()
-    if len(todo):
-        if modality == "image":
-            batches = _image_batches(encoder, catalog.items, todo, batch_size, num_workers, device)
-        else:
-            batches = _text_batches(encoder, catalog.items, todo, batch_size)
-        _encode_into(writer, summary, batches, todo, progress)
-    return finish_modality(summary, writer, store, key, keys, t_enc, t0)
+    # one extraction per feature set at a time: a second one waits here, then finds the work done
+    with store.lock(key, on_wait=tqdm.write):
+        pause_point("extract-locked")
+        todo = todo_keys(store, key, keys)
+        summary.skipped = int(len(keys) - len(todo))
+        writer = PartWriter(store, key, part_size, flush_seconds, on_part)
+        t_enc = time.perf_counter()
+        if len(todo):
+            if modality == "image":
+                batches = _image_batches(encoder, catalog.items, todo, batch_size, num_workers, device, catalog.meta.get("image_cache"))
+            else:
+                batches = _text_batches(encoder, catalog.items, todo, batch_size)
+            _encode_into(writer, summary, batches, todo, progress)
+        return finish_modality(summary, writer, store, key, keys, t_enc, t0)
 
 
 def _encode_into(writer: PartWriter, summary: ModalitySummary, batches, todo: pd.DataFrame, progress: bool) -> None:
@@ -257,10 +317,11 @@ def _encode_into(writer: PartWriter, summary: ModalitySummary, batches, todo: pd
         bar.close()
 
 
-def _image_batches(encoder, items, todo, batch_size, num_workers, device):
+def _image_batches(encoder, items, todo, batch_size, num_workers, device, cache_root=None):
     """Yield ``(positions, embeddings (n, D) float32 numpy, failures)`` per batch of ``todo``."""
     refs = items["image"].to_numpy()[todo["item_idx"].to_numpy()]
-    dataset = ImageItems(refs.tolist(), todo["content_hash"].tolist(), encoder.image_transform)
+    # image URLs are read from the cache the catalog was ingested with (never fetched)
+    dataset = ImageItems(refs.tolist(), todo["content_hash"].tolist(), encoder.image_transform, cache_root)
     for positions, pixels, bad in image_loader(dataset, batch_size, num_workers, device):
         if pixels is None:
             yield [], None, bad

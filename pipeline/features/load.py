@@ -41,8 +41,12 @@ def _snapshot_to_read(store: FeatureStore, key: FeatureSetKey, wanted: str | Non
     return snap
 
 
-def _aligned(store: FeatureStore, key: FeatureSetKey, snap: Snapshot, catalog: Catalog) -> tuple[torch.Tensor, torch.Tensor]:
+def _aligned(store: FeatureStore, key: FeatureSetKey, snap: Snapshot, catalog: Catalog, as_recorded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(I, D) float32 rows by item_idx and the (I,) mask of items whose current content has a feature.
+
+    ``as_recorded``: the snapshot's own row of each item id, whatever its content is now, so
+    a run's recorded snapshot gives back exactly what the run trained on after the catalog
+    was edited (the current content hashes would drop the edited items).
 
     The store's numpy rows (possibly a read-only view of its buffer) are scattered into a
     new array, which torch then wraps without a copy.
@@ -50,9 +54,10 @@ def _aligned(store: FeatureStore, key: FeatureSetKey, snap: Snapshot, catalog: C
     n = catalog.num_items
     out = np.zeros((n, snap.dim), dtype=np.float32)
     mask = np.zeros(n, dtype=bool)
-    keys = catalog.content_keys(key.modality)
+    keys = catalog.items[["item_id", "item_idx"]] if as_recorded else catalog.content_keys(key.modality)
     if len(keys):
-        x, found = store.read(key, keys["item_id"].tolist(), keys["content_hash"].tolist(), snapshot=snap.id)
+        hashes = None if as_recorded else keys["content_hash"].tolist()
+        x, found = store.read(key, keys["item_id"].tolist(), hashes, snapshot=snap.id)
         idx = keys["item_idx"].to_numpy(dtype=np.int64)[found]
         out[idx] = x[found]  # indexing copies: the store's read-only buffer is never written
         mask[idx] = True
@@ -65,6 +70,7 @@ def load_features(
     fingerprints_by_modality: Mapping[str, str],
     fill: Literal["mean", "zero"] = "mean",
     snapshots: Mapping[str, str] | None = None,
+    as_recorded: bool = False,
 ) -> FeatureBundle:
     """Feature matrices aligned to ``item_idx``, with masks and the snapshot ids read.
 
@@ -85,6 +91,8 @@ def load_features(
     Args:
         snapshots: modality -> snapshot id to read exactly a recorded state
             (default: each feature set's current snapshot).
+        as_recorded: read each snapshot's own rows by item id, ignoring today's content
+            hashes (a run's recorded snapshots after the catalog changed; see ``_aligned``).
 
     Returns:
         ``FeatureBundle(features {m: (I, D) float32}, masks {m: (I,) bool}, snapshots {m: id})``.
@@ -99,7 +107,7 @@ def load_features(
             raise ValueError(f"unknown modality {modality!r}; expected one of {list(MODALITIES)}")
         key = FeatureSetKey(catalog.name, fp, modality)
         snap = _snapshot_to_read(store, key, (snapshots or {}).get(modality))
-        out, mask = _aligned(store, key, snap, catalog)
+        out, mask = _aligned(store, key, snap, catalog, as_recorded and (snapshots or {}).get(modality) is not None)
         if fill == "mean" and mask.any() and not mask.all():
             out[~mask] = out[mask].mean(dim=0)
         feats[modality], masks[modality], snap_ids[modality] = out, mask, snap.id
@@ -131,4 +139,7 @@ def load_run_features(record: RunRecord, store: FeatureStore, run_dir: str | Pat
     if catalog_dir is None:
         raise ValueError("the run did not record its catalog folder, so its features cannot be found")
     catalog = Catalog.load(catalog_dir)
-    return load_features(catalog, store, {m: s["fingerprint"] for m, s in sets.items()}, snapshots={m: s["snapshot"] for m, s in sets.items() if s.get("snapshot")})
+    return load_features(
+        catalog, store, {m: s["fingerprint"] for m, s in sets.items()},
+        snapshots={m: s["snapshot"] for m, s in sets.items() if s.get("snapshot")}, as_recorded=True,
+    )

@@ -27,6 +27,21 @@ def metrics_table(
     return table
 
 
+def item_groups_table(groups: Mapping[str, Mapping[str, Any]], title: str | None = None) -> Any:
+    """A rich Table of metrics per item group: part -> group -> ``ItemGroupMetrics`` (run
+    record) or ``GroupResult`` (evaluator); both have ``users``, ``heldout``, ``metrics``."""
+    from rich.table import Table
+
+    table = Table(title=title or "by item group (held-out items of the group only; ranks over all items)")
+    for col in ("part", "group", "users", "held-out", "recall@20", "ndcg@20"):
+        table.add_column(col, justify="left" if col in ("part", "group") else "right")
+    for part, by_group in groups.items():
+        for group, g in by_group.items():
+            values = [g.metrics.get(m) for m in ("recall@20", "ndcg@20")]
+            table.add_row(part, group, str(g.users), str(g.heldout), *("-" if v is None or v != v else f"{v:.4f}" for v in values))
+    return table
+
+
 def summary_table(summary: ExtractSummary, max_failed: int = 10):
     """The summary as a rich Table (one row per modality, failed items listed under it)."""
     from rich.table import Table

@@ -22,13 +22,17 @@ from pipeline.reporting.study_html import render_html
 from pipeline.reporting.study_plots import plot_grouped, plot_main, plot_sweep
 from pipeline.reporting.study_tables import (
     COSINE_NOTE,
+    ITEM_GROUPS_NOTE,
     OVERHEAD_NOTE,
     StudyData,
+    cold_table,
     encoder_rows,
     experiment_table,
     fmt_num,
     groups_table,
+    item_groups_table,
     main_table,
+    floor_table,
     mean_gain_rows,
     overhead_table,
     search_table,
@@ -45,7 +49,8 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
                   "configure a checkpoint (e.g. `clip:ViT-B-32@/path/ckpt.safetensors`) for a real test of the method.", ""]
     lines += ["## Verdict", "", data.verdict, ""]
     lines += [f"> {n}" for n in data.notes] + ([""] if data.notes else [])
-    lines += markdown_table(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data))
+    if data.floor:  # the floor before any gain: a gain between runs below it says little
+        lines += ["### Against the MostPop floor", ""] + markdown_table(*floor_table(data)) + [""]
     ds = data.dataset
     lines += ["", "## Setup", "",
               f"- data: **{ds.get('name')}** ({ds.get('users', '?')} users, {ds.get('items', '?')} items, {ds.get('interactions', '?')} interactions), split `{data.split.get('id')}` {data.split.get('counts', {})}",
@@ -54,12 +59,21 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines += markdown_table(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data))
     lines += ["", "## Base vs +BeFA (test, best valid epoch)", ""]
     lines += markdown_table(*main_table(data))
+    lines += ["", "Mean relative gain over models, next to the paper's claim (read it with the p-values above):", ""]
+    lines += markdown_table(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data))
     if "main" in plots:
         lines += ["", f"![base vs +BeFA]({plots['main']})"]
     lines += ["", "## Parameters and time", "", OVERHEAD_NOTE, ""]
     lines += markdown_table(*overhead_table(data))
     lines += ["", "## Where BeFA helps", "", "### By user activity (train-interaction terciles)", ""]
     lines += markdown_table(*groups_table(data))
+    if data.cold_items:
+        c = data.cold_items
+        lines += ["", f"### Item cold start (split `{c.get('split_id')}`: {c.get('cold_fraction', 0):.0%} of items with no train interaction; all test users)", ""]
+        lines += markdown_table(*cold_table(data))
+    if data.item_groups:
+        lines += ["", "### By item group", "", ITEM_GROUPS_NOTE, ""]
+        lines += markdown_table(*item_groups_table(data))
     for exp, title, key in (("sweep_t", "Decoupling-space sweep", "sweep"), ("ablation", "Modality ablation", "ablation"), ("sparsity", "Sparsity sweep", "sparsity")):
         if (frame["experiment"] == exp).any():
             lines += ["", f"### {title}", ""]

@@ -30,10 +30,15 @@ class StudyData(BaseModel):
     split: dict[str, Any] = Field(default_factory=dict)
     encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
     verdict: str = ""
+    # MostPop first, then each (model, adapter) arm against it (pipeline.study.analysis.floor_rows); empty for older studies
+    floor: list[dict[str, Any]] = Field(default_factory=list)
     gains: list[dict[str, Any]] = Field(default_factory=list)
     significance: list[dict[str, Any]] = Field(default_factory=list)
     overhead: list[dict[str, Any]] = Field(default_factory=list)
     user_groups: list[dict[str, Any]] = Field(default_factory=list)
+    # per experiment x model x item group (warm / cold / long tail) x metric; empty for older studies
+    item_groups: list[dict[str, Any]] = Field(default_factory=list)
+    cold_items: dict[str, Any] = Field(default_factory=dict)  # the cold-start phase: split, gains, significance
     searches: list[dict[str, Any]] = Field(default_factory=list)
     inspection: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
@@ -79,6 +84,19 @@ def main_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def floor_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
+    """MostPop, then every arm's seed-mean Recall@20 against it (valid decides, test shown)."""
+    head = ["run", "valid recall@20", "test recall@20", "seeds", "vs MostPop floor", "likely cause"]
+    rows = []
+    for f in data.floor:
+        if f["model"] == "mostpop":
+            rows.append(["MostPop (floor)", fmt_num(f["valid"]), fmt_num(f["test"]), "-", "the floor", "-"])
+            continue
+        verdict = f"BELOW ({f['below_seeds']}/{f['seeds']} seeds)" if f["below"] else (f"above ({f['below_seeds']}/{f['seeds']} seeds below)" if f["below_seeds"] else "above")
+        rows.append([f"{f['model']} {ADAPTER_LABEL.get(f['adapter'], f['adapter'])}", fmt_num(f["valid"]), fmt_num(f["test"]), str(f["seeds"]), verdict, "; ".join(f["causes"]) or "-"])
+    return head, rows
+
+
 def mean_gain_rows(data: StudyData) -> list[list[str]]:
 
     rows = []
@@ -119,6 +137,32 @@ def groups_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     head = ["model", "metric", "user group (train interactions)", "users", "base", "+BeFA", "relative gain"]
     rows = [[g["model"], g["metric"], g["train_interactions"], str(g["users"]), fmt_num(g["base"]), fmt_num(g["befa"]), _pct(g["relative_gain"])] for g in data.user_groups]
     return head, rows
+
+
+def item_groups_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
+    """Base vs +BeFA by item group, for the main split and the cold-items split."""
+    head = ["split", "model", "item group", "metric", "users", "base (mean ± std)", "+BeFA (mean ± std)", "relative gain", "Wilcoxon p", "Holm p"]
+    label = {"main": "main", "cold_items": "cold-items"}
+    rows = [
+        [label.get(g["experiment"], g["experiment"]), g["model"], g["group"], g["metric"], str(g["users"] if g["users"] is not None else "-"),
+         _ms(g["base_mean"], g["base_std"]), _ms(g["befa_mean"], g["befa_std"]), _pct(g["relative_gain"]),
+         _p(g["p_wilcoxon"]), _p(g["p_wilcoxon_holm"])]
+        for g in data.item_groups
+    ]
+    return head, rows
+
+
+def cold_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
+    """The cold-items split's base vs +BeFA (all test users), as the main table."""
+    return main_table(StudyData(title="", gains=data.cold_items.get("gains", []), significance=data.cold_items.get("significance", [])))
+
+
+ITEM_GROUPS_NOTE = (
+    "Item groups: warm = items the split does not hold out as cold; cold = the cold-items split's items with no "
+    "train interaction; long tail = the least popular 80% of items by train popularity. A group's metric counts, "
+    "per user, only the user's held-out items in the group (users with none are skipped); ranks are those of the "
+    "full ranking over all items. Wilcoxon over the group's users, Holm-adjusted over every row of this table."
+)
 
 
 def search_table(data: StudyData) -> tuple[list[str], list[list[str]]]:

@@ -14,6 +14,7 @@ from pipeline.reporting.study_tables import HEADLINE, PAPER_CLAIM
 from pipeline.study.params import StudyParams
 from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
+from pipeline.training.floor import FLOOR_METRIC, FLOOR_MODEL
 from pipeline.training.record import PER_USER, RunRecord
 
 # -- results ---------------------------------------------------------------------------
@@ -47,6 +48,10 @@ def result_rows(rec: RunRecord, spec: RunSpec, extra: dict[str, Any]) -> list[di
     for split_name, metrics in (("test", rec.test), ("valid", rec.best_valid)):
         for metric, value in sorted(metrics.items()):
             rows.append({**base, "split": split_name, "metric": metric, "value": float(value)})
+        # item groups (warm / cold / long tail) as metrics "<group>/<metric>"
+        for group, g in rec.item_groups.get(split_name, {}).items():
+            for metric, value in sorted(g.metrics.items()):
+                rows.append({**base, "split": split_name, "metric": f"{group}/{metric}", "value": float(value)})
     return rows
 
 
@@ -184,8 +189,49 @@ def gains_table(summary: pd.DataFrame, models: list[str]) -> list[dict[str, Any]
     return rows
 
 
-def verdict(gains: list[dict[str, Any]], sig: list[dict[str, Any]], alpha: float) -> str:
-    """One plain paragraph: did BeFA help here, by how much, against the paper's claim."""
+def floor_rows(runs: Runs, models: list[str]) -> list[dict[str, Any]]:
+    """MostPop's valid/test Recall@20, then each (model, adapter) arm's seed means against it
+    (below: the arm's mean valid value is under MostPop's; valid, the selection split)."""
+    floor = runs.get((FLOOR_MODEL, "none"))
+    if not floor:
+        return []
+    fv, ft = floor[0].best_valid.get(FLOOR_METRIC), floor[0].test.get(FLOOR_METRIC)
+    rows = [{"model": FLOOR_MODEL, "adapter": "none", "valid": fv, "test": ft, "seeds": 1, "below": None, "below_seeds": 0, "causes": []}]
+    for model in models:
+        for adapter in ("none", "befa"):
+            recs = runs.get((model, adapter), [])
+            if not recs or fv is None:
+                continue
+            valid = [r.best_valid.get(FLOOR_METRIC, 0.0) for r in recs]
+            test = [r.test.get(FLOOR_METRIC, 0.0) for r in recs]
+            causes = sorted({c.split(":")[0] for r in recs if r.below_floor for c in r.floor.causes})
+            rows.append({
+                "model": model, "adapter": adapter, "valid": sum(valid) / len(valid), "test": sum(test) / len(test), "seeds": len(recs),
+                "below": sum(valid) / len(valid) < fv, "below_seeds": sum(v < fv for v in valid), "causes": causes,
+            })
+    return rows
+
+
+def _floor_sentence(floor: list[dict[str, Any]] | None) -> tuple[str, bool]:
+    """(the verdict's floor sentence, whether every arm is below the floor)."""
+    if not floor:
+        return "", False
+    ref, arms = floor[0], floor[1:]
+    where = f"MostPop floor: test {FLOOR_METRIC} {ref['test']:.4f} (valid {ref['valid']:.4f})"
+    below = [f"{a['model']} {'+BeFA' if a['adapter'] == 'befa' else 'base'}" for a in arms if a["below"]]
+    if not below:
+        return f"{where}; every arm is above it.", False
+    causes = sorted({c for a in arms if a["below"] for c in a["causes"]})
+    why = f" (likely: {'; '.join(causes)})" if causes else ""
+    return (
+        f"{where}. Below it on valid: {', '.join(below)}{why}; a gain between runs that learned less than popularity says little about BeFA.",
+        len(below) == len(arms),
+    )
+
+
+def verdict(gains: list[dict[str, Any]], sig: list[dict[str, Any]], alpha: float, floor: list[dict[str, Any]] | None = None) -> str:
+    """One plain paragraph that leads with significance and the MostPop floor; the raw mean
+    gain (and the paper's claim) comes last, as what it is."""
     if not gains:
         return "No model was trained both ways, so the study cannot say whether BeFA helps."
     parts = []
@@ -210,17 +256,23 @@ def verdict(gains: list[dict[str, Any]], sig: list[dict[str, Any]], alpha: float
         )
     else:
         head = f"No significant effect of BeFA on this data for any of the {n_models} models"
-    return (
-        f"{head}. Mean relative gain over models, test at the best valid epoch: {'; '.join(parts)}. "
-        f"Significance: two-sided Wilcoxon signed-rank over test users (per-user differences averaged over seeds), "
-        f"Holm-adjusted across models and metrics, alpha = {alpha}."
+    text = (
+        f"{head}; tested with a two-sided Wilcoxon signed-rank over test users (per-user differences averaged over "
+        f"seeds), Holm-adjusted across models and metrics, alpha = {alpha}."
     )
+    floor_text, all_below = _floor_sentence(floor)
+    if all_below:
+        text = "Inconclusive: every run is below the MostPop floor, so this study cannot judge BeFA. " + text
+    caveat = "not significant for any model" if not (up or down) else "significant only where stated above"
+    gain_text = f"Raw mean relative gain over models ({caveat}; test at the best valid epoch): {'; '.join(parts)}."
+    return " ".join(t for t in (text, floor_text, gain_text) if t)
 
 
 def budget_notes(frame: pd.DataFrame, params: StudyParams) -> list[str]:
     """Say so when runs were cut by the epoch cap (not converged) or had a single seed."""
     notes = []
     runs = frame.drop_duplicates("run_dir")
+    runs = runs[runs["experiment"] != "floor"]  # MostPop trains nothing: no cap to hit
     capped = runs[runs["epochs_run"] >= params.epochs]
     if len(capped):
         notes.append(

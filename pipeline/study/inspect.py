@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from pipeline.data.image_modes import to_rgb
 from pipeline.data.importers.images import read_image_bytes
 from pipeline.evaluation.evaluator import topk_items
 from pipeline.reporting.common import pyplot, save_figure
@@ -107,7 +108,7 @@ def thumbnail(image_ref: str | None, dest: Path) -> bool:
     try:
         data = read_image_bytes(image_ref)
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             img.thumbnail(THUMB_SIZE)
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_suffix(".tmp")
@@ -245,11 +246,20 @@ def compare_top10(
 
 
 # -- plots -----------------------------------------------------------------------------------
+def gate_labels(item_table: pd.DataFrame, items: list[int], width: int = 28) -> list[str]:
+    """Heatmap row labels: the item's title (its id when untitled), with the id added to every
+    title that repeats among the rows (products often share a name, and two identical labels
+    would hide which row is which)."""
+    names = [str(item_table.iloc[i].get("title") or item_table.iloc[i]["item_id"])[:width] for i in items]
+    ids = [str(item_table.iloc[i]["item_id"]) for i in items]
+    return [f"{n} [{ident}]" if names.count(n) > 1 and n != ident else n for n, ident in zip(names, ids)]
+
+
 def plot_gates(stats: dict[str, dict[str, Any]], items: list[int], item_table: pd.DataFrame, path: Path, model: str) -> Path:
     plt = pyplot()
     mods = list(stats)
     fig, axes = plt.subplots(1, len(mods), figsize=(6.5 * len(mods), 0.28 * len(items) + 2), dpi=100, squeeze=False)
-    labels = [str(item_table.iloc[i].get("title") or item_table.iloc[i]["item_id"])[:28] for i in items]
+    labels = gate_labels(item_table, items)
     for ax, m in zip(axes[0], mods):
         im = ax.imshow(stats[m]["gates"], aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_yticks(range(len(items)), labels, fontsize=7)

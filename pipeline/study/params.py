@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from models import CONTENT_MODELS, MODELS, make_config
-from pipeline.job.params import DEFAULT_ENCODER, FOLDER_NAME, DataParams, PipelineError, PipelineParams, validate_params
+from pipeline.job.params import DEFAULT_ENCODER, FOLDER_NAME, DataParams, PipelineError, PipelineParams, cluster_address, validate_params
 from pipeline.settings import Settings
 
 DEFAULT_BEFA_GRID: dict[str, list[Any]] = {"befa.t": [1.0, 2.0, 4.0, 8.0], "befa.dropout": [0.1, 0.3, 0.5, 0.7]}
@@ -34,6 +34,10 @@ class StudyParams(DataParams):
         description="encoder spec; default EfficientNet-Lite2 (ImageNet) images + MiniLM text, both real weights",
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for training (default: every usable core)")
+    cluster: str | None = Field(
+        None, description="'ray://host:port' or 'auto': extraction and every phase's training runs on Ray (run cache under BEFA_HOME, shared)"
+    )
+    cpus_per_run: int = Field(1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray")
     # -- training --
     models: list[str] = Field(default_factory=lambda: ["bm3", "lattice", "freedom", "mgcn"])
     seeds: list[int] = Field(default_factory=lambda: [999, 1000, 1001], description="training seeds (default 3)")
@@ -55,7 +59,10 @@ class StudyParams(DataParams):
     sweep_t: list[float] | None = Field(default_factory=lambda: list(DEFAULT_SWEEP_T), description="None: no sweep")
     modality_sets: list[list[str]] | None = Field(default_factory=lambda: [list(s) for s in DEFAULT_MODALITY_SETS])
     train_fractions: list[float] | None = Field(default_factory=lambda: list(DEFAULT_FRACTIONS))
-    experiment_seeds: int | None = Field(None, ge=1, description="seeds for sweep/ablation/sparsity (default: all)")
+    experiment_seeds: int | None = Field(None, ge=1, description="seeds for sweep/ablation/sparsity/cold items (default: all)")
+    cold_fraction: float | None = Field(
+        0.2, gt=0, lt=1, description="item cold-start phase: share of items with no train interaction (None: no cold phase)"
+    )
     inspect_items: int = Field(24, ge=1)
     inspect_users: int = Field(4, ge=0)
     pooling: Literal["user_mean", "concat"] = "user_mean"
@@ -76,6 +83,11 @@ class StudyParams(DataParams):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v}")
         return v
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v: str | None) -> str | None:
+        return cluster_address(v)
 
     @field_validator("name")
     @classmethod
@@ -121,6 +133,7 @@ class StudyParams(DataParams):
         return PipelineParams(
             **data, models=self.models, adapters=["none", "befa"], epochs=self.epochs, patience=self.patience,
             seed=self.seeds[0], model_overrides=self.model_overrides, verify_checkpoints=False, run_name=self.name,
+            cluster=self.cluster, cpus_per_run=self.cpus_per_run,
         )
 
 

@@ -23,15 +23,30 @@
 5. **modality ablation**: image only, text only, both (base and +BeFA, every seed);
 6. **sparsity sweep**: 100 / 50 / 25 % of each user's train interactions
    (``Split.subsample_train``; valid and test unchanged), base and +BeFA, every seed;
-7. **what BeFA changes** (``pipeline.study.inspect``): gate heatmaps, cosine histograms,
+7. **item cold start** (``cold_fraction``, default 0.2): the cold-items split
+   (``pipeline.data.splits.split_cold_items``, seeded with ``split_seed``: that share of
+   the items has every interaction in valid/test, none in train); every model's base and
+   +BeFA search winners (searched on the main split), every experiment seed; paired
+   per-user tests as in the main table (Holm over models x metrics);
+8. **what BeFA changes** (``pipeline.study.inspect``): gate heatmaps, cosine histograms,
    top-10 of base vs +BeFA for a few users with posters;
-8. the report (``pipeline.reporting.study_report``): ``report.html``, ``report.md``,
+
+Every run also records its metrics by item group (warm, cold, long tail: the least
+popular 80% of items by train popularity; ``pipeline.evaluation.groups``); the report has
+a per-group table for the main table and the cold-start phase, with paired per-user tests
+on each group's users (``pipeline.study.item_groups``).
+
+9. the report (``pipeline.reporting.study_report``): ``report.html``, ``report.md``,
    ``results.parquet``, PNG plots.
 
 Runs are content-addressed: ``runs/<model>-<adapter>-<hash>-s<seed>`` where the hash covers
 the model config, the modalities, the split and the training budget; a run that already
 finished is reused (a study interrupted and restarted resumes, and the sweep/ablation/
 sparsity points that equal a main-table configuration are not trained twice).
+
+Each phase queues its independent runs and hands them to the runner as one batch
+(:meth:`StudyContext.run_batch`): one after another here, or with ``cluster`` one Ray task
+each (``StudyRunner.run_many``); the results table is the same either way.
 
 Folder: ``$BEFA_HOME/runs/studies/<name>/``.
 """
@@ -46,7 +61,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.data.catalog import Catalog
-from pipeline.data.splits import Split
+from pipeline.data.splits import Split, split_cold_items
 from pipeline.features.load import FeatureBundle, load_features
 from pipeline.job.params import FeaturesSummary, IngestSummary, SplitSummary
 from pipeline.job.steps import extract_step, ingest_step, split_step
@@ -57,6 +72,7 @@ from pipeline.settings import Settings
 from pipeline.study.analysis import (
     Runs,
     budget_notes,
+    floor_rows,
     gains_table,
     grid_size,
     overhead_rows,
@@ -68,9 +84,11 @@ from pipeline.study.analysis import (
     verdict,
 )
 from pipeline.study.inspect import inspect_adapter
+from pipeline.study.item_groups import group_significance, group_table_rows
 from pipeline.study.params import ADAPTERS, StudyError, StudyParams, StudyResult, validate_study
 from pipeline.study.runner import RunSpec, StudyRunner
-from pipeline.study.search import run_search
+from pipeline.study.search import run_search, search_result, search_trials
+from pipeline.training.floor import FLOOR_MODEL
 from pipeline.training.record import RunRecord
 from storage.atomic import write_json
 from storage.feature_store import FeatureStore
@@ -92,20 +110,28 @@ class StudyContext:
     runner: StudyRunner
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    cold_runs: Runs = field(default_factory=dict)  # (model, adapter) -> records on the cold-items split
+    cold_split_id: str | None = None
+    queued: list[tuple[RunSpec, dict[str, Any], list[RunRecord]]] = field(default_factory=list)  # the phase's batch so far
 
     @property
     def modalities(self) -> list[str]:
         return sorted(self.features.features)
 
-    def train_seeds(self, seeds: list[int], spec_of_seed: Callable[[int], RunSpec], extra: dict[str, Any] | None = None) -> list[RunRecord]:
-        """Train (or reuse) one run per seed; their rows join the results table."""
-        recs = []
-        for seed in seeds:
-            spec = spec_of_seed(seed)
-            rec = self.runner.train(spec)
-            self.rows.extend(result_rows(rec, spec, extra or {}))
-            recs.append(rec)
+    def queue_seeds(self, seeds: list[int], spec_of_seed: Callable[[int], RunSpec], extra: dict[str, Any] | None = None) -> list[RunRecord]:
+        """Queue one run per seed in the phase's batch; returns the list their records fill when
+        the batch runs (at the end of the phase, :meth:`run_batch`)."""
+        recs: list[RunRecord] = []
+        self.queued.extend((spec_of_seed(seed), extra or {}, recs) for seed in seeds)
         return recs
+
+    def run_batch(self) -> None:
+        """Train (or reuse) the queued runs as one batch (spread on Ray with ``cluster``); their
+        rows join the results table in the order they were queued, as if trained one by one."""
+        queued, self.queued = self.queued, []
+        for (spec, extra, recs), rec in zip(queued, self.runner.run_many([spec for spec, _, _ in queued])):
+            self.rows.extend(result_rows(rec, spec, extra))
+            recs.append(rec)
 
 
 def study_folder(params: StudyParams, settings: Settings) -> Path:
@@ -123,13 +149,16 @@ def run_study(params: StudyParams | dict[str, Any], settings: Settings, log: Cal
     _timed(ctx, "sweep_t", sweep_t, ctx, searches, main_runs)
     _timed(ctx, "ablation", modality_ablation, ctx, searches)
     _timed(ctx, "sparsity", sparsity_sweep, ctx, searches)
+    _timed(ctx, "cold_items", cold_items_phase, ctx, searches)
     inspection = _timed(ctx, "inspect", inspect, ctx, main_runs)
     return report(ctx, searches, main_runs, inspection, t_all)
 
 
 def _timed(ctx: StudyContext, name: str, phase: Callable[..., Any], *args: Any) -> Any:
+    """One phase: it queues its independent runs, then they run as one batch."""
     start = time.perf_counter()
     out = phase(*args)
+    ctx.run_batch()
     ctx.timings[name] = time.perf_counter() - start
     return out
 
@@ -154,23 +183,35 @@ def prepare(params: StudyParams, settings: Settings, log: Callable[[str], None])
 
 
 def search_all(ctx: StudyContext) -> dict[tuple[str, str], dict[str, Any]]:
-    """Phase 1: the valid-only search of every (model, adapter)."""
-    searches = {}
-    for model in ctx.params.models:
-        for adapter in ADAPTERS:
-            ctx.log(f"search {model} {adapter} (<= {ctx.params.max_trials} trials)")
-            searches[(model, adapter)] = run_search(ctx.runner, model, adapter, ctx.split.path, ctx.modalities)
+    """Phase 1: the valid-only search of every (model, adapter): every search's trials in one
+    batch, or, with a time budget (``max_minutes``), each search's trials one after another."""
+    p, keys = ctx.params, [(model, adapter) for model in ctx.params.models for adapter in ADAPTERS]
+    for model, adapter in keys:
+        ctx.log(f"search {model} {adapter} (<= {p.max_trials} trials)")
+    if p.max_minutes is not None:
+        searches = {(m, a): run_search(ctx.runner, m, a, ctx.split.path, ctx.modalities) for m, a in keys}
+    else:
+        start = time.perf_counter()
+        trials = {key: search_trials(p, *key, ctx.split.path, ctx.modalities) for key in keys}
+        records = iter(ctx.runner.run_many([spec for key in keys for _, spec in trials[key]]))
+        took = time.perf_counter() - start  # the batch's: its searches ran together
+        searches = {key: search_result(p, *key, trials[key], [next(records) for _ in trials[key]], took) for key in keys}
     write_json(ctx.folder / "search.json", json.loads(json.dumps({f"{m}/{a}": s for (m, a), s in searches.items()}, default=str)))
     return searches
 
 
 def main_table(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]]) -> Runs:
-    """Phase 2: every search winner with every seed."""
+    """Phase 2: every search winner with every seed; first MostPop, the floor the verdict and
+    every table compare against (one evaluation: it has nothing to train and no seed)."""
     main_runs: Runs = {}
+    main_runs[(FLOOR_MODEL, "none")] = ctx.queue_seeds(
+        ctx.params.seeds[:1],
+        lambda seed: RunSpec(model=FLOOR_MODEL, overrides={"adapter": "none"}, modalities=[], split=ctx.split.path, seed=seed, experiment="floor", setting="main"),
+    )
     for (model, adapter), s in searches.items():
         ctx.log(f"main {model} {adapter}: {len(ctx.params.seeds)} seeds")
         overrides = s["winner_overrides"]
-        main_runs[(model, adapter)] = ctx.train_seeds(
+        main_runs[(model, adapter)] = ctx.queue_seeds(
             ctx.params.seeds,
             lambda seed: RunSpec(model=model, overrides=overrides, modalities=ctx.modalities, split=ctx.split.path, seed=seed, experiment="main", setting="main"),
         )
@@ -191,10 +232,11 @@ def sweep_t(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]], 
     base_win, befa_win = _winners(ctx, searches)
     ctx.log(f"sweep {focus}: t in {p.sweep_t}")
     for t in p.sweep_t:
-        ctx.train_seeds(
+        ctx.queue_seeds(
             seeds,
             lambda seed: RunSpec(model=focus, overrides={**befa_win, "befa.t": float(t)}, modalities=ctx.modalities, split=ctx.split.path, seed=seed, experiment="sweep_t", setting=f"t={t:g}"),
         )
+    ctx.run_batch()  # the sweep's rows first, then the base reference rows, as the report reads them
     for seed_rec, seed in zip(main_runs[(focus, "none")], p.seeds):
         if seed in seeds:  # the base reference line of the sweep plot
             spec = RunSpec(model=focus, overrides=base_win, modalities=ctx.modalities, split=ctx.split.path, seed=seed, experiment="sweep_t", setting="base")
@@ -211,7 +253,7 @@ def modality_ablation(ctx: StudyContext, searches: dict[tuple[str, str], dict[st
         label = "+".join(sorted(mods))
         ctx.log(f"ablation {p.focus_model}: {label}")
         for win in _winners(ctx, searches):
-            ctx.train_seeds(
+            ctx.queue_seeds(
                 p.experiment_seed_list,
                 lambda seed: RunSpec(model=p.focus_model, overrides=win, modalities=sorted(mods), split=ctx.split.path, seed=seed, experiment="ablation", setting=label),
             )
@@ -227,15 +269,33 @@ def sparsity_sweep(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, 
         path = ctx.split.path if frac >= 1.0 else str(full.subsample_train(frac, seed=p.split_seed).save(ctx.folder / "splits"))
         ctx.log(f"sparsity {p.focus_model}: {frac:.0%} of train")
         for win in _winners(ctx, searches):
-            ctx.train_seeds(
+            ctx.queue_seeds(
                 p.experiment_seed_list,
                 lambda seed: RunSpec(model=p.focus_model, overrides=win, modalities=ctx.modalities, split=path, seed=seed, experiment="sparsity", setting=f"train={frac:.0%}"),
                 {"train_fraction": frac},
             )
 
 
+def cold_items_phase(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Phase 6: every model's base and +BeFA winners on the item cold-start split."""
+    p = ctx.params
+    if not p.cold_fraction:
+        return
+    split = split_cold_items(ctx.catalog, p.cold_fraction, seed=p.split_seed, k_core=p.k_core)
+    path = str(split.save(ctx.folder / "splits"))
+    ctx.cold_split_id, setting = split.id, f"cold={p.cold_fraction:.0%}"
+    for model in p.models:
+        for adapter in ADAPTERS:
+            ctx.log(f"cold items {model} {adapter}: {split.cold_items.size} cold items, {len(p.experiment_seed_list)} seeds")
+            win = searches[(model, adapter)]["winner_overrides"]
+            ctx.cold_runs[(model, adapter)] = ctx.queue_seeds(
+                p.experiment_seed_list,
+                lambda seed: RunSpec(model=model, overrides=win, modalities=ctx.modalities, split=path, seed=seed, experiment="cold_items", setting=setting),
+            )
+
+
 def inspect(ctx: StudyContext, main_runs: Runs) -> dict[str, Any]:
-    """Phase 6: what BeFA changes (gates, cosines, top-10 of base vs +BeFA), first seed."""
+    """Phase 7: what BeFA changes (gates, cosines, top-10 of base vs +BeFA), first seed."""
     p, focus = ctx.params, ctx.params.focus_model
     return inspect_adapter(
         base_run=main_runs[(focus, "none")][0].run_dir,
@@ -254,13 +314,16 @@ def inspect(ctx: StudyContext, main_runs: Runs) -> dict[str, Any]:
 def report(
     ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]], main_runs: Runs, inspection: dict[str, Any], t_all: float
 ) -> StudyResult:
-    """Phase 7: the analysis, the verdict and the report files; returns the study's result."""
+    """Phase 8: the analysis, the verdict and the report files; returns the study's result."""
     p = ctx.params
     frame = results_frame(ctx.rows)
     summary = summarise(frame[frame["experiment"] == "main"], ["model", "adapter"])
     gains = gains_table(summary, p.models)
     sig = significance(main_runs, p.models, p.pooling, p.alpha)
-    text = verdict(gains, sig, p.alpha)
+    floor = floor_rows(main_runs, p.models)
+    text = verdict(gains, sig, p.alpha, floor)
+    cold_sig = significance(ctx.cold_runs, p.models, p.pooling, p.alpha) if ctx.cold_runs else []
+    group_sig = group_significance({"main": main_runs, "cold_items": ctx.cold_runs}, p.models, p.pooling, p.alpha)
     ctx.timings["total"] = time.perf_counter() - t_all
     data = StudyData(
         title=f"BeFA study: {ctx.ingest.name}",
@@ -269,10 +332,13 @@ def report(
         split={"id": ctx.split.id, "kind": ctx.split.kind, "seed": ctx.split.seed, "counts": ctx.split.counts},
         encoders=_encoder_info(ctx.extract),
         verdict=text,
+        floor=floor,
         gains=gains,
         significance=sig,
         overhead=overhead_rows(main_runs, p.models),
         user_groups=user_groups(main_runs, p.models, Split.load(ctx.split.path).frame),
+        item_groups=group_table_rows(frame, group_sig),
+        cold_items=_cold_info(ctx, frame, cold_sig),
         searches=[_search_info(m, a, s) for (m, a), s in searches.items()],
         inspection=inspection,
         timings=ctx.timings,
@@ -296,6 +362,19 @@ def report(
     ctx.log(text)
     ctx.log(f"report: {files['report_html']}")
     return result
+
+
+def _cold_info(ctx: StudyContext, frame: Any, sig: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cold-start phase for the report: its split, gains (mean ± std) and paired tests."""
+    if not ctx.cold_runs:
+        return {}
+    cold = frame[frame["experiment"] == "cold_items"]
+    return {
+        "cold_fraction": ctx.params.cold_fraction,
+        "split_id": ctx.cold_split_id,
+        "gains": gains_table(summarise(cold, ["model", "adapter"]), ctx.params.models),
+        "significance": sig,
+    }
 
 
 def _dataset_info(ingest: IngestSummary) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 A run's folder name hashes its model config, modalities, split, budget and feature
 snapshots, so a study interrupted and restarted resumes, and equal configurations in
 different experiments are not trained twice.
+
+A phase hands its independent runs over as one batch (:meth:`StudyRunner.run_many`):
+trained one after another here, or with ``cluster`` one Ray task each
+(``pipeline.job.ray_runs``; the folders and their cache on storage the workers share).
+Either way the cache is checked here first, so a finished run is never resubmitted, and
+each run is seeded by its own spec, so its metrics do not depend on where it ran.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from pipeline.job.ray_runs import claim_run, die_once_when_armed, map_on_ray
 from pipeline.settings import Settings
 from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
 from pipeline.training.prepare import FeatureBundle
+from pipeline.training.liveness import interrupted_note
 from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord
 
 
@@ -68,23 +76,42 @@ class StudyRunner:
 
     def train(self, spec: RunSpec) -> RunRecord:
         """The run's record, training it unless an identical finished run exists."""
-        run_dir = self.run_dir(spec)
-        record_path = run_dir / RECORD
-        if record_path.exists():
-            rec = RunRecord.load(run_dir)
-            if rec.status in FINISHED and (run_dir / PER_USER).exists():
+        return self.run_many([spec])[0]
+
+    def run_many(self, specs: list[RunSpec]) -> list[RunRecord]:
+        """The records of independent runs (in order), training those no finished run covers:
+        one after another here, or as Ray tasks with ``cluster``. Equal specs train once."""
+        dirs = [self.run_dir(spec) for spec in specs]
+        todo: dict[Path, RunSpec] = {}
+        for spec, run_dir in zip(specs, dirs):
+            if run_dir in todo or self._finished(run_dir):
                 self.reused += 1
-                return rec
-        sub = self.features.subset(spec.modalities)
-        start = time.perf_counter()
-        train_model(
-            self.catalog_dir, spec.split, sub, spec.model, overrides=spec.overrides, run_dir=run_dir, seed=spec.seed,
-            device=self.params.device, max_epochs=self.params.epochs, patience=self.params.patience,
-            resume=(run_dir / LAST).exists() and record_path.exists(), quiet=True, overwrite=True,
-            num_threads=self.params.num_threads,
-            graph_cache_dir=self.settings.home / "graph-cache",
-        )
-        took = time.perf_counter() - start
+            else:
+                todo[run_dir] = spec
+        if self.params.cluster and todo:
+            calls = [(spec, run_dir) for run_dir, spec in todo.items()]
+            map_on_ray(
+                train_on_worker, calls, cluster=self.params.cluster, cpus_per_run=self.params.cpus_per_run, device=self.params.device,
+                common=(self.params, self.settings, self.catalog_dir, self.features), on_result=lambda i, took: self._done(*calls[i], took),
+            )
+        else:
+            for run_dir, spec in todo.items():
+                took = train_spec(self.params, self.settings, self.catalog_dir, self.features, spec, run_dir, self.params.num_threads)
+                self._done(spec, run_dir, took)
+        return [RunRecord.load(run_dir) for run_dir in dirs]
+
+    def _finished(self, run_dir: Path) -> bool:
+        """Whether a finished run is there to reuse (an interrupted one is said so, then resumed)."""
+        if not (run_dir / RECORD).exists():
+            return False
+        rec = RunRecord.load(run_dir)
+        if rec.status in FINISHED and (run_dir / PER_USER).exists():
+            return True
+        if rec.state == "interrupted":  # a killed study: say so, then continue the run where it stopped
+            self.log(f"  {interrupted_note(rec)}: the study resumes it now")
+        return False
+
+    def _done(self, spec: RunSpec, run_dir: Path, took: float) -> None:
         self.seconds += took
         self.trained += 1
         rec = RunRecord.load(run_dir)
@@ -92,4 +119,25 @@ class StudyRunner:
             f"  {spec.experiment} {spec.setting}: {spec.model} {'+BeFA' if spec.adapter == 'befa' else 'base'} seed {spec.seed}: "
             f"{len(rec.epochs)} epochs, valid R@20 {rec.best_valid.get('recall@20', float('nan')):.4f} ({took:.0f} s)"
         )
-        return rec
+
+
+def train_spec(
+    params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path,
+    num_threads: int | None, on_epoch_end: Callable[[int, RunRecord], None] | None = None,
+) -> float:
+    """Train one study run into ``run_dir`` (continuing a run a kill left there); returns its seconds."""
+    start = time.perf_counter()
+    train_model(
+        catalog_dir, spec.split, features.subset(spec.modalities), spec.model, overrides=spec.overrides, run_dir=run_dir,
+        seed=spec.seed, device=params.device, max_epochs=params.epochs, patience=params.patience,
+        resume=(run_dir / LAST).exists() and (run_dir / RECORD).exists(), quiet=True, overwrite=True,
+        num_threads=num_threads, graph_cache_dir=settings.home / "graph-cache", on_epoch_end=on_epoch_end,
+    )
+    return time.perf_counter() - start
+
+
+def train_on_worker(params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path) -> float:
+    """:func:`train_spec` as a Ray task: as many torch threads as the CPUs it reserved. A retried
+    task (its worker was lost) continues from the run's last checkpoint, as a resumed study does."""
+    claim_run(run_dir)
+    return train_spec(params, settings, catalog_dir, features, spec, run_dir, params.cpus_per_run, die_once_when_armed)

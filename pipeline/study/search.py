@@ -148,25 +148,47 @@ def search_plan(params: StudyParams, model: str, adapter: str, spare: int = 4) -
     return [{**mp, **befa_pts[k % len(befa_pts)]} for k, mp in enumerate(model_pts)] or [{}]
 
 
-def run_search(runner: StudyRunner, model: str, adapter: str, split: str, modalities: list[str]) -> dict[str, Any]:
-    """Valid-only search for one (model, adapter); returns the winner and every trial's valid metrics."""
-    p = runner.params
-    grid = model_grid(p, model) if adapter == "none" else {**model_grid(p, model), **p.befa_grid}
+def search_trials(p: StudyParams, model: str, adapter: str, split: str, modalities: list[str]) -> list[tuple[dict[str, Any], RunSpec]]:
+    """The trials of one (model, adapter) search, in order: (grid point, run spec), at most
+    ``max_trials``, a point whose resolved configuration an earlier one has (the default may
+    equal a grid point) skipped. They are independent: a phase submits them as one batch."""
     fixed = {**p.fixed_overrides(model), "adapter": adapter}
-    trials, seen = [], set()
-    start = time.perf_counter()
+    trials: list[tuple[dict[str, Any], RunSpec]] = []
+    seen = set()
     for point in search_plan(p, model, adapter):
         if len(trials) >= p.max_trials:
             break
         overrides = {**fixed, **point}
         key = _resolved(model, overrides)
-        if key in seen:  # the default may equal a grid point
+        if key in seen:
             continue
-        if trials and p.max_minutes is not None and time.perf_counter() - start > 60 * p.max_minutes:
-            runner.log(f"  search {model} {adapter}: time budget of {p.max_minutes} min reached after {len(trials)} trials")
-            break
         seen.add(key)
-        rec = runner.train(RunSpec(model=model, overrides=overrides, modalities=modalities, split=split, seed=p.seeds[0], experiment="search", setting=json.dumps(point) if point else "default"))
-        trials.append({"point": point, "overrides": overrides, "valid": dict(rec.best_valid), "run_dir": rec.run_dir, "best_epoch": rec.best_epoch})
-    winner = select_on_valid([t["valid"] for t in trials])
-    return {"model": model, "adapter": adapter, "grid": grid, "trials": trials, "winner": winner, "winner_overrides": trials[winner]["overrides"], "seconds": time.perf_counter() - start}
+        setting = json.dumps(point) if point else "default"
+        trials.append((point, RunSpec(model=model, overrides=overrides, modalities=modalities, split=split, seed=p.seeds[0], experiment="search", setting=setting)))
+    return trials
+
+
+def search_result(p: StudyParams, model: str, adapter: str, trials: list[tuple[dict[str, Any], RunSpec]], records: list[Any], seconds: float) -> dict[str, Any]:
+    """One search's winner (on VALID only) and every trial's valid metrics, from its trials' records."""
+    grid = model_grid(p, model) if adapter == "none" else {**model_grid(p, model), **p.befa_grid}
+    rows = [
+        {"point": point, "overrides": spec.overrides, "valid": dict(rec.best_valid), "run_dir": rec.run_dir, "best_epoch": rec.best_epoch}
+        for (point, spec), rec in zip(trials, records)
+    ]
+    winner = select_on_valid([t["valid"] for t in rows])
+    return {"model": model, "adapter": adapter, "grid": grid, "trials": rows, "winner": winner, "winner_overrides": rows[winner]["overrides"], "seconds": seconds}
+
+
+def run_search(runner: StudyRunner, model: str, adapter: str, split: str, modalities: list[str]) -> dict[str, Any]:
+    """One search's trials one after another, with the ``max_minutes`` budget checked between
+    them (what a time budget needs; without one, the study batches every search's trials)."""
+    p = runner.params
+    done, records = [], []
+    start = time.perf_counter()
+    for trial in search_trials(p, model, adapter, split, modalities):
+        if done and p.max_minutes is not None and time.perf_counter() - start > 60 * p.max_minutes:
+            runner.log(f"  search {model} {adapter}: time budget of {p.max_minutes} min reached after {len(done)} trials")
+            break
+        records.append(runner.train(trial[1]))
+        done.append(trial)
+    return search_result(p, model, adapter, done, records, time.perf_counter() - start)

@@ -11,6 +11,8 @@ Sizes come from the catalog: items are the catalog's items (cold items stay rank
 users are max(user_idx) + 1 (never nunique). Duplicate (user, item) rows inside a part
 are collapsed; valid/test rows of users with no train row are dropped (spec section 1)
 and counted in ``PreparedData.notes``. Bad input raises a ValueError naming the row.
+The evaluator also reports metrics per item group (warm, cold when the split records
+cold items, long tail by train popularity: ``pipeline.evaluation.groups``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from models.base import TrainData
 from pipeline.evaluation.evaluator import Evaluator, UserItems
+from pipeline.evaluation.groups import item_groups
 
 TRAIN, VALID, TEST = 0, 1, 2
 
@@ -160,7 +163,9 @@ def prepare_data(
         name: UserItems.from_pairs(num_users, tensor(parts[lab][0]), tensor(parts[lab][1]))
         for lab, name in ((VALID, "valid"), (TEST, "test"))
     }
-    evaluator = Evaluator(UserItems.from_pairs(num_users, tu, ti), heldout, num_items)
+    # item groups (warm / cold / long tail) from train popularity and the split's cold list
+    groups = item_groups(num_items, parts[TRAIN][1], getattr(split, "meta", {}).get("cold_items"))
+    evaluator = Evaluator(UserItems.from_pairs(num_users, tu, ti), heldout, num_items, item_groups=groups)
     counts = {
         "users": num_users,
         "items": num_items,

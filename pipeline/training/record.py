@@ -28,6 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.training.floor import BatchPlan, FloorCheck
+from pipeline.training.liveness import ProcessInfo, run_state
 from storage.atomic import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +49,25 @@ class EpochLog(BaseModel):
     train_s: float
     eval_s: float
     valid: dict[str, float]
+
+
+class ItemGroupMetrics(BaseModel):
+    """Metrics of one item group (warm, cold, long tail) on one part at the best valid epoch
+    (definition: ``pipeline.evaluation.groups``)."""
+
+    users: int  # users with >= 1 held-out item in the group
+    heldout: int  # held-out (user, item) pairs in the group
+    metrics: dict[str, float] = Field(default_factory=dict)  # recall@20, ndcg@20
+
+
+def item_group_metrics(results: dict[str, Any]) -> dict[str, dict[str, ItemGroupMetrics]]:
+    """part -> group -> ItemGroupMetrics from the evaluator's results (EvalResult.groups)."""
+    return {
+        # a group without users has no metric (NaN is not valid JSON): metrics stay empty
+        part: {g: ItemGroupMetrics(users=r.users, heldout=r.heldout, metrics=dict(r.metrics) if r.users else {}) for g, r in res.groups.items()}
+        for part, res in results.items()
+        if getattr(res, "groups", None)
+    }
 
 
 class RunRecord(BaseModel):
@@ -76,6 +97,9 @@ class RunRecord(BaseModel):
     best_epoch: int | None = None
     best_valid: dict[str, float] = Field(default_factory=dict)
     test: dict[str, float] = Field(default_factory=dict)  # test metrics at the best valid epoch
+    # part (valid, test) -> item group (warm, cold, long_tail) -> metrics at the best valid
+    # epoch; absent (empty) in records written before item groups existed
+    item_groups: dict[str, dict[str, ItemGroupMetrics]] = Field(default_factory=dict)
     selection_metric: str = "recall@20"
     wall: dict[str, float] = Field(default_factory=dict)
     memory: dict[str, float] = Field(default_factory=dict)
@@ -84,12 +108,27 @@ class RunRecord(BaseModel):
     resumed_at: list[str] = Field(default_factory=list)
     error: str | None = None
     sources: dict[str, str | None] = Field(default_factory=dict)  # catalog / split paths, for evaluate_run
+    # the small-catalog batch rule as applied (pipeline.training.floor); None in older records
+    batching: BatchPlan | None = None
+    # MostPop on the same split and whether this run ended below it; None for MostPop and older records
+    floor: FloorCheck | None = None
+    # who trains it: tells a killed run ("running" forever) from a live one (pipeline.training.liveness)
+    process: ProcessInfo | None = None
     # where this record was read from (set by ``load``; never written into run.json)
     run_dir: str | None = Field(None, exclude=True)
 
     @property
     def adapter(self) -> str:
         return str(self.config.get("adapter", "none"))
+
+    @property
+    def state(self) -> str:
+        """``status``, except that a ``running`` run whose process is gone reads ``interrupted``."""
+        return run_state(self.status, self.process, self.run_dir)
+
+    @property
+    def below_floor(self) -> bool:
+        return bool(self.floor and self.floor.below)
 
     def save(self, run_dir: str | Path) -> Path:
         return write_json(Path(run_dir) / RECORD, self.model_dump(mode="json"))

@@ -10,11 +10,20 @@ Protocol (spec section 1):
 - after every epoch: full-ranking evaluation of valid (and test, from the same top-K
   pass, which costs one extra lookup); early stopping when valid Recall@20 has not
   strictly improved for ``patience`` (10) consecutive epochs. (The reference toolbox
-  stops one epoch later, after patience + 1; we follow the spec's wording.) Test metrics
+  stops one epoch later, after patience + 1; we follow the spec's wording.) befa compares
+  the raw float valid Recall@20, where the reference rounds the valid metric to 4 decimals
+  before comparing: there a gain that does not show in the 4th decimal is no improvement,
+  here any strict gain is, so on the same curve befa may pick a slightly later best epoch
+  and stop later than the reference. Test metrics
   are reported at the best valid epoch and never used for any decision;
 - ``max_epochs`` (1000) bounds the run;
 - models with ``trainable = False`` (MostPop) or without trainable parameters are
-  evaluated once, with no optimisation.
+  evaluated once, with no optimisation;
+- small catalogs (``pipeline.training.floor``): an epoch has at least
+  ``min_batches_per_epoch`` (16) batches, the batch shrinking when the train split is too
+  small for 16 batches of ``batch_size`` (``RunRecord.batching``); and every trainable run
+  is checked against MostPop on the same split (``RunRecord.floor``), flagged when its best
+  valid Recall@20 ends below it.
 
 Determinism: ``torch.manual_seed(seed)`` before the model is built, and one
 ``torch.Generator`` seeded with ``seed`` for shuffling and negatives. On CPU two runs
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +51,21 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from models.base import ModelConfig, Recommender
+from models.mostpop import MostPop
 from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.allocator import keep_freed_memory
 from pipeline.training.checkpoints import load_last, load_weights, save_last, save_per_user, save_weights
 from pipeline.training.device import cpu_count, peak_memory, sync, torch_threads
 from pipeline.training.epochs import is_trainable, make_optimiser, run_epoch
+from pipeline.training.floor import FLOOR_METRIC, MIN_BATCHES_PER_EPOCH, FloorCheck, judge_floor, plan_batches
+from pipeline.training.liveness import mark_active, this_process
 from pipeline.training.prepare import PreparedData
-from pipeline.training.record import BEST, LAST, PER_USER, RECORD, EpochLog, RunRecord, code_version, now
+from pipeline.training.record import BEST, LAST, PER_USER, RECORD, EpochLog, RunRecord, code_version, item_group_metrics, now
+from pipeline.training.run_folder import FeaturesChanged, RunFolderBusy, check_previous
 from pipeline.training.sampling import NegativeSampler
+
+__all__ = ["FeaturesChanged", "RunFolderBusy", "RunResult", "TrainerConfig", "TrainingInterrupted", "fit"]
 
 
 class TrainerConfig(BaseModel):
@@ -62,6 +78,8 @@ class TrainerConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1, description="CPU threads; default: the CPUs this process may use")
     amp: bool = Field(False, description="bf16 autocast for the loss on CUDA (off by default: not validated here)")
     quiet: bool = False
+    min_batches_per_epoch: int = Field(MIN_BATCHES_PER_EPOCH, ge=1, description="small-catalog rule: the batch shrinks so an epoch has at least this many")
+    floor: bool = Field(True, description="evaluate MostPop on the split first and flag a run that ends below it")
 
 
 @dataclass
@@ -111,35 +129,60 @@ def fit(
     catalog: str | None = None,
     on_epoch_end: Callable[[int, RunRecord], None] | None = None,
     sources: dict[str, str | None] | None = None,
+    allow_new_features: bool = False,
 ) -> RunResult:
     """Train ``model_cls(prepared.train, config)`` to early stop; write the run folder.
 
-    The torch thread count is set for the run and restored afterwards."""
+    ``config.batch_size`` is the asked-for batch; the run uses (and records as its config)
+    the one the small-catalog rule gives. ``resume`` continues the folder's run only on the
+    feature snapshots it recorded, unless ``allow_new_features``. The torch thread count is
+    set for the run and restored afterwards."""
     trainer = trainer or TrainerConfig()
     run_dir = Path(run_dir)
     device = prepared.train.device
     with torch_threads((trainer.num_threads or cpu_count()) if device.type == "cpu" else None):
-        _check_run_folder(prepared, run_dir, resume, overwrite)
+        plan = plan_batches(int(prepared.train.train_items.numel()), config.batch_size, trainer.min_batches_per_epoch)
+        config = config.model_copy(update={"batch_size": plan.batch_size})
+        _check_run_folder(prepared, run_dir, resume, overwrite, config, allow_new_features)
+        floor = _floor(model_cls, prepared) if trainer.floor else None
         model, graph_build_s = _build_model(model_cls, config, prepared, trainer.seed)
         record = _new_record(model, config, prepared, trainer, graph_build_s, catalog, sources)
         if not is_trainable(model):
             return _evaluate_once(model, prepared, record, run_dir, trainer)
+        record.batching, record.floor = plan, floor
         loop = _Loop.start(model, config, prepared, trainer, record, run_dir)
         if resume and (run_dir / LAST).exists():
             _restore(loop)
-        return _finish(loop, _train_epochs(loop, on_epoch_end), graph_build_s)
+        if plan.adapted:
+            loop.log(f"{loop.label}: {plan.note()}")
+        record.save(run_dir)  # from here on a kill leaves a record that names its process
+        mark_active(run_dir, True)
+        try:
+            return _finish(loop, _train_epochs(loop, on_epoch_end), graph_build_s)
+        finally:
+            mark_active(run_dir, False)
 
 
-def _check_run_folder(prepared: PreparedData, run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_folder(
+    prepared: PreparedData, run_dir: Path, resume: bool, overwrite: bool, config: ModelConfig, allow_new_features: bool
+) -> None:
     if prepared.train.device.type == "cpu":
         keep_freed_memory()
     if prepared.evaluator.heldout["valid"].users_with_items().numel() == 0:
         raise ValueError(f"split {prepared.train.split_id}: no valid rows, so early stopping on valid Recall@20 is impossible")
-    if not resume and (run_dir / RECORD).exists() and not overwrite:
-        raise FileExistsError(f"{run_dir}: already holds a run; pass resume=True to continue it or overwrite=True")
+    if (run_dir / RECORD).exists():
+        check_previous(RunRecord.load(run_dir), prepared.train.feature_snapshots, config.model_dump(mode="json"), resume, overwrite, allow_new_features)
     run_dir.mkdir(parents=True, exist_ok=True)
     if prepared.train.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(prepared.train.device)
+
+
+def _floor(model_cls: type[Recommender], prepared: PreparedData) -> FloorCheck | None:
+    """MostPop on the run's split (one evaluation; no random numbers drawn); None for a model with nothing to train."""
+    if not getattr(model_cls, "trainable", True):
+        return None
+    res = evaluate_model(MostPop(prepared.train).to(prepared.train.device), prepared.evaluator, ("valid", "test"))
+    return FloorCheck(floor_valid=res["valid"].metrics[FLOOR_METRIC], floor_test=res["test"].metrics[FLOOR_METRIC])
 
 
 def _build_model(model_cls: type[Recommender], config: ModelConfig, prepared: PreparedData, seed: int) -> tuple[Recommender, float]:
@@ -179,6 +222,7 @@ def _new_record(
         parameters=model.parameter_report(),
         graph_build_s=graph_build_s,
         sources=dict(sources or {}),
+        process=this_process(),
     )
 
 
@@ -190,6 +234,7 @@ def _evaluate_once(model: Recommender, prepared: PreparedData, record: RunRecord
     eval_s = time.perf_counter() - t1
     record.epochs = [EpochLog(epoch=0, loss=None, lr=None, train_s=0.0, eval_s=eval_s, valid=res["valid"].metrics)]
     record.best_epoch, record.best_valid, record.test = 0, res["valid"].metrics, res["test"].metrics
+    record.item_groups = item_group_metrics(res)
     record.status, record.finished_at = "evaluated_only", now()
     record.wall = {"train_total_s": 0.0, "eval_mean_s": eval_s, "graph_build_s": record.graph_build_s or 0.0}
     record.memory = peak_memory(device)
@@ -246,6 +291,10 @@ class _Loop:
             "record": self.record.model_dump_json(),
         }
 
+    @property
+    def label(self) -> str:
+        return f"{self.record.model}{'+befa' if self.record.adapter == 'befa' else ''}"
+
     def log(self, message: str) -> None:
         if not self.trainer.quiet:
             tqdm.write(message)
@@ -261,6 +310,7 @@ def _restore(loop: _Loop) -> None:
     previous, record = RunRecord.model_validate(json.loads(state["record"])), loop.record
     record.epochs, record.best_epoch = previous.epochs, previous.best_epoch
     record.best_valid, record.test = previous.best_valid, previous.test
+    record.item_groups = previous.item_groups
     record.started_at = previous.started_at
     record.resumed_at = [*previous.resumed_at, now()]
     loop.log(f"resuming {loop.run_dir} at epoch {loop.start_epoch} (best valid R@20 {loop.best:.4f}, {loop.bad_epochs} epochs without gain)")
@@ -270,7 +320,9 @@ def _train_epochs(loop: _Loop, on_epoch_end: Callable[[int, RunRecord], None] | 
     """Epochs until early stop or ``max_epochs``; returns the run's status."""
     if loop.bad_epochs >= loop.trainer.patience:
         return "early_stopped"
-    bar = tqdm(range(loop.start_epoch, loop.trainer.max_epochs), desc=loop.record.model, disable=loop.trainer.quiet, leave=False, dynamic_ncols=True)
+    # the bar only on a terminal: in a log, the epoch lines alone (a bar there is a \r-smeared line)
+    quiet = loop.trainer.quiet or not sys.stderr.isatty()
+    bar = tqdm(range(loop.start_epoch, loop.trainer.max_epochs), desc=loop.label, disable=quiet, leave=False, dynamic_ncols=True)
     try:
         for epoch in bar:
             if _one_epoch(loop, epoch, on_epoch_end):
@@ -312,6 +364,7 @@ def _one_epoch(loop: _Loop, epoch: int, on_epoch_end: Callable[[int, RunRecord],
     if improved:
         loop.best, loop.bad_epochs, loop.best_results = score, 0, res
         record.best_epoch, record.best_valid, record.test = epoch, valid, res["test"].metrics
+        record.item_groups = item_group_metrics(res)
         save_weights(loop.run_dir / BEST, model, inputs, {"epoch": str(epoch)})
         save_per_user(loop.run_dir / PER_USER, res)
     else:
@@ -320,7 +373,7 @@ def _one_epoch(loop: _Loop, epoch: int, on_epoch_end: Callable[[int, RunRecord],
     record.memory = peak_memory(device)
     record.save(loop.run_dir)
     loop.log(
-        f"{record.model} epoch {epoch:4d}  loss {mean_loss:.4f}  valid R@20 {score:.4f}"
+        f"{loop.label} epoch {epoch:4d}  loss {mean_loss:.4f}  valid R@20 {score:.4f}"
         f"{' *' if improved else '  '}  {train_s:.2f} s/epoch  eval {eval_s:.2f} s"
     )
     if on_epoch_end is not None:
@@ -342,14 +395,18 @@ def _finish(loop: _Loop, status: str, graph_build_s: float) -> RunResult:
         "epochs": len(record.epochs),
     }
     record.memory = peak_memory(loop.device)
+    if record.floor is not None:
+        record.floor = judge_floor(record.floor, record, record.batching)
     record.save(loop.run_dir)
     load_weights(loop.run_dir / BEST, loop.model)
     best = loop.best_results
     if best is None:  # resumed after the best epoch: recompute from the best checkpoint
         best = evaluate_model(loop.model, loop.prepared.evaluator, ("valid", "test"))
     loop.log(
-        f"{record.model}: {status} after {len(record.epochs)} epochs; best epoch {record.best_epoch}: "
+        f"{loop.label}: {status} after {len(record.epochs)} epochs; best epoch {record.best_epoch}: "
         f"valid R@20 {record.best_valid.get(SELECTION_METRIC, float('nan')):.4f}, "
         f"test R@20 {record.test.get(SELECTION_METRIC, float('nan')):.4f}"
+        # the callers (befa train, befa run, the flow) print the full line with the likely causes
+        + (f"; BELOW the MostPop floor (valid R@20 {record.floor.floor_valid:.4f})" if record.below_floor else "")
     )
     return RunResult(loop.run_dir, record, loop.model, best["valid"], best["test"])
