@@ -1,6 +1,8 @@
-"""Prefect artifacts of a pipeline run: test metrics base vs +BeFA, and the report.
+"""Prefect artifacts of a pipeline run: test metrics base vs +BeFA, the report, and the
+first rows of the recommendations file.
 
-Keys are stable per catalog (``befa-metrics-<catalog>``, ``befa-report-<catalog>``), so
+Keys are stable per catalog (``befa-metrics-<catalog>``, ``befa-report-<catalog>``,
+``befa-recommendations-<catalog>``), so
 the Prefect UI shows one artifact per catalog with its history of versions, one per run.
 Artifact keys may hold only lower-case letters, digits and dashes.
 """
@@ -46,4 +48,16 @@ def publish_artifacts(result: PipelineResult) -> dict[str, str]:
     # image links in report.md are relative to the run folder: point at the files instead
     markdown = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"{m.group(1)}: `{Path(result.folder) / m.group(2)}`", markdown)
     create_markdown_artifact(markdown=markdown, key=md_key, description=f"befa pipeline report, catalog {catalog}")
-    return {"table": table_key, "markdown": md_key}
+    keys = {"table": table_key, "markdown": md_key}
+    recs = result.recommendations
+    if recs is not None:
+        keys["recommendations"] = artifact_key("recommendations", catalog)
+        create_table_artifact(
+            table=recs.head or [{"user_id": "", "rank": 0, "item_id": "", "score": 0.0}],
+            key=keys["recommendations"],
+            description=(
+                f"First rows of the top-K recommendations from {recs.model} {recs.adapter} (best by {recs.chosen_by}), "
+                f"{recs.users} users, {recs.rows} rows; full file: {recs.path}"
+            ),
+        )
+    return keys

@@ -95,6 +95,8 @@ class Recommender(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     uses_content: ClassVar[bool] = False
+    # whether an item added after training (no ID embedding) gets a content-based representation
+    serves_new_items: ClassVar[bool] = False
 
     def __init__(self, data: TrainData, config: ModelConfig):
         super().__init__()
@@ -110,6 +112,15 @@ class Recommender(nn.Module):
 
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def serving_embeddings(self, user_emb: Tensor, item_emb: Tensor, trained_items: int) -> tuple[Tensor, Tensor]:
+        """The representations to serve, from ``inference_embeddings()`` of a model built over
+        more items than it trained: rows ``>= trained_items`` are items added after training,
+        whose ID embedding is zero (``pipeline.serving.servable``). A model whose content
+        reaches its item representation through a graph (FREEDOM, LATTICE, MGCN) needs
+        nothing here; a model whose content enters only through its loss (BM3) overrides this
+        to give new items a content-derived row. Only called when ``serves_new_items``."""
+        return user_emb, item_emb
 
     def befa_inputs(self, modalities: Iterable[str] | None = None) -> dict[str, BeFAInput]:
         """modality -> ``BeFAInput(content, behaviour)``, both I x d, all items: the inputs of

@@ -13,7 +13,7 @@ from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection, make_projection
 from models.dropout import dropout
 from models.graphs import interaction_adjacency
-from models.losses import negative_cosine, norm_reg
+from models.losses import RegForm, embedding_reg, negative_cosine
 from models.sparse import SparseGraph, propagate
 
 
@@ -30,6 +30,8 @@ class BM3(Recommender):
         for each modality m, c_m = P_m X_m,  c̃_m = Dropout_p(c_m).detach():
         L_m = [1 - cos(pred(c_m,i), ĩ_i)] + [1 - cos(pred(c_m,i), c̃_m,i)]
         loss = mean(L_ui) + mean(L_iu) + reg * (||U*||_F + ||I*||_F) / I + cl_weight * sum_m mean(L_m)
+        (reg_form "norm", default, the reference's EmbLoss on the full tables; "squared":
+        0.5 (||U*||_F^2 + ||I*||_F^2) / I)
         (cosine terms are averaged over the batch rows; the norm term uses the full tables)
     Scores: pred(U*_u) . pred(I*_i); content features are used only in training.
     +BeFA (``adapter='befa'``): the content terms use adapted_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)
@@ -42,17 +44,28 @@ class BM3(Recommender):
     - c_m is computed only for the batch's distinct items (the reference projects every item
       every batch; the loss and its gradient are the same).
     - With no modality the content terms vanish (not an error).
+    - Regulariser: checked against the reference (``EmbLoss`` of the full online user and
+      item tables, un-squared norms / I): ``reg_form="norm"`` (default) is that form.
+    - Cold items (no train interaction): with no edge the propagated layers of item i are 0,
+      so I*_i = E_i / (L + 1) + E_i; E_i gets gradient only from the full-table norm term
+      (BM3 has no negatives),
+      i.e. it only shrinks. BM3 uses content only in training (the L_m terms align
+      pred(c_m) with the item's target view), so a cold item is scored from a near-initial,
+      shrunk E_i: finite and ranked, but not from its content. +BeFA changes only the
+      training terms (adapted_m = E_i * g_m(c_m)), so the same holds.
     - GRID {num_layers: [1, 2], dropout: [0.3, 0.5], reg: [0.1, 0.01]}: a small grid around the
       spec's defaults. P_m and the predictor: Xavier-normal weights; E_u, E_i: Xavier-uniform.
     """
 
     name = "bm3"
     uses_content = True
+    serves_new_items = True  # see the docstring: items added after training
 
     class Config(ModelConfig):
         num_layers: int = Field(1, ge=0)
         dropout: float = Field(0.5, ge=0, lt=1, description="dropout of the target views")
         reg: float = Field(0.1, ge=0)
+        reg_form: RegForm = Field("norm", description="'norm': ||.||_F / I (reference); 'squared': 0.5 ||.||^2 / I")
         cl_weight: float = Field(2.0, ge=0)
         uses_negatives: bool = False
 
@@ -100,7 +113,7 @@ class BM3(Recommender):
         u_online = self.predictor(u_all[users])
         i_online = self.predictor(i_all[pos_items])
         loss = negative_cosine(u_online, i_target) + negative_cosine(i_online, u_target)
-        loss = loss + self.config.reg * norm_reg(u_all, i_all)
+        loss = loss + self.config.reg * embedding_reg(u_all, i_all, form=self.config.reg_form)
         if len(self.projections) and self.config.cl_weight > 0:
             cl = 0.0
             for c in self.contents(rows):
@@ -114,6 +127,20 @@ class BM3(Recommender):
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         u, i = self._forward()
         return self.predictor(u), self.predictor(i)
+
+    def serving_embeddings(self, user_emb: Tensor, item_emb: Tensor, trained_items: int) -> tuple[Tensor, Tensor]:
+        """New items (rows >= ``trained_items``): BM3's content enters only through its loss,
+        where ``predictor(c_m)`` is pulled towards the item's graph embedding. So a new item's
+        graph embedding is taken as the mean over modalities of ``predictor(c_m)`` and served
+        as ``predictor`` of that, like every item. The projection is the un-gated c_m even under
+        BeFA: the gate multiplies the item's ID embedding, which is zero for a new item."""
+        if item_emb.size(0) <= trained_items or not len(self.projections):
+            return user_emb, item_emb
+        rows = torch.arange(trained_items, item_emb.size(0), device=item_emb.device)
+        graph = torch.stack([self.predictor(self.projections[m](rows)) for m in self.projections]).mean(0)
+        item_emb = item_emb.clone()
+        item_emb[trained_items:] = self.predictor(graph).float()
+        return user_emb, item_emb
 
     def feature_table_parameters(self) -> int:
         return sum(p.num_table_entries for p in self.projections.values())

@@ -32,6 +32,8 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from pipeline.reporting.common import ADAPTER_LABEL, fmt_number, markdown_table, pyplot, save_figure
+from pipeline.reporting.floor import draw_floor, floor_section, state_notes, vs_floor
+from pipeline.reporting.recommendations import recommendations_section
 from pipeline.training.record import RunRecord
 from storage.atomic import write_json, write_parquet, write_text
 
@@ -82,7 +84,7 @@ def load_runs(run_dirs: Iterable[str | Path]) -> list[RunRecord]:
 # -- tables ------------------------------------------------------------------
 METRIC_COLUMNS = [
     "model", "adapter", "metric", "value", "split", "best_epoch", "epochs_run", "status", "run_dir",
-    "feature_fingerprints", "random_init",
+    "feature_fingerprints", "random_init", "below_floor",
 ]
 
 
@@ -100,11 +102,12 @@ def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
                     "split": "test",
                     "best_epoch": rec.best_epoch,
                     "epochs_run": len(rec.epochs),
-                    "status": rec.status,
+                    "status": rec.state,  # a killed run reads "interrupted", not "running"
                     "run_dir": rec.run_dir,
                     # provenance travels with every number: which encoder weights, and whether random
                     "feature_fingerprints": ",".join(f"{m}={s.get('fingerprint')}" for m, s in sorted(rec.feature_sets.items())),
                     "random_init": any(bool(s.get("random_init")) for s in rec.feature_sets.values()),
+                    "below_floor": rec.below_floor,
                 }
             )
     frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
@@ -168,14 +171,15 @@ def gains_table_rows(gains: pd.DataFrame) -> list[dict[str, Any]]:
 
 # -- plots -------------------------------------------------------------------
 def plot_training_curves(records: Sequence[RunRecord], path: str | Path, metric: str = CURVE_METRIC) -> Path:
-    """Valid ``metric`` per epoch, one line per model x adapter (dashed = +BeFA)."""
+    """Valid ``metric`` per epoch, one line per model x adapter (dashed = +BeFA); MostPop, which
+    has no epochs, as a horizontal reference line."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     models = list(dict.fromkeys(r.model for r in records))
     for rec in records:
         epochs = [e for e in rec.epochs if metric in e.valid]
-        if not epochs:
+        if not epochs or rec.status == "evaluated_only":  # nothing trained: no curve, the floor line below
             continue
         color = colors[models.index(rec.model) % len(colors)]
         style = "--" if rec.adapter == "befa" else "-"
@@ -184,12 +188,13 @@ def plot_training_curves(records: Sequence[RunRecord], path: str | Path, metric:
         ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{rec.model} {ADAPTER_LABEL.get(rec.adapter, rec.adapter)}")
         if rec.best_epoch in xs:
             ax.plot([rec.best_epoch], [ys[xs.index(rec.best_epoch)]], "*", color=color, markersize=10)
+    draw_floor(ax, records, metric)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"valid {metric}")
-    ax.set_title(f"Training curves (valid {metric}; star = best epoch)")
+    ax.set_title(f"Training curves (valid {metric}; star = best epoch; dotted = MostPop floor)")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=8)
@@ -246,8 +251,12 @@ def render_markdown(
             "below check the pipeline, not the method.",
             "",
         ]
-    for section in (_data_section(context), _features_section(context), _split_section(context), _results_section(gains), _runs_section(records)):
+    for section in (
+        _data_section(context), _features_section(context), _split_section(context), _results_section(gains),
+        floor_section(records), _runs_section(records),
+    ):
         lines += section
+    context = context.model_copy(update={"notes": [*context.notes, *state_notes(records)]})
     lines += _appendix(context, files)
     return "\n".join(lines) + "\n"
 
@@ -308,12 +317,12 @@ def _runs_section(records: Sequence[RunRecord]) -> list[str]:
     for rec in records:
         wall, params = rec.wall, rec.parameters
         rows.append([
-            rec.model, ADAPTER_LABEL.get(rec.adapter, rec.adapter), rec.status,
+            rec.model, ADAPTER_LABEL.get(rec.adapter, rec.adapter), rec.state, vs_floor(rec),
             len(rec.epochs), "-" if rec.best_epoch is None else rec.best_epoch, fmt_number(rec.best_valid.get(CURVE_METRIC)),
             f"{wall.get('total_s', sum(v for v in wall.values() if isinstance(v, (int, float)))):.1f}",
             f"{int(params.get('params_trainable', 0)):,}", f"{int(params.get('params_adapter', 0)):,}", f"`{Path(rec.run_dir or '.').name}`",
         ])
-    header = ["model", "adapter", "status", "epochs", "best epoch", f"valid {CURVE_METRIC}", "wall s", "params", "adapter params", "folder"]
+    header = ["model", "adapter", "status", "vs floor", "epochs", "best epoch", f"valid {CURVE_METRIC}", "wall s", "params", "adapter params", "folder"]
     return ["", "## Runs", ""] + markdown_table(header, rows)
 
 
@@ -356,6 +365,7 @@ def write_report(folder: str | Path, run_dirs: Sequence[str | Path], context: Re
     if bars:
         files["base vs +BeFA"] = bars.name
     md = render_markdown(context, records, gains, files)
+    md += recommendations_section(folder)  # written by the recommend step, when it ran
     if curves:
         md += f"\n![training curves]({curves.name})\n"
     if bars:

@@ -20,12 +20,13 @@ from models import get_model_class, make_config
 from models.base import ModelConfig, Recommender
 from pipeline.data.catalog import Catalog
 from pipeline.data.splits import Split
-from pipeline.evaluation.evaluator import evaluate_model
+from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.training.checkpoints import load_weights
 from pipeline.training.device import resolve_device
 from pipeline.training.prepare import FeatureBundle, PreparedData, prepare_data
 from pipeline.training.record import BEST, RunRecord
 from pipeline.training.trainer import RunResult, TrainerConfig, fit
+from pipeline.training.universe import save_universe
 
 
 def _load_catalog(catalog: Any) -> Any:
@@ -43,6 +44,14 @@ def _load_split(split: Any) -> Any:
 def default_run_dir(root: str | Path, model_name: str, split_id: str, config: ModelConfig, seed: int) -> Path:
     digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8]
     return Path(root) / f"{model_name}-{split_id}-seed{seed}-{digest}"
+
+
+def run_folder_for(split: Any, model: str | type[Recommender], overrides: Mapping[str, Any] | None, seed: int, runs_root: str | Path | None) -> Path:
+    """The folder ``train_model`` defaults to for these arguments (where ``befa train --resume`` looks)."""
+    model_cls = get_model_class(model)
+    split_obj = _load_split(split)
+    split_id = str(getattr(split_obj, "id", None) or getattr(split_obj, "name", "unknown"))
+    return default_run_dir(runs_root or Path.cwd() / "runs", model_cls.name, split_id, make_config(model_cls, overrides), seed)
 
 
 def train_model(
@@ -63,6 +72,7 @@ def train_model(
     graph_cache_dir: str | Path | None = None,
     on_epoch_end: Callable[[int, RunRecord], None] | None = None,
     runs_root: str | Path | None = None,
+    allow_new_features: bool = False,
 ) -> RunResult:
     """Train one model on one split.
 
@@ -72,7 +82,8 @@ def train_model(
     or a Recommender class; overrides: model config fields (dotted keys for nested:
     ``{"adapter": "befa", "befa.t": 2}``); run_dir: default
     ``<runs_root>/<model>-<split id>-seed<seed>-<config hash>`` (runs_root: the caller's
-    ``Settings.runs_dir``; ``./runs`` when not given).
+    ``Settings.runs_dir``; ``./runs`` when not given). ``resume`` refuses features other
+    than the run recorded unless ``allow_new_features``.
     """
     model_cls = get_model_class(model)
     config = make_config(model_cls, overrides)
@@ -97,10 +108,12 @@ def train_model(
         "catalog": str(Path(catalog).resolve()) if isinstance(catalog, (str, Path)) else None,
         "split": str(Path(split).resolve()) if isinstance(split, (str, Path)) else None,
     }
-    return fit(
+    result = fit(
         model_cls, config, prepared, run_dir, trainer, resume=resume, overwrite=overwrite,
-        catalog=cat.name, on_epoch_end=on_epoch_end, sources=sources,
+        catalog=cat.name, on_epoch_end=on_epoch_end, sources=sources, allow_new_features=allow_new_features,
     )
+    save_universe(result.run_dir, cat)  # ids by row, so the run can be served after the catalog changes
+    return result
 
 
 def _max_user(split: Any) -> int:
@@ -121,9 +134,21 @@ def evaluate_run(
     catalog / split default to the paths the run recorded; features must be passed for
     content models (their snapshot ids must match the record); model defaults to the
     registry entry named in the record (pass the class for models outside the registry)."""
+    return {part: r.metrics for part, r in evaluate_run_results(run_dir, catalog, split, features, device, model).items()}
+
+
+def evaluate_run_results(
+    run_dir: str | Path,
+    catalog: Any = None,
+    split: Any = None,
+    features: FeatureBundle | None = None,
+    device: str | torch.device | None = None,
+    model: str | type[Recommender] | None = None,
+) -> dict[str, EvalResult]:
+    """``evaluate_run`` with the evaluator's whole results: per part, the metrics, the
+    per-user values and the item-group metrics (warm / cold / long tail)."""
     trained = load_trained(run_dir, catalog, split, features, device, model)
-    res = evaluate_model(trained.model, trained.prepared.evaluator, ("valid", "test"))
-    return {part: r.metrics for part, r in res.items()}
+    return evaluate_model(trained.model, trained.prepared.evaluator, ("valid", "test"))
 
 
 @dataclass
