@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-quality bench-study bench-lattice-mgcn lock clean
+.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-gpu lock clean
 
 venv: $(STAMP)
 
@@ -40,7 +40,7 @@ chromium:
 test: venv chromium
 	$(BIN)/python -m pytest -q
 
-bench: bench-store bench-ingest bench-extract bench-train
+bench: bench-store bench-ingest bench-extract bench-train bench-recommend
 
 bench-store: venv
 	$(BIN)/python -m benchmarks.bench_store
@@ -54,11 +54,28 @@ bench-extract: venv
 bench-train: venv
 	$(BIN)/python -m benchmarks.bench_train
 
+# users/s and memory of `befa recommend`'s scoring at amazon-baby size and 10x its users (speed only)
+bench-recommend: venv
+	$(BIN)/python -m benchmarks.bench_recommend
+
 bench-study: venv
 	$(BIN)/python -m benchmarks.bench_study
 
+# The study at the full protocol (1000 epochs, patience 10, 3 seeds, EfficientNet-Lite2 + MiniLM,
+# cold items and 25% sparsity); hours. Resumable: run it again to continue where it stopped.
+bench-study-full: venv
+	$(BIN)/python -m benchmarks.bench_study_full
+
 bench-lattice-mgcn: venv
 	$(BIN)/python -m benchmarks.bench_lattice_mgcn --threads 2
+
+# growth with catalog size (1x, 4x, 16x amazon-baby; speed only); ARGS=--knn: approximate vs exact kNN graph
+bench-scale: venv
+	$(BIN)/python -m benchmarks.bench_scale $(ARGS)
+
+# the GPU check, ~8 min on one CUDA GPU; refuses (exit 2) without one; ARGS=--quick for a short run
+bench-gpu: venv
+	$(BIN)/python -m benchmarks.bench_gpu $(ARGS)
 
 bench-quality: venv
 	$(BIN)/python -m benchmarks.bench_quality

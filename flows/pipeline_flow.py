@@ -17,25 +17,36 @@ Prefect validates them against the fields' types before the flow starts, and
 parameters except ``dataset`` and reruns the catalog with the parameters it was last
 run with (the watch registry, ``pipeline.job.watch``).
 
+Training runs: the train role takes the pipeline's (model, adapter) runs as one batch
+(``PipelineSteps.train_many``). Without ``cluster`` the train and evaluate tasks run one
+after another in the flow's process, as before. With ``cluster`` (``auto`` or
+``ray://head:10001``) the same tasks are mapped on prefect-ray's ``RayTaskRunner``: each
+run (and its checkpoint re-evaluation) a Ray task with ``cpus_per_run`` CPUs, one GPU when
+the cluster has them, retried when its worker dies (``pipeline.job.ray_runs.run_options``).
+The workers report their task runs to the flow's Prefect API, so they must reach it.
+
 Tasks do not cache across runs: extraction is already incremental (the feature store
 skips content it holds, keyed by content hashes), and training is what a rerun is for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import unmapped
 
 from flows.artifacts import publish_artifacts
-from pipeline.job.params import PipelineParams
+from pipeline.job.params import PipelineParams, TrainJob
+from pipeline.job.ray_runs import ray_init_kwargs, run_options, train_runs
 from pipeline.job.run import LOCAL_STEPS, run_pipeline
 from pipeline.job.watch import registered_params
 from pipeline.settings import get_settings
 
-TASK_NAMES = {"ingest": "ingest", "extract": "extract-features", "split": "split", "train": "train", "evaluate": "evaluate", "report": "report"}
+TASK_NAMES = {"ingest": "ingest", "extract": "extract-features", "split": "split", "train": "train", "evaluate": "evaluate", "report": "report", "recommend": "recommend"}
 RUN_NAMES = {"train": "train-{model}-{adapter}"}
 
 
@@ -43,7 +54,27 @@ def as_task(role: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return task(name=TASK_NAMES[role], cache_policy=NO_CACHE, task_run_name=RUN_NAMES.get(role))(fn)
 
 
-TASK_STEPS = LOCAL_STEPS.wrapped(as_task)
+def train_many(train: Any, evaluate: Any, params: PipelineParams, settings: Any, catalog_dir: str, split_path: str, extract: Any, jobs: list[TrainJob]) -> list[Any]:
+    """The flow's train role for a batch of runs (module docstring): the core's, one after
+    another, without a cluster; the train (then evaluate) tasks mapped on Ray with one."""
+    if not params.cluster:
+        return train_runs(train, evaluate, params, settings, catalog_dir, split_path, extract, jobs)
+    from prefect_ray import RayTaskRunner  # only with a cluster: the Ray packages stay unimported otherwise
+    from prefect_ray.context import remote_options
+
+    same = {"settings": unmapped(settings), "catalog_dir": unmapped(catalog_dir), "split_path": unmapped(split_path), "extract": unmapped(extract)}
+    with RayTaskRunner(address=params.cluster, init_kwargs=ray_init_kwargs()) as runner:
+        with remote_options(**run_options(params.cpus_per_run, params.device)):
+            runs = runner.map(train, {
+                "params": unmapped(params), **same, "model": [j.model for j in jobs], "adapter": [j.adapter for j in jobs],
+                "run_dir": [j.run_dir for j in jobs], "num_threads": unmapped(params.cpus_per_run),
+            })
+            if evaluate is not None:  # each re-evaluation starts as soon as its run is trained
+                runs = runner.map(evaluate, {**same, "summary": runs})
+            return [run.result() for run in runs]
+
+
+TASK_STEPS = dataclasses.replace(LOCAL_STEPS.wrapped(as_task), train_many=train_many)
 artifacts_task = task(name="artifacts", cache_policy=NO_CACHE)(publish_artifacts)
 
 

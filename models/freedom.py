@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection
-from models.graphs import cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph
+from models.graphs import KnnMethod, cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph, knn_key
 from models.losses import bpr_from_embeddings
 from models.sparse import SparseGraph, propagate, weighted_sum
 
@@ -78,6 +78,14 @@ class FREEDOM(Recommender):
       every batch; the loss and its gradient are the same); when reg = 0 the content terms are
       skipped entirely (their gradient is 0).
     - P_m: Xavier-normal weights; E_u, E_i: Xavier-uniform.
+    - Regulariser: checked against the reference; FREEDOM has no L2 term on embeddings
+      (``reg`` weighs the content BPR terms, as in the reference), so no ``reg_form``.
+    - Cold items (no train interaction): h = G E_i sums the item's content neighbours' ID
+      embeddings over the frozen kNN graph of the raw features (which every item has), so
+      I* = I_g + h (I_g = E_i / (L + 1): no edge) gives a cold item a content-derived representation; its own E_i gets
+      gradient only as a BPR negative and as a neighbour of other items. +BeFA: the content
+      BPR terms use adapted_m = E_i * g_m(c_m), a gate on an E_i a cold item never trained
+      positively; training-only, so prediction for cold items is as in base FREEDOM.
     - Edge sampling draws from torch's global generator, so it follows the trainer's seed.
 
     Cost: on CPU the epoch is dominated by the image content term, two GEMMs per batch of
@@ -87,11 +95,13 @@ class FREEDOM(Recommender):
 
     name = "freedom"
     uses_content = True
+    serves_new_items = True  # see the docstring: items added after training
 
     class Config(ModelConfig):
         num_layers: int = Field(2, ge=0, description="user-item LightGCN layers")
         item_graph_hops: int = Field(1, ge=0)
         knn_k: int = Field(10, ge=1)
+        knn_method: KnnMethod = Field("auto", description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)")
         image_weight: float = Field(0.1, ge=0, le=1)
         image_modality: str = "image"
         modality_weights: dict[str, float] | None = None
@@ -137,10 +147,13 @@ class FREEDOM(Recommender):
             "variant": "binary",
             "split": data.split_id,
             "items": data.num_items,
+            "knn": knn_key(self.config.knn_method, data.num_items),
         }
         # without a snapshot id a cached graph could silently outlive an encoder change: don't cache
         cache_dir = data.graph_cache_dir if snapshot else None
-        return cached(cache_dir, key, lambda: knn_graph(data.features[modality], self.config.knn_k, weighted=False))
+        return cached(
+            cache_dir, key, lambda: knn_graph(data.features[modality], self.config.knn_k, weighted=False, method=self.config.knn_method)
+        )
 
     def pre_epoch(self, epoch: int) -> None:
         if self.config.edge_dropout <= 0:

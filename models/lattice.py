@@ -12,6 +12,7 @@ modality weights, omega initialised equal):
     [u; i] = LightGCN(D^-1 (A + I), [E_u; E_i], n_ui_layers)  (mean of layers 0..L)
     user = u,  item = i + normalize(h)                score = user . item
     loss = BPR(user, item+, item-) + reg * 0.5 (|user|^2 + |item+|^2 + |item-|^2) / batch_size
+           (reg_form "squared", default, the reference's form; "norm": (|user|_F + |item+|_F + |item-|_F) / batch_size)
 
 +BeFA (``adapter="befa"``, spec section 4: "the learned item graph is built from adapted_m;
 the item view propagates adapted_m rather than E_i alone"):
@@ -57,6 +58,16 @@ Choices (where the spec is silent or the reference does not scale):
   Xavier-uniform; the L2 term divides by the configured batch size (reference); default
   reg = 0, the first value of the grid (the reference only gives the grid).
 - Zero modalities raise ValueError: LATTICE is defined by its content graphs.
+- Regulariser: checked against the reference's ``bpr_loss`` (0.5 x squared L2 of the final
+  batch rows / the configured batch size): ``reg_form="squared"`` (default) is that form;
+  ``"norm"`` (un-squared norms, as the reference's LightGCN) is offered for comparison.
+- Cold items (no train interaction): the item view h = G E_i reaches a cold item through
+  its kNN neighbours in the learned and the original content graphs, which are built from
+  features every item has, so normalize(h) gives it a content-derived representation; its
+  own E_i gets gradient only as a BPR negative, as a graph neighbour and from the L2 term,
+  and its LightGCN part is E_i itself (no edge). +BeFA: a_m = E_i * g_m(c_m) gates a cold
+  item's never-positively-trained E_i, so its adapted content, its learned-graph
+  neighbours and the h it propagates depend on that E_i, where base LATTICE uses c_m alone.
 - The reference's raw feature tables are trainable; here they are frozen buffers unless
   ``train_features=True``.
 """
@@ -75,15 +86,18 @@ from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
 from models.content import FeatureProjection
-from models.losses import bpr_from_embeddings, l2_per_batch
+from models.losses import RegForm, bpr_from_embeddings, embedding_reg
 from models.sparse import SparseGraph, coalesce_sum, propagate
 
 
 @torch.no_grad()
-def topk_cosine_edges(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(row, col) of each row's k most cosine-similar rows (self included), in row blocks."""
+def topk_cosine_edges(x: Tensor, k: int, method: str = "exact") -> tuple[Tensor, Tensor]:
+    """(row, col) of each row's k most cosine-similar rows (self included), in row blocks;
+    approximately (``graphs.topk_neighbours``) when ``method`` says so for this many rows."""
     num = x.size(0)
     k = min(k, num)
+    if graphs.knn_method(method, num) == "approx":  # the exact search is quadratic in items
+        return torch.arange(num, device=x.device).repeat_interleave(k), graphs.topk_neighbours(x, k, "approx")[1].reshape(-1)
     xn = F.normalize(x.detach().float(), dim=1)
     block = max(1, min(num, graphs.SIM_BLOCK_ELEMENTS // max(num, 1)))
     cols = [graphs.row_topk(xn[s : s + block] @ xn.T, k)[1] for s in range(0, num, block)]
@@ -116,13 +130,16 @@ class LATTICE(Recommender):
 
     name: ClassVar[str] = "lattice"
     uses_content: ClassVar[bool] = True
+    serves_new_items: ClassVar[bool] = True  # see the docstring: items added after training
     GRID: ClassVar[dict[str, list]] = {"reg": [0.0, 1e-5, 1e-4, 1e-3]}
 
     class Config(ModelConfig):
         lr_decay: tuple[float, int] | None = (0.96, 50)
         reg: float = Field(0.0, ge=0, description="L2/batch weight (grid 0, 1e-5, 1e-4, 1e-3)")
+        reg_form: RegForm = Field("squared", description="'squared': 0.5 ||.||^2 / batch (reference); 'norm': ||.||_F / batch")
         lambda_coeff: float = Field(0.9, ge=0, le=1, description="weight of the original graph in G")
         knn_k: int = Field(10, ge=1)
+        knn_method: graphs.KnnMethod = Field("auto", description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)")
         n_ui_layers: int = Field(2, ge=0, description="LightGCN layers on D^-1 (A + I)")
         item_layers: int = Field(1, ge=1, description="hops of the item graph")
 
@@ -147,7 +164,7 @@ class LATTICE(Recommender):
             graphs.interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "lattice")
         )
         self.original_graphs = [
-            SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k)) for m in self.modalities
+            SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k, config.knn_method)) for m in self.modalities
         ]
         self._train_graph: SparseGraph | None = None
         self._train_content: list[Tensor] | None = None
@@ -177,7 +194,7 @@ class LATTICE(Recommender):
         basis = self.adapted(content) if self.config.adapter == "befa" else content
         rows, cols, vals = [], [], []
         for j, x in enumerate(basis):
-            r, c = topk_cosine_edges(x, k)
+            r, c = topk_cosine_edges(x, k, self.config.knn_method)
             rows.append(r)
             cols.append(c)
             vals.append(w[j] * cosine_edge_values(x, r, c))
@@ -227,7 +244,8 @@ class LATTICE(Recommender):
                 self._train_content = [c.detach() for c in self._train_content]
             self._graph_has_grad = False
         u, p, n = user_all[users], item_all[pos_items], item_all[neg_items]
-        return bpr_from_embeddings(u, p, n) + self.config.reg * l2_per_batch(u, p, n, batch_size=self.config.batch_size)
+        reg = embedding_reg(u, p, n, form=self.config.reg_form, batch_size=self.config.batch_size)
+        return bpr_from_embeddings(u, p, n) + self.config.reg * reg
 
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         """Rebuild G from the current parameters once and embed every user and item."""

@@ -13,7 +13,7 @@ Equations (spec section 3; d = ``embedding_dim``, M >= 1 modalities, N = U + I r
     specific_m = (v_m - common) * sigmoid(W_c,m content + b_c,m)
     side      = (sum_m specific_m + common) / (M + 1)
     final     = content + side                                             score = user . item
-    loss = BPR(final) + reg * 0.5 (|u|^2 + |i+|^2 + |i-|^2) / batch_size
+    loss = BPR(final) + reg * 0.5 (|u|^2 + |i+|^2 + |i-|^2) / batch_size   (reg_form "squared")
            + cl * [InfoNCE(side_i[pos], content_i[pos]) + InfoNCE(side_u[users], content_u[users])]
     InfoNCE(a, b) = mean_r -log( exp(cos(a_r, b_r)/tau) / sum_s exp(cos(a_r, b_s)/tau) ),
                     in-batch negatives (rows of the same batch, duplicates included), tau = 0.2
@@ -41,6 +41,16 @@ Choices (where the spec is silent):
   Xavier-uniform; other layers keep PyTorch's default initialisation.
 - Zero modalities raise ValueError (MGCN has no content-free form); ``befa.variant`` is
   only read when ``adapter="befa"``.
+- Regulariser: checked against the reference's ``bpr_loss`` (0.5 x squared L2 of the final
+  batch rows / the configured batch size): ``reg_form="squared"`` (default) is that form;
+  ``"norm"`` = (|u|_F + |i+|_F + |i-|_F) / batch_size is offered for comparison. The
+  InfoNCE weight ``cl_weight`` is not a norm and has no form.
+- Cold items (no train interaction): the content view z_m = E_i * sigmoid(W_m c_m + b_m)
+  gates the item's own E_i, which for a cold item only ever got BPR-negative, graph-
+  neighbour and L2 gradients; one hop of G_m mixes in its content neighbours' z, so the
+  item view still carries content. +BeFA has the same dependence (z_m = E_i * g_m(c_m)):
+  in MGCN both arms gate the behaviour embedding, so neither gives a cold item a
+  representation independent of its untrained E_i beyond the graph hop.
 - Cost (why an epoch cannot be cheap on CPU): every batch needs c_m for every item (the
   batch's users reach, through R_hat and one hop of G_m, all 7,050 amazon-baby items; counted),
   so the 4096-d projection is two full (7,050 x 4096 x 64) products per batch, forward and
@@ -67,7 +77,7 @@ from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
 from models.content import FeatureProjection
-from models.losses import bpr_from_embeddings, l2_per_batch
+from models.losses import RegForm, bpr_from_embeddings, embedding_reg
 from models.sparse import SparseGraph, propagate
 
 
@@ -130,14 +140,17 @@ class MGCN(Recommender):
 
     name: ClassVar[str] = "mgcn"
     uses_content: ClassVar[bool] = True
+    serves_new_items: ClassVar[bool] = True  # see the docstring: items added after training
     GRID: ClassVar[dict[str, list]] = {"cl_weight": [0.001, 0.01, 0.1]}
 
     class Config(ModelConfig):
         lr_decay: tuple[float, int] | None = (0.96, 50)
         reg: float = Field(1e-4, ge=0, description="L2/batch weight")
+        reg_form: RegForm = Field("squared", description="'squared': 0.5 ||.||^2 / batch (reference); 'norm': ||.||_F / batch")
         cl_weight: float = Field(0.01, ge=0, description="InfoNCE weight (grid 0.001, 0.01, 0.1)")
         temperature: float = Field(0.2, gt=0)
         knn_k: int = Field(10, ge=1)
+        knn_method: graphs.KnnMethod = Field("auto", description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)")
         n_ui_layers: int = Field(2, ge=0)
         item_layers: int = Field(1, ge=0, description="hops of the modality item graphs")
 
@@ -165,7 +178,7 @@ class MGCN(Recommender):
         self.norm_adj = SparseGraph.from_csr(graphs.interaction_adjacency(nu, ni, u, i, "sym"), symmetric=True)
         self.user_item = SparseGraph.from_csr(graphs.user_item_norm(nu, ni, u, i))
         self.item_graphs = {
-            m: SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k)) for m in self.modalities
+            m: SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k, config.knn_method)) for m in self.modalities
         }
 
     def feature(self, modality: str) -> Tensor:
@@ -218,7 +231,8 @@ class MGCN(Recommender):
         final = content[rows] + side
         b = users.numel()
         u, p, n = final[:b], final[b : 2 * b], final[2 * b :]
-        loss = bpr_from_embeddings(u, p, n) + self.config.reg * l2_per_batch(u, p, n, batch_size=self.config.batch_size)
+        reg = embedding_reg(u, p, n, form=self.config.reg_form, batch_size=self.config.batch_size)
+        loss = bpr_from_embeddings(u, p, n) + self.config.reg * reg
         if not self.authors and self.config.cl_weight > 0:
             t = self.config.temperature
             cl = info_nce(side[b : 2 * b], content[rows[b : 2 * b]], t) + info_nce(side[:b], content[users], t)

@@ -3,7 +3,7 @@
 Floors, lowest first; a module may import its own floor and the floors below it::
 
     storage - pipeline.settings - (encoders, models) - pipeline.data - pipeline.evaluation
-    - pipeline.training - pipeline.features - pipeline.reporting - pipeline.job
+    - pipeline.training - pipeline.features - pipeline.serving - pipeline.reporting - pipeline.job
     - pipeline.study - pipeline.cli
 
 ``flows`` (Prefect only) may import ``pipeline.job``, ``pipeline.study``,
@@ -29,6 +29,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("pipeline.evaluation",),
     ("pipeline.training",),
     ("pipeline.features",),
+    ("pipeline.serving",),
     ("pipeline.reporting",),
     ("pipeline.job",),
     ("pipeline.study",),

@@ -84,13 +84,18 @@ def test_pipeline_flow_runs_and_publishes_artifacts(harness, befa_env):
     folder = Path(out["folder"])
     assert folder == home / "runs" / "pipelines" / "flow-run"
     assert (folder / "metrics.parquet").exists() and (folder / "curves.png").exists() and (folder / "base_vs_befa.png").exists()
-    assert set(out["test"]) == {"lightgcn/none", "freedom/none", "freedom/befa"}
-    assert out["artifacts"] == {"table": "befa-metrics-ml-flow", "markdown": "befa-report-ml-flow"}
+    assert set(out["test"]) == {"mostpop/none", "lightgcn/none", "freedom/none", "freedom/befa"}  # MostPop: the floor, always
+    assert out["artifacts"] == {"table": "befa-metrics-ml-flow", "markdown": "befa-report-ml-flow", "recommendations": "befa-recommendations-ml-flow"}
+    recs = Artifact.get(artifact_key("recommendations", "ml-flow"))
+    assert recs is not None and recs.type == "table"
+    head = json.loads(recs.data) if isinstance(recs.data, str) else recs.data
+    assert list(head[0]) == ["user_id", "rank", "item_id", "score"] and head[0]["rank"] == 1
+    assert (folder / "recommendations.parquet").exists() and (folder / "recommendations.json").exists()
 
     table = Artifact.get(artifact_key("metrics", "ml-flow"))
     assert table is not None and table.type == "table"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    assert {r["model"] for r in rows} == {"lightgcn", "freedom"}
+    assert {r["model"] for r in rows} == {"mostpop", "lightgcn", "freedom"}
     assert {"base", "+BeFA", "relative gain"} <= set(rows[0])
     md = Artifact.get(artifact_key("report", "ml-flow"))
     assert md is not None and md.type == "markdown"

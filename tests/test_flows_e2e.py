@@ -139,13 +139,14 @@ def test_deployment_run_completes_with_artifacts_and_plots(stack):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async def arts(client):
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["befa-metrics-ml-e2e", "befa-report-ml-e2e"])))
+        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["befa-metrics-ml-e2e", "befa-report-ml-e2e", "befa-recommendations-ml-e2e"])))
 
     found = {a.key: a for a in _api(env, arts)}
     assert found["befa-metrics-ml-e2e"].type == "table" and found["befa-report-ml-e2e"].type == "markdown"
+    assert found["befa-recommendations-ml-e2e"].type == "table"
     assert all(a.flow_run_id == run.id for a in found.values())
     folder = stack["home"] / "runs" / "pipelines" / "e2e-first"
-    for name in ("metrics.parquet", "metrics.json", "curves.png", "base_vs_befa.png", "report.md"):
+    for name in ("metrics.parquet", "metrics.json", "curves.png", "base_vs_befa.png", "report.md", "recommendations.parquet", "recommendations.json"):
         assert (folder / name).stat().st_size > 0, name
 
 
@@ -238,7 +239,7 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     assert "`minilm`" in found["befa-report-ml-e2e"].data and minilm_fp in found["befa-report-ml-e2e"].data
     table = found["befa-metrics-ml-e2e"].data
     rows = json.loads(table) if isinstance(table, str) else table
-    assert {row["model"] for row in rows} == {"freedom"}
+    assert {row["model"] for row in rows} == {"freedom", "mostpop"}  # MostPop always runs, as the floor
 
     # side by side: both encoders' features of every current item, under their own fingerprints
     store = FeatureStore(home / "features")

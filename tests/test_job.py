@@ -65,8 +65,11 @@ def test_missing_dataset_and_bad_options_fail_fast(settings, tmp_path):
 
 def test_plan_skips_befa_for_content_free_models():
     pairs, skipped = plan_runs(PipelineParams(models=["lightgcn", "freedom"], adapters=["none", "befa"]))
-    assert pairs == [("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
+    # MostPop first: the floor is always trained, whether or not models names it, and only once
+    assert pairs == [("mostpop", "none"), ("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
     assert len(skipped) == 1 and "lightgcn" in skipped[0]
+    pairs, _ = plan_runs(PipelineParams(models=["mostpop", "lightgcn"], adapters=["befa"]))
+    assert pairs == [("mostpop", "none")]
 
 
 # -- the whole run -----------------------------------------------------------------
@@ -88,13 +91,13 @@ def test_pipeline_writes_runs_metrics_plots_and_report(small):
     _, settings, _, result = small
     folder = Path(result.folder)
     assert folder == settings.runs_dir / "pipelines" / "first"
-    assert [(r.model, r.adapter) for r in result.runs] == [("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
+    assert [(r.model, r.adapter) for r in result.runs] == [("mostpop", "none"), ("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
     for r in result.runs:
         assert (Path(r.run_dir) / "run.json").exists() and (Path(r.run_dir) / "best.safetensors").exists()
         assert 1 <= r.epochs_run <= 2 and "recall@20" in r.test
         assert r.verified, f"{r.model} {r.adapter}: checkpoint re-evaluation differs by {r.max_abs_diff}"
     metrics = pq.read_table(folder / "metrics.parquet").to_pandas()
-    assert len(metrics) == 3 * metrics["metric"].nunique() and set(metrics["adapter"]) == {"none", "befa"}
+    assert len(metrics) == 4 * metrics["metric"].nunique() and set(metrics["adapter"]) == {"none", "befa"}
     for name in ("report.md", "curves.png", "base_vs_befa.png", "metrics.json", "summary.json", "params.json"):
         assert (folder / name).stat().st_size > 0, name
     md = (folder / "report.md").read_text()
@@ -108,6 +111,33 @@ def test_pipeline_writes_runs_metrics_plots_and_report(small):
     assert json.loads((folder / "summary.json").read_text())["split"]["id"] == result.split.id
 
 
+def test_pipeline_ends_with_recommendations_from_the_best_valid_run(small):
+    _, _, params, result = small
+    folder = Path(result.folder)
+    recs = result.recommendations
+    best = max(result.runs, key=lambda r: r.valid["recall@20"])
+    assert recs is not None and (recs.model, recs.adapter) == (best.model, best.adapter) and recs.chosen_by == "valid recall@20"
+    frame = pq.read_table(folder / "recommendations.parquet").to_pandas()
+    assert list(frame.columns) == ["user_id", "rank", "item_id", "score"]
+    assert frame.groupby("user_id").size().max() == params.recommend_k and frame["user_id"].nunique() == recs.users
+    manifest = json.loads((folder / "recommendations.json").read_text())
+    assert manifest["run_dir"] == str(Path(best.run_dir).resolve()) and manifest["rows"] == len(frame)
+    assert recs.head[0] == frame.iloc[0].to_dict() | {"score": pytest.approx(float(frame.iloc[0]["score"]))}
+    md = (folder / "report.md").read_text()
+    assert "## Recommendations" in md and "recommendations.png" in md and (folder / "recommendations.png").stat().st_size > 0
+    assert json.loads((folder / "summary.json").read_text())["recommendations"]["path"] == str(folder / "recommendations.parquet")
+
+
+def test_recommend_run_names_the_run_to_serve(small, tmp_path):
+    cat, settings, params, _ = small
+    with pytest.raises(PipelineError, match=r"--recommend-run \(recommend_run\) 'mgcn-befa' is not a run of this pipeline; choose from \['lightgcn-none', 'freedom-none', 'freedom-befa'\]"):
+        validate_params(params.model_copy(update={"recommend_run": "mgcn-befa"}), settings)
+    chosen = params.model_copy(update={"recommend_run": "lightgcn-none", "recommend_k": 3, "models": ["lightgcn"], "run_name": "named"})
+    result = run_pipeline(chosen, settings)
+    assert (result.recommendations.model, result.recommendations.adapter, result.recommendations.chosen_by) == ("lightgcn", "none", "recommend_run")
+    assert pq.read_table(Path(result.folder) / "recommendations.parquet").to_pandas().groupby("user_id").size().max() == 3
+
+
 def test_second_run_reuses_features_and_is_reproducible(small):
     _, settings, params, first = small
     again = run_pipeline(params.model_copy(update={"run_name": "second", "models": ["freedom"], "adapters": ["befa"], "verify_checkpoints": False}), settings)
@@ -115,7 +145,7 @@ def test_second_run_reuses_features_and_is_reproducible(small):
     assert again.extract.snapshots == first.extract.snapshots
     assert again.split.id == first.split.id
     before = next(r for r in first.runs if (r.model, r.adapter) == ("freedom", "befa"))
-    assert again.runs[0].test == pytest.approx(before.test)  # same seed, same data: same metrics
+    assert again.runs[-1].test == pytest.approx(before.test)  # same seed, same data: same metrics
 
 
 def test_run_pipeline_calls_the_steps_it_is_given_in_order(small, tmp_path):
@@ -132,8 +162,8 @@ def test_run_pipeline_calls_the_steps_it_is_given_in_order(small, tmp_path):
 
     steps = LOCAL_STEPS.wrapped(recording)
     again = run_pipeline(params.model_copy(update={"run_name": "wrapped", "models": ["lightgcn"], "adapters": ["none"]}), settings, steps=steps)
-    assert calls == ["ingest", "extract", "split", "train", "evaluate", "report"]
-    assert again.runs[0].test == pytest.approx(next(r for r in first.runs if r.model == "lightgcn").test)
+    assert calls == ["ingest", "extract", "split", "train", "evaluate", "train", "evaluate", "recommend", "report"]  # MostPop, then lightgcn
+    assert again.runs[-1].test == pytest.approx(next(r for r in first.runs if r.model == "lightgcn").test)
 
 
 def test_the_job_registers_the_catalog_and_the_steps_do_not(small, tmp_path):

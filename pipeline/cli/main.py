@@ -16,26 +16,60 @@ from __future__ import annotations
 
 import functools
 import importlib
-
+import logging
+import warnings
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+# Third-party warnings that every command would print and that say nothing about the user's
+# data: PyTorch deprecating torch.jit.script (used inside PyG), PyTorch's beta notes on the
+# sparse CSR tensors befa builds its graphs with, and open_clip's "No pretrained weights
+# loaded", logged whenever a CLIP network is built before befa loads its checkpoint (befa
+# states the weights it used, random init included, in every summary and report).
+KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
+    (UserWarning, r"Sparse CSR tensor support is in beta state"),
+    (UserWarning, r"Sparse invariant checks are implicitly disabled"),
+)
+KNOWN_LOG_MESSAGES = ("No pretrained weights loaded",)
+
+
+class _DropKnownMessages(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(KNOWN_LOG_MESSAGES)
+
+
+def quiet_known_warnings() -> None:
+    """Silence :data:`KNOWN_WARNINGS` and :data:`KNOWN_LOG_MESSAGES`; everything else still shows."""
+    for category, pattern in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropKnownMessages) for f in root.filters):
+        root.addFilter(_DropKnownMessages())
+
+
+quiet_known_warnings()  # at the entry point, before any command module imports torch or PyG
+
 # command -> (module that defines it, the first line of its docstring: what `befa --help` shows)
 COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("pipeline.cli.data", "List the datasets befa knows, their public upstream and whether a local copy is present."),
     "download": ("pipeline.cli.data", "Download a dataset from its public upstream into the datasets root and verify it (needs internet)."),
+    "fetch-images": ("pipeline.cli.fetch", "Download a catalog's image URLs into the local image cache (the only step that uses the network)."),
     "ingest": ("pipeline.cli.data", "Import and validate a catalog; writes items/interactions Parquet and an ingest report."),
     "split": ("pipeline.cli.data", "Split a catalog's interactions into train/valid/test and store the split with the catalog."),
-    "export-mmrec": ("pipeline.cli.data", "Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy)."),
+    "export-mmrec": ("pipeline.cli.features", "Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy)."),
     "stats": ("pipeline.cli.data", "Print statistics of an ingested catalog and its stored splits."),
     "extract": ("pipeline.cli.features", "Embed a catalog's images/texts with a frozen encoder into the feature store (incremental)."),
     "train": ("pipeline.cli.train", "Train one model (optionally +BeFA) to early stopping and print its test metrics."),
     "evaluate": ("pipeline.cli.train", "Reload a run's best checkpoint and recompute its valid and test metrics."),
+    "recommend": ("pipeline.cli.serving", "Write top-K recommendations per user from a trained run (Parquet + manifest)."),
+    "similar": ("pipeline.cli.serving", "Write item-to-item neighbours from a trained run (model or content space)."),
     "run": ("pipeline.cli.job", "Run the whole pipeline in this process, without a Prefect server (same steps as befa/full-pipeline)."),
     "watch": ("pipeline.cli.job", "Check registered catalogs for changes and re-extract only what changed (no Prefect event)."),
     "study": ("pipeline.cli.job", "Base vs +BeFA across models and seeds, t sweep, modality ablation, sparsity sweep; writes report.html."),
+    "gc": ("pipeline.cli.maintenance", "Remove temporary files left by killed writes under $BEFA_HOME and the feature store."),
     "serve": ("pipeline.cli.prefect", "Serve befa/full-pipeline and befa-watch/catalog-watch (+ retrain trigger) to a Prefect server."),
     "server": ("pipeline.cli.prefect", "Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, analytics off) and the serve process."),
     "demo": ("pipeline.cli.prefect", "The main job on the default catalog through the `befa` flow (what `make demo` runs)."),

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from encoders import validate_specs
 from models import MODELS, make_config
 from pipeline.data.importers import IMPORTERS
+from pipeline.data.ingest import recorded_ingest
+from pipeline.data.versions import is_ingested
 from pipeline.settings import Settings
+from pipeline.training.device import DeviceError, check_device
 from storage.keys import MODALITIES
 
 DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
@@ -73,6 +76,19 @@ class DataParams(BaseModel):
             options.setdefault("name", self.dataset)
         return importer, options
 
+    def with_recorded_ingest(self, settings: Settings) -> Self:
+        """These parameters, with the catalog's own ingest record (``catalog.json``: what
+        ``befa ingest`` was given) when they give no ingest options of their own: so a
+        catalog ingested with ``befa ingest generic ...`` re-ingests (watch, ``ingest=always``)
+        from the same files and options, not from the importer's defaults."""
+        if self.ingest_options:
+            return self
+        record = recorded_ingest(settings.catalog_dir(self.dataset))
+        if record is None or (self.importer or resolve_importer(self)) not in (None, record["importer"]):
+            return self
+        options = {k: v for k, v in record.get("options", {}).items() if k != "name"}
+        return self.model_copy(update={"importer": record["importer"], "ingest_options": options})
+
 
 class PipelineParams(DataParams):
     """Everything one pipeline run needs. Flat, so each field is a flow parameter
@@ -86,9 +102,12 @@ class PipelineParams(DataParams):
     epochs: int = Field(1000, ge=1, description="max epochs per run")
     patience: int = Field(10, ge=1, description="early-stopping patience on valid Recall@20")
     seed: int = Field(999, description="training seed")
-    cluster: str | None = Field(None, description="'ray://host:port' or 'auto': run feature extraction on Ray")
+    cluster: str | None = Field(None, description="'ray://host:port' or 'auto': run feature extraction and the training runs on Ray")
+    cpus_per_run: int = Field(1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray")
     verify_checkpoints: bool = Field(True, description="re-evaluate each best checkpoint and check it reproduces the metrics")
     run_name: str | None = Field(None, description="pipeline folder name; default <dataset>-<UTC time>")
+    recommend_k: int = Field(20, ge=0, description="items per user in the final recommendations file; 0 skips the recommend step")
+    recommend_run: str | None = Field(None, description="'<model>-<adapter>' to serve (e.g. 'freedom-befa'); default: the best run by VALID Recall@20")
 
     @field_validator("models")
     @classmethod
@@ -107,11 +126,7 @@ class PipelineParams(DataParams):
     @field_validator("cluster")
     @classmethod
     def _cluster_form(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        if v != "auto" and not re.fullmatch(r"ray://[^/:]+:\d+", v):
-            raise ValueError(f"cluster {v!r}: expected 'auto' or 'ray://host:port'")
-        return v
+        return cluster_address(v)
 
     @field_validator("run_name")
     @classmethod
@@ -125,6 +140,15 @@ class PipelineParams(DataParams):
         out.update(self.model_overrides.get(model, {}))
         out["adapter"] = adapter
         return out
+
+
+def cluster_address(v: str | None) -> str | None:
+    """A ``cluster`` parameter checked: None (no cluster), 'auto' or 'ray://host:port'."""
+    if v in (None, ""):
+        return None
+    if v != "auto" and not re.fullmatch(r"ray://[^/:]+:\d+", v):
+        raise ValueError(f"cluster {v!r}: expected 'auto' or 'ray://host:port'")
+    return v
 
 
 # -- step summaries (small, JSON-friendly) ----------------------------------------
@@ -142,6 +166,7 @@ class IngestSummary(Summary):
     num_interactions: int
     ingested: bool = Field(description="False when the stored catalog was used as is")
     issues: dict[str, int] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list, description="the ingest report's warnings (removed splits, missing images, ...)")
 
 
 class ModalityFeatures(BaseModel):
@@ -189,6 +214,29 @@ class TrainSummary(Summary):
     valid: dict[str, float]
     verified: bool | None = None
     max_abs_diff: float | None = None
+    verify_seconds: float | None = None  # the checkpoint re-evaluation alone (``seconds`` counts training and it)
+    floor_note: str | None = None  # set when the run ended below the MostPop floor: by how much and the likely cause
+
+
+class TrainJob(BaseModel):
+    """One (model, adapter) run of a pipeline, as the train role receives a batch of them."""
+
+    model: str
+    adapter: str
+    run_dir: str
+
+
+class RecommendSummary(Summary):
+    model: str
+    adapter: str
+    run_dir: str
+    chosen_by: str  # "valid recall@20" or "recommend_run"
+    valid_recall: float | None
+    path: str
+    manifest: str
+    rows: int
+    users: int
+    head: list[dict[str, Any]] = Field(default_factory=list)  # the first rows, for the artifact and the log
 
 
 class PipelineResult(BaseModel):
@@ -201,6 +249,7 @@ class PipelineResult(BaseModel):
     report: dict[str, str | None]
     timings: dict[str, float]
     skipped: list[str] = Field(default_factory=list)
+    recommendations: RecommendSummary | None = None
 
 
 # -- validation ---------------------------------------------------------------------
@@ -248,10 +297,18 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
                 make_config(MODELS[model], params.overrides_for(model, adapter))
             except (ValueError, KeyError) as exc:
                 raise PipelineError(f"model_overrides for {model!r} (adapter {adapter}): {exc}") from None
+    if params.recommend_run is not None and params.recommend_k:
+        planned = [f"{m}-{a}" for m in params.models for a in params.adapters if a == "none" or MODELS[m].uses_content]
+        if params.recommend_run not in planned:
+            raise PipelineError(f"--recommend-run (recommend_run) {params.recommend_run!r} is not a run of this pipeline; choose from {planned}")
+    try:
+        check_device(params.device)  # the flow parameter and the flag share the name: device, --device
+    except DeviceError as exc:
+        raise PipelineError(str(exc)) from None
     # encoder
     validate_encoder(params.encoder_spec())
     # dataset: an ingested catalog, or something to ingest it from
-    catalog_ready = (settings.catalog_dir(params.dataset) / "catalog.json").exists()
+    catalog_ready = is_ingested(settings.catalog_dir(params.dataset))
     if params.ingest == "never" or (params.ingest == "auto" and catalog_ready):
         if not catalog_ready:
             raise PipelineError(
@@ -263,7 +320,8 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
         raise PipelineError(
             f"dataset {params.dataset!r}: not an ingested catalog under {settings.catalogs_dir} and not a known dataset "
             f"({sorted(k for k in IMPORTERS if k not in ('generic', 'mmrec'))}); for your own data pass "
-            "importer='generic' with ingest_options items=..., interactions=..., images=..."
+            "give its files: befa run NAME --items items.csv --interactions events.csv [--images DIR] "
+            "(deployment: importer=generic, ingest_options items/interactions/images)"
         )
     if importer not in IMPORTERS:
         raise PipelineError(f"importer {importer!r} unknown; choose from {sorted(IMPORTERS)}")
@@ -278,5 +336,5 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
         for key in ("items", "interactions", "images", "folder"):
             value = params.ingest_options.get(key)
             if value and "://" not in str(value) and not Path(value).expanduser().exists():
-                raise PipelineError(f"dataset {params.dataset!r}: ingest option {key}={value} does not exist")
+                raise PipelineError(f"dataset {params.dataset!r}: --{key} {value} does not exist")
     return params

@@ -4,7 +4,9 @@
 plain step functions of :mod:`pipeline.job.steps`); the Prefect flow ``befa``
 (``flows/pipeline_flow.py``) calls it with the same steps wrapped as Prefect tasks.
 So the order of the steps, the log lines, the timings and ``summary.json`` are written
-in one place.
+in one place. The (model, adapter) runs go to the ``train_many`` role as one batch: one
+after another, or with ``cluster`` as Ray tasks (``pipeline.job.ray_runs``; the flow maps
+its train tasks on prefect-ray's task runner instead).
 
 The job, not a step, registers the catalog for watching (``pipeline.job.watch``), so a
 retrain triggered by a catalog change reruns it with these parameters; a study runs the
@@ -15,6 +17,7 @@ Folder of one pipeline run (``$BEFA_HOME/runs/pipelines/<run name>/``)::
     params.json                     the validated parameters
     runs/<model>-<adapter>/         one training run folder each (pipeline.training.record)
     summary.json                    every step's summary
+    recommendations.parquet/.json   top-K per user from the best run by valid Recall@20 (pipeline.job.recommend)
     metrics.parquet, report.md, curves.png, base_vs_befa.png, ...   (pipeline.reporting)
 """
 
@@ -28,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.job.params import PipelineParams, PipelineResult, TrainSummary, validate_params
+from pipeline.job.params import PipelineParams, PipelineResult, TrainJob, TrainSummary, validate_params
+from pipeline.job.ray_runs import train_runs
+from pipeline.job.recommend import recommend_step
 from pipeline.job.steps import evaluate_step, extract_step, ingest_step, plan_runs, report_step, split_step, train_step
 from pipeline.job.watch import register_catalog
 from pipeline.settings import Settings
@@ -45,10 +50,19 @@ class PipelineSteps:
     train: Callable[..., Any] = train_step
     evaluate: Callable[..., Any] = evaluate_step
     report: Callable[..., Any] = report_step
+    recommend: Callable[..., Any] = recommend_step
+    # the batch role: ``train_many(train, evaluate, params, settings, catalog_dir, split_path,
+    # extract, jobs)`` runs every job with the train (and evaluate) role given; this one runs
+    # them one after another, or as Ray tasks with ``cluster`` (pipeline.job.ray_runs)
+    train_many: Callable[..., Any] = train_runs
 
     def wrapped(self, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> "PipelineSteps":
-        """Every step passed through ``wrap(role, fn)`` (e.g. into a Prefect task)."""
-        return PipelineSteps(**{f.name: wrap(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)})
+        """Every step passed through ``wrap(role, fn)`` (e.g. into a Prefect task); the batch
+        role is kept as it is: it calls the wrapped train and evaluate steps."""
+        return PipelineSteps(**{f.name: getattr(self, f.name) if f.name in BATCH_ROLES else wrap(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+BATCH_ROLES = ("train_many",)
 
 
 LOCAL_STEPS = PipelineSteps()
@@ -65,7 +79,7 @@ def run_pipeline(
     steps: PipelineSteps = LOCAL_STEPS,
     log: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Validate, then ingest -> extract -> split -> train (and verify) each run -> report."""
+    """Validate, then ingest -> extract -> split -> train (and verify) each run -> recommend -> report."""
     log = log or (lambda msg: None)
     params = validate_params(params, settings)
     folder = pipeline_folder(params, settings)
@@ -78,6 +92,8 @@ def run_pipeline(
     timings["ingest"] = ingest.seconds
     register_catalog(settings, params)
     log(f"ingest: {ingest.name} ({ingest.num_items} items, {ingest.num_interactions} interactions) in {ingest.seconds:.1f} s")
+    for warning in ingest.warnings:
+        log(f"WARNING: ingest: {warning}")
     extract = steps.extract(params, settings, ingest.catalog_dir)
     timings["extract"] = extract.seconds
     for m, f in extract.modalities.items():
@@ -89,14 +105,22 @@ def run_pipeline(
     pairs, skipped = plan_runs(params)
     for note in skipped:
         log(note)
-    runs = [train_and_verify(steps, params, settings, ingest.catalog_dir, split.path, extract, model, adapter, folder, timings, log) for model, adapter in pairs]
+    runs = train_and_verify(steps, params, settings, ingest.catalog_dir, split.path, extract, pairs, folder, timings, log)
 
+    recommendations = None
+    if params.recommend_k and runs:
+        recommendations = steps.recommend(params, settings, str(folder), runs)
+        timings["recommend"] = recommendations.seconds
+        log(
+            f"recommend: top-{params.recommend_k} for {recommendations.users} users from {recommendations.model} "
+            f"{recommendations.adapter} (best by {recommendations.chosen_by}) -> {recommendations.path}"
+        )
     start = time.perf_counter()
     report = steps.report(str(folder), params, ingest, extract, split, runs, timings, skipped)
     timings["report"] = round(time.perf_counter() - start, 3)
     result = PipelineResult(
         params=params.model_dump(mode="json"), folder=str(folder), ingest=ingest, extract=extract,
-        split=split, runs=runs, report=report, timings=timings, skipped=skipped,
+        split=split, runs=runs, report=report, timings=timings, skipped=skipped, recommendations=recommendations,
     )
     write_json(folder / "summary.json", json.loads(result.model_dump_json()))
     log(f"report: {report['report_md']}")
@@ -110,18 +134,22 @@ def train_and_verify(
     catalog_dir: str,
     split_path: str,
     extract: Any,
-    model: str,
-    adapter: str,
+    pairs: list[tuple[str, str]],
     folder: Path,
     timings: dict[str, float],
     log: Callable[[str], None],
-) -> TrainSummary:
-    """One (model, adapter) run, then (``verify_checkpoints``) its best checkpoint re-evaluated."""
-    summary = steps.train(params, settings, catalog_dir, split_path, extract, model, adapter, str(folder / "runs" / f"{model}-{adapter}"))
-    timings[f"train {model} {adapter}"] = summary.seconds
-    if params.verify_checkpoints:
-        before = summary.seconds
-        summary = steps.evaluate(settings, catalog_dir, split_path, extract, summary)
-        timings[f"evaluate {model} {adapter}"] = round(summary.seconds - before, 3)
-    log(f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {summary.test.get('recall@20', float('nan')):.4f}")
-    return summary
+) -> list[TrainSummary]:
+    """Every (model, adapter) run, each then (``verify_checkpoints``) with its best checkpoint
+    re-evaluated: one batch for the train_many role (one after another, or spread on Ray)."""
+    jobs = [TrainJob(model=model, adapter=adapter, run_dir=str(folder / "runs" / f"{model}-{adapter}")) for model, adapter in pairs]
+    evaluate = steps.evaluate if params.verify_checkpoints else None
+    runs = steps.train_many(steps.train, evaluate, params, settings, catalog_dir, split_path, extract, jobs)
+    for summary in runs:
+        model, adapter, verify = summary.model, summary.adapter, summary.verify_seconds or 0.0
+        timings[f"train {model} {adapter}"] = round(summary.seconds - verify, 3)
+        if evaluate is not None:
+            timings[f"evaluate {model} {adapter}"] = verify
+        log(f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {summary.test.get('recall@20', float('nan')):.4f}")
+        if summary.floor_note:
+            log(f"WARNING: {summary.floor_note}")
+    return runs

@@ -11,13 +11,13 @@ the job's business (``pipeline.job.run``), not a step's.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from models import MODELS
 from pipeline.data.catalog import Catalog
 from pipeline.data.ingest import ingest
 from pipeline.data.splits import make_split
+from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
 from pipeline.features.ray_backend import extract_features_ray
@@ -33,6 +33,7 @@ from pipeline.job.params import (
 from pipeline.reporting.pipeline_report import EncoderInfo, ReportContext, write_report
 from pipeline.settings import Settings
 from pipeline.training.api import evaluate_run, train_model
+from pipeline.training.floor import FLOOR_MODEL
 from storage.feature_store import FeatureStore
 
 
@@ -48,13 +49,15 @@ def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
     """Ingest the catalog when asked (or when it is missing); else describe the stored one."""
     def run() -> IngestSummary:
         folder = settings.catalog_dir(params.dataset)
-        ready = (folder / "catalog.json").exists()
+        ready = is_ingested(folder)
         issues: dict[str, int] = {}
+        warnings: list[str] = []
         ingested = False
         if params.ingest == "always" or (params.ingest == "auto" and not ready):
-            importer, options = params.ingest_call()
+            importer, options = params.with_recorded_ingest(settings).ingest_call()
             catalog, report = ingest(importer, settings, **options)
             issues = report.summary_by_problem()
+            warnings = list(report.warnings)
             ingested = True
             folder = settings.catalog_dir(catalog.name)
         else:
@@ -68,6 +71,7 @@ def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
             num_interactions=len(catalog.interactions),
             ingested=ingested,
             issues=issues,
+            warnings=warnings,
         )
 
     return _timed(run)
@@ -115,7 +119,7 @@ def split_step(params: PipelineParams, catalog_dir: str) -> SplitSummary:
     def run() -> SplitSummary:
         catalog = Catalog.load(catalog_dir)
         split = make_split(catalog, kind=params.split_kind, seed=params.split_seed, k_core=params.k_core)
-        path = split.save(Path(catalog_dir) / "splits")
+        path = split.save(catalog.splits_dir)
         return SplitSummary(
             path=str(path),
             id=split.id,
@@ -148,8 +152,11 @@ def train_step(
     model: str,
     adapter: str,
     run_dir: str,
+    num_threads: int | None = None,
 ) -> TrainSummary:
-    """Train one model with one adapter setting; features are loaded here, from the store."""
+    """Train one model with one adapter setting; features are loaded here, from the store.
+    ``num_threads``: torch CPU threads (default: the CPUs this process may use; a Ray task
+    passes the CPUs it reserved)."""
 
     def run() -> TrainSummary:
         catalog = Catalog.load(catalog_dir)
@@ -165,8 +172,9 @@ def train_step(
             device=params.device,
             max_epochs=params.epochs,
             patience=params.patience,
-            quiet=True,
+            quiet=False,  # a line per epoch, as `befa train` prints (plain lines when not on a terminal)
             overwrite=True,
+            num_threads=num_threads,
             graph_cache_dir=settings.home / "graph-cache",
         )
         rec = result.record
@@ -179,6 +187,7 @@ def train_step(
             epochs_run=len(rec.epochs),
             test=dict(rec.test),
             valid=dict(rec.best_valid),
+            floor_note=rec.floor.line(f"{model}{'+befa' if adapter == 'befa' else ''}") if rec.below_floor else None,
         )
 
     return _timed(run)
@@ -199,7 +208,8 @@ def evaluate_step(settings: Settings, catalog_dir: str, split_path: str, extract
 
     start = time.perf_counter()
     out = run()
-    out.seconds = round(summary.seconds + time.perf_counter() - start, 3)
+    out.verify_seconds = round(time.perf_counter() - start, 3)
+    out.seconds = round(summary.seconds + out.verify_seconds, 3)
     return out
 
 
@@ -247,12 +257,15 @@ def plan_runs(params: PipelineParams) -> tuple[list[tuple[str, str]], list[str]]
     """(model, adapter) pairs to train, and the pairs skipped with the reason.
 
     BeFA adapts content features, so a content-free model (LightGCN, MostPop) is trained
-    once, without adapter."""
-    pairs, skipped = [], []
+    once, without adapter. MostPop always runs first, as the floor every table shows
+    (one evaluation, no training), whether or not ``models`` names it."""
+    pairs: list[tuple[str, str]] = [(FLOOR_MODEL, "none")]
+    skipped: list[str] = []
     for model in params.models:
         for adapter in params.adapters:
             if adapter == "befa" and not uses_content(model):
                 skipped.append(f"{model} +befa skipped: {model} uses no content features, so BeFA has nothing to adapt")
                 continue
-            pairs.append((model, adapter))
+            if (model, adapter) not in pairs:
+                pairs.append((model, adapter))
     return pairs, skipped
