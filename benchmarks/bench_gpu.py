@@ -32,7 +32,6 @@ and it says so. Measured on a GPU: (figures: run make bench-gpu).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

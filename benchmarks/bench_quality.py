@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from models import MODELS
-    from pipeline.training.record import RunRecord
     from pipeline.training.api import train_model
+    from pipeline.training.record import RunRecord
 
     torch.set_num_threads(args.threads)
     settings, catalog, split_path, features, desc = prepare(args)

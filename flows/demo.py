@@ -22,6 +22,7 @@ from rich.console import Console
 from flows.pipeline_flow import befa
 from pipeline.job.params import DEFAULT_DATASET, DEFAULT_ENCODER
 from pipeline.reporting.console import metrics_table
+from pipeline.reporting.terminal import make_console
 from pipeline.settings import get_settings
 
 DEMO_MODELS = ["lightgcn", "freedom", "mgcn"]
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--models", default=",".join(DEMO_MODELS))
     args = p.parse_args(argv)
-    console = Console()
+    console = make_console()  # full-width plain lines in logs (make demo is rarely a terminal)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # The temporary server's default 20 s start-up budget is too short on a busy 2-core machine.

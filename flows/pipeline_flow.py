@@ -51,7 +51,8 @@ RUN_NAMES = {"train": "train-{model}-{adapter}"}
 
 
 def as_task(role: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    return task(name=TASK_NAMES[role], cache_policy=NO_CACHE, task_run_name=RUN_NAMES.get(role))(fn)
+    # log_prints: the steps' progress lines (extraction every 30 s, an epoch line per epoch) reach the flow run's log
+    return task(name=TASK_NAMES[role], cache_policy=NO_CACHE, task_run_name=RUN_NAMES.get(role), log_prints=True)(fn)
 
 
 def train_many(train: Any, evaluate: Any, params: PipelineParams, settings: Any, catalog_dir: str, split_path: str, extract: Any, jobs: list[TrainJob]) -> list[Any]:

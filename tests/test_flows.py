@@ -102,6 +102,28 @@ def test_pipeline_flow_runs_and_publishes_artifacts(harness, befa_env):
     assert "weights: random init" in md.data and "freedom" in md.data
 
 
+async def _log_messages(flow_run_id) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async with get_client() as client:
+        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
+def test_long_steps_log_progress_lines_in_the_flow_run(harness, befa_env):
+    """Extraction's progress lines and the epoch lines reach the flow run's log (log_prints),
+    not only the terminal: a run watched in the Prefect UI is never silent for a whole step."""
+    import asyncio
+
+    _, cat = befa_env
+    state = befa(**_params(cat, run_name="logged", dataset="ml-logged", models=["lightgcn"], adapters=["none"]), return_state=True)
+    assert state.is_completed()
+    messages = asyncio.run(_log_messages(state.state_details.flow_run_id))
+    assert any(m.startswith("extract image (") and "/40 (100%)" in m for m in messages), messages[:20]
+    assert any(m.startswith("extract text (") for m in messages)
+    assert any(m.startswith("lightgcn epoch    0") for m in messages)
+
+
 def test_flow_rejects_bad_parameters_before_any_task(harness, befa_env):
     _, cat = befa_env
     state = befa(**_params(cat, encoder="nosuch:x@random", run_name="bad"), return_state=True)

@@ -19,7 +19,6 @@ from pipeline.data.splits import Split, split_random
 from pipeline.data.versions import files_dir
 from pipeline.settings import get_settings
 from storage.feature_store import FeatureStore
-from storage.keys import FeatureSetKey
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,15 @@ them, failing with a message (exit 2, no traceback), and command groups."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
 
+from pipeline.reporting.terminal import make_console
 from pipeline.settings import Settings, get_settings
 
-# Lines as wide as they need when stdout is a log or a pipe: rich would otherwise wrap
-# every table at 80 columns there, cutting counts, snapshot ids and fingerprints. (Colours
-# are off there anyway: rich only styles a terminal.)
-PLAIN_WIDTH = 1000
-console = Console() if sys.stdout.isatty() else Console(width=PLAIN_WIDTH, soft_wrap=True)
+console = make_console()  # full-width plain lines when stdout is not a terminal
 DatasetsRoot = typer.Option(None, "--datasets-root", envvar="BEFA_DATASETS_ROOT", help="Folder holding raw datasets.")
 Home = typer.Option(None, "--home", envvar="BEFA_HOME", help="befa storage root (catalogs, splits, runs). Default ./.befa")
 FeatureStoreOpt = typer.Option(None, "--feature-store", envvar="BEFA_FEATURE_STORE", help="Feature store root: path or fsspec URI.")

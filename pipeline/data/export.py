@@ -14,7 +14,6 @@ import pandas as pd
 
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.importers.mmrec import FEATURE_FILES
-from pipeline.data.splits import Split
 from storage.atomic import atomic_path, write_text
 from storage.feature_store import FeatureStore
 from storage.keys import MODALITIES, FeatureSetKey

@@ -47,6 +47,7 @@ from encoders.spec import EncoderSpec
 from pipeline.data.catalog import Catalog
 from pipeline.features.encoder_cache import known_fingerprint, remember_fingerprint
 from pipeline.features.images import ImageItems, default_num_workers, image_loader
+from pipeline.features.progress import ProgressLines
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
 from pipeline.settings import Settings
@@ -163,6 +164,7 @@ def extract_features(
     flush_seconds: float = 60.0,
     num_threads: int | None = None,
     on_part: Callable[[str, int, str], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
     """Embed the catalog's items that the store lacks, then commit one snapshot per modality.
 
@@ -180,6 +182,7 @@ def extract_features(
             also written after ``flush_seconds``, bounding the work a crash can lose.
         num_threads: torch intra-op threads on CPU (default: all usable cores); restored after.
         on_part: called as ``on_part(modality, parts_written_so_far, part_name)`` after each part.
+        log: gets a plain progress line (done/total, items/s, ETA) every 30 s and at the end.
 
     Returns:
         An :class:`ExtractSummary` (encoded / skipped / failed counts, failed items,
@@ -209,6 +212,7 @@ def extract_features(
                 flush_seconds=flush_seconds,
                 progress=progress,
                 on_part=on_part,
+                log=log,
             )
     ordered = {m: summaries[m] for m in MODALITIES if m in summaries}
     return ExtractSummary(dataset=catalog.name, modalities=ordered, seconds=time.perf_counter() - t_start)
@@ -271,6 +275,7 @@ def _extract_modality(
     flush_seconds: float,
     progress: bool,
     on_part: Callable[[str, int, str], None] | None,
+    log: Callable[[str], None] | None = None,
 ) -> ModalitySummary:
     t0 = time.perf_counter()
     register_encoder(store, encoder)
@@ -295,15 +300,17 @@ def _extract_modality(
                 batches = _image_batches(encoder, catalog.items, todo, batch_size, num_workers, device, catalog.meta.get("image_cache"))
             else:
                 batches = _text_batches(encoder, catalog.items, todo, batch_size)
-            _encode_into(writer, summary, batches, todo, progress)
+            _encode_into(writer, summary, batches, todo, progress, log)
         return finish_modality(summary, writer, store, key, keys, t_enc, t0)
 
 
-def _encode_into(writer: PartWriter, summary: ModalitySummary, batches, todo: pd.DataFrame, progress: bool) -> None:
-    """Consume ``batches`` of ``todo``: vectors to the writer, failures to the summary, then flush."""
+def _encode_into(writer: PartWriter, summary: ModalitySummary, batches, todo: pd.DataFrame, progress: bool, log: Callable[[str], None] | None = None) -> None:
+    """Consume ``batches`` of ``todo``: vectors to the writer, failures to the summary, then flush.
+    ``log``: plain progress lines as well (``ProgressLines``), for logs where the bar does not show."""
     ids, hashes, idx = todo["item_id"].tolist(), todo["content_hash"].tolist(), todo["item_idx"].tolist()
     unit = "img" if summary.modality == "image" else "text"
     bar = _progress(len(todo), f"{summary.modality} {summary.fingerprint}", unit, progress)
+    lines = ProgressLines(len(todo), f"extract {summary.modality} ({summary.fingerprint})", log, unit=f"{unit}s") if log else None
     try:
         for positions, emb, bad in batches:
             if positions:
@@ -312,9 +319,13 @@ def _encode_into(writer: PartWriter, summary: ModalitySummary, batches, todo: pd
             for p, why in bad:
                 summary.record_failure(ids[p], idx[p], why)
             bar.update(len(positions) + len(bad))
+            if lines:
+                lines.update(len(positions) + len(bad))
         writer.flush()
     finally:
         bar.close()
+    if lines:
+        lines.close()
 
 
 def _image_batches(encoder, items, todo, batch_size, num_workers, device, cache_root=None):

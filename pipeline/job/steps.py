@@ -88,7 +88,8 @@ def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -
             result = extract_features_ray(catalog, spec, store, cluster=params.cluster, device=params.device, batch_size=params.extract_batch_size)
             backend = f"ray ({params.cluster})"
         else:
-            result = extract_features(catalog, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False)
+            # plain progress lines (print: a Prefect task with log_prints logs them), no bar
+            result = extract_features(catalog, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False, log=print)
             backend = "local"
         return FeaturesSummary(modalities=modality_features(result), backend=backend)
 

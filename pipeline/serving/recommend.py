@@ -78,7 +78,7 @@ def allowed_items(s: Servable, candidates: list[str] | None) -> tuple[Tensor, di
         rows = s.item_rows()
         known = [c for c in dict.fromkeys(candidates) if c in rows.index]
         mask = torch.zeros_like(allowed)
-        mask[torch.as_tensor(rows.loc[known].to_numpy(np.int64), device=mask.device)] = True
+        mask[torch.tensor(rows.loc[known].to_numpy(np.int64), device=mask.device)] = True
         allowed &= mask
         notes.update(candidates_given=len(set(candidates)), candidates_unknown=len(set(candidates)) - len(known))
     notes["allowed_items"] = int(allowed.sum())
@@ -108,19 +108,25 @@ def score_batches(s: Servable, request: RecommendRequest, allowed: Tensor, users
         scores[:, blocked] = float("-inf")
         r, i = _seen_rows(s, rows, request.seen)
         scores[r, i] = float("-inf")
-        top = topk_items(scores, k)
-        vals = scores.gather(1, top)
-        keep = torch.isfinite(vals)
-        rank = torch.arange(1, k + 1, dtype=torch.int32, device=top.device).expand_as(top)
-        who = rows[:, None].expand_as(top)
-        yield pd.DataFrame(
-            {
-                "user_id": user_ids[who[keep].cpu().numpy()],
-                "rank": rank[keep].cpu().numpy(),
-                "item_id": s.item_ids[top[keep].cpu().numpy()],
-                "score": vals[keep].cpu().numpy().astype(np.float32),
-            }
-        )
+        yield ranked_frame(scores, k, rows, user_ids, s.item_ids, ("user_id", "item_id"))
+
+
+def ranked_frame(scores: Tensor, k: int, rows: Tensor, row_ids: np.ndarray, item_ids: np.ndarray, names: tuple[str, str]) -> pd.DataFrame:
+    """The top ``k`` of each row of ``scores`` (the evaluator's order) as (row id, rank,
+    item id, score), -inf entries (excluded items) dropped."""
+    top = topk_items(scores, k)
+    vals = scores.gather(1, top)
+    keep = torch.isfinite(vals)
+    rank = torch.arange(1, k + 1, dtype=torch.int32, device=top.device).expand_as(top)
+    who = rows[:, None].expand_as(top)
+    return pd.DataFrame(
+        {
+            names[0]: row_ids[who[keep].cpu().numpy()],
+            "rank": rank[keep].cpu().numpy(),
+            names[1]: item_ids[top[keep].cpu().numpy()],
+            "score": vals[keep].cpu().numpy().astype(np.float32),
+        }
+    )
 
 
 def requested_users(s: Servable, users: list[str] | None) -> Tensor:

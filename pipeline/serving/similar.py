@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.evaluation.evaluator import topk_items
-from pipeline.serving.recommend import SIMILAR_SCHEMA, Written, allowed_items, manifest_base, stream_parquet
+from pipeline.serving.recommend import SIMILAR_SCHEMA, Written, allowed_items, manifest_base, ranked_frame, stream_parquet
 from pipeline.serving.servable import Servable, ServingError, parse_ids
 from storage.atomic import write_json
 
@@ -56,19 +55,7 @@ def _batches(s: Servable, rows: np.ndarray, k: int, space: Space, allowed: Tenso
         scores = vectors[query] @ vectors.T
         scores[:, blocked] = float("-inf")
         scores[torch.arange(query.numel(), device=query.device), query] = float("-inf")  # never the item itself
-        top = topk_items(scores, k)
-        vals = scores.gather(1, top)
-        keep = torch.isfinite(vals)
-        rank = torch.arange(1, k + 1, dtype=torch.int32, device=top.device).expand_as(top)
-        who = query[:, None].expand_as(top)
-        yield pd.DataFrame(
-            {
-                "item_id": s.item_ids[who[keep].cpu().numpy()],
-                "rank": rank[keep].cpu().numpy(),
-                "similar_item_id": s.item_ids[top[keep].cpu().numpy()],
-                "score": vals[keep].cpu().numpy().astype(np.float32),
-            }
-        )
+        yield ranked_frame(scores, k, query, s.item_ids, s.item_ids, ("item_id", "similar_item_id"))
 
 
 def _query_rows(s: Servable, items: list[str] | None) -> np.ndarray:

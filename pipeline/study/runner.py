@@ -25,8 +25,8 @@ from pipeline.job.ray_runs import claim_run, die_once_when_armed, map_on_ray
 from pipeline.settings import Settings
 from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
-from pipeline.training.prepare import FeatureBundle
 from pipeline.training.liveness import interrupted_note
+from pipeline.training.prepare import FeatureBundle
 from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord
 
 

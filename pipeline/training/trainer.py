@@ -242,8 +242,16 @@ def _evaluate_once(model: Recommender, prepared: PreparedData, record: RunRecord
     save_per_user(run_dir / PER_USER, res)
     record.save(run_dir)
     if not trainer.quiet:
-        tqdm.write(f"{record.model}: not trainable, evaluated once: valid R@20 {res['valid'].metrics[SELECTION_METRIC]:.4f}")
+        say(f"{record.model}: not trainable, evaluated once: valid R@20 {res['valid'].metrics[SELECTION_METRIC]:.4f}")
     return RunResult(run_dir, record, model, res["valid"], res["test"])
+
+
+def say(message: str) -> None:
+    """Above the bar on a terminal; else a plain print, which a Prefect task (log_prints) logs."""
+    if sys.stderr.isatty():
+        tqdm.write(message)
+    else:
+        print(message, flush=True)
 
 
 @dataclass
@@ -297,7 +305,7 @@ class _Loop:
 
     def log(self, message: str) -> None:
         if not self.trainer.quiet:
-            tqdm.write(message)
+            say(message)
 
 
 def _restore(loop: _Loop) -> None:
