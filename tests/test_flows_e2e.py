@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 
 from flows.server import prefect_env, start_serve, start_server, stop, wait_healthy
+from pipeline.data.catalog import Catalog
 from tests.flows_data import make_small_catalog
 
 pytestmark = pytest.mark.slow
@@ -155,6 +156,7 @@ def test_catalog_change_reencodes_three_items_and_triggers_retraining(stack):
     if not (home / "watch" / "catalogs.json").exists():
         pytest.skip("needs the first test's pipeline run (it registers the catalog)")
     before = len(_pipeline_runs(env))
+    recs_before = json.loads((home / "runs" / "pipelines" / "e2e-first" / "recommendations.json").read_text())["catalog_fingerprint"]
     added = cat.add_items(2)
     edited = pd.read_csv(cat.items, dtype=str)["item_id"].iloc[0]
     cat.replace_poster(edited, with_poster_of=cat.spare_ids[0])
@@ -177,6 +179,10 @@ def test_catalog_change_reencodes_three_items_and_triggers_retraining(stack):
 
     done = _wait_for(finished, 300, "the triggered run to finish", stack["root"] / "serve.log")
     assert done.state.is_completed(), done.state.message
+    # the retrain refreshed the recommendations: the newest file was made from the changed catalog
+    newest = max((home / "runs" / "pipelines").glob("*/recommendations.json"), key=lambda p: p.stat().st_mtime)
+    manifest = json.loads(newest.read_text())
+    assert manifest["catalog_fingerprint"] == Catalog.load(home / "catalogs" / CATALOG).fingerprint() != recs_before
 
     # no change: the watch emits nothing, so no new pipeline run
     proc = _cli(env, "deployment", "run", "befa-watch/catalog-watch", "--watch", "--watch-interval", "2")
@@ -193,7 +199,6 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     ``--params`` pointing it at this test's small catalog: the run uses MiniLM for that
     run only, its report and artifacts name it, and the store keeps the first run's
     features beside MiniLM's (switching back encodes nothing)."""
-    from pipeline.data.catalog import Catalog
     from pipeline.features.extract import extract_features
     from storage.feature_store import FeatureStore
     from storage.keys import FeatureSetKey

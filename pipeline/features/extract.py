@@ -52,6 +52,7 @@ from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
 from pipeline.settings import Settings
 from pipeline.training.device import cpu_count, resolve_device, torch_threads
+from storage.atomic import clean_temporaries
 from storage.columns import string_array
 from storage.faults import pause_point
 from storage.feature_store import FeatureStore
@@ -291,6 +292,8 @@ def _extract_modality(
     # one extraction per feature set at a time: a second one waits here, then finds the work done
     with store.lock(key, on_wait=tqdm.write):
         pause_point("extract-locked")
+        if store.fs.is_local:  # what killed writers of this feature set left, an hour old or more
+            clean_temporaries(store.feature_set_path(key))
         todo = todo_keys(store, key, keys)
         summary.skipped = int(len(keys) - len(todo))
         writer = PartWriter(store, key, part_size, flush_seconds, on_part)

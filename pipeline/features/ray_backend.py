@@ -36,6 +36,7 @@ import torch
 
 from encoders.registry import create_encoders, resolve_specs
 from pipeline.data.catalog import Catalog
+from pipeline.data.image_cache import ImageCache, is_url
 from pipeline.features.extract import finish_modality, precision_name, todo_keys
 from pipeline.features.images import ImageItems
 from pipeline.features.summary import ExtractSummary, ModalitySummary
@@ -193,15 +194,25 @@ def extract_features_ray(
     return ExtractSummary(dataset=catalog.name, modalities=summaries, seconds=time.perf_counter() - t_start)
 
 
-def _work_frame(items: pd.DataFrame, todo: pd.DataFrame, modality: str) -> pd.DataFrame:
-    """What the actors get per item: id, content hash, index and the payload (image reference or text)."""
+def _work_frame(items: pd.DataFrame, todo: pd.DataFrame, modality: str, cache_root: str | None = None) -> pd.DataFrame:
+    """What the actors get per item: id, content hash, index and the payload (image reference
+    or text). An image URL is resolved here, on the driver, to its file in the image cache
+    (which, like BEFA_HOME, a cluster's workers must share): no worker touches the network."""
     payload = items[modality].to_numpy()[todo["item_idx"].to_numpy()]
+    if modality == "image" and cache_root:
+        cache = ImageCache(cache_root)
+        payload = np.array([_cached(cache, ref) for ref in payload], dtype=object)
     return pd.DataFrame({
         "item_id": todo["item_id"].astype(str).to_numpy(),
         "content_hash": todo["content_hash"].astype(str).to_numpy(),
         "item_idx": todo["item_idx"].to_numpy(np.int64),
         "payload": payload.astype(str),
     })
+
+
+def _cached(cache: ImageCache, ref: Any) -> Any:
+    hit = cache.lookup(ref) if is_url(ref) else None
+    return str(hit.path) if hit is not None else ref
 
 
 def _take_batch(writer: PartWriter, summary: ModalitySummary, batch: dict[str, np.ndarray]) -> None:
@@ -233,7 +244,7 @@ def _extract_modality(ray: Any, catalog: Catalog, spec: str, store: FeatureStore
     writer = PartWriter(store, key, part_size, 60.0, None)
     t_enc = time.perf_counter()
     if len(todo):
-        frame = _work_frame(catalog.items, todo, modality)
+        frame = _work_frame(catalog.items, todo, modality, catalog.meta.get("image_cache"))
         # streaming: parts are written while later batches are still being encoded
         for batch in _embedded_batches(ray, frame, spec, modality, use_gpu=use_gpu, actors=actors, batch_size=batch_size):
             _take_batch(writer, summary, batch)

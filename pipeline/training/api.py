@@ -27,6 +27,7 @@ from pipeline.training.prepare import FeatureBundle, PreparedData, prepare_data
 from pipeline.training.record import BEST, RunRecord
 from pipeline.training.trainer import RunResult, TrainerConfig, fit
 from pipeline.training.universe import save_universe
+from storage.atomic import clean_temporaries
 
 
 def _load_catalog(catalog: Any) -> Any:
@@ -108,6 +109,7 @@ def train_model(
         "catalog": str(Path(catalog).resolve()) if isinstance(catalog, (str, Path)) else None,
         "split": str(Path(split).resolve()) if isinstance(split, (str, Path)) else None,
     }
+    clean_temporaries(run_dir)  # what a killed run left in its folder, an hour old or more (storage.atomic)
     result = fit(
         model_cls, config, prepared, run_dir, trainer, resume=resume, overwrite=overwrite,
         catalog=cat.name, on_epoch_end=on_epoch_end, sources=sources, allow_new_features=allow_new_features,
