@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-gpu lock clean
+.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-vs-reference bench-gpu lock clean
 
 venv: $(STAMP)
 
@@ -68,6 +68,10 @@ bench-study-full: venv
 
 bench-lattice-mgcn: venv
 	$(BIN)/python -m benchmarks.bench_lattice_mgcn --threads 2
+
+# befa's epoch beside the reference toolbox's recorded epoch times (movielens 1 thread, amazon-baby 2 threads)
+bench-vs-reference: venv
+	$(BIN)/python -m benchmarks.bench_vs_reference $(ARGS)
 
 # growth with catalog size (1x, 4x, 16x amazon-baby; speed only); ARGS=--knn: approximate vs exact kNN graph
 bench-scale: venv

@@ -79,13 +79,13 @@ def amazon_baby_split():
     return pd.concat(frames, ignore_index=True), num_users, num_items
 
 
-def random_features(num_items: int, seed: int = 0):
+def random_features(num_items: int, seed: int = 0, image_dim: int = 4096, text_dim: int = 384):
     import torch
 
     from pipeline.training.prepare import FeatureBundle
 
     g = torch.Generator().manual_seed(seed)
-    feats = {"image": torch.randn(num_items, 4096, generator=g), "text": torch.randn(num_items, 384, generator=g)}
+    feats = {"image": torch.randn(num_items, image_dim, generator=g), "text": torch.randn(num_items, text_dim, generator=g)}
     masks = {m: torch.ones(num_items, dtype=torch.bool) for m in feats}
     snaps = {m: f"random-speed-only-seed{seed}" for m in feats}
     return FeatureBundle(feats, masks, snaps)
@@ -126,25 +126,20 @@ def training_state(model, config, data, num_items: int, device):
     return optimiser, generator, sampler
 
 
-def paired_child(args: argparse.Namespace) -> dict[str, Any]:
-    """Base and +BeFA of one model in one process, trained step by step in turn: the +BeFA ratio.
+def paired_times(model_cls, data, num_items: int, device, warmup: int, epochs: int) -> dict[str, list[float]]:
+    """Seconds per epoch of base and +BeFA of one model, trained step by step in turn.
 
     Why: two separate processes minutes apart see different load on a shared host (the same
     epoch varied by +-20% between runs here), so a ratio of separate runs mostly measures the
     host. Here the two models take alternate optimiser steps (the order flips every epoch),
     so both see the same conditions down to a fraction of a second. Each model's epoch time
-    is the sum of its own steps (``pre_epoch`` included, in its first step); the ratio is
-    summed +BeFA time over summed base time across the timed epochs."""
+    is the sum of its own steps (``pre_epoch`` included, in its first step); the first
+    ``warmup`` epochs are not returned."""
     import torch
 
     from models import make_config
     from pipeline.training.epochs import epoch_steps
-    from pipeline.training.prepare import prepare_data
 
-    device = setup_process(args)
-    model_cls = model_class(args.model)
-    frame, num_users, num_items = amazon_baby_split()
-    data = prepare_data(frame, num_items, random_features(num_items), num_users=num_users, device=device).train
     runs = {}
     for variant in ("base", "befa"):
         torch.manual_seed(0)
@@ -152,7 +147,7 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
         model = model_cls(data, config).to(device).train()
         runs[variant] = (model, *training_state(model, config, data, num_items, device), config)
     times: dict[str, list[float]] = {"base": [], "befa": []}
-    for epoch in range(args.warmup + args.epochs):
+    for epoch in range(warmup + epochs):
         order = ("base", "befa") if epoch % 2 == 0 else ("befa", "base")
         steps, spent = {}, {}
         for v in order:
@@ -169,9 +164,22 @@ def paired_child(args: argparse.Namespace) -> dict[str, Any]:
                 spent[v] += time.perf_counter() - t0
                 if loss is None:
                     active.remove(v)
-        if epoch >= args.warmup:
+        if epoch >= warmup:
             for v in order:
                 times[v].append(spent[v])
+    return times
+
+
+def paired_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Base and +BeFA of one model in one process, in turn (:func:`paired_times`): the +BeFA ratio,
+    summed +BeFA time over summed base time across the timed epochs."""
+    from pipeline.training.prepare import prepare_data
+
+    device = setup_process(args)
+    model_cls = model_class(args.model)
+    frame, num_users, num_items = amazon_baby_split()
+    data = prepare_data(frame, num_items, random_features(num_items), num_users=num_users, device=device).train
+    times = paired_times(model_cls, data, num_items, device, args.warmup, args.epochs)
     return {
         "model": args.model,
         "paired": True,

@@ -14,7 +14,7 @@ from models.mgcn import MGCN
 U, I = 6, 8
 USERS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 0])
 ITEMS = torch.tensor([0, 1, 1, 2, 3, 5, 4, 5, 6, 3, 7, 0, 6])
-BATCH = (torch.tensor([0, 1, 2, 3, 5, 0]), torch.tensor([1, 2, 3, 5, 7, 6]), torch.tensor([4, 6, 0, 2, 1, 3]))
+BATCH = (torch.tensor([0, 1, 2, 3, 5, 0]), torch.tensor([1, 2, 3, 5, 7, 1]), torch.tensor([4, 6, 0, 2, 1, 3]))  # a repeated user and positive
 VARIANTS = {
     "base": {},
     "befa": {"adapter": "befa", "befa": {"t": 2.0, "dropout": 0.0}},
@@ -268,3 +268,28 @@ def test_info_nce_gradient_matches_the_dense_formula():
     assert torch.isfinite(small)
     torch.testing.assert_close(small.double(), dense_info_nce(a.detach(), b.detach(), 0.01), rtol=1e-4, atol=1e-4)
     assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.02), (a, b))
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.01])
+def test_weighted_info_nce_over_unique_rows_equals_the_batch_with_duplicates(tau):
+    """Passing each repeated row once with its count gives the duplicated batch's value and
+    gradients (the loss's shortcut for repeated users and items), both exp branches."""
+    from models.mgcn import info_nce, unique_rows
+
+    torch.manual_seed(4)
+    ids = torch.tensor([3, 1, 3, 0, 3, 2, 1])  # a batch's ids, repeats included
+    table_a = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    table_b = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    uniq, first, counts = unique_rows(ids)
+    assert uniq.tolist() == [0, 1, 2, 3] and counts.tolist() == [1, 2, 1, 3]
+    assert (ids[first] == uniq).all() and first.tolist() == [3, 1, 5, 0]
+
+    got = info_nce(table_a[ids[first]], table_b[uniq], tau, counts)
+    ga, gb = torch.autograd.grad(2.0 * got, (table_a, table_b))
+    want = dense_info_nce(table_a[ids], table_b[ids], tau)
+    wa, wb = torch.autograd.grad(2.0 * want, (table_a, table_b))
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(ga, wa)
+    torch.testing.assert_close(gb, wb)
+    w = counts.double()
+    assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, tau, w), (table_a[uniq].detach().requires_grad_(), table_b[uniq].detach().requires_grad_()))

@@ -45,6 +45,7 @@ pytest.importorskip("grpc", reason="Ray Client needs grpcio (the ray[client] ext
 from pipeline.data.ingest import ingest  # noqa: E402
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
+from pipeline.features.ray_backend import _init_with_retries
 from pipeline.settings import get_settings  # noqa: E402
 from storage.feature_store import FeatureStore  # noqa: E402
 from tests.flows_data import make_small_catalog  # noqa: E402
@@ -205,3 +206,41 @@ def test_extraction_through_ray_client_matches_local(ray_head, tmp_path, dataset
     for m in fps:
         assert bool(ma[m].all()) and bool(mb[m].all())
         np.testing.assert_allclose(fb[m].numpy(), fa[m].numpy(), rtol=0, atol=1e-6)
+
+
+class _FlakyRay:
+    """Stands in for the ``ray`` module: the first ``fails`` handshakes fail as the Ray Client
+    proxy's does when its per-client server dies at birth."""
+
+    def __init__(self, fails: int, exc: type[BaseException] = ConnectionAbortedError):
+        self.fails, self.exc, self.inits, self.shutdowns = fails, exc, 0, 0
+
+    def init(self, **_kw):
+        self.inits += 1
+        if self.inits <= self.fails:
+            raise self.exc("Initialization failure from server")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_client_handshake_failure_is_retried(capsys):
+    fake = _FlakyRay(fails=2)
+    _init_with_retries(fake, "ray://127.0.0.1:1", wait_s=0)
+    assert (fake.inits, fake.shutdowns) == (3, 2)
+    assert "retry 2/2" in capsys.readouterr().out
+
+    always = _FlakyRay(fails=99)
+    with pytest.raises(ConnectionAbortedError):
+        _init_with_retries(always, "ray://127.0.0.1:1", wait_s=0)
+    assert always.inits == 3
+
+    other = _FlakyRay(fails=1, exc=ValueError)  # not a connection problem: raised at once
+    with pytest.raises(ValueError):
+        _init_with_retries(other, "ray://127.0.0.1:1", wait_s=0)
+    assert other.inits == 1
+
+    local = _FlakyRay(fails=1)  # 'auto' (no Ray Client proxy): no retry
+    with pytest.raises(ConnectionAbortedError):
+        _init_with_retries(local, "auto", wait_s=0)
+    assert local.inits == 1

@@ -65,11 +65,34 @@ def connected(cluster: str) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address=cluster, runtime_env=runtime_env(), log_to_driver=False)
+    _init_with_retries(ray, cluster)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+CONNECT_TRIES = 3
+
+
+def _init_with_retries(ray: Any, cluster: str, *, tries: int = CONNECT_TRIES, wait_s: float = 5.0) -> None:
+    """``ray.init`` that survives the Ray Client proxy failing a handshake.
+
+    The proxy forks one server process per client; on a loaded machine that child can die
+    at birth (gRPC's fork handlers skipped, seen as ``ConnectionAbortedError:
+    Initialization failure from server``). The cluster itself is fine, so connect again
+    after a pause; any other error, or the last try's, is raised as it is."""
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=cluster, runtime_env=runtime_env(), log_to_driver=False)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError is one
+            if attempt == tries or not cluster.startswith("ray://"):
+                raise
+            print(f"Ray Client handshake with {cluster} failed ({type(exc).__name__}); retry {attempt}/{tries - 1} in {wait_s:.0f} s", flush=True)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            time.sleep(wait_s * attempt)
 
 
 class _Embedder:
