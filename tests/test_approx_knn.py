@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models import graphs
@@ -97,3 +98,23 @@ def test_lattice_learned_graph_search_can_be_approximate():
     assert torch.equal(row_e, row_a)
     hit = (col_e.view(-1, 10).unsqueeze(2) == col_a.view(-1, 10).unsqueeze(1)).any(2).float().mean().item()
     assert hit >= 0.95, hit
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_rerank_takes_each_rows_best_exact_cosines_among_its_own_candidates(shared):
+    """Both re-rank paths (one product over the block's distinct candidates when they repeat,
+    per-row gathers when they do not) return the brute-force answer."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(400, 48, generator=g), dim=1)
+    rows = torch.arange(0, 40)
+    if shared:  # 40 rows x 12 candidates drawn from 20 items: each repeats ~24 times
+        cand = torch.stack([torch.randperm(20, generator=g)[:12] + 100 for _ in rows])
+    else:  # distinct candidates everywhere
+        cand = torch.stack([torch.randperm(360, generator=g)[:12] + 40 for _ in rows])
+    distinct = torch.unique(cand).numel()
+    assert (distinct * graphs.RERANK_SHARED <= cand.numel()) == shared  # the path under test
+    values, indices = graphs._rerank(x, rows, cand, 5)
+    brute = torch.einsum("rd,rcd->rc", x[rows], x[cand])
+    want_v, at = brute.topk(5, dim=1)
+    torch.testing.assert_close(values, want_v)
+    assert torch.equal(indices, cand.gather(1, at))
