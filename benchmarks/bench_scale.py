@@ -23,9 +23,9 @@ Per model and size, each in a fresh subprocess (so peak RSS is per configuration
 Then the growth exponent e from the smallest to the largest size (cost ~ size^e) of the epoch,
 of the evaluation per user (whose catalog grows with the size, so 1 is linear) and of the graph
 build, next to the targets: e <= 1.1 (training, evaluation per user), graph build not
-quadratic in items (e <= 1.5). Default run on 2 cores: expected 25-45 min (not yet run at full
-size; the 4x catalog's exact kNN graphs and the 16x approximate ones dominate); lead's
-measurement: (figures: run make bench-scale).
+quadratic in items (e <= 1.5). It first prints the share of users and items within two hops of
+one training batch at each size (what a propagation restricted to the batch would still
+touch). Default run on 2 cores: 18.5 min (2026-12-02; figures in the README).
 
 ``--knn``: build time and recall@10 of the approximate kNN graph against the exact one, per
 modality, at 7,050 and 63,001 items. Features: SEEDED SYNTHETIC with neighbourhoods, ``lowdim``
@@ -300,6 +300,26 @@ def print_exponents(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return e
 
 
+def receptive_field(scale: float, batch: int = 2048, seed: int = 0) -> tuple[float, float]:
+    """Shares of users and items within two hops of one training batch (its users, positives
+    and as many random negatives): what a 2-layer propagation restricted to the batch would
+    still have to touch."""
+    import torch
+
+    frame, num_users, num_items = random_catalog(scale)
+    train = frame[frame["label"] == 0]
+    u, i = torch.tensor(train["user_idx"].to_numpy()), torch.tensor(train["item_idx"].to_numpy())
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(u.numel(), generator=g)[:batch]
+    users = torch.zeros(num_users, dtype=torch.bool)
+    items = torch.zeros(num_items, dtype=torch.bool)
+    users[u[pick]] = True
+    items[torch.cat([i[pick], torch.randint(0, num_items, (batch,), generator=g)])] = True
+    for _ in range(2):
+        users, items = users | torch.zeros_like(users).index_fill_(0, u[items[i]], True), items | torch.zeros_like(items).index_fill_(0, i[users[u]], True)
+    return float(users.float().mean()), float(items.float().mean())
+
+
 def scale_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     common = ["--threads", str(args.threads), "--device", args.device, "--batches", str(args.batches), "--eval-users", str(args.eval_users)]
@@ -309,6 +329,10 @@ def scale_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     head = f"{'model':<9} {'size':>5} {'users':>9} {'items':>8} {'train':>10} {'graph s':>8} {'epoch s':>10} {'eval s':>9} {'ms/user':>8} {'RSS GB':>7}"
     print(head + "\n" + "-" * len(head), flush=True)
     results = []
+    for s in sizes:
+        users, items = receptive_field(s)
+        print(f"{s:g}x: one batch's 2-hop receptive field holds {users:.1%} of the users and {items:.1%} of the items")
+    print(flush=True)
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         rows = []
         for s in sizes:
