@@ -236,7 +236,10 @@ def test_report_states_the_result_and_labels_random_encoders(study):
     frame = frame[frame["experiment"] != "floor"]  # MostPop trains nothing, so it cannot hit the cap
     capped = int((frame["epochs_run"] >= 2).sum())
     assert (f"{capped} of {len(frame)} runs stopped at the epoch cap" in md) == (capped > 0)
+    cap_line = f"runs stopped by the epoch cap (2) before early stopping: {capped} of {len(frame)} (target: none)"
+    assert cap_line in md  # stated whichever way it falls, zero included
     html = (folder / "report.html").read_text()
+    assert cap_line in html
     assert "plots/sweep_t.png" in html and "posters/" in html and "http" not in html.replace("http-equiv", "")
 
 

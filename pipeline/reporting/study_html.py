@@ -13,6 +13,7 @@ from pipeline.reporting.study_tables import (
     ITEM_GROUPS_NOTE,
     OVERHEAD_NOTE,
     StudyData,
+    cap_line,
     cold_table,
     encoder_rows,
     experiment_table,
@@ -78,7 +79,8 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
     parts.append("<h2>Setup</h2><ul>"
                  f"<li>data: <b>{html.escape(str(ds.get('name')))}</b> ({ds.get('users', '?')} users, {ds.get('items', '?')} items, {ds.get('interactions', '?')} interactions); split <code>{html.escape(str(data.split.get('id')))}</code> {html.escape(str(data.split.get('counts', {})))}</li>"
                  f"<li>seeds {html.escape(str(p.get('seeds')))}; max epochs {p.get('epochs')}, patience {p.get('patience')} on valid Recall@20; search &le; {p.get('max_trials')} trials per model and adapter (valid only)</li>"
-                 f"<li>fixed overrides <code>{html.escape(json.dumps(p.get('model_overrides') or {}))}</code></li></ul>")
+                 f"<li>fixed overrides <code>{html.escape(json.dumps(p.get('model_overrides') or {}))}</code></li>"
+                 f"<li>{html.escape(cap_line(data))}</li></ul>")
     parts.append(_h(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data)))
     parts.append("<h2>Base vs +BeFA (test, best valid epoch)</h2>")
     parts.append(_h(*main_table(data), cls="results"))

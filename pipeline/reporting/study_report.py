@@ -25,6 +25,7 @@ from pipeline.reporting.study_tables import (
     ITEM_GROUPS_NOTE,
     OVERHEAD_NOTE,
     StudyData,
+    cap_line,
     cold_table,
     encoder_rows,
     experiment_table,
@@ -55,7 +56,7 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines += ["", "## Setup", "",
               f"- data: **{ds.get('name')}** ({ds.get('users', '?')} users, {ds.get('items', '?')} items, {ds.get('interactions', '?')} interactions), split `{data.split.get('id')}` {data.split.get('counts', {})}",
               f"- seeds: {p.get('seeds')}; max epochs {p.get('epochs')}, patience {p.get('patience')} (valid Recall@20); search: <= {p.get('max_trials')} trials per model and adapter" + (f", <= {p.get('max_minutes')} min" if p.get("max_minutes") else ""),
-              f"- fixed overrides: `{json.dumps(p.get('model_overrides') or {})}`", ""]
+              f"- fixed overrides: `{json.dumps(p.get('model_overrides') or {})}`", f"- {cap_line(data)}", ""]
     lines += markdown_table(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data))
     lines += ["", "## Base vs +BeFA (test, best valid epoch)", ""]
     lines += markdown_table(*main_table(data))

@@ -195,3 +195,12 @@ COSINE_NOTE = (
     "the content feature at the adapter's insertion point and adapted_m = E_i * g_m(c_m) what the model "
     "consumes there instead; cos(E_i, adapted_m) shows how much the gate reshapes the behaviour embedding."
 )
+
+
+def cap_line(data: StudyData) -> str:
+    """How many runs the epoch cap cut short (the protocol's target: none)."""
+    runs = data.runs or {}
+    if "at_epoch_cap" not in runs:
+        return "runs at the epoch cap: not recorded (a report from an older study)"
+    cap = data.params.get("epochs")
+    return f"runs stopped by the epoch cap ({cap}) before early stopping: {runs['at_epoch_cap']} of {runs['counted']} (target: none)"

@@ -268,15 +268,20 @@ def verdict(gains: list[dict[str, Any]], sig: list[dict[str, Any]], alpha: float
     return " ".join(t for t in (text, floor_text, gain_text) if t)
 
 
+def epoch_cap_count(frame: pd.DataFrame, params: StudyParams) -> tuple[int, int]:
+    """(runs that stopped at the epoch cap, trained runs): the protocol's target is none."""
+    runs = frame.drop_duplicates("run_dir")
+    runs = runs[runs["experiment"] != "floor"]  # MostPop trains nothing: no cap to hit
+    return int((runs["epochs_run"] >= params.epochs).sum()), len(runs)
+
+
 def budget_notes(frame: pd.DataFrame, params: StudyParams) -> list[str]:
     """Say so when runs were cut by the epoch cap (not converged) or had a single seed."""
     notes = []
-    runs = frame.drop_duplicates("run_dir")
-    runs = runs[runs["experiment"] != "floor"]  # MostPop trains nothing: no cap to hit
-    capped = runs[runs["epochs_run"] >= params.epochs]
-    if len(capped):
+    capped, total = epoch_cap_count(frame, params)
+    if capped:
         notes.append(
-            f"{len(capped)} of {len(runs)} runs stopped at the epoch cap ({params.epochs}) before early stopping: "
+            f"{capped} of {total} runs stopped at the epoch cap ({params.epochs}) before early stopping: "
             "they had not converged, so this is a budget-limited comparison, not the protocol's (1000 epochs, patience 10)."
         )
     if len(params.seeds) < 2:

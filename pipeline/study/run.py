@@ -72,6 +72,7 @@ from pipeline.settings import Settings
 from pipeline.study.analysis import (
     Runs,
     budget_notes,
+    epoch_cap_count,
     floor_rows,
     gains_table,
     grid_size,
@@ -342,7 +343,8 @@ def report(
         searches=[_search_info(m, a, s) for (m, a), s in searches.items()],
         inspection=inspection,
         timings=ctx.timings,
-        runs={"trained": ctx.runner.trained, "reused": ctx.runner.reused, "train_seconds": ctx.runner.seconds},
+        runs={"trained": ctx.runner.trained, "reused": ctx.runner.reused, "train_seconds": ctx.runner.seconds,
+              **dict(zip(("at_epoch_cap", "counted"), epoch_cap_count(frame, p)))},
         notes=budget_notes(frame, p),
     )
     files = write_study_report(ctx.folder, frame, data)
