@@ -315,8 +315,10 @@ def receptive_field(scale: float, batch: int = 2048, seed: int = 0) -> tuple[flo
     items = torch.zeros(num_items, dtype=torch.bool)
     users[u[pick]] = True
     items[torch.cat([i[pick], torch.randint(0, num_items, (batch,), generator=g)])] = True
-    for _ in range(2):
-        users, items = users | torch.zeros_like(users).index_fill_(0, u[items[i]], True), items | torch.zeros_like(items).index_fill_(0, i[users[u]], True)
+    for _ in range(2):  # one hop each way, both from the previous hop's sets
+        reached_users = u[items[i]]  # users of the reached items
+        reached_items = i[users[u]]  # items of the reached users
+        users, items = users.clone().index_fill_(0, reached_users, True), items.clone().index_fill_(0, reached_items, True)
     return float(users.float().mean()), float(items.float().mean())
 
 

@@ -126,6 +126,19 @@ def training_state(model, config, data, num_items: int, device):
     return optimiser, generator, sampler
 
 
+def timed_epochs(model, optimiser, data, config, generator, sampler, warmup: int, epochs: int) -> list[float]:
+    """Seconds of each of ``epochs`` training epochs of one model, after ``warmup`` untimed ones."""
+    from pipeline.training.epochs import run_epoch
+
+    times = []
+    for epoch in range(warmup + epochs):
+        t0 = time.perf_counter()
+        run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch)
+        if epoch >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def paired_times(model_cls, data, num_items: int, device, warmup: int, epochs: int) -> dict[str, list[float]]:
     """Seconds per epoch of base and +BeFA of one model, trained step by step in turn.
 
@@ -242,12 +255,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             epoch_extrapolated_s=times[0] + (per_epoch - 1) * sum(rest) / len(rest),
         )
     else:
-        epoch_times = []
-        for epoch in range(args.warmup + args.epochs):
-            t1 = time.perf_counter()
-            run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch)
-            if epoch >= args.warmup:
-                epoch_times.append(time.perf_counter() - t1)
+        epoch_times = timed_epochs(model, optimiser, data, config, generator, sampler, args.warmup, args.epochs)
         # the median: on a shared VM one slow epoch should not move the figure
         out["epoch_s"] = statistics.median(epoch_times)
         out["epoch_s_all"] = epoch_times

@@ -45,7 +45,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +77,9 @@ def movielens_split(home: Path):
 def child(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from benchmarks.bench_train import amazon_baby_split, model_class, paired_times, random_features, training_state
+    from benchmarks.bench_train import amazon_baby_split, model_class, paired_times, random_features, timed_epochs, training_state
     from models import make_config
     from pipeline.training.allocator import keep_freed_memory
-    from pipeline.training.epochs import run_epoch
     from pipeline.training.prepare import prepare_data
 
     torch.set_num_threads(THREADS[args.dataset])
@@ -100,12 +98,7 @@ def child(args: argparse.Namespace) -> list[dict[str, Any]]:
             config = make_config(cls, {})
             model = cls(data, config).to(device).train()
             optimiser, generator, sampler = training_state(model, config, data, num_items, device)
-            times = []
-            for epoch in range(args.warmup + args.epochs):
-                t0 = time.perf_counter()
-                run_epoch(model, optimiser, data, config.batch_size, generator, sampler, epoch)
-                if epoch >= args.warmup:
-                    times.append(time.perf_counter() - t0)
+            times = timed_epochs(model, optimiser, data, config, generator, sampler, args.warmup, args.epochs)
             row.update(base_s=statistics.median(times), base_all=times)
         else:
             times = paired_times(cls, data, num_items, device, args.warmup, args.epochs)
