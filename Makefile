@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-vs-reference bench-gpu lock clean
+.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-vs-reference bench-gpu lock clean
 
 venv: $(STAMP)
 
@@ -76,6 +76,10 @@ bench-vs-reference: venv
 # growth with catalog size (1x, 4x, 16x amazon-baby; speed only); ARGS=--knn: approximate vs exact kNN graph
 bench-scale: venv
 	$(BIN)/python -m benchmarks.bench_scale $(ARGS)
+
+# the opt-in large-catalog batching rule on real interactions: quality and time to the best epoch against the protocol
+bench-batch-rule: venv
+	$(BIN)/python -m benchmarks.bench_batch_rule $(ARGS)
 
 # the GPU check, ~8 min on one CUDA GPU; refuses (exit 2) without one; ARGS=--quick for a short run
 bench-gpu: venv

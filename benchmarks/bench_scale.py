@@ -1,7 +1,7 @@
 """How cost grows with catalog size: seeded random catalogs at 1x, 4x, 16x amazon-baby (speed only).
 
     python -m benchmarks.bench_scale [--sizes 1,4,16] [--models lightgcn,bm3,freedom,mgcn,lattice]
-        [--batches 10] [--eval-users 4096] [--threads 2] [--device cpu] [--json out.json]
+        [--batches 10] [--eval-users 4096] [--max-batches 0] [--threads 2] [--device cpu] [--json out.json]
     python -m benchmarks.bench_scale --knn [--knn-items 7050,63001] [--knn-data lowdim,fullrank] [--knn-exact-rows 4096]
     python -m benchmarks.bench_scale --knn-quality [--epochs 10]
 
@@ -20,7 +20,9 @@ Per model and size, each in a fresh subprocess (so peak RSS is per configuration
   ranking of ``--eval-users`` sampled evaluation users scaled to all of them (EXTRAPOLATED when
   there are more; exact below);
 - peak RSS (``ru_maxrss``).
-Then the growth exponent e from the smallest to the largest size (cost ~ size^e) of the epoch,
+``--max-batches N`` applies the opt-in large-catalog rule (at most N batches per epoch, the
+batch and lr growing; ``pipeline.training.floor``), so the epoch's growth can be read with it;
+``--eval-users 0`` skips the evaluation. Then the growth exponent e from the smallest to the largest size (cost ~ size^e) of the epoch,
 of the evaluation per user (whose catalog grows with the size, so 1 is linear) and of the graph
 build, next to the targets: e <= 1.1 (training, evaluation per user), graph build not
 quadratic in items (e <= 1.5). It first prints the share of users and items within two hops of
@@ -174,6 +176,7 @@ def timed_eval(model, prepared, num_users: int, sample: int, seed: int = 0) -> d
 def child(args: argparse.Namespace) -> dict[str, Any]:
     from models import make_config
     from pipeline.training.epochs import run_epoch
+    from pipeline.training.floor import plan_batches
     from pipeline.training.prepare import prepare_data
 
     device = setup_process(args)
@@ -183,6 +186,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"model": args.model, "scale": args.scale, "counts": prepared.counts, "device": str(device)}
     model_cls = model_class(args.model)
     config = make_config(model_cls, {})
+    if args.max_batches:  # the opt-in large-catalog rule, as the trainer applies it
+        plan = plan_batches(int(data.train_users.numel()), config.batch_size, max_batches=args.max_batches, lr=config.lr)
+        config = config.model_copy(update={"batch_size": plan.batch_size, "lr": plan.lr})
+        out["batch_size"] = plan.batch_size
     t0 = time.perf_counter()
     model = model_cls(data, config).to(device)
     out["graph_build_s"] = time.perf_counter() - t0
@@ -195,7 +202,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     rest = times[1:] or times
     out.update(batches_timed=nb, batches_per_epoch=per_epoch, first_batch_s=times[0], batch_mean_s=sum(rest) / len(rest),
                epoch_s=times[0] + (per_epoch - 1) * sum(rest) / len(rest), epoch_extrapolated=nb < per_epoch)
-    out.update(timed_eval(model, prepared, num_users, args.eval_users))
+    if args.eval_users:
+        out.update(timed_eval(model, prepared, num_users, args.eval_users))
+    else:
+        out.update(eval_s=float("nan"), eval_ms_per_user=float("nan"), eval_extrapolated=False)
     out["peak_rss_gb"] = peak_rss_gb()
     return out
 
@@ -324,7 +334,10 @@ def receptive_field(scale: float, batch: int = 2048, seed: int = 0) -> tuple[flo
 
 def scale_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
-    common = ["--threads", str(args.threads), "--device", args.device, "--batches", str(args.batches), "--eval-users", str(args.eval_users)]
+    common = ["--threads", str(args.threads), "--device", args.device, "--batches", str(args.batches), "--eval-users", str(args.eval_users),
+              "--max-batches", str(args.max_batches)]
+    if args.max_batches:
+        print(f"LARGE-CATALOG RULE ON: at most {args.max_batches} batches per epoch, the batch and lr (square root) growing past it")
     print("SEEDED RANDOM catalogs (uniform interactions) at s x amazon-baby; features SEEDED RANDOM 4096-d + 384-d: SPEED ONLY")
     print(f"device {args.device}, {args.threads} threads; epoch extrapolated from {args.batches} timed batches (* = extrapolated); "
           f"evaluation: embeddings + ranking of {args.eval_users} sampled users, scaled to all (* = extrapolated)\n")
@@ -358,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1,4,16", help="catalog scales of amazon-baby, comma-separated")
     p.add_argument("--models", default=MODELS)
     p.add_argument("--batches", type=int, default=10, help="timed training batches per configuration (epoch extrapolated)")
-    p.add_argument("--eval-users", type=int, default=4096, help="evaluation users ranked (the rest extrapolated)")
+    p.add_argument("--eval-users", type=int, default=4096, help="evaluation users ranked (the rest extrapolated); 0: no evaluation")
+    p.add_argument("--max-batches", type=int, default=0, help="the opt-in large-catalog rule: at most this many batches per epoch (0: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")

@@ -41,7 +41,7 @@ from prefect.utilities.annotations import unmapped
 
 from flows.artifacts import publish_artifacts
 from pipeline.job.params import PipelineParams, TrainJob
-from pipeline.job.ray_runs import ray_init_kwargs, run_options, train_runs
+from pipeline.job.ray_runs import connected, ray_init_kwargs, run_options, train_runs
 from pipeline.job.run import LOCAL_STEPS, run_pipeline
 from pipeline.job.watch import registered_params
 from pipeline.settings import get_settings
@@ -64,7 +64,8 @@ def train_many(train: Any, evaluate: Any, params: PipelineParams, settings: Any,
     from prefect_ray.context import remote_options
 
     same = {"settings": unmapped(settings), "catalog_dir": unmapped(catalog_dir), "split_path": unmapped(split_path), "extract": unmapped(extract)}
-    with RayTaskRunner(address=params.cluster, init_kwargs=ray_init_kwargs()) as runner:
+    # connected first, for its Ray Client handshake retries; the runner then finds Ray up and uses that connection
+    with connected(params.cluster), RayTaskRunner(address=params.cluster, init_kwargs=ray_init_kwargs()) as runner:
         with remote_options(**run_options(params.cpus_per_run, params.device)):
             runs = runner.map(train, {
                 "params": unmapped(params), **same, "model": [j.model for j in jobs], "adapter": [j.adapter for j in jobs],

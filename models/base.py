@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import ClassVar, Iterable, Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from torch import Tensor, nn
 
 
@@ -79,6 +79,18 @@ class ModelConfig(BaseModel):
     train_features: bool = Field(False, description="make raw feature tables trainable (reference behaviour)")
     batch_size: int = Field(2048, ge=1)
     uses_negatives: bool = Field(True, description="False for BM3: batches are (user, item) pairs only")
+    max_batches_per_epoch: int | None = Field(
+        None, ge=1, description="large-catalog rule (opt-in): the batch grows, lr by its square root, so an epoch has at most this many"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_rule(self, handler):  # type: ignore[no-untyped-def]
+        # Unset, the rule is left out of every dump, so config hashes, run-cache keys and
+        # records of runs made before it existed stay what they were.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("max_batches_per_epoch") is None:
+            data.pop("max_batches_per_epoch", None)
+        return data
 
 
 class BeFAInput(NamedTuple):

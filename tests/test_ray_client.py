@@ -244,3 +244,44 @@ def test_client_handshake_failure_is_retried(capsys):
     with pytest.raises(ConnectionAbortedError):
         _init_with_retries(local, "auto", wait_s=0)
     assert local.inits == 1
+
+
+def test_the_flows_task_runner_uses_the_connection_made_with_retries(monkeypatch):
+    """prefect-ray's RayTaskRunner calls ray.init itself, without the handshake retries; the
+    flow connects first (``connected``), so the runner finds Ray up and uses that connection."""
+    import contextlib
+
+    import prefect_ray
+
+    from flows import pipeline_flow
+
+    order: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_connected(cluster):
+        order.append(f"connect {cluster}")
+        yield
+        order.append("disconnect")
+
+    class FakeRunner:
+        def __init__(self, address, init_kwargs):
+            order.append(f"runner {address}")
+
+        def __enter__(self):
+            order.append("runner enter")
+            return self
+
+        def __exit__(self, *exc):
+            order.append("runner exit")
+
+        def map(self, fn, params):
+            return [type("Done", (), {"result": lambda self, m=m: f"trained {m}"})() for m in params["model"]]
+
+    monkeypatch.setattr(pipeline_flow, "connected", fake_connected)
+    monkeypatch.setattr(prefect_ray, "RayTaskRunner", FakeRunner)
+    monkeypatch.setattr(pipeline_flow, "run_options", lambda cpus, device: {})
+    params = type("Params", (), {"cluster": "ray://head:10001", "cpus_per_run": 1, "device": "cpu"})()
+    jobs = [type("Job", (), {"model": m, "adapter": "none", "run_dir": f"runs/{m}"})() for m in ("lightgcn", "bm3")]
+    runs = pipeline_flow.train_many(object(), None, params, None, "catalog", "split.parquet", None, jobs)
+    assert runs == ["trained lightgcn", "trained bm3"]
+    assert order == ["connect ray://head:10001", "runner ray://head:10001", "runner enter", "runner exit", "disconnect"]

@@ -113,8 +113,10 @@ def _resume(run_dir: Path, store: FeatureStore, device: Optional[str], allow_new
     if not catalog_dir or not split_path:
         fail(f"{run_dir}: run.json does not record its catalog and split; resume with --dataset and --split")
     config = dict(rec.config)
-    if rec.batching is not None:  # the asked-for batch: the trainer applies the small-catalog rule again
+    if rec.batching is not None:  # the asked-for batch and lr: the trainer applies the batching rules again
         config["batch_size"] = rec.batching.configured_batch_size
+        if rec.batching.configured_lr is not None:
+            config["lr"] = rec.batching.configured_lr
     features = _recorded_features(rec, run_dir, store, allow_new_features)
     console.print(f"resuming {run_dir}: {rec.model} {rec.adapter}, {len(rec.epochs)} epochs done, its recorded config and features")
     return _train(Path(catalog_dir), split_path, features, rec.model, config, run_dir, rec.seed, device,
@@ -148,7 +150,7 @@ def _print_result(result: RunResult) -> None:
     if rec.item_groups:
         console.print(item_groups_table(rec.item_groups))
     if rec.batching is not None and rec.batching.adapted:
-        console.print(f"small catalog: {rec.batching.note()}")
+        console.print(f"{rec.batching.label}: {rec.batching.note()}")
     if rec.below_floor:
         console.print(f"[bold yellow]warning:[/] {rec.floor.line(rec.model + ('+befa' if rec.adapter == 'befa' else ''))}")
     console.print(f"run folder: {result.run_dir}")

@@ -58,7 +58,7 @@ def floor_section(records: Sequence[RunRecord]) -> list[str]:
         lines += [f"- {label(r)}: " + "; ".join(r.floor.causes) for r in flagged]
     adapted = [r for r in records if r.batching is not None and r.batching.adapted]
     if adapted:
-        lines += ["", "Small catalog: " + adapted[0].batching.note() + "."]
+        lines += ["", adapted[0].batching.label.capitalize() + ": " + adapted[0].batching.note() + "."]
     return lines
 
 

@@ -21,9 +21,9 @@ Protocol (spec section 1):
   evaluated once, with no optimisation;
 - small catalogs (``pipeline.training.floor``): an epoch has at least
   ``min_batches_per_epoch`` (16) batches, the batch shrinking when the train split is too
-  small for 16 batches of ``batch_size`` (``RunRecord.batching``); and every trainable run
-  is checked against MostPop on the same split (``RunRecord.floor``), flagged when its best
-  valid Recall@20 ends below it.
+  small for 16 batches of ``batch_size`` (``RunRecord.batching``; with ``max_batches_per_epoch``
+  set, at most that many, the batch and lr growing); every trainable run is checked against
+  MostPop on the same split (``RunRecord.floor``), flagged when its best valid R@20 is below it.
 
 Determinism: ``torch.manual_seed(seed)`` before the model is built, and one
 ``torch.Generator`` seeded with ``seed`` for shuffling and negatives. On CPU two runs
@@ -141,8 +141,8 @@ def fit(
     run_dir = Path(run_dir)
     device = prepared.train.device
     with torch_threads((trainer.num_threads or cpu_count()) if device.type == "cpu" else None):
-        plan = plan_batches(int(prepared.train.train_items.numel()), config.batch_size, trainer.min_batches_per_epoch)
-        config = config.model_copy(update={"batch_size": plan.batch_size})
+        plan = plan_batches(int(prepared.train.train_items.numel()), config.batch_size, trainer.min_batches_per_epoch, config.max_batches_per_epoch, config.lr)
+        config = config.model_copy(update={"batch_size": plan.batch_size, "lr": plan.lr})
         _check_run_folder(prepared, run_dir, resume, overwrite, config, allow_new_features)
         floor = _floor(model_cls, prepared) if trainer.floor else None
         model, graph_build_s = _build_model(model_cls, config, prepared, trainer.seed)
