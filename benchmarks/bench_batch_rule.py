@@ -5,7 +5,7 @@
 
 ``--set max_batches_per_epoch=N`` caps an epoch's optimiser steps: the batch grows to
 ``ceil(train / N)`` and the lr by the square root of that growth (``pipeline.training.floor``).
-Its point is the epoch's growth with the catalog (``make bench-scale ARGS=--max-batches=59``);
+Its point is the epoch's growth with the catalog (``make bench-scale ARGS="--max-batches 59"``);
 its price is fewer, larger steps. This benchmark reads that price on real interactions:
 amazon-baby-5core's given split (119,674 train interactions, 59 batches of 2,048), a
 content-free model (default LightGCN, so no features are involved and the figures are real
@@ -31,13 +31,10 @@ from typing import Any
 from benchmarks.bench_train import amazon_baby_split
 
 
-def train_arm(model: str, cap: int | None, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def train_arm(prepared, model: str, cap: int | None, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     from models import get_model_class, make_config
-    from pipeline.training.prepare import prepare_data
     from pipeline.training.trainer import TrainerConfig, fit
 
-    frame, num_users, num_items = amazon_baby_split()
-    prepared = prepare_data(frame, num_items, None, num_users=num_users, device="cpu")
     cls = get_model_class(model)
     config = make_config(cls, {} if cap is None else {"max_batches_per_epoch": cap})
     trainer = TrainerConfig(max_epochs=args.epochs, patience=args.patience, seed=seed, device="cpu", num_threads=args.threads,
@@ -70,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from pipeline.training.prepare import prepare_data
+
     torch.set_num_threads(args.threads)
+    frame, num_users, num_items = amazon_baby_split()
+    prepared = prepare_data(frame, num_items, None, num_users=num_users, device="cpu")  # once: every arm trains on it
     caps = [None] + [int(c) for c in args.max_batches.split(",") if c.strip()]
     print(f"amazon-baby-5core given split, {args.model}, early stop on valid Recall@20 (patience {args.patience}, "
           f"max {args.epochs} epochs), {args.threads} threads; REAL interactions, no features\n")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         for cap in caps:
-            r = train_arm(args.model, cap, seed, args)
+            r = train_arm(prepared, args.model, cap, seed, args)
             rows.append(r)
             arm = "protocol" if cap is None else f"cap {cap}"
             print(f"{arm:<16} {seed:>4} {r['batch_size']:>6} {r['lr']:>9.2e} {r['batches_per_epoch']:>7} {r['epochs']:>6} {r['best_epoch']:>5} "

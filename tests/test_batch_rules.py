@@ -13,12 +13,10 @@ from typer.testing import CliRunner
 
 from models.lightgcn import LightGCN
 from pipeline.cli.main import app
-from pipeline.data.catalog import build_catalog
-from pipeline.data.splits import split_random
 from pipeline.training.api import default_run_dir, train_model
 from pipeline.training.floor import plan_batches
 from pipeline.training.record import RunRecord
-from tests.test_small_catalogs import _kill, synthetic
+from tests.test_small_catalogs import _kill, shop  # noqa: F401  (shop: a module fixture, reused)
 
 runner = CliRunner()
 
@@ -46,17 +44,8 @@ def test_unset_the_rule_is_left_out_of_every_dump_so_run_folders_keep_their_name
     assert default_run_dir("runs", "lightgcn", "s", config, 1) != default_run_dir("runs", "lightgcn", "s", capped, 1)
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shop")
-    items, inter = synthetic(300, 600, 10)
-    catalog = build_catalog("shop", items, inter)
-    catalog.save(folder / "catalog")
-    return folder, split_random(catalog, seed=2024).save(folder / "catalog" / "splits")
-
-
 def test_a_capped_run_trains_with_the_grown_batch_and_lr_and_records_both(shop, tmp_path, capsys):
-    folder, split_path = shop
+    folder, _, split_path = shop
     result = train_model(folder / "catalog", split_path, None, "lightgcn", run_dir=tmp_path / "capped", max_epochs=2, patience=2,
                          num_threads=1, overrides={"embedding_dim": 8, "batch_size": 64, "max_batches_per_epoch": 20})
     rec = RunRecord.load(tmp_path / "capped")
@@ -70,13 +59,15 @@ def test_a_capped_run_trains_with_the_grown_batch_and_lr_and_records_both(shop, 
 
 
 def test_resume_applies_the_rule_again_from_the_asked_config(shop, tmp_path):
-    folder, split_path = shop
+    _, catalog, _ = shop
     home = tmp_path / "home"
-    build_catalog("shop", *synthetic(300, 600, 10)).save(home / "catalogs" / "shop")
+    catalog.save(home / "catalogs" / "shop")
     run_dir = tmp_path / "run"
     train = ["train", "--dataset", "shop", "--model", "lightgcn", "--epochs", "2", "--set", "embedding_dim=8", "--set", "batch_size=64",
              "--set", "max_batches_per_epoch=20", "--device", "cpu", "--run-dir", str(run_dir)]
     env = {"BEFA_HOME": str(home)}
+    below = runner.invoke(app, [*train[:-2], "--set", "max_batches_per_epoch=8", "--run-dir", str(tmp_path / "refused")], env=env)
+    assert below.exit_code == 2 and "--set max_batches_per_epoch=8 is below" in below.output and "Traceback" not in below.output
     first = runner.invoke(app, train, env=env)
     assert first.exit_code == 0, first.output
     before = RunRecord.load(run_dir).config

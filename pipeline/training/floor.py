@@ -14,8 +14,8 @@ propagation in every step, an epoch costs (batches) x (one pass over the graph):
 with the catalog, so at a fixed batch the epoch grows as size^2. With ``N`` set, an epoch
 has at most ``N`` steps: the batch grows to ``ceil(train / N)`` and the learning rate by
 ``sqrt(new batch / asked batch)`` (the square-root rule for Adam), both recorded. It changes
-the optimisation, so it is never applied unasked; ``make bench-scale ARGS=--batch-rule``
-measures what it costs in quality and saves in time.
+the optimisation, so it is never applied unasked. ``make bench-batch-rule`` measures what it
+costs in quality, ``make bench-scale ARGS="--max-batches N"`` what it saves in time.
 
 **The floor (``RunRecord.floor``).** Before a trainable run starts, MostPop is evaluated on
 the same split (one full-ranking pass, no RNG drawn). A run whose best valid Recall@20 ends
@@ -97,7 +97,7 @@ def plan_batches(
     if train_interactions and _batches(train_interactions, batch_size) < min_batches:
         effective = max(1, min(batch_size, train_interactions // min_batches))
     elif max_batches is not None and _batches(train_interactions, batch_size) > max_batches:
-        effective = -(-train_interactions // max_batches)
+        effective = _batches(train_interactions, max_batches)
         effective_lr = None if lr is None else lr * math.sqrt(effective / batch_size)
     return BatchPlan(
         min_batches=min_batches, train_interactions=train_interactions, configured_batch_size=batch_size,
