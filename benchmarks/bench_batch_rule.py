@@ -4,7 +4,7 @@
         [--epochs 400] [--patience 10] [--threads 2] [--json out.json]
 
 ``--set max_batches_per_epoch=N`` caps an epoch's optimiser steps: the batch grows to
-``ceil(train / N)`` and the lr by the square root of that growth (``pipeline.training.floor``).
+``ceil(train / N)`` and the lr by the square root of that growth (``pipeline.training.batching``).
 Its point is the epoch's growth with the catalog (``make bench-scale ARGS="--max-batches 59"``);
 its price is fewer, larger steps. This benchmark reads that price on real interactions:
 amazon-baby-5core's given split (119,674 train interactions, 59 batches of 2,048), a

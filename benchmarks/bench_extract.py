@@ -116,7 +116,7 @@ def main() -> None:
     from encoders import create_encoder
     from pipeline.features.extract import extract_features
     from pipeline.features.images import default_num_workers
-    from pipeline.training.device import cpu_count, resolve_device, torch_threads
+    from pipeline.device import cpu_count, resolve_device, torch_threads
     from storage.feature_store import FeatureStore
 
     datasets_root = args.datasets_root or (

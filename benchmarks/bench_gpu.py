@@ -129,7 +129,7 @@ def extraction(args: argparse.Namespace, device) -> dict[str, Any]:
     from torchvision.io import decode_jpeg
 
     from encoders.registry import create_encoder
-    from pipeline.training.device import sync
+    from pipeline.device import sync
 
     enc = create_encoder("clip:ViT-B-32@random", device=device)
     pp = enc.preprocessing.get("image", {})
@@ -180,7 +180,7 @@ def train_eval(model_name: str, prepared, num_users: int, num_items: int, device
     import torch
 
     from models import make_config
-    from pipeline.training.device import sync
+    from pipeline.device import sync
     from pipeline.training.epochs import run_epoch
 
     torch.manual_seed(0)

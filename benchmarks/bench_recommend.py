@@ -113,7 +113,7 @@ def _servable(scale: int, device: str):
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from pipeline.serving.recommend import RecommendRequest, write_recommendations
+    from pipeline.serving.ranked_lists import RecommendRequest, write_recommendations
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

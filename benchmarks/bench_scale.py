@@ -21,7 +21,7 @@ Per model and size, each in a fresh subprocess (so peak RSS is per configuration
   there are more; exact below);
 - peak RSS (``ru_maxrss``).
 ``--max-batches N`` applies the opt-in large-catalog rule (at most N batches per epoch, the
-batch and lr growing; ``pipeline.training.floor``), so the epoch's growth can be read with it;
+batch and lr growing; ``pipeline.training.batching``), so the epoch's growth can be read with it;
 ``--eval-users 0`` skips the evaluation. Then the growth exponent e from the smallest to the largest size (cost ~ size^e) of the epoch,
 of the evaluation per user (whose catalog grows with the size, so 1 is linear) and of the graph
 build, next to the targets: e <= 1.1 (training, evaluation per user), graph build not
@@ -119,7 +119,7 @@ def behaviour_features(frame, num_users: int, num_items: int, seed: int = 0):
     import numpy as np
     import torch
 
-    from pipeline.training.prepare import FeatureBundle
+    from pipeline.features.bundle import FeatureBundle
 
     train = frame[frame["label"] == 0]
     idx = torch.from_numpy(np.stack([train["item_idx"].to_numpy(np.int64), train["user_idx"].to_numpy(np.int64)]))
@@ -150,7 +150,7 @@ def timed_eval(model, prepared, num_users: int, sample: int, seed: int = 0) -> d
     """Inference embeddings once + ranking of ``sample`` evaluation users, scaled to all."""
     import torch
 
-    from pipeline.training.device import sync
+    from pipeline.device import sync
 
     ev = prepared.evaluator
     users = torch.unique(torch.cat([h.users_with_items() for h in ev.heldout.values()]))
@@ -176,7 +176,7 @@ def timed_eval(model, prepared, num_users: int, sample: int, seed: int = 0) -> d
 def child(args: argparse.Namespace) -> dict[str, Any]:
     from models import make_config
     from pipeline.training.epochs import run_epoch
-    from pipeline.training.floor import plan_batches
+    from pipeline.training.batching import plan_batches
     from pipeline.training.prepare import prepare_data
 
     device = setup_process(args)

@@ -82,7 +82,7 @@ def amazon_baby_split():
 def random_features(num_items: int, seed: int = 0, image_dim: int = 4096, text_dim: int = 384):
     import torch
 
-    from pipeline.training.prepare import FeatureBundle
+    from pipeline.features.bundle import FeatureBundle
 
     g = torch.Generator().manual_seed(seed)
     feats = {"image": torch.randn(num_items, image_dim, generator=g), "text": torch.randn(num_items, text_dim, generator=g)}

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.job.params import PipelineResult
+from pipeline.job.result import PipelineResult
 from pipeline.reporting.pipeline_report import gains_frame, gains_table_rows, load_runs, metrics_frame
 
 MAX_MARKDOWN = 60_000  # keep the artifact small; the full report stays in the run folder
@@ -42,9 +42,9 @@ def publish_artifacts(result: PipelineResult) -> dict[str, str]:
         description=f"Test metrics at the best valid epoch, base vs +BeFA, catalog {catalog} ({result.folder})",
     )
     md_key = artifact_key("report", catalog)
-    markdown = Path(result.report["report_md"]).read_text()
+    markdown = Path(result.report.report_md).read_text()
     if len(markdown) > MAX_MARKDOWN:
-        markdown = markdown[:MAX_MARKDOWN] + f"\n\n... truncated; full report: `{result.report['report_md']}`\n"
+        markdown = markdown[:MAX_MARKDOWN] + f"\n\n... truncated; full report: `{result.report.report_md}`\n"
     # image links in report.md are relative to the run folder: point at the files instead
     markdown = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"{m.group(1)}: `{Path(result.folder) / m.group(2)}`", markdown)
     create_markdown_artifact(markdown=markdown, key=md_key, description=f"befa pipeline report, catalog {catalog}")
@@ -53,7 +53,7 @@ def publish_artifacts(result: PipelineResult) -> dict[str, str]:
     if recs is not None:
         keys["recommendations"] = artifact_key("recommendations", catalog)
         create_table_artifact(
-            table=recs.head or [{"user_id": "", "rank": 0, "item_id": "", "score": 0.0}],
+            table=[row.model_dump() for row in recs.head] or [{"user_id": "", "rank": 0, "item_id": "", "score": 0.0}],
             key=keys["recommendations"],
             description=(
                 f"First rows of the top-K recommendations from {recs.model} {recs.adapter} (best by {recs.chosen_by}), "

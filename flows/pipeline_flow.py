@@ -17,13 +17,15 @@ Prefect validates them against the fields' types before the flow starts, and
 parameters except ``dataset`` and reruns the catalog with the parameters it was last
 run with (the watch registry, ``pipeline.job.watch``).
 
-Training runs: the train role takes the pipeline's (model, adapter) runs as one batch
-(``PipelineSteps.train_many``). Without ``cluster`` the train and evaluate tasks run one
-after another in the flow's process, as before. With ``cluster`` (``auto`` or
-``ray://head:10001``) the same tasks are mapped on prefect-ray's ``RayTaskRunner``: each
-run (and its checkpoint re-evaluation) a Ray task with ``cpus_per_run`` CPUs, one GPU when
-the cluster has them, retried when its worker dies (``pipeline.job.ray_runs.run_options``).
-The workers report their task runs to the flow's Prefect API, so they must reach it.
+Training runs: the pipeline's (model, adapter) runs go as one batch to a run executor
+(``pipeline.training.executor``; the ``executor`` role of ``PipelineSteps``). Without
+``cluster`` the train and evaluate tasks run one after another in the flow's process
+(``LocalRuns``). With ``cluster`` (``auto`` or ``ray://head:10001``) the flow's own
+executor, :class:`TaskRunnerRuns`, submits each run on prefect-ray's ``RayTaskRunner``: a
+``train-run`` task per run, on a Ray worker with ``cpus_per_run`` CPUs, one GPU when the
+cluster has them, retried when its worker dies (``run_options``), inside which the train
+and evaluate tasks run. The workers report their task runs to the flow's Prefect API, so
+they must reach it.
 
 Tasks do not cache across runs: extraction is already incremental (the feature store
 skips content it holds, keyed by content hashes), and training is what a rerun is for.
@@ -33,18 +35,18 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.utilities.annotations import unmapped
 
 from flows.artifacts import publish_artifacts
-from pipeline.job.params import PipelineParams, TrainJob
-from pipeline.job.ray_runs import connected, ray_init_kwargs, run_options, train_runs
+from pipeline.job.params import PipelineParams
+from pipeline.cluster import connected
 from pipeline.job.run import LOCAL_STEPS, run_pipeline
 from pipeline.job.watch import registered_params
 from pipeline.settings import get_settings
+from pipeline.training.executor import LocalRuns, RunExecutor, ray_init_kwargs, run_options
 
 TASK_NAMES = {"ingest": "ingest", "extract": "extract-features", "split": "split", "train": "train", "evaluate": "evaluate", "report": "report", "recommend": "recommend"}
 RUN_NAMES = {"train": "train-{model}-{adapter}"}
@@ -55,28 +57,48 @@ def as_task(role: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return task(name=TASK_NAMES[role], cache_policy=NO_CACHE, task_run_name=RUN_NAMES.get(role), log_prints=True)(fn)
 
 
-def train_many(train: Any, evaluate: Any, params: PipelineParams, settings: Any, catalog_dir: str, split_path: str, extract: Any, jobs: list[TrainJob]) -> list[Any]:
-    """The flow's train role for a batch of runs (module docstring): the core's, one after
-    another, without a cluster; the train (then evaluate) tasks mapped on Ray with one."""
-    if not params.cluster:
-        return train_runs(train, evaluate, params, settings, catalog_dir, split_path, extract, jobs)
-    from prefect_ray import RayTaskRunner  # only with a cluster: the Ray packages stay unimported otherwise
-    from prefect_ray.context import remote_options
+class TaskRunnerRuns:
+    """A run executor (``pipeline.training.executor.RunExecutor``) on prefect-ray's
+    ``RayTaskRunner``: each call a ``train-run`` task on a Ray worker, results in call order."""
 
-    same = {"settings": unmapped(settings), "catalog_dir": unmapped(catalog_dir), "split_path": unmapped(split_path), "extract": unmapped(extract)}
-    # connected first, for its Ray Client handshake retries; the runner then finds Ray up and uses that connection
-    with connected(params.cluster), RayTaskRunner(address=params.cluster, init_kwargs=ray_init_kwargs()) as runner:
-        with remote_options(**run_options(params.cpus_per_run, params.device)):
-            runs = runner.map(train, {
-                "params": unmapped(params), **same, "model": [j.model for j in jobs], "adapter": [j.adapter for j in jobs],
-                "run_dir": [j.run_dir for j in jobs], "num_threads": unmapped(params.cpus_per_run),
-            })
-            if evaluate is not None:  # each re-evaluation starts as soon as its run is trained
-                runs = runner.map(evaluate, {**same, "summary": runs})
-            return [run.result() for run in runs]
+    remote = True
+
+    def __init__(self, cluster: str, cpus_per_run: int, device: str | None) -> None:
+        self.cluster, self.cpus_per_run, self.device = cluster, cpus_per_run, device
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[Any, ...]],
+        *,
+        common: tuple[Any, ...] = (),
+        on_result: Callable[[int, Any], None] | None = None,
+    ) -> list[Any]:
+        from prefect_ray import RayTaskRunner  # only with a cluster: the Ray packages stay unimported otherwise
+        from prefect_ray.context import remote_options
+
+        if not calls:
+            return []
+        run = task(name="train-run", cache_policy=NO_CACHE, log_prints=True)(fn)
+        signature = inspect.signature(fn)
+        # connected first, for its Ray Client handshake retries; the runner then finds Ray up and uses that connection
+        with connected(self.cluster), RayTaskRunner(address=self.cluster, init_kwargs=ray_init_kwargs()) as runner:
+            with remote_options(**run_options(self.cpus_per_run, self.device)):
+                futures = [runner.submit(run, parameters=dict(signature.bind(*common, *call).arguments)) for call in calls]
+                results = []
+                for i, future in enumerate(futures):
+                    results.append(future.result())
+                    if on_result is not None:
+                        on_result(i, results[-1])
+                return results
 
 
-TASK_STEPS = dataclasses.replace(LOCAL_STEPS.wrapped(as_task), train_many=train_many)
+def flow_executor(params: PipelineParams) -> RunExecutor:
+    """The flow's executor role: local runs without a cluster, :class:`TaskRunnerRuns` with one."""
+    return TaskRunnerRuns(params.cluster, params.cpus_per_run, params.device) if params.cluster else LocalRuns()
+
+
+TASK_STEPS = dataclasses.replace(LOCAL_STEPS.wrapped(as_task), executor=flow_executor)
 artifacts_task = task(name="artifacts", cache_policy=NO_CACHE)(publish_artifacts)
 
 
@@ -93,7 +115,7 @@ def _befa(**parameters: Any) -> dict[str, Any]:
     keys = artifacts_task(result)
     return {
         "folder": result.folder,
-        "report": result.report["report_md"],
+        "report": str(result.report.report_md),
         "artifacts": keys,
         "test": {f"{r.model}/{r.adapter}": r.test.get("recall@20") for r in result.runs},
     }

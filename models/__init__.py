@@ -82,10 +82,13 @@ def make_config(model: str | type[Recommender], overrides: Mapping[str, Any] | N
     return cls.Config.model_validate(apply_overrides(cls.Config().model_dump(mode="json"), overrides or {}))
 
 
-def create_model(model: str | type[Recommender], data: TrainData, overrides: Mapping[str, Any] | None = None) -> Recommender:
-    """The one factory: ``create_model("mgcn", data, {"adapter": "befa", "befa.t": 2.0})``."""
+def create_model(
+    model: str | type[Recommender], data: TrainData, overrides: ModelConfig | Mapping[str, Any] | None = None
+) -> Recommender:
+    """The one factory: ``create_model("mgcn", data, {"adapter": "befa", "befa.t": 2.0})``, or
+    with a config already validated (``make_config``, a run record's): ``create_model("mgcn", data, config)``."""
     cls = get_model_class(model)
-    config = make_config(cls, overrides)
+    config = overrides if isinstance(overrides, cls.Config) else make_config(cls, overrides)
     if config.adapter == "befa" and not cls.uses_content:
         raise ValueError(f"model {cls.name!r} uses no content features, so it has nothing for BeFA to adapt")
     return cls(data, config)

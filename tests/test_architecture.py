@@ -2,12 +2,17 @@
 
 Floors, lowest first; a module may import its own floor and the floors below it::
 
-    storage - pipeline.settings - (encoders, models) - pipeline.data - pipeline.evaluation
-    - pipeline.training - pipeline.features - pipeline.serving - pipeline.reporting - pipeline.job
+    storage - (pipeline.settings, pipeline.device, pipeline.cluster, pipeline.summary)
+    - (encoders, models) - pipeline.data - pipeline.features - pipeline.evaluation
+    - pipeline.training - pipeline.serving - pipeline.reporting - pipeline.job
     - pipeline.study - pipeline.cli
 
+The floors follow the order the job runs: data is ingested, features are extracted from
+it, then models are trained and evaluated on both.
+
 ``flows`` (Prefect only) may import ``pipeline.job``, ``pipeline.study``,
-``pipeline.reporting`` and ``pipeline.settings``, and nothing else of the core; only the
+``pipeline.reporting``, ``pipeline.training`` (it implements the run-executor interface on
+Prefect's task runner), ``pipeline.settings`` and ``pipeline.cluster``, and nothing else of the core; only the
 CLI's Prefect commands import ``flows``, lazily, inside the command. First-party imports
 sit at the top of files (imports inside functions hid cycles before), and the module
 graph has no cycle.
@@ -23,19 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("storage", "encoders", "models", "pipeline", "flows")
 FLOORS: list[tuple[str, ...]] = [
     ("storage",),
-    ("pipeline.settings",),
+    ("pipeline.settings", "pipeline.device", "pipeline.cluster", "pipeline.summary"),
     ("encoders", "models"),
     ("pipeline.data",),
+    ("pipeline.features",),
     ("pipeline.evaluation",),
     ("pipeline.training",),
-    ("pipeline.features",),
     ("pipeline.serving",),
     ("pipeline.reporting",),
     ("pipeline.job",),
     ("pipeline.study",),
     ("pipeline.cli",),
 ]
-FLOWS_MAY_IMPORT = ("flows", "pipeline.job", "pipeline.study", "pipeline.reporting", "pipeline.settings")
+# flows implements training's run-executor interface on Prefect's task runner, hence pipeline.training
+FLOWS_MAY_IMPORT = (
+    "flows", "pipeline.job", "pipeline.study", "pipeline.reporting", "pipeline.training", "pipeline.settings", "pipeline.cluster",
+)
 
 
 @dataclass(frozen=True)
@@ -181,16 +189,16 @@ def test_the_checker_catches_lazy_imports_cycles_and_flows():
         "pipeline.cli": "",
         "pipeline.cli.main": "def serve():\n    from flows.serve import main\n",
         "flows": "",
-        "flows.artifacts": "from pipeline.training.api import train_model\n",
+        "flows.artifacts": "from pipeline.serving.servable import load_servable\n",
         "flows.serve": "",
-        "pipeline.training": "",
-        "pipeline.training.api": "",
+        "pipeline.serving": "",
+        "pipeline.serving.servable": "",
     }
     found = violations(sources)
     assert "pipeline.data.b:2 imports pipeline.data.a inside a function (first-party imports go at the top)" in found
     assert "import cycle: pipeline.data.a -> pipeline.data.b -> pipeline.data.a" in found
     assert "pipeline.reporting.r:1 imports flows.artifacts: only the CLI's Prefect commands import flows (inside the command)" in found
-    assert any(p.startswith("flows.artifacts:1 imports pipeline.training.api: flows may import only") for p in found)
+    assert any(p.startswith("flows.artifacts:1 imports pipeline.serving.servable: flows may import only") for p in found)
     assert not any(p.startswith("pipeline.cli.main") for p in found)  # the lazy Prefect command is the allowed case
 
 

@@ -19,7 +19,8 @@ from pipeline.data.catalog import build_catalog
 from pipeline.data.splits import TRAIN, Split, ensure_split, make_split, split_cold_items
 from pipeline.evaluation.evaluator import Evaluator, UserItems
 from pipeline.evaluation.groups import item_groups
-from pipeline.training.prepare import FeatureBundle, prepare_data
+from pipeline.features.bundle import FeatureBundle
+from pipeline.training.prepare import prepare_data
 from pipeline.training.record import RunRecord
 from pipeline.training.trainer import TrainerConfig, fit
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.features.load import load_run_features
+from pipeline.training.run_features import load_run_features
 from pipeline.job.params import PipelineError, PipelineParams, validate_params
 from pipeline.job.run import LOCAL_STEPS, PipelineSteps, run_pipeline
 from pipeline.job.steps import ingest_step, plan_runs
@@ -122,7 +122,7 @@ def test_pipeline_ends_with_recommendations_from_the_best_valid_run(small):
     assert frame.groupby("user_id").size().max() == params.recommend_k and frame["user_id"].nunique() == recs.users
     manifest = json.loads((folder / "recommendations.json").read_text())
     assert manifest["run_dir"] == str(Path(best.run_dir).resolve()) and manifest["rows"] == len(frame)
-    assert recs.head[0] == frame.iloc[0].to_dict() | {"score": pytest.approx(float(frame.iloc[0]["score"]))}
+    assert recs.head[0].model_dump() == frame.iloc[0].to_dict() | {"score": pytest.approx(float(frame.iloc[0]["score"]))}
     md = (folder / "report.md").read_text()
     assert "## Recommendations" in md and "recommendations.png" in md and (folder / "recommendations.png").stat().st_size > 0
     assert json.loads((folder / "summary.json").read_text())["recommendations"]["path"] == str(folder / "recommendations.parquet")

@@ -18,7 +18,8 @@ import torch
 
 from models import get_model_class
 from pipeline.training.checkpoints import load_weights
-from pipeline.training.prepare import FeatureBundle, prepare_data
+from pipeline.features.bundle import FeatureBundle
+from pipeline.training.prepare import prepare_data
 from pipeline.training.record import BEST, RunRecord
 from storage.feature_store import FeatureStore
 from storage.keys import FeatureSetKey

@@ -4,7 +4,7 @@ The test starts a real Ray head with ``ray start --head --block`` (the venv's ``
 no dashboard, its own temp dir, free ports, token authentication with a token made here,
 so nothing under ``~/.ray`` is read or written), then runs the flow's extraction step
 (:func:`pipeline.job.run.extract_step`, which calls
-:func:`pipeline.features.ray_backend.extract_features_ray`) in a separate Python process connected
+:func:`pipeline.features.ray_extract.extract_features_ray`) in a separate Python process connected
 as a Ray Client to ``ray://127.0.0.1:<port>``, and checks the vectors equal a local
 extraction's. A separate process because a Ray Client is per process and Ray caches its
 authentication settings per process (another test may have run ``ray.init`` here).
@@ -45,7 +45,8 @@ pytest.importorskip("grpc", reason="Ray Client needs grpcio (the ray[client] ext
 from pipeline.data.ingest import ingest  # noqa: E402
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
-from pipeline.features.ray_backend import _init_with_retries
+from pipeline.cluster import _init_with_retries
+from pipeline.job.train_batch import train_runs
 from pipeline.settings import get_settings  # noqa: E402
 from storage.feature_store import FeatureStore  # noqa: E402
 from tests.flows_data import make_small_catalog  # noqa: E402
@@ -274,14 +275,14 @@ def test_the_flows_task_runner_uses_the_connection_made_with_retries(monkeypatch
         def __exit__(self, *exc):
             order.append("runner exit")
 
-        def map(self, fn, params):
-            return [type("Done", (), {"result": lambda self, m=m: f"trained {m}"})() for m in params["model"]]
+        def submit(self, task, parameters):
+            return type("Done", (), {"result": lambda self, m=parameters["job"].model: f"trained {m}"})()
 
     monkeypatch.setattr(pipeline_flow, "connected", fake_connected)
     monkeypatch.setattr(prefect_ray, "RayTaskRunner", FakeRunner)
     monkeypatch.setattr(pipeline_flow, "run_options", lambda cpus, device: {})
     params = type("Params", (), {"cluster": "ray://head:10001", "cpus_per_run": 1, "device": "cpu"})()
     jobs = [type("Job", (), {"model": m, "adapter": "none", "run_dir": f"runs/{m}"})() for m in ("lightgcn", "bm3")]
-    runs = pipeline_flow.train_many(object(), None, params, None, "catalog", "split.parquet", None, jobs)
+    runs = train_runs(object(), None, params, None, "catalog", "split.parquet", None, jobs, pipeline_flow.flow_executor(params))
     assert runs == ["trained lightgcn", "trained bm3"]
     assert order == ["connect ray://head:10001", "runner ray://head:10001", "runner enter", "runner exit", "disconnect"]

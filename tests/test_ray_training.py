@@ -7,7 +7,7 @@ other tests (40 movies x 200 users, tiny random ImageBind, embedding 16, 2 epoch
 1. the study with ``cluster="auto"`` (search, main table and sweep as Ray tasks, 1 CPU and
    1 torch thread each) has exactly the per-run metrics of the sequential study with 1 thread;
 2. a worker killed mid-run (after its first epoch, by the ``BEFA_TEST_KILL_ONCE`` hook of
-   ``pipeline.job.ray_runs``) is retried by Ray, the run resumes from its last checkpoint
+   ``pipeline.training.executor``) is retried by Ray, the run resumes from its last checkpoint
    and ends with the same metrics;
 3. the pipeline with ``cluster="auto"`` trains (and re-evaluates) its runs as Ray tasks, with
    the metrics of the pipeline without a cluster; so does the Prefect flow, whose train and
@@ -26,9 +26,10 @@ import pytest
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # about 1.5-3 minutes on 2 shared cores
 
-from pipeline.features.ray_backend import runtime_env  # noqa: E402
-from pipeline.job.params import PipelineParams, TrainSummary  # noqa: E402
-from pipeline.job.ray_runs import KILL_ONCE_ENV  # noqa: E402
+from pipeline.cluster import runtime_env  # noqa: E402
+from pipeline.job.params import PipelineParams  # noqa: E402
+from pipeline.training.summary import TrainSummary  # noqa: E402
+from pipeline.training.executor import KILL_ONCE_ENV  # noqa: E402
 from pipeline.job.run import LOCAL_STEPS, run_pipeline  # noqa: E402
 from pipeline.job.steps import train_step  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402

@@ -8,8 +8,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from pydantic import BaseModel, ValidationError
+
+from pipeline.data.summary import DatasetSummary, SplitSummary
+from pipeline.features.summary import ModalityFeatures
 from pipeline.reporting.pipeline_report import (
-    EncoderInfo,
     ReportContext,
     gains_frame,
     load_runs,
@@ -76,16 +79,21 @@ def test_gains_relative_and_undefined_when_base_zero(runs):
 
 
 def test_write_report_files_and_content(runs, tmp_path):
+    class Params(BaseModel):
+        dataset: str = "ml-tiny"
+        epochs: int = 2
+
     ctx = ReportContext(
-        dataset={"name": "ml-tiny", "fingerprint": "abcd", "num_users": 10, "num_items": 40, "num_interactions": 99},
-        encoders={
-            "image": EncoderInfo(spec="clip:RN50@random", fingerprint="clip-rn50-random-123", weights="random-init:seed=0", random_init=True, dim=32),
-            "text": EncoderInfo(spec="minilm", fingerprint="minilm-abc", weights="sha256:feedbeef", dim=384),
+        dataset=DatasetSummary(name="ml-tiny", fingerprint="abcd", num_users=10, num_items=40, num_interactions=99),
+        features={
+            "image": ModalityFeatures(
+                spec="clip:RN50@random", fingerprint="clip-rn50-random-123", snapshot="snapimg", weights="random-init:seed=0",
+                random_init=True, dim=32, encoded=40,
+            ),
+            "text": ModalityFeatures(spec="minilm", fingerprint="minilm-abc", snapshot="snaptxt", weights="sha256:feedbeef", dim=384),
         },
-        snapshots={"image": "snapimg", "text": "snaptxt"},
-        extraction={"image": {"encoded": 40, "skipped": 0, "failed": 0}},
-        split={"id": "random-s1-abc", "kind": "random", "seed": 1, "counts": {"train": 80, "valid": 10, "test": 9}},
-        config={"dataset": "ml-tiny", "epochs": 2},
+        split=SplitSummary(path="s.parquet", id="random-s1-abc", kind="random", seed=1, k_core=None, counts={"train": 80, "valid": 10, "test": 9}),
+        config=Params(),
         timings={"ingest": 1.0, "train": 2.5},
     )
     out = write_report(tmp_path / "report", runs, ctx)
@@ -101,7 +109,17 @@ def test_write_report_files_and_content(runs, tmp_path):
     assert "random-s1-abc" in md
     assert "+25.00%" in md  # mgcn recall@20 gain
     assert "Total: 3.5 s" in md
+    assert '"epochs": 2' in md  # the parameters model, dumped in full
+    assert "- users: 10" in md and "- interactions: 99" in md
     assert not list((tmp_path / "report").glob(".tmp-*"))
+
+
+def test_report_context_takes_records_and_refuses_a_wrong_key():
+    """A figure under a wrong name fails where the context is built, instead of printing '?'."""
+    with pytest.raises(ValidationError, match="num_users"):
+        ReportContext(dataset={"name": "x", "fingerprint": "f", "users": 10, "num_items": 1, "num_interactions": 1})
+    with pytest.raises(ValidationError, match="snapshot"):
+        ReportContext(features={"image": {"spec": "minilm", "fingerprint": "f"}})
 
 
 def test_missing_run_record_is_a_clear_error(tmp_path):

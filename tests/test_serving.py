@@ -24,8 +24,8 @@ from pipeline.data.catalog import Catalog, build_catalog
 from pipeline.data.splits import Split, split_random
 from pipeline.evaluation.evaluator import evaluate_model, topk_items
 from pipeline.features.load import load_features
-from pipeline.serving import recommend as recommend_module
-from pipeline.serving.recommend import RecommendRequest, recommend, write_recommendations
+from pipeline.serving import ranked_lists as recommend_module
+from pipeline.serving.ranked_lists import RecommendRequest, recommend, write_recommendations
 from pipeline.serving.servable import ServingError, load_servable
 from pipeline.serving.similar import similar_items
 from pipeline.training.api import load_trained, train_model

@@ -31,13 +31,13 @@ from pipeline.features.load import load_features
 from pipeline.job.run import run_pipeline
 from pipeline.reporting import pipeline_report
 from pipeline.reporting.pipeline_report import ReportContext, write_report
-from pipeline.reporting.study_report import render_markdown as study_markdown
-from pipeline.reporting.study_tables import StudyData
+from pipeline.study.report.write import render_markdown as study_markdown
+from pipeline.study.report.tables import StudyData
 from pipeline.settings import get_settings
 from pipeline.study.analysis import verdict
 from pipeline.study.inspect import gate_labels
 from pipeline.training.api import train_model
-from pipeline.training.floor import MIN_BATCHES_PER_EPOCH, plan_batches
+from pipeline.training.batching import MIN_BATCHES_PER_EPOCH, plan_batches
 from pipeline.training.record import RunRecord
 from pipeline.training.trainer import FeaturesChanged
 from storage.feature_store import FeatureStore
@@ -138,7 +138,7 @@ def test_befa_run_trains_the_floor_and_prints_epoch_lines_in_full_width(tmp_path
                            "models": ["lightgcn"], "adapters": ["none"], "epochs": 2, "patience": 2, "recommend_k": 0,
                            "model_overrides": {"*": {"embedding_dim": 8}}}, settings, log=lines.append)
     assert [(r.model, r.adapter) for r in result.runs] == [("mostpop", "none"), ("lightgcn", "none")]
-    assert "## Floor: MostPop" in Path(result.report["report_md"]).read_text()
+    assert "## Floor: MostPop" in Path(result.report.report_md).read_text()
 
     proc = subprocess.run(  # the real entry point, stdout a pipe: epoch lines, plain full-width tables, no known noise
         [sys.executable, "-m", "pipeline.cli.main", "run", "mini", "--encoder", TEXT_ENCODER, "--models", "lightgcn",

@@ -25,7 +25,8 @@ from pipeline.data.splits import split_random
 from pipeline.reporting.console import metrics_table
 from pipeline.study.search import grid_search, select_on_valid
 from pipeline.training.api import evaluate_run, train_model
-from pipeline.training.prepare import FeatureBundle, prepare_data
+from pipeline.features.bundle import FeatureBundle
+from pipeline.training.prepare import prepare_data
 from pipeline.training.record import BEST, LAST, PER_USER, RunRecord
 from pipeline.training.trainer import TrainerConfig, TrainingInterrupted, fit
 

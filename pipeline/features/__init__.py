@@ -3,7 +3,7 @@ feature store (locally or on Ray Data), and loading a feature set aligned to a c
 
 - ``extract``: ``extract_features`` (local) and ``extract_command`` (``befa extract``),
   with the steps both backends share (encoder registration, what to encode, the commit).
-- ``ray_backend``: ``extract_features_ray``, the same extraction on a Ray cluster.
+- ``ray_extract``: ``extract_features_ray``, the same extraction on a Ray cluster.
 - ``images``: the image Dataset (read, hash check, decode, preprocess), collate and loader.
 - ``writer``: ``PartWriter``, buffered embeddings -> feature store parts.
 - ``summary``: ``ModalitySummary`` / ``ExtractSummary``, what an extraction did.

@@ -51,7 +51,7 @@ from pipeline.features.progress import ProgressLines
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
 from pipeline.settings import Settings
-from pipeline.training.device import cpu_count, resolve_device, torch_threads
+from pipeline.device import cpu_count, resolve_device, torch_threads
 from storage.atomic import clean_temporaries
 from storage.columns import string_array
 from storage.faults import pause_point

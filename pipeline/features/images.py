@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.data.image_cache import ImageCache, ImageNotDownloaded
 from pipeline.data.image_modes import to_rgb
 from pipeline.data.importers.images import read_image_bytes
-from pipeline.training.device import cpu_count
+from pipeline.device import cpu_count
 
 
 class ImageItems(Dataset):

@@ -17,8 +17,7 @@ import torch
 
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.features.extract import extract_features
-from pipeline.training.prepare import FeatureBundle
-from pipeline.training.record import LEGACY_FEATURES, RunRecord
+from pipeline.features.bundle import FeatureBundle
 from storage.feature_store import FeatureStore
 from storage.keys import MODALITIES, FeatureSetKey
 from storage.snapshots import Snapshot
@@ -123,23 +122,3 @@ def features_for_training(
     summary = extract_features(catalog, encoder, store, device=device, progress=progress)
     fps = {m: s.fingerprint for m, s in summary.modalities.items() if s.snapshot_id}
     return load_features(catalog, store, fps, snapshots={m: summary.snapshot_ids[m] for m in fps})
-
-
-def load_run_features(record: RunRecord, store: FeatureStore, run_dir: str | Path | None = None) -> FeatureBundle | None:
-    """The exact features a run trained on (its recorded fingerprints and snapshots), or None
-    when it used none. Runs from before record version 2 kept them in ``features.json``."""
-    catalog_dir = record.sources.get("catalog")
-    sets = {m: s for m, s in record.feature_sets.items() if s.get("fingerprint")}
-    if not sets and run_dir is not None and (Path(run_dir) / LEGACY_FEATURES).exists():
-        legacy = json.loads((Path(run_dir) / LEGACY_FEATURES).read_text())
-        catalog_dir = catalog_dir or legacy.get("catalog_dir")
-        sets = {m: {"fingerprint": fp, "snapshot": legacy.get("snapshots", {}).get(m)} for m, fp in legacy.get("fingerprints", {}).items()}
-    if not sets:
-        return None
-    if catalog_dir is None:
-        raise ValueError("the run did not record its catalog folder, so its features cannot be found")
-    catalog = Catalog.load(catalog_dir)
-    return load_features(
-        catalog, store, {m: s["fingerprint"] for m, s in sets.items()},
-        snapshots={m: s["snapshot"] for m, s in sets.items() if s.get("snapshot")}, as_recorded=True,
-    )

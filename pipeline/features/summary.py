@@ -1,14 +1,23 @@
-"""What an extraction did: :class:`ModalitySummary` per modality and :class:`ExtractSummary` per run.
+"""What an extraction did, and the one shape of "a modality's features".
 
-Both backends (local and Ray) fill the same records, so reports, the CLI and the
-pipeline's run summary read one shape. Items left without a feature are listed with
-the reason (up to :data:`MAX_LISTED_FAILURES`), never dropped silently.
+- :class:`ModalitySummary` / :class:`ExtractSummary`: the working record of one extraction
+  (per modality, then per run), with every item left without a feature and the reason
+  (up to :data:`MAX_LISTED_FAILURES`), never dropped silently. Both backends (local and
+  Ray) fill them.
+- :class:`ModalityFeatures`: a modality's feature set as every other package sees it
+  (encoder spec, fingerprint, weights, snapshot, size and what the extraction did), and
+  :class:`FeaturesSummary`, the extract step's summary: the pipeline report, the study,
+  the flow and training read these, never a dict.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pipeline.summary import StepSummary
 
 MAX_LISTED_FAILURES = 10_000  # listing every failure of a broken image folder would not help anyone
 
@@ -49,6 +58,14 @@ class ModalitySummary:
     @property
     def failed_items(self) -> list[dict[str, Any]]:
         return [m for m in self.missing_items if m["kind"] == "failed"]
+
+    def features(self) -> "ModalityFeatures":
+        """This modality's feature set, as the other packages see it."""
+        return ModalityFeatures(
+            spec=self.encoder, fingerprint=self.fingerprint, snapshot=self.snapshot_id, dim=self.dim,
+            weights=self.weights, random_init=bool(self.random_init), encoded=self.encoded, skipped=self.skipped,
+            failed=self.failed,
+        )
 
     def record_no_content(self, items: Any) -> None:
         """Count and list the catalog items (a frame with item_id, item_idx, ``<modality>_hash``)
@@ -124,3 +141,45 @@ class ExtractSummary:
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
+
+
+class ModalityFeatures(BaseModel):
+    """One modality's features: which encoder (spec, fingerprint, weights), which stored
+    snapshot, the vector size, and what the extraction that made the snapshot current did."""
+
+    spec: str
+    fingerprint: str
+    snapshot: str
+    dim: int | None = None
+    weights: str | None = Field(None, description="weights identity: checkpoint sha256, tag, or 'random init (seed N)'")
+    random_init: bool = False
+    encoded: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    @property
+    def weights_label(self) -> str:
+        """The weights as a report names them; random init always says so."""
+        if self.random_init:
+            # keep the encoder's own label ("random init (seed 0)") when it says so
+            return self.weights if (self.weights or "").startswith("random init") else "random init"
+        return self.weights or "unknown"
+
+
+class FeaturesSummary(StepSummary):
+    """The extract step: each modality's features, and where the encoding ran."""
+
+    modalities: dict[str, ModalityFeatures] = Field(default_factory=dict)
+    backend: str = "local"
+
+    @classmethod
+    def of(cls, result: ExtractSummary, backend: str = "local") -> "FeaturesSummary":
+        return cls(modalities={m: s.features() for m, s in result.modalities.items()}, backend=backend)
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        return {m: f.fingerprint for m, f in self.modalities.items()}
+
+    @property
+    def snapshots(self) -> dict[str, str]:
+        return {m: f.snapshot for m, f in self.modalities.items()}

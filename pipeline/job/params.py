@@ -1,5 +1,7 @@
-"""What one pipeline run is: its validated parameters and the small, JSON-friendly
-summaries its steps return (paths and counts, never tensors).
+"""What one pipeline run is: its validated parameters (``DataParams``, shared with the
+study, and ``PipelineParams``). The summaries its steps return are owned by the packages
+that perform them (``pipeline.data.summary``, ``pipeline.features.summary``,
+``pipeline.training.summary``); the job's own result is in ``pipeline.job.result``.
 
 Parameters are validated before any work (:func:`validate_params`): an unknown encoder
 family, a checkpoint file that does not exist, an unknown model or a dataset with no
@@ -21,7 +23,7 @@ from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import recorded_ingest
 from pipeline.data.versions import is_ingested
 from pipeline.settings import Settings
-from pipeline.training.device import DeviceError, check_device
+from pipeline.device import DeviceError, check_device
 from storage.keys import MODALITIES
 
 DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
@@ -52,11 +54,15 @@ class DataParams(BaseModel):
     encoder: str | dict[str, str] = Field(
         DEFAULT_ENCODER, description="encoder spec ('image=effnet:lite2,text=minilm', 'minilm', 'clip:ViT-B-32@/ckpt.pt', ...) or {modality: spec}"
     )
-    split_kind: Literal["random", "temporal"] = "random"
-    split_seed: int = 2024
-    k_core: int | None = Field(None, ge=1)
+    split_kind: Literal["random", "temporal"] = Field(
+        "random", description="train/valid/test split: random, or temporal (by timestamp)"
+    )
+    split_seed: int = Field(2024, description="seed of the random split")
+    k_core: int | None = Field(None, ge=1, description="keep only users and items with at least this many interactions")
     device: str | None = Field(None, description="torch device for extraction and training; default cuda if present")
-    extract_batch_size: int | None = Field(None, ge=1)
+    extract_batch_size: int | None = Field(
+        None, ge=1, description="items per encoder forward pass (default: sized to the device)"
+    )
 
     def encoder_spec(self) -> str:
         """The encoder as one spec string (per-modality mappings become 'image=...,text=...')."""
@@ -94,8 +100,12 @@ class PipelineParams(DataParams):
     """Everything one pipeline run needs. Flat, so each field is a flow parameter
     (``prefect deployment run befa/full-pipeline --param encoder=minilm``)."""
 
-    models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
-    adapters: list[Adapter] = Field(default_factory=lambda: ["none", "befa"])
+    models: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_MODELS), description="models to train (mostpop, lightgcn, bm3, lattice, freedom, mgcn); mostpop always runs too, as the floor"
+    )
+    adapters: list[Adapter] = Field(
+        default_factory=lambda: ["none", "befa"], description="none (the base model) and/or befa (+BeFA, content models only)"
+    )
     model_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="model name (or '*' for all) -> config overrides, dotted keys for nested ('befa.t')"
     )
@@ -149,107 +159,6 @@ def cluster_address(v: str | None) -> str | None:
     if v != "auto" and not re.fullmatch(r"ray://[^/:]+:\d+", v):
         raise ValueError(f"cluster {v!r}: expected 'auto' or 'ray://host:port'")
     return v
-
-
-# -- step summaries (small, JSON-friendly) ----------------------------------------
-class Summary(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    seconds: float = 0.0
-
-
-class IngestSummary(Summary):
-    catalog_dir: str
-    name: str
-    fingerprint: str
-    num_users: int
-    num_items: int
-    num_interactions: int
-    ingested: bool = Field(description="False when the stored catalog was used as is")
-    issues: dict[str, int] = Field(default_factory=dict)
-    warnings: list[str] = Field(default_factory=list, description="the ingest report's warnings (removed splits, missing images, ...)")
-
-
-class ModalityFeatures(BaseModel):
-    spec: str
-    fingerprint: str
-    snapshot: str
-    dim: int | None = None
-    weights: str | None = None
-    random_init: bool = False
-    encoded: int = 0
-    skipped: int = 0
-    failed: int = 0
-
-
-class FeaturesSummary(Summary):
-    modalities: dict[str, ModalityFeatures] = Field(default_factory=dict)
-    backend: str = "local"
-
-    @property
-    def fingerprints(self) -> dict[str, str]:
-        return {m: f.fingerprint for m, f in self.modalities.items()}
-
-    @property
-    def snapshots(self) -> dict[str, str]:
-        return {m: f.snapshot for m, f in self.modalities.items()}
-
-
-class SplitSummary(Summary):
-    path: str
-    id: str
-    kind: str
-    seed: int | None
-    k_core: int | None
-    counts: dict[str, int]
-
-
-class TrainSummary(Summary):
-    model: str
-    adapter: str
-    run_dir: str
-    status: str
-    best_epoch: int | None
-    epochs_run: int
-    test: dict[str, float]
-    valid: dict[str, float]
-    verified: bool | None = None
-    max_abs_diff: float | None = None
-    verify_seconds: float | None = None  # the checkpoint re-evaluation alone (``seconds`` counts training and it)
-    floor_note: str | None = None  # set when the run ended below the MostPop floor: by how much and the likely cause
-
-
-class TrainJob(BaseModel):
-    """One (model, adapter) run of a pipeline, as the train role receives a batch of them."""
-
-    model: str
-    adapter: str
-    run_dir: str
-
-
-class RecommendSummary(Summary):
-    model: str
-    adapter: str
-    run_dir: str
-    chosen_by: str  # "valid recall@20" or "recommend_run"
-    valid_recall: float | None
-    path: str
-    manifest: str
-    rows: int
-    users: int
-    head: list[dict[str, Any]] = Field(default_factory=list)  # the first rows, for the artifact and the log
-
-
-class PipelineResult(BaseModel):
-    params: dict[str, Any]
-    folder: str
-    ingest: IngestSummary
-    extract: FeaturesSummary
-    split: SplitSummary
-    runs: list[TrainSummary]
-    report: dict[str, str | None]
-    timings: dict[str, float]
-    skipped: list[str] = Field(default_factory=list)
-    recommendations: RecommendSummary | None = None
 
 
 # -- validation ---------------------------------------------------------------------

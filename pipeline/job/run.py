@@ -4,9 +4,9 @@
 plain step functions of :mod:`pipeline.job.steps`); the Prefect flow ``befa``
 (``flows/pipeline_flow.py``) calls it with the same steps wrapped as Prefect tasks.
 So the order of the steps, the log lines, the timings and ``summary.json`` are written
-in one place. The (model, adapter) runs go to the ``train_many`` role as one batch: one
-after another, or with ``cluster`` as Ray tasks (``pipeline.job.ray_runs``; the flow maps
-its train tasks on prefect-ray's task runner instead).
+in one place. The (model, adapter) runs go as one batch to the run executor the
+``executor`` role gives (``pipeline.training.executor``): one after another, or with
+``cluster`` one Ray task each; the flow passes an executor on prefect-ray's task runner.
 
 The job, not a step, registers the catalog for watching (``pipeline.job.watch``), so a
 retrain triggered by a catalog change reruns it with these parameters; a study runs the
@@ -17,7 +17,7 @@ Folder of one pipeline run (``$BEFA_HOME/runs/pipelines/<run name>/``)::
     params.json                     the validated parameters
     runs/<model>-<adapter>/         one training run folder each (pipeline.training.record)
     summary.json                    every step's summary
-    recommendations.parquet/.json   top-K per user from the best run by valid Recall@20 (pipeline.job.recommend)
+    recommendations.parquet/.json   top-K per user from the best run by valid Recall@20 (pipeline.job.recommend_step)
     metrics.parquet, report.md, curves.png, base_vs_befa.png, ...   (pipeline.reporting)
 """
 
@@ -31,12 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.job.params import PipelineParams, PipelineResult, TrainJob, TrainSummary, validate_params
-from pipeline.job.ray_runs import train_runs
-from pipeline.job.recommend import recommend_step
+from pipeline.job.params import PipelineParams, validate_params
+from pipeline.job.result import PipelineResult
+from pipeline.training.summary import TrainJob, TrainSummary
+from pipeline.job.train_batch import executor_of, train_runs
+from pipeline.job.recommend_step import recommend_step
 from pipeline.job.steps import evaluate_step, extract_step, ingest_step, plan_runs, report_step, split_step, train_step
 from pipeline.job.watch import register_catalog
 from pipeline.settings import Settings
+from pipeline.training.executor import RunExecutor
 from storage.atomic import write_json
 
 
@@ -51,18 +54,16 @@ class PipelineSteps:
     evaluate: Callable[..., Any] = evaluate_step
     report: Callable[..., Any] = report_step
     recommend: Callable[..., Any] = recommend_step
-    # the batch role: ``train_many(train, evaluate, params, settings, catalog_dir, split_path,
-    # extract, jobs)`` runs every job with the train (and evaluate) role given; this one runs
-    # them one after another, or as Ray tasks with ``cluster`` (pipeline.job.ray_runs)
-    train_many: Callable[..., Any] = train_runs
+    # the run executor of the training batch, for these parameters: local, or Ray with ``cluster``
+    executor: Callable[[PipelineParams], RunExecutor] = executor_of
 
     def wrapped(self, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> "PipelineSteps":
-        """Every step passed through ``wrap(role, fn)`` (e.g. into a Prefect task); the batch
-        role is kept as it is: it calls the wrapped train and evaluate steps."""
-        return PipelineSteps(**{f.name: getattr(self, f.name) if f.name in BATCH_ROLES else wrap(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)})
+        """Every step passed through ``wrap(role, fn)`` (e.g. into a Prefect task); the
+        executor role is kept as it is: it runs the wrapped train and evaluate steps."""
+        return PipelineSteps(**{f.name: getattr(self, f.name) if f.name in NOT_STEPS else wrap(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
-BATCH_ROLES = ("train_many",)
+NOT_STEPS = ("executor",)
 
 
 LOCAL_STEPS = PipelineSteps()
@@ -119,11 +120,11 @@ def run_pipeline(
     report = steps.report(str(folder), params, ingest, extract, split, runs, timings, skipped)
     timings["report"] = round(time.perf_counter() - start, 3)
     result = PipelineResult(
-        params=params.model_dump(mode="json"), folder=str(folder), ingest=ingest, extract=extract,
+        params=params, folder=str(folder), ingest=ingest, extract=extract,
         split=split, runs=runs, report=report, timings=timings, skipped=skipped, recommendations=recommendations,
     )
     write_json(folder / "summary.json", json.loads(result.model_dump_json()))
-    log(f"report: {report['report_md']}")
+    log(f"report: {report.report_md}")
     return result
 
 
@@ -140,10 +141,10 @@ def train_and_verify(
     log: Callable[[str], None],
 ) -> list[TrainSummary]:
     """Every (model, adapter) run, each then (``verify_checkpoints``) with its best checkpoint
-    re-evaluated: one batch for the train_many role (one after another, or spread on Ray)."""
+    re-evaluated: one batch for the run executor (one after another, or spread on Ray)."""
     jobs = [TrainJob(model=model, adapter=adapter, run_dir=str(folder / "runs" / f"{model}-{adapter}")) for model, adapter in pairs]
     evaluate = steps.evaluate if params.verify_checkpoints else None
-    runs = steps.train_many(steps.train, evaluate, params, settings, catalog_dir, split_path, extract, jobs)
+    runs = train_runs(steps.train, evaluate, params, settings, catalog_dir, split_path, extract, jobs, steps.executor(params))
     for summary in runs:
         model, adapter, verify = summary.model, summary.adapter, summary.verify_seconds or 0.0
         timings[f"train {model} {adapter}"] = round(summary.seconds - verify, 3)

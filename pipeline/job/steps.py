@@ -20,31 +20,20 @@ from pipeline.data.splits import make_split
 from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
-from pipeline.features.ray_backend import extract_features_ray
-from pipeline.job.params import (
-    FeaturesSummary,
-    IngestSummary,
-    ModalityFeatures,
-    PipelineParams,
-    SplitSummary,
-    Summary,
-    TrainSummary,
-)
-from pipeline.reporting.pipeline_report import EncoderInfo, ReportContext, write_report
+from pipeline.features.ray_extract import extract_features_ray
+from pipeline.data.summary import IngestSummary, SplitSummary
+from pipeline.features.summary import FeaturesSummary
+from pipeline.job.params import PipelineParams
+from pipeline.reporting.pipeline_report import ReportContext, ReportFiles, write_report
 from pipeline.settings import Settings
+from pipeline.summary import timed
 from pipeline.training.api import evaluate_run, train_model
-from pipeline.training.floor import FLOOR_MODEL
+from pipeline.training.floor_check import FLOOR_MODEL
+from pipeline.training.summary import TrainSummary
 from storage.feature_store import FeatureStore
 
 
 # -- steps -------------------------------------------------------------------------
-def _timed(fn: Callable[[], Summary]) -> Summary:
-    start = time.perf_counter()
-    out = fn()
-    out.seconds = round(time.perf_counter() - start, 3)
-    return out
-
-
 def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
     """Ingest the catalog when asked (or when it is missing); else describe the stored one."""
     def run() -> IngestSummary:
@@ -74,7 +63,7 @@ def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
             warnings=warnings,
         )
 
-    return _timed(run)
+    return timed(run)
 
 
 def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -> FeaturesSummary:
@@ -91,27 +80,9 @@ def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -
             # plain progress lines (print: a Prefect task with log_prints logs them), no bar
             result = extract_features(catalog, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False, log=print)
             backend = "local"
-        return FeaturesSummary(modalities=modality_features(result), backend=backend)
+        return FeaturesSummary.of(result, backend)
 
-    return _timed(run)
-
-
-def modality_features(result: Any) -> dict[str, ModalityFeatures]:
-    """Per-modality summary of a ``pipeline.features.summary.ExtractSummary``."""
-    return {
-        modality: ModalityFeatures(
-            spec=mod.encoder,
-            fingerprint=mod.fingerprint,
-            snapshot=mod.snapshot_id,
-            dim=mod.dim,
-            weights=mod.weights,
-            random_init=bool(mod.random_init),
-            encoded=mod.encoded,
-            skipped=mod.skipped,
-            failed=mod.failed,
-        )
-        for modality, mod in result.modalities.items()
-    }
+    return timed(run)
 
 
 def split_step(params: PipelineParams, catalog_dir: str) -> SplitSummary:
@@ -130,7 +101,7 @@ def split_step(params: PipelineParams, catalog_dir: str) -> SplitSummary:
             counts=split.counts(),
         )
 
-    return _timed(run)
+    return timed(run)
 
 
 def _features(settings: Settings, catalog: Any, snapshots: dict[str, str], fingerprints: dict[str, str]) -> Any:
@@ -179,7 +150,7 @@ def train_step(
             graph_cache_dir=settings.home / "graph-cache",
         )
         rec = result.record
-        return TrainSummary(
+        summary = TrainSummary(
             model=model,
             adapter=adapter,
             run_dir=str(result.run_dir),
@@ -188,10 +159,11 @@ def train_step(
             epochs_run=len(rec.epochs),
             test=dict(rec.test),
             valid=dict(rec.best_valid),
-            floor_note=rec.floor.line(f"{model}{'+befa' if adapter == 'befa' else ''}") if rec.below_floor else None,
         )
+        summary.floor_note = rec.floor.line(summary.label) if rec.below_floor else None
+        return summary
 
-    return _timed(run)
+    return timed(run)
 
 
 def evaluate_step(settings: Settings, catalog_dir: str, split_path: str, extract: FeaturesSummary, summary: TrainSummary, tol: float = 1e-5) -> TrainSummary:
@@ -223,35 +195,23 @@ def report_step(
     runs: list[TrainSummary],
     timings: dict[str, float],
     notes: list[str] | None = None,
-) -> dict[str, str | None]:
-    """Write metrics, plots and report.md; returns {what: path}."""
+) -> ReportFiles:
+    """Write metrics, plots and report.md; returns the files written."""
+    verified = [
+        f"{r.model} {r.adapter}: checkpoint re-evaluation {'matches' if r.verified else 'DIFFERS'} (max |diff| {r.max_abs_diff})"
+        for r in runs
+        if r.verified is not None
+    ]
     context = ReportContext(
         title=f"befa pipeline: {ingest.name}",
-        dataset={
-            "name": ingest.name,
-            "fingerprint": ingest.fingerprint,
-            "num_users": ingest.num_users,
-            "num_items": ingest.num_items,
-            "num_interactions": ingest.num_interactions,
-        },
-        encoders={
-            m: EncoderInfo(spec=f.spec, fingerprint=f.fingerprint, weights=f.weights, random_init=f.random_init, dim=f.dim)
-            for m, f in extract.modalities.items()
-        },
-        snapshots=extract.snapshots,
-        extraction={m: {"encoded": f.encoded, "skipped": f.skipped, "failed": f.failed} for m, f in extract.modalities.items()},
-        split={"id": split.id, "kind": split.kind, "seed": split.seed, "k_core": split.k_core, "counts": split.counts},
-        config=params.model_dump(mode="json"),
+        dataset=ingest.dataset,
+        features=extract.modalities,
+        split=split,
+        config=params,
         timings=timings,
-        notes=list(notes or [])
-        + [
-            f"{r.model} {r.adapter}: checkpoint re-evaluation {'matches' if r.verified else 'DIFFERS'} (max |diff| {r.max_abs_diff})"
-            for r in runs
-            if r.verified is not None
-        ],
+        notes=list(notes or []) + verified,
     )
-    files = write_report(folder, [r.run_dir for r in runs], context)
-    return {k: (str(v) if v is not None else None) for k, v in files.model_dump().items()}
+    return write_report(folder, [r.run_dir for r in runs], context)
 
 
 def plan_runs(params: PipelineParams) -> tuple[list[tuple[str, str]], list[str]]:

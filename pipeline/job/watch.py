@@ -50,7 +50,7 @@ from pipeline.data.ingest import ingest
 from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
 from pipeline.job.params import PipelineParams, resolve_importer
-from pipeline.job.steps import modality_features
+from pipeline.features.summary import FeaturesSummary
 from pipeline.settings import Settings
 from storage.atomic import write_json
 from storage.feature_store import FeatureStore
@@ -300,7 +300,7 @@ def _reingest_and_encode(settings: Settings, name: str, params: PipelineParams, 
     # The store skips every (item_id, content hash) it already holds: only edits and additions encode.
     store = FeatureStore(settings.feature_store)
     result = extract_features(new, params.encoder_spec(), store, device=params.device, batch_size=params.extract_batch_size, progress=False)
-    mods = modality_features(result)
+    mods = FeaturesSummary.of(result).modalities
     wanted = diff.to_encode(new.items)
     return CatalogChange(
         catalog=name,

@@ -29,11 +29,13 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializeAsAny
 
+from pipeline.data.summary import DatasetSummary, SplitSummary
+from pipeline.features.summary import ModalityFeatures
 from pipeline.reporting.common import ADAPTER_LABEL, fmt_number, markdown_table, pyplot, save_figure
-from pipeline.reporting.floor import draw_floor, floor_section, state_notes, vs_floor
-from pipeline.reporting.recommendations import recommendations_section
+from pipeline.reporting.floor_section import draw_floor, floor_section, state_notes, vs_floor
+from pipeline.reporting.showcase import recommendations_section
 from pipeline.training.record import RunRecord
 from storage.atomic import write_json, write_parquet, write_text
 
@@ -41,26 +43,16 @@ CURVE_METRIC = "recall@20"
 HEADLINE_METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
-class EncoderInfo(BaseModel):
-    """What encoded one modality, as the report names it."""
-
-    spec: str
-    fingerprint: str | None = None
-    weights: str | None = Field(None, description="weights identity: checkpoint sha256, tag, or random-init:seed")
-    random_init: bool = False
-    dim: int | None = None
-
-
 class ReportContext(BaseModel):
-    """Everything about a pipeline run that is not in the training run folders."""
+    """Everything about a pipeline run that is not in the training run folders, as the
+    records the steps returned: the catalog, each modality's features, the split, the
+    parameters (any pydantic model: the job's ``PipelineParams``), step timings."""
 
     title: str = "befa pipeline run"
-    dataset: dict[str, Any] = Field(default_factory=dict)  # name, fingerprint, counts
-    encoders: dict[str, EncoderInfo] = Field(default_factory=dict)  # modality -> encoder
-    snapshots: dict[str, str] = Field(default_factory=dict)  # modality -> feature snapshot id
-    extraction: dict[str, Any] = Field(default_factory=dict)  # encoded / skipped / failed per modality
-    split: dict[str, Any] = Field(default_factory=dict)  # id, kind, seed, counts
-    config: dict[str, Any] = Field(default_factory=dict)  # the pipeline parameters
+    dataset: DatasetSummary | None = None
+    features: dict[str, ModalityFeatures] = Field(default_factory=dict)  # modality -> its features
+    split: SplitSummary | None = None
+    config: SerializeAsAny[BaseModel] | None = None  # the run's parameters
     timings: dict[str, float] = Field(default_factory=dict)  # step -> seconds
     notes: list[str] = Field(default_factory=list)
 
@@ -228,13 +220,6 @@ def plot_base_vs_befa(metrics: pd.DataFrame, path: str | Path, metric_names: Seq
 
 
 # -- markdown ----------------------------------------------------------------
-def weights_label(info: EncoderInfo) -> str:
-    if info.random_init:
-        # keep the encoder's own label ("random init (seed 0)") when it says so
-        return info.weights if (info.weights or "").startswith("random init") else "random init"
-    return info.weights or "unknown"
-
-
 def render_markdown(
     context: ReportContext,
     records: Sequence[RunRecord],
@@ -244,7 +229,7 @@ def render_markdown(
     """report.md: a warning for random weights, then data, features, split, results, runs,
     configuration, timings, files and notes."""
     lines = [f"# {context.title}", ""]
-    if any(info.random_init for info in context.encoders.values()):
+    if any(f.random_init for f in context.features.values()):
         lines += [
             "> **Note:** at least one encoder uses randomly initialised weights "
             "(asked for explicitly); its features carry no semantic content, so the metrics "
@@ -264,34 +249,34 @@ def render_markdown(
 def _data_section(context: ReportContext) -> list[str]:
     ds = context.dataset
     lines = ["## Data", ""]
-    if ds:
-        lines += [f"- catalog: **{ds.get('name', '?')}** (fingerprint `{ds.get('fingerprint', '?')}`)"]
-        lines += [f"- {key.replace('num_', '')}: {ds[key]:,}" for key in ("num_users", "num_items", "num_interactions") if key in ds]
+    if ds is not None:
+        lines += [f"- catalog: **{ds.name}** (fingerprint `{ds.fingerprint}`)"]
+        lines += [f"- users: {ds.num_users:,}", f"- items: {ds.num_items:,}", f"- interactions: {ds.num_interactions:,}"]
     return lines
 
 
 def _features_section(context: ReportContext) -> list[str]:
     lines = ["", "## Encoder and features", ""]
-    if not context.encoders:
+    if not context.features:
         return lines + ["No content features (collaborative models only)."]
-    rows = []
-    for modality, info in context.encoders.items():
-        ext = context.extraction.get(modality, {}) if isinstance(context.extraction.get(modality), dict) else {}
-        rows.append([
-            modality, f"`{info.spec}`", f"`{info.fingerprint or '-'}`", f"weights: {weights_label(info)}",
-            info.dim if info.dim is not None else "-", f"`{context.snapshots.get(modality, '-')}`",
-            ext.get("encoded", "-"), ext.get("skipped", "-"), ext.get("failed", "-"),
-        ])
+    rows = [
+        [
+            modality, f"`{f.spec}`", f"`{f.fingerprint}`", f"weights: {f.weights_label}",
+            f.dim if f.dim is not None else "-", f"`{f.snapshot}`", f.encoded, f.skipped, f.failed,
+        ]
+        for modality, f in context.features.items()
+    ]
     return lines + markdown_table(["modality", "spec", "fingerprint", "weights", "dim", "snapshot", "encoded", "reused", "failed"], rows)
 
 
 def _split_section(context: ReportContext) -> list[str]:
     sp = context.split
     lines = ["", "## Split", ""]
-    if sp:
-        lines.append(f"- id: `{sp.get('id', '?')}` (kind {sp.get('kind', '?')}, seed {sp.get('seed', '-')}, k-core {sp.get('k_core') or '-'})")
-        if sp.get("counts"):
-            lines.append("- rows: " + ", ".join(f"{k} {v:,}" for k, v in sp["counts"].items()))
+    if sp is not None:
+        seed = sp.seed if sp.seed is not None else "-"
+        lines.append(f"- id: `{sp.id}` (kind {sp.kind}, seed {seed}, k-core {sp.k_core or '-'})")
+        if sp.counts:
+            lines.append("- rows: " + ", ".join(f"{k} {v:,}" for k, v in sp.counts.items()))
     return lines
 
 
@@ -328,8 +313,9 @@ def _runs_section(records: Sequence[RunRecord]) -> list[str]:
 
 def _appendix(context: ReportContext, files: dict[str, str] | None) -> list[str]:
     lines: list[str] = []
-    if context.config:
-        lines += ["", "## Configuration", "", "```json", json.dumps(context.config, indent=2, default=str), "```"]
+    if context.config is not None:
+        config = context.config.model_dump(mode="json")
+        lines += ["", "## Configuration", "", "```json", json.dumps(config, indent=2, default=str), "```"]
     if context.timings:
         lines += ["", "## Timings", ""]
         lines += markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in context.timings.items()], ["---", "---:"])

@@ -43,8 +43,10 @@ from pipeline.evaluation.evaluator import UserItems
 from pipeline.features.load import load_features
 from pipeline.training.api import load_trained
 from pipeline.training.checkpoints import upgrade_keys
-from pipeline.training.device import resolve_device
-from pipeline.training.prepare import FeatureBundle, prepare_data
+from pipeline.device import resolve_device
+from pipeline.features.bundle import FeatureBundle
+from pipeline.training.build import build_model
+from pipeline.training.prepare import prepare_data
 from pipeline.training.record import BEST, RunRecord
 from pipeline.training.universe import Universe, as_catalog, catalog_universe, load_universe
 from storage.feature_store import FeatureStore
@@ -243,8 +245,7 @@ def _grown_model(
     num_items = universe.num_items + len(fresh_items)
     prepared = prepare_data(split, num_items=num_items, features=bundle, num_users=record.data_counts.get("users"), device=device)
     config = model_cls.Config.model_validate(record.config)
-    torch.manual_seed(record.seed)
-    net = model_cls(prepared.train, config).to(device)
+    net = build_model(model_cls, prepared.train, config, record.seed)
     _load_grown_weights(run_dir / BEST, net, record.record_version, universe.num_items)
     net.eval()
     return net, bundle, used

@@ -9,7 +9,7 @@ Two spaces:
 
 The item itself, items removed from the catalog and items outside ``candidates`` are never
 returned; ties as in the evaluator (lower item row first). Same file conventions as the
-recommendations (``pipeline.serving.recommend``): Parquet ``item_id, rank,
+recommendations (``pipeline.serving.ranked_lists``): Parquet ``item_id, rank,
 similar_item_id, score`` plus a JSON manifest, both written atomically.
 """
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.serving.recommend import SIMILAR_SCHEMA, Written, allowed_items, manifest_base, ranked_frame, stream_parquet
+from pipeline.serving.ranked_lists import SIMILAR_SCHEMA, Written, allowed_items, manifest_base, ranked_frame, stream_parquet
 from pipeline.serving.servable import Servable, ServingError, parse_ids
 from storage.atomic import write_json
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.reporting.study_tables import HEADLINE, PAPER_CLAIM
+from pipeline.study.report.tables import HEADLINE, PAPER_CLAIM
 from pipeline.study.params import StudyParams
 from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
-from pipeline.training.floor import FLOOR_METRIC, FLOOR_MODEL
+from pipeline.training.floor_check import FLOOR_METRIC, FLOOR_MODEL
 from pipeline.training.record import PER_USER, RunRecord
 
 # -- results ---------------------------------------------------------------------------

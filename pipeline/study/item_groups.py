@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.reporting.study_tables import HEADLINE
+from pipeline.study.report.tables import HEADLINE
 from pipeline.study.analysis import Runs, paired_per_user
 from pipeline.study.stats import holm, paired_frame, paired_test
 

@@ -39,10 +39,12 @@ class StudyParams(DataParams):
     )
     cpus_per_run: int = Field(1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray")
     # -- training --
-    models: list[str] = Field(default_factory=lambda: ["bm3", "lattice", "freedom", "mgcn"])
+    models: list[str] = Field(
+        default_factory=lambda: ["bm3", "lattice", "freedom", "mgcn"], description="content models compared, base vs +BeFA"
+    )
     seeds: list[int] = Field(default_factory=lambda: [999, 1000, 1001], description="training seeds (default 3)")
     epochs: int = Field(1000, ge=1, description="max epochs per run")
-    patience: int = Field(10, ge=1)
+    patience: int = Field(10, ge=1, description="early-stopping patience on valid Recall@20")
     model_overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="model (or '*') -> fixed config overrides applied to every run (e.g. embedding_dim)"
     )
@@ -50,23 +52,33 @@ class StudyParams(DataParams):
     grid: Literal["model", "none"] | dict[str, dict[str, list[Any]]] = Field(
         "model", description="'model': each model's GRID; 'none': defaults only; or model -> {field: values}"
     )
-    befa_grid: dict[str, list[Any]] = Field(default_factory=lambda: dict(DEFAULT_BEFA_GRID))
+    befa_grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: dict(DEFAULT_BEFA_GRID), description="+BeFA's search grid on top of the model's: config key -> values"
+    )
     max_trials: int = Field(4, ge=1, description="configurations tried per model and adapter")
     max_minutes: float | None = Field(None, gt=0, description="stop starting new trials of one search after this")
-    search_seed: int = 0
+    search_seed: int = Field(0, description="seed of the search's sampled configurations and of the inspected items")
     # -- experiments --
     focus_model: str = Field("freedom", description="model of the sweep, ablation, sparsity and inspection")
-    sweep_t: list[float] | None = Field(default_factory=lambda: list(DEFAULT_SWEEP_T), description="None: no sweep")
-    modality_sets: list[list[str]] | None = Field(default_factory=lambda: [list(s) for s in DEFAULT_MODALITY_SETS])
-    train_fractions: list[float] | None = Field(default_factory=lambda: list(DEFAULT_FRACTIONS))
+    sweep_t: list[float] | None = Field(
+        default_factory=lambda: list(DEFAULT_SWEEP_T), description="BeFA t values of the focus model's sweep (None: no sweep)"
+    )
+    modality_sets: list[list[str]] | None = Field(
+        default_factory=lambda: [list(s) for s in DEFAULT_MODALITY_SETS], description="modality sets of the ablation (None: no ablation)"
+    )
+    train_fractions: list[float] | None = Field(
+        default_factory=lambda: list(DEFAULT_FRACTIONS), description="shares of the train interactions kept in the sparsity sweep (None: no sweep)"
+    )
     experiment_seeds: int | None = Field(None, ge=1, description="seeds for sweep/ablation/sparsity/cold items (default: all)")
     cold_fraction: float | None = Field(
         0.2, gt=0, lt=1, description="item cold-start phase: share of items with no train interaction (None: no cold phase)"
     )
-    inspect_items: int = Field(24, ge=1)
-    inspect_users: int = Field(4, ge=0)
-    pooling: Literal["user_mean", "concat"] = "user_mean"
-    alpha: float = Field(0.05, gt=0, lt=1)
+    inspect_items: int = Field(24, ge=1, description="items in the inspection's gate heatmaps")
+    inspect_users: int = Field(4, ge=0, description="users whose top-10 lists the inspection shows")
+    pooling: Literal["user_mean", "concat"] = Field(
+        "user_mean", description="paired tests over seeds: user_mean (average per user first) or concat"
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the paired tests")
 
     @field_validator("models")
     @classmethod

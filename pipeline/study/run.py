@@ -36,7 +36,7 @@ popular 80% of items by train popularity; ``pipeline.evaluation.groups``); the r
 a per-group table for the main table and the cold-start phase, with paired per-user tests
 on each group's users (``pipeline.study.item_groups``).
 
-9. the report (``pipeline.reporting.study_report``): ``report.html``, ``report.md``,
+9. the report (``pipeline.study.report.write``): ``report.html``, ``report.md``,
    ``results.parquet``, PNG plots.
 
 Runs are content-addressed: ``runs/<model>-<adapter>-<hash>-s<seed>`` where the hash covers
@@ -62,12 +62,13 @@ from typing import Any, Callable
 
 from pipeline.data.catalog import Catalog
 from pipeline.data.splits import Split, split_cold_items
-from pipeline.features.load import FeatureBundle, load_features
-from pipeline.job.params import FeaturesSummary, IngestSummary, SplitSummary
+from pipeline.data.summary import IngestSummary, SplitSummary
+from pipeline.features.bundle import FeatureBundle
+from pipeline.features.load import load_features
+from pipeline.features.summary import FeaturesSummary
 from pipeline.job.steps import extract_step, ingest_step, split_step
-from pipeline.reporting.pipeline_report import EncoderInfo, weights_label
-from pipeline.reporting.study_report import write_study_report
-from pipeline.reporting.study_tables import StudyData
+from pipeline.study.report.write import write_study_report
+from pipeline.study.report.tables import RunCounts, StudyData
 from pipeline.settings import Settings
 from pipeline.study.analysis import (
     Runs,
@@ -89,7 +90,7 @@ from pipeline.study.item_groups import group_significance, group_table_rows
 from pipeline.study.params import ADAPTERS, StudyError, StudyParams, StudyResult, validate_study
 from pipeline.study.runner import RunSpec, StudyRunner
 from pipeline.study.search import run_search, search_result, search_trials
-from pipeline.training.floor import FLOOR_MODEL
+from pipeline.training.floor_check import FLOOR_MODEL
 from pipeline.training.record import RunRecord
 from storage.atomic import write_json
 from storage.feature_store import FeatureStore
@@ -328,10 +329,10 @@ def report(
     ctx.timings["total"] = time.perf_counter() - t_all
     data = StudyData(
         title=f"BeFA study: {ctx.ingest.name}",
-        params=p.model_dump(mode="json"),
-        dataset=_dataset_info(ctx.ingest),
-        split={"id": ctx.split.id, "kind": ctx.split.kind, "seed": ctx.split.seed, "counts": ctx.split.counts},
-        encoders=_encoder_info(ctx.extract),
+        params=p,
+        dataset=ctx.ingest.dataset,
+        split=ctx.split,
+        features=ctx.extract.modalities,
         verdict=text,
         floor=floor,
         gains=gains,
@@ -343,8 +344,8 @@ def report(
         searches=[_search_info(m, a, s) for (m, a), s in searches.items()],
         inspection=inspection,
         timings=ctx.timings,
-        runs={"trained": ctx.runner.trained, "reused": ctx.runner.reused, "train_seconds": ctx.runner.seconds,
-              **dict(zip(("at_epoch_cap", "counted"), epoch_cap_count(frame, p)))},
+        runs=RunCounts(trained=ctx.runner.trained, reused=ctx.runner.reused, train_seconds=ctx.runner.seconds,
+                       **dict(zip(("at_epoch_cap", "counted"), epoch_cap_count(frame, p)))),
         notes=budget_notes(frame, p),
     )
     files = write_study_report(ctx.folder, frame, data)
@@ -376,21 +377,6 @@ def _cold_info(ctx: StudyContext, frame: Any, sig: list[dict[str, Any]]) -> dict
         "split_id": ctx.cold_split_id,
         "gains": gains_table(summarise(cold, ["model", "adapter"]), ctx.params.models),
         "significance": sig,
-    }
-
-
-def _dataset_info(ingest: IngestSummary) -> dict[str, Any]:
-    return {"name": ingest.name, "fingerprint": ingest.fingerprint, "users": ingest.num_users, "items": ingest.num_items, "interactions": ingest.num_interactions}
-
-
-def _encoder_info(extract: FeaturesSummary) -> dict[str, dict[str, Any]]:
-    return {
-        m: {
-            "spec": f.spec, "fingerprint": f.fingerprint, "dim": f.dim, "snapshot": f.snapshot,
-            "weights": weights_label(EncoderInfo(spec=f.spec, weights=f.weights, random_init=f.random_init)),
-            "random_init": f.random_init,
-        }
-        for m, f in extract.modalities.items()
     }
 
 

@@ -5,8 +5,9 @@ snapshots, so a study interrupted and restarted resumes, and equal configuration
 different experiments are not trained twice.
 
 A phase hands its independent runs over as one batch (:meth:`StudyRunner.run_many`):
-trained one after another here, or with ``cluster`` one Ray task each
-(``pipeline.job.ray_runs``; the folders and their cache on storage the workers share).
+trained through the run executor (``pipeline.training.executor``): one after another
+here, or with ``cluster`` one Ray task each (the folders and their cache on storage the
+workers share).
 Either way the cache is checked here first, so a finished run is never resubmitted, and
 each run is seeded by its own spec, so its metrics do not depend on where it ran.
 """
@@ -21,12 +22,12 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from pipeline.job.ray_runs import claim_run, die_once_when_armed, map_on_ray
 from pipeline.settings import Settings
 from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
+from pipeline.training.executor import claim_run, die_once_when_armed, executor_for
 from pipeline.training.liveness import interrupted_note
-from pipeline.training.prepare import FeatureBundle
+from pipeline.features.bundle import FeatureBundle
 from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord
 
 
@@ -88,16 +89,13 @@ class StudyRunner:
                 self.reused += 1
             else:
                 todo[run_dir] = spec
-        if self.params.cluster and todo:
-            calls = [(spec, run_dir) for run_dir, spec in todo.items()]
-            map_on_ray(
-                train_on_worker, calls, cluster=self.params.cluster, cpus_per_run=self.params.cpus_per_run, device=self.params.device,
-                common=(self.params, self.settings, self.catalog_dir, self.features), on_result=lambda i, took: self._done(*calls[i], took),
-            )
+        calls = [(spec, run_dir) for run_dir, spec in todo.items()]
+        executor = executor_for(self.params.cluster, self.params.cpus_per_run, self.params.device)
+        if executor.remote:
+            fn, common = train_on_worker, (self.params, self.settings, self.catalog_dir, self.features)
         else:
-            for run_dir, spec in todo.items():
-                took = train_spec(self.params, self.settings, self.catalog_dir, self.features, spec, run_dir, self.params.num_threads)
-                self._done(spec, run_dir, took)
+            fn, common = train_spec_here, (self.params, self.settings, self.catalog_dir, self.features)
+        executor.map(fn, calls, common=common, on_result=lambda i, took: self._done(*calls[i], took))
         return [RunRecord.load(run_dir) for run_dir in dirs]
 
     def _finished(self, run_dir: Path) -> bool:
@@ -134,6 +132,11 @@ def train_spec(
         num_threads=num_threads, graph_cache_dir=settings.home / "graph-cache", on_epoch_end=on_epoch_end,
     )
     return time.perf_counter() - start
+
+
+def train_spec_here(params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path) -> float:
+    """:func:`train_spec` in this process, with the study's thread setting."""
+    return train_spec(params, settings, catalog_dir, features, spec, run_dir, params.num_threads)
 
 
 def train_on_worker(params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path) -> float:

@@ -22,8 +22,10 @@ from pipeline.data.catalog import Catalog
 from pipeline.data.splits import Split
 from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.training.checkpoints import load_weights
-from pipeline.training.device import resolve_device
-from pipeline.training.prepare import FeatureBundle, PreparedData, prepare_data
+from pipeline.device import resolve_device
+from pipeline.features.bundle import FeatureBundle
+from pipeline.training.build import build_model
+from pipeline.training.prepare import PreparedData, prepare_data
 from pipeline.training.record import BEST, RunRecord
 from pipeline.training.trainer import RunResult, TrainerConfig, fit
 from pipeline.training.universe import save_universe
@@ -47,12 +49,19 @@ def default_run_dir(root: str | Path, model_name: str, split_id: str, config: Mo
     return Path(root) / f"{model_name}-{split_id}-seed{seed}-{digest}"
 
 
-def run_folder_for(split: Any, model: str | type[Recommender], overrides: Mapping[str, Any] | None, seed: int, runs_root: str | Path | None) -> Path:
+def model_config(model_cls: type[Recommender], overrides: ModelConfig | Mapping[str, Any] | None) -> ModelConfig:
+    """``overrides`` as the model's validated config (a config passes through as it is)."""
+    return overrides if isinstance(overrides, model_cls.Config) else make_config(model_cls, overrides)
+
+
+def run_folder_for(
+    split: Any, model: str | type[Recommender], overrides: ModelConfig | Mapping[str, Any] | None, seed: int, runs_root: str | Path | None
+) -> Path:
     """The folder ``train_model`` defaults to for these arguments (where ``befa train --resume`` looks)."""
     model_cls = get_model_class(model)
     split_obj = _load_split(split)
     split_id = str(getattr(split_obj, "id", None) or getattr(split_obj, "name", "unknown"))
-    return default_run_dir(runs_root or Path.cwd() / "runs", model_cls.name, split_id, make_config(model_cls, overrides), seed)
+    return default_run_dir(runs_root or Path.cwd() / "runs", model_cls.name, split_id, model_config(model_cls, overrides), seed)
 
 
 def train_model(
@@ -60,7 +69,7 @@ def train_model(
     split: Any,
     features: FeatureBundle | None,
     model: str | type[Recommender],
-    overrides: Mapping[str, Any] | None = None,
+    overrides: ModelConfig | Mapping[str, Any] | None = None,
     run_dir: str | Path | None = None,
     seed: int = 999,
     device: str | torch.device | None = None,
@@ -80,14 +89,14 @@ def train_model(
     catalog: a Catalog or its folder; split: a Split, its parquet path or a DataFrame
     (user_idx, item_idx, label); features: a ``FeatureBundle`` as the feature loader
     returns it, or None for content-free models; model: a registry name
-    or a Recommender class; overrides: model config fields (dotted keys for nested:
+    or a Recommender class; overrides: the validated config, or model config fields (dotted keys for nested:
     ``{"adapter": "befa", "befa.t": 2}``); run_dir: default
     ``<runs_root>/<model>-<split id>-seed<seed>-<config hash>`` (runs_root: the caller's
     ``Settings.runs_dir``; ``./runs`` when not given). ``resume`` refuses features other
     than the run recorded unless ``allow_new_features``.
     """
     model_cls = get_model_class(model)
-    config = make_config(model_cls, overrides)
+    config = model_config(model_cls, overrides)
     cat = _load_catalog(catalog)
     split_obj = _load_split(split)
     device = resolve_device(device)
@@ -196,8 +205,7 @@ def load_trained(
     )
     if prepared.train.split_id != record.split_id:
         raise ValueError(f"{run_dir}: split {prepared.train.split_id} differs from the run's {record.split_id}")
-    torch.manual_seed(record.seed)
-    net = model_cls(prepared.train, config).to(prepared.train.device)
+    net = build_model(model_cls, prepared.train, config, record.seed)
     load_weights(run_dir / BEST, net, record.record_version)
     net.eval()
     return TrainedRun(run_dir, record, prepared, net)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import torch
@@ -124,3 +124,18 @@ def save_per_user(path: str | Path, per_part: dict[str, Any]) -> Path:
         frames.append(pa.table(cols))
     table = pa.concat_tables(frames) if frames else pa.table({})
     return write_parquet(path, table)
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """torch's CPU (and CUDA) generator state and the sampler's, for an exact resume."""
+    state = {"torch_cpu": torch.get_rng_state(), "sampler": generator.get_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Tensor], generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    generator.set_state(state["sampler"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)

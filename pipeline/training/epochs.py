@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from models.base import ModelConfig, Recommender
-from pipeline.training.device import sync
+from pipeline.device import sync
 from pipeline.training.sampling import NegativeSampler, epoch_batches
 
 

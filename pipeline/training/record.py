@@ -28,7 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.training.floor import BatchPlan, FloorCheck
+from pipeline.training.batching import BatchPlan
+from pipeline.training.floor_check import FloorCheck
 from pipeline.training.liveness import ProcessInfo, run_state
 from storage.atomic import write_json
 
@@ -108,7 +109,7 @@ class RunRecord(BaseModel):
     resumed_at: list[str] = Field(default_factory=list)
     error: str | None = None
     sources: dict[str, str | None] = Field(default_factory=dict)  # catalog / split paths, for evaluate_run
-    # the small-catalog batch rule as applied (pipeline.training.floor); None in older records
+    # the small-catalog batch rule as applied (pipeline.training.batching); None in older records
     batching: BatchPlan | None = None
     # MostPop on the same split and whether this run ended below it; None for MostPop and older records
     floor: FloorCheck | None = None

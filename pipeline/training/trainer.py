@@ -19,7 +19,7 @@ Protocol (spec section 1):
 - ``max_epochs`` (1000) bounds the run;
 - models with ``trainable = False`` (MostPop) or without trainable parameters are
   evaluated once, with no optimisation;
-- small catalogs (``pipeline.training.floor``): an epoch has at least
+- small catalogs (``pipeline.training.batching``): an epoch has at least
   ``min_batches_per_epoch`` (16) batches, the batch shrinking when the train split is too
   small for 16 batches of ``batch_size`` (``RunRecord.batching``; with ``max_batches_per_epoch``
   set, at most that many, the batch and lr growing); every trainable run is checked against
@@ -55,10 +55,12 @@ from models.mostpop import MostPop
 from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.allocator import keep_freed_memory
-from pipeline.training.checkpoints import load_last, load_weights, save_last, save_per_user, save_weights
-from pipeline.training.device import cpu_count, peak_memory, sync, torch_threads
+from pipeline.training.checkpoints import load_last, load_weights, rng_state, save_last, save_per_user, save_weights, set_rng_state
+from pipeline.device import cpu_count, peak_memory, sync, torch_threads
 from pipeline.training.epochs import is_trainable, make_optimiser, run_epoch
-from pipeline.training.floor import FLOOR_METRIC, MIN_BATCHES_PER_EPOCH, FloorCheck, judge_floor, plan_batches
+from pipeline.training.build import build_model
+from pipeline.training.batching import MIN_BATCHES_PER_EPOCH, plan_batches
+from pipeline.training.floor_check import FLOOR_METRIC, FloorCheck, judge_floor
 from pipeline.training.liveness import mark_active, this_process
 from pipeline.training.prepare import PreparedData
 from pipeline.training.record import BEST, LAST, PER_USER, RECORD, EpochLog, RunRecord, code_version, item_group_metrics, now
@@ -102,20 +104,6 @@ class RunResult:
 
 class TrainingInterrupted(RuntimeError):
     """Raised by an ``on_epoch_end`` hook to stop a run (tests simulate a kill with it)."""
-
-
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-    state = {"torch_cpu": torch.get_rng_state(), "sampler": generator.get_state()}
-    if device.type == "cuda":
-        state["torch_cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Tensor], generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    generator.set_state(state["sampler"])
-    if device.type == "cuda" and "torch_cuda" in state:
-        torch.cuda.set_rng_state(state["torch_cuda"], device)
 
 
 def fit(
@@ -188,9 +176,8 @@ def _floor(model_cls: type[Recommender], prepared: PreparedData) -> FloorCheck |
 def _build_model(model_cls: type[Recommender], config: ModelConfig, prepared: PreparedData, seed: int) -> tuple[Recommender, float]:
     """The model on its device, seeded; returns it with its build time (graphs included)."""
     device = prepared.train.device
-    torch.manual_seed(seed)
     t0 = time.perf_counter()
-    model = model_cls(prepared.train, config).to(device)
+    model = build_model(model_cls, prepared.train, config, seed)
     sync(device)
     return model, time.perf_counter() - t0
 
@@ -292,7 +279,7 @@ class _Loop:
         return {
             "optimiser": self.optimiser.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(self.generator, self.device),
+            "rng": rng_state(self.generator, self.device),
             "epoch": epoch,
             "best": self.best,
             "bad_epochs": self.bad_epochs,
@@ -313,7 +300,7 @@ def _restore(loop: _Loop) -> None:
     state = load_last(loop.run_dir / LAST, loop.model)
     loop.optimiser.load_state_dict(state["optimiser"])
     loop.scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"], loop.generator, loop.device)
+    set_rng_state(state["rng"], loop.generator, loop.device)
     loop.start_epoch, loop.best, loop.bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
     previous, record = RunRecord.model_validate(json.loads(state["record"])), loop.record
     record.epochs, record.best_epoch = previous.epochs, previous.best_epoch

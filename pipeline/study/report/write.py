@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.reporting.common import markdown_table
-from pipeline.reporting.study_html import render_html
-from pipeline.reporting.study_plots import plot_grouped, plot_main, plot_sweep
-from pipeline.reporting.study_tables import (
+from pipeline.study.report.page import render_html
+from pipeline.study.report.plots import plot_grouped, plot_main, plot_sweep
+from pipeline.study.report.tables import (
     COSINE_NOTE,
     ITEM_GROUPS_NOTE,
     OVERHEAD_NOTE,
@@ -44,8 +44,8 @@ from storage.atomic import write_json, write_parquet, write_text
 def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> str:
     p = data.params
     lines = [f"# {data.title}", ""]
-    if any(e.get("random_init") for e in data.encoders.values()):
-        mods = [m for m, e in data.encoders.items() if e.get("random_init")]
+    mods = [m for m, f in data.features.items() if f.random_init]
+    if mods:
         lines += [f"> **Random-init encoder** for {', '.join(mods)}: those features carry no semantic content; "
                   "configure a checkpoint (e.g. `clip:ViT-B-32@/path/ckpt.safetensors`) for a real test of the method.", ""]
     lines += ["## Verdict", "", data.verdict, ""]
@@ -54,9 +54,9 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
         lines += ["### Against the MostPop floor", ""] + markdown_table(*floor_table(data)) + [""]
     ds = data.dataset
     lines += ["", "## Setup", "",
-              f"- data: **{ds.get('name')}** ({ds.get('users', '?')} users, {ds.get('items', '?')} items, {ds.get('interactions', '?')} interactions), split `{data.split.get('id')}` {data.split.get('counts', {})}",
-              f"- seeds: {p.get('seeds')}; max epochs {p.get('epochs')}, patience {p.get('patience')} (valid Recall@20); search: <= {p.get('max_trials')} trials per model and adapter" + (f", <= {p.get('max_minutes')} min" if p.get("max_minutes") else ""),
-              f"- fixed overrides: `{json.dumps(p.get('model_overrides') or {})}`", f"- {cap_line(data)}", ""]
+              f"- data: **{ds.name}** ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions), split `{data.split.id}` {data.split.counts}",
+              f"- seeds: {p.seeds}; max epochs {p.epochs}, patience {p.patience} (valid Recall@20); search: <= {p.max_trials} trials per model and adapter" + (f", <= {p.max_minutes} min" if p.max_minutes else ""),
+              f"- fixed overrides: `{json.dumps(p.model_overrides)}`", f"- {cap_line(data)}", ""]
     lines += markdown_table(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data))
     lines += ["", "## Base vs +BeFA (test, best valid epoch)", ""]
     lines += markdown_table(*main_table(data))
@@ -97,7 +97,7 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines += markdown_table(*search_table(data))
     lines += ["", "## Timings", ""]
     lines += markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()])
-    lines += ["", f"Runs trained: {data.runs.get('trained')}, reused: {data.runs.get('reused')}. Full per-run results: `results.parquet`.", ""]
+    lines += ["", f"Runs trained: {data.runs.trained}, reused: {data.runs.reused}. Full per-run results: `results.parquet`.", ""]
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """``befa export-mmrec``: a stored catalog, a split and features, exactly as befa trains on
-them, in the MMRec toolbox format (the files are written by ``pipeline.data.export``).
+them, in the MMRec toolbox format (the files are written by ``pipeline.data.mmrec_files``).
 
 The feature matrices come from :func:`pipeline.features.load.load_features` with the
 training fill: an item without a feature (no poster, text empty, decode failed) gets the
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.catalog import Catalog
-from pipeline.data.export import export_mmrec
+from pipeline.data.mmrec_files import export_mmrec
 from pipeline.data.splits import Split
 from pipeline.features.load import load_features
 from pipeline.settings import Settings

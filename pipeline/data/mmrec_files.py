@@ -1,7 +1,7 @@
 """Catalogs out: a catalog, a split and features in the MMRec toolbox format
 (``<name>.inter`` + ``image_feat.npy`` / ``text_feat.npy`` + ``item_map.tsv``), so results
 can be checked against the reference implementation. ``befa export-mmrec`` fills the
-matrices as training does (``pipeline.features.export``); this module writes the files.
+matrices as training does (``pipeline.features.export_mmrec``); this module writes the files.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel
 from torch import Tensor
 
 from pipeline.evaluation.evaluator import topk_items
@@ -43,6 +44,15 @@ from storage.atomic import atomic_path, write_json
 Seen = Literal["all", "train", "none"]
 RECS_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())])
 SIMILAR_SCHEMA = pa.schema([("item_id", pa.string()), ("rank", pa.int32()), ("similar_item_id", pa.string()), ("score", pa.float32())])
+
+
+class RankedRow(BaseModel):
+    """One row of a recommendations file: ``user_id``'s item at ``rank`` (1 is best) and its score."""
+
+    user_id: str
+    rank: int
+    item_id: str
+    score: float
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,33 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.job.params import PipelineError, PipelineParams, RecommendSummary, TrainSummary
-from pipeline.serving.recommend import RecommendRequest, write_recommendations
+from pydantic import Field
+
+from pipeline.job.params import PipelineError, PipelineParams
+from pipeline.serving.ranked_lists import RankedRow, RecommendRequest, write_recommendations
 from pipeline.serving.servable import load_servable
 from pipeline.settings import Settings
+from pipeline.summary import StepSummary
+from pipeline.training.summary import TrainSummary
 from storage.feature_store import FeatureStore
 
 RECOMMENDATIONS = "recommendations.parquet"
 HEAD_ROWS = 20
+
+
+class RecommendSummary(StepSummary):
+    """The recommend step: which run was served, why, and the file it wrote."""
+
+    model: str
+    adapter: str
+    run_dir: str
+    chosen_by: str  # "valid recall@20" or "recommend_run"
+    valid_recall: float | None
+    path: str
+    manifest: str
+    rows: int
+    users: int
+    head: list[RankedRow] = Field(default_factory=list)  # the first rows, for the artifact and the log
 
 
 def choose_run(params: PipelineParams, runs: list[TrainSummary]) -> tuple[TrainSummary, str]:
@@ -47,6 +66,6 @@ def recommend_step(params: PipelineParams, settings: Settings, folder: str, runs
     return RecommendSummary(
         model=run.model, adapter=run.adapter, run_dir=run.run_dir, chosen_by=why, valid_recall=run.valid.get("recall@20"),
         path=str(written.path), manifest=str(written.manifest), rows=written.rows, users=written.users,
-        head=head.to_pylist() if head is not None else [],
+        head=[RankedRow(**row) for row in head.to_pylist()] if head is not None else [],
         seconds=round(time.perf_counter() - start, 3),
     )

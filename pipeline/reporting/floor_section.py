@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from pipeline.reporting.common import ADAPTER_LABEL, fmt_number, markdown_table
-from pipeline.training.floor import FLOOR_METRIC, FLOOR_MODEL
+from pipeline.training.floor_check import FLOOR_METRIC, FLOOR_MODEL
 from pipeline.training.liveness import interrupted_note
 from pipeline.training.record import RunRecord
 

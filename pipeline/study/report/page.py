@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.reporting.study_tables import (
+from pipeline.study.report.tables import (
     COSINE_NOTE,
     ITEM_GROUPS_NOTE,
     OVERHEAD_NOTE,
@@ -67,7 +67,7 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
     p = data.params
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{html.escape(data.title)}</h1>"]
-    rand = [m for m, e in data.encoders.items() if e.get("random_init")]
+    rand = [m for m, f in data.features.items() if f.random_init]
     if rand:
         parts.append(f"<p class='warn'><b>Random-init encoder</b> for {html.escape(', '.join(rand))}: those features carry no semantic content. "
                      "Configure a checkpoint for a real test of the method.</p>")
@@ -77,9 +77,9 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
         parts.append("<h3>Against the MostPop floor</h3>" + _h(*floor_table(data), cls="floor"))
     ds = data.dataset
     parts.append("<h2>Setup</h2><ul>"
-                 f"<li>data: <b>{html.escape(str(ds.get('name')))}</b> ({ds.get('users', '?')} users, {ds.get('items', '?')} items, {ds.get('interactions', '?')} interactions); split <code>{html.escape(str(data.split.get('id')))}</code> {html.escape(str(data.split.get('counts', {})))}</li>"
-                 f"<li>seeds {html.escape(str(p.get('seeds')))}; max epochs {p.get('epochs')}, patience {p.get('patience')} on valid Recall@20; search &le; {p.get('max_trials')} trials per model and adapter (valid only)</li>"
-                 f"<li>fixed overrides <code>{html.escape(json.dumps(p.get('model_overrides') or {}))}</code></li>"
+                 f"<li>data: <b>{html.escape(ds.name)}</b> ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions); split <code>{html.escape(data.split.id)}</code> {html.escape(str(data.split.counts))}</li>"
+                 f"<li>seeds {html.escape(str(p.seeds))}; max epochs {p.epochs}, patience {p.patience} on valid Recall@20; search &le; {p.max_trials} trials per model and adapter (valid only)</li>"
+                 f"<li>fixed overrides <code>{html.escape(json.dumps(p.model_overrides))}</code></li>"
                  f"<li>{html.escape(cap_line(data))}</li></ul>")
     parts.append(_h(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data)))
     parts.append("<h2>Base vs +BeFA (test, best valid epoch)</h2>")
@@ -120,6 +120,6 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
             parts.append("<div class='label'>Test items</div>" + _cards(c["test_items"]) + "</div>")
     parts.append("<h2>Search (valid only)</h2>" + _h(*search_table(data)))
     parts.append("<h2>Timings</h2>" + _h(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()]))
-    parts.append(f"<p class='note'>Runs trained: {data.runs.get('trained')}, reused: {data.runs.get('reused')}. "
+    parts.append(f"<p class='note'>Runs trained: {data.runs.trained}, reused: {data.runs.reused}. "
                  "Per-run results: <code>results.parquet</code>; Markdown: <a href='report.md'>report.md</a>.</p></body></html>")
     return "\n".join(parts)

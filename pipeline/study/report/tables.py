@@ -10,9 +10,12 @@ import math
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from pipeline.data.summary import DatasetSummary, SplitSummary
+from pipeline.features.summary import ModalityFeatures
 from pipeline.reporting.common import ADAPTER_LABEL
+from pipeline.study.params import StudyParams
 
 # The paper's average relative gains over its models and datasets (befa-spec, section 4).
 PAPER_CLAIM = {"recall@20": 0.0907, "ndcg@20": 0.1102}
@@ -21,14 +24,26 @@ PAPER_CLAIM = {"recall@20": 0.0907, "ndcg@20": 0.1102}
 HEADLINE = ("recall@20", "ndcg@20")
 
 
+class RunCounts(BaseModel):
+    """How many runs the study trained and reused, and how many the epoch cap cut short."""
+
+    trained: int = 0
+    reused: int = 0
+    train_seconds: float = 0.0
+    at_epoch_cap: int | None = None  # None: not recorded (an older study)
+    counted: int | None = None
+
+
 class StudyData(BaseModel):
-    """Everything the report shows besides the per-run results frame."""
+    """Everything the report shows besides the per-run results frame. The catalog, split
+    and features are the data and features packages' records; the rows of the tables
+    are the study's analysis (``pipeline.study.analysis``)."""
 
     title: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    dataset: dict[str, Any] = Field(default_factory=dict)
-    split: dict[str, Any] = Field(default_factory=dict)
-    encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    params: StudyParams
+    dataset: DatasetSummary
+    split: SplitSummary
+    features: dict[str, ModalityFeatures] = Field(default_factory=dict)
     verdict: str = ""
     # MostPop first, then each (model, adapter) arm against it (pipeline.study.analysis.floor_rows); empty for older studies
     floor: list[dict[str, Any]] = Field(default_factory=list)
@@ -42,8 +57,26 @@ class StudyData(BaseModel):
     searches: list[dict[str, Any]] = Field(default_factory=list)
     inspection: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
-    runs: dict[str, Any] = Field(default_factory=dict)
+    runs: RunCounts = Field(default_factory=RunCounts)
     notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_study(cls, data: Any) -> Any:
+        """``study.json`` of studies written before the typed records: other key names."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "encoders" in data:
+            data["features"] = data.pop("encoders")
+        ds = data.get("dataset")
+        if isinstance(ds, dict) and "users" in ds:
+            data["dataset"] = {"name": ds.get("name"), "fingerprint": ds.get("fingerprint"), "num_users": ds.get("users"),
+                               "num_items": ds.get("items"), "num_interactions": ds.get("interactions")}
+        sp = data.get("split")
+        if isinstance(sp, dict) and "path" not in sp:
+            data["split"] = {"path": "", "k_core": None, "seed": None, "kind": "", **sp}
+        return data
 
 
 # -- formatting ------------------------------------------------------------------------
@@ -176,11 +209,11 @@ def search_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
 
 def encoder_rows(data: StudyData) -> list[list[str]]:
     rows = []
-    for m, e in data.encoders.items():
-        weights = e.get("weights") or "unknown"
-        if e.get("random_init"):
+    for m, f in data.features.items():
+        weights = f.weights_label
+        if f.random_init:
             weights = f"{weights}: RANDOM WEIGHTS, no semantic content"
-        rows.append([m, e.get("spec", ""), weights, str(e.get("dim", "-")), e.get("snapshot", "-")])
+        rows.append([m, f.spec, weights, str(f.dim if f.dim is not None else "-"), f.snapshot])
     return rows
 
 
@@ -199,8 +232,8 @@ COSINE_NOTE = (
 
 def cap_line(data: StudyData) -> str:
     """How many runs the epoch cap cut short (the protocol's target: none)."""
-    runs = data.runs or {}
-    if "at_epoch_cap" not in runs:
+    runs = data.runs
+    if runs.at_epoch_cap is None:
         return "runs at the epoch cap: not recorded (a report from an older study)"
-    cap = data.params.get("epochs")
-    return f"runs stopped by the epoch cap ({cap}) before early stopping: {runs['at_epoch_cap']} of {runs['counted']} (target: none)"
+    cap = data.params.epochs
+    return f"runs stopped by the epoch cap ({cap}) before early stopping: {runs.at_epoch_cap} of {runs.counted} (target: none)"

@@ -1,0 +1,53 @@
+"""What the data steps did, as typed records: the catalog ingested and the split made.
+
+:class:`DatasetSummary` is the one description of a catalog's size that every report
+shows (the pipeline report, the study, the flow's artifacts): one set of names.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from pipeline.summary import StepSummary
+
+
+class DatasetSummary(BaseModel):
+    """A catalog by name, content fingerprint and size."""
+
+    name: str
+    fingerprint: str
+    num_users: int
+    num_items: int
+    num_interactions: int
+
+
+class IngestSummary(StepSummary):
+    """The ingest step: the catalog it wrote (or found), and what the ingest report said."""
+
+    catalog_dir: str
+    name: str
+    fingerprint: str
+    num_users: int
+    num_items: int
+    num_interactions: int
+    ingested: bool = Field(description="False when the stored catalog was used as is")
+    issues: dict[str, int] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list, description="the ingest report's warnings (removed splits, missing images, ...)")
+
+    @property
+    def dataset(self) -> DatasetSummary:
+        return DatasetSummary(
+            name=self.name, fingerprint=self.fingerprint, num_users=self.num_users,
+            num_items=self.num_items, num_interactions=self.num_interactions,
+        )
+
+
+class SplitSummary(StepSummary):
+    """A stored split: where, which, and its train/valid/test counts."""
+
+    path: str
+    id: str
+    kind: str
+    seed: int | None
+    k_core: int | None
+    counts: dict[str, int]

@@ -1,0 +1,23 @@
+"""The one constructor of a model for a run: training, evaluation and serving all call it.
+
+:func:`build_model` seeds torch with the run's seed, builds the model through the
+registry's factory (``models.create_model``) on the run's data, and puts it on the data's
+device. Seeding before construction is what makes a rebuilt model's freshly initialised
+parts (BeFA's gates, projections) the same as at training time, before weights load.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from models import ModelConfig, Recommender, TrainData, create_model
+
+
+def build_model(
+    model: str | type[Recommender], data: TrainData, config: ModelConfig | Mapping[str, Any] | None, seed: int
+) -> Recommender:
+    """``model`` (a registry name or class) with ``config`` (validated, or overrides), seeded, on ``data.device``."""
+    torch.manual_seed(seed)
+    return create_model(model, data, config).to(data.device)
