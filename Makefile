@@ -16,9 +16,12 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv chromium demo test bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-vs-reference bench-gpu lock clean
+.PHONY: help venv chromium demo test test-fast lint format bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-vs-reference bench-gpu lock clean
 
-venv: $(STAMP)
+help:  ## list the targets with what each does
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(STAMP)  ## set up .venv from requirements.lock (a no-op when it is up to date)
 
 $(STAMP): requirements.lock pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,67 +33,79 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-demo: venv
+demo: venv  ## the main job on the default catalog (movielens-100k-posters), about 6 minutes on 2 cores
 	$(BIN)/python -m flows.demo
 
 # The study report test renders HTML in Debian's headless Chromium.
-chromium:
+chromium:  ## install Debian's headless chromium when missing (the HTML report test)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: venv chromium
+test: venv chromium  ## the whole test suite (what CI runs, after lint)
 	$(BIN)/python -m pytest -q
 
-bench: bench-store bench-ingest bench-extract bench-train bench-recommend
+# No Prefect server, no Ray, nothing measured above ~10 s: the inner loop (under about 2 minutes).
+test-fast: venv  ## the quick tests: no Prefect server, no Ray, no slow end-to-end runs
+	$(BIN)/python -m pytest -q -m "not slow and not prefect and not ray"
 
-bench-store: venv
+lint: venv  ## ruff: formatting checked and lint rules (line length 120), as CI runs them
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: venv  ## ruff: reformat and apply the safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: bench-store bench-ingest bench-extract bench-train bench-recommend  ## every quick benchmark (store, ingest, extract, train, recommend)
+
+bench-store: venv  ## feature-store throughput: write, read, a 1% upsert vs a full rewrite
 	$(BIN)/python -m benchmarks.bench_store
 
-bench-ingest: venv
+bench-ingest: venv  ## ingest speed
 	$(BIN)/python -m benchmarks.bench_ingest
 
-bench-extract: venv
+bench-extract: venv  ## extraction speed: end to end vs pure forward, and incremental re-runs
 	$(BIN)/python -m benchmarks.bench_extract
 
-bench-train: venv
+bench-train: venv  ## epoch time per model, base and +BeFA (paired ratio)
 	$(BIN)/python -m benchmarks.bench_train
 
 # users/s and memory of `befa recommend`'s scoring at amazon-baby size and 10x its users (speed only)
-bench-recommend: venv
+bench-recommend: venv  ## users/s and memory of `befa recommend`'s scoring at amazon-baby size and 10x its users
 	$(BIN)/python -m benchmarks.bench_recommend
 
-bench-study: venv
+bench-study: venv  ## the BeFA study on movielens-100k-posters at a small budget, on CPU
 	$(BIN)/python -m benchmarks.bench_study
 
 # The study at the full protocol (1000 epochs, patience 10, 3 seeds, EfficientNet-Lite2 + MiniLM,
 # cold items and 25% sparsity); hours. Resumable: run it again to continue where it stopped.
-bench-study-full: venv
+bench-study-full: venv  ## the study at the full protocol (hours; resumable)
 	$(BIN)/python -m benchmarks.bench_study_full
 
-bench-lattice-mgcn: venv
+bench-lattice-mgcn: venv  ## epoch time of LATTICE and MGCN (base and +BeFA) at amazon-baby sizes
 	$(BIN)/python -m benchmarks.bench_lattice_mgcn --threads 2
 
 # befa's epoch beside the reference toolbox's recorded epoch times (movielens 1 thread, amazon-baby 2 threads)
-bench-vs-reference: venv
+bench-vs-reference: venv  ## befa's epoch beside the reference toolbox's
 	$(BIN)/python -m benchmarks.bench_vs_reference $(ARGS)
 
 # growth with catalog size (1x, 4x, 16x amazon-baby; speed only); ARGS=--knn: approximate vs exact kNN graph
-bench-scale: venv
+bench-scale: venv  ## growth with catalog size (1x, 4x, 16x amazon-baby); ARGS=--knn for the approximate kNN
 	$(BIN)/python -m benchmarks.bench_scale $(ARGS)
 
 # the opt-in large-catalog batching rule on real interactions: quality and time to the best epoch against the protocol
-bench-batch-rule: venv
+bench-batch-rule: venv  ## the opt-in large-catalog batching rule: quality and time to the best epoch
 	$(BIN)/python -m benchmarks.bench_batch_rule $(ARGS)
 
 # the GPU check, ~8 min on one CUDA GPU; refuses (exit 2) without one; ARGS=--quick for a short run
-bench-gpu: venv
+bench-gpu: venv  ## the GPU check (~8 min on one CUDA GPU; exit 2 without one)
 	$(BIN)/python -m benchmarks.bench_gpu $(ARGS)
 
-bench-quality: venv
+bench-quality: venv  ## recommendation quality, base vs +BeFA, on movielens-100k-posters (to early stop)
 	$(BIN)/python -m benchmarks.bench_quality
 
 # Regenerate the exact pins after changing dependencies in pyproject.toml.
-lock:
+lock:  ## regenerate the exact pins after changing dependencies in pyproject.toml
 	$(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(befa|imagebind-unofficial|pip)==' > requirements.lock
 
-clean:
+clean:  ## remove .venv and .befa
 	rm -rf $(VENV) .befa

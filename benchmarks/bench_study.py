@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n== BeFA study on movielens-100k-posters ==")
     for row in json.loads((Path(result.folder) / "study.json").read_text())["gains"]:
-        sig = next((s for s in result.significance if s["model"] == row["model"] and s["metric"] == row["metric"]), {})
+        sig = next((s.model_dump() for s in result.significance if s.model == row["model"] and s.metric == row["metric"]), {})
         gain = row["relative_gain"]
         print(
             f"{row['model']:8s} {row['metric']:10s} base {row['base_mean']:.4f}±{row['base_std']:.4f}  "

@@ -225,3 +225,45 @@ def too_long(sources: dict[str, str]) -> list[str]:
 
 def test_modules_and_functions_stay_small():
     assert too_long(repo_sources()) == []
+
+
+# -- typed records at the reporting boundary ------------------------------------------------
+UNTYPED = ("dict[str, Any]", "Dict[str, Any]", "dict[str, object]")
+
+
+def untyped_inputs(sources: dict[str, str], unit: str = "pipeline.reporting") -> list[str]:
+    """Parameters of public functions and fields of classes in ``unit`` annotated as a bare
+    ``dict[str, Any]`` (alone or inside a list/union): data that should arrive as a record."""
+    out = []
+    for module, source in sources.items():
+        if _unit(module) != unit:
+            continue
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            annotated: list[tuple[str, ast.expr | None]] = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                annotated = [(f"{node.name}({a.arg})", a.annotation) for a in args]
+            elif isinstance(node, ast.ClassDef):
+                annotated = [
+                    (f"{node.name}.{s.target.id}", s.annotation)
+                    for s in node.body
+                    if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+                ]
+            for name, annotation in annotated:
+                text = ast.unparse(annotation) if annotation is not None else ""
+                if any(u in text for u in UNTYPED):
+                    out.append(f"{module}: {name}: {text}")
+    return out
+
+
+def test_reporting_takes_records_not_dicts():
+    """What job/, study/ and training/ hand to reporting/ arrives typed: 18 such parameters and
+    fields at 5eeaac2 (ReportContext 4, StudyData 14), 0 now."""
+    assert untyped_inputs(repo_sources()) == []
+
+
+def test_the_record_check_catches_a_dict_field():
+    src = "class Ctx(BaseModel):\n    dataset: dict[str, Any] = {}\n\ndef render(ctx: Ctx, extra: list[dict[str, Any]]) -> str: ...\n"
+    found = untyped_inputs({"pipeline.reporting.x": src})
+    assert found == ["pipeline.reporting.x: Ctx.dataset: dict[str, Any]", "pipeline.reporting.x: render(extra): list[dict[str, Any]]"]

@@ -32,10 +32,11 @@ from pipeline.job.run import run_pipeline
 from pipeline.reporting import pipeline_report
 from pipeline.reporting.pipeline_report import ReportContext, write_report
 from pipeline.study.report.write import render_markdown as study_markdown
-from pipeline.study.report.tables import StudyData
 from pipeline.settings import get_settings
 from pipeline.study.analysis import verdict
 from pipeline.study.inspect import gate_labels
+from pipeline.study.rows import FloorRow
+from tests.study_data import gain_row, sig_row, study_data
 from pipeline.training.api import train_model
 from pipeline.training.batching import MIN_BATCHES_PER_EPOCH, plan_batches
 from pipeline.training.record import RunRecord
@@ -254,18 +255,18 @@ def test_the_entry_point_filters_known_warnings_and_prints_full_width_when_piped
 
 # -- item 13: the study's verdict ---------------------------------------------------------------
 def _gains(r):
-    return [{"model": m, "metric": met, "relative_gain": r[m]} for m in r for met in ("recall@20", "ndcg@20")]
+    return [gain_row(m, met, r[m]) for m in r for met in ("recall@20", "ndcg@20")]
 
 
 def _sig(d, significant):
-    return [{"model": m, "metric": met, "mean_diff": d[m], "significant": significant[m]} for m in d for met in ("recall@20", "ndcg@20")]
+    return [sig_row(m, met, d[m], significant[m]) for m in d for met in ("recall@20", "ndcg@20")]
 
 
 def _floor(below: dict[tuple[str, str], bool]):
-    rows = [{"model": "mostpop", "adapter": "none", "valid": 0.05, "test": 0.048, "seeds": 1, "below": None, "below_seeds": 0, "causes": []}]
+    rows = [FloorRow(model="mostpop", adapter="none", valid=0.05, test=0.048, seeds=1, below=None, below_seeds=0)]
     for (m, a), b in below.items():
-        rows.append({"model": m, "adapter": a, "valid": 0.02 if b else 0.09, "test": 0.02 if b else 0.09, "seeds": 1,
-                     "below": b, "below_seeds": int(b), "causes": ["too few optimiser steps"] if b else []})
+        rows.append(FloorRow(model=m, adapter=a, valid=0.02 if b else 0.09, test=0.02 if b else 0.09, seeds=1,
+                             below=b, below_seeds=int(b), causes=["too few optimiser steps"] if b else []))
     return rows
 
 
@@ -282,7 +283,7 @@ def test_the_study_verdict_leads_with_significance_and_the_floor_not_the_gain():
     fine = verdict(_gains({"a": 0.1}), _sig({"a": 0.01}, {"a": True}), 0.05, _floor({("a", "none"): False, ("a", "befa"): False}))
     assert fine.startswith("BeFA helped") and "every arm is above it" in fine
 
-    data = StudyData(title="t", verdict=text, floor=all_below, gains=[{**g, "base_mean": 0.02, "base_std": 0.0, "befa_mean": 0.022, "befa_std": 0.0, "seeds": 1} for g in _gains({"a": 0.0957})])
+    data = study_data(verdict=text, floor=all_below, gains=_gains({"a": 0.0957}))
     md = study_markdown(data, pd.DataFrame(columns=["experiment"]), {})
     assert md.index("Against the MostPop floor") < md.index("mean relative gain (this data)")
     assert "MostPop (floor)" in md and "BELOW (1/1 seeds)" in md

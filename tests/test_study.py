@@ -21,7 +21,7 @@ from pipeline.study.params import StudyError, StudyParams, validate_study
 from pipeline.study.run import run_study
 from pipeline.study.search import search_points
 from pipeline.study.stats import holm, paired_frame, paired_test
-from tests.study_data import run_tiny_study, tiny_study_params
+from tests.study_data import gain_row, run_tiny_study, sig_row, tiny_study_params
 
 
 # -- statistics -------------------------------------------------------------------------
@@ -68,10 +68,10 @@ def test_holm_adjustment():
 
 def test_verdict_reports_negative_and_null_results_plainly():
     def gains(r):
-        return [{"model": m, "metric": met, "relative_gain": r[m]} for m in r for met in ("recall@20", "ndcg@20")]
+        return [gain_row(m, met, r[m]) for m in r for met in ("recall@20", "ndcg@20")]
 
     def sig(d, significant):
-        return [{"model": m, "metric": met, "mean_diff": d[m], "significant": significant[m]} for m in d for met in ("recall@20", "ndcg@20")]
+        return [sig_row(m, met, d[m], significant[m]) for m in d for met in ("recall@20", "ndcg@20")]
 
     hurt = verdict(gains({"a": -0.1, "b": -0.05}), sig({"a": -0.01, "b": -0.01}, {"a": True, "b": False}), 0.05)
     assert hurt.startswith("BeFA hurt on this data") and "-7.50%" in hurt and "+9.07%" in hurt
@@ -136,7 +136,7 @@ def test_main_table_every_model_both_ways_every_seed(study):
 
 def test_significance_uses_the_runs_per_user_metrics(study):
     _, _, result, folder = study
-    sig = {(s["model"], s["metric"]): s for s in result.significance}
+    sig = {(s.model, s.metric): s for s in result.significance}
     assert set(sig) == {(m, k) for m in ("bm3", "lattice", "freedom", "mgcn") for k in ("recall@20", "ndcg@20")}
     frame = pq.read_table(folder / "results.parquet").to_pandas()
     main = frame[(frame["experiment"] == "main") & (frame["split"] == "test") & (frame["model"] == "lattice")]
@@ -145,11 +145,11 @@ def test_significance_uses_the_runs_per_user_metrics(study):
     base = np.mean([t[t["part"] == "test"].sort_values("user_idx")["ndcg@20"].to_numpy() for t in tabs["none"]], axis=0)
     befa = np.mean([t[t["part"] == "test"].sort_values("user_idx")["ndcg@20"].to_numpy() for t in tabs["befa"]], axis=0)
     s = sig[("lattice", "ndcg@20")]
-    assert s["n_pairs"] == base.size
-    assert s["mean_diff"] == pytest.approx(float((befa - base).mean()))
+    assert s.n_pairs == base.size
+    assert s.mean_diff == pytest.approx(float((befa - base).mean()))
     if np.any(befa != base):
-        assert s["p_wilcoxon"] == pytest.approx(stats.wilcoxon(befa, base).pvalue)
-    assert all(0 <= x["p_wilcoxon_holm"] <= 1 for x in result.significance if x["p_wilcoxon_holm"] is not None)
+        assert s.p_wilcoxon == pytest.approx(stats.wilcoxon(befa, base).pvalue)
+    assert all(0 <= x.p_wilcoxon_holm <= 1 for x in result.significance if x.p_wilcoxon_holm is not None)
 
 
 def test_search_is_valid_only_and_within_budget(study):

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.study.report.tables import HEADLINE, PAPER_CLAIM
+from pipeline.study.rows import FloorRow, GainRow, OverheadRow, SignificanceRow, UserGroupRow
 from pipeline.study.params import StudyParams
 from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
@@ -90,23 +91,23 @@ def paired_per_user(runs: Runs, models: list[str]) -> list[tuple[str, tuple[list
 
 def significance(
     runs: Runs, models: list[str], pooling: str, alpha: float
-) -> list[dict[str, Any]]:
+) -> list[SignificanceRow]:
     """Paired tests per model x headline metric, with Holm-adjusted Wilcoxon p-values."""
     out = []
     for model, (b_tabs, a_tabs) in paired_per_user(runs, models):
         for metric in HEADLINE:
             test = paired_test(paired_frame(b_tabs, a_tabs, metric), metric, pooling)  # type: ignore[arg-type]
-            out.append({"model": model, **test.to_dict()})
-    adjusted = holm([r["p_wilcoxon"] for r in out])
+            out.append(SignificanceRow(model=model, **test.to_dict()))
+    adjusted = holm([r.p_wilcoxon for r in out])
     for r, p in zip(out, adjusted):
-        r["p_wilcoxon_holm"] = p
-        r["significant"] = p is not None and p < alpha
+        r.p_wilcoxon_holm = p
+        r.significant = p is not None and p < alpha
     return out
 
 
 def user_groups(
     runs: Runs, models: list[str], split_frame: pd.DataFrame, groups: int = 3
-) -> list[dict[str, Any]]:
+) -> list[UserGroupRow]:
     """Test Recall@20 / NDCG@20 of base and +BeFA by user activity (train-size terciles)."""
     train = split_frame[split_frame["label"] == 0].groupby("user_idx").size().rename("n_train")
     out = []
@@ -119,14 +120,14 @@ def user_groups(
             for g, sub in pairs.groupby("group"):
                 lo, hi = int(sub["n_train"].min()), int(sub["n_train"].max())
                 b, a = float(sub["base"].mean()), float(sub["befa"].mean())
-                out.append({
-                    "model": model, "metric": metric, "group": int(g), "train_interactions": f"{lo}-{hi}",
-                    "users": int(len(sub)), "base": b, "befa": a, "relative_gain": (a - b) / b if b else None,
-                })
+                out.append(UserGroupRow(
+                    model=model, metric=metric, group=int(g), train_interactions=f"{lo}-{hi}",
+                    users=int(len(sub)), base=b, befa=a, relative_gain=(a - b) / b if b else None,
+                ))
     return out
 
 
-def overhead_rows(main_runs: Runs, models: list[str]) -> list[dict[str, Any]]:
+def overhead_rows(main_runs: Runs, models: list[str]) -> list[OverheadRow]:
     """Parameters and seconds per epoch, base vs +BeFA (first seed's records; times: mean over seeds)."""
     rows = []
     for model in models:
@@ -149,27 +150,27 @@ def overhead_rows(main_runs: Runs, models: list[str]) -> list[dict[str, Any]]:
             return sum(vals) / len(vals) if vals else None
 
         tb, ta = epoch_s(base), epoch_s(befa)
-        rows.append({
-            "model": model,
-            "adapter_params": int(adapter),
-            "base_params_without_tables": int(total_b_without),
-            "base_params_with_tables": int(total_b_with),
-            "befa_params_without_tables": int(total_a_without),
-            "befa_params_with_tables": int(total_a_with),
-            "adapter_overhead_without_tables": adapter / total_b_without if total_b_without else None,
-            "adapter_overhead_with_tables": adapter / total_b_with if total_b_with else None,
-            "net_overhead_without_tables": (total_a_without - total_b_without) / total_b_without if total_b_without else None,
-            "net_overhead_with_tables": (total_a_with - total_b_with) / total_b_with if total_b_with else None,
-            "epoch_s_base": tb,
-            "epoch_s_befa": ta,
-            "epoch_time_ratio": ta / tb if ta and tb else None,
-            "epochs_base": [len(r.epochs) for r in base],
-            "epochs_befa": [len(r.epochs) for r in befa],
-        })
+        rows.append(OverheadRow(
+            model=model,
+            adapter_params=int(adapter),
+            base_params_without_tables=int(total_b_without),
+            base_params_with_tables=int(total_b_with),
+            befa_params_without_tables=int(total_a_without),
+            befa_params_with_tables=int(total_a_with),
+            adapter_overhead_without_tables=adapter / total_b_without if total_b_without else None,
+            adapter_overhead_with_tables=adapter / total_b_with if total_b_with else None,
+            net_overhead_without_tables=(total_a_without - total_b_without) / total_b_without if total_b_without else None,
+            net_overhead_with_tables=(total_a_with - total_b_with) / total_b_with if total_b_with else None,
+            epoch_s_base=tb,
+            epoch_s_befa=ta,
+            epoch_time_ratio=ta / tb if ta and tb else None,
+            epochs_base=[len(r.epochs) for r in base],
+            epochs_befa=[len(r.epochs) for r in befa],
+        ))
     return rows
 
 
-def gains_table(summary: pd.DataFrame, models: list[str]) -> list[dict[str, Any]]:
+def gains_table(summary: pd.DataFrame, models: list[str]) -> list[GainRow]:
     """Per model and headline metric: mean ± std of base and +BeFA, relative gain of the means."""
     rows = []
     for model in models:
@@ -179,24 +180,24 @@ def gains_table(summary: pd.DataFrame, models: list[str]) -> list[dict[str, Any]
             if b.empty or a.empty:
                 continue
             bm, am = float(b["mean"].iloc[0]), float(a["mean"].iloc[0])
-            rows.append({
-                "model": model, "metric": metric,
-                "base_mean": bm, "base_std": float(b["std"].iloc[0]),
-                "befa_mean": am, "befa_std": float(a["std"].iloc[0]),
-                "seeds": int(min(b["n"].iloc[0], a["n"].iloc[0])),
-                "relative_gain": (am - bm) / bm if bm else None,
-            })
+            rows.append(GainRow(
+                model=model, metric=metric,
+                base_mean=bm, base_std=float(b["std"].iloc[0]),
+                befa_mean=am, befa_std=float(a["std"].iloc[0]),
+                seeds=int(min(b["n"].iloc[0], a["n"].iloc[0])),
+                relative_gain=(am - bm) / bm if bm else None,
+            ))
     return rows
 
 
-def floor_rows(runs: Runs, models: list[str]) -> list[dict[str, Any]]:
+def floor_rows(runs: Runs, models: list[str]) -> list[FloorRow]:
     """MostPop's valid/test Recall@20, then each (model, adapter) arm's seed means against it
     (below: the arm's mean valid value is under MostPop's; valid, the selection split)."""
     floor = runs.get((FLOOR_MODEL, "none"))
     if not floor:
         return []
     fv, ft = floor[0].best_valid.get(FLOOR_METRIC), floor[0].test.get(FLOOR_METRIC)
-    rows = [{"model": FLOOR_MODEL, "adapter": "none", "valid": fv, "test": ft, "seeds": 1, "below": None, "below_seeds": 0, "causes": []}]
+    rows = [FloorRow(model=FLOOR_MODEL, adapter="none", valid=fv, test=ft, seeds=1, below=None, below_seeds=0)]
     for model in models:
         for adapter in ("none", "befa"):
             recs = runs.get((model, adapter), [])
@@ -205,23 +206,23 @@ def floor_rows(runs: Runs, models: list[str]) -> list[dict[str, Any]]:
             valid = [r.best_valid.get(FLOOR_METRIC, 0.0) for r in recs]
             test = [r.test.get(FLOOR_METRIC, 0.0) for r in recs]
             causes = sorted({c.split(":")[0] for r in recs if r.below_floor for c in r.floor.causes})
-            rows.append({
-                "model": model, "adapter": adapter, "valid": sum(valid) / len(valid), "test": sum(test) / len(test), "seeds": len(recs),
-                "below": sum(valid) / len(valid) < fv, "below_seeds": sum(v < fv for v in valid), "causes": causes,
-            })
+            rows.append(FloorRow(
+                model=model, adapter=adapter, valid=sum(valid) / len(valid), test=sum(test) / len(test), seeds=len(recs),
+                below=sum(valid) / len(valid) < fv, below_seeds=sum(v < fv for v in valid), causes=causes,
+            ))
     return rows
 
 
-def _floor_sentence(floor: list[dict[str, Any]] | None) -> tuple[str, bool]:
+def _floor_sentence(floor: list[FloorRow] | None) -> tuple[str, bool]:
     """(the verdict's floor sentence, whether every arm is below the floor)."""
     if not floor:
         return "", False
     ref, arms = floor[0], floor[1:]
-    where = f"MostPop floor: test {FLOOR_METRIC} {ref['test']:.4f} (valid {ref['valid']:.4f})"
-    below = [f"{a['model']} {'+BeFA' if a['adapter'] == 'befa' else 'base'}" for a in arms if a["below"]]
+    where = f"MostPop floor: test {FLOOR_METRIC} {ref.test:.4f} (valid {ref.valid:.4f})"
+    below = [f"{a.model} {'+BeFA' if a.adapter == 'befa' else 'base'}" for a in arms if a.below]
     if not below:
         return f"{where}; every arm is above it.", False
-    causes = sorted({c for a in arms if a["below"] for c in a["causes"]})
+    causes = sorted({c for a in arms if a.below for c in a.causes})
     why = f" (likely: {'; '.join(causes)})" if causes else ""
     return (
         f"{where}. Below it on valid: {', '.join(below)}{why}; a gain between runs that learned less than popularity says little about BeFA.",
@@ -229,22 +230,22 @@ def _floor_sentence(floor: list[dict[str, Any]] | None) -> tuple[str, bool]:
     )
 
 
-def verdict(gains: list[dict[str, Any]], sig: list[dict[str, Any]], alpha: float, floor: list[dict[str, Any]] | None = None) -> str:
+def verdict(gains: list[GainRow], sig: list[SignificanceRow], alpha: float, floor: list[FloorRow] | None = None) -> str:
     """One plain paragraph that leads with significance and the MostPop floor; the raw mean
     gain (and the paper's claim) comes last, as what it is."""
     if not gains:
         return "No model was trained both ways, so the study cannot say whether BeFA helps."
     parts = []
     for metric in HEADLINE:
-        vals = [g["relative_gain"] for g in gains if g["metric"] == metric and g["relative_gain"] is not None]
+        vals = [g.relative_gain for g in gains if g.metric == metric and g.relative_gain is not None]
         if vals:
             mean = sum(vals) / len(vals)
             parts.append(f"{metric} {mean * 100:+.2f}% (paper: {PAPER_CLAIM[metric] * 100:+.2f}%)")
-    up = sorted({s["model"] for s in sig if s["significant"] and s["mean_diff"] > 0})
-    down = sorted({s["model"] for s in sig if s["significant"] and s["mean_diff"] < 0})
-    mean_r = [g["relative_gain"] for g in gains if g["metric"] == "recall@20" and g["relative_gain"] is not None]
+    up = sorted({s.model for s in sig if s.significant and s.mean_diff > 0})
+    down = sorted({s.model for s in sig if s.significant and s.mean_diff < 0})
+    mean_r = [g.relative_gain for g in gains if g.metric == "recall@20" and g.relative_gain is not None]
     avg = sum(mean_r) / len(mean_r) if mean_r else 0.0
-    n_models = len({g["model"] for g in gains})
+    n_models = len({g.model for g in gains})
     if up and not down and avg > 0:
         head = f"BeFA helped on this data: significantly better for {', '.join(up)} (of {n_models} models)"
     elif down and not up and avg < 0:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from models import CONTENT_MODELS, MODELS, make_config
 from pipeline.job.params import DEFAULT_ENCODER, FOLDER_NAME, DataParams, PipelineError, PipelineParams, cluster_address, validate_params
 from pipeline.settings import Settings
+from pipeline.study.rows import SignificanceRow
 
 DEFAULT_BEFA_GRID: dict[str, list[Any]] = {"befa.t": [1.0, 2.0, 4.0, 8.0], "befa.dropout": [0.1, 0.3, 0.5, 0.7]}
 DEFAULT_SWEEP_T = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
@@ -151,10 +152,10 @@ class StudyParams(DataParams):
 
 class StudyResult(BaseModel):
     folder: str
-    params: dict[str, Any]
+    params: StudyParams
     verdict: str
-    main: list[dict[str, Any]]  # per model x adapter x metric: mean, std, n
-    significance: list[dict[str, Any]]
+    main: list[dict[str, Any]]  # the summary frame's records: per model x adapter x metric, mean, std, n
+    significance: list[SignificanceRow]
     files: dict[str, str]
     timings: dict[str, float]
     runs_trained: int

@@ -88,6 +88,7 @@ from pipeline.study.analysis import (
 from pipeline.study.inspect import inspect_adapter
 from pipeline.study.item_groups import group_significance, group_table_rows
 from pipeline.study.params import ADAPTERS, StudyError, StudyParams, StudyResult, validate_study
+from pipeline.study.rows import ColdItems, SearchRow, SignificanceRow
 from pipeline.study.runner import RunSpec, StudyRunner
 from pipeline.study.search import run_search, search_result, search_trials
 from pipeline.training.floor_check import FLOOR_MODEL
@@ -352,7 +353,7 @@ def report(
     ctx.timings["total"] = time.perf_counter() - t_all
     result = StudyResult(
         folder=str(ctx.folder),
-        params=p.model_dump(mode="json"),
+        params=p,
         verdict=text,
         main=summary.to_dict("records"),
         significance=sig,
@@ -367,21 +368,21 @@ def report(
     return result
 
 
-def _cold_info(ctx: StudyContext, frame: Any, sig: list[dict[str, Any]]) -> dict[str, Any]:
+def _cold_info(ctx: StudyContext, frame: Any, sig: list[SignificanceRow]) -> ColdItems | None:
     """The cold-start phase for the report: its split, gains (mean ± std) and paired tests."""
     if not ctx.cold_runs:
-        return {}
+        return None
     cold = frame[frame["experiment"] == "cold_items"]
-    return {
-        "cold_fraction": ctx.params.cold_fraction,
-        "split_id": ctx.cold_split_id,
-        "gains": gains_table(summarise(cold, ["model", "adapter"]), ctx.params.models),
-        "significance": sig,
-    }
+    return ColdItems(
+        cold_fraction=ctx.params.cold_fraction,
+        split_id=ctx.cold_split_id,
+        gains=gains_table(summarise(cold, ["model", "adapter"]), ctx.params.models),
+        significance=sig,
+    )
 
 
-def _search_info(model: str, adapter: str, s: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "model": model, "adapter": adapter, "trials": len(s["trials"]), "grid_size": grid_size(s["grid"]),
-        "winner": s["winner_overrides"], "winner_valid_r20": s["trials"][s["winner"]]["valid"].get("recall@20"), "seconds": s["seconds"],
-    }
+def _search_info(model: str, adapter: str, s: dict[str, Any]) -> SearchRow:
+    return SearchRow(
+        model=model, adapter=adapter, trials=len(s["trials"]), grid_size=grid_size(s["grid"]), winner=s["winner_overrides"],
+        winner_valid_r20=s["trials"][s["winner"]]["valid"].get("recall@20"), seconds=s["seconds"],
+    )

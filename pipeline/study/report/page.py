@@ -94,7 +94,7 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
     parts.append("<h2>Where BeFA helps</h2><h3>By user activity</h3>" + _h(*groups_table(data)))
     if data.cold_items:
         c = data.cold_items
-        parts.append(f"<h3>Item cold start (split <code>{html.escape(str(c.get('split_id')))}</code>: {c.get('cold_fraction', 0):.0%} of items with no train interaction; all test users)</h3>"
+        parts.append(f"<h3>Item cold start (split <code>{html.escape(str(c.split_id))}</code>: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)</h3>"
                      + _h(*cold_table(data), cls="results"))
     if data.item_groups:
         parts.append(f"<h3>By item group</h3><p class='note'>{html.escape(ITEM_GROUPS_NOTE)}</p>" + _h(*item_groups_table(data), cls="item-groups"))

@@ -16,6 +16,7 @@ from pipeline.data.summary import DatasetSummary, SplitSummary
 from pipeline.features.summary import ModalityFeatures
 from pipeline.reporting.common import ADAPTER_LABEL
 from pipeline.study.params import StudyParams
+from pipeline.study.rows import ColdItems, FloorRow, GainRow, OverheadRow, SearchRow, SignificanceRow, UserGroupRow
 
 # The paper's average relative gains over its models and datasets (befa-spec, section 4).
 PAPER_CLAIM = {"recall@20": 0.0907, "ndcg@20": 0.1102}
@@ -46,15 +47,15 @@ class StudyData(BaseModel):
     features: dict[str, ModalityFeatures] = Field(default_factory=dict)
     verdict: str = ""
     # MostPop first, then each (model, adapter) arm against it (pipeline.study.analysis.floor_rows); empty for older studies
-    floor: list[dict[str, Any]] = Field(default_factory=list)
-    gains: list[dict[str, Any]] = Field(default_factory=list)
-    significance: list[dict[str, Any]] = Field(default_factory=list)
-    overhead: list[dict[str, Any]] = Field(default_factory=list)
-    user_groups: list[dict[str, Any]] = Field(default_factory=list)
+    floor: list[FloorRow] = Field(default_factory=list)
+    gains: list[GainRow] = Field(default_factory=list)
+    significance: list[SignificanceRow] = Field(default_factory=list)
+    overhead: list[OverheadRow] = Field(default_factory=list)
+    user_groups: list[UserGroupRow] = Field(default_factory=list)
     # per experiment x model x item group (warm / cold / long tail) x metric; empty for older studies
     item_groups: list[dict[str, Any]] = Field(default_factory=list)
-    cold_items: dict[str, Any] = Field(default_factory=dict)  # the cold-start phase: split, gains, significance
-    searches: list[dict[str, Any]] = Field(default_factory=list)
+    cold_items: ColdItems | None = None  # the cold-start phase: split, gains, significance
+    searches: list[SearchRow] = Field(default_factory=list)
     inspection: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     runs: RunCounts = Field(default_factory=RunCounts)
@@ -67,6 +68,8 @@ class StudyData(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        if data.get("cold_items") == {}:
+            data["cold_items"] = None
         if "encoders" in data:
             data["features"] = data.pop("encoders")
         ds = data.get("dataset")
@@ -104,15 +107,23 @@ def _ms(mean: Any, std: Any) -> str:
 
 # -- tables (rows of strings, shared by Markdown and HTML) ---------------------------------
 def main_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
-    sig = {(s["model"], s["metric"]): s for s in data.significance}
+    return gains_table(data.gains, data.significance)
+
+
+def gains_table(gains: list[GainRow], significance: list[SignificanceRow]) -> tuple[list[str], list[list[str]]]:
+    """Base vs +BeFA per model and metric, with the paired tests."""
+    sig = {(s.model, s.metric): s for s in significance}
     head = ["model", "metric", "base (mean ± std)", "+BeFA (mean ± std)", "seeds", "relative gain", "Wilcoxon p", "Holm p", "t-test p", "users +/-", "significant"]
     rows = []
-    for g in data.gains:
-        s = sig.get((g["model"], g["metric"]), {})
+    for g in gains:
+        s = sig.get((g.model, g.metric))
+        tests = (
+            [_p(s.p_wilcoxon), _p(s.p_wilcoxon_holm), _p(s.p_ttest), f"{s.wins}/{s.losses}", "yes" if s.significant else "no"]
+            if s is not None
+            else ["n/a", "n/a", "n/a", "-/-", "n/a"]
+        )
         rows.append([
-            g["model"], g["metric"], _ms(g["base_mean"], g["base_std"]), _ms(g["befa_mean"], g["befa_std"]), str(g["seeds"]),
-            _pct(g["relative_gain"]), _p(s.get("p_wilcoxon")), _p(s.get("p_wilcoxon_holm")), _p(s.get("p_ttest")),
-            f"{s.get('wins', '-')}/{s.get('losses', '-')}", ("yes" if s.get("significant") else "no") if s else "n/a",
+            g.model, g.metric, _ms(g.base_mean, g.base_std), _ms(g.befa_mean, g.befa_std), str(g.seeds), _pct(g.relative_gain), *tests,
         ])
     return head, rows
 
@@ -122,11 +133,15 @@ def floor_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     head = ["run", "valid recall@20", "test recall@20", "seeds", "vs MostPop floor", "likely cause"]
     rows = []
     for f in data.floor:
-        if f["model"] == "mostpop":
-            rows.append(["MostPop (floor)", fmt_num(f["valid"]), fmt_num(f["test"]), "-", "the floor", "-"])
+        if f.model == "mostpop":
+            rows.append(["MostPop (floor)", fmt_num(f.valid), fmt_num(f.test), "-", "the floor", "-"])
             continue
-        verdict = f"BELOW ({f['below_seeds']}/{f['seeds']} seeds)" if f["below"] else (f"above ({f['below_seeds']}/{f['seeds']} seeds below)" if f["below_seeds"] else "above")
-        rows.append([f"{f['model']} {ADAPTER_LABEL.get(f['adapter'], f['adapter'])}", fmt_num(f["valid"]), fmt_num(f["test"]), str(f["seeds"]), verdict, "; ".join(f["causes"]) or "-"])
+        if f.below:
+            verdict = f"BELOW ({f.below_seeds}/{f.seeds} seeds)"
+        else:
+            verdict = f"above ({f.below_seeds}/{f.seeds} seeds below)" if f.below_seeds else "above"
+        label = f"{f.model} {ADAPTER_LABEL.get(f.adapter, f.adapter)}"
+        rows.append([label, fmt_num(f.valid), fmt_num(f.test), str(f.seeds), verdict, "; ".join(f.causes) or "-"])
     return head, rows
 
 
@@ -134,7 +149,7 @@ def mean_gain_rows(data: StudyData) -> list[list[str]]:
 
     rows = []
     for metric, claim in PAPER_CLAIM.items():
-        vals = [g["relative_gain"] for g in data.gains if g["metric"] == metric and g["relative_gain"] is not None]
+        vals = [g.relative_gain for g in data.gains if g.metric == metric and g.relative_gain is not None]
         rows.append([metric, _pct(sum(vals) / len(vals)) if vals else "n/a", _pct(claim), str(len(vals))])
     return rows
 
@@ -148,10 +163,10 @@ def overhead_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     rows = []
     for o in data.overhead:
         rows.append([
-            o["model"], f"{o['adapter_params']:,}", f"{o['base_params_without_tables']:,}", f"{o['base_params_with_tables']:,}",
-            _pct(o["adapter_overhead_without_tables"]), _pct(o["adapter_overhead_with_tables"]), _pct(o["net_overhead_without_tables"]),
-            fmt_num(o["epoch_s_base"], 3), fmt_num(o["epoch_s_befa"], 3), fmt_num(o["epoch_time_ratio"], 2) + "x" if o["epoch_time_ratio"] else "-",
-            ",".join(map(str, o["epochs_base"])), ",".join(map(str, o["epochs_befa"])),
+            o.model, f"{o.adapter_params:,}", f"{o.base_params_without_tables:,}", f"{o.base_params_with_tables:,}",
+            _pct(o.adapter_overhead_without_tables), _pct(o.adapter_overhead_with_tables), _pct(o.net_overhead_without_tables),
+            fmt_num(o.epoch_s_base, 3), fmt_num(o.epoch_s_befa, 3), fmt_num(o.epoch_time_ratio, 2) + "x" if o.epoch_time_ratio else "-",
+            ",".join(map(str, o.epochs_base)), ",".join(map(str, o.epochs_befa)),
         ])
     return head, rows
 
@@ -168,7 +183,10 @@ def experiment_table(frame: pd.DataFrame, experiment: str, metric: str = "recall
 
 def groups_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     head = ["model", "metric", "user group (train interactions)", "users", "base", "+BeFA", "relative gain"]
-    rows = [[g["model"], g["metric"], g["train_interactions"], str(g["users"]), fmt_num(g["base"]), fmt_num(g["befa"]), _pct(g["relative_gain"])] for g in data.user_groups]
+    rows = [
+        [g.model, g.metric, g.train_interactions, str(g.users), fmt_num(g.base), fmt_num(g.befa), _pct(g.relative_gain)]
+        for g in data.user_groups
+    ]
     return head, rows
 
 
@@ -187,7 +205,8 @@ def item_groups_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
 
 def cold_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     """The cold-items split's base vs +BeFA (all test users), as the main table."""
-    return main_table(StudyData(title="", gains=data.cold_items.get("gains", []), significance=data.cold_items.get("significance", [])))
+    cold = data.cold_items or ColdItems(cold_fraction=None, split_id=None)
+    return gains_table(cold.gains, cold.significance)
 
 
 ITEM_GROUPS_NOTE = (
@@ -202,8 +221,9 @@ def search_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     head = ["model", "adapter", "trials", "grid size", "winner (valid Recall@20)", "valid R@20", "seconds"]
     rows = []
     for s in data.searches:
-        win = {k: v for k, v in s["winner"].items() if k != "adapter"}
-        rows.append([s["model"], ADAPTER_LABEL.get(s["adapter"], s["adapter"]), str(s["trials"]), str(s["grid_size"]), json.dumps(win), fmt_num(s["winner_valid_r20"]), f"{s['seconds']:.0f}"])
+        win = {k: v for k, v in s.winner.items() if k != "adapter"}
+        adapter = ADAPTER_LABEL.get(s.adapter, s.adapter)
+        rows.append([s.model, adapter, str(s.trials), str(s.grid_size), json.dumps(win), fmt_num(s.winner_valid_r20), f"{s.seconds:.0f}"])
     return head, rows
 
 

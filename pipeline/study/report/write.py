@@ -70,7 +70,7 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines += markdown_table(*groups_table(data))
     if data.cold_items:
         c = data.cold_items
-        lines += ["", f"### Item cold start (split `{c.get('split_id')}`: {c.get('cold_fraction', 0):.0%} of items with no train interaction; all test users)", ""]
+        lines += ["", f"### Item cold start (split `{c.split_id}`: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)", ""]
         lines += markdown_table(*cold_table(data))
     if data.item_groups:
         lines += ["", "### By item group", "", ITEM_GROUPS_NOTE, ""]

@@ -1,0 +1,115 @@
+"""The study's result tables as typed rows: what ``pipeline.study.analysis`` computes and
+the study report (``pipeline.study.report``) renders.
+
+A row built with a missing or misspelt figure fails where it is built, instead of the
+report printing ``?``; ``study.json`` stores them as JSON and reads them back through
+these models (older studies' rows have the same keys).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class GainRow(BaseModel):
+    """One model and metric: mean ± std over seeds of base and +BeFA, and the relative gain of the means."""
+
+    model: str
+    metric: str
+    base_mean: float
+    base_std: float
+    befa_mean: float
+    befa_std: float
+    seeds: int
+    relative_gain: float | None  # None when the base mean is 0
+
+
+class SignificanceRow(BaseModel):
+    """One model and metric: the paired tests over test users (``pipeline.study.stats.PairedTest``), Holm-adjusted."""
+
+    model: str
+    metric: str
+    pooling: str
+    n_pairs: int
+    n_nonzero: int
+    n_seeds: int
+    mean_base: float
+    mean_befa: float
+    mean_diff: float
+    t_stat: float | None
+    p_ttest: float | None
+    w_stat: float | None
+    p_wilcoxon: float | None
+    wins: int
+    losses: int
+    p_wilcoxon_holm: float | None = None
+    significant: bool = False
+
+
+class FloorRow(BaseModel):
+    """MostPop (the first row), or one (model, adapter) arm's seed means against it."""
+
+    model: str
+    adapter: str
+    valid: float | None
+    test: float | None
+    seeds: int
+    below: bool | None  # None for MostPop itself
+    below_seeds: int
+    causes: list[str] = Field(default_factory=list)
+
+
+class OverheadRow(BaseModel):
+    """Parameters and seconds per epoch of one model, base vs +BeFA."""
+
+    model: str
+    adapter_params: int
+    base_params_without_tables: int
+    base_params_with_tables: int
+    befa_params_without_tables: int
+    befa_params_with_tables: int
+    adapter_overhead_without_tables: float | None
+    adapter_overhead_with_tables: float | None
+    net_overhead_without_tables: float | None
+    net_overhead_with_tables: float | None
+    epoch_s_base: float | None
+    epoch_s_befa: float | None
+    epoch_time_ratio: float | None
+    epochs_base: list[int]
+    epochs_befa: list[int]
+
+
+class UserGroupRow(BaseModel):
+    """Base vs +BeFA for one group of users by train activity."""
+
+    model: str
+    metric: str
+    group: int
+    train_interactions: str  # "lo-hi"
+    users: int
+    base: float
+    befa: float
+    relative_gain: float | None
+
+
+class SearchRow(BaseModel):
+    """One model and adapter's search on VALID: its size, winner and time."""
+
+    model: str
+    adapter: str
+    trials: int
+    grid_size: int
+    winner: dict[str, Any]  # the winning configuration's overrides (config keys -> values)
+    winner_valid_r20: float | None
+    seconds: float
+
+
+class ColdItems(BaseModel):
+    """The item cold-start phase: its split, base vs +BeFA and the paired tests."""
+
+    cold_fraction: float | None
+    split_id: str | None
+    gains: list[GainRow] = Field(default_factory=list)
+    significance: list[SignificanceRow] = Field(default_factory=list)
