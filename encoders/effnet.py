@@ -29,7 +29,7 @@ The network is timm's ``tf_efficientnet_lite{0,2}`` (built with
 the TF original) with the loader's state-dict keys mapped onto timm's; the
 pooled features and logits equal the loader package's
 ``EfficientNet.extract_features`` + average pooling and ``forward`` (max abs
-difference 0.0 on real posters, checked in tests/test_encoder_effnet.py).
+difference 0.0 on real posters, checked in tests/encoders/test_encoder_effnet.py).
 
 Preprocessing = Google's TF EfficientNet evaluation transform, which the
 checkpoints' ImageNet accuracy was measured with: a centre crop covering

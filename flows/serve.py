@@ -23,11 +23,10 @@ that runs no schedules.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+import typer
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 
@@ -82,29 +81,83 @@ def build_deployments(
     return [pipeline, watcher]
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() not in ("0", "false", "no", "off")
+# -- the command line: `python -m flows.serve`, `befa serve` (and `befa server`, which passes these on) --
+Interval = typer.Option(DEFAULT_INTERVAL_S, "--interval", envvar="BEFA_WATCH_INTERVAL", help="Watch every N seconds.")
+Cron = typer.Option(
+    None,
+    "--cron",
+    envvar="BEFA_WATCH_CRON",
+    help="Watch on a cron schedule instead, e.g. '0 3 * * *' (wins over --interval).",
+)
+NoSchedule = typer.Option(False, "--no-schedule", help="No schedule: run the watch deployment by hand.")
+RetrainOnChange = typer.Option(
+    True,
+    "--retrain-on-change/--no-retrain-on-change",
+    envvar="BEFA_RETRAIN_ON_CHANGE",
+    help="Rerun the pipeline when the watch updates a catalog's features.",
+)
+CatalogOpt = typer.Option([], "--catalog", help="Watch only this catalog (repeatable; default: all registered).")
+SERVE_OPTIONS = ("interval", "cron", "no_schedule", "retrain", "catalogs")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flows.serve", description="Serve befa/full-pipeline and befa-watch/catalog-watch.")
-    when = p.add_mutually_exclusive_group()
-    when.add_argument("--interval", type=float, default=float(os.environ.get("BEFA_WATCH_INTERVAL", DEFAULT_INTERVAL_S)), help="watch every N seconds (default 3600, env BEFA_WATCH_INTERVAL)")
-    when.add_argument("--cron", default=os.environ.get("BEFA_WATCH_CRON"), help="watch on a cron schedule instead (env BEFA_WATCH_CRON)")
-    when.add_argument("--no-schedule", action="store_true", help="no schedule: run the watch deployment by hand")
-    p.add_argument("--retrain-on-change", dest="retrain", action=argparse.BooleanOptionalAction, default=_env_bool("BEFA_RETRAIN_ON_CHANGE", True), help="rerun the pipeline when the watch updates a catalog's features (env BEFA_RETRAIN_ON_CHANGE)")
-    p.add_argument("--catalog", action="append", dest="catalogs", help="watch only this catalog (repeatable; default: all registered)")
-    return p
+def schedule_of(
+    ctx: typer.Context, interval: float, cron: str | None, no_schedule: bool
+) -> tuple[float | None, str | None]:
+    """(interval, cron) of the watch; --interval, --cron and --no-schedule exclude each other on the command line."""
+    given = [
+        flag
+        for name, flag in (("interval", "--interval"), ("cron", "--cron"), ("no_schedule", "--no-schedule"))
+        if _source(ctx, name) == "COMMANDLINE"
+    ]
+    if len(given) > 1:
+        raise typer.BadParameter(f"{' and '.join(given)} exclude each other: give one", param_hint=given[-1])
+    return (None if no_schedule or cron else interval), (None if no_schedule else cron)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    interval = None if args.no_schedule or args.cron else args.interval
-    cron = None if args.no_schedule else args.cron
-    deployments = build_deployments(interval_s=interval, cron=cron, retrain_on_change=args.retrain, catalogs=args.catalogs)
-    serve(*deployments)
+def serve_argv(ctx: typer.Context) -> list[str]:
+    """The serve options given on this command line, as ``python -m flows.serve`` takes them
+    (defaults and environment variables are left to the serve process)."""
+    p, out = ctx.params, []
+    if _source(ctx, "interval") == "COMMANDLINE":
+        out += ["--interval", str(p["interval"])]
+    if _source(ctx, "cron") == "COMMANDLINE":
+        out += ["--cron", p["cron"]]
+    if p["no_schedule"]:
+        out.append("--no-schedule")
+    if _source(ctx, "retrain") == "COMMANDLINE":
+        out.append("--retrain-on-change" if p["retrain"] else "--no-retrain-on-change")
+    for name in p["catalogs"] or ():
+        out += ["--catalog", name]
+    return out
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    source = ctx.get_parameter_source(name)
+    return None if source is None else source.name
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(name="serve")
+def serve_command(
+    ctx: typer.Context,
+    interval: float = Interval,
+    cron: Optional[str] = Cron,
+    no_schedule: bool = NoSchedule,
+    retrain: bool = RetrainOnChange,
+    catalogs: list[str] = CatalogOpt,
+) -> None:
+    """Serve befa/full-pipeline and befa-watch/catalog-watch (+ retrain trigger) to a Prefect server.
+
+    Needs PREFECT_API_URL pointing at a Prefect server (`befa server` starts one and this
+    process together); without it, Prefect starts a temporary local server that runs no
+    schedules."""
+    interval_s, cron_expr = schedule_of(ctx, interval, cron, no_schedule)
+    serve(
+        *build_deployments(interval_s=interval_s, cron=cron_expr, retrain_on_change=retrain, catalogs=catalogs or None)
+    )
 
 
 if __name__ == "__main__":
-    main()
+    app(prog_name="python -m flows.serve")

@@ -1,8 +1,8 @@
 """Start a local Prefect server and the serve process together; Ctrl-C stops both.
 
-    python -m flows.server                    # http://127.0.0.1:4200, DB under $BEFA_HOME/prefect
-    python -m flows.server --port 4300 -- --cron "0 3 * * *"    # after --: flows.serve options
-    befa server --port 4300 --cron "0 3 * * *"                  # the same (serve options may be mixed in)
+    befa server                               # http://127.0.0.1:4200, DB under $BEFA_HOME/prefect
+    befa server --port 4300 --cron "0 3 * * *"                  # serve options are passed on
+    python -m flows.server --port 4300 -- --cron "0 3 * * *"    # the same; serve options may also follow --
 
 - The server listens on 127.0.0.1 only, with its SQLite database and Prefect home under
   the befa storage root (``$BEFA_HOME/prefect/``), telemetry off
@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-import argparse
+import copy
 import os
 import signal
 import subprocess
@@ -26,9 +26,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
-from flows.serve import parser as serve_parser
+import typer
+
+from flows.serve import CatalogOpt, Cron, Interval, NoSchedule, RetrainOnChange, schedule_of, serve_argv
+from flows.serve import app as serve_app
 from pipeline.settings import get_settings
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
@@ -69,15 +72,24 @@ def start_server(env: dict[str, str], port: int, log: Path | None = None) -> sub
     out = open(log, "ab") if log else None
     return subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        start_new_session=True,
     )
 
 
-def start_serve(env: dict[str, str], serve_args: Sequence[str] = (), log: Path | None = None, cwd: str | None = None) -> subprocess.Popen:
+def start_serve(
+    env: dict[str, str], serve_args: Sequence[str] = (), log: Path | None = None, cwd: str | None = None
+) -> subprocess.Popen:
     out = open(log, "ab") if log else None
     return subprocess.Popen(
         [sys.executable, "-m", "flows.serve", *serve_args],
-        env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True, cwd=cwd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+        start_new_session=True,
+        cwd=cwd,
     )
 
 
@@ -97,41 +109,69 @@ def stop(proc: subprocess.Popen | None, grace_s: float = 20.0) -> int | None:
     return proc.poll()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flows.server", description=__doc__.split("\n")[0])
-    p.add_argument("--port", type=int, default=4200)
-    p.add_argument("--home", default=None, help="befa storage root (default $BEFA_HOME or ./.befa)")
-    p.add_argument("--no-serve", action="store_true", help="start only the server")
-    p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the server's health check")
-    return p
+DEFAULT_PORT = 4200
 
 
-def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """(this command's options, the serve process's options).
-
-    Serve options go after ``--`` or mixed in: ``befa server --cron "0 3 * * *"`` reaches
-    here without its ``--`` (click drops it). They are checked now, so a typo fails
-    before anything starts."""
-
-    argv = list(argv)
-    rest: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, rest = argv[:cut], argv[cut + 1 :]
-    p = parser()
-    args, unknown = p.parse_known_args(argv)
-    serve_args = unknown + rest
-    _, left = serve_parser().parse_known_args(serve_args)
-    if left:
-        p.error(f"unrecognized arguments: {' '.join(left)} (neither an option of this command nor of python -m flows.serve)")
-    return args, serve_args
+def _check_serve_args(args: list[str] | None) -> list[str]:
+    """Serve options after ``--``, checked now (a typo fails before anything starts)."""
+    args = list(args or [])
+    if args:
+        command = typer.main.get_command(serve_app)
+        try:
+            command.make_context("python -m flows.serve", list(args))
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            raise typer.BadParameter(f"not options of python -m flows.serve: {' '.join(args)} ({exc})") from None
+    return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, serve_args = split_argv(sys.argv[1:] if argv is None else argv)
+def _passed_on(option: Any) -> Any:
+    """A serve option, shown in its own panel of this command's help."""
+    option = copy.copy(option)
+    option.rich_help_panel = "Serve options (passed on to the serve process)"
+    return option
 
-    home = get_settings(home=args.home).home
-    env = prefect_env(home, args.port)
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command(name="server")
+def server_command(
+    ctx: typer.Context,
+    port: int = typer.Option(DEFAULT_PORT, help="Port of the Prefect server (on 127.0.0.1)."),
+    home: Optional[str] = typer.Option(None, help="befa storage root (default $BEFA_HOME or ./.befa)."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Start only the server."),
+    startup_timeout: float = typer.Option(180.0, help="Seconds to wait for the server's health check."),
+    interval: float = _passed_on(Interval),
+    cron: Optional[str] = _passed_on(Cron),
+    no_schedule: bool = _passed_on(NoSchedule),
+    retrain: bool = _passed_on(RetrainOnChange),
+    catalogs: list[str] = _passed_on(CatalogOpt),
+    after: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="-- SERVE-OPTIONS",
+        callback=_check_serve_args,
+        show_default=False,
+        help="Serve options may also follow --.",
+    ),
+) -> None:
+    """Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, no analytics) and the serve process.
+
+    The serve options are passed on to the serve process (`befa serve`); they may also follow `--`.
+    Ctrl-C stops both."""
+    schedule_of(ctx, interval, cron, no_schedule)  # mutually exclusive: checked before anything starts
+    raise typer.Exit(run(port, home, no_serve, startup_timeout, serve_argv(ctx) + list(after or [])))
+
+
+def run(
+    port: int = DEFAULT_PORT,
+    home: str | None = None,
+    no_serve: bool = False,
+    startup_timeout: float = 180.0,
+    serve_args: Sequence[str] = (),
+) -> int:
+    """The server, then the serve process with ``serve_args``, until Ctrl-C or SIGTERM; the exit code."""
+    home_dir = get_settings(home=home).home
+    env = prefect_env(home_dir, port)
     api = env["PREFECT_API_URL"]
     server = serve = None
     stopping = False
@@ -144,14 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print(f"starting prefect server on {api} (database {env['PREFECT_API_DATABASE_CONNECTION_URL']})", flush=True)
-        server = start_server(env, args.port)
+        server = start_server(env, port)
         try:
-            wait_healthy(api, timeout_s=args.startup_timeout, proc=server, cancelled=lambda: stopping)
+            wait_healthy(api, timeout_s=startup_timeout, proc=server, cancelled=lambda: stopping)
         except (TimeoutError, RuntimeError) as exc:
             print(f"error: {exc}", flush=True)
             return 1
-        print(f"server healthy; UI at http://127.0.0.1:{args.port}", flush=True)
-        if not args.no_serve:
+        print(f"server healthy; UI at http://127.0.0.1:{port}", flush=True)
+        if not no_serve:
             serve = start_serve(env, serve_args)
             print("serving befa/full-pipeline and befa-watch/catalog-watch; Ctrl-C to stop", flush=True)
         while not stopping:
@@ -171,4 +211,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app(prog_name="python -m flows.server")

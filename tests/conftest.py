@@ -18,15 +18,40 @@ def datasets_root() -> Path:
     return root
 
 
+# What `make test-fast` leaves out (markers in pyproject.toml): by folder or module, and the
+# few single tests measured above ~5 s on 2 cores (the full suite's --durations, 2026-12-05).
+PREFECT_PATHS = ("tests/flows/",)
+RAY_PATHS = ("tests/flows/test_ray_client.py", "tests/features/test_ray_extract.py", "tests/training/test_ray_training.py")
+SLOW_PATHS = ("tests/job/test_crash.py", "tests/flows/test_flows_e2e.py")
+SLOW_TESTS = (
+    "tests/data/test_reliability_ingest.py::test_no_network_ingest_extract_train_and_pipeline",
+    "tests/job/test_small_catalogs.py::test_befa_run_trains_the_floor_and_prints_epoch_lines_in_full_width",
+    "tests/encoders/test_encoders.py::test_minilm_nearest_neighbours_on_movielens",
+    "tests/cli/test_cli_params.py::test_befa_run_movielens_set_befa_t_reaches_the_adapter",
+)
+
+
+def _mark_by_place(items) -> None:
+    for item in items:
+        where = item.nodeid
+        if where.startswith(PREFECT_PATHS):
+            item.add_marker(pytest.mark.prefect)
+        if where.startswith(RAY_PATHS):
+            item.add_marker(pytest.mark.ray)
+        if where.startswith(SLOW_PATHS) or where.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Run the Ray training tests before any other Ray test in the process.
+    """Mark what `make test-fast` leaves out, then run the Ray training tests before any other Ray test in the process.
 
     prefect-ray's task futures fail with Ray's ``OwnerDiedError`` when the process already
-    started and shut down another local Ray session (``tests/test_ray_extract.py`` and
-    ``tests/test_ray_client.py`` each start one): seen with prefect-ray 0.6.0 and ray 2.60.
+    started and shut down another local Ray session (``tests/features/test_ray_extract.py`` and
+    ``tests/flows/test_ray_client.py`` each start one): seen with prefect-ray 0.6.0 and ray 2.60.
     The first Ray session of a process is unaffected, so the module that drives the
     Prefect flow on Ray goes first; the others start theirs afterwards without trouble.
     """
+    _mark_by_place(items)
     first = [item for item in items if item.path.name == "test_ray_training.py"]
     if first:
         rest = [item for item in items if item.path.name != "test_ray_training.py"]

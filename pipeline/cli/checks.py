@@ -13,7 +13,7 @@ from encoders import EncoderError, validate_specs
 from models import make_config
 from models.base import ModelConfig, Recommender
 from pipeline.cli.common import fail
-from pipeline.training.device import DeviceError, check_device
+from pipeline.device import DeviceError, check_device
 
 
 def at_least(value: int | float | None, flag: str, minimum: int | float = 1) -> None:

@@ -39,9 +39,24 @@ class CommandGroup:
 
         return register
 
+    def external(self, name: str) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+        """A command whose click command is built elsewhere (the Prefect commands' typer apps in
+        ``flows``): the decorated function returns it, and is called only when the command is asked for."""
+
+        def register(fn: Callable[[], Any]) -> Callable[[], Any]:
+            self.commands.append((name, fn, {"external": True}))
+            return fn
+
+        return register
+
     def add_to(self, app: typer.Typer) -> None:
         for name, fn, options in self.commands:
-            app.command(name, **options)(fn)
+            if not options.get("external"):
+                app.command(name, **options)(fn)
+
+    def external_command(self, name: str) -> Any:
+        """The click command of an :meth:`external` command (None when ``name`` is not one)."""
+        return next((fn() for n, fn, options in self.commands if n == name and options.get("external")), None)
 
 
 def csv_list(value: Optional[str]) -> Optional[list[str]]:

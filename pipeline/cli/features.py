@@ -11,8 +11,9 @@ import typer
 from pipeline.cli.checks import at_least, device_or_fail, encoder_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fail, settings_from
 from pipeline.data.catalog import CatalogError
-from pipeline.features.export import export_command
+from pipeline.features.export_mmrec import export_command
 from pipeline.features.extract import extract_command
+from pipeline.job.params import DEFAULT_ENCODER
 from pipeline.reporting.console import summary_table
 
 commands = CommandGroup()
@@ -21,7 +22,7 @@ commands = CommandGroup()
 @commands.command("extract")
 def extract_cmd(
     dataset: str = typer.Option(..., "--dataset", help="Ingested catalog name."),
-    encoder: str = typer.Option("minilm", "--encoder", help="Encoder spec, e.g. minilm, effnet:lite2, clip:ViT-B-32@/models/vitb32.safetensors, "
+    encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder", help="Encoder spec (default: `befa run`'s), e.g. minilm, effnet:lite2, clip:ViT-B-32@/models/vitb32.safetensors, "
                                 "clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, or image=...,text=..."),
     batch_size: Optional[int] = typer.Option(None, help="Items per forward pass (default: sized to the device)."),
     num_workers: Optional[int] = typer.Option(None, help="Image decoding worker processes (default: by device)."),

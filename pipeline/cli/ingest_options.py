@@ -14,6 +14,7 @@ importer's own help: its file format and only the options that apply to it.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import os
@@ -61,8 +62,14 @@ def _base_type(annotation: Any) -> Any:
     return annotation if annotation in (Path, float, int, str, bool) else str
 
 
-def _option(key: str, field: Any, users: list[str]) -> tuple[Any, Any]:
+def _option(key: str, field: Any, users: list[str], panel: str | None = None) -> tuple[Any, Any]:
     """(annotation, typer.Option) of one importer option."""
+    annotation, option = _plain_option(key, field, users)
+    option.rich_help_panel = panel
+    return annotation, option
+
+
+def _plain_option(key: str, field: Any, users: list[str]) -> tuple[Any, Any]:
     flag = "--" + key.replace("_", "-")
     help_text = field.description or key.replace("_", " ")
     choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
@@ -98,17 +105,22 @@ def collect(values: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     return options
 
 
-def with_ingest_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+def with_ingest_options(fn: Callable[..., Any] | None = None, *, panel: str | None = None) -> Any:
     """Add every importer option (and ``--column``) to a command; the command receives them
-    as one ``ingest_options`` dict holding only the options given."""
+    as one ``ingest_options`` dict holding only the options given. ``panel``: the help
+    section they are listed in (``@with_ingest_options(panel=...)``)."""
+    if fn is None:
+        return functools.partial(with_ingest_options, panel=panel)
     sig = inspect.signature(fn)
     own = [p for p in sig.parameters.values() if p.name != "ingest_options"]
     extra, annotations = [], {}
     for key, (field, users) in FIELDS.items():
-        annotation, default = _option(key, field, users)
+        annotation, default = _option(key, field, users, panel)
         extra.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
         annotations[key] = annotation
-    extra.append(inspect.Parameter("column", inspect.Parameter.KEYWORD_ONLY, default=COLUMN_OPTION, annotation=list[str]))
+    column = copy.copy(COLUMN_OPTION)
+    column.rich_help_panel = panel
+    extra.append(inspect.Parameter("column", inspect.Parameter.KEYWORD_ONLY, default=column, annotation=list[str]))
     annotations["column"] = list[str]
 
     @functools.wraps(fn)

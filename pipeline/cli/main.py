@@ -71,7 +71,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("pipeline.cli.job", "Base vs +BeFA across models and seeds, t sweep, modality ablation, sparsity sweep; writes report.html."),
     "gc": ("pipeline.cli.maintenance", "Remove temporary files left by killed writes under $BEFA_HOME and the feature store."),
     "serve": ("pipeline.cli.prefect", "Serve befa/full-pipeline and befa-watch/catalog-watch (+ retrain trigger) to a Prefect server."),
-    "server": ("pipeline.cli.prefect", "Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, analytics off) and the serve process."),
+    "server": ("pipeline.cli.prefect", "Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, no analytics) and the serve process."),
     "demo": ("pipeline.cli.prefect", "The main job on the default catalog through the `befa` flow (what `make demo` runs)."),
 }
 
@@ -85,6 +85,9 @@ def group_of(module: str) -> Any:
 
 
 def load_command(name: str) -> Any:
+    external = importlib.import_module(COMMANDS[name][0]).commands.external_command(name)
+    if external is not None:  # built by its own typer app (the Prefect commands, in flows)
+        return external
     group = group_of(COMMANDS[name][0])
     # a module with a single command comes back as that command, not as a group
     return group.get_command(None, name) if isinstance(group, TyperGroup) else group

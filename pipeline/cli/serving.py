@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.cli.checks import device_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, csv_list, fail, settings_from
 from pipeline.data.catalog import CatalogError
-from pipeline.serving.recommend import RecommendRequest, write_recommendations
+from pipeline.serving.ranked_lists import RecommendRequest, write_recommendations
 from pipeline.serving.servable import Servable, ServingError, load_servable, read_id_file
 from pipeline.serving.similar import write_similar
 from storage.feature_store import FeatureStore

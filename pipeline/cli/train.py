@@ -15,16 +15,19 @@ from typing import Any, Optional
 
 import typer
 
-from models import get_model_class, parse_overrides
+from models import ModelConfig, get_model_class
 from pipeline.cli.checks import at_least, config_or_fail, device_or_fail, encoder_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fail, settings_from
+from pipeline.cli.params_options import train_overrides
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.splits import ensure_split
-from pipeline.features.load import features_for_training, load_features, load_run_features
+from pipeline.features.load import features_for_training, load_features
+from pipeline.job.params import DEFAULT_ENCODER
+from pipeline.training.run_features import load_run_features
 from pipeline.reporting.console import item_groups_table, metrics_table
 from pipeline.training.api import evaluate_run_results, run_folder_for, train_model
 from pipeline.training.liveness import interrupted_note
-from pipeline.training.prepare import FeatureBundle
+from pipeline.features.bundle import FeatureBundle
 from pipeline.training.record import RECORD, RunRecord
 from pipeline.training.trainer import RunResult
 from storage.feature_store import FeatureStore
@@ -37,9 +40,10 @@ def train_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Ingested catalog name (not needed with --run-dir R --resume)."),
     model: str = typer.Option("lightgcn", "--model", help="mostpop, lightgcn, bm3, lattice, freedom or mgcn."),
     adapter: str = typer.Option("none", "--adapter", help="none or befa."),
-    encoder: str = typer.Option("minilm", "--encoder", help="Encoder spec for content models (see `befa extract`)."),
+    encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder", help="Encoder spec for content models (see `befa extract`); the default is `befa run`'s."),
     split: str = typer.Option("random-s2024", "--split", help="Stored split name; random-s<SEED> is created if missing."),
-    set_: list[str] = typer.Option([], "--set", help="Model config override KEY=VALUE (JSON value), e.g. --set befa.t=2 --set reg=1e-4."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Model config override [MODEL.]KEY=VALUE (JSON value), e.g. "
+                                   "--set befa.t=2 --set reg=1e-4; MODEL.KEY=VALUE as in `befa run` works too (MODEL: --model or '*')."),
     seed: int = typer.Option(999, help="Training seed."),
     epochs: int = typer.Option(1000, help="Max epochs."),
     patience: int = typer.Option(10, help="Early stopping: epochs without a valid Recall@20 improvement."),
@@ -62,17 +66,17 @@ def train_cmd(
         if dataset is None:
             fail("--dataset: name the catalog to train on (only `--run-dir R --resume` on an existing run reads it from the run)")
         try:
-            overrides = {**parse_overrides(set_), "adapter": adapter}
             model_cls = get_model_class(model)
         except ValueError as exc:
-            fail(f"--set: {exc}" if "=" in str(exc) else str(exc))
-        config_or_fail(model_cls, overrides)  # before any data loads or features extract
+            fail(str(exc))
+        # the config, built and checked once, before any data loads or features extract
+        config = config_or_fail(model_cls, {**train_overrides(set_, model), "adapter": adapter})
         if model_cls.uses_content:
             encoder_or_fail(encoder)
         try:
             catalog = Catalog.load(settings.catalog_dir(dataset))
             split_path = ensure_split(catalog, catalog.splits_dir, split)
-            folder = run_dir or run_folder_for(split_path, model, overrides, seed, settings.runs_dir)
+            folder = run_dir or run_folder_for(split_path, model, config, seed, settings.runs_dir)
         except (ValueError, FileNotFoundError) as exc:
             fail(str(exc))
         if resume and (folder / RECORD).exists():
@@ -80,7 +84,7 @@ def train_cmd(
         else:
             features = _current_features(model_cls, catalog, encoder, store, device)
             # paths (not objects), so the run records where its catalog and split live for `befa evaluate`
-            result = _train(settings.catalog_dir(dataset), split_path, features, model, overrides, folder, seed, device,
+            result = _train(settings.catalog_dir(dataset), split_path, features, model, config, folder, seed, device,
                             epochs, patience, resume, settings)
     _print_result(result)
 
@@ -95,7 +99,7 @@ def _current_features(model_cls: Any, catalog: Catalog, encoder: str, store: Fea
     return features
 
 
-def _train(catalog_dir: Path, split_path: Any, features: FeatureBundle | None, model: str, overrides: dict[str, Any], run_dir: Path,
+def _train(catalog_dir: Path, split_path: Any, features: FeatureBundle | None, model: str, overrides: ModelConfig | dict[str, Any], run_dir: Path,
            seed: int, device: Optional[str], epochs: int, patience: int, resume: bool, settings: Any, allow_new_features: bool = False) -> RunResult:
     try:
         return train_model(catalog_dir, split_path, features, model, overrides=overrides, run_dir=run_dir, seed=seed, device=device,

@@ -36,7 +36,7 @@ from pipeline.training.record import RECORD, RunRecord
 
 MAX_RETRIES = 3
 TASK_CLAIM = "ray-task.txt"  # in a run folder: the Ray task that trains it
-# Test hook (tests/test_ray_training.py): a folder; while it holds a file ``armed``, the
+# Test hook (tests/training/test_ray_training.py): a folder; while it holds a file ``armed``, the
 # first run to finish an epoch on a Ray worker creates ``killed`` there and kills its own
 # worker process, as a lost node would. Unset (always, outside that test): nothing happens.
 KILL_ONCE_ENV = "BEFA_TEST_KILL_ONCE"

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data.catalog import Catalog, CatalogError
-from pipeline.data.export import export_mmrec, features_from_store
+from pipeline.data.mmrec_files import export_mmrec, features_from_store
 from pipeline.data.importers import IMPORTERS
 from pipeline.data.importers.mmrec import row_hashes
 from pipeline.data.ingest import ingest
@@ -169,7 +169,7 @@ def test_catalog_export_import_round_trip(tmp_path, ml_ingested):
     back = IMPORTERS["mmrec"](folder=tmp_path / "ml")
     assert back.catalog.num_items == catalog.num_items
     assert back.catalog.num_users == catalog.num_users
-    # items without an interaction were moved to the front (pipeline.data.export); item_map.tsv says how
+    # items without an interaction were moved to the front (pipeline.data.mmrec_files); item_map.tsv says how
     exported = pd.read_csv(tmp_path / "ml" / "item_map.tsv", sep="\t", dtype={"item_id": str})["itemID"].to_numpy()
     assert np.array_equal(back.features["text"].matrix[exported], feats)
     assert "image" not in back.features

@@ -58,7 +58,7 @@ def test_befa_gc(tmp_path):
 
 def test_extract_and_train_clean_their_folders_first(tmp_path):
     """Ingest, extraction and training each remove the old temporaries of what they are about
-    to write (ingest: tests/test_catalog_versions.py); fresh ones are left to their writers."""
+    to write (ingest: tests/data/test_catalog_versions.py); fresh ones are left to their writers."""
     items = pd.DataFrame({"item_id": [f"i{i}" for i in range(8)], "title": "", "text": [f"text {i}" for i in range(8)]})
     inter = pd.DataFrame({"user_id": [f"u{u}" for u in range(6) for _ in range(4)], "item_id": [f"i{(u + k) % 8}" for u in range(6) for k in range(4)], "rating": 1.0, "timestamp": 0})
     catalog = build_catalog("tidy", items, inter)

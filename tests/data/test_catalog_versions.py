@@ -41,7 +41,7 @@ from pipeline.data.versions import (
 )
 from pipeline.settings import get_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def jpeg(k: int) -> bytes:

@@ -94,6 +94,6 @@ def test_quick_commands_start_without_torch(argv, tmp_path):
         "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n"
     )
     env = {**os.environ, "BEFA_HOME": str(tmp_path), "BEFA_DATASETS_ROOT": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "no torch"

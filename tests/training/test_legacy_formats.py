@@ -1,9 +1,9 @@
 """What the code before the sub-package layout wrote still loads, exactly.
 
-``tests/fixtures/legacy_v1`` was written by commit 9f4100c (record version 1): one tiny
+``tests/training/fixtures/legacy_v1`` was written by commit 9f4100c (record version 1): one tiny
 checkpoint per model and adapter with the scores it gave, and a tiny feature store with
 two snapshots (one item edited, one added) with what it read back. The script that
-wrote it is ``tests/fixtures/legacy_v1/make_legacy.py``.
+wrote it is ``tests/training/fixtures/legacy_v1/make_legacy.py``.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from pipeline.data.catalog import Catalog
 from tests.flows_data import make_small_catalog
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CATALOG = "ml-e2e"
 
 
@@ -202,7 +202,7 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     from pipeline.features.extract import extract_features
     from storage.feature_store import FeatureStore
     from storage.keys import FeatureSetKey
-    from tests.test_readme_commands import COMMANDS
+    from tests.cli.test_readme_commands import COMMANDS
 
     env, home = stack["env"], stack["home"]
     pipelines = home / "runs" / "pipelines"

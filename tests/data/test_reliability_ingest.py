@@ -33,10 +33,10 @@ from pipeline.data.versions import files_dir
 from pipeline.features.extract import extract_features
 from pipeline.settings import get_settings
 from storage.feature_store import FeatureStore
-from tests.test_catalog_versions import tree_hashes
-from tests.test_fetch_images import Server
+from tests.data.test_catalog_versions import tree_hashes
+from tests.data.test_fetch_images import Server
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_ENCODER = "imagebind:tiny@random"
 
 

@@ -52,7 +52,7 @@ from storage.feature_store import FeatureStore  # noqa: E402
 from tests.flows_data import make_small_catalog  # noqa: E402
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 SPEC = "imagebind:tiny@random"
 CATALOG = "ml-ray-client"

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
-from pipeline.data.export import exported_item_ids
+from pipeline.data.mmrec_files import exported_item_ids
 from pipeline.data.ingest import ingest
 from pipeline.data.splits import split_random
-from pipeline.features.export import export_command
+from pipeline.features.export_mmrec import export_command
 from pipeline.features.load import load_features
 from pipeline.settings import get_settings
 from storage.feature_store import FeatureStore

@@ -188,7 +188,7 @@ def test_prefect_yaml_matches_the_served_deployments():
     from prefect.events import DeploymentEventTrigger
     from prefect.flows import load_flow_from_entrypoint
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     spec = yaml.safe_load((repo / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
     assert set(by_name) == {"full-pipeline", "catalog-watch"}

@@ -25,7 +25,7 @@ from encoders import create_encoder
 from pipeline.data.image_modes import to_rgb
 from pipeline.features.images import ImageItems
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POSTER = 50  # Star Wars
 
 

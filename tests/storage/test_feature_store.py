@@ -22,7 +22,7 @@ from storage.feature_store import FeatureStore, Snapshot, duckdb_snapshot_query
 from storage.filesystem import StoreFS
 from storage.keys import FeatureSetKey
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY = FeatureSetKey("ml-100k", "clip-vit-b32-rand0", "image")
 
 

@@ -16,7 +16,7 @@ from pipeline.cli.main import app
 from pipeline.training.api import default_run_dir, train_model
 from pipeline.training.batching import plan_batches
 from pipeline.training.record import RunRecord
-from tests.test_small_catalogs import _kill, shop  # noqa: F401  (shop: a module fixture, reused)
+from tests.job.test_small_catalogs import _kill, shop  # noqa: F401  (shop: a module fixture, reused)
 
 runner = CliRunner()
 

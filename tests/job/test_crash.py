@@ -28,7 +28,7 @@ from storage.feature_store import FeatureStore
 from storage.keys import FeatureSetKey
 from tests.flows_data import make_small_catalog
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENCODER = "imagebind:tiny@random"
 SAFETY_S = 300  # a marker not reached in this long means the test is broken, not slow
 

@@ -25,7 +25,7 @@ from PIL import Image
 from encoders import ENCODERS, EncoderError, EncoderSpecError, create_encoder, validate_specs
 from encoders.effnet import EFFNET_CONFIGS, EffNetEncoder, packaged_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FP_RE = re.compile(r"^[a-z0-9][a-z0-9-]*-[0-9a-f]{12}$")
 JAWS, JAWS_2, FREE_WILLY, FREE_WILLY_2 = 234, 452, 78, 35
 JURASSIC_PARK, LOST_WORLD, GODFATHER, GODFATHER_2 = 82, 252, 127, 187
