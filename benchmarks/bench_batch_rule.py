@@ -37,8 +37,15 @@ def train_arm(prepared, model: str, cap: int | None, seed: int, args: argparse.N
 
     cls = get_model_class(model)
     config = make_config(cls, {} if cap is None else {"max_batches_per_epoch": cap})
-    trainer = TrainerConfig(max_epochs=args.epochs, patience=args.patience, seed=seed, device="cpu", num_threads=args.threads,
-                            quiet=True, floor=False)
+    trainer = TrainerConfig(
+        max_epochs=args.epochs,
+        patience=args.patience,
+        seed=seed,
+        device="cpu",
+        num_threads=args.threads,
+        quiet=True,
+        floor=False,
+    )
     with tempfile.TemporaryDirectory(prefix="befa-batch-rule-") as tmp:
         t0 = time.perf_counter()
         result = fit(cls, config, prepared, Path(tmp) / "run", trainer)
@@ -47,10 +54,20 @@ def train_arm(prepared, model: str, cap: int | None, seed: int, args: argparse.N
     best = rec.best_epoch or 0
     to_best = sum(e.train_s + e.eval_s for e in rec.epochs[: best + 1])
     return {
-        "model": model, "cap": cap, "seed": seed, "batch_size": rec.batching.batch_size, "lr": rec.config["lr"],
-        "batches_per_epoch": rec.batching.batches_per_epoch, "epochs": len(rec.epochs), "best_epoch": best,
-        "valid_recall@20": rec.best_valid.get("recall@20"), "test_recall@20": rec.test.get("recall@20"),
-        "train_s": sum(e.train_s for e in rec.epochs), "to_best_s": to_best, "wall_s": wall, "state": rec.state,
+        "model": model,
+        "cap": cap,
+        "seed": seed,
+        "batch_size": rec.batching.batch_size,
+        "lr": rec.config["lr"],
+        "batches_per_epoch": rec.batching.batches_per_epoch,
+        "epochs": len(rec.epochs),
+        "best_epoch": best,
+        "valid_recall@20": rec.best_valid.get("recall@20"),
+        "test_recall@20": rec.test.get("recall@20"),
+        "train_s": sum(e.train_s for e in rec.epochs),
+        "to_best_s": to_best,
+        "wall_s": wall,
+        "state": rec.state,
     }
 
 
@@ -73,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     frame, num_users, num_items = amazon_baby_split()
     prepared = prepare_data(frame, num_items, None, num_users=num_users, device="cpu")  # once: every arm trains on it
     caps = [None] + [int(c) for c in args.max_batches.split(",") if c.strip()]
-    print(f"amazon-baby-5core given split, {args.model}, early stop on valid Recall@20 (patience {args.patience}, "
-          f"max {args.epochs} epochs), {args.threads} threads; REAL interactions, no features\n")
+    print(
+        f"amazon-baby-5core given split, {args.model}, early stop on valid Recall@20 (patience {args.patience}, "
+        f"max {args.epochs} epochs), {args.threads} threads; REAL interactions, no features\n"
+    )
     head = f"{'arm':<16} {'seed':>4} {'batch':>6} {'lr':>9} {'b/epoch':>7} {'epochs':>6} {'best':>5} {'valid R@20':>10} {'test R@20':>9} {'train s':>8} {'to best s':>9}"
     print(head + "\n" + "-" * len(head), flush=True)
     rows = []
@@ -83,15 +102,20 @@ def main(argv: list[str] | None = None) -> int:
             r = train_arm(prepared, args.model, cap, seed, args)
             rows.append(r)
             arm = "protocol" if cap is None else f"cap {cap}"
-            print(f"{arm:<16} {seed:>4} {r['batch_size']:>6} {r['lr']:>9.2e} {r['batches_per_epoch']:>7} {r['epochs']:>6} {r['best_epoch']:>5} "
-                  f"{r['valid_recall@20']:>10.4f} {r['test_recall@20']:>9.4f} {r['train_s']:>8.1f} {r['to_best_s']:>9.1f}", flush=True)
+            print(
+                f"{arm:<16} {seed:>4} {r['batch_size']:>6} {r['lr']:>9.2e} {r['batches_per_epoch']:>7} {r['epochs']:>6} {r['best_epoch']:>5} "
+                f"{r['valid_recall@20']:>10.4f} {r['test_recall@20']:>9.4f} {r['train_s']:>8.1f} {r['to_best_s']:>9.1f}",
+                flush=True,
+            )
     base = [r for r in rows if r["cap"] is None]
     for cap in caps[1:]:
         arm = [r for r in rows if r["cap"] == cap]
         dv = sum(a["test_recall@20"] / b["test_recall@20"] - 1 for a, b in zip(arm, base)) / len(arm)
         dt = sum(a["to_best_s"] / b["to_best_s"] for a, b in zip(arm, base)) / len(arm)
         de = sum(a["train_s"] / a["epochs"] / (b["train_s"] / b["epochs"]) for a, b in zip(arm, base)) / len(arm)
-        print(f"\ncap {cap}: test Recall@20 {dv:+.1%} against the protocol; epoch time x{de:.2f}; time to the best epoch x{dt:.2f}")
+        print(
+            f"\ncap {cap}: test Recall@20 {dv:+.1%} against the protocol; epoch time x{de:.2f}; time to the best epoch x{dt:.2f}"
+        )
     if args.json:
         from storage.atomic import write_json
 

@@ -114,13 +114,14 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from encoders import create_encoder
+    from pipeline.device import cpu_count, resolve_device, torch_threads
     from pipeline.features.extract import extract_features
     from pipeline.features.images import default_num_workers
-    from pipeline.device import cpu_count, resolve_device, torch_threads
     from storage.feature_store import FeatureStore
 
     datasets_root = args.datasets_root or (
-        Path(os.environ["BEFA_DATASETS_ROOT"]) if os.environ.get("BEFA_DATASETS_ROOT")
+        Path(os.environ["BEFA_DATASETS_ROOT"])
+        if os.environ.get("BEFA_DATASETS_ROOT")
         else Path(__file__).resolve().parents[2] / "shared" / "datasets"
     )
     device = resolve_device(args.device)
@@ -134,10 +135,14 @@ def main() -> None:
         batch = args.batch_size or encoder.default_batch_size(device)
         workers = default_num_workers(device) if args.num_workers is None else args.num_workers
         threads = (args.threads or cpu_count()) if device.type == "cpu" else None
-        print(f"encoder   {args.encoder} -> {encoder.fingerprint} ({encoder.dim}-d), weights: {encoder.weights_label}"
-              f"{'  [RANDOM INIT: speed figures only]' if encoder.random_init else ''}")
-        print(f"device    {device}; batch {batch}; {workers} decode workers; torch threads {threads or 'n/a'}; "
-              f"{cpu_count()} cores; built in {t_build:.1f} s")
+        print(
+            f"encoder   {args.encoder} -> {encoder.fingerprint} ({encoder.dim}-d), weights: {encoder.weights_label}"
+            f"{'  [RANDOM INIT: speed figures only]' if encoder.random_init else ''}"
+        )
+        print(
+            f"device    {device}; batch {batch}; {workers} decode workers; torch threads {threads or 'n/a'}; "
+            f"{cpu_count()} cores; built in {t_build:.1f} s"
+        )
         print(f"catalog   {catalog.name}: {catalog.num_items} items, {n_images} posters")
         load_before = os.getloadavg()[0]
 
@@ -146,8 +151,14 @@ def main() -> None:
         fwd_rate = n_fwd / t_fwd
 
         store = FeatureStore(tmp / "features")
-        kw = dict(modalities=["image"], batch_size=batch, num_workers=workers, device=device,
-                  num_threads=args.threads, progress=True)
+        kw = dict(
+            modalities=["image"],
+            batch_size=batch,
+            num_workers=workers,
+            device=device,
+            num_threads=args.threads,
+            progress=True,
+        )
         t0 = time.perf_counter()
         full = extract_features(catalog, encoder, store, **kw)
         t_full = time.perf_counter() - t0
@@ -173,17 +184,27 @@ def main() -> None:
     print()
     print(f"{'measure':<52} {'value':>14}   target")
     print(f"{'pure forward (pre-loaded tensors)':<52} {fwd_rate:>10.1f} img/s")
-    print(f"{'end-to-end extract (decode+forward+write+commit)':<52} {e2e_rate:>10.1f} img/s   "
-          f"({img.encoded} encoded, {img.failed} failed, {t_full:.1f} s)")
+    print(
+        f"{'end-to-end extract (decode+forward+write+commit)':<52} {e2e_rate:>10.1f} img/s   "
+        f"({img.encoded} encoded, {img.failed} failed, {t_full:.1f} s)"
+    )
     print(f"{'ratio end-to-end / forward':<52} {ratio:>14.3f}   >= {TARGET_RATIO}  {ok(ratio >= TARGET_RATIO)}")
-    print(f"{f'incremental run, {n_changed} posters changed ({args.changed:.0%})':<52} {t_inc:>12.2f} s   "
-          f"({inc.modalities['image'].encoded} encoded)")
-    print(f"{'  as a fraction of the full run':<52} {frac:>14.3%}   <= {TARGET_INCREMENTAL:.0%}  {ok(frac <= TARGET_INCREMENTAL)}")
-    print(f"{'unchanged re-run':<52} {t_again:>12.2f} s   < {TARGET_RERUN_S:.0f} s  "
-          f"{ok(t_again < TARGET_RERUN_S)}  ({again.encoded} encoded)")
+    print(
+        f"{f'incremental run, {n_changed} posters changed ({args.changed:.0%})':<52} {t_inc:>12.2f} s   "
+        f"({inc.modalities['image'].encoded} encoded)"
+    )
+    print(
+        f"{'  as a fraction of the full run':<52} {frac:>14.3%}   <= {TARGET_INCREMENTAL:.0%}  {ok(frac <= TARGET_INCREMENTAL)}"
+    )
+    print(
+        f"{'unchanged re-run':<52} {t_again:>12.2f} s   < {TARGET_RERUN_S:.0f} s  "
+        f"{ok(t_again < TARGET_RERUN_S)}  ({again.encoded} encoded)"
+    )
     print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on {cpu_count()} cores")
-    print(f"snapshot ids: full {img.snapshot_id}, incremental {inc.modalities['image'].snapshot_id}, "
-          f"re-run {again.modalities['image'].snapshot_id}")
+    print(
+        f"snapshot ids: full {img.snapshot_id}, incremental {inc.modalities['image'].snapshot_id}, "
+        f"re-run {again.modalities['image'].snapshot_id}"
+    )
 
 
 if __name__ == "__main__":

@@ -116,7 +116,9 @@ def gpu_preprocess(images: list, mean, std, size: int = 224):
         x = torch.stack([images[i] for i in idx]).float()
         scale = size / min(h, w)
         if scale != 1:
-            x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False, antialias=True
+            )
         h2, w2 = x.shape[-2:]
         top, left = (h2 - size) // 2, (w2 - size) // 2
         out[idx] = x[..., top : top + size, left : left + size]
@@ -162,19 +164,32 @@ def extraction(args: argparse.Namespace, device) -> dict[str, Any]:
     decode_jpeg(jpegs[:bs], device=device)
     fwd = min(forward_only() for _ in range(2))
     e2e = min(end_to_end() for _ in range(2))
-    r = {"images": n, "batch": bs, "jpeg_make_s": made_s, "forward_img_s": n / fwd, "e2e_img_s": n / e2e, "ratio": fwd / e2e}
+    r = {
+        "images": n,
+        "batch": bs,
+        "jpeg_make_s": made_s,
+        "forward_img_s": n / fwd,
+        "e2e_img_s": n / e2e,
+        "ratio": fwd / e2e,
+    }
     print("\n### Image extraction: ViT-B-32, random weights (speed only), bf16 autocast on CUDA\n")
     print(f"{n:,} synthetic 224 x 224 JPEGs (made in {made_s:.1f} s, not timed), batches of {bs}, best of 2 passes.\n")
     print("| measure | images/s | target |\n| --- | --- | --- |")
     print(f"| pure forward (ready pixels) | {r['forward_img_s']:,.0f} | |")
-    print(f"| end to end (GPU JPEG decode + preprocessing + forward) | {r['e2e_img_s']:,.0f} | >= {TARGET_IMG_S:,} on an H100-class GPU: "
-          f"{'ok' if r['e2e_img_s'] >= TARGET_IMG_S else 'UNDER'} |")
-    print(f"| end to end / forward | {r['ratio']:.2f} | >= {TARGET_E2E_RATIO}: {'ok' if r['ratio'] >= TARGET_E2E_RATIO else 'UNDER'} |")
+    print(
+        f"| end to end (GPU JPEG decode + preprocessing + forward) | {r['e2e_img_s']:,.0f} | >= {TARGET_IMG_S:,} on an H100-class GPU: "
+        f"{'ok' if r['e2e_img_s'] >= TARGET_IMG_S else 'UNDER'} |"
+    )
+    print(
+        f"| end to end / forward | {r['ratio']:.2f} | >= {TARGET_E2E_RATIO}: {'ok' if r['ratio'] >= TARGET_E2E_RATIO else 'UNDER'} |"
+    )
     return r
 
 
 # -- 2. training and evaluation -------------------------------------------------------
-def train_eval(model_name: str, prepared, num_users: int, num_items: int, device, max_batches: int | None, eval_users: int) -> dict[str, Any]:
+def train_eval(
+    model_name: str, prepared, num_users: int, num_items: int, device, max_batches: int | None, eval_users: int
+) -> dict[str, Any]:
     """Build, a warm-up, one timed epoch (or ``max_batches`` batches, extrapolated), evaluation of
     valid + test (``eval_users`` sampled users ranked and scaled to all, when there are more)."""
     import torch
@@ -196,15 +211,25 @@ def train_eval(model_name: str, prepared, num_users: int, num_items: int, device
     model.train()
     run_epoch(model, optimiser, data, config.batch_size, generator, sampler, 0, max_batches=3)  # warm-up
     times: list[float] = []
-    _, nb = run_epoch(model, optimiser, data, config.batch_size, generator, sampler, 1, max_batches=max_batches, batch_times=times)
+    _, nb = run_epoch(
+        model, optimiser, data, config.batch_size, generator, sampler, 1, max_batches=max_batches, batch_times=times
+    )
     per_epoch = -(-data.train_users.numel() // config.batch_size)
     rest = times[1:] or times
     epoch = sum(times) if nb >= per_epoch else times[0] + (per_epoch - 1) * statistics.fmean(rest)
     ev = timed_eval(model, prepared, num_users, sample=eval_users)
-    return {"model": model_name, "graph_build_s": build, "epoch_s": epoch, "epoch_extrapolated": nb < per_epoch,
-            "batches_timed": nb, "batches_per_epoch": per_epoch, "eval_s": ev["eval_s"], "eval_users": ev["eval_users"],
-            "eval_extrapolated": ev["eval_extrapolated"],
-            "peak_gpu_gb": peak_gb(device)}
+    return {
+        "model": model_name,
+        "graph_build_s": build,
+        "epoch_s": epoch,
+        "epoch_extrapolated": nb < per_epoch,
+        "batches_timed": nb,
+        "batches_per_epoch": per_epoch,
+        "eval_s": ev["eval_s"],
+        "eval_users": ev["eval_users"],
+        "eval_extrapolated": ev["eval_extrapolated"],
+        "peak_gpu_gb": peak_gb(device),
+    }
 
 
 def training(args: argparse.Namespace, device, budget: Budget, catalog: str) -> list[dict[str, Any]]:
@@ -215,22 +240,39 @@ def training(args: argparse.Namespace, device, budget: Budget, catalog: str) -> 
         label, max_batches, eval_users = "amazon-baby-5core, given split", (20 if args.quick else None), 10**9
     else:
         frame, num_users, num_items = random_catalog(args.big_scale)
-        label, max_batches, eval_users = f"{args.big_scale:g}x random catalog (bench_scale)", args.big_batches, args.big_eval_users
+        label, max_batches, eval_users = (
+            f"{args.big_scale:g}x random catalog (bench_scale)",
+            args.big_batches,
+            args.big_eval_users,
+        )
     prepared = prepare_data(frame, num_items, random_features(num_items), num_users=num_users, device=device)
     c = prepared.counts
     print(f"\n### Training and evaluation: {label}\n")
-    print(f"{c['users']:,} users, {c['items']:,} items, {c['train']:,} train interactions; features SEEDED RANDOM 4096-d + 384-d "
-          f"(speed only); kNN graphs exact. * = extrapolated: the epoch from {max_batches} timed batches, the evaluation "
-          f"from {min(eval_users, c['users']):,} ranked users.\n")
-    print("| model | graph build s | epoch s | eval valid+test s | peak GPU GB |\n| --- | --- | --- | --- | --- |", flush=True)
+    print(
+        f"{c['users']:,} users, {c['items']:,} items, {c['train']:,} train interactions; features SEEDED RANDOM 4096-d + 384-d "
+        f"(speed only); kNN graphs exact. * = extrapolated: the epoch from {max_batches} timed batches, the evaluation "
+        f"from {min(eval_users, c['users']):,} ranked users.\n"
+    )
+    print(
+        "| model | graph build s | epoch s | eval valid+test s | peak GPU GB |\n| --- | --- | --- | --- | --- |",
+        flush=True,
+    )
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        r = section(f"{name} on {catalog}", budget, 20, lambda: train_eval(name, prepared, num_users, num_items, device, max_batches, eval_users))
+        r = section(
+            f"{name} on {catalog}",
+            budget,
+            20,
+            lambda: train_eval(name, prepared, num_users, num_items, device, max_batches, eval_users),
+        )
         r.setdefault("model", name)
         rows.append(r)
         if "epoch_s" in r:
-            print(f"| {name} | {r['graph_build_s']:.2f} | {r['epoch_s']:.2f}{'*' if r['epoch_extrapolated'] else ''} | "
-                  f"{r['eval_s']:.2f}{'*' if r['eval_extrapolated'] else ''} | {r['peak_gpu_gb']:.2f} |", flush=True)
+            print(
+                f"| {name} | {r['graph_build_s']:.2f} | {r['epoch_s']:.2f}{'*' if r['epoch_extrapolated'] else ''} | "
+                f"{r['eval_s']:.2f}{'*' if r['eval_extrapolated'] else ''} | {r['peak_gpu_gb']:.2f} |",
+                flush=True,
+            )
     return rows
 
 
@@ -242,10 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=512, help="extraction batch size")
     p.add_argument("--models", default=MODELS)
     p.add_argument("--big-batches", type=int, default=None, help="timed batches at 16x (default 20; 5 with --quick)")
-    p.add_argument("--catalogs", default="amazon-baby,big", help="training catalogs: amazon-baby, big (the --big-scale catalog)")
+    p.add_argument(
+        "--catalogs", default="amazon-baby,big", help="training catalogs: amazon-baby, big (the --big-scale catalog)"
+    )
     p.add_argument("--big-scale", type=float, default=16, help="scale of the big random catalog (x amazon-baby)")
     p.add_argument("--big-eval-users", type=int, default=32_768, help="users ranked at the big catalog (scaled to all)")
-    p.add_argument("--device", default="cuda", help="cuda (default; refused without a GPU) or cpu: a DRY RUN of the code paths")
+    p.add_argument(
+        "--device", default="cuda", help="cuda (default; refused without a GPU) or cpu: a DRY RUN of the code paths"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write all figures here")
     args = p.parse_args(argv)
     args.images = args.images or (2_000 if args.quick else 20_000)
@@ -262,10 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         props = torch.cuda.get_device_properties(device)
         name, about = props.name, f"{props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
     else:
-        name, about = "none (DRY RUN on CPU: checks the code paths; no figure here is a GPU figure)", f"{torch.get_num_threads()} threads"
+        name, about = (
+            "none (DRY RUN on CPU: checks the code paths; no figure here is a GPU figure)",
+            f"{torch.get_num_threads()} threads",
+        )
     print(f"## GPU check: {name}\n")
-    print(f"`make bench-gpu{' ARGS=--quick' if args.quick else ''}`: {about}, torch {torch.__version__}; "
-          f"budget {args.budget:.0f} s. Random weights and random features: speed only.")
+    print(
+        f"`make bench-gpu{' ARGS=--quick' if args.quick else ''}`: {about}, torch {torch.__version__}; "
+        f"budget {args.budget:.0f} s. Random weights and random features: speed only."
+    )
     out: dict[str, Any] = {"gpu": name, "quick": args.quick}
     out["extraction"] = section("image extraction", budget, 30, lambda: extraction(args, device))
     for catalog in [c.strip() for c in args.catalogs.split(",") if c.strip()]:

@@ -49,11 +49,15 @@ def main() -> None:
     print(f"  {'stage':24s} {'wall s':>7s} {'cpu s':>7s}")
     print(f"  {'verify SHA256SUMS':24s} {t_verify:7.2f} {c_verify:7.2f}   {n_files} files")
     print(f"  {'image read+hash+decode':24s} {t_images:7.2f} {c_images:7.2f}   {len(checks)} posters")
-    print(f"  {'ingest end to end':24s} {t_ml:7.2f} {c_ml:7.2f}   target <= {TARGET_MOVIELENS_S:.0f} s wall: "
-          f"ratio {t_ml / TARGET_MOVIELENS_S:.2f} {'OK' if t_ml <= TARGET_MOVIELENS_S else 'OVER TARGET'}"
-          f"{' (machine busy: compare cpu s)' if load > (os.cpu_count() or 1) else ''}")
+    print(
+        f"  {'ingest end to end':24s} {t_ml:7.2f} {c_ml:7.2f}   target <= {TARGET_MOVIELENS_S:.0f} s wall: "
+        f"ratio {t_ml / TARGET_MOVIELENS_S:.2f} {'OK' if t_ml <= TARGET_MOVIELENS_S else 'OVER TARGET'}"
+        f"{' (machine busy: compare cpu s)' if load > (os.cpu_count() or 1) else ''}"
+    )
     print(f"  -> {catalog.num_items} items, {len(catalog.interactions):,} interactions")
-    print(f"amazon-baby-5core ingest  {t_amz:7.2f} {c_amz:7.2f}   -> {amz.num_items} items, {len(amz.interactions):,} interactions")
+    print(
+        f"amazon-baby-5core ingest  {t_amz:7.2f} {c_amz:7.2f}   -> {amz.num_items} items, {len(amz.interactions):,} interactions"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,11 @@ from models.mgcn import MGCN
 TARGETS = {"lattice": 8.9, "mgcn": 4.8}
 VARIANTS = {
     "lattice": [("base", {}), ("+befa", {"adapter": "befa"})],
-    "mgcn": [("base", {}), ("+befa", {"adapter": "befa"}), ("+befa authors", {"adapter": "befa", "befa": {"variant": "authors"}})],
+    "mgcn": [
+        ("base", {}),
+        ("+befa", {"adapter": "befa"}),
+        ("+befa authors", {"adapter": "befa", "befa": {"variant": "authors"}}),
+    ],
 }
 CLASSES = {"lattice": LATTICE, "mgcn": MGCN}
 
@@ -48,7 +52,9 @@ def random_data(num_users: int, num_items: int, num_edges: int, dims: dict[str, 
     keys = keys[torch.randperm(keys.numel(), generator=g)[:num_edges]]
     users, items = keys // num_items, keys % num_items
     feats = {m: torch.randn(num_items, d, generator=g) for m, d in dims.items()}
-    return TrainData(num_users, num_items, users, items, features=feats, feature_snapshots={m: f"bench-{m}-{seed}" for m in dims})
+    return TrainData(
+        num_users, num_items, users, items, features=feats, feature_snapshots={m: f"bench-{m}-{seed}" for m in dims}
+    )
 
 
 def peak_rss_mb() -> float:
@@ -96,8 +102,10 @@ def time_epochs(cls, data: TrainData, overrides: dict, epochs: int) -> tuple[lis
 def epoch_bench(models: list[str], epochs: int) -> None:
     data = random_data(19_445, 7_050, 119_674, {"image": 4096, "text": 384})
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes slow every figure)")
-    print(f"amazon-baby sizes: {data.num_users} users, {data.num_items} items, {data.train_users.numel()} edges, "
-          f"{torch.get_num_threads()} threads, epochs timed: {epochs} (median reported)")
+    print(
+        f"amazon-baby sizes: {data.num_users} users, {data.num_items} items, {data.train_users.numel()} edges, "
+        f"{torch.get_num_threads()} threads, epochs timed: {epochs} (median reported)"
+    )
     for name in models:
         base = None
         for label, overrides in VARIANTS[name]:
@@ -106,9 +114,11 @@ def epoch_bench(models: list[str], epochs: int) -> None:
             med_cpu = sorted(cpu)[len(cpu) // 2]
             base = med if base is None else base
             extra = f"  x{med / base:.2f} of base (target <= 1.15)" if label != "base" else ""
-            print(f"{name:8s} {label:14s} epoch {med:6.2f} s (target <= {TARGETS[name]} s, all: "
-                  f"{', '.join(f'{t:.2f}' for t in times)}; CPU {med_cpu:.2f} s){extra}  build {build_s:.2f} s  "
-                  f"inference+ranking {infer_s:.2f} s (target <= 1.5 s)  peak RSS {peak_rss_mb():.0f} MB")
+            print(
+                f"{name:8s} {label:14s} epoch {med:6.2f} s (target <= {TARGETS[name]} s, all: "
+                f"{', '.join(f'{t:.2f}' for t in times)}; CPU {med_cpu:.2f} s){extra}  build {build_s:.2f} s  "
+                f"inference+ranking {infer_s:.2f} s (target <= 1.5 s)  peak RSS {peak_rss_mb():.0f} MB"
+            )
 
 
 def scale_bench() -> None:
@@ -116,15 +126,23 @@ def scale_bench() -> None:
     t0 = time.perf_counter()
     data = random_data(users, items, edges, {"image": 4096, "text": 384}, seed=2)
     data_mb = sum(x.numel() * 4 for x in data.features.values()) / 2**20
-    print(f"\nscale check: {users} users, {items} items, {data.train_users.numel()} edges, features {data_mb:.0f} MB "
-          f"(made in {time.perf_counter() - t0:.1f} s), RSS so far {peak_rss_mb():.0f} MB")
+    print(
+        f"\nscale check: {users} users, {items} items, {data.train_users.numel()} edges, features {data_mb:.0f} MB "
+        f"(made in {time.perf_counter() - t0:.1f} s), RSS so far {peak_rss_mb():.0f} MB"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         data.graph_cache_dir = Path(tmp)
         t0 = time.perf_counter()
         for m, x in data.features.items():
             stand_in = torch.randn(items, 32, generator=torch.Generator().manual_seed(len(m)))
-            key = {"snapshot": data.feature_snapshots[m], "k": 10, "variant": "weighted", "split": data.split_id,
-                   "modality": m, "num_items": items}
+            key = {
+                "snapshot": data.feature_snapshots[m],
+                "k": 10,
+                "variant": "weighted",
+                "split": data.split_id,
+                "modality": m,
+                "num_items": items,
+            }
             graphs.cached(Path(tmp), key, lambda s=stand_in: graphs.knn_graph(s, k=10, weighted=True, block_size=512))
         print(f"  stand-in original graphs cached in {time.perf_counter() - t0:.1f} s, RSS {peak_rss_mb():.0f} MB")
         for label, overrides in VARIANTS["lattice"]:
@@ -153,10 +171,12 @@ def scale_bench() -> None:
             with torch.no_grad():
                 ue, ie = model.inference_embeddings()
             infer_s = time.perf_counter() - t3
-            print(f"  lattice {label:6s} construct {build_s:.1f} s; graph rebuild {rebuild_s:.1f} s; first batch incl. rebuild "
-                  f"{first_s:.1f} s; later batch {later_s:.2f} s; inference_embeddings {infer_s:.1f} s "
-                  f"({tuple(ue.shape)}, {tuple(ie.shape)}, finite={bool(torch.isfinite(ie).all())}); "
-                  f"peak RSS {peak_rss_mb():.0f} MB")
+            print(
+                f"  lattice {label:6s} construct {build_s:.1f} s; graph rebuild {rebuild_s:.1f} s; first batch incl. rebuild "
+                f"{first_s:.1f} s; later batch {later_s:.2f} s; inference_embeddings {infer_s:.1f} s "
+                f"({tuple(ue.shape)}, {tuple(ie.shape)}, finite={bool(torch.isfinite(ie).all())}); "
+                f"peak RSS {peak_rss_mb():.0f} MB"
+            )
             del model, opt, loss, ue, ie
 
 

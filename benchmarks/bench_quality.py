@@ -58,10 +58,21 @@ def prepare(args: argparse.Namespace):
     modalities = ["image", "text"] if args.image_encoder != "none" else ["text"]
     store = FeatureStore(settings.feature_store)
     t0 = time.perf_counter()
-    summary = extract_features(catalog, spec, store, modalities=modalities, device=args.device, progress=not args.quiet, num_threads=args.threads)
-    features = load_features(catalog, store, summary.fingerprints, snapshots={m: s for m, s in summary.snapshot_ids.items() if s})
+    summary = extract_features(
+        catalog,
+        spec,
+        store,
+        modalities=modalities,
+        device=args.device,
+        progress=not args.quiet,
+        num_threads=args.threads,
+    )
+    features = load_features(
+        catalog, store, summary.fingerprints, snapshots={m: s for m, s in summary.snapshot_ids.items() if s}
+    )
     desc = {
-        m: f"{s.encoder} ({s.dim}-d, weights: {s.weights}, snapshot {s.snapshot_id})" for m, s in summary.modalities.items()
+        m: f"{s.encoder} ({s.dim}-d, weights: {s.weights}, snapshot {s.snapshot_id})"
+        for m, s in summary.modalities.items()
     }
     print(f"features ready in {time.perf_counter() - t0:.0f} s: {json.dumps(desc)}", flush=True)
     return settings, catalog, split_path, features, desc
@@ -88,10 +99,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             if not finished:
                 result = train_model(
-                    settings.catalog_dir(DATASET), split_path, features if model_cls.uses_content else None, model,
-                    overrides={"adapter": adapter} if adapter != "none" else {}, run_dir=run_dir, seed=args.seed,
-                    device=args.device, max_epochs=args.max_epochs, patience=args.patience,
-                    resume=(run_dir / "last.pt").exists(), overwrite=True, quiet=args.quiet, num_threads=args.threads,
+                    settings.catalog_dir(DATASET),
+                    split_path,
+                    features if model_cls.uses_content else None,
+                    model,
+                    overrides={"adapter": adapter} if adapter != "none" else {},
+                    run_dir=run_dir,
+                    seed=args.seed,
+                    device=args.device,
+                    max_epochs=args.max_epochs,
+                    patience=args.patience,
+                    resume=(run_dir / "last.pt").exists(),
+                    overwrite=True,
+                    quiet=args.quiet,
+                    num_threads=args.threads,
                     graph_cache_dir=settings.home / "graph-cache",
                 )
                 rec = result.record
@@ -151,15 +172,32 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], desc: dict[str, 
         base = next((r for r in rows if r["model"] == model and r["adapter"] == "none"), None)
         befa = next((r for r in rows if r["model"] == model and r["adapter"] == "befa"), None)
         if base and befa:
-            gains.append((model, {m: (befa[f"test_{m}"] / base[f"test_{m}"] - 1) if base[f"test_{m}"] else float("nan") for m in ("recall@20", "ndcg@20")}))
+            gains.append(
+                (
+                    model,
+                    {
+                        m: (befa[f"test_{m}"] / base[f"test_{m}"] - 1) if base[f"test_{m}"] else float("nan")
+                        for m in ("recall@20", "ndcg@20")
+                    },
+                )
+            )
     if gains:
-        lines += ["", "Relative +BeFA gain on test (one seed; no significance test here):", "", "| model | R@20 | N@20 |", "| --- | ---: | ---: |"]
+        lines += [
+            "",
+            "Relative +BeFA gain on test (one seed; no significance test here):",
+            "",
+            "| model | R@20 | N@20 |",
+            "| --- | ---: | ---: |",
+        ]
         for model, g in gains:
             lines.append(f"| {model} | {g['recall@20']:+.1%} | {g['ndcg@20']:+.1%} |")
         mean_r = sum(g["recall@20"] for _, g in gains) / len(gains)
         mean_n = sum(g["ndcg@20"] for _, g in gains) / len(gains)
         lines.append(f"| mean | {mean_r:+.1%} | {mean_n:+.1%} |")
-        lines += ["", "Paper's claim (other datasets and encoders): +9.07% R@20, +11.02% N@20 averaged over base models."]
+        lines += [
+            "",
+            "Paper's claim (other datasets and encoders): +9.07% R@20, +11.02% N@20 averaged over base models.",
+        ]
     write_text(args.out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {args.out / 'results.md'} and {args.out / 'results.parquet'}")

@@ -76,7 +76,9 @@ def _servable(scale: int, device: str):
     from pipeline.training.record import RunRecord
 
     frame, num_users, num_items = amazon_baby_split()
-    prepared = prepare_data(frame, num_items=num_items, features=random_features(num_items), num_users=num_users, device=device)
+    prepared = prepare_data(
+        frame, num_items=num_items, features=random_features(num_items), num_users=num_users, device=device
+    )
     cls = get_model_class("freedom")
     config = make_config(cls, {})
     net = cls(prepared.train, config).to(device).eval()
@@ -88,7 +90,9 @@ def _servable(scale: int, device: str):
     tu, ti = train["user_idx"].to_numpy(np.int64), train["item_idx"].to_numpy(np.int64)
     if scale > 1:
         g = torch.Generator().manual_seed(0)
-        user_emb = torch.cat([user_emb] + [user_emb + 0.01 * torch.randn(user_emb.shape, generator=g) for _ in range(scale - 1)])
+        user_emb = torch.cat(
+            [user_emb] + [user_emb + 0.01 * torch.randn(user_emb.shape, generator=g) for _ in range(scale - 1)]
+        )
         tu = np.concatenate([tu + r * num_users for r in range(scale)])
         ti = np.tile(ti, scale)
     users = user_emb.size(0)
@@ -100,12 +104,29 @@ def _servable(scale: int, device: str):
         items=pd.DataFrame({"item_id": item_ids, "text_hash": "", "image_hash": ""}),
         interactions=pd.DataFrame({"user_id": [], "item_id": [], "rating": [], "timestamp": []}),
     )
-    record = RunRecord(model="freedom", config=config.model_dump(), seed=0, device=device, split_id="amazon-baby-given", status="untrained-speed-only")
+    record = RunRecord(
+        model="freedom",
+        config=config.model_dump(),
+        seed=0,
+        device=device,
+        split_id="amazon-baby-given",
+        status="untrained-speed-only",
+    )
     served = Servable(
-        run_dir=Path(tempfile.gettempdir()), record=record, catalog=catalog, model=net, item_ids=item_ids,
-        user_rows=pd.Series(np.arange(users), index=user_ids), user_emb=user_emb.float(), item_emb=item_emb.float(),
-        active=torch.ones(num_items, dtype=torch.bool), new=torch.zeros(num_items, dtype=torch.bool),
-        history=history, train_history=history, user_ids=user_ids, universe_source="benchmark",
+        run_dir=Path(tempfile.gettempdir()),
+        record=record,
+        catalog=catalog,
+        model=net,
+        item_ids=item_ids,
+        user_rows=pd.Series(np.arange(users), index=user_ids),
+        user_emb=user_emb.float(),
+        item_emb=item_emb.float(),
+        active=torch.ones(num_items, dtype=torch.bool),
+        new=torch.zeros(num_items, dtype=torch.bool),
+        history=history,
+        train_history=history,
+        user_ids=user_ids,
+        universe_source="benchmark",
     )
     return served, embed_s
 
@@ -135,7 +156,19 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(scale: int, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_recommend", "--child-scale", str(scale), "--k", str(args.k), "--threads", str(args.threads), "--device", args.device]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_recommend",
+        "--child-scale",
+        str(scale),
+        "--k",
+        str(args.k),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -157,7 +190,9 @@ def main() -> None:
     print("amazon-baby-5core users x 7,050 items; SEEDED RANDOM features, UNTRAINED FREEDOM: speed only, no quality")
     print(f"top-{args.k} per user, train items excluded, streamed to Parquet; {args.threads} threads, {args.device}")
     rows = [run_child(1, args), run_child(args.scale, args)]
-    print(f"{'size':>5} {'users':>8} {'rows':>9} {'embed s':>8} {'score+write s':>14} {'users/s':>9} {'peak RSS GB':>12} {'RSS growth MB':>14}")
+    print(
+        f"{'size':>5} {'users':>8} {'rows':>9} {'embed s':>8} {'score+write s':>14} {'users/s':>9} {'peak RSS GB':>12} {'RSS growth MB':>14}"
+    )
     for r in rows:
         print(
             f"{r['scale']:>4}x {r['users']:>8,} {r['rows']:>9,} {r['embed_s']:>8.2f} {r['score_write_s']:>14.2f} "
@@ -166,9 +201,13 @@ def main() -> None:
     one, big = rows
     ratio = big["users_per_s"] / one["users_per_s"]
     growth = (big["rss_growth_gb"] * 1024) / max(one["rss_growth_gb"] * 1024, 1.0)
-    print(f"users/s at {args.scale}x / at 1x: {ratio:.2f} (target >= {TARGET_USERS_PER_S_RATIO}: {'met' if ratio >= TARGET_USERS_PER_S_RATIO else 'MISSED'})")
+    print(
+        f"users/s at {args.scale}x / at 1x: {ratio:.2f} (target >= {TARGET_USERS_PER_S_RATIO}: {'met' if ratio >= TARGET_USERS_PER_S_RATIO else 'MISSED'})"
+    )
     ok = big["rss_growth_gb"] * 1024 <= TARGET_RSS_GROWTH_RATIO * one["rss_growth_gb"] * 1024 + 50
-    print(f"RSS growth during scoring at {args.scale}x / at 1x: {growth:.2f} (target <= {TARGET_RSS_GROWTH_RATIO} + 50 MB: {'met' if ok else 'MISSED'})")
+    print(
+        f"RSS growth during scoring at {args.scale}x / at 1x: {growth:.2f} (target <= {TARGET_RSS_GROWTH_RATIO} + 50 MB: {'met' if ok else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def random_catalog(scale: float, seed: int = 0):
     keys = keys[torch.randperm(keys.numel(), generator=g)[:n]]
     draw = torch.rand(keys.numel(), generator=g)
     label = (draw >= SPLIT[0]).to(torch.int8) + (draw >= SPLIT[0] + SPLIT[1]).to(torch.int8)
-    frame = pd.DataFrame({"user_idx": (keys // items).numpy(), "item_idx": (keys % items).numpy(), "label": label.numpy()})
+    frame = pd.DataFrame(
+        {"user_idx": (keys // items).numpy(), "item_idx": (keys % items).numpy(), "label": label.numpy()}
+    )
     return frame, users, items
 
 
@@ -169,14 +171,21 @@ def timed_eval(model, prepared, num_users: int, sample: int, seed: int = 0) -> d
         rank_s = time.perf_counter() - t1
     model.train()
     full = embed_s + rank_s * total / picked.numel()
-    return {"eval_users": total, "eval_users_ranked": int(picked.numel()), "embed_s": embed_s, "rank_s": rank_s,
-            "eval_s": full, "eval_extrapolated": picked.numel() < total, "eval_ms_per_user": 1000 * full / total}
+    return {
+        "eval_users": total,
+        "eval_users_ranked": int(picked.numel()),
+        "embed_s": embed_s,
+        "rank_s": rank_s,
+        "eval_s": full,
+        "eval_extrapolated": picked.numel() < total,
+        "eval_ms_per_user": 1000 * full / total,
+    }
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     from models import make_config
-    from pipeline.training.epochs import run_epoch
     from pipeline.training.batching import plan_batches
+    from pipeline.training.epochs import run_epoch
     from pipeline.training.prepare import prepare_data
 
     device = setup_process(args)
@@ -187,7 +196,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     model_cls = model_class(args.model)
     config = make_config(model_cls, {})
     if args.max_batches:  # the opt-in large-catalog rule, as the trainer applies it
-        plan = plan_batches(int(data.train_users.numel()), config.batch_size, max_batches=args.max_batches, lr=config.lr)
+        plan = plan_batches(
+            int(data.train_users.numel()), config.batch_size, max_batches=args.max_batches, lr=config.lr
+        )
         config = config.model_copy(update={"batch_size": plan.batch_size, "lr": plan.lr})
         out["batch_size"] = plan.batch_size
     t0 = time.perf_counter()
@@ -197,11 +208,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     run_epoch(model, optimiser, data, config.batch_size, generator, sampler, 0, max_batches=2)  # warm-up
     times: list[float] = []
-    _, nb = run_epoch(model, optimiser, data, config.batch_size, generator, sampler, 1, max_batches=args.batches, batch_times=times)
+    _, nb = run_epoch(
+        model, optimiser, data, config.batch_size, generator, sampler, 1, max_batches=args.batches, batch_times=times
+    )
     per_epoch = -(-data.train_users.numel() // config.batch_size)
     rest = times[1:] or times
-    out.update(batches_timed=nb, batches_per_epoch=per_epoch, first_batch_s=times[0], batch_mean_s=sum(rest) / len(rest),
-               epoch_s=times[0] + (per_epoch - 1) * sum(rest) / len(rest), epoch_extrapolated=nb < per_epoch)
+    out.update(
+        batches_timed=nb,
+        batches_per_epoch=per_epoch,
+        first_batch_s=times[0],
+        batch_mean_s=sum(rest) / len(rest),
+        epoch_s=times[0] + (per_epoch - 1) * sum(rest) / len(rest),
+        epoch_extrapolated=nb < per_epoch,
+    )
     if args.eval_users:
         out.update(timed_eval(model, prepared, num_users, args.eval_users))
     else:
@@ -227,19 +246,37 @@ def knn_report(items: list[int], kinds: list[str], exact_rows: int, threads: int
             approx_s = time.perf_counter() - t0
             rows = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: min(n, exact_rows)].sort().values
             t1 = time.perf_counter()
-            exact_i = torch.cat([graphs.row_topk(x[rows[s : s + 1024]] @ x.T, k)[1] for s in range(0, rows.numel(), 1024)])
+            exact_i = torch.cat(
+                [graphs.row_topk(x[rows[s : s + 1024]] @ x.T, k)[1] for s in range(0, rows.numel(), 1024)]
+            )
             exact_s = (time.perf_counter() - t1) * n / rows.numel()
             recall = float((exact_i.unsqueeze(2) == approx_i[rows].unsqueeze(1)).any(2).float().mean())
             total["exact"] += exact_s
             total["approx"] += approx_s
-            rows_out.append({"features": kind, "items": n, "modality": name, "dim": dim, "approx_s": approx_s, "exact_s": exact_s,
-                             "exact_rows": int(rows.numel()), "recall": recall})
-            print(f"{kind:<9} {n:>8,} {name:<6} {dim:>5} {approx_s:>9.1f} {exact_s:>10.1f}{'*' if rows.numel() < n else ' '} "
-                  f"{exact_s / approx_s:>7.1f}x {recall:>8.3f} / 0.95 {'ok' if recall >= 0.95 else 'UNDER'}", flush=True)
+            rows_out.append(
+                {
+                    "features": kind,
+                    "items": n,
+                    "modality": name,
+                    "dim": dim,
+                    "approx_s": approx_s,
+                    "exact_s": exact_s,
+                    "exact_rows": int(rows.numel()),
+                    "recall": recall,
+                }
+            )
+            print(
+                f"{kind:<9} {n:>8,} {name:<6} {dim:>5} {approx_s:>9.1f} {exact_s:>10.1f}{'*' if rows.numel() < n else ' '} "
+                f"{exact_s / approx_s:>7.1f}x {recall:>8.3f} / 0.95 {'ok' if recall >= 0.95 else 'UNDER'}",
+                flush=True,
+            )
         speed = total["exact"] / total["approx"]
         rows_out.append({"features": kind, "items": n, "modality": "both", **total, "speedup": speed})
-        print(f"{kind:<9} {n:>8,} {'both':<6} {'':>5} {total['approx']:>9.1f} {total['exact']:>10.1f}  {speed:>7.1f}x"
-              + (f"  (target >= 10x: {'ok' if speed >= 10 else 'UNDER'})" if n >= 60_000 else ""), flush=True)
+        print(
+            f"{kind:<9} {n:>8,} {'both':<6} {'':>5} {total['approx']:>9.1f} {total['exact']:>10.1f}  {speed:>7.1f}x"
+            + (f"  (target >= 10x: {'ok' if speed >= 10 else 'UNDER'})" if n >= 60_000 else ""),
+            flush=True,
+        )
     return rows_out
 
 
@@ -253,7 +290,9 @@ def knn_quality(args: argparse.Namespace) -> dict[str, Any]:
 
     device = setup_process(args)
     frame, num_users, num_items = amazon_baby_split()
-    prepared = prepare_data(frame, num_items, behaviour_features(frame, num_users, num_items), num_users=num_users, device=device)
+    prepared = prepare_data(
+        frame, num_items, behaviour_features(frame, num_users, num_items), num_users=num_users, device=device
+    )
     out = {}
     for method in ("exact", "approx"):
         torch.manual_seed(0)
@@ -267,7 +306,10 @@ def knn_quality(args: argparse.Namespace) -> dict[str, Any]:
             run_epoch(model, optimiser, prepared.train, config.batch_size, generator, sampler, epoch)
         recall = evaluate_model(model, prepared.evaluator, ("valid",))["valid"].metrics["recall@20"]
         out[method] = {"graph_build_s": build, "valid_recall@20": recall}
-        print(f"FREEDOM, {method:<6} item graph: valid Recall@20 {recall:.4f} after {args.epochs} epochs (graph build {build:.1f} s)", flush=True)
+        print(
+            f"FREEDOM, {method:<6} item graph: valid Recall@20 {recall:.4f} after {args.epochs} epochs (graph build {build:.1f} s)",
+            flush=True,
+        )
     return out
 
 
@@ -276,7 +318,9 @@ def run_child(argv: list[str], timeout: float) -> dict[str, Any]:
     """One configuration in a fresh interpreter; its last JSON line, or {'error': ...}."""
     cmd = [sys.executable, "-m", "benchmarks.bench_scale", "--child", *argv]
     try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        proc = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, HF_HUB_OFFLINE="1")
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
@@ -305,8 +349,11 @@ def print_exponents(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "eval_per_user": exponent(lo["eval_ms_per_user"], hi["eval_ms_per_user"], ratio),
         "graph_build": exponent(lo["graph_build_s"], hi["graph_build_s"], ratio),
     }
-    print(f"{model:<9} growth {lo['scale']:g}x -> {hi['scale']:g}x:  epoch e {fmt_e(e['epoch'], TARGET_E)};  "
-          f"eval/user e {fmt_e(e['eval_per_user'], TARGET_E)};  graph build e {fmt_e(e['graph_build'], TARGET_GRAPH_E)}\n", flush=True)
+    print(
+        f"{model:<9} growth {lo['scale']:g}x -> {hi['scale']:g}x:  epoch e {fmt_e(e['epoch'], TARGET_E)};  "
+        f"eval/user e {fmt_e(e['eval_per_user'], TARGET_E)};  graph build e {fmt_e(e['graph_build'], TARGET_GRAPH_E)}\n",
+        flush=True,
+    )
     return e
 
 
@@ -328,19 +375,38 @@ def receptive_field(scale: float, batch: int = 2048, seed: int = 0) -> tuple[flo
     for _ in range(2):  # one hop each way, both from the previous hop's sets
         reached_users = u[items[i]]  # users of the reached items
         reached_items = i[users[u]]  # items of the reached users
-        users, items = users.clone().index_fill_(0, reached_users, True), items.clone().index_fill_(0, reached_items, True)
+        users, items = (
+            users.clone().index_fill_(0, reached_users, True),
+            items.clone().index_fill_(0, reached_items, True),
+        )
     return float(users.float().mean()), float(items.float().mean())
 
 
 def scale_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
-    common = ["--threads", str(args.threads), "--device", args.device, "--batches", str(args.batches), "--eval-users", str(args.eval_users),
-              "--max-batches", str(args.max_batches)]
+    common = [
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--batches",
+        str(args.batches),
+        "--eval-users",
+        str(args.eval_users),
+        "--max-batches",
+        str(args.max_batches),
+    ]
     if args.max_batches:
-        print(f"LARGE-CATALOG RULE ON: at most {args.max_batches} batches per epoch, the batch and lr (square root) growing past it")
-    print("SEEDED RANDOM catalogs (uniform interactions) at s x amazon-baby; features SEEDED RANDOM 4096-d + 384-d: SPEED ONLY")
-    print(f"device {args.device}, {args.threads} threads; epoch extrapolated from {args.batches} timed batches (* = extrapolated); "
-          f"evaluation: embeddings + ranking of {args.eval_users} sampled users, scaled to all (* = extrapolated)\n")
+        print(
+            f"LARGE-CATALOG RULE ON: at most {args.max_batches} batches per epoch, the batch and lr (square root) growing past it"
+        )
+    print(
+        "SEEDED RANDOM catalogs (uniform interactions) at s x amazon-baby; features SEEDED RANDOM 4096-d + 384-d: SPEED ONLY"
+    )
+    print(
+        f"device {args.device}, {args.threads} threads; epoch extrapolated from {args.batches} timed batches (* = extrapolated); "
+        f"evaluation: embeddings + ranking of {args.eval_users} sampled users, scaled to all (* = extrapolated)\n"
+    )
     head = f"{'model':<9} {'size':>5} {'users':>9} {'items':>8} {'train':>10} {'graph s':>8} {'epoch s':>10} {'eval s':>9} {'ms/user':>8} {'RSS GB':>7}"
     print(head + "\n" + "-" * len(head), flush=True)
     results = []
@@ -359,9 +425,12 @@ def scale_table(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"{model:<9} {s:>4g}x ERROR: {r['error']}", flush=True)
                 continue
             c = r["counts"]
-            print(f"{model:<9} {s:>4g}x {c['users']:>9,} {c['items']:>8,} {c['train']:>10,} {r['graph_build_s']:>8.2f} "
-                  f"{r['epoch_s']:>9.2f}{'*' if r['epoch_extrapolated'] else ' '} {r['eval_s']:>8.2f}{'*' if r['eval_extrapolated'] else ' '} "
-                  f"{r['eval_ms_per_user']:>8.3f} {r['peak_rss_gb']:>7.2f}", flush=True)
+            print(
+                f"{model:<9} {s:>4g}x {c['users']:>9,} {c['items']:>8,} {c['train']:>10,} {r['graph_build_s']:>8.2f} "
+                f"{r['epoch_s']:>9.2f}{'*' if r['epoch_extrapolated'] else ' '} {r['eval_s']:>8.2f}{'*' if r['eval_extrapolated'] else ' '} "
+                f"{r['eval_ms_per_user']:>8.3f} {r['peak_rss_gb']:>7.2f}",
+                flush=True,
+            )
         results.append({"model": model, "rows": rows, "exponents": print_exponents(model, rows)})
     return results
 
@@ -370,18 +439,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1,4,16", help="catalog scales of amazon-baby, comma-separated")
     p.add_argument("--models", default=MODELS)
-    p.add_argument("--batches", type=int, default=10, help="timed training batches per configuration (epoch extrapolated)")
-    p.add_argument("--eval-users", type=int, default=4096, help="evaluation users ranked (the rest extrapolated); 0: no evaluation")
-    p.add_argument("--max-batches", type=int, default=0, help="the opt-in large-catalog rule: at most this many batches per epoch (0: off)")
+    p.add_argument(
+        "--batches", type=int, default=10, help="timed training batches per configuration (epoch extrapolated)"
+    )
+    p.add_argument(
+        "--eval-users", type=int, default=4096, help="evaluation users ranked (the rest extrapolated); 0: no evaluation"
+    )
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        default=0,
+        help="the opt-in large-catalog rule: at most this many batches per epoch (0: off)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     p.add_argument("--json", type=Path, default=None, help="also write all figures here")
     p.add_argument("--knn", action="store_true", help="approximate against exact kNN graph: build time and recall@10")
     p.add_argument("--knn-items", default="7050,63001", help="catalog sizes of --knn")
-    p.add_argument("--knn-data", default="lowdim,fullrank", help="synthetic feature kinds of --knn (see structured_features)")
-    p.add_argument("--knn-exact-rows", type=int, default=4096, help="rows the exact search is timed on in --knn (extrapolated)")
-    p.add_argument("--knn-quality", action="store_true", help="FREEDOM valid Recall@20 with the exact and the approximate graph")
+    p.add_argument(
+        "--knn-data", default="lowdim,fullrank", help="synthetic feature kinds of --knn (see structured_features)"
+    )
+    p.add_argument(
+        "--knn-exact-rows", type=int, default=4096, help="rows the exact search is timed on in --knn (extrapolated)"
+    )
+    p.add_argument(
+        "--knn-quality", action="store_true", help="FREEDOM valid Recall@20 with the exact and the approximate graph"
+    )
     p.add_argument("--epochs", type=int, default=10, help="training epochs of --knn-quality")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -393,10 +477,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     load = os.getloadavg()
-    print(f"machine load average at start: {load[0]:.1f} on {os.cpu_count()} CPUs (timings mean little above the CPU count)\n")
+    print(
+        f"machine load average at start: {load[0]:.1f} on {os.cpu_count()} CPUs (timings mean little above the CPU count)\n"
+    )
     if args.knn:
-        print("kNN graph, k = 10, SEEDED SYNTHETIC clustered features (see the docstring); * = exact timed on sampled rows, extrapolated")
-        print(f"{'features':<9} {'items':>8} {'mod.':<6} {'dim':>5} {'approx s':>9} {'exact s':>11} {'speedup':>8} {'recall@10':>9}")
+        print(
+            "kNN graph, k = 10, SEEDED SYNTHETIC clustered features (see the docstring); * = exact timed on sampled rows, extrapolated"
+        )
+        print(
+            f"{'features':<9} {'items':>8} {'mod.':<6} {'dim':>5} {'approx s':>9} {'exact s':>11} {'speedup':>8} {'recall@10':>9}"
+        )
         items = [int(n) for n in args.knn_items.split(",") if n.strip()]
         kinds = [k.strip() for k in args.knn_data.split(",") if k.strip()]
         results: Any = knn_report(items, kinds, args.knn_exact_rows, args.threads)
@@ -408,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from storage.atomic import write_json
 
-        write_json(args.json, {"speed_only": True, "args": {k: str(v) for k, v in vars(args).items()}, "results": results})
+        write_json(
+            args.json, {"speed_only": True, "args": {k: str(v) for k, v in vars(args).items()}, "results": results}
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -59,8 +59,10 @@ def main() -> None:
     hashes = [f"{k:064x}" for k in range(n)]
     tmp = None if args.root else tempfile.mkdtemp(prefix="befa-bench-store-")
     root = args.root or tmp
-    print(f"feature store benchmark: {n:,} rows x {d} float32 ({n * d * 4 / 1e6:,.1f} MB payload), root {root}, "
-          f"median of {args.repeats}, {os.cpu_count()} CPUs")
+    print(
+        f"feature store benchmark: {n:,} rows x {d} float32 ({n * d * 4 / 1e6:,.1f} MB payload), root {root}, "
+        f"median of {args.repeats}, {os.cpu_count()} CPUs"
+    )
     try:
         # Writes: a fresh feature set each time (first extraction of a dataset).
         write_s = []
@@ -84,8 +86,16 @@ def main() -> None:
         )
         raw_w, raw_r = [], []
         for _ in range(args.repeats):
-            t, _ = _timed(lambda: pq.write_table(table, raw_path, compression=args.compression, use_dictionary=False,
-                                                 write_statistics=["item_id", "content_hash"], row_group_size=n))
+            t, _ = _timed(
+                lambda: pq.write_table(
+                    table,
+                    raw_path,
+                    compression=args.compression,
+                    use_dictionary=False,
+                    write_statistics=["item_id", "content_hash"],
+                    row_group_size=n,
+                )
+            )
             raw_w.append(t)
             t, _ = _timed(lambda: pq.ParquetFile(raw_path, memory_map=True).read(columns=["embedding"]))
             raw_r.append(t)
@@ -137,11 +147,17 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     med = statistics.median
-    print(f"parts on disk ({args.compression}):{' ' * max(1, 18 - len(args.compression))}{size_mb:,.1f} MB for {n:,} rows")
+    print(
+        f"parts on disk ({args.compression}):{' ' * max(1, 18 - len(args.compression))}{size_mb:,.1f} MB for {n:,} rows"
+    )
     print(f"write (upsert, new feature set):   {_rate(n, d, med(write_s))}")
-    print(f"  bare pyarrow write, same table:  {_rate(n, d, med(raw_w))}   store/bare time {med(write_s) / med(raw_w):.2f}x")
+    print(
+        f"  bare pyarrow write, same table:  {_rate(n, d, med(raw_w))}   store/bare time {med(write_s) / med(raw_w):.2f}x"
+    )
     print(f"read, aligned (zero-copy view):    {_rate(n, d, med(aligned_s))}")
-    print(f"  bare pyarrow read, same file:    {_rate(n, d, med(raw_r))}   store/bare time {med(aligned_s) / med(raw_r):.2f}x")
+    print(
+        f"  bare pyarrow read, same file:    {_rate(n, d, med(raw_r))}   store/bare time {med(aligned_s) / med(raw_r):.2f}x"
+    )
     print(f"read, shuffled order (gather):     {_rate(n, d, med(gathered_s))}")
     print(f"full rewrite ({n:,} new hashes):  {med(full_s) * 1000:>8,.0f} ms   (new store object)")
     print(f"upsert touching 1% ({k:,} rows), cold: {med(small_cold) * 1000:>6,.0f} ms   (new store object)")

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--max-trials", type=int, default=2)
     ap.add_argument("--seeds", default="999,1000,1001")
-    ap.add_argument("--experiment-seeds", type=int, default=3, help="seeds for sweep/ablation/sparsity (all 3 by default)")
+    ap.add_argument(
+        "--experiment-seeds", type=int, default=3, help="seeds for sweep/ablation/sparsity (all 3 by default)"
+    )
     ap.add_argument("--models", default="bm3,lattice,freedom,mgcn")
     ap.add_argument("--focus", default="freedom")
     ap.add_argument("--sweep-t", default="0.125,0.25,0.5,1,2,4,8")
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-encoder", default="clip:ViT-B-32@random")
     ap.add_argument("--text-encoder", default="minilm")
     ap.add_argument("--name", default="bench-study")
-    ap.add_argument("--keep", action="store_true", help="reuse finished runs of an earlier bench (wall time then excludes them)")
+    ap.add_argument(
+        "--keep", action="store_true", help="reuse finished runs of an earlier bench (wall time then excludes them)"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -93,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n== BeFA study on movielens-100k-posters ==")
     for row in json.loads((Path(result.folder) / "study.json").read_text())["gains"]:
-        sig = next((s.model_dump() for s in result.significance if s.model == row["model"] and s.metric == row["metric"]), {})
+        sig = next(
+            (s.model_dump() for s in result.significance if s.model == row["model"] and s.metric == row["metric"]), {}
+        )
         gain = row["relative_gain"]
         print(
             f"{row['model']:8s} {row['metric']:10s} base {row['base_mean']:.4f}±{row['base_std']:.4f}  "
@@ -105,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"runs trained {result.runs_trained}, reused {result.runs_reused}")
     print(f"TOTAL wall time: {wall:.0f} s ({wall / 60:.1f} min); report: {result.files['report_html']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"wall_s": wall, "timings": result.timings, "verdict": result.verdict, "folder": result.folder}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"wall_s": wall, "timings": result.timings, "verdict": result.verdict, "folder": result.folder},
+                indent=1,
+            )
+        )
     return 0
 
 

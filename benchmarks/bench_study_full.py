@@ -110,16 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = run_study(params, settings, log=lambda m: print(m, flush=True))
     wall = time.perf_counter() - start
-    sessions = record_session(Path(result.folder), {
-        "started_at": started, "wall_s": wall, "runs_trained": result.runs_trained, "runs_reused": result.runs_reused,
-    })
+    sessions = record_session(
+        Path(result.folder),
+        {
+            "started_at": started,
+            "wall_s": wall,
+            "runs_trained": result.runs_trained,
+            "runs_reused": result.runs_reused,
+        },
+    )
     total = sum(s["wall_s"] for s in sessions)
     print("\n" + result.verdict)
     print("\nphase wall times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result.timings.items()))
     print(f"this part: {wall:.0f} s, runs trained {result.runs_trained}, reused {result.runs_reused}")
     print(f"whole study: {total / 3600:.2f} h in {len(sessions)} part(s); report: {result.files['report_html']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"wall_s": wall, "total_wall_s": total, "parts": len(sessions), "folder": result.folder}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"wall_s": wall, "total_wall_s": total, "parts": len(sessions), "folder": result.folder}, indent=1
+            )
+        )
     return 0
 
 

@@ -85,7 +85,10 @@ def random_features(num_items: int, seed: int = 0, image_dim: int = 4096, text_d
     from pipeline.features.bundle import FeatureBundle
 
     g = torch.Generator().manual_seed(seed)
-    feats = {"image": torch.randn(num_items, image_dim, generator=g), "text": torch.randn(num_items, text_dim, generator=g)}
+    feats = {
+        "image": torch.randn(num_items, image_dim, generator=g),
+        "text": torch.randn(num_items, text_dim, generator=g),
+    }
     masks = {m: torch.ones(num_items, dtype=torch.bool) for m in feats}
     snaps = {m: f"random-speed-only-seed{seed}" for m in feats}
     return FeatureBundle(feats, masks, snaps)
@@ -122,7 +125,9 @@ def training_state(model, config, data, num_items: int, device):
 
     optimiser, _ = make_optimiser(model, config)
     generator = torch.Generator(device=device).manual_seed(0)
-    sampler = NegativeSampler(num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
+    sampler = (
+        NegativeSampler(num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
+    )
     return optimiser, generator, sampler
 
 
@@ -223,7 +228,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         n = BIG["interactions"]
         keys = torch.unique(torch.randint(0, BIG["users"] * BIG["items"], (int(n * 1.01),), generator=g))
         keys = keys[torch.randperm(keys.numel(), generator=g)[:n]]
-        frame = pd.DataFrame({"user_idx": (keys // BIG["items"]).numpy(), "item_idx": (keys % BIG["items"]).numpy(), "label": 0})
+        frame = pd.DataFrame(
+            {"user_idx": (keys // BIG["items"]).numpy(), "item_idx": (keys % BIG["items"]).numpy(), "label": 0}
+        )
         num_users, num_items = BIG["users"], BIG["items"]
         out["data"] = f"random graph: {num_users} users, {num_items} items, {n} train interactions"
     else:
@@ -242,7 +249,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     if args.big:
         times: list[float] = []
         t1 = time.perf_counter()
-        _, nb = run_epoch(model, optimiser, data, config.batch_size, generator, sampler, 0, max_batches=args.big_batches, batch_times=times)
+        _, nb = run_epoch(
+            model,
+            optimiser,
+            data,
+            config.batch_size,
+            generator,
+            sampler,
+            0,
+            max_batches=args.big_batches,
+            batch_times=times,
+        )
         total = time.perf_counter() - t1
         per_epoch = -(-data.train_users.numel() // config.batch_size)
         rest = times[1:] or times
@@ -309,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-big", action="store_true", help="skip LATTICE at 63k items")
     p.add_argument("--big-only", action="store_true", help="only LATTICE at 63k items")
     p.add_argument("--big-variants", default="base", help="variants of LATTICE at 63k items: base, befa or base,befa")
-    p.add_argument("--no-paired", action="store_true", help="skip the paired base / +BeFA runs that give the +BeFA ratio")
+    p.add_argument(
+        "--no-paired", action="store_true", help="skip the paired base / +BeFA runs that give the +BeFA ratio"
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     # internal: one configuration in this process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -323,13 +342,24 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(paired_child(args) if args.paired else child(args)), flush=True)
         return 0
 
-    common = ["--epochs", str(args.epochs), "--warmup", str(args.warmup), "--device", args.device, "--threads", str(args.threads)]
+    common = [
+        "--epochs",
+        str(args.epochs),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     print("amazon-baby-5core, given split; features: SEEDED RANDOM 4096-d image + 384-d text (speed only)")
     print(f"device {args.device}, {args.threads} threads, {args.warmup} warm-up + {args.epochs} timed epochs")
     load_start = os.getloadavg()
-    print(f"machine load average at start (1/5/15 min): {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f} "
-          f"on {os.cpu_count()} CPUs (timings are only meaningful when this is below the CPU count)\n")
+    print(
+        f"machine load average at start (1/5/15 min): {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f} "
+        f"on {os.cpu_count()} CPUs (timings are only meaningful when this is below the CPU count)\n"
+    )
     results: list[dict[str, Any]] = []
     header = f"{'model':<10} {'variant':<6} {'graph s':>8} {'epoch s / target':>22} {'eval v+t s / target':>22} {'peak RSS GB / target':>22} {'+BeFA ratio / target':>22}"
     print(header)
@@ -370,9 +400,14 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if args.big_only or (not args.no_big and "lattice" in models):
-        print(f"\nLATTICE at {BIG['items']:,} items (random graph {BIG['users']:,} users, {BIG['interactions']:,} interactions, random features):")
+        print(
+            f"\nLATTICE at {BIG['items']:,} items (random graph {BIG['users']:,} users, {BIG['interactions']:,} interactions, random features):"
+        )
         for variant in [v.strip() for v in args.big_variants.split(",") if v.strip()]:
-            r = run_child([*common, "--model", "lattice", "--variant", variant, "--big", "--big-batches", str(args.big_batches)], args.timeout)
+            r = run_child(
+                [*common, "--model", "lattice", "--variant", variant, "--big", "--big-batches", str(args.big_batches)],
+                args.timeout,
+            )
             r.setdefault("model", "lattice-63k")
             r["model"] = "lattice-63k"
             r.setdefault("variant", variant)
@@ -390,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine load average at end (1/5/15 min): {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f}")
     rss0 = [r["rss_after_imports_gb"] for r in results if "rss_after_imports_gb" in r]
     if rss0:
-        print(f"peak RSS includes {min(rss0):.2f} GB reached by the imports alone (torch CUDA build, PyG, pandas, pyarrow)")
+        print(
+            f"peak RSS includes {min(rss0):.2f} GB reached by the imports alone (torch CUDA build, PyG, pandas, pyarrow)"
+        )
     if args.json:
         from storage.atomic import write_json
 
@@ -398,7 +435,12 @@ def main(argv: list[str] | None = None) -> int:
             args.json,
             {
                 "features": "seeded random, speed only",
-                "targets": {"epoch_s": TARGET_EPOCH_S, "eval_s": TARGET_EVAL_S, "peak_rss_gb": TARGET_RSS_GB, "befa_ratio": TARGET_BEFA_RATIO},
+                "targets": {
+                    "epoch_s": TARGET_EPOCH_S,
+                    "eval_s": TARGET_EVAL_S,
+                    "peak_rss_gb": TARGET_RSS_GB,
+                    "befa_ratio": TARGET_BEFA_RATIO,
+                },
                 "load_average": {"start": load_start, "end": load_end},
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "results": results,

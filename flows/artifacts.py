@@ -46,7 +46,9 @@ def publish_artifacts(result: PipelineResult) -> dict[str, str]:
     if len(markdown) > MAX_MARKDOWN:
         markdown = markdown[:MAX_MARKDOWN] + f"\n\n... truncated; full report: `{result.report.report_md}`\n"
     # image links in report.md are relative to the run folder: point at the files instead
-    markdown = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"{m.group(1)}: `{Path(result.folder) / m.group(2)}`", markdown)
+    markdown = re.sub(
+        r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"{m.group(1)}: `{Path(result.folder) / m.group(2)}`", markdown
+    )
     create_markdown_artifact(markdown=markdown, key=md_key, description=f"befa pipeline report, catalog {catalog}")
     keys = {"table": table_key, "markdown": md_key}
     recs = result.recommendations

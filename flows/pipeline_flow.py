@@ -41,14 +41,22 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import publish_artifacts
-from pipeline.job.params import PipelineParams
 from pipeline.cluster import connected
+from pipeline.job.params import PipelineParams
 from pipeline.job.run import LOCAL_STEPS, run_pipeline
 from pipeline.job.watch import registered_params
 from pipeline.settings import get_settings
 from pipeline.training.executor import LocalRuns, RunExecutor, ray_init_kwargs, run_options
 
-TASK_NAMES = {"ingest": "ingest", "extract": "extract-features", "split": "split", "train": "train", "evaluate": "evaluate", "report": "report", "recommend": "recommend"}
+TASK_NAMES = {
+    "ingest": "ingest",
+    "extract": "extract-features",
+    "split": "split",
+    "train": "train",
+    "evaluate": "evaluate",
+    "report": "report",
+    "recommend": "recommend",
+}
 RUN_NAMES = {"train": "train-{model}-{adapter}"}
 
 
@@ -84,7 +92,9 @@ class TaskRunnerRuns:
         # connected first, for its Ray Client handshake retries; the runner then finds Ray up and uses that connection
         with connected(self.cluster), RayTaskRunner(address=self.cluster, init_kwargs=ray_init_kwargs()) as runner:
             with remote_options(**run_options(self.cpus_per_run, self.device)):
-                futures = [runner.submit(run, parameters=dict(signature.bind(*common, *call).arguments)) for call in calls]
+                futures = [
+                    runner.submit(run, parameters=dict(signature.bind(*common, *call).arguments)) for call in calls
+                ]
                 results = []
                 for i, future in enumerate(futures):
                     results.append(future.result())
@@ -125,7 +135,12 @@ def flow_signature() -> inspect.Signature:
     """Keyword parameters: every ``PipelineParams`` field with its type and default, plus
     ``use_registered``. Prefect builds the deployment's parameter form from this."""
     fields = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.get_default(call_default_factory=True), annotation=f.annotation)
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.get_default(call_default_factory=True),
+            annotation=f.annotation,
+        )
         for name, f in PipelineParams.model_fields.items()
     ]
     fields.append(inspect.Parameter("use_registered", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool))
@@ -133,6 +148,12 @@ def flow_signature() -> inspect.Signature:
 
 
 _befa.__signature__ = flow_signature()  # type: ignore[attr-defined]
-_befa.__annotations__ = {p.name: p.annotation for p in _befa.__signature__.parameters.values()} | {"return": dict[str, Any]}  # type: ignore[attr-defined]
+_befa.__annotations__ = {p.name: p.annotation for p in _befa.__signature__.parameters.values()} | {
+    "return": dict[str, Any]
+}  # type: ignore[attr-defined]
 
-befa = flow(name="befa", description="ingest -> extract -> split -> train base and +BeFA -> evaluate -> report", validate_parameters=True)(_befa)
+befa = flow(
+    name="befa",
+    description="ingest -> extract -> split -> train base and +BeFA -> evaluate -> report",
+    validate_parameters=True,
+)(_befa)

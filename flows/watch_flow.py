@@ -55,8 +55,14 @@ def watch(catalogs: list[str] | None = None, retrain: bool = True) -> list[dict[
             emit_event(event=EVENT, resource=resource_for(change.catalog, retrain), payload=summary)
             logger.info(
                 "%s changed (%s): +%d -%d items, %d texts and %d images edited; %d items re-encoded; event %s emitted%s",
-                change.catalog, change.reason, len(change.diff.added), len(change.diff.removed),
-                len(change.diff.text_changed), len(change.diff.image_changed), len(change.items_reencoded), EVENT,
+                change.catalog,
+                change.reason,
+                len(change.diff.added),
+                len(change.diff.removed),
+                len(change.diff.text_changed),
+                len(change.diff.image_changed),
+                len(change.items_reencoded),
+                EVENT,
                 "" if retrain else " (retrain off)",
             )
         else:

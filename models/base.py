@@ -80,7 +80,9 @@ class ModelConfig(BaseModel):
     batch_size: int = Field(2048, ge=1)
     uses_negatives: bool = Field(True, description="False for BM3: batches are (user, item) pairs only")
     max_batches_per_epoch: int | None = Field(
-        None, ge=1, description="large-catalog rule (opt-in): the batch grows, lr by its square root, so an epoch has at most this many"
+        None,
+        ge=1,
+        description="large-catalog rule (opt-in): the batch grows, lr by its square root, so an epoch has at most this many",
     )
 
     @model_serializer(mode="wrap")

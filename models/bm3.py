@@ -79,7 +79,8 @@ class BM3(Recommender):
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.predictor = make_projection(d, d).to(dev)
         self.adj = SparseGraph.from_csr(
-            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"),
+            symmetric=True,
         )
         modalities = data.modalities
         self.projections = nn.ModuleDict(

@@ -26,7 +26,9 @@ from torch import Tensor, nn
 _LEVELS = 1 << 16
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[Tensor, float]:
+def keep_mask(
+    shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu"
+) -> tuple[Tensor, float]:
     """(bool mask, scale): each entry kept with probability ``1 - drop / 2^16``, drop = round(p * 2^16)."""
     n = math.prod(shape)
     drop = min(int(round(p * _LEVELS)), _LEVELS - 1)

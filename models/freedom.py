@@ -36,7 +36,9 @@ def freedom_modality_weights(
     if explicit is not None:
         missing = [m for m in modalities if m not in explicit]
         if missing:
-            raise ValueError(f"FREEDOM modality_weights lacks a weight for modalities {missing} (given: {sorted(explicit)})")
+            raise ValueError(
+                f"FREEDOM modality_weights lacks a weight for modalities {missing} (given: {sorted(explicit)})"
+            )
         raw = {m: float(explicit[m]) for m in modalities}
         if any(w < 0 for w in raw.values()) or sum(raw.values()) <= 0:
             raise ValueError(f"FREEDOM modality_weights must be >= 0 with a positive sum, got {raw}")
@@ -101,7 +103,10 @@ class FREEDOM(Recommender):
         num_layers: int = Field(2, ge=0, description="user-item LightGCN layers")
         item_graph_hops: int = Field(1, ge=0)
         knn_k: int = Field(10, ge=1)
-        knn_method: KnnMethod = Field("auto", description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)")
+        knn_method: KnnMethod = Field(
+            "auto",
+            description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)",
+        )
         image_weight: float = Field(0.1, ge=0, le=1)
         image_modality: str = "image"
         modality_weights: dict[str, float] | None = None
@@ -119,7 +124,8 @@ class FREEDOM(Recommender):
         self.register_buffer("edge_users", data.train_users, persistent=False)
         self.register_buffer("edge_items", data.train_items, persistent=False)
         self.full_adj = SparseGraph.from_csr(
-            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"),
+            symmetric=True,
         )
         self.train_adj = self.full_adj
 
@@ -152,7 +158,11 @@ class FREEDOM(Recommender):
         # without a snapshot id a cached graph could silently outlive an encoder change: don't cache
         cache_dir = data.graph_cache_dir if snapshot else None
         return cached(
-            cache_dir, key, lambda: knn_graph(data.features[modality], self.config.knn_k, weighted=False, method=self.config.knn_method)
+            cache_dir,
+            key,
+            lambda: knn_graph(
+                data.features[modality], self.config.knn_k, weighted=False, method=self.config.knn_method
+            ),
         )
 
     def pre_epoch(self, epoch: int) -> None:

@@ -55,9 +55,7 @@ def _csr(row: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tensor
     return to_torch_csr_tensor(torch.stack([row, col]), val, size=size)
 
 
-def interaction_adjacency(
-    num_users: int, num_items: int, users: Tensor, items: Tensor, variant: str = "sym"
-) -> Tensor:
+def interaction_adjacency(num_users: int, num_items: int, users: Tensor, items: Tensor, variant: str = "sym") -> Tensor:
     """Normalised bipartite adjacency over U + I nodes (users first)."""
     n = num_users + num_items
     row = torch.cat([users, items + num_users])
@@ -272,7 +270,9 @@ def approx_topk(x: Tensor, k: int, settings: ApproxKnn | None = None) -> tuple[T
         near = row_topk(2 * zt[q] @ zt.index_select(0, pool).T - sq[pool], min(pool.numel(), width_kept))[1]
         for r in range(0, q.numel(), RERANK_ROWS):
             cand = pool[near[r : r + RERANK_ROWS]]
-            values[q[r : r + RERANK_ROWS]], indices[q[r : r + RERANK_ROWS]] = _rerank(xc, q[r : r + RERANK_ROWS], cand, k)
+            values[q[r : r + RERANK_ROWS]], indices[q[r : r + RERANK_ROWS]] = _rerank(
+                xc, q[r : r + RERANK_ROWS], cand, k
+            )
     short = torch.nonzero(torch.isinf(values[:, -1])).flatten()
     if short.numel():  # rows whose probed cells held fewer than k items: search them exactly
         values[short], indices[short] = row_topk(xc[short] @ xc.T, k)
@@ -308,7 +308,9 @@ def knn_recall(x: Tensor, indices: Tensor, rows: Tensor) -> float:
     return float(hit.float().mean())
 
 
-def topk_neighbours(x: Tensor, k: int, method: str = "exact", approx: ApproxKnn | None = None, block_size: int = 2048) -> tuple[Tensor, Tensor]:
+def topk_neighbours(
+    x: Tensor, k: int, method: str = "exact", approx: ApproxKnn | None = None, block_size: int = 2048
+) -> tuple[Tensor, Tensor]:
     """(values, indices) of each row's k most cosine-similar rows, self included (k <= rows)."""
     xn = torch.nn.functional.normalize(x.detach().float(), dim=1)
     if knn_method(method, xn.size(0)) == "exact":
@@ -319,7 +321,12 @@ def topk_neighbours(x: Tensor, k: int, method: str = "exact", approx: ApproxKnn 
     rows = torch.randperm(xn.size(0), generator=g)[:RECALL_CHECK_ROWS].to(xn.device)
     recall = knn_recall(xn, indices, rows)
     (log.warning if recall < 0.9 else log.info)(
-        "approximate kNN over %d items (%d-d): recall@%d %.3f on %d sampled rows", xn.size(0), xn.size(1), k, recall, rows.numel()
+        "approximate kNN over %d items (%d-d): recall@%d %.3f on %d sampled rows",
+        xn.size(0),
+        xn.size(1),
+        k,
+        recall,
+        rows.numel(),
     )
     return values, indices
 
@@ -348,7 +355,12 @@ def knn_graph(
 
 
 def degree_sensitive_edge_sample(
-    users: Tensor, items: Tensor, num_users: int, num_items: int, keep_ratio: float, generator: torch.Generator | None = None
+    users: Tensor,
+    items: Tensor,
+    num_users: int,
+    num_items: int,
+    keep_ratio: float,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Indices of ``round(keep_ratio * E)`` edges drawn without replacement, p ∝ 1/sqrt(d_u d_i)."""
     n_keep = int(round(keep_ratio * users.numel()))

@@ -97,7 +97,9 @@ def topk_cosine_edges(x: Tensor, k: int, method: str = "exact") -> tuple[Tensor,
     num = x.size(0)
     k = min(k, num)
     if graphs.knn_method(method, num) == "approx":  # the exact search is quadratic in items
-        return torch.arange(num, device=x.device).repeat_interleave(k), graphs.topk_neighbours(x, k, "approx")[1].reshape(-1)
+        return torch.arange(num, device=x.device).repeat_interleave(k), graphs.topk_neighbours(x, k, "approx")[
+            1
+        ].reshape(-1)
     xn = F.normalize(x.detach().float(), dim=1)
     block = max(1, min(num, graphs.SIM_BLOCK_ELEMENTS // max(num, 1)))
     cols = [graphs.row_topk(xn[s : s + block] @ xn.T, k)[1] for s in range(0, num, block)]
@@ -136,10 +138,15 @@ class LATTICE(Recommender):
     class Config(ModelConfig):
         lr_decay: tuple[float, int] | None = (0.96, 50)
         reg: float = Field(0.0, ge=0, description="L2/batch weight (grid 0, 1e-5, 1e-4, 1e-3)")
-        reg_form: RegForm = Field("squared", description="'squared': 0.5 ||.||^2 / batch (reference); 'norm': ||.||_F / batch")
+        reg_form: RegForm = Field(
+            "squared", description="'squared': 0.5 ||.||^2 / batch (reference); 'norm': ||.||_F / batch"
+        )
         lambda_coeff: float = Field(0.9, ge=0, le=1, description="weight of the original graph in G")
         knn_k: int = Field(10, ge=1)
-        knn_method: graphs.KnnMethod = Field("auto", description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)")
+        knn_method: graphs.KnnMethod = Field(
+            "auto",
+            description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)",
+        )
         n_ui_layers: int = Field(2, ge=0, description="LightGCN layers on D^-1 (A + I)")
         item_layers: int = Field(1, ge=1, description="hops of the item graph")
 
@@ -153,7 +160,10 @@ class LATTICE(Recommender):
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         # raw table X_m (frozen buffer sharing the caller's storage, or trainable) and P_m
         self.projections = nn.ModuleDict(
-            {m: FeatureProjection(data.features[m].to(dev), d, config.train_features, init="default") for m in self.modalities}
+            {
+                m: FeatureProjection(data.features[m].to(dev), d, config.train_features, init="default")
+                for m in self.modalities
+            }
         )
         self.modal_logits = nn.Parameter(torch.zeros(len(self.modalities), device=dev))  # softmax -> equal weights
         if config.adapter == "befa":
@@ -164,7 +174,8 @@ class LATTICE(Recommender):
             graphs.interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "lattice")
         )
         self.original_graphs = [
-            SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k, config.knn_method)) for m in self.modalities
+            SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k, config.knn_method))
+            for m in self.modalities
         ]
         self._train_graph: SparseGraph | None = None
         self._train_content: list[Tensor] | None = None

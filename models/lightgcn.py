@@ -46,7 +46,9 @@ class LightGCN(Recommender):
     class Config(ModelConfig):
         num_layers: int = Field(2, ge=0)
         reg: float = Field(1e-4, ge=0)
-        reg_form: RegForm = Field("squared", description="'squared': 0.5 ||.||^2 / batch (befa); 'norm': ||.||_F / batch (reference)")
+        reg_form: RegForm = Field(
+            "squared", description="'squared': 0.5 ||.||^2 / batch (befa); 'norm': ||.||_F / batch (reference)"
+        )
 
     GRID: ClassVar[dict[str, list]] = {"num_layers": [1, 2, 3], "reg": [1e-5, 1e-4, 1e-3]}
 
@@ -54,12 +56,15 @@ class LightGCN(Recommender):
         config = config or LightGCN.Config()
         super().__init__(data, config)
         if self.config.adapter != "none":
-            raise ValueError(f"LightGCN consumes no content features: adapter={self.config.adapter!r} has nowhere to go")
+            raise ValueError(
+                f"LightGCN consumes no content features: adapter={self.config.adapter!r} has nowhere to go"
+            )
         d, dev = config.embedding_dim, data.device
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         self.adj = SparseGraph.from_csr(
-            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"), symmetric=True
+            interaction_adjacency(data.num_users, data.num_items, data.train_users, data.train_items, "sym"),
+            symmetric=True,
         )
 
     def _propagate(self) -> tuple[Tensor, Tensor]:
@@ -72,7 +77,10 @@ class LightGCN(Recommender):
         u, i = self._propagate()
         bpr = bpr_from_embeddings(u[users], i[pos_items], i[neg_items])
         reg = embedding_reg(
-            self.user_embedding[users], self.item_embedding[pos_items], self.item_embedding[neg_items], form=self.config.reg_form
+            self.user_embedding[users],
+            self.item_embedding[pos_items],
+            self.item_embedding[neg_items],
+            form=self.config.reg_form,
         )
         return bpr + self.config.reg * reg
 

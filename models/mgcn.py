@@ -177,11 +177,16 @@ class MGCN(Recommender):
     class Config(ModelConfig):
         lr_decay: tuple[float, int] | None = (0.96, 50)
         reg: float = Field(1e-4, ge=0, description="L2/batch weight")
-        reg_form: RegForm = Field("squared", description="'squared': 0.5 ||.||^2 / batch (reference); 'norm': ||.||_F / batch")
+        reg_form: RegForm = Field(
+            "squared", description="'squared': 0.5 ||.||^2 / batch (reference); 'norm': ||.||_F / batch"
+        )
         cl_weight: float = Field(0.01, ge=0, description="InfoNCE weight (grid 0.001, 0.01, 0.1)")
         temperature: float = Field(0.2, gt=0)
         knn_k: int = Field(10, ge=1)
-        knn_method: graphs.KnnMethod = Field("auto", description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)")
+        knn_method: graphs.KnnMethod = Field(
+            "auto",
+            description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)",
+        )
         n_ui_layers: int = Field(2, ge=0)
         item_layers: int = Field(1, ge=0, description="hops of the modality item graphs")
 
@@ -195,10 +200,15 @@ class MGCN(Recommender):
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         # raw table X_m (frozen buffer sharing the caller's storage, or trainable) and P_m
         self.projections = nn.ModuleDict(
-            {m: FeatureProjection(data.features[m].to(dev), d, config.train_features, init="default") for m in self.modalities}
+            {
+                m: FeatureProjection(data.features[m].to(dev), d, config.train_features, init="default")
+                for m in self.modalities
+            }
         )
         if self.befa:
-            self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout).to(dev) for m in self.modalities})
+            self.adapters = nn.ModuleDict(
+                {m: BeFA(d, config.befa.t, config.befa.dropout).to(dev) for m in self.modalities}
+            )
         else:
             self.purifiers = nn.ModuleDict({m: nn.Linear(d, d, device=dev) for m in self.modalities})
         if not self.authors:
@@ -209,7 +219,8 @@ class MGCN(Recommender):
         self.norm_adj = SparseGraph.from_csr(graphs.interaction_adjacency(nu, ni, u, i, "sym"), symmetric=True)
         self.user_item = SparseGraph.from_csr(graphs.user_item_norm(nu, ni, u, i))
         self.item_graphs = {
-            m: SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k, config.knn_method)) for m in self.modalities
+            m: SparseGraph.from_csr(graphs.original_item_graph(data, m, config.knn_k, config.knn_method))
+            for m in self.modalities
         }
 
     def feature(self, modality: str) -> Tensor:

@@ -91,7 +91,9 @@ class SparseGraph:
 
     def with_values(self, values: Tensor) -> "SparseGraph":
         t_values = None if self.t_perm is None or values.requires_grad else values[self.t_perm]
-        return SparseGraph(**{f.name: getattr(self, f.name) for f in fields(self)} | {"values": values, "t_values": t_values})
+        return SparseGraph(
+            **{f.name: getattr(self, f.name) for f in fields(self)} | {"values": values, "t_values": t_values}
+        )
 
     def detach(self) -> "SparseGraph":
         return self.with_values(self.values.detach())
@@ -140,7 +142,9 @@ class _SpMM(torch.autograd.Function):
         return grad_values, grad_x, None
 
 
-def _mean_of_powers(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int], x: Tensor, num_layers: int) -> Tensor:
+def _mean_of_powers(
+    crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int], x: Tensor, num_layers: int
+) -> Tensor:
     """(1 / (L + 1)) sum_{l=0..L} G^l x for L >= 1, with the 1 / (L + 1) folded into the last product."""
     scale = 1.0 / (num_layers + 1)
     x = x.to(values.dtype)
@@ -175,7 +179,9 @@ class _MeanPropagation(torch.autograd.Function):
         ref = next(gr for gr in grads if gr is not None)
         parts = [ref.new_zeros(n, ref.size(1)) if gr is None else gr for n, gr in zip(ctx.sizes, grads)]
         grad = torch.cat(parts) if len(parts) > 1 else parts[0]
-        grad_x = _mean_of_powers(g.t_crow, g.t_col, g.transposed_values(), (g.num_cols, g.num_rows), grad, ctx.num_layers)
+        grad_x = _mean_of_powers(
+            g.t_crow, g.t_col, g.transposed_values(), (g.num_cols, g.num_rows), grad, ctx.num_layers
+        )
         return (None, None, *grad_x.split(ctx.sizes))
 
 

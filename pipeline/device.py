@@ -46,7 +46,9 @@ def check_device(device: str | torch.device | None, flag: str = "--device") -> t
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise DeviceError(f"{flag} {device}: no CUDA GPU is visible on this machine; use --device cpu (or leave it out)")
+            raise DeviceError(
+                f"{flag} {device}: no CUDA GPU is visible on this machine; use --device cpu (or leave it out)"
+            )
         if dev.index is not None and dev.index >= count:
             raise DeviceError(f"{flag} {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):

@@ -51,8 +51,6 @@ def get_settings(
 ) -> Settings:
     """Resolve settings: explicit argument, then environment variable, then default."""
     home_path = Path(home or os.environ.get("BEFA_HOME") or ".befa").expanduser().resolve()
-    ds_root = Path(
-        datasets_root or os.environ.get("BEFA_DATASETS_ROOT") or "datasets"
-    ).expanduser().resolve()
+    ds_root = Path(datasets_root or os.environ.get("BEFA_DATASETS_ROOT") or "datasets").expanduser().resolve()
     store = feature_store or os.environ.get("BEFA_FEATURE_STORE") or str(home_path / "features")
     return Settings(datasets_root=ds_root, home=home_path, feature_store=store)

@@ -49,7 +49,9 @@ def marker_stem(pattern: str) -> str:
 def pause_point(name: str) -> None:
     """Wait here when ``BEFA_PAUSE_AT`` names this point (see the module docstring)."""
     wanted = os.environ.get(PAUSE_AT)
-    pattern = next((w.strip() for w in (wanted or "").split(",") if w.strip() and fnmatch.fnmatchcase(name, w.strip())), None)
+    pattern = next(
+        (w.strip() for w in (wanted or "").split(",") if w.strip() and fnmatch.fnmatchcase(name, w.strip())), None
+    )
     if pattern is None:
         return
     _HITS[pattern] = _HITS.get(pattern, 0) + 1  # counted per pattern: `write:part-*` counts every part

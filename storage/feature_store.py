@@ -119,7 +119,9 @@ class FeatureStore:
         return self.fs.join(*key.segments)
 
     @contextlib.contextmanager
-    def lock(self, key: FeatureSetKey, timeout_s: float = DEFAULT_TIMEOUT_S, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    def lock(
+        self, key: FeatureSetKey, timeout_s: float = DEFAULT_TIMEOUT_S, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
         """One writer at a time per feature set (an OS lock on ``<feature set>.lock``), so two
         extractions of the same catalog and encoder do not both encode: the second waits,
         then finds the work done. On a non-local store (``s3://``, ``memory://``) there is no
@@ -127,7 +129,13 @@ class FeatureStore:
         if not self.fs.is_local:
             yield
             return
-        with file_lock(self.feature_set_path(key).rstrip("/") + ".lock", f"feature set {key.dataset}/{key.fingerprint}/{key.modality}", timeout_s, on_wait, holder="another extraction"):
+        with file_lock(
+            self.feature_set_path(key).rstrip("/") + ".lock",
+            f"feature set {key.dataset}/{key.fingerprint}/{key.modality}",
+            timeout_s,
+            on_wait,
+            holder="another extraction",
+        ):
             yield
 
     # ------------------------------------------------------------------ encoders
@@ -168,7 +176,9 @@ class FeatureStore:
             )
         return self._parts.write(folder, keys, x)
 
-    def write_part(self, key: FeatureSetKey, item_ids: Sequence[str], content_hashes: Sequence[str], embeddings: Any) -> str:
+    def write_part(
+        self, key: FeatureSetKey, item_ids: Sequence[str], content_hashes: Sequence[str], embeddings: Any
+    ) -> str:
         """Write one immutable part atomically and return its file name.
 
         ``embeddings``: an (n, D) array (numpy, or anything ``np.asarray`` takes, such as
@@ -211,8 +221,9 @@ class FeatureStore:
         index = index_rows(available, pos)
         return self._commit_rows(folder, key, index, missing=len(keys) - index.num_rows)
 
-    def _after_write(self, folder: str, available: Available, name: str, keys: pa.Array,
-                     pos: np.ndarray, fresh_rows: np.ndarray) -> tuple[Available, np.ndarray]:
+    def _after_write(
+        self, folder: str, available: Available, name: str, keys: pa.Array, pos: np.ndarray, fresh_rows: np.ndarray
+    ) -> tuple[Available, np.ndarray]:
         """``available`` and the keys' positions in it once part ``name`` holds the fresh rows."""
         parts = tuple(self._parts.names(folder))
         if parts == available.parts + (name,):

@@ -57,7 +57,9 @@ def index_rows(available: Available, positions: pa.Array) -> pa.Table:
     taken = available.rows.take(positions)
     names = pa.array(available.parts, pa.string())
     part = names.take(taken["part_pos"]) if len(names) else pa.array([], pa.string())
-    return pa.table({"item_id": taken["item_id"], "content_hash": taken["content_hash"], "part": part, "row": taken["row"]})
+    return pa.table(
+        {"item_id": taken["item_id"], "content_hash": taken["content_hash"], "part": part, "row": taken["row"]}
+    )
 
 
 class SnapshotFiles:

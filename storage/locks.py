@@ -45,7 +45,9 @@ def file_lock(
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _acquire(fd: int, path: Path, what: str, holder: str, timeout_s: float, on_wait: Callable[[str], None] | None) -> None:
+def _acquire(
+    fd: int, path: Path, what: str, holder: str, timeout_s: float, on_wait: Callable[[str], None] | None
+) -> None:
     deadline = time.monotonic() + timeout_s
     told = False
     while True:
@@ -60,5 +62,7 @@ def _acquire(fd: int, path: Path, what: str, holder: str, timeout_s: float, on_w
             on_wait(f"{what}: {holder} (pid {pid}) holds {path}; waiting up to {timeout_s:g} s")
             told = True
         if time.monotonic() >= deadline:
-            raise LockTimeout(f"{what}: {holder} held {path} for more than {timeout_s:g} s; wait for it to finish (or stop it) and try again")
+            raise LockTimeout(
+                f"{what}: {holder} held {path} for more than {timeout_s:g} s; wait for it to finish (or stop it) and try again"
+            )
         time.sleep(0.05)

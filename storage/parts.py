@@ -165,7 +165,11 @@ class PartFiles:
         rows = pa.concat_tables(tables) if tables else _empty_rows()
         if len(tables) > 1:
             ords = pc.add(pc.shift_left(pc.cast(rows["part_pos"], pa.int64()), 32), rows["row"])
-            newest = pa.table({"key": rows["key"], "ord": ords}).group_by("key", use_threads=False).aggregate([("ord", "max")])
+            newest = (
+                pa.table({"key": rows["key"], "ord": ords})
+                .group_by("key", use_threads=False)
+                .aggregate([("ord", "max")])
+            )
             rows = rows.filter(pc.is_in(ords, value_set=newest["ord_max"]))
         return rows
 

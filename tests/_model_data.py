@@ -15,7 +15,23 @@ import torch
 from models.base import TrainData
 
 # 6 users x 8 items; every user and item has at least one edge except item 7 (tests the 1e-7 rule)
-TINY_EDGES = [(0, 0), (0, 1), (0, 3), (1, 1), (1, 2), (2, 2), (2, 3), (2, 4), (3, 4), (3, 5), (4, 5), (4, 6), (5, 0), (5, 6), (5, 2)]
+TINY_EDGES = [
+    (0, 0),
+    (0, 1),
+    (0, 3),
+    (1, 1),
+    (1, 2),
+    (2, 2),
+    (2, 3),
+    (2, 4),
+    (3, 4),
+    (3, 5),
+    (4, 5),
+    (4, 6),
+    (5, 0),
+    (5, 6),
+    (5, 2),
+]
 TINY_DIMS = {"image": 5, "text": 3}
 
 
@@ -111,7 +127,11 @@ def movielens_data(seed: int = 0) -> tuple[TrainData, dict[int, list[int]]]:
     g = torch.Generator().manual_seed(seed)
     feats = {"text": torch.from_numpy(genres) + 0.01, "image": torch.randn(num_items, 16, generator=g)}
     data = TrainData(
-        num_users, num_items, torch.from_numpy(users[keep]), torch.from_numpy(items[keep]), feats,
+        num_users,
+        num_items,
+        torch.from_numpy(users[keep]),
+        torch.from_numpy(items[keep]),
+        feats,
         split_id="test-ml100k",
     )
     return data, heldout

@@ -21,7 +21,11 @@ def datasets_root() -> Path:
 # What `make test-fast` leaves out (markers in pyproject.toml): by folder or module, and the
 # few single tests measured above ~5 s on 2 cores (the full suite's --durations, 2026-12-05).
 PREFECT_PATHS = ("tests/flows/",)
-RAY_PATHS = ("tests/flows/test_ray_client.py", "tests/features/test_ray_extract.py", "tests/training/test_ray_training.py")
+RAY_PATHS = (
+    "tests/flows/test_ray_client.py",
+    "tests/features/test_ray_extract.py",
+    "tests/training/test_ray_training.py",
+)
 SLOW_PATHS = ("tests/job/test_crash.py", "tests/flows/test_flows_e2e.py")
 SLOW_TESTS = (
     "tests/data/test_reliability_ingest.py::test_no_network_ingest_extract_train_and_pipeline",

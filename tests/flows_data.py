@@ -32,7 +32,14 @@ class SmallCatalog:
         self.spare_ids = self.spare_ids[n:]
         rows = movies.loc[added]
         items = pd.read_csv(self.items, dtype=str, keep_default_na=False)
-        new = pd.DataFrame({"item_id": added, "title": rows["title"].values, "text": _texts(rows), "image": [f"{i}.jpg" for i in added]})
+        new = pd.DataFrame(
+            {
+                "item_id": added,
+                "title": rows["title"].values,
+                "text": _texts(rows),
+                "image": [f"{i}.jpg" for i in added],
+            }
+        )
         for i in added:
             shutil.copy(self.source / "posters" / f"{i}.jpg", self.images / f"{i}.jpg")
         pd.concat([items, new]).to_csv(self.items, index=False)
@@ -56,13 +63,20 @@ def make_small_catalog(folder: Path, datasets_root: Path, n_items: int = 40, n_u
     folder.mkdir(parents=True, exist_ok=True)
     images = folder / "images"
     images.mkdir(exist_ok=True)
-    ratings = pd.read_csv(source / "ml-100k" / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"], dtype={"user_id": str, "item_id": str})
+    ratings = pd.read_csv(
+        source / "ml-100k" / "u.data",
+        sep="\t",
+        names=["user_id", "item_id", "rating", "timestamp"],
+        dtype={"user_id": str, "item_id": str},
+    )
     has_poster = {p.stem for p in (source / "posters").glob("*.jpg")}
     popular = [i for i in ratings["item_id"].value_counts().index if i in has_poster]
     chosen, spare = popular[:n_items], popular[n_items : n_items + 10]
     movies = _movies(source)
     rows = movies.loc[chosen]
-    items = pd.DataFrame({"item_id": chosen, "title": rows["title"].values, "text": _texts(rows), "image": [f"{i}.jpg" for i in chosen]})
+    items = pd.DataFrame(
+        {"item_id": chosen, "title": rows["title"].values, "text": _texts(rows), "image": [f"{i}.jpg" for i in chosen]}
+    )
     for i in chosen:
         shutil.copy(source / "posters" / f"{i}.jpg", images / f"{i}.jpg")
     users = sorted(ratings["user_id"].unique(), key=int)[:n_users]
@@ -70,4 +84,6 @@ def make_small_catalog(folder: Path, datasets_root: Path, n_items: int = 40, n_u
     items_path, inter_path = folder / "items.csv", folder / "interactions.csv"
     items.to_csv(items_path, index=False)
     inter.to_csv(inter_path, index=False)
-    return SmallCatalog(folder=folder, items=items_path, interactions=inter_path, images=images, source=source, spare_ids=spare)
+    return SmallCatalog(
+        folder=folder, items=items_path, interactions=inter_path, images=images, source=source, spare_ids=spare
+    )

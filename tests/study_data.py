@@ -50,15 +50,38 @@ def run_tiny_study(root: Path, datasets_root: Path, **changes: Any):
 
 def gain_row(model: str, metric: str, relative_gain: float) -> GainRow:
     """A study gain row with only the relative gain mattering (verdict tests)."""
-    return GainRow(model=model, metric=metric, base_mean=0.1, base_std=0.0, befa_mean=0.1 * (1 + relative_gain), befa_std=0.0,
-                   seeds=1, relative_gain=relative_gain)
+    return GainRow(
+        model=model,
+        metric=metric,
+        base_mean=0.1,
+        base_std=0.0,
+        befa_mean=0.1 * (1 + relative_gain),
+        befa_std=0.0,
+        seeds=1,
+        relative_gain=relative_gain,
+    )
 
 
 def sig_row(model: str, metric: str, mean_diff: float, significant: bool) -> SignificanceRow:
     """A study significance row with only the direction and the decision mattering (verdict tests)."""
-    return SignificanceRow(model=model, metric=metric, pooling="user_mean", n_pairs=10, n_nonzero=10, n_seeds=1, mean_base=0.1,
-                           mean_befa=0.1 + mean_diff, mean_diff=mean_diff, t_stat=None, p_ttest=None, w_stat=None,
-                           p_wilcoxon=0.01 if significant else 0.5, wins=5, losses=5, significant=significant)
+    return SignificanceRow(
+        model=model,
+        metric=metric,
+        pooling="user_mean",
+        n_pairs=10,
+        n_nonzero=10,
+        n_seeds=1,
+        mean_base=0.1,
+        mean_befa=0.1 + mean_diff,
+        mean_diff=mean_diff,
+        t_stat=None,
+        p_ttest=None,
+        w_stat=None,
+        p_wilcoxon=0.01 if significant else 0.5,
+        wins=5,
+        losses=5,
+        significant=significant,
+    )
 
 
 def study_data(**fields: Any) -> StudyData:

@@ -42,7 +42,13 @@ FLOORS: list[tuple[str, ...]] = [
 ]
 # flows implements training's run-executor interface on Prefect's task runner, hence pipeline.training
 FLOWS_MAY_IMPORT = (
-    "flows", "pipeline.job", "pipeline.study", "pipeline.reporting", "pipeline.training", "pipeline.settings", "pipeline.cluster",
+    "flows",
+    "pipeline.job",
+    "pipeline.study",
+    "pipeline.reporting",
+    "pipeline.training",
+    "pipeline.settings",
+    "pipeline.cluster",
 )
 
 
@@ -79,7 +85,9 @@ def imports_of(module: str, source: str, known: set[str]) -> list[Import]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names]
+            targets = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
+            ]
         else:
             continue
         for target in targets:
@@ -197,8 +205,13 @@ def test_the_checker_catches_lazy_imports_cycles_and_flows():
     found = violations(sources)
     assert "pipeline.data.b:2 imports pipeline.data.a inside a function (first-party imports go at the top)" in found
     assert "import cycle: pipeline.data.a -> pipeline.data.b -> pipeline.data.a" in found
-    assert "pipeline.reporting.r:1 imports flows.artifacts: only the CLI's Prefect commands import flows (inside the command)" in found
-    assert any(p.startswith("flows.artifacts:1 imports pipeline.serving.servable: flows may import only") for p in found)
+    assert (
+        "pipeline.reporting.r:1 imports flows.artifacts: only the CLI's Prefect commands import flows (inside the command)"
+        in found
+    )
+    assert any(
+        p.startswith("flows.artifacts:1 imports pipeline.serving.servable: flows may import only") for p in found
+    )
     assert not any(p.startswith("pipeline.cli.main") for p in found)  # the lazy Prefect command is the allowed case
 
 
@@ -218,7 +231,10 @@ def too_long(sources: dict[str, str]) -> list[str]:
         if source.count("\n") > MAX_MODULE_LINES:
             out.append(f"{module}: {source.count(chr(10))} lines")
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+            ):
                 out.append(f"{module}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
     return out
 
@@ -266,4 +282,7 @@ def test_reporting_takes_records_not_dicts():
 def test_the_record_check_catches_a_dict_field():
     src = "class Ctx(BaseModel):\n    dataset: dict[str, Any] = {}\n\ndef render(ctx: Ctx, extra: list[dict[str, Any]]) -> str: ...\n"
     found = untyped_inputs({"pipeline.reporting.x": src})
-    assert found == ["pipeline.reporting.x: Ctx.dataset: dict[str, Any]", "pipeline.reporting.x: render(extra): list[dict[str, Any]]"]
+    assert found == [
+        "pipeline.reporting.x: Ctx.dataset: dict[str, Any]",
+        "pipeline.reporting.x: render(extra): list[dict[str, Any]]",
+    ]

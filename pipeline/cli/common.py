@@ -13,8 +13,12 @@ from pipeline.settings import Settings, get_settings
 
 console = make_console()  # full-width plain lines when stdout is not a terminal
 DatasetsRoot = typer.Option(None, "--datasets-root", envvar="BEFA_DATASETS_ROOT", help="Folder holding raw datasets.")
-Home = typer.Option(None, "--home", envvar="BEFA_HOME", help="befa storage root (catalogs, splits, runs). Default ./.befa")
-FeatureStoreOpt = typer.Option(None, "--feature-store", envvar="BEFA_FEATURE_STORE", help="Feature store root: path or fsspec URI.")
+Home = typer.Option(
+    None, "--home", envvar="BEFA_HOME", help="befa storage root (catalogs, splits, runs). Default ./.befa"
+)
+FeatureStoreOpt = typer.Option(
+    None, "--feature-store", envvar="BEFA_FEATURE_STORE", help="Feature store root: path or fsspec URI."
+)
 
 
 def settings_from(datasets_root: Optional[Path], home: Optional[Path], feature_store: Optional[str] = None) -> Settings:

@@ -1,5 +1,4 @@
-"""Data commands: ``befa datasets``, ``download``, ``ingest``, ``split``, ``stats``.
-"""
+"""Data commands: ``befa datasets``, ``download``, ``ingest``, ``split``, ``stats``."""
 
 from __future__ import annotations
 
@@ -51,8 +50,11 @@ def download_cmd(
 @commands.command("ingest", cls=ImporterHelpCommand)
 @with_ingest_options
 def ingest_cmd(
-    name: str = typer.Argument(..., help="Dataset name (movielens-100k-posters, amazon-baby-5core) or 'generic' / 'mmrec'; "
-                               "`befa ingest generic --help` shows that importer's format and options."),
+    name: str = typer.Argument(
+        ...,
+        help="Dataset name (movielens-100k-posters, amazon-baby-5core) or 'generic' / 'mmrec'; "
+        "`befa ingest generic --help` shows that importer's format and options.",
+    ),
     catalog_name: Optional[str] = typer.Option(None, "--as", help="Name to store the catalog under (generic/mmrec)."),
     datasets_root: Optional[Path] = DatasetsRoot,
     home: Optional[Path] = Home,
@@ -69,11 +71,15 @@ def ingest_cmd(
         options["name"] = catalog_name
     try:
         # a second ingest of the same catalog waits for the first one's lock, saying so
-        catalog, report = ingest(name, settings, on_wait=lambda why: console.print(why, markup=False, highlight=False), **options)
+        catalog, report = ingest(
+            name, settings, on_wait=lambda why: console.print(why, markup=False, highlight=False), **options
+        )
     except (CatalogError, CatalogLockTimeout, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     _print_report(report)
-    console.print(f"catalog [bold]{catalog.name}[/] version {catalog.version} written to {settings.catalog_dir(catalog.name)}")
+    console.print(
+        f"catalog [bold]{catalog.name}[/] version {catalog.version} written to {settings.catalog_dir(catalog.name)}"
+    )
 
 
 def _print_report(report) -> None:
@@ -94,10 +100,15 @@ def _print_report(report) -> None:
 @commands.command("split")
 def split_cmd(
     name: str = typer.Argument(..., help="Ingested catalog name."),
-    kind: str = typer.Option("random", help="random (MMRec 8:1:1 per user), temporal (leave-last-out) or cold-items (item cold start)."),
+    kind: str = typer.Option(
+        "random", help="random (MMRec 8:1:1 per user), temporal (leave-last-out) or cold-items (item cold start)."
+    ),
     seed: int = typer.Option(2024, help="Seed of the random and cold-items splits."),
     k_core: Optional[int] = typer.Option(None, help="Apply a k-core filter first (benchmarks use 5)."),
-    cold_fraction: Optional[float] = typer.Option(None, help="cold-items: share of items (0 < f < 1, default 0.2) with all interactions in valid/test, none in train."),
+    cold_fraction: Optional[float] = typer.Option(
+        None,
+        help="cold-items: share of items (0 < f < 1, default 0.2) with all interactions in valid/test, none in train.",
+    ),
     home: Optional[Path] = Home,
 ) -> None:
     """Split a catalog's interactions into train/valid/test and store the split with the catalog."""
@@ -127,5 +138,9 @@ def stats_cmd(
     try:
         stats = catalog_stats(settings.catalog_dir(name))
     except (CatalogError, FileNotFoundError, OSError, ValueError) as exc:
-        fail(f"{exc}" if isinstance(exc, CatalogError) else f"{settings.catalog_dir(name)}: the catalog cannot be read ({exc}); re-run `befa ingest`")
+        fail(
+            f"{exc}"
+            if isinstance(exc, CatalogError)
+            else f"{settings.catalog_dir(name)}: the catalog cannot be read ({exc}); re-run `befa ingest`"
+        )
     console.print(render_stats(stats))

@@ -1,5 +1,4 @@
-"""Feature commands: ``befa extract`` and ``befa export-mmrec`` (features as training reads them).
-"""
+"""Feature commands: ``befa extract`` and ``befa export-mmrec`` (features as training reads them)."""
 
 from __future__ import annotations
 
@@ -22,8 +21,12 @@ commands = CommandGroup()
 @commands.command("extract")
 def extract_cmd(
     dataset: str = typer.Option(..., "--dataset", help="Ingested catalog name."),
-    encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder", help="Encoder spec (default: `befa run`'s), e.g. minilm, effnet:lite2, clip:ViT-B-32@/models/vitb32.safetensors, "
-                                "clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, or image=...,text=..."),
+    encoder: str = typer.Option(
+        DEFAULT_ENCODER,
+        "--encoder",
+        help="Encoder spec (default: `befa run`'s), e.g. minilm, effnet:lite2, clip:ViT-B-32@/models/vitb32.safetensors, "
+        "clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, or image=...,text=...",
+    ),
     batch_size: Optional[int] = typer.Option(None, help="Items per forward pass (default: sized to the device)."),
     num_workers: Optional[int] = typer.Option(None, help="Image decoding worker processes (default: by device)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when present)."),
@@ -36,8 +39,14 @@ def extract_cmd(
     device_or_fail(device)
     encoder_or_fail(encoder)
     try:
-        summary = extract_command(dataset, encoder, settings_from(None, home, feature_store), batch_size=batch_size,
-                                  num_workers=num_workers, device=device)
+        summary = extract_command(
+            dataset,
+            encoder,
+            settings_from(None, home, feature_store),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+        )
     except (CatalogError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     console.print(summary_table(summary))

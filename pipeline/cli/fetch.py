@@ -23,7 +23,9 @@ def fetch_images_cmd(
     concurrency: int = typer.Option(16, "--concurrency", help="Downloads in flight."),
     per_host: int = typer.Option(4, "--per-host", help="At most this many requests to one host at a time."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per request."),
-    retries: int = typer.Option(3, "--retries", help="Retries (with backoff) after a timeout, connection error, HTTP 429 or 5xx."),
+    retries: int = typer.Option(
+        3, "--retries", help="Retries (with backoff) after a timeout, connection error, HTTP 429 or 5xx."
+    ),
     home: Optional[Path] = Home,
 ) -> None:
     """Download a catalog's image URLs into the local image cache (the only step that uses the network)."""

@@ -152,8 +152,10 @@ class ImporterHelpCommand(TyperCommand):
         importer = IMPORTERS[name]
         takes = set(importer.Options.model_fields)
         keep = [
-            p for p in self.params
-            if p.param_type_name != "argument" and (p.name not in FIELDS or p.name in takes)
+            p
+            for p in self.params
+            if p.param_type_name != "argument"
+            and (p.name not in FIELDS or p.name in takes)
             and (p.name != "column" or any(k.endswith("_column") for k in takes))
             and (p.name != "catalog_name" or importer.dataset is None)
         ]

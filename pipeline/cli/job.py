@@ -127,8 +127,10 @@ def make_study_command(model: type[StudyParams] = StudyParams):
         study = build_params(model, given)
         check_set(study.model_overrides, study.models)
         if len(study.seeds) == 1 and 0 <= study.seeds[0] < 10:  # the flag took a count before; say what runs now
-            console.print(f"[yellow]note:[/] --seeds {study.seeds[0]} runs one seed, {study.seeds[0]}; --seeds lists the seeds "
-                          "themselves (e.g. --seeds 999,1000,1001 for three)")
+            console.print(
+                f"[yellow]note:[/] --seeds {study.seeds[0]} runs one seed, {study.seeds[0]}; --seeds lists the seeds "
+                "themselves (e.g. --seeds 999,1000,1001 for three)"
+            )
         try:
             result = run_study(study, settings_from(datasets_root, home, feature_store), log=console.print)
         except (StudyError, ValueError) as exc:

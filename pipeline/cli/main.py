@@ -54,25 +54,70 @@ quiet_known_warnings()  # at the entry point, before any command module imports 
 
 # command -> (module that defines it, the first line of its docstring: what `befa --help` shows)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "datasets": ("pipeline.cli.data", "List the datasets befa knows, their public upstream and whether a local copy is present."),
-    "download": ("pipeline.cli.data", "Download a dataset from its public upstream into the datasets root and verify it (needs internet)."),
-    "fetch-images": ("pipeline.cli.fetch", "Download a catalog's image URLs into the local image cache (the only step that uses the network)."),
-    "ingest": ("pipeline.cli.data", "Import and validate a catalog; writes items/interactions Parquet and an ingest report."),
-    "split": ("pipeline.cli.data", "Split a catalog's interactions into train/valid/test and store the split with the catalog."),
-    "export-mmrec": ("pipeline.cli.features", "Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy)."),
+    "datasets": (
+        "pipeline.cli.data",
+        "List the datasets befa knows, their public upstream and whether a local copy is present.",
+    ),
+    "download": (
+        "pipeline.cli.data",
+        "Download a dataset from its public upstream into the datasets root and verify it (needs internet).",
+    ),
+    "fetch-images": (
+        "pipeline.cli.fetch",
+        "Download a catalog's image URLs into the local image cache (the only step that uses the network).",
+    ),
+    "ingest": (
+        "pipeline.cli.data",
+        "Import and validate a catalog; writes items/interactions Parquet and an ingest report.",
+    ),
+    "split": (
+        "pipeline.cli.data",
+        "Split a catalog's interactions into train/valid/test and store the split with the catalog.",
+    ),
+    "export-mmrec": (
+        "pipeline.cli.features",
+        "Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy).",
+    ),
     "stats": ("pipeline.cli.data", "Print statistics of an ingested catalog and its stored splits."),
-    "extract": ("pipeline.cli.features", "Embed a catalog's images/texts with a frozen encoder into the feature store (incremental)."),
+    "extract": (
+        "pipeline.cli.features",
+        "Embed a catalog's images/texts with a frozen encoder into the feature store (incremental).",
+    ),
     "train": ("pipeline.cli.train", "Train one model (optionally +BeFA) to early stopping and print its test metrics."),
     "evaluate": ("pipeline.cli.train", "Reload a run's best checkpoint and recompute its valid and test metrics."),
-    "recommend": ("pipeline.cli.serving", "Write top-K recommendations per user from a trained run (Parquet + manifest)."),
+    "recommend": (
+        "pipeline.cli.serving",
+        "Write top-K recommendations per user from a trained run (Parquet + manifest).",
+    ),
     "similar": ("pipeline.cli.serving", "Write item-to-item neighbours from a trained run (model or content space)."),
-    "run": ("pipeline.cli.job", "Run the whole pipeline in this process, without a Prefect server (same steps as befa/full-pipeline)."),
-    "watch": ("pipeline.cli.job", "Check registered catalogs for changes and re-extract only what changed (no Prefect event)."),
-    "study": ("pipeline.cli.job", "Base vs +BeFA across models and seeds, t sweep, modality ablation, sparsity sweep; writes report.html."),
-    "gc": ("pipeline.cli.maintenance", "Remove temporary files left by killed writes under $BEFA_HOME and the feature store."),
-    "serve": ("pipeline.cli.prefect", "Serve befa/full-pipeline and befa-watch/catalog-watch (+ retrain trigger) to a Prefect server."),
-    "server": ("pipeline.cli.prefect", "Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, no analytics) and the serve process."),
-    "demo": ("pipeline.cli.prefect", "The main job on the default catalog through the `befa` flow (what `make demo` runs)."),
+    "run": (
+        "pipeline.cli.job",
+        "Run the whole pipeline in this process, without a Prefect server (same steps as befa/full-pipeline).",
+    ),
+    "watch": (
+        "pipeline.cli.job",
+        "Check registered catalogs for changes and re-extract only what changed (no Prefect event).",
+    ),
+    "study": (
+        "pipeline.cli.job",
+        "Base vs +BeFA across models and seeds, t sweep, modality ablation, sparsity sweep; writes report.html.",
+    ),
+    "gc": (
+        "pipeline.cli.maintenance",
+        "Remove temporary files left by killed writes under $BEFA_HOME and the feature store.",
+    ),
+    "serve": (
+        "pipeline.cli.prefect",
+        "Serve befa/full-pipeline and befa-watch/catalog-watch (+ retrain trigger) to a Prefect server.",
+    ),
+    "server": (
+        "pipeline.cli.prefect",
+        "Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, no analytics) and the serve process.",
+    ),
+    "demo": (
+        "pipeline.cli.prefect",
+        "The main job on the default catalog through the `befa` flow (what `make demo` runs).",
+    ),
 }
 
 

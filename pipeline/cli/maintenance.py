@@ -15,7 +15,11 @@ commands = CommandGroup()
 
 @commands.command("gc")
 def gc_cmd(
-    older_than: float = typer.Option(SAFE_AGE_S, "--older-than", help="Only temporaries older than this many seconds (a write in progress is younger)."),
+    older_than: float = typer.Option(
+        SAFE_AGE_S,
+        "--older-than",
+        help="Only temporaries older than this many seconds (a write in progress is younger).",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed, remove nothing."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
@@ -36,4 +40,6 @@ def gc_cmd(
         console.print(f"  ... and {len(found) - 50} more")
     verb = "would remove" if dry_run else "removed"
     extra = f" ({size / 2**20:.1f} MB)" if size is not None else ""
-    console.print(f"{verb} {len(found)} temporary files older than {older_than:g} s{extra} under {', '.join(map(str, roots))}")
+    console.print(
+        f"{verb} {len(found)} temporary files older than {older_than:g} s{extra} under {', '.join(map(str, roots))}"
+    )

@@ -20,7 +20,9 @@ from storage.feature_store import FeatureStore
 commands = CommandGroup()
 
 RunDir = typer.Argument(..., help="A run folder (with run.json and best.safetensors).")
-CatalogOpt = typer.Option(None, "--catalog", help="Catalog folder to serve against (default: the one the run recorded).")
+CatalogOpt = typer.Option(
+    None, "--catalog", help="Catalog folder to serve against (default: the one the run recorded)."
+)
 
 
 def _ids(value: Optional[str], flag: str) -> Optional[list[str]]:
@@ -32,13 +34,22 @@ def _ids(value: Optional[str], flag: str) -> Optional[list[str]]:
     return csv_list(value)
 
 
-def _servable(run_dir: Path, home: Optional[Path], feature_store: Optional[str], catalog: Optional[Path], device: Optional[str], new_items: bool) -> Servable:
+def _servable(
+    run_dir: Path,
+    home: Optional[Path],
+    feature_store: Optional[str],
+    catalog: Optional[Path],
+    device: Optional[str],
+    new_items: bool,
+) -> Servable:
     device_or_fail(device)
     settings = settings_from(None, home, feature_store)
     if not (run_dir / "run.json").exists():
         fail(f"{run_dir}: not a run folder (no run.json); pass the folder `befa train` or `befa run` wrote")
     console.print(f"loading {run_dir} ...")
-    return load_servable(run_dir, FeatureStore(settings.feature_store), catalog=catalog, device=device, new_items=new_items)
+    return load_servable(
+        run_dir, FeatureStore(settings.feature_store), catalog=catalog, device=device, new_items=new_items
+    )
 
 
 def _progress(frames: Iterator[pd.DataFrame], total: int) -> Iterator[pd.DataFrame]:
@@ -52,9 +63,13 @@ def _progress(frames: Iterator[pd.DataFrame], total: int) -> Iterator[pd.DataFra
 
 def _report(written: Any, what: str) -> None:
     info = written.info
-    console.print(f"wrote {written.rows} {what} rows for {written.users} {'users' if what == 'recommendation' else 'items'} in {written.seconds:.2f} s")
+    console.print(
+        f"wrote {written.rows} {what} rows for {written.users} {'users' if what == 'recommendation' else 'items'} in {written.seconds:.2f} s"
+    )
     console.print(f"  {written.path}")
-    console.print(f"  {written.manifest} (run {info['model']} {info['adapter']}, catalog {info['catalog']} {info['catalog_fingerprint']})")
+    console.print(
+        f"  {written.manifest} (run {info['model']} {info['adapter']}, catalog {info['catalog']} {info['catalog_fingerprint']})"
+    )
     for key in ("removed_since_training", "new_items", "new_items_left_out", "candidates_unknown"):
         if info.get(key):
             console.print(f"  {key.replace('_', ' ')}: {info[key]}")
@@ -65,12 +80,20 @@ def _report(written: Any, what: str) -> None:
 def recommend_cmd(
     run_dir: Path = RunDir,
     k: int = typer.Option(20, "--k", help="Items per user."),
-    users: Optional[str] = typer.Option(None, "--users", help="User ids, comma-separated, or @FILE (default: every user of the run)."),
+    users: Optional[str] = typer.Option(
+        None, "--users", help="User ids, comma-separated, or @FILE (default: every user of the run)."
+    ),
     include_seen: bool = typer.Option(False, "--include-seen", help="Keep items the user already interacted with."),
-    candidates: Optional[Path] = typer.Option(None, "--candidates", help="File of allowed item ids (one per line, or CSV/Parquet with item_id)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Parquet file to write (default RUN_DIR/recommendations.parquet)."),
+    candidates: Optional[Path] = typer.Option(
+        None, "--candidates", help="File of allowed item ids (one per line, or CSV/Parquet with item_id)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Parquet file to write (default RUN_DIR/recommendations.parquet)."
+    ),
     catalog: Optional[Path] = CatalogOpt,
-    new_items: bool = typer.Option(True, "--new-items/--no-new-items", help="Serve items added to the catalog after training (content models)."),
+    new_items: bool = typer.Option(
+        True, "--new-items/--no-new-items", help="Serve items added to the catalog after training (content models)."
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda when present)."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
@@ -80,7 +103,9 @@ def recommend_cmd(
         fail(f"--k must be at least 1, got {k}")
     try:
         request = RecommendRequest(
-            k=k, users=_ids(users, "--users"), seen="none" if include_seen else "all",
+            k=k,
+            users=_ids(users, "--users"),
+            seen="none" if include_seen else "all",
             candidates=read_id_file(candidates, "--candidates") if candidates else None,
         )
         served = _servable(run_dir, home, feature_store, catalog, device, new_items)
@@ -93,11 +118,17 @@ def recommend_cmd(
 @commands.command("similar")
 def similar_cmd(
     run_dir: Path = RunDir,
-    items: Optional[str] = typer.Option(None, "--items", help="Item ids, comma-separated, or @FILE (default: every current item)."),
+    items: Optional[str] = typer.Option(
+        None, "--items", help="Item ids, comma-separated, or @FILE (default: every current item)."
+    ),
     k: int = typer.Option(10, "--k", help="Neighbours per item."),
-    space: str = typer.Option("model", "--space", help="model (the model's item representations) or content (raw features)."),
+    space: str = typer.Option(
+        "model", "--space", help="model (the model's item representations) or content (raw features)."
+    ),
     candidates: Optional[Path] = typer.Option(None, "--candidates", help="File of allowed item ids."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Parquet file to write (default RUN_DIR/similar-<space>.parquet)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Parquet file to write (default RUN_DIR/similar-<space>.parquet)."
+    ),
     catalog: Optional[Path] = CatalogOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
     home: Optional[Path] = Home,
@@ -112,7 +143,9 @@ def similar_cmd(
         wanted = _ids(items, "--items")
         allowed = read_id_file(candidates, "--candidates") if candidates else None
         served = _servable(run_dir, home, feature_store, catalog, device, True)
-        written = write_similar(served, wanted, out or run_dir / f"similar-{space}.parquet", k=k, space=space, candidates=allowed)  # type: ignore[arg-type]
+        written = write_similar(
+            served, wanted, out or run_dir / f"similar-{space}.parquet", k=k, space=space, candidates=allowed
+        )  # type: ignore[arg-type]
     except (ServingError, CatalogError, FileNotFoundError) as exc:
         fail(str(exc))
     _report(written, "neighbour")

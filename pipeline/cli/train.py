@@ -21,14 +21,14 @@ from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fa
 from pipeline.cli.params_options import train_overrides
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.splits import ensure_split
+from pipeline.features.bundle import FeatureBundle
 from pipeline.features.load import features_for_training, load_features
 from pipeline.job.params import DEFAULT_ENCODER
-from pipeline.training.run_features import load_run_features
 from pipeline.reporting.console import item_groups_table, metrics_table
 from pipeline.training.api import evaluate_run_results, run_folder_for, train_model
 from pipeline.training.liveness import interrupted_note
-from pipeline.features.bundle import FeatureBundle
 from pipeline.training.record import RECORD, RunRecord
+from pipeline.training.run_features import load_run_features
 from pipeline.training.trainer import RunResult
 from storage.feature_store import FeatureStore
 
@@ -37,20 +37,40 @@ commands = CommandGroup()
 
 @commands.command("train")
 def train_cmd(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Ingested catalog name (not needed with --run-dir R --resume)."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Ingested catalog name (not needed with --run-dir R --resume)."
+    ),
     model: str = typer.Option("lightgcn", "--model", help="mostpop, lightgcn, bm3, lattice, freedom or mgcn."),
     adapter: str = typer.Option("none", "--adapter", help="none or befa."),
-    encoder: str = typer.Option(DEFAULT_ENCODER, "--encoder", help="Encoder spec for content models (see `befa extract`); the default is `befa run`'s."),
-    split: str = typer.Option("random-s2024", "--split", help="Stored split name; random-s<SEED> is created if missing."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Model config override [MODEL.]KEY=VALUE (JSON value), e.g. "
-                                   "--set befa.t=2 --set reg=1e-4; MODEL.KEY=VALUE as in `befa run` works too (MODEL: --model or '*')."),
+    encoder: str = typer.Option(
+        DEFAULT_ENCODER,
+        "--encoder",
+        help="Encoder spec for content models (see `befa extract`); the default is `befa run`'s.",
+    ),
+    split: str = typer.Option(
+        "random-s2024", "--split", help="Stored split name; random-s<SEED> is created if missing."
+    ),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Model config override [MODEL.]KEY=VALUE (JSON value), e.g. "
+        "--set befa.t=2 --set reg=1e-4; MODEL.KEY=VALUE as in `befa run` works too (MODEL: --model or '*').",
+    ),
     seed: int = typer.Option(999, help="Training seed."),
     epochs: int = typer.Option(1000, help="Max epochs."),
     patience: int = typer.Option(10, help="Early stopping: epochs without a valid Recall@20 improvement."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: cuda when present)."),
     run_dir: Optional[Path] = typer.Option(None, help="Run folder (default under $BEFA_HOME/runs)."),
-    resume: bool = typer.Option(False, help="Continue the run folder's run from its last checkpoint, with the config and feature snapshots it recorded."),
-    allow_new_features: bool = typer.Option(False, "--allow-new-features", help="With --resume: continue on the current features when the run's recorded snapshots are gone."),
+    resume: bool = typer.Option(
+        False,
+        help="Continue the run folder's run from its last checkpoint, with the config and feature snapshots it recorded.",
+    ),
+    allow_new_features: bool = typer.Option(
+        False,
+        "--allow-new-features",
+        help="With --resume: continue on the current features when the run's recorded snapshots are gone.",
+    ),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
 ) -> None:
@@ -64,7 +84,9 @@ def train_cmd(
         result = _resume(run_dir, store, device, allow_new_features, settings)
     else:
         if dataset is None:
-            fail("--dataset: name the catalog to train on (only `--run-dir R --resume` on an existing run reads it from the run)")
+            fail(
+                "--dataset: name the catalog to train on (only `--run-dir R --resume` on an existing run reads it from the run)"
+            )
         try:
             model_cls = get_model_class(model)
         except ValueError as exc:
@@ -84,33 +106,77 @@ def train_cmd(
         else:
             features = _current_features(model_cls, catalog, encoder, store, device)
             # paths (not objects), so the run records where its catalog and split live for `befa evaluate`
-            result = _train(settings.catalog_dir(dataset), split_path, features, model, config, folder, seed, device,
-                            epochs, patience, resume, settings)
+            result = _train(
+                settings.catalog_dir(dataset),
+                split_path,
+                features,
+                model,
+                config,
+                folder,
+                seed,
+                device,
+                epochs,
+                patience,
+                resume,
+                settings,
+            )
     _print_result(result)
 
 
-def _current_features(model_cls: Any, catalog: Catalog, encoder: str, store: FeatureStore, device: Optional[str]) -> FeatureBundle | None:
+def _current_features(
+    model_cls: Any, catalog: Catalog, encoder: str, store: FeatureStore, device: Optional[str]
+) -> FeatureBundle | None:
     if not model_cls.uses_content:
         return None
     features = features_for_training(catalog, encoder, store, device=device)
     for m in features.modalities:
         if features.random_init.get(m):
-            console.print(f"[yellow]{m} features: weights: random init ({features.fingerprints[m]}); quality numbers from them mean nothing[/]")
+            console.print(
+                f"[yellow]{m} features: weights: random init ({features.fingerprints[m]}); quality numbers from them mean nothing[/]"
+            )
     return features
 
 
-def _train(catalog_dir: Path, split_path: Any, features: FeatureBundle | None, model: str, overrides: ModelConfig | dict[str, Any], run_dir: Path,
-           seed: int, device: Optional[str], epochs: int, patience: int, resume: bool, settings: Any, allow_new_features: bool = False) -> RunResult:
+def _train(
+    catalog_dir: Path,
+    split_path: Any,
+    features: FeatureBundle | None,
+    model: str,
+    overrides: ModelConfig | dict[str, Any],
+    run_dir: Path,
+    seed: int,
+    device: Optional[str],
+    epochs: int,
+    patience: int,
+    resume: bool,
+    settings: Any,
+    allow_new_features: bool = False,
+) -> RunResult:
     try:
-        return train_model(catalog_dir, split_path, features, model, overrides=overrides, run_dir=run_dir, seed=seed, device=device,
-                           max_epochs=epochs, patience=patience, resume=resume, graph_cache_dir=settings.home / "graph-cache",
-                           runs_root=settings.runs_dir, allow_new_features=allow_new_features)
+        return train_model(
+            catalog_dir,
+            split_path,
+            features,
+            model,
+            overrides=overrides,
+            run_dir=run_dir,
+            seed=seed,
+            device=device,
+            max_epochs=epochs,
+            patience=patience,
+            resume=resume,
+            graph_cache_dir=settings.home / "graph-cache",
+            runs_root=settings.runs_dir,
+            allow_new_features=allow_new_features,
+        )
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     raise AssertionError("unreachable")  # fail() exits
 
 
-def _resume(run_dir: Path, store: FeatureStore, device: Optional[str], allow_new_features: bool, settings: Any) -> RunResult:
+def _resume(
+    run_dir: Path, store: FeatureStore, device: Optional[str], allow_new_features: bool, settings: Any
+) -> RunResult:
     """Continue the run in ``run_dir`` with what its record says: model, config, data, budget, features."""
     rec = RunRecord.load(run_dir)
     catalog_dir, split_path = rec.sources.get("catalog"), rec.sources.get("split")
@@ -122,20 +188,39 @@ def _resume(run_dir: Path, store: FeatureStore, device: Optional[str], allow_new
         if rec.batching.configured_lr is not None:
             config["lr"] = rec.batching.configured_lr
     features = _recorded_features(rec, run_dir, store, allow_new_features)
-    console.print(f"resuming {run_dir}: {rec.model} {rec.adapter}, {len(rec.epochs)} epochs done, its recorded config and features")
-    return _train(Path(catalog_dir), split_path, features, rec.model, config, run_dir, rec.seed, device,
-                  int(rec.trainer.get("max_epochs", 1000)), int(rec.trainer.get("patience", 10)), True, settings, allow_new_features)
+    console.print(
+        f"resuming {run_dir}: {rec.model} {rec.adapter}, {len(rec.epochs)} epochs done, its recorded config and features"
+    )
+    return _train(
+        Path(catalog_dir),
+        split_path,
+        features,
+        rec.model,
+        config,
+        run_dir,
+        rec.seed,
+        device,
+        int(rec.trainer.get("max_epochs", 1000)),
+        int(rec.trainer.get("patience", 10)),
+        True,
+        settings,
+        allow_new_features,
+    )
 
 
-def _recorded_features(rec: RunRecord, run_dir: Path, store: FeatureStore, allow_new_features: bool) -> FeatureBundle | None:
+def _recorded_features(
+    rec: RunRecord, run_dir: Path, store: FeatureStore, allow_new_features: bool
+) -> FeatureBundle | None:
     """The snapshots the run trained on; when they are gone, refuse, or (``--allow-new-features``) the current ones."""
     try:
         return load_run_features(rec, store, run_dir)
     except CatalogError as exc:
         if not allow_new_features:
-            fail(f"{run_dir}: --resume: the feature snapshots this run trained on are gone ({exc.problem}). A resume never "
-                 "switches features silently: pass --allow-new-features to continue on the current snapshot of the same "
-                 "encoder, or train anew without --resume")
+            fail(
+                f"{run_dir}: --resume: the feature snapshots this run trained on are gone ({exc.problem}). A resume never "
+                "switches features silently: pass --allow-new-features to continue on the current snapshot of the same "
+                "encoder, or train anew without --resume"
+            )
     sets = {m: s["fingerprint"] for m, s in rec.feature_sets.items() if s.get("fingerprint")}
     try:
         features = load_features(Catalog.load(rec.sources["catalog"]), store, sets)
@@ -144,7 +229,9 @@ def _recorded_features(rec: RunRecord, run_dir: Path, store: FeatureStore, allow
     for m in features.modalities:
         old = rec.feature_snapshots.get(m)
         if old != features.snapshots[m]:
-            console.print(f"[yellow]{m} features: the run's snapshot {old} is gone; continuing on snapshot {features.snapshots[m]} (--allow-new-features)[/]")
+            console.print(
+                f"[yellow]{m} features: the run's snapshot {old} is gone; continuing on snapshot {features.snapshots[m]} (--allow-new-features)[/]"
+            )
     return features
 
 
@@ -156,7 +243,9 @@ def _print_result(result: RunResult) -> None:
     if rec.batching is not None and rec.batching.adapted:
         console.print(f"{rec.batching.label}: {rec.batching.note()}")
     if rec.below_floor:
-        console.print(f"[bold yellow]warning:[/] {rec.floor.line(rec.model + ('+befa' if rec.adapter == 'befa' else ''))}")
+        console.print(
+            f"[bold yellow]warning:[/] {rec.floor.line(rec.model + ('+befa' if rec.adapter == 'befa' else ''))}"
+        )
     console.print(f"run folder: {result.run_dir}")
 
 

@@ -123,7 +123,9 @@ class IngestReport:
     # what the user must read now (printed by `befa ingest`): removed splits, id hints, ...
     warnings: list[str] = field(default_factory=list)
 
-    def add(self, problem: str, action: str, file: str | Path | None = None, row: int | None = None, **ids: Any) -> None:
+    def add(
+        self, problem: str, action: str, file: str | Path | None = None, row: int | None = None, **ids: Any
+    ) -> None:
         self.issues.append(
             {"file": str(file) if file else None, "row": row, "problem": problem, "action": action, **ids}
         )
@@ -204,8 +206,14 @@ class Catalog:
     def fingerprint(self) -> str:
         """Content fingerprint of the catalog (ids + content hashes + interactions)."""
         h = hashlib.sha256()
-        h.update(pd.util.hash_pandas_object(self.items[["item_id", "text_hash", "image_hash"]], index=False).values.tobytes())
-        h.update(pd.util.hash_pandas_object(self.interactions[["user_id", "item_id", "rating", "timestamp"]], index=False).values.tobytes())
+        h.update(
+            pd.util.hash_pandas_object(self.items[["item_id", "text_hash", "image_hash"]], index=False).values.tobytes()
+        )
+        h.update(
+            pd.util.hash_pandas_object(
+                self.interactions[["user_id", "item_id", "rating", "timestamp"]], index=False
+            ).values.tobytes()
+        )
         return h.hexdigest()[:16]
 
     def interactions_fingerprint(self) -> str:
@@ -235,12 +243,16 @@ class Catalog:
         self.folder = folder
         return folder / VERSIONS / self.version
 
-    def write_files(self, target: Path, report: IngestReport | None = None, rejects: pd.DataFrame | None = None) -> None:
+    def write_files(
+        self, target: Path, report: IngestReport | None = None, rejects: pd.DataFrame | None = None
+    ) -> None:
         """The files of one version, ``catalog.json`` last: it records every other file's
         row count and sha256, so :meth:`load` can tell which file does not belong."""
         tables = {
             "items.parquet": pa.Table.from_pandas(self.items, schema=ITEM_SCHEMA, preserve_index=False),
-            "interactions.parquet": pa.Table.from_pandas(self.interactions, schema=INTERACTION_SCHEMA, preserve_index=False),
+            "interactions.parquet": pa.Table.from_pandas(
+                self.interactions, schema=INTERACTION_SCHEMA, preserve_index=False
+            ),
         }
         if rejects is not None:
             frame = rejects.reindex(columns=REJECTS_SCHEMA.names).astype({"row": "Int64"})
@@ -276,7 +288,10 @@ class Catalog:
         meta_file = where / META
         if not meta_file.exists():
             if version:
-                raise CatalogError(folder / CURRENT, f"names version {version}, but {meta_file} is missing: the catalog folder was damaged; re-run `befa ingest`")
+                raise CatalogError(
+                    folder / CURRENT,
+                    f"names version {version}, but {meta_file} is missing: the catalog folder was damaged; re-run `befa ingest`",
+                )
             raise CatalogError(meta_file, "no ingested catalog here (run `befa ingest` first)")
         try:
             meta = json.loads(meta_file.read_text())
@@ -302,14 +317,18 @@ def _read_checked(path: Path, meta: dict[str, Any], rows: int | None) -> pd.Data
     recorded = meta.get("files", {}).get(path.name)
     if recorded and sha256_bytes(data) != recorded["sha256"]:
         raise CatalogError(
-            path, f"changed after ingest: its sha256 is not the one {META} records (from another ingest, or edited); re-run `befa ingest`"
+            path,
+            f"changed after ingest: its sha256 is not the one {META} records (from another ingest, or edited); re-run `befa ingest`",
         )
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as exc:
         raise CatalogError(path, f"unreadable Parquet ({exc}); re-run `befa ingest`") from None
     if rows is not None and table.num_rows != int(rows):
-        raise CatalogError(path, f"holds {table.num_rows} rows, but {META} records {rows}: the files come from different ingests; re-run `befa ingest`")
+        raise CatalogError(
+            path,
+            f"holds {table.num_rows} rows, but {META} records {rows}: the files come from different ingests; re-run `befa ingest`",
+        )
     return table.to_pandas()
 
 

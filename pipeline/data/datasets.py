@@ -79,7 +79,9 @@ class DatasetSpec:
 
 
 _AMITKAPS = "https://github.com/amitkaps/recommendation/raw/{ref}/MovieLens"
-_MMHCL = "https://github.com/sunflower82/Neighbor-Layer-Hypergraph-CL-for-MMHCL-ready-for-implementation/raw/{ref}/data/baby"
+_MMHCL = (
+    "https://github.com/sunflower82/Neighbor-Layer-Hypergraph-CL-for-MMHCL-ready-for-implementation/raw/{ref}/data/baby"
+)
 
 
 def _refs(template: str, sub: str, refs: tuple[str, ...]) -> tuple[str, ...]:
@@ -115,7 +117,8 @@ DATASETS: dict[str, DatasetSpec] = {
             # The split files sit in data/baby/5-core/ in the repository's recent history.
             Upstream(
                 "*.json",
-                urls=_refs(_MMHCL, "/5-core/{path}", ("a553f39", "HEAD")) + _refs(_MMHCL, "/{path}", ("a553f39", "HEAD")),
+                urls=_refs(_MMHCL, "/5-core/{path}", ("a553f39", "HEAD"))
+                + _refs(_MMHCL, "/{path}", ("a553f39", "HEAD")),
             ),
         ),
     ),
@@ -191,7 +194,9 @@ def verify_dataset(name: str, folder: str | Path) -> int:
     if own.exists() and read_sums(own) != expected:
         theirs = read_sums(own)
         diff = sorted(k for k in set(theirs) | set(expected) if theirs.get(k) != expected.get(k))
-        raise CatalogError(own, f"differs from the checksums pinned in befa for {name} ({len(diff)} entries, e.g. {diff[:3]})")
+        raise CatalogError(
+            own, f"differs from the checksums pinned in befa for {name} ({len(diff)} entries, e.g. {diff[:3]})"
+        )
     return verify_files(folder, expected, hint=f"; run `befa download {name}` to repair")
 
 
@@ -217,7 +222,7 @@ class DownloadError(RuntimeError):
 def _map_url(url: str, url_map: dict[str, str] | None) -> str:
     for prefix, repl in (url_map or {}).items():
         if url.startswith(prefix):
-            return repl + url[len(prefix):]
+            return repl + url[len(prefix) :]
     return url
 
 
@@ -314,9 +319,13 @@ def download(
             fetch.from_urls(up, todo, workers)
     failed = [rel for rel in fetch.missing if not fetch.present(rel)]
     if failed:
-        lines = [f"{folder / rel}: " + ("; ".join(fetch.errors[rel][:6]) or "no upstream serves it") for rel in failed[:10]]
+        lines = [
+            f"{folder / rel}: " + ("; ".join(fetch.errors[rel][:6]) or "no upstream serves it") for rel in failed[:10]
+        ]
         more = f"\n... and {len(failed) - 10} more" if len(failed) > 10 else ""
-        raise DownloadError(f"{name}: {len(failed)} file(s) could not be fetched and verified:\n" + "\n".join(lines) + more)
+        raise DownloadError(
+            f"{name}: {len(failed)} file(s) could not be fetched and verified:\n" + "\n".join(lines) + more
+        )
     _write_provenance(spec, folder)
     verify_dataset(name, folder)
     return folder

@@ -90,7 +90,9 @@ class FetchReport:
         for f in self.failures[:max_rows]:
             where = f"{f.file}, data row {f.row}: " if f.file and f.row else (f"{f.file}: " if f.file else "")
             what = f"HTTP {f.status}" if f.status else "error"
-            out.append(f"  {where}{f.url}: {what}: {f.error} (after {f.attempts} attempt{'s' if f.attempts > 1 else ''})")
+            out.append(
+                f"  {where}{f.url}: {what}: {f.error} (after {f.attempts} attempt{'s' if f.attempts > 1 else ''})"
+            )
         if len(self.failures) > max_rows:
             out.append(f"  ... and {len(self.failures) - max_rows} more")
         return out
@@ -126,7 +128,9 @@ class _Fetcher:
 
     def _client(self) -> httpx.Client:
         if not hasattr(self._local, "client"):
-            self._local.client = httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=self.options.timeout_s)
+            self._local.client = httpx.Client(
+                follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=self.options.timeout_s
+            )
         return self._local.client
 
     def _host(self, url: str) -> threading.Semaphore:

@@ -33,7 +33,9 @@ def catalog_image_refs(folder: str | Path) -> list[ImageRef]:
         frame = frame[frame["modality"] == "image"] if "modality" in frame else frame
         for source, file, row in zip(frame["source"], frame["file"], frame["row"]):
             if is_url(source):
-                refs.append(ImageRef(str(source), None if pd.isna(file) else str(file), None if pd.isna(row) else int(row)))
+                refs.append(
+                    ImageRef(str(source), None if pd.isna(file) else str(file), None if pd.isna(row) else int(row))
+                )
     items_file = catalog.meta.get("ingest", {}).get("options", {}).get("items")
     for item_id, ref in zip(catalog.items["item_id"], catalog.items["image"]):
         if is_url(ref):

@@ -83,7 +83,9 @@ def _options(importer: Importer, settings: Settings, options: dict[str, Any]) ->
     try:
         return importer.Options(**opts), rename
     except ValidationError as exc:
-        raise ValueError(f"befa ingest {importer.name}: " + "; ".join(_option_problem(importer, e) for e in exc.errors())) from None
+        raise ValueError(
+            f"befa ingest {importer.name}: " + "; ".join(_option_problem(importer, e) for e in exc.errors())
+        ) from None
 
 
 def _option_problem(importer: Importer, error: dict[str, Any]) -> str:
@@ -173,7 +175,10 @@ def save_result(result: ImportResult, folder: str | Path, settings: Settings, so
             split = Split.from_labels(name, frame, meta={"source": source or catalog.name})
             split.save(target)
             counts = split.counts()
-            report.notes.append(f"given split {name!r} kept as splits/{name}.parquet: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            report.notes.append(
+                f"given split {name!r} kept as splits/{name}.parquet: "
+                + ", ".join(f"{k} {v}" for k, v in counts.items())
+            )
 
     if result.features:
         _store_features(result, settings, report)

@@ -26,7 +26,9 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def features_from_store(store: FeatureStore, catalog: Catalog, fingerprint: str, modality: str) -> tuple[np.ndarray, np.ndarray]:
+def features_from_store(
+    store: FeatureStore, catalog: Catalog, fingerprint: str, modality: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(I x D float32 matrix aligned with item_idx, present mask) read from a FeatureStore."""
     # only items with content have a key; the others stay zero (MMRec needs every row)
     keys = catalog.content_keys(modality)
@@ -81,12 +83,17 @@ def export_mmrec(
     dest = Path(dest)
     name = name or catalog.name
     frame = split.frame if hasattr(split, "frame") else split
-    ev = catalog.interactions.drop_duplicates(["user_idx", "item_idx"], keep="first").set_index(["user_idx", "item_idx"])
+    ev = catalog.interactions.drop_duplicates(["user_idx", "item_idx"], keep="first").set_index(
+        ["user_idx", "item_idx"]
+    )
     key = pd.MultiIndex.from_arrays([frame["user_idx"].to_numpy(np.int64), frame["item_idx"].to_numpy(np.int64)])
     found = key.isin(ev.index)
     if not found.all():
         i = int(np.flatnonzero(~found)[0])
-        raise CatalogError(None, f"split row {i + 1} (user_idx {key[i][0]}, item_idx {key[i][1]}) is not an interaction of catalog {catalog.name!r}")
+        raise CatalogError(
+            None,
+            f"split row {i + 1} (user_idx {key[i][0]}, item_idx {key[i][1]}) is not an interaction of catalog {catalog.name!r}",
+        )
     for modality, matrix in (features or {}).items():
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
@@ -108,7 +115,9 @@ def export_mmrec(
     inter_path = dest / f"{name}.inter"
     write_text(inter_path, out.to_csv(sep="\t", index=False, lineterminator="\n"))
     items = catalog.items.sort_values("item_idx")
-    mapping = pd.DataFrame({"item_id": items["item_id"].to_numpy(), "item_idx": items["item_idx"].to_numpy(np.int64), "itemID": item_ids})
+    mapping = pd.DataFrame(
+        {"item_id": items["item_id"].to_numpy(), "item_idx": items["item_idx"].to_numpy(np.int64), "itemID": item_ids}
+    )
     write_text(dest / ITEM_MAP, mapping.to_csv(sep="\t", index=False, lineterminator="\n"))
     order = np.argsort(item_ids)  # row j of the .npy is the befa item exported as itemID j
     for modality, matrix in (features or {}).items():

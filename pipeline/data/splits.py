@@ -70,7 +70,9 @@ class Split:
         folder = Path(folder)
         path = folder / f"{self.name}.parquet"
         write_parquet(path, pa.Table.from_pandas(self.frame, preserve_index=False))
-        write_json(folder / f"{self.name}.json", {**self.meta, "name": self.name, "id": self.id, "counts": self.counts()})
+        write_json(
+            folder / f"{self.name}.json", {**self.meta, "name": self.name, "id": self.id, "counts": self.counts()}
+        )
         return path
 
     @classmethod
@@ -88,7 +90,9 @@ class Split:
         """Wrap a given split (e.g. MMRec x_label, Amazon train/val/test json)."""
         bad = ~frame["label"].isin([TRAIN, VALID, TEST])
         if bad.any():
-            raise ValueError(f"split {name!r}: label must be 0/1/2, row {int(np.flatnonzero(bad)[0]) + 1} has {frame['label'][bad].iloc[0]!r}")
+            raise ValueError(
+                f"split {name!r}: label must be 0/1/2, row {int(np.flatnonzero(bad)[0]) + 1} has {frame['label'][bad].iloc[0]!r}"
+            )
         return cls(name=name, frame=_canonical(frame), meta=dict(meta or {}, kind="given"))
 
     @property
@@ -114,7 +118,9 @@ class Split:
         keep = pos < np.maximum(1, np.floor(n * fraction)).astype(np.int64)
         frame = pd.concat([train[keep], self.frame[self.frame["label"] != TRAIN]])
         name = f"{self.name}-train{int(round(fraction * 100))}"
-        return Split(name=name, frame=_canonical(frame), meta=dict(self.meta, train_fraction=fraction, subsample_seed=seed))
+        return Split(
+            name=name, frame=_canonical(frame), meta=dict(self.meta, train_fraction=fraction, subsample_seed=seed)
+        )
 
 
 def _canonical(frame: pd.DataFrame) -> pd.DataFrame:
@@ -187,9 +193,15 @@ def split_random(catalog: Catalog, seed: int = 2024, k_core: int | None = None) 
     users = inter["user_idx"].to_numpy(np.int64)
     pos = _positions_within_user(users, np.random.default_rng(seed))
     n = inter.groupby("user_idx")["user_idx"].transform("size").to_numpy()
-    frame = pd.DataFrame({"user_idx": users, "item_idx": inter["item_idx"].to_numpy(np.int64), "label": _labels_from_positions(pos, n)})
+    frame = pd.DataFrame(
+        {"user_idx": users, "item_idx": inter["item_idx"].to_numpy(np.int64), "label": _labels_from_positions(pos, n)}
+    )
     name = f"random-s{seed}" + (f"-k{k_core}" if k_core else "")
-    return Split(name=name, frame=_canonical(frame), meta={"kind": "random", "seed": seed, "k_core": k_core, "catalog": catalog.fingerprint(), **notes})
+    return Split(
+        name=name,
+        frame=_canonical(frame),
+        meta={"kind": "random", "seed": seed, "k_core": k_core, "catalog": catalog.fingerprint(), **notes},
+    )
 
 
 def split_temporal(catalog: Catalog, k_core: int | None = None) -> Split:
@@ -205,7 +217,11 @@ def split_temporal(catalog: Catalog, k_core: int | None = None) -> Split:
     label[eligible & (pos == n - 1)] = TEST
     frame = pd.DataFrame({"user_idx": users, "item_idx": inter["item_idx"].to_numpy(np.int64), "label": label})
     name = "temporal-loo" + (f"-k{k_core}" if k_core else "")
-    return Split(name=name, frame=_canonical(frame), meta={"kind": "temporal", "k_core": k_core, "catalog": catalog.fingerprint(), **notes})
+    return Split(
+        name=name,
+        frame=_canonical(frame),
+        meta={"kind": "temporal", "k_core": k_core, "catalog": catalog.fingerprint(), **notes},
+    )
 
 
 DEFAULT_COLD_FRACTION = 0.2
@@ -213,7 +229,9 @@ DEFAULT_COLD_FRACTION = 0.2
 
 def check_cold_fraction(cold_fraction: float) -> float:
     if not (isinstance(cold_fraction, (int, float)) and 0 < cold_fraction < 1):
-        raise ValueError(f"--cold-fraction must be strictly between 0 and 1 (the share of items held out as cold), got {cold_fraction!r}")
+        raise ValueError(
+            f"--cold-fraction must be strictly between 0 and 1 (the share of items held out as cold), got {cold_fraction!r}"
+        )
     return float(cold_fraction)
 
 
@@ -221,7 +239,9 @@ def cold_split_name(cold_fraction: float, seed: int, k_core: int | None = None) 
     return f"cold-items-f{cold_fraction * 100:g}-s{seed}" + (f"-k{k_core}" if k_core else "")
 
 
-def split_cold_items(catalog: Catalog, cold_fraction: float = DEFAULT_COLD_FRACTION, seed: int = 2024, k_core: int | None = None) -> Split:
+def split_cold_items(
+    catalog: Catalog, cold_fraction: float = DEFAULT_COLD_FRACTION, seed: int = 2024, k_core: int | None = None
+) -> Split:
     """Item cold-start split: a seeded share of the items has all its interactions in
     valid/test and none in train (module docstring)."""
     cold_fraction = check_cold_fraction(cold_fraction)
@@ -231,7 +251,9 @@ def split_cold_items(catalog: Catalog, cold_fraction: float = DEFAULT_COLD_FRACT
     rng = np.random.default_rng(seed)
     candidates = np.unique(items)
     if candidates.size < 2:
-        raise ValueError(f"catalog {catalog.name!r}: a cold-items split needs at least 2 items with interactions, has {candidates.size}")
+        raise ValueError(
+            f"catalog {catalog.name!r}: a cold-items split needs at least 2 items with interactions, has {candidates.size}"
+        )
     # at least one cold and one warm item, whatever the fraction
     n_cold = min(max(int(round(cold_fraction * candidates.size)), 1), candidates.size - 1)
     cold = np.sort(rng.choice(candidates, size=n_cold, replace=False))
@@ -245,8 +267,13 @@ def split_cold_items(catalog: Catalog, cold_fraction: float = DEFAULT_COLD_FRACT
     label[is_cold] = np.where(_positions_within_user(items[is_cold], rng) % 2 == 0, VALID, TEST)
     frame = pd.DataFrame({"user_idx": users, "item_idx": items, "label": label})
     meta = {
-        "kind": "cold-items", "seed": seed, "k_core": k_core, "cold_fraction": cold_fraction,
-        "cold_items": [int(i) for i in cold], "catalog": catalog.fingerprint(), **notes,
+        "kind": "cold-items",
+        "seed": seed,
+        "k_core": k_core,
+        "cold_fraction": cold_fraction,
+        "cold_items": [int(i) for i in cold],
+        "catalog": catalog.fingerprint(),
+        **notes,
     }
     return Split(name=cold_split_name(cold_fraction, seed, k_core), frame=_canonical(frame), meta=meta)
 
@@ -255,7 +282,11 @@ SPLITTERS = {"random": split_random, "temporal": split_temporal, "cold-items": s
 
 
 def make_split(
-    catalog: Catalog, kind: str = "random", seed: int = 2024, k_core: int | None = None, cold_fraction: float | None = None
+    catalog: Catalog,
+    kind: str = "random",
+    seed: int = 2024,
+    k_core: int | None = None,
+    cold_fraction: float | None = None,
 ) -> Split:
     if kind not in SPLITTERS:
         raise ValueError(f"unknown split kind {kind!r} (--kind); choose from {sorted(SPLITTERS)}")
@@ -264,7 +295,9 @@ def make_split(
     if kind == "random":
         return split_random(catalog, seed=seed, k_core=k_core)
     if kind == "cold-items":
-        return split_cold_items(catalog, DEFAULT_COLD_FRACTION if cold_fraction is None else cold_fraction, seed=seed, k_core=k_core)
+        return split_cold_items(
+            catalog, DEFAULT_COLD_FRACTION if cold_fraction is None else cold_fraction, seed=seed, k_core=k_core
+        )
     return split_temporal(catalog, k_core=k_core)
 
 

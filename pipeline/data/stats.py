@@ -46,5 +46,7 @@ def render_stats(stats: dict[str, Any]) -> Table:
             continue
         table.add_row(key, f"{value:.4%}" if key == "density" else str(value))
     for name, counts in stats["splits"].items():
-        table.add_row(f"split {name}", f"train {counts['train']:,} / valid {counts['valid']:,} / test {counts['test']:,}")
+        table.add_row(
+            f"split {name}", f"train {counts['train']:,} / valid {counts['valid']:,} / test {counts['test']:,}"
+        )
     return table

@@ -32,13 +32,18 @@ class IngestSummary(StepSummary):
     num_interactions: int
     ingested: bool = Field(description="False when the stored catalog was used as is")
     issues: dict[str, int] = Field(default_factory=dict)
-    warnings: list[str] = Field(default_factory=list, description="the ingest report's warnings (removed splits, missing images, ...)")
+    warnings: list[str] = Field(
+        default_factory=list, description="the ingest report's warnings (removed splits, missing images, ...)"
+    )
 
     @property
     def dataset(self) -> DatasetSummary:
         return DatasetSummary(
-            name=self.name, fingerprint=self.fingerprint, num_users=self.num_users,
-            num_items=self.num_items, num_interactions=self.num_interactions,
+            name=self.name,
+            fingerprint=self.fingerprint,
+            num_users=self.num_users,
+            num_items=self.num_items,
+            num_interactions=self.num_interactions,
         )
 
 

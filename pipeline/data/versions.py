@@ -53,7 +53,14 @@ META = "catalog.json"
 KEEP_VERSIONS = 3
 LOCK_TIMEOUT_S = 600.0
 # files of one version (and, before versions, of the catalog folder itself)
-VERSION_FILES = ("items.parquet", "interactions.parquet", "rejects.parquet", "ingest_report.json", "ingest_report.md", META)
+VERSION_FILES = (
+    "items.parquet",
+    "interactions.parquet",
+    "rejects.parquet",
+    "ingest_report.json",
+    "ingest_report.md",
+    META,
+)
 _ID = re.compile(r"(\d+)-")
 
 

@@ -73,7 +73,9 @@ class UserItems:
         start = self.indptr[users]
         count = self.indptr[users + 1] - start
         row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), count)
-        offset = torch.arange(row.numel(), device=users.device) - torch.repeat_interleave(count.cumsum(0) - count, count)
+        offset = torch.arange(row.numel(), device=users.device) - torch.repeat_interleave(
+            count.cumsum(0) - count, count
+        )
         return row, self.items[torch.repeat_interleave(start, count) + offset]
 
     def to(self, device: torch.device | str) -> "UserItems":
@@ -199,7 +201,9 @@ class Evaluator:
         users = torch.unique(torch.cat(list(per_part_users.values()))) if parts else torch.empty(0, dtype=torch.int64)
         batch = max(1, self.block_elements // max(1, I))
         # train entries of the ranked users, as (row in users, item), sorted by row
-        entry_user = torch.repeat_interleave(torch.arange(self.train.num_users), self.train.counts().cpu()).to(self.train.items.device)
+        entry_user = torch.repeat_interleave(torch.arange(self.train.num_users), self.train.counts().cpu()).to(
+            self.train.items.device
+        )
         pos = torch.searchsorted(users, entry_user).clamp_(max=max(users.numel() - 1, 0))
         keep = users[pos] == entry_user if users.numel() else torch.zeros_like(entry_user, dtype=torch.bool)
         train_pos, train_items = pos[keep], self.train.items[keep]  # already sorted by user
@@ -225,7 +229,9 @@ class Evaluator:
         self._plans[key] = plan
         return plan
 
-    def _group_counts(self, parts: tuple[str, ...], per_part_users: dict[str, Tensor], device: torch.device) -> dict[tuple[str, str], Tensor]:
+    def _group_counts(
+        self, parts: tuple[str, ...], per_part_users: dict[str, Tensor], device: torch.device
+    ) -> dict[tuple[str, str], Tensor]:
         """(part, group) -> each evaluated user's number of held-out items in the group."""
         out = {}
         for p in parts:
@@ -294,7 +300,9 @@ class Evaluator:
             result.per_user[f"{group}/{name}"] = column
 
 
-def evaluate_model(model: torch.nn.Module, evaluator: Evaluator, parts: Sequence[str] | None = None) -> dict[str, EvalResult]:
+def evaluate_model(
+    model: torch.nn.Module, evaluator: Evaluator, parts: Sequence[str] | None = None
+) -> dict[str, EvalResult]:
     """Switch to eval mode, take the model's inference embeddings, rank, restore the mode."""
     was_training = model.training
     model.eval()

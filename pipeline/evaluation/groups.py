@@ -29,7 +29,9 @@ LONG_TAIL_SHARE = 0.8
 GROUPS: tuple[str, ...] = ("warm", "cold", "long_tail")
 
 
-def item_groups(num_items: int, train_items: np.ndarray | Tensor, cold_items: Sequence[int] | np.ndarray | None = None) -> dict[str, Tensor]:
+def item_groups(
+    num_items: int, train_items: np.ndarray | Tensor, cold_items: Sequence[int] | np.ndarray | None = None
+) -> dict[str, Tensor]:
     """group -> (I,) bool mask (module docstring). ``cold`` only when ``cold_items`` is given."""
     items = train_items.detach().cpu().numpy() if isinstance(train_items, Tensor) else np.asarray(train_items)
     popularity = np.bincount(items.astype(np.int64), minlength=num_items)[:num_items]

@@ -40,11 +40,17 @@ class FeatureBundle:
         def pick(d: Mapping[str, Any]) -> dict[str, Any]:
             return {m: d[m] for m in mods if m in d}
 
-        return FeatureBundle(pick(self.features), pick(self.masks), pick(self.snapshots), pick(self.fingerprints), pick(self.random_init))
+        return FeatureBundle(
+            pick(self.features), pick(self.masks), pick(self.snapshots), pick(self.fingerprints), pick(self.random_init)
+        )
 
     def provenance(self) -> dict[str, dict[str, Any]]:
         """modality -> {snapshot, fingerprint, random_init}: what a run record keeps."""
         return {
-            m: {"snapshot": self.snapshots.get(m), "fingerprint": self.fingerprints.get(m), "random_init": bool(self.random_init.get(m, False))}
+            m: {
+                "snapshot": self.snapshots.get(m),
+                "fingerprint": self.fingerprints.get(m),
+                "random_init": bool(self.random_init.get(m, False)),
+            }
             for m in self.modalities
         }

@@ -45,13 +45,13 @@ from encoders.base import Encoder, autocast_dtype, check_modalities
 from encoders.registry import create_encoders, resolve_specs
 from encoders.spec import EncoderSpec
 from pipeline.data.catalog import Catalog
+from pipeline.device import cpu_count, resolve_device, torch_threads
 from pipeline.features.encoder_cache import known_fingerprint, remember_fingerprint
 from pipeline.features.images import ImageItems, default_num_workers, image_loader
 from pipeline.features.progress import ProgressLines
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
 from pipeline.settings import Settings
-from pipeline.device import cpu_count, resolve_device, torch_threads
 from storage.atomic import clean_temporaries
 from storage.columns import string_array
 from storage.faults import pause_point
@@ -101,8 +101,13 @@ def todo_keys(store: FeatureStore, key: FeatureSetKey, keys: pd.DataFrame) -> pd
 
 
 def finish_modality(
-    summary: ModalitySummary, writer: PartWriter, store: FeatureStore, key: FeatureSetKey,
-    keys: pd.DataFrame, t_enc: float, t0: float,
+    summary: ModalitySummary,
+    writer: PartWriter,
+    store: FeatureStore,
+    key: FeatureSetKey,
+    keys: pd.DataFrame,
+    t_enc: float,
+    t0: float,
 ) -> ModalitySummary:
     """Timings, throughput, and the commit that makes the snapshot exactly the current catalog
     (keys without a row, i.e. failed items, count as missing). Shared with Ray extraction."""
@@ -130,10 +135,14 @@ def _embed_split_on_oom(fn: Callable[[Any], torch.Tensor], batch: Any, n: int) -
 
 def _progress(total: int, desc: str, unit: str, enabled: bool) -> tqdm:
     # tqdm shows items/s and the ETA; mininterval keeps the bar cheap.
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5, dynamic_ncols=True)
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5, dynamic_ncols=True
+    )
 
 
-def _resolve_encoders(encoder_or_spec: Any, modalities: Sequence[str] | None, device: torch.device) -> dict[str, Encoder]:
+def _resolve_encoders(
+    encoder_or_spec: Any, modalities: Sequence[str] | None, device: torch.device
+) -> dict[str, Encoder]:
     if isinstance(encoder_or_spec, Encoder):
         wanted = list(modalities) if modalities is not None else list(encoder_or_spec.modalities)
         check_modalities(encoder_or_spec.family, wanted, encoder_or_spec.modalities)
@@ -206,7 +215,11 @@ def extract_features(
     with torch_threads(threads):
         for modality, encoder in encoders.items():
             summaries[modality] = _extract_modality(
-                catalog, encoder, store, modality, dev,
+                catalog,
+                encoder,
+                store,
+                modality,
+                dev,
                 batch_size=batch_size or encoder.default_batch_size(dev),
                 num_workers=workers,
                 part_size=part_size or (4096 if dev.type == "cuda" else 1024),
@@ -232,10 +245,16 @@ def _built(encoder_or_spec: Any) -> bool:
     """An Encoder, or a mapping of them: already built, nothing to save by looking first."""
     if isinstance(encoder_or_spec, Encoder):
         return True
-    return isinstance(encoder_or_spec, Mapping) and bool(encoder_or_spec) and all(isinstance(v, Encoder) for v in encoder_or_spec.values())
+    return (
+        isinstance(encoder_or_spec, Mapping)
+        and bool(encoder_or_spec)
+        and all(isinstance(v, Encoder) for v in encoder_or_spec.values())
+    )
 
 
-def _without_encoders(catalog: Catalog, store: FeatureStore, specs: Mapping[str, EncoderSpec], device: torch.device) -> dict[str, ModalitySummary]:
+def _without_encoders(
+    catalog: Catalog, store: FeatureStore, specs: Mapping[str, EncoderSpec], device: torch.device
+) -> dict[str, ModalitySummary]:
     """Modalities whose spec built a fingerprint the store knows and whose every current
     (item, content hash) the store holds: committed and summarised without loading the encoder."""
     out: dict[str, ModalitySummary] = {}
@@ -250,9 +269,16 @@ def _without_encoders(catalog: Catalog, store: FeatureStore, specs: Mapping[str,
         if len(todo_keys(store, key, keys)):
             continue
         summary = ModalitySummary(
-            modality=modality, encoder=str(spec), fingerprint=fingerprint, weights=str(info.get("weights_label") or info.get("weights") or ""),
-            random_init=bool(info.get("random_init")), dim=int(info.get("dim") or 0), items=catalog.num_items, with_content=len(keys),
-            device=str(device), precision="encoder not loaded: nothing to encode",
+            modality=modality,
+            encoder=str(spec),
+            fingerprint=fingerprint,
+            weights=str(info.get("weights_label") or info.get("weights") or ""),
+            random_init=bool(info.get("random_init")),
+            dim=int(info.get("dim") or 0),
+            items=catalog.num_items,
+            with_content=len(keys),
+            device=str(device),
+            precision="encoder not loaded: nothing to encode",
         )
         summary.record_no_content(catalog.items)
         summary.skipped = len(keys)
@@ -283,10 +309,18 @@ def _extract_modality(
     key = FeatureSetKey(catalog.name, encoder.fingerprint, modality)
     keys = catalog.content_keys(modality)
     summary = ModalitySummary(
-        modality=modality, encoder=str(encoder.spec), fingerprint=key.fingerprint, weights=encoder.weights_label,
-        random_init=encoder.random_init, dim=encoder.dim, items=catalog.num_items, with_content=len(keys),
-        batch_size=batch_size, num_workers=num_workers if modality == "image" else 0,
-        device=str(device), precision=precision_name(encoder, device),
+        modality=modality,
+        encoder=str(encoder.spec),
+        fingerprint=key.fingerprint,
+        weights=encoder.weights_label,
+        random_init=encoder.random_init,
+        dim=encoder.dim,
+        items=catalog.num_items,
+        with_content=len(keys),
+        batch_size=batch_size,
+        num_workers=num_workers if modality == "image" else 0,
+        device=str(device),
+        precision=precision_name(encoder, device),
     )
     summary.record_no_content(catalog.items)
     # one extraction per feature set at a time: a second one waits here, then finds the work done
@@ -300,20 +334,33 @@ def _extract_modality(
         t_enc = time.perf_counter()
         if len(todo):
             if modality == "image":
-                batches = _image_batches(encoder, catalog.items, todo, batch_size, num_workers, device, catalog.meta.get("image_cache"))
+                batches = _image_batches(
+                    encoder, catalog.items, todo, batch_size, num_workers, device, catalog.meta.get("image_cache")
+                )
             else:
                 batches = _text_batches(encoder, catalog.items, todo, batch_size)
             _encode_into(writer, summary, batches, todo, progress, log)
         return finish_modality(summary, writer, store, key, keys, t_enc, t0)
 
 
-def _encode_into(writer: PartWriter, summary: ModalitySummary, batches, todo: pd.DataFrame, progress: bool, log: Callable[[str], None] | None = None) -> None:
+def _encode_into(
+    writer: PartWriter,
+    summary: ModalitySummary,
+    batches,
+    todo: pd.DataFrame,
+    progress: bool,
+    log: Callable[[str], None] | None = None,
+) -> None:
     """Consume ``batches`` of ``todo``: vectors to the writer, failures to the summary, then flush.
     ``log``: plain progress lines as well (``ProgressLines``), for logs where the bar does not show."""
     ids, hashes, idx = todo["item_id"].tolist(), todo["content_hash"].tolist(), todo["item_idx"].tolist()
     unit = "img" if summary.modality == "image" else "text"
     bar = _progress(len(todo), f"{summary.modality} {summary.fingerprint}", unit, progress)
-    lines = ProgressLines(len(todo), f"extract {summary.modality} ({summary.fingerprint})", log, unit=f"{unit}s") if log else None
+    lines = (
+        ProgressLines(len(todo), f"extract {summary.modality} ({summary.fingerprint})", log, unit=f"{unit}s")
+        if log
+        else None
+    )
     try:
         for positions, emb, bad in batches:
             if positions:
@@ -369,6 +416,12 @@ def extract_command(
     catalog = Catalog.load(settings.catalog_dir(dataset))
     store = FeatureStore(settings.feature_store)
     return extract_features(
-        catalog, encoder_spec, store, modalities=modalities, batch_size=batch_size,
-        num_workers=num_workers, device=device, progress=progress,
+        catalog,
+        encoder_spec,
+        store,
+        modalities=modalities,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
     )

@@ -32,7 +32,11 @@ class ImageItems(Dataset):
     """
 
     def __init__(
-        self, refs: Sequence[str], hashes: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], cache_root: str | None = None
+        self,
+        refs: Sequence[str],
+        hashes: Sequence[str],
+        transform: Callable[[Image.Image], torch.Tensor],
+        cache_root: str | None = None,
     ):
         self.refs = list(refs)
         self.hashes = list(hashes)

@@ -7,17 +7,15 @@ snapshot ids that were read (so a run can record exactly which features it used)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
 from pipeline.data.catalog import Catalog, CatalogError
-from pipeline.features.extract import extract_features
 from pipeline.features.bundle import FeatureBundle
+from pipeline.features.extract import extract_features
 from storage.feature_store import FeatureStore
 from storage.keys import MODALITIES, FeatureSetKey
 from storage.snapshots import Snapshot
@@ -40,7 +38,9 @@ def _snapshot_to_read(store: FeatureStore, key: FeatureSetKey, wanted: str | Non
     return snap
 
 
-def _aligned(store: FeatureStore, key: FeatureSetKey, snap: Snapshot, catalog: Catalog, as_recorded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _aligned(
+    store: FeatureStore, key: FeatureSetKey, snap: Snapshot, catalog: Catalog, as_recorded: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(I, D) float32 rows by item_idx and the (I,) mask of items whose current content has a feature.
 
     ``as_recorded``: the snapshot's own row of each item id, whatever its content is now, so

@@ -25,9 +25,7 @@ one model on one device); only feature extraction is distributed.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -35,15 +33,16 @@ import pandas as pd
 import torch
 
 from encoders.registry import create_encoders, resolve_specs
+from pipeline.cluster import connected
 from pipeline.data.catalog import Catalog
 from pipeline.data.image_cache import ImageCache, is_url
 from pipeline.features.extract import finish_modality, precision_name, todo_keys
 from pipeline.features.images import ImageItems
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
-from pipeline.cluster import connected
 from storage.feature_store import FeatureStore
 from storage.keys import FeatureSetKey
+
 
 class _Embedder:
     """Ray Data actor: builds the encoder once, then embeds batches of items."""
@@ -77,10 +76,19 @@ class _Embedder:
             out = self.encoder.embed_texts([str(t) for t in batch["payload"]])
             emb[:] = out.float().cpu().numpy()
             ok[:] = True
-        return {"item_id": batch["item_id"], "content_hash": batch["content_hash"], "item_idx": batch["item_idx"], "embedding": emb, "ok": ok, "reason": reason}
+        return {
+            "item_id": batch["item_id"],
+            "content_hash": batch["content_hash"],
+            "item_idx": batch["item_idx"],
+            "embedding": emb,
+            "ok": ok,
+            "reason": reason,
+        }
 
 
-def _embed_stream(frame: pd.DataFrame, spec: str, modality: str, *, use_gpu: bool, actors: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def _embed_stream(
+    frame: pd.DataFrame, spec: str, modality: str, *, use_gpu: bool, actors: int, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
     """The Ray Data pipeline: items -> actor pool of encoders -> output batches, streamed."""
     import ray
 
@@ -108,7 +116,9 @@ class _StreamOnCluster:
         return next(self._batches, None)
 
 
-def _embedded_batches(ray: Any, frame: pd.DataFrame, spec: str, modality: str, *, use_gpu: bool, actors: int, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def _embedded_batches(
+    ray: Any, frame: pd.DataFrame, spec: str, modality: str, *, use_gpu: bool, actors: int, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Output batches of the Ray Data pipeline, run here (a driver on the cluster) or, through
     Ray Client, by a :class:`_StreamOnCluster` actor (0 CPUs: it only drives the pipeline)."""
     from ray.util.client import ray as client
@@ -161,8 +171,15 @@ def extract_features_ray(
         actors = num_actors or (max(1, int(gpus)) if use_gpu else 1)
         for modality, spec in specs.items():
             summaries[modality] = _extract_modality(
-                ray, catalog, str(spec), store, modality, use_gpu=use_gpu, actors=actors,
-                batch_size=batch_size or (256 if use_gpu else 32), part_size=part_size,
+                ray,
+                catalog,
+                str(spec),
+                store,
+                modality,
+                use_gpu=use_gpu,
+                actors=actors,
+                batch_size=batch_size or (256 if use_gpu else 32),
+                part_size=part_size,
             )
     return ExtractSummary(dataset=catalog.name, modalities=summaries, seconds=time.perf_counter() - t_start)
 
@@ -175,12 +192,14 @@ def _work_frame(items: pd.DataFrame, todo: pd.DataFrame, modality: str, cache_ro
     if modality == "image" and cache_root:
         cache = ImageCache(cache_root)
         payload = np.array([_cached(cache, ref) for ref in payload], dtype=object)
-    return pd.DataFrame({
-        "item_id": todo["item_id"].astype(str).to_numpy(),
-        "content_hash": todo["content_hash"].astype(str).to_numpy(),
-        "item_idx": todo["item_idx"].to_numpy(np.int64),
-        "payload": payload.astype(str),
-    })
+    return pd.DataFrame(
+        {
+            "item_id": todo["item_id"].astype(str).to_numpy(),
+            "content_hash": todo["content_hash"].astype(str).to_numpy(),
+            "item_idx": todo["item_idx"].to_numpy(np.int64),
+            "payload": payload.astype(str),
+        }
+    )
 
 
 def _cached(cache: ImageCache, ref: Any) -> Any:
@@ -199,16 +218,36 @@ def _take_batch(writer: PartWriter, summary: ModalitySummary, batch: dict[str, n
         summary.record_failure(str(batch["item_id"][j]), int(batch["item_idx"][j]), str(batch["reason"][j]))
 
 
-def _extract_modality(ray: Any, catalog: Catalog, spec: str, store: FeatureStore, modality: str, *, use_gpu: bool, actors: int, batch_size: int, part_size: int) -> ModalitySummary:
+def _extract_modality(
+    ray: Any,
+    catalog: Catalog,
+    spec: str,
+    store: FeatureStore,
+    modality: str,
+    *,
+    use_gpu: bool,
+    actors: int,
+    batch_size: int,
+    part_size: int,
+) -> ModalitySummary:
     t0 = time.perf_counter()
     desc = ray.get(ray.remote(_describe).options(num_gpus=0).remote(spec, modality))
     store.register_encoder(desc["fingerprint"], desc["info"])
     key = FeatureSetKey(catalog.name, desc["fingerprint"], modality)
     keys = catalog.content_keys(modality)
     summary = ModalitySummary(
-        modality=modality, encoder=desc["spec"], fingerprint=key.fingerprint, weights=desc["weights"], random_init=desc["random_init"],
-        dim=desc["dim"], items=catalog.num_items, with_content=len(keys), batch_size=batch_size, num_workers=actors,
-        device="cuda (ray)" if use_gpu else "cpu (ray)", precision="bf16/fp16 autocast" if use_gpu else desc["precision"],
+        modality=modality,
+        encoder=desc["spec"],
+        fingerprint=key.fingerprint,
+        weights=desc["weights"],
+        random_init=desc["random_init"],
+        dim=desc["dim"],
+        items=catalog.num_items,
+        with_content=len(keys),
+        batch_size=batch_size,
+        num_workers=actors,
+        device="cuda (ray)" if use_gpu else "cpu (ray)",
+        precision="bf16/fp16 autocast" if use_gpu else desc["precision"],
     )
     summary.record_no_content(catalog.items)
     todo = todo_keys(store, key, keys)
@@ -219,7 +258,9 @@ def _extract_modality(ray: Any, catalog: Catalog, spec: str, store: FeatureStore
     if len(todo):
         frame = _work_frame(catalog.items, todo, modality, catalog.meta.get("image_cache"))
         # streaming: parts are written while later batches are still being encoded
-        for batch in _embedded_batches(ray, frame, spec, modality, use_gpu=use_gpu, actors=actors, batch_size=batch_size):
+        for batch in _embedded_batches(
+            ray, frame, spec, modality, use_gpu=use_gpu, actors=actors, batch_size=batch_size
+        ):
             _take_batch(writer, summary, batch)
         writer.flush()
     return finish_modality(summary, writer, store, key, keys, t_enc, t0)

@@ -62,8 +62,14 @@ class ModalitySummary:
     def features(self) -> "ModalityFeatures":
         """This modality's feature set, as the other packages see it."""
         return ModalityFeatures(
-            spec=self.encoder, fingerprint=self.fingerprint, snapshot=self.snapshot_id, dim=self.dim,
-            weights=self.weights, random_init=bool(self.random_init), encoded=self.encoded, skipped=self.skipped,
+            spec=self.encoder,
+            fingerprint=self.fingerprint,
+            snapshot=self.snapshot_id,
+            dim=self.dim,
+            weights=self.weights,
+            random_init=bool(self.random_init),
+            encoded=self.encoded,
+            skipped=self.skipped,
             failed=self.failed,
         )
 
@@ -82,7 +88,9 @@ class ModalitySummary:
         """One item that could not be encoded now (unreadable, undecodable, changed since ingest)."""
         self.failed += 1
         if len(self.missing_items) < MAX_LISTED_FAILURES:
-            self.missing_items.append({"item_id": item_id, "item_idx": int(item_idx), "kind": "failed", "reason": reason})
+            self.missing_items.append(
+                {"item_id": item_id, "item_idx": int(item_idx), "kind": "failed", "reason": reason}
+            )
 
 
 @dataclass

@@ -22,8 +22,8 @@ from models import MODELS, make_config
 from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import recorded_ingest
 from pipeline.data.versions import is_ingested
-from pipeline.settings import Settings
 from pipeline.device import DeviceError, check_device
+from pipeline.settings import Settings
 from storage.keys import MODALITIES
 
 DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
@@ -45,14 +45,19 @@ class DataParams(BaseModel):
 
     dataset: str = Field(DEFAULT_DATASET, description="catalog name (folder under $BEFA_HOME/catalogs)")
     importer: str | None = Field(
-        None, description="importer to (re-)ingest with: default the dataset name when it is a known dataset, 'generic' when ingest_options name files"
+        None,
+        description="importer to (re-)ingest with: default the dataset name when it is a known dataset, 'generic' when ingest_options name files",
     )
     ingest: Literal["auto", "always", "never"] = Field(
-        "auto", description="auto: ingest when the catalog is not there yet; always: re-ingest; never: use the stored catalog"
+        "auto",
+        description="auto: ingest when the catalog is not there yet; always: re-ingest; never: use the stored catalog",
     )
-    ingest_options: dict[str, Any] = Field(default_factory=dict, description="importer options (generic: items, interactions, images, ...)")
+    ingest_options: dict[str, Any] = Field(
+        default_factory=dict, description="importer options (generic: items, interactions, images, ...)"
+    )
     encoder: str | dict[str, str] = Field(
-        DEFAULT_ENCODER, description="encoder spec ('image=effnet:lite2,text=minilm', 'minilm', 'clip:ViT-B-32@/ckpt.pt', ...) or {modality: spec}"
+        DEFAULT_ENCODER,
+        description="encoder spec ('image=effnet:lite2,text=minilm', 'minilm', 'clip:ViT-B-32@/ckpt.pt', ...) or {modality: spec}",
     )
     split_kind: Literal["random", "temporal"] = Field(
         "random", description="train/valid/test split: random, or temporal (by timestamp)"
@@ -101,23 +106,36 @@ class PipelineParams(DataParams):
     (``prefect deployment run befa/full-pipeline --param encoder=minilm``)."""
 
     models: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_MODELS), description="models to train (mostpop, lightgcn, bm3, lattice, freedom, mgcn); mostpop always runs too, as the floor"
+        default_factory=lambda: list(DEFAULT_MODELS),
+        description="models to train (mostpop, lightgcn, bm3, lattice, freedom, mgcn); mostpop always runs too, as the floor",
     )
     adapters: list[Adapter] = Field(
-        default_factory=lambda: ["none", "befa"], description="none (the base model) and/or befa (+BeFA, content models only)"
+        default_factory=lambda: ["none", "befa"],
+        description="none (the base model) and/or befa (+BeFA, content models only)",
     )
     model_overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="model name (or '*' for all) -> config overrides, dotted keys for nested ('befa.t')"
+        default_factory=dict,
+        description="model name (or '*' for all) -> config overrides, dotted keys for nested ('befa.t')",
     )
     epochs: int = Field(1000, ge=1, description="max epochs per run")
     patience: int = Field(10, ge=1, description="early-stopping patience on valid Recall@20")
     seed: int = Field(999, description="training seed")
-    cluster: str | None = Field(None, description="'ray://host:port' or 'auto': run feature extraction and the training runs on Ray")
-    cpus_per_run: int = Field(1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray")
-    verify_checkpoints: bool = Field(True, description="re-evaluate each best checkpoint and check it reproduces the metrics")
+    cluster: str | None = Field(
+        None, description="'ray://host:port' or 'auto': run feature extraction and the training runs on Ray"
+    )
+    cpus_per_run: int = Field(
+        1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray"
+    )
+    verify_checkpoints: bool = Field(
+        True, description="re-evaluate each best checkpoint and check it reproduces the metrics"
+    )
     run_name: str | None = Field(None, description="pipeline folder name; default <dataset>-<UTC time>")
-    recommend_k: int = Field(20, ge=0, description="items per user in the final recommendations file; 0 skips the recommend step")
-    recommend_run: str | None = Field(None, description="'<model>-<adapter>' to serve (e.g. 'freedom-befa'); default: the best run by VALID Recall@20")
+    recommend_k: int = Field(
+        20, ge=0, description="items per user in the final recommendations file; 0 skips the recommend step"
+    )
+    recommend_run: str | None = Field(
+        None, description="'<model>-<adapter>' to serve (e.g. 'freedom-befa'); default: the best run by VALID Recall@20"
+    )
 
     @field_validator("models")
     @classmethod
@@ -209,7 +227,9 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
     if params.recommend_run is not None and params.recommend_k:
         planned = [f"{m}-{a}" for m in params.models for a in params.adapters if a == "none" or MODELS[m].uses_content]
         if params.recommend_run not in planned:
-            raise PipelineError(f"--recommend-run (recommend_run) {params.recommend_run!r} is not a run of this pipeline; choose from {planned}")
+            raise PipelineError(
+                f"--recommend-run (recommend_run) {params.recommend_run!r} is not a run of this pipeline; choose from {planned}"
+            )
     try:
         check_device(params.device)  # the flow parameter and the flag share the name: device, --device
     except DeviceError as exc:

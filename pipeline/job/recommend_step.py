@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 from pydantic import Field
 
 from pipeline.job.params import PipelineError, PipelineParams
@@ -56,7 +55,9 @@ def choose_run(params: PipelineParams, runs: list[TrainSummary]) -> tuple[TrainS
     return max(scored, key=lambda r: r.valid["recall@20"]), "valid recall@20"
 
 
-def recommend_step(params: PipelineParams, settings: Settings, folder: str, runs: list[TrainSummary]) -> RecommendSummary:
+def recommend_step(
+    params: PipelineParams, settings: Settings, folder: str, runs: list[TrainSummary]
+) -> RecommendSummary:
     """Write ``<folder>/recommendations.parquet`` (top ``recommend_k`` per user) and its manifest."""
     start = time.perf_counter()
     run, why = choose_run(params, runs)
@@ -64,8 +65,15 @@ def recommend_step(params: PipelineParams, settings: Settings, folder: str, runs
     written = write_recommendations(served, RecommendRequest(k=params.recommend_k), Path(folder) / RECOMMENDATIONS)
     head = next(pq.ParquetFile(written.path).iter_batches(batch_size=HEAD_ROWS), None)
     return RecommendSummary(
-        model=run.model, adapter=run.adapter, run_dir=run.run_dir, chosen_by=why, valid_recall=run.valid.get("recall@20"),
-        path=str(written.path), manifest=str(written.manifest), rows=written.rows, users=written.users,
+        model=run.model,
+        adapter=run.adapter,
+        run_dir=run.run_dir,
+        chosen_by=why,
+        valid_recall=run.valid.get("recall@20"),
+        path=str(written.path),
+        manifest=str(written.manifest),
+        rows=written.rows,
+        users=written.users,
         head=[RankedRow(**row) for row in head.to_pylist()] if head is not None else [],
         seconds=round(time.perf_counter() - start, 3),
     )

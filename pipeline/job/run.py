@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.job.params import PipelineParams, validate_params
-from pipeline.job.result import PipelineResult
-from pipeline.training.summary import TrainJob, TrainSummary
-from pipeline.job.train_batch import executor_of, train_runs
 from pipeline.job.recommend_step import recommend_step
+from pipeline.job.result import PipelineResult
 from pipeline.job.steps import evaluate_step, extract_step, ingest_step, plan_runs, report_step, split_step, train_step
+from pipeline.job.train_batch import executor_of, train_runs
 from pipeline.job.watch import register_catalog
 from pipeline.settings import Settings
 from pipeline.training.executor import RunExecutor
+from pipeline.training.summary import TrainJob, TrainSummary
 from storage.atomic import write_json
 
 
@@ -60,7 +60,12 @@ class PipelineSteps:
     def wrapped(self, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> "PipelineSteps":
         """Every step passed through ``wrap(role, fn)`` (e.g. into a Prefect task); the
         executor role is kept as it is: it runs the wrapped train and evaluate steps."""
-        return PipelineSteps(**{f.name: getattr(self, f.name) if f.name in NOT_STEPS else wrap(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)})
+        return PipelineSteps(
+            **{
+                f.name: getattr(self, f.name) if f.name in NOT_STEPS else wrap(f.name, getattr(self, f.name))
+                for f in dataclasses.fields(self)
+            }
+        )
 
 
 NOT_STEPS = ("executor",)
@@ -92,13 +97,17 @@ def run_pipeline(
     ingest = steps.ingest(params, settings)
     timings["ingest"] = ingest.seconds
     register_catalog(settings, params)
-    log(f"ingest: {ingest.name} ({ingest.num_items} items, {ingest.num_interactions} interactions) in {ingest.seconds:.1f} s")
+    log(
+        f"ingest: {ingest.name} ({ingest.num_items} items, {ingest.num_interactions} interactions) in {ingest.seconds:.1f} s"
+    )
     for warning in ingest.warnings:
         log(f"WARNING: ingest: {warning}")
     extract = steps.extract(params, settings, ingest.catalog_dir)
     timings["extract"] = extract.seconds
     for m, f in extract.modalities.items():
-        log(f"extract {m}: {f.encoded} encoded, {f.skipped} reused, snapshot {f.snapshot} (weights: {'random init' if f.random_init else f.weights})")
+        log(
+            f"extract {m}: {f.encoded} encoded, {f.skipped} reused, snapshot {f.snapshot} (weights: {'random init' if f.random_init else f.weights})"
+        )
     split = steps.split(params, ingest.catalog_dir)
     timings["split"] = split.seconds
     log(f"split: {split.id} {split.counts}")
@@ -106,7 +115,9 @@ def run_pipeline(
     pairs, skipped = plan_runs(params)
     for note in skipped:
         log(note)
-    runs = train_and_verify(steps, params, settings, ingest.catalog_dir, split.path, extract, pairs, folder, timings, log)
+    runs = train_and_verify(
+        steps, params, settings, ingest.catalog_dir, split.path, extract, pairs, folder, timings, log
+    )
 
     recommendations = None
     if params.recommend_k and runs:
@@ -120,8 +131,16 @@ def run_pipeline(
     report = steps.report(str(folder), params, ingest, extract, split, runs, timings, skipped)
     timings["report"] = round(time.perf_counter() - start, 3)
     result = PipelineResult(
-        params=params, folder=str(folder), ingest=ingest, extract=extract,
-        split=split, runs=runs, report=report, timings=timings, skipped=skipped, recommendations=recommendations,
+        params=params,
+        folder=str(folder),
+        ingest=ingest,
+        extract=extract,
+        split=split,
+        runs=runs,
+        report=report,
+        timings=timings,
+        skipped=skipped,
+        recommendations=recommendations,
     )
     write_json(folder / "summary.json", json.loads(result.model_dump_json()))
     log(f"report: {report.report_md}")
@@ -142,15 +161,22 @@ def train_and_verify(
 ) -> list[TrainSummary]:
     """Every (model, adapter) run, each then (``verify_checkpoints``) with its best checkpoint
     re-evaluated: one batch for the run executor (one after another, or spread on Ray)."""
-    jobs = [TrainJob(model=model, adapter=adapter, run_dir=str(folder / "runs" / f"{model}-{adapter}")) for model, adapter in pairs]
+    jobs = [
+        TrainJob(model=model, adapter=adapter, run_dir=str(folder / "runs" / f"{model}-{adapter}"))
+        for model, adapter in pairs
+    ]
     evaluate = steps.evaluate if params.verify_checkpoints else None
-    runs = train_runs(steps.train, evaluate, params, settings, catalog_dir, split_path, extract, jobs, steps.executor(params))
+    runs = train_runs(
+        steps.train, evaluate, params, settings, catalog_dir, split_path, extract, jobs, steps.executor(params)
+    )
     for summary in runs:
         model, adapter, verify = summary.model, summary.adapter, summary.verify_seconds or 0.0
         timings[f"train {model} {adapter}"] = round(summary.seconds - verify, 3)
         if evaluate is not None:
             timings[f"evaluate {model} {adapter}"] = verify
-        log(f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {summary.test.get('recall@20', float('nan')):.4f}")
+        log(
+            f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {summary.test.get('recall@20', float('nan')):.4f}"
+        )
         if summary.floor_note:
             log(f"WARNING: {summary.floor_note}")
     return runs

@@ -11,17 +11,17 @@ the job's business (``pipeline.job.run``), not a step's.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from models import MODELS
 from pipeline.data.catalog import Catalog
 from pipeline.data.ingest import ingest
 from pipeline.data.splits import make_split
+from pipeline.data.summary import IngestSummary, SplitSummary
 from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
 from pipeline.features.ray_extract import extract_features_ray
-from pipeline.data.summary import IngestSummary, SplitSummary
 from pipeline.features.summary import FeaturesSummary
 from pipeline.job.params import PipelineParams
 from pipeline.reporting.pipeline_report import ReportContext, ReportFiles, write_report
@@ -36,6 +36,7 @@ from storage.feature_store import FeatureStore
 # -- steps -------------------------------------------------------------------------
 def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
     """Ingest the catalog when asked (or when it is missing); else describe the stored one."""
+
     def run() -> IngestSummary:
         folder = settings.catalog_dir(params.dataset)
         ready = is_ingested(folder)
@@ -74,11 +75,21 @@ def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -
         store = FeatureStore(settings.feature_store)
         spec = params.encoder_spec()
         if params.cluster:
-            result = extract_features_ray(catalog, spec, store, cluster=params.cluster, device=params.device, batch_size=params.extract_batch_size)
+            result = extract_features_ray(
+                catalog, spec, store, cluster=params.cluster, device=params.device, batch_size=params.extract_batch_size
+            )
             backend = f"ray ({params.cluster})"
         else:
             # plain progress lines (print: a Prefect task with log_prints logs them), no bar
-            result = extract_features(catalog, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False, log=print)
+            result = extract_features(
+                catalog,
+                spec,
+                store,
+                device=params.device,
+                batch_size=params.extract_batch_size,
+                progress=False,
+                log=print,
+            )
             backend = "local"
         return FeaturesSummary.of(result, backend)
 
@@ -132,7 +143,9 @@ def train_step(
 
     def run() -> TrainSummary:
         catalog = Catalog.load(catalog_dir)
-        features = _features(settings, catalog, extract.snapshots, extract.fingerprints) if uses_content(model) else None
+        features = (
+            _features(settings, catalog, extract.snapshots, extract.fingerprints) if uses_content(model) else None
+        )
         result = train_model(
             catalog_dir,
             split_path,
@@ -166,12 +179,23 @@ def train_step(
     return timed(run)
 
 
-def evaluate_step(settings: Settings, catalog_dir: str, split_path: str, extract: FeaturesSummary, summary: TrainSummary, tol: float = 1e-5) -> TrainSummary:
+def evaluate_step(
+    settings: Settings,
+    catalog_dir: str,
+    split_path: str,
+    extract: FeaturesSummary,
+    summary: TrainSummary,
+    tol: float = 1e-5,
+) -> TrainSummary:
     """Reload the best checkpoint and recompute test metrics; record whether they match."""
 
     def run() -> TrainSummary:
         catalog = Catalog.load(catalog_dir)
-        features = _features(settings, catalog, extract.snapshots, extract.fingerprints) if uses_content(summary.model) else None
+        features = (
+            _features(settings, catalog, extract.snapshots, extract.fingerprints)
+            if uses_content(summary.model)
+            else None
+        )
         metrics = evaluate_run(summary.run_dir, catalog=catalog_dir, split=split_path, features=features)
         diffs = [abs(metrics["test"][k] - v) for k, v in summary.test.items() if k in metrics["test"]]
         out = summary.model_copy()

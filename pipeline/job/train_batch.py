@@ -32,7 +32,9 @@ def train_job(
     **train_options: Any,
 ) -> TrainSummary:
     """One pipeline run: trained, then (``evaluate``) its best checkpoint re-evaluated."""
-    summary = train(params, settings, catalog_dir, split_path, extract, job.model, job.adapter, job.run_dir, **train_options)
+    summary = train(
+        params, settings, catalog_dir, split_path, extract, job.model, job.adapter, job.run_dir, **train_options
+    )
     return evaluate(settings, catalog_dir, split_path, extract, summary) if evaluate is not None else summary
 
 
@@ -48,7 +50,9 @@ def train_job_on_worker(
 ) -> TrainSummary:
     """:func:`train_job` as a Ray task: as many torch threads as the CPUs it reserved."""
     claim_run(job.run_dir)
-    return train_job(train, evaluate, params, settings, catalog_dir, split_path, extract, job, num_threads=params.cpus_per_run)
+    return train_job(
+        train, evaluate, params, settings, catalog_dir, split_path, extract, job, num_threads=params.cpus_per_run
+    )
 
 
 def train_runs(
@@ -66,4 +70,6 @@ def train_runs(
     parameters): in this process, or each run on a worker, its summary back here in job order."""
     executor = executor or executor_of(params)
     fn = train_job_on_worker if executor.remote else train_job
-    return executor.map(fn, [(job,) for job in jobs], common=(train, evaluate, params, settings, catalog_dir, split_path, extract))
+    return executor.map(
+        fn, [(job,) for job in jobs], common=(train, evaluate, params, settings, catalog_dir, split_path, extract)
+    )

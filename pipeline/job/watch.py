@@ -49,8 +49,8 @@ from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import ingest
 from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
-from pipeline.job.params import PipelineParams, resolve_importer
 from pipeline.features.summary import FeaturesSummary
+from pipeline.job.params import PipelineParams, resolve_importer
 from pipeline.settings import Settings
 from storage.atomic import write_json
 from storage.feature_store import FeatureStore
@@ -77,7 +77,10 @@ def register_catalog(settings: Settings, params: PipelineParams) -> None:
     entry = params.model_dump(mode="json")
     entry["ingest_options"] = _absolute_paths(entry["ingest_options"])
     entry["run_name"] = None  # a retraining run gets a fresh folder
-    registry[params.dataset] = {"params": entry, "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    registry[params.dataset] = {
+        "params": entry,
+        "registered_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     write_json(path, registry)
 
 
@@ -110,7 +113,9 @@ def _registry(settings: Settings) -> dict[str, PipelineParams | WatchError]:
         try:
             out[name] = PipelineParams.model_validate(entry["params"])
         except (ValueError, KeyError, TypeError) as exc:
-            out[name] = WatchError(f"catalog {name!r}: its registration cannot be read ({exc}); run `befa run {name}` again")
+            out[name] = WatchError(
+                f"catalog {name!r}: its registration cannot be read ({exc}); run `befa run {name}` again"
+            )
     return out
 
 
@@ -122,7 +127,9 @@ def registered_catalogs(settings: Settings) -> dict[str, PipelineParams]:
 def registered_params(settings: Settings, name: str) -> PipelineParams:
     registry = _registry(settings)
     if name not in registry:
-        raise KeyError(f"catalog {name!r} is not registered for watching (registered: {sorted(registry)}); run the pipeline on it once")
+        raise KeyError(
+            f"catalog {name!r} is not registered for watching (registered: {sorted(registry)}); run the pipeline on it once"
+        )
     if isinstance(registry[name], WatchError):
         raise registry[name]
     return registry[name]
@@ -207,7 +214,9 @@ def diff_catalogs(old: Any, new: Any) -> CatalogDiff:
         removed=sorted(map(str, o.index.difference(n.index))),
         text_changed=changed("text_hash"),
         image_changed=changed("image_hash"),
-        interactions_changed=not old.interactions[inter_cols].reset_index(drop=True).equals(new.interactions[inter_cols].reset_index(drop=True)),
+        interactions_changed=not old.interactions[inter_cols]
+        .reset_index(drop=True)
+        .equals(new.interactions[inter_cols].reset_index(drop=True)),
     )
 
 
@@ -270,20 +279,27 @@ def watch_catalog(settings: Settings, name: str, params: PipelineParams | None =
     state = _read_json(_state_path(settings, name), {})
     if stored is not None and state.get("stamp") == stamp and state.get("fingerprint") == stored.fingerprint():
         fp = stored.fingerprint()
-        change = CatalogChange(catalog=name, changed=False, reason="source files untouched", fingerprint_before=fp, fingerprint_after=fp)
+        change = CatalogChange(
+            catalog=name, changed=False, reason="source files untouched", fingerprint_before=fp, fingerprint_after=fp
+        )
     else:
         change = _reingest_and_encode(settings, name, params, stored)
     change.seconds = round(time.perf_counter() - start, 3)
-    write_json(_state_path(settings, name), {
-        "stamp": stamp,
-        "fingerprint": change.fingerprint_after,
-        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "last": change.model_dump(mode="json"),
-    })
+    write_json(
+        _state_path(settings, name),
+        {
+            "stamp": stamp,
+            "fingerprint": change.fingerprint_after,
+            "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "last": change.model_dump(mode="json"),
+        },
+    )
     return change
 
 
-def _reingest_and_encode(settings: Settings, name: str, params: PipelineParams, stored: Catalog | None) -> CatalogChange:
+def _reingest_and_encode(
+    settings: Settings, name: str, params: PipelineParams, stored: Catalog | None
+) -> CatalogChange:
     """Re-ingest; if the content changed, encode what the store does not hold yet."""
     importer, options = params.ingest_call()
     if importer is None:
@@ -295,11 +311,23 @@ def _reingest_and_encode(settings: Settings, name: str, params: PipelineParams, 
     before = stored.fingerprint() if stored is not None else None
     after = new.fingerprint()
     if stored is not None and before == after:
-        return CatalogChange(catalog=name, changed=False, reason="source files touched, content identical", fingerprint_before=before, fingerprint_after=after)
-    diff = diff_catalogs(stored, new) if stored is not None else CatalogDiff(added=sorted(new.items["item_id"].astype(str)))
+        return CatalogChange(
+            catalog=name,
+            changed=False,
+            reason="source files touched, content identical",
+            fingerprint_before=before,
+            fingerprint_after=after,
+        )
+    diff = (
+        diff_catalogs(stored, new)
+        if stored is not None
+        else CatalogDiff(added=sorted(new.items["item_id"].astype(str)))
+    )
     # The store skips every (item_id, content hash) it already holds: only edits and additions encode.
     store = FeatureStore(settings.feature_store)
-    result = extract_features(new, params.encoder_spec(), store, device=params.device, batch_size=params.extract_batch_size, progress=False)
+    result = extract_features(
+        new, params.encoder_spec(), store, device=params.device, batch_size=params.extract_batch_size, progress=False
+    )
     mods = FeaturesSummary.of(result).modalities
     wanted = diff.to_encode(new.items)
     return CatalogChange(

@@ -33,7 +33,9 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None
+) -> list[str]:
     """A GitHub markdown table as lines; ``|`` inside cells is escaped."""
     align = list(align or ["---"] * len(header))
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]

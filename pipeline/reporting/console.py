@@ -17,7 +17,10 @@ def metrics_table(
     from rich.table import Table
 
     if isinstance(rows, list):
-        rows = {f"{r.record.model}{'+befa' if r.record.config.get('adapter') == 'befa' else ''}": r.record.test for r in rows}
+        rows = {
+            f"{r.record.model}{'+befa' if r.record.config.get('adapter') == 'befa' else ''}": r.record.test
+            for r in rows
+        }
     table = Table(title=title)
     table.add_column("run")
     for m in metrics:
@@ -38,7 +41,9 @@ def item_groups_table(groups: Mapping[str, Mapping[str, Any]], title: str | None
     for part, by_group in groups.items():
         for group, g in by_group.items():
             values = [g.metrics.get(m) for m in ("recall@20", "ndcg@20")]
-            table.add_row(part, group, str(g.users), str(g.heldout), *("-" if v is None or v != v else f"{v:.4f}" for v in values))
+            table.add_row(
+                part, group, str(g.users), str(g.heldout), *("-" if v is None or v != v else f"{v:.4f}" for v in values)
+            )
     return table
 
 
@@ -48,20 +53,36 @@ def summary_table(summary: ExtractSummary, max_failed: int = 10):
 
     table = Table(title=f"extract {summary.dataset} ({summary.seconds:.1f} s)")
     for col, justify in (
-        ("modality", "left"), ("encoder / fingerprint", "left"), ("weights", "left"), ("encoded", "right"),
-        ("skipped", "right"), ("failed", "right"), ("no content", "right"), ("items/s", "right"),
-        ("device", "left"), ("snapshot", "left"),
+        ("modality", "left"),
+        ("encoder / fingerprint", "left"),
+        ("weights", "left"),
+        ("encoded", "right"),
+        ("skipped", "right"),
+        ("failed", "right"),
+        ("no content", "right"),
+        ("items/s", "right"),
+        ("device", "left"),
+        ("snapshot", "left"),
     ):
         table.add_column(col, justify=justify)
     for s in summary.modalities.values():
         table.add_row(
-            s.modality, f"{s.encoder}\n{s.fingerprint} ({s.dim}-d)", f"weights: {s.weights}",
-            str(s.encoded), str(s.skipped), str(s.failed), str(s.no_content), f"{s.throughput:.1f}",
-            f"{s.device}\n{s.precision}", f"{s.snapshot_id}\n{s.snapshot_rows} rows",
+            s.modality,
+            f"{s.encoder}\n{s.fingerprint} ({s.dim}-d)",
+            f"weights: {s.weights}",
+            str(s.encoded),
+            str(s.skipped),
+            str(s.failed),
+            str(s.no_content),
+            f"{s.throughput:.1f}",
+            f"{s.device}\n{s.precision}",
+            f"{s.snapshot_id}\n{s.snapshot_rows} rows",
         )
     failed = summary.failed_items
     if failed:
-        table.caption = "failed: " + "; ".join(
-            f"{f['modality']} item {f['item_id']}: {f['reason']}" for f in failed[:max_failed]
-        ) + (f"; ... {len(failed) - max_failed} more" if len(failed) > max_failed else "")
+        table.caption = (
+            "failed: "
+            + "; ".join(f"{f['modality']} item {f['item_id']}: {f['reason']}" for f in failed[:max_failed])
+            + (f"; ... {len(failed) - max_failed} more" if len(failed) > max_failed else "")
+        )
     return table

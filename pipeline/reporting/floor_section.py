@@ -44,14 +44,19 @@ def floor_section(records: Sequence[RunRecord]) -> list[str]:
     lines = ["", "## Floor: MostPop", ""]
     if valid is None:
         return lines + ["No MostPop floor was computed for these runs."]
-    lines.append(f"MostPop (popularity, nothing learned) on this split: valid {FLOOR_METRIC} {valid:.4f}, test {fmt_number(test)}. "
-                 "A run whose best valid value ends below it learned less than counting clicks.")
+    lines.append(
+        f"MostPop (popularity, nothing learned) on this split: valid {FLOOR_METRIC} {valid:.4f}, test {fmt_number(test)}. "
+        "A run whose best valid value ends below it learned less than counting clicks."
+    )
     rows = [
         [label(r), fmt_number(r.best_valid.get(FLOOR_METRIC)), fmt_number(r.test.get(FLOOR_METRIC)), vs_floor(r)]
-        for r in records if r.model != FLOOR_MODEL
+        for r in records
+        if r.model != FLOOR_MODEL
     ]
     if rows:
-        lines += [""] + markdown_table(["run", f"valid {FLOOR_METRIC}", f"test {FLOOR_METRIC}", "vs floor"], rows, ["---", "---:", "---:", "---"])
+        lines += [""] + markdown_table(
+            ["run", f"valid {FLOOR_METRIC}", f"test {FLOOR_METRIC}", "vs floor"], rows, ["---", "---:", "---:", "---"]
+        )
     flagged = [r for r in records if r.below_floor]
     if flagged:
         lines += ["", f"**{len(flagged)} run(s) ended below the floor.** Likely causes:", ""]

@@ -75,8 +75,18 @@ def load_runs(run_dirs: Iterable[str | Path]) -> list[RunRecord]:
 
 # -- tables ------------------------------------------------------------------
 METRIC_COLUMNS = [
-    "model", "adapter", "metric", "value", "split", "best_epoch", "epochs_run", "status", "run_dir",
-    "feature_fingerprints", "random_init", "below_floor",
+    "model",
+    "adapter",
+    "metric",
+    "value",
+    "split",
+    "best_epoch",
+    "epochs_run",
+    "status",
+    "run_dir",
+    "feature_fingerprints",
+    "random_init",
+    "below_floor",
 ]
 
 
@@ -97,7 +107,9 @@ def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
                     "status": rec.state,  # a killed run reads "interrupted", not "running"
                     "run_dir": rec.run_dir,
                     # provenance travels with every number: which encoder weights, and whether random
-                    "feature_fingerprints": ",".join(f"{m}={s.get('fingerprint')}" for m, s in sorted(rec.feature_sets.items())),
+                    "feature_fingerprints": ",".join(
+                        f"{m}={s.get('fingerprint')}" for m, s in sorted(rec.feature_sets.items())
+                    ),
                     "random_init": any(bool(s.get("random_init")) for s in rec.feature_sets.values()),
                     "below_floor": rec.below_floor,
                 }
@@ -127,7 +139,9 @@ def gains_frame(metrics: pd.DataFrame, metric_names: Sequence[str] = HEADLINE_ME
     for (model, metric), group in wanted.groupby(["model", "metric"], sort=False):
         by_adapter = dict(zip(group["adapter"], group["value"]))
         base, befa = by_adapter.get("none"), by_adapter.get("befa")
-        rows.append({"model": model, "metric": metric, "base": base, "befa": befa, "relative_gain": relative_gain(base, befa)})
+        rows.append(
+            {"model": model, "metric": metric, "base": base, "befa": befa, "relative_gain": relative_gain(base, befa)}
+        )
     out = pd.DataFrame(rows, columns=cols)
     order = {m: i for i, m in enumerate(metric_names)}
     models_order = {m: i for i, m in enumerate(dict.fromkeys(metrics["model"]))}
@@ -177,7 +191,15 @@ def plot_training_curves(records: Sequence[RunRecord], path: str | Path, metric:
         style = "--" if rec.adapter == "befa" else "-"
         xs = [e.epoch for e in epochs]
         ys = [e.valid[metric] for e in epochs]
-        ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=f"{rec.model} {ADAPTER_LABEL.get(rec.adapter, rec.adapter)}")
+        ax.plot(
+            xs,
+            ys,
+            style,
+            color=color,
+            marker="o",
+            markersize=3,
+            label=f"{rec.model} {ADAPTER_LABEL.get(rec.adapter, rec.adapter)}",
+        )
         if rec.best_epoch in xs:
             ax.plot([rec.best_epoch], [ys[xs.index(rec.best_epoch)]], "*", color=color, markersize=10)
     draw_floor(ax, records, metric)
@@ -194,7 +216,9 @@ def plot_training_curves(records: Sequence[RunRecord], path: str | Path, metric:
     return save_figure(fig, path)
 
 
-def plot_base_vs_befa(metrics: pd.DataFrame, path: str | Path, metric_names: Sequence[str] = ("recall@20", "ndcg@20")) -> Path:
+def plot_base_vs_befa(
+    metrics: pd.DataFrame, path: str | Path, metric_names: Sequence[str] = ("recall@20", "ndcg@20")
+) -> Path:
     """Grouped bars: per model and metric, base next to +BeFA (test split)."""
     plt = pyplot()
     models = list(dict.fromkeys(metrics["model"]))
@@ -237,8 +261,12 @@ def render_markdown(
             "",
         ]
     for section in (
-        _data_section(context), _features_section(context), _split_section(context), _results_section(gains),
-        floor_section(records), _runs_section(records),
+        _data_section(context),
+        _features_section(context),
+        _split_section(context),
+        _results_section(gains),
+        floor_section(records),
+        _runs_section(records),
     ):
         lines += section
     context = context.model_copy(update={"notes": [*context.notes, *state_notes(records)]})
@@ -251,7 +279,11 @@ def _data_section(context: ReportContext) -> list[str]:
     lines = ["## Data", ""]
     if ds is not None:
         lines += [f"- catalog: **{ds.name}** (fingerprint `{ds.fingerprint}`)"]
-        lines += [f"- users: {ds.num_users:,}", f"- items: {ds.num_items:,}", f"- interactions: {ds.num_interactions:,}"]
+        lines += [
+            f"- users: {ds.num_users:,}",
+            f"- items: {ds.num_items:,}",
+            f"- interactions: {ds.num_interactions:,}",
+        ]
     return lines
 
 
@@ -261,12 +293,21 @@ def _features_section(context: ReportContext) -> list[str]:
         return lines + ["No content features (collaborative models only)."]
     rows = [
         [
-            modality, f"`{f.spec}`", f"`{f.fingerprint}`", f"weights: {f.weights_label}",
-            f.dim if f.dim is not None else "-", f"`{f.snapshot}`", f.encoded, f.skipped, f.failed,
+            modality,
+            f"`{f.spec}`",
+            f"`{f.fingerprint}`",
+            f"weights: {f.weights_label}",
+            f.dim if f.dim is not None else "-",
+            f"`{f.snapshot}`",
+            f.encoded,
+            f.skipped,
+            f.failed,
         ]
         for modality, f in context.features.items()
     ]
-    return lines + markdown_table(["modality", "spec", "fingerprint", "weights", "dim", "snapshot", "encoded", "reused", "failed"], rows)
+    return lines + markdown_table(
+        ["modality", "spec", "fingerprint", "weights", "dim", "snapshot", "encoded", "reused", "failed"], rows
+    )
 
 
 def _split_section(context: ReportContext) -> list[str]:
@@ -291,9 +332,11 @@ def _results_section(gains: pd.DataFrame) -> list[str]:
     )
     means = mean_gains(gains)
     if any(v is not None for v in means.values()):
-        lines += ["", "Mean relative gain over models: " + ", ".join(
-            f"{m} {('n/a' if v is None else f'{v * 100:+.2f}%')}" for m, v in means.items()
-        )]
+        lines += [
+            "",
+            "Mean relative gain over models: "
+            + ", ".join(f"{m} {('n/a' if v is None else f'{v * 100:+.2f}%')}" for m, v in means.items()),
+        ]
     return lines
 
 
@@ -301,13 +344,34 @@ def _runs_section(records: Sequence[RunRecord]) -> list[str]:
     rows = []
     for rec in records:
         wall, params = rec.wall, rec.parameters
-        rows.append([
-            rec.model, ADAPTER_LABEL.get(rec.adapter, rec.adapter), rec.state, vs_floor(rec),
-            len(rec.epochs), "-" if rec.best_epoch is None else rec.best_epoch, fmt_number(rec.best_valid.get(CURVE_METRIC)),
-            f"{wall.get('total_s', sum(v for v in wall.values() if isinstance(v, (int, float)))):.1f}",
-            f"{int(params.get('params_trainable', 0)):,}", f"{int(params.get('params_adapter', 0)):,}", f"`{Path(rec.run_dir or '.').name}`",
-        ])
-    header = ["model", "adapter", "status", "vs floor", "epochs", "best epoch", f"valid {CURVE_METRIC}", "wall s", "params", "adapter params", "folder"]
+        rows.append(
+            [
+                rec.model,
+                ADAPTER_LABEL.get(rec.adapter, rec.adapter),
+                rec.state,
+                vs_floor(rec),
+                len(rec.epochs),
+                "-" if rec.best_epoch is None else rec.best_epoch,
+                fmt_number(rec.best_valid.get(CURVE_METRIC)),
+                f"{wall.get('total_s', sum(v for v in wall.values() if isinstance(v, (int, float)))):.1f}",
+                f"{int(params.get('params_trainable', 0)):,}",
+                f"{int(params.get('params_adapter', 0)):,}",
+                f"`{Path(rec.run_dir or '.').name}`",
+            ]
+        )
+    header = [
+        "model",
+        "adapter",
+        "status",
+        "vs floor",
+        "epochs",
+        "best epoch",
+        f"valid {CURVE_METRIC}",
+        "wall s",
+        "params",
+        "adapter params",
+        "folder",
+    ]
     return ["", "## Runs", ""] + markdown_table(header, rows)
 
 
@@ -318,7 +382,9 @@ def _appendix(context: ReportContext, files: dict[str, str] | None) -> list[str]
         lines += ["", "## Configuration", "", "```json", json.dumps(config, indent=2, default=str), "```"]
     if context.timings:
         lines += ["", "## Timings", ""]
-        lines += markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in context.timings.items()], ["---", "---:"])
+        lines += markdown_table(
+            ["step", "seconds"], [[k, f"{v:.1f}"] for k, v in context.timings.items()], ["---", "---:"]
+        )
         lines.append(f"\nTotal: {sum(context.timings.values()):.1f} s")
     if files:
         lines += ["", "## Files", ""] + [f"- {k}: `{v}`" for k, v in files.items()]
@@ -338,7 +404,12 @@ def write_report(folder: str | Path, run_dirs: Sequence[str | Path], context: Re
 
     metrics_parquet = write_parquet(folder / "metrics.parquet", pa.Table.from_pandas(metrics, preserve_index=False))
     metrics_json = write_json(folder / "metrics.json", json.loads(metrics.to_json(orient="records")))
-    gains_parquet = write_parquet(folder / "gains.parquet", pa.Table.from_pandas(gains.astype({"base": float, "befa": float, "relative_gain": float}), preserve_index=False))
+    gains_parquet = write_parquet(
+        folder / "gains.parquet",
+        pa.Table.from_pandas(
+            gains.astype({"base": float, "befa": float, "relative_gain": float}), preserve_index=False
+        ),
+    )
     curves = plot_training_curves(records, folder / "curves.png") if records else None
     bars = plot_base_vs_befa(metrics, folder / "base_vs_befa.png") if not metrics.empty else None
     files = {

@@ -58,7 +58,9 @@ def _poster(ref: Any) -> Any:
         return None
 
 
-def _draw(users: list[str], history: dict[str, list[str]], top: dict[str, list[str]], items: pd.DataFrame, out: Path) -> Path | None:
+def _draw(
+    users: list[str], history: dict[str, list[str]], top: dict[str, list[str]], items: pd.DataFrame, out: Path
+) -> Path | None:
     if not items["image"].notna().any():
         return None
     plt = pyplot()
@@ -111,7 +113,11 @@ def recommendations_section(folder: str | Path) -> str:
     history = {u: inter[inter["user_id"] == u]["item_id"].head(HISTORY).tolist() for u in users}
     top = {u: rows[rows["user_id"] == u].sort_values("rank")["item_id"].tolist() for u in users}
     table = [
-        (u, "; ".join(str(items.loc[i, "title"]) for i in history[u]), "; ".join(str(items.loc[i, "title"]) for i in top[u]))
+        (
+            u,
+            "; ".join(str(items.loc[i, "title"]) for i in history[u]),
+            "; ".join(str(items.loc[i, "title"]) for i in top[u]),
+        )
         for u in users
     ]
     lines += markdown_table(["user", f"latest {HISTORY} interactions", f"top-{TOP}"], table)

@@ -42,8 +42,12 @@ from pipeline.serving.servable import Servable, ServingError, parse_ids
 from storage.atomic import atomic_path, write_json
 
 Seen = Literal["all", "train", "none"]
-RECS_SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())])
-SIMILAR_SCHEMA = pa.schema([("item_id", pa.string()), ("rank", pa.int32()), ("similar_item_id", pa.string()), ("score", pa.float32())])
+RECS_SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
+)
+SIMILAR_SCHEMA = pa.schema(
+    [("item_id", pa.string()), ("rank", pa.int32()), ("similar_item_id", pa.string()), ("score", pa.float32())]
+)
 
 
 class RankedRow(BaseModel):
@@ -83,7 +87,11 @@ class Written:
 def allowed_items(s: Servable, candidates: list[str] | None) -> tuple[Tensor, dict[str, int]]:
     """(I,) bool of the items that may be returned, and counts for the manifest."""
     allowed = s.active.clone()
-    notes = {"removed_since_training": int((~s.active).sum()), "new_items": int(s.new.sum()), "new_items_left_out": s.new_items_left_out}
+    notes = {
+        "removed_since_training": int((~s.active).sum()),
+        "new_items": int(s.new.sum()),
+        "new_items_left_out": s.new_items_left_out,
+    }
     if candidates is not None:
         rows = s.item_rows()
         known = [c for c in dict.fromkeys(candidates) if c in rows.index]
@@ -121,7 +129,9 @@ def score_batches(s: Servable, request: RecommendRequest, allowed: Tensor, users
         yield ranked_frame(scores, k, rows, user_ids, s.item_ids, ("user_id", "item_id"))
 
 
-def ranked_frame(scores: Tensor, k: int, rows: Tensor, row_ids: np.ndarray, item_ids: np.ndarray, names: tuple[str, str]) -> pd.DataFrame:
+def ranked_frame(
+    scores: Tensor, k: int, rows: Tensor, row_ids: np.ndarray, item_ids: np.ndarray, names: tuple[str, str]
+) -> pd.DataFrame:
     """The top ``k`` of each row of ``scores`` (the evaluator's order) as (row id, rank,
     item id, score), -inf entries (excluded items) dropped."""
     top = topk_items(scores, k)

@@ -39,13 +39,13 @@ from models import get_model_class
 from models.base import Recommender
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.splits import Split
+from pipeline.device import resolve_device
 from pipeline.evaluation.evaluator import UserItems
+from pipeline.features.bundle import FeatureBundle
 from pipeline.features.load import load_features
 from pipeline.training.api import load_trained
-from pipeline.training.checkpoints import upgrade_keys
-from pipeline.device import resolve_device
-from pipeline.features.bundle import FeatureBundle
 from pipeline.training.build import build_model
+from pipeline.training.checkpoints import upgrade_keys
 from pipeline.training.prepare import prepare_data
 from pipeline.training.record import BEST, RunRecord
 from pipeline.training.universe import Universe, as_catalog, catalog_universe, load_universe
@@ -110,14 +110,25 @@ def _trained_features(record: RunRecord, universe: Universe, store: FeatureStore
     if not sets:
         return None
     view = as_catalog(universe, name)
-    return load_features(view, store, {m: s["fingerprint"] for m, s in sets.items()}, snapshots={m: s["snapshot"] for m, s in sets.items()})
+    return load_features(
+        view,
+        store,
+        {m: s["fingerprint"] for m, s in sets.items()},
+        snapshots={m: s["snapshot"] for m, s in sets.items()},
+    )
 
 
-def _grown_features(record: RunRecord, trained: FeatureBundle, new_items: pd.DataFrame, store: FeatureStore, name: str) -> tuple[FeatureBundle, dict[str, str]]:
+def _grown_features(
+    record: RunRecord, trained: FeatureBundle, new_items: pd.DataFrame, store: FeatureStore, name: str
+) -> tuple[FeatureBundle, dict[str, str]]:
     """Trained rows as recorded, then the new items' rows from each feature set's current snapshot."""
     sets = _recorded_sets(record)
     feats, masks, used = {}, {}, {}
-    view = Catalog(name=name, items=new_items.assign(item_idx=np.arange(len(new_items), dtype=np.int64)), interactions=pd.DataFrame())
+    view = Catalog(
+        name=name,
+        items=new_items.assign(item_idx=np.arange(len(new_items), dtype=np.int64)),
+        interactions=pd.DataFrame(),
+    )
     for m, s in sets.items():
         key = FeatureSetKey(name, s["fingerprint"], m)
         current = store.current_snapshot(key)
@@ -130,7 +141,9 @@ def _grown_features(record: RunRecord, trained: FeatureBundle, new_items: pd.Dat
             used[m] = current.id
         old_x, old_mask = trained.features[m], trained.masks[m]
         if bool(old_mask.any()):
-            x_new[~m_new] = old_x[old_mask].mean(dim=0)  # the training fill, so a featureless new item sits at the centroid
+            x_new[~m_new] = old_x[old_mask].mean(
+                dim=0
+            )  # the training fill, so a featureless new item sits at the centroid
         feats[m], masks[m] = torch.cat([old_x, x_new]), torch.cat([old_mask, m_new])
     bundle = FeatureBundle(feats, masks, dict(trained.snapshots), dict(trained.fingerprints), dict(trained.random_init))
     return bundle, used
@@ -166,7 +179,9 @@ def _pairs_table(users: np.ndarray, items: np.ndarray, num_users: int, device: t
     return UserItems.from_pairs(num_users, torch.from_numpy(users).to(device), torch.from_numpy(items).to(device))
 
 
-def _histories(catalog: Catalog, split: Split, user_rows: pd.Series, item_rows: pd.Series, num_users: int, device: torch.device) -> tuple[UserItems, UserItems]:
+def _histories(
+    catalog: Catalog, split: Split, user_rows: pd.Series, item_rows: pd.Series, num_users: int, device: torch.device
+) -> tuple[UserItems, UserItems]:
     """(train split + current catalog, train split only) as user row -> item rows."""
     train = split.part(0)
     tu, ti = train["user_idx"].to_numpy(np.int64), train["item_idx"].to_numpy(np.int64)
@@ -174,7 +189,12 @@ def _histories(catalog: Catalog, split: Split, user_rows: pd.Series, item_rows: 
     u = user_rows.reindex(inter["user_id"].astype(str).to_numpy()).to_numpy(dtype=float)
     i = item_rows.reindex(inter["item_id"].astype(str).to_numpy()).to_numpy(dtype=float)
     known = ~(np.isnan(u) | np.isnan(i))
-    every = _pairs_table(np.concatenate([tu, u[known].astype(np.int64)]), np.concatenate([ti, i[known].astype(np.int64)]), num_users, device)
+    every = _pairs_table(
+        np.concatenate([tu, u[known].astype(np.int64)]),
+        np.concatenate([ti, i[known].astype(np.int64)]),
+        num_users,
+        device,
+    )
     return every, _pairs_table(tu, ti, num_users, device)
 
 
@@ -211,10 +231,14 @@ def load_servable(
     item_ids = universe.items["item_id"].to_numpy(dtype=object)
     snapshots_new: dict[str, str] = {}
     if grow:
-        net, bundle, snapshots_new = _grown_model(run_dir, record, model_cls, universe, fresh_items, trained, split, store, current, device)
+        net, bundle, snapshots_new = _grown_model(
+            run_dir, record, model_cls, universe, fresh_items, trained, split, store, current, device
+        )
         item_ids = np.concatenate([item_ids, fresh_items["item_id"].to_numpy(dtype=object)])
     else:
-        run = load_trained(run_dir, catalog=as_catalog(universe, current.name), split=split, features=trained, device=device)
+        run = load_trained(
+            run_dir, catalog=as_catalog(universe, current.name), split=split, features=trained, device=device
+        )
         net, bundle = run.model, trained or FeatureBundle.empty()
     with torch.no_grad():
         user_emb, item_emb = net.inference_embeddings()
@@ -226,24 +250,46 @@ def load_servable(
     user_rows = universe.user_rows()
     every, train_only = _histories(current, split, user_rows, item_rows, user_emb.size(0), item_emb.device)
     return Servable(
-        run_dir=run_dir, record=record, catalog=current, model=net, item_ids=item_ids, user_rows=user_rows,
-        user_emb=user_emb, item_emb=item_emb, active=active, new=new,
-        history=every, train_history=train_only, user_ids=_user_ids(user_rows, user_emb.size(0)),
-        features=bundle, universe_source=universe.source,
-        new_items_left_out=0 if grow else len(fresh_items), new_item_snapshots=snapshots_new,
+        run_dir=run_dir,
+        record=record,
+        catalog=current,
+        model=net,
+        item_ids=item_ids,
+        user_rows=user_rows,
+        user_emb=user_emb,
+        item_emb=item_emb,
+        active=active,
+        new=new,
+        history=every,
+        train_history=train_only,
+        user_ids=_user_ids(user_rows, user_emb.size(0)),
+        features=bundle,
+        universe_source=universe.source,
+        new_items_left_out=0 if grow else len(fresh_items),
+        new_item_snapshots=snapshots_new,
         catalog_dir=None if isinstance(source, Catalog) else str(Path(source).resolve()),
     )
 
 
 def _grown_model(
-    run_dir: Path, record: RunRecord, model_cls: type[Recommender], universe: Universe, fresh_items: pd.DataFrame,
-    trained: FeatureBundle | None, split: Split, store: FeatureStore, current: Catalog, device: torch.device,
+    run_dir: Path,
+    record: RunRecord,
+    model_cls: type[Recommender],
+    universe: Universe,
+    fresh_items: pd.DataFrame,
+    trained: FeatureBundle | None,
+    split: Split,
+    store: FeatureStore,
+    current: Catalog,
+    device: torch.device,
 ) -> tuple[Recommender, FeatureBundle, dict[str, str]]:
     if trained is None:
         raise ServingError(f"{run_dir}: {record.model} recorded no features, so it has no content path for new items")
     bundle, used = _grown_features(record, trained, fresh_items, store, record.catalog or current.name)
     num_items = universe.num_items + len(fresh_items)
-    prepared = prepare_data(split, num_items=num_items, features=bundle, num_users=record.data_counts.get("users"), device=device)
+    prepared = prepare_data(
+        split, num_items=num_items, features=bundle, num_users=record.data_counts.get("users"), device=device
+    )
     config = model_cls.Config.model_validate(record.config)
     net = build_model(model_cls, prepared.train, config, record.seed)
     _load_grown_weights(run_dir / BEST, net, record.record_version, universe.num_items)
@@ -257,7 +303,9 @@ def parse_ids(values: list[str] | None, known: pd.Series, what: str, flag: str) 
         return None
     missing = [v for v in values if v not in known.index]
     if missing:
-        shown = ", ".join(repr(m) for m in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = ", ".join(repr(m) for m in missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
         raise ServingError(f"{flag}: {len(missing)} {what} unknown to the run: {shown}")
     return np.unique(known.loc[values].to_numpy(np.int64))
 

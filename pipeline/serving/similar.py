@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.serving.ranked_lists import SIMILAR_SCHEMA, Written, allowed_items, manifest_base, ranked_frame, stream_parquet
+from pipeline.serving.ranked_lists import (
+    SIMILAR_SCHEMA,
+    Written,
+    allowed_items,
+    manifest_base,
+    ranked_frame,
+    stream_parquet,
+)
 from pipeline.serving.servable import Servable, ServingError, parse_ids
 from storage.atomic import write_json
 
@@ -65,7 +72,9 @@ def _query_rows(s: Servable, items: list[str] | None) -> np.ndarray:
     return rows
 
 
-def similar_items(s: Servable, items: list[str] | None, k: int = 10, space: Space = "model", candidates: list[str] | None = None) -> pd.DataFrame:
+def similar_items(
+    s: Servable, items: list[str] | None, k: int = 10, space: Space = "model", candidates: list[str] | None = None
+) -> pd.DataFrame:
     if k < 1:
         raise ServingError(f"--k must be at least 1, got {k}")
     allowed, _ = allowed_items(s, candidates)
@@ -74,7 +83,12 @@ def similar_items(s: Servable, items: list[str] | None, k: int = 10, space: Spac
 
 
 def write_similar(
-    s: Servable, items: list[str] | None, out: str | Path, k: int = 10, space: Space = "model", candidates: list[str] | None = None
+    s: Servable,
+    items: list[str] | None,
+    out: str | Path,
+    k: int = 10,
+    space: Space = "model",
+    candidates: list[str] | None = None,
 ) -> Written:
     if k < 1:
         raise ServingError(f"--k must be at least 1, got {k}")
@@ -85,6 +99,14 @@ def write_similar(
     item_vectors(s, space)  # refuse a bad space before the file is opened
     written = stream_parquet(out, SIMILAR_SCHEMA, _batches(s, rows, k, space, allowed))
     seconds = time.perf_counter() - start
-    info = {**manifest_base(s, "similar-items"), "k": k, "space": space, "items": int(rows.size), "rows": written, "seconds": round(seconds, 3), **notes}
+    info = {
+        **manifest_base(s, "similar-items"),
+        "k": k,
+        "space": space,
+        "items": int(rows.size),
+        "rows": written,
+        "seconds": round(seconds, 3),
+        **notes,
+    }
     manifest = write_json(out.with_suffix(".json"), info)
     return Written(out, manifest, written, int(rows.size), seconds, info)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.study.params import StudyParams
 from pipeline.study.report.tables import HEADLINE, PAPER_CLAIM
 from pipeline.study.rows import FloorRow, GainRow, OverheadRow, SignificanceRow, UserGroupRow
-from pipeline.study.params import StudyParams
 from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
 from pipeline.training.floor_check import FLOOR_METRIC, FLOOR_MODEL
@@ -20,8 +20,21 @@ from pipeline.training.record import PER_USER, RunRecord
 
 # -- results ---------------------------------------------------------------------------
 RESULT_COLUMNS = [
-    "experiment", "setting", "model", "adapter", "seed", "split", "metric", "value",
-    "t", "modalities", "train_fraction", "best_epoch", "epochs_run", "train_epoch_s", "run_dir",
+    "experiment",
+    "setting",
+    "model",
+    "adapter",
+    "seed",
+    "split",
+    "metric",
+    "value",
+    "t",
+    "modalities",
+    "train_fraction",
+    "best_epoch",
+    "epochs_run",
+    "train_epoch_s",
+    "run_dir",
 ]
 
 
@@ -89,9 +102,7 @@ def paired_per_user(runs: Runs, models: list[str]) -> list[tuple[str, tuple[list
     return out
 
 
-def significance(
-    runs: Runs, models: list[str], pooling: str, alpha: float
-) -> list[SignificanceRow]:
+def significance(runs: Runs, models: list[str], pooling: str, alpha: float) -> list[SignificanceRow]:
     """Paired tests per model x headline metric, with Holm-adjusted Wilcoxon p-values."""
     out = []
     for model, (b_tabs, a_tabs) in paired_per_user(runs, models):
@@ -105,9 +116,7 @@ def significance(
     return out
 
 
-def user_groups(
-    runs: Runs, models: list[str], split_frame: pd.DataFrame, groups: int = 3
-) -> list[UserGroupRow]:
+def user_groups(runs: Runs, models: list[str], split_frame: pd.DataFrame, groups: int = 3) -> list[UserGroupRow]:
     """Test Recall@20 / NDCG@20 of base and +BeFA by user activity (train-size terciles)."""
     train = split_frame[split_frame["label"] == 0].groupby("user_idx").size().rename("n_train")
     out = []
@@ -120,10 +129,18 @@ def user_groups(
             for g, sub in pairs.groupby("group"):
                 lo, hi = int(sub["n_train"].min()), int(sub["n_train"].max())
                 b, a = float(sub["base"].mean()), float(sub["befa"].mean())
-                out.append(UserGroupRow(
-                    model=model, metric=metric, group=int(g), train_interactions=f"{lo}-{hi}",
-                    users=int(len(sub)), base=b, befa=a, relative_gain=(a - b) / b if b else None,
-                ))
+                out.append(
+                    UserGroupRow(
+                        model=model,
+                        metric=metric,
+                        group=int(g),
+                        train_interactions=f"{lo}-{hi}",
+                        users=int(len(sub)),
+                        base=b,
+                        befa=a,
+                        relative_gain=(a - b) / b if b else None,
+                    )
+                )
     return out
 
 
@@ -150,23 +167,27 @@ def overhead_rows(main_runs: Runs, models: list[str]) -> list[OverheadRow]:
             return sum(vals) / len(vals) if vals else None
 
         tb, ta = epoch_s(base), epoch_s(befa)
-        rows.append(OverheadRow(
-            model=model,
-            adapter_params=int(adapter),
-            base_params_without_tables=int(total_b_without),
-            base_params_with_tables=int(total_b_with),
-            befa_params_without_tables=int(total_a_without),
-            befa_params_with_tables=int(total_a_with),
-            adapter_overhead_without_tables=adapter / total_b_without if total_b_without else None,
-            adapter_overhead_with_tables=adapter / total_b_with if total_b_with else None,
-            net_overhead_without_tables=(total_a_without - total_b_without) / total_b_without if total_b_without else None,
-            net_overhead_with_tables=(total_a_with - total_b_with) / total_b_with if total_b_with else None,
-            epoch_s_base=tb,
-            epoch_s_befa=ta,
-            epoch_time_ratio=ta / tb if ta and tb else None,
-            epochs_base=[len(r.epochs) for r in base],
-            epochs_befa=[len(r.epochs) for r in befa],
-        ))
+        rows.append(
+            OverheadRow(
+                model=model,
+                adapter_params=int(adapter),
+                base_params_without_tables=int(total_b_without),
+                base_params_with_tables=int(total_b_with),
+                befa_params_without_tables=int(total_a_without),
+                befa_params_with_tables=int(total_a_with),
+                adapter_overhead_without_tables=adapter / total_b_without if total_b_without else None,
+                adapter_overhead_with_tables=adapter / total_b_with if total_b_with else None,
+                net_overhead_without_tables=(total_a_without - total_b_without) / total_b_without
+                if total_b_without
+                else None,
+                net_overhead_with_tables=(total_a_with - total_b_with) / total_b_with if total_b_with else None,
+                epoch_s_base=tb,
+                epoch_s_befa=ta,
+                epoch_time_ratio=ta / tb if ta and tb else None,
+                epochs_base=[len(r.epochs) for r in base],
+                epochs_befa=[len(r.epochs) for r in befa],
+            )
+        )
     return rows
 
 
@@ -175,18 +196,25 @@ def gains_table(summary: pd.DataFrame, models: list[str]) -> list[GainRow]:
     rows = []
     for model in models:
         for metric in HEADLINE:
-            get = lambda a: summary[(summary["model"] == model) & (summary["adapter"] == a) & (summary["metric"] == metric)]  # noqa: E731
+            get = lambda a: summary[
+                (summary["model"] == model) & (summary["adapter"] == a) & (summary["metric"] == metric)
+            ]  # noqa: E731
             b, a = get("none"), get("befa")
             if b.empty or a.empty:
                 continue
             bm, am = float(b["mean"].iloc[0]), float(a["mean"].iloc[0])
-            rows.append(GainRow(
-                model=model, metric=metric,
-                base_mean=bm, base_std=float(b["std"].iloc[0]),
-                befa_mean=am, befa_std=float(a["std"].iloc[0]),
-                seeds=int(min(b["n"].iloc[0], a["n"].iloc[0])),
-                relative_gain=(am - bm) / bm if bm else None,
-            ))
+            rows.append(
+                GainRow(
+                    model=model,
+                    metric=metric,
+                    base_mean=bm,
+                    base_std=float(b["std"].iloc[0]),
+                    befa_mean=am,
+                    befa_std=float(a["std"].iloc[0]),
+                    seeds=int(min(b["n"].iloc[0], a["n"].iloc[0])),
+                    relative_gain=(am - bm) / bm if bm else None,
+                )
+            )
     return rows
 
 
@@ -206,10 +234,18 @@ def floor_rows(runs: Runs, models: list[str]) -> list[FloorRow]:
             valid = [r.best_valid.get(FLOOR_METRIC, 0.0) for r in recs]
             test = [r.test.get(FLOOR_METRIC, 0.0) for r in recs]
             causes = sorted({c.split(":")[0] for r in recs if r.below_floor for c in r.floor.causes})
-            rows.append(FloorRow(
-                model=model, adapter=adapter, valid=sum(valid) / len(valid), test=sum(test) / len(test), seeds=len(recs),
-                below=sum(valid) / len(valid) < fv, below_seeds=sum(v < fv for v in valid), causes=causes,
-            ))
+            rows.append(
+                FloorRow(
+                    model=model,
+                    adapter=adapter,
+                    valid=sum(valid) / len(valid),
+                    test=sum(test) / len(test),
+                    seeds=len(recs),
+                    below=sum(valid) / len(valid) < fv,
+                    below_seeds=sum(v < fv for v in valid),
+                    causes=causes,
+                )
+            )
     return rows
 
 

@@ -123,7 +123,13 @@ def _item_card(items: pd.DataFrame, idx: int, out_dir: Path, hit: bool | None = 
     row = items.iloc[idx]
     rel = f"posters/{idx}.jpg"
     ok = thumbnail(row.get("image"), out_dir / rel)
-    return {"item_idx": int(idx), "item_id": str(row["item_id"]), "title": str(row.get("title") or row["item_id"]), "poster": rel if ok else None, "hit": hit}
+    return {
+        "item_idx": int(idx),
+        "item_id": str(row["item_id"]),
+        "title": str(row.get("title") or row["item_id"]),
+        "poster": rel if ok else None,
+        "hit": hit,
+    }
 
 
 # -- the whole inspection -----------------------------------------------------------------
@@ -139,14 +145,18 @@ def pick_items(prepared: Any, n: int, seed: int) -> list[int]:
     return sorted(chosen, key=lambda i: (-counts[i], i))
 
 
-def pick_users(base_top: np.ndarray, befa_top: np.ndarray, users: np.ndarray, test: dict[int, set[int]], n: int, seed: int) -> list[tuple[int, str]]:
+def pick_users(
+    base_top: np.ndarray, befa_top: np.ndarray, users: np.ndarray, test: dict[int, set[int]], n: int, seed: int
+) -> list[tuple[int, str]]:
     """(user, why chosen): most helped, most hurt, then seeded random."""
     hits_b = np.array([len(set(base_top[j]) & test[int(u)]) for j, u in enumerate(users)])
     hits_a = np.array([len(set(befa_top[j]) & test[int(u)]) for j, u in enumerate(users)])
     diff = hits_a - hits_b
     chosen: list[tuple[int, str]] = []
     if n >= 1 and diff.size and diff.max() > 0:
-        chosen.append((int(np.argmax(diff)), f"+BeFA gains most (hits@10 {hits_b[np.argmax(diff)]} -> {hits_a[np.argmax(diff)]})"))
+        chosen.append(
+            (int(np.argmax(diff)), f"+BeFA gains most (hits@10 {hits_b[np.argmax(diff)]} -> {hits_a[np.argmax(diff)]})")
+        )
     if n >= 2 and diff.size and diff.min() < 0:
         j = int(np.argmin(diff))
         chosen.append((j, f"+BeFA loses most (hits@10 {hits_b[j]} -> {hits_a[j]})"))
@@ -188,7 +198,8 @@ def inspect_adapter(
     comparisons = compare_top10(base, befa, prepared, catalog, split_path, out_dir, n_users, history, seed)
     summary = {
         m: {
-            "gate_mean": s["gate_mean"], "gate_std": s["gate_std"],
+            "gate_mean": s["gate_mean"],
+            "gate_std": s["gate_std"],
             "cos_content_adapted_mean": float(np.mean(s["content_vs_adapted"])),
             "cos_behaviour_adapted_mean": float(np.mean(s["behaviour_vs_adapted"])),
         }
@@ -209,7 +220,15 @@ def inspect_adapter(
 
 
 def compare_top10(
-    base: Any, befa: Any, prepared: Any, catalog: Any, split_path: str, out_dir: Path, n_users: int, history: int, seed: int
+    base: Any,
+    befa: Any,
+    prepared: Any,
+    catalog: Any,
+    split_path: str,
+    out_dir: Path,
+    n_users: int,
+    history: int,
+    seed: int,
 ) -> list[dict[str, Any]]:
     """For a few test users: recent history, test items, and the top-10 of base and +BeFA."""
     test = prepared.evaluator.heldout["test"]
@@ -232,16 +251,20 @@ def compare_top10(
         hist_items = train[train["user_idx"] == u]["item_idx"].to_numpy()
         when = np.array([ts.get((u, int(i)), 0) for i in hist_items])
         recent = hist_items[np.argsort(-when, kind="stable")][:history]
-        out.append({
-            "user_idx": u,
-            "user_id": str(inter.loc[inter["user_idx"] == u, "user_id"].iloc[0]) if (inter["user_idx"] == u).any() else str(u),
-            "why": why,
-            "n_train": int(len(hist_items)),
-            "test_items": [_item_card(catalog.items, i, out_dir, True) for i in sorted(truth[u])][:history],
-            "history": [_item_card(catalog.items, int(i), out_dir) for i in recent],
-            "base": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in base_top[j]],
-            "befa": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in befa_top[j]],
-        })
+        out.append(
+            {
+                "user_idx": u,
+                "user_id": str(inter.loc[inter["user_idx"] == u, "user_id"].iloc[0])
+                if (inter["user_idx"] == u).any()
+                else str(u),
+                "why": why,
+                "n_train": int(len(hist_items)),
+                "test_items": [_item_card(catalog.items, i, out_dir, True) for i in sorted(truth[u])][:history],
+                "history": [_item_card(catalog.items, int(i), out_dir) for i in recent],
+                "base": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in base_top[j]],
+                "befa": [_item_card(catalog.items, int(i), out_dir, int(i) in truth[u]) for i in befa_top[j]],
+            }
+        )
     return out
 
 
@@ -255,7 +278,9 @@ def gate_labels(item_table: pd.DataFrame, items: list[int], width: int = 28) -> 
     return [f"{n} [{ident}]" if names.count(n) > 1 and n != ident else n for n, ident in zip(names, ids)]
 
 
-def plot_gates(stats: dict[str, dict[str, Any]], items: list[int], item_table: pd.DataFrame, path: Path, model: str) -> Path:
+def plot_gates(
+    stats: dict[str, dict[str, Any]], items: list[int], item_table: pd.DataFrame, path: Path, model: str
+) -> Path:
     plt = pyplot()
     mods = list(stats)
     fig, axes = plt.subplots(1, len(mods), figsize=(6.5 * len(mods), 0.28 * len(items) + 2), dpi=100, squeeze=False)

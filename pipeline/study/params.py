@@ -10,7 +10,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from models import CONTENT_MODELS, MODELS, make_config
-from pipeline.job.params import DEFAULT_ENCODER, FOLDER_NAME, DataParams, PipelineError, PipelineParams, cluster_address, validate_params
+from pipeline.job.params import (
+    DEFAULT_ENCODER,
+    FOLDER_NAME,
+    DataParams,
+    PipelineError,
+    PipelineParams,
+    cluster_address,
+    validate_params,
+)
 from pipeline.settings import Settings
 from pipeline.study.rows import SignificanceRow
 
@@ -36,25 +44,31 @@ class StudyParams(DataParams):
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads for training (default: every usable core)")
     cluster: str | None = Field(
-        None, description="'ray://host:port' or 'auto': extraction and every phase's training runs on Ray (run cache under BEFA_HOME, shared)"
+        None,
+        description="'ray://host:port' or 'auto': extraction and every phase's training runs on Ray (run cache under BEFA_HOME, shared)",
     )
-    cpus_per_run: int = Field(1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray")
+    cpus_per_run: int = Field(
+        1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray"
+    )
     # -- training --
     models: list[str] = Field(
-        default_factory=lambda: ["bm3", "lattice", "freedom", "mgcn"], description="content models compared, base vs +BeFA"
+        default_factory=lambda: ["bm3", "lattice", "freedom", "mgcn"],
+        description="content models compared, base vs +BeFA",
     )
     seeds: list[int] = Field(default_factory=lambda: [999, 1000, 1001], description="training seeds (default 3)")
     epochs: int = Field(1000, ge=1, description="max epochs per run")
     patience: int = Field(10, ge=1, description="early-stopping patience on valid Recall@20")
     model_overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="model (or '*') -> fixed config overrides applied to every run (e.g. embedding_dim)"
+        default_factory=dict,
+        description="model (or '*') -> fixed config overrides applied to every run (e.g. embedding_dim)",
     )
     # -- search (valid only) --
     grid: Literal["model", "none"] | dict[str, dict[str, list[Any]]] = Field(
         "model", description="'model': each model's GRID; 'none': defaults only; or model -> {field: values}"
     )
     befa_grid: dict[str, list[Any]] = Field(
-        default_factory=lambda: dict(DEFAULT_BEFA_GRID), description="+BeFA's search grid on top of the model's: config key -> values"
+        default_factory=lambda: dict(DEFAULT_BEFA_GRID),
+        description="+BeFA's search grid on top of the model's: config key -> values",
     )
     max_trials: int = Field(4, ge=1, description="configurations tried per model and adapter")
     max_minutes: float | None = Field(None, gt=0, description="stop starting new trials of one search after this")
@@ -62,17 +76,25 @@ class StudyParams(DataParams):
     # -- experiments --
     focus_model: str = Field("freedom", description="model of the sweep, ablation, sparsity and inspection")
     sweep_t: list[float] | None = Field(
-        default_factory=lambda: list(DEFAULT_SWEEP_T), description="BeFA t values of the focus model's sweep (None: no sweep)"
+        default_factory=lambda: list(DEFAULT_SWEEP_T),
+        description="BeFA t values of the focus model's sweep (None: no sweep)",
     )
     modality_sets: list[list[str]] | None = Field(
-        default_factory=lambda: [list(s) for s in DEFAULT_MODALITY_SETS], description="modality sets of the ablation (None: no ablation)"
+        default_factory=lambda: [list(s) for s in DEFAULT_MODALITY_SETS],
+        description="modality sets of the ablation (None: no ablation)",
     )
     train_fractions: list[float] | None = Field(
-        default_factory=lambda: list(DEFAULT_FRACTIONS), description="shares of the train interactions kept in the sparsity sweep (None: no sweep)"
+        default_factory=lambda: list(DEFAULT_FRACTIONS),
+        description="shares of the train interactions kept in the sparsity sweep (None: no sweep)",
     )
-    experiment_seeds: int | None = Field(None, ge=1, description="seeds for sweep/ablation/sparsity/cold items (default: all)")
+    experiment_seeds: int | None = Field(
+        None, ge=1, description="seeds for sweep/ablation/sparsity/cold items (default: all)"
+    )
     cold_fraction: float | None = Field(
-        0.2, gt=0, lt=1, description="item cold-start phase: share of items with no train interaction (None: no cold phase)"
+        0.2,
+        gt=0,
+        lt=1,
+        description="item cold-start phase: share of items with no train interaction (None: no cold phase)",
     )
     inspect_items: int = Field(24, ge=1, description="items in the inspection's gate heatmaps")
     inspect_users: int = Field(4, ge=0, description="users whose top-10 lists the inspection shows")
@@ -144,9 +166,17 @@ class StudyParams(DataParams):
         """The pipeline parameters whose steps prepare this study's data (its data fields, as given)."""
         data = {name: getattr(self, name) for name in DataParams.model_fields}
         return PipelineParams(
-            **data, models=self.models, adapters=["none", "befa"], epochs=self.epochs, patience=self.patience,
-            seed=self.seeds[0], model_overrides=self.model_overrides, verify_checkpoints=False, run_name=self.name,
-            cluster=self.cluster, cpus_per_run=self.cpus_per_run,
+            **data,
+            models=self.models,
+            adapters=["none", "befa"],
+            epochs=self.epochs,
+            patience=self.patience,
+            seed=self.seeds[0],
+            model_overrides=self.model_overrides,
+            verify_checkpoints=False,
+            run_name=self.name,
+            cluster=self.cluster,
+            cpus_per_run=self.cpus_per_run,
         )
 
 
@@ -183,7 +213,9 @@ def validate_study(params: StudyParams | dict[str, Any], settings: Settings) -> 
         if m not in MODELS:
             raise StudyError(f"unknown model {m!r}; the study compares content models {list(CONTENT_MODELS)}")
         if not MODELS[m].uses_content:
-            raise StudyError(f"model {m!r} uses no content features: BeFA has nothing to adapt (use {list(CONTENT_MODELS)})")
+            raise StudyError(
+                f"model {m!r} uses no content features: BeFA has nothing to adapt (use {list(CONTENT_MODELS)})"
+            )
     for m in params.models:
         grids = {"none": model_grid(params, m), "befa": {**model_grid(params, m), **params.befa_grid}}
         for adapter, grid in grids.items():

@@ -67,8 +67,6 @@ from pipeline.features.bundle import FeatureBundle
 from pipeline.features.load import load_features
 from pipeline.features.summary import FeaturesSummary
 from pipeline.job.steps import extract_step, ingest_step, split_step
-from pipeline.study.report.write import write_study_report
-from pipeline.study.report.tables import RunCounts, StudyData
 from pipeline.settings import Settings
 from pipeline.study.analysis import (
     Runs,
@@ -88,6 +86,8 @@ from pipeline.study.analysis import (
 from pipeline.study.inspect import inspect_adapter
 from pipeline.study.item_groups import group_significance, group_table_rows
 from pipeline.study.params import ADAPTERS, StudyError, StudyParams, StudyResult, validate_study
+from pipeline.study.report.tables import RunCounts, StudyData
+from pipeline.study.report.write import write_study_report
 from pipeline.study.rows import ColdItems, SearchRow, SignificanceRow
 from pipeline.study.runner import RunSpec, StudyRunner
 from pipeline.study.search import run_search, search_result, search_trials
@@ -115,13 +115,17 @@ class StudyContext:
     timings: dict[str, float] = field(default_factory=dict)
     cold_runs: Runs = field(default_factory=dict)  # (model, adapter) -> records on the cold-items split
     cold_split_id: str | None = None
-    queued: list[tuple[RunSpec, dict[str, Any], list[RunRecord]]] = field(default_factory=list)  # the phase's batch so far
+    queued: list[tuple[RunSpec, dict[str, Any], list[RunRecord]]] = field(
+        default_factory=list
+    )  # the phase's batch so far
 
     @property
     def modalities(self) -> list[str]:
         return sorted(self.features.features)
 
-    def queue_seeds(self, seeds: list[int], spec_of_seed: Callable[[int], RunSpec], extra: dict[str, Any] | None = None) -> list[RunRecord]:
+    def queue_seeds(
+        self, seeds: list[int], spec_of_seed: Callable[[int], RunSpec], extra: dict[str, Any] | None = None
+    ) -> list[RunRecord]:
         """Queue one run per seed in the phase's batch; returns the list their records fill when
         the batch runs (at the end of the phase, :meth:`run_batch`)."""
         recs: list[RunRecord] = []
@@ -142,7 +146,9 @@ def study_folder(params: StudyParams, settings: Settings) -> Path:
     return settings.runs_dir / "studies" / name
 
 
-def run_study(params: StudyParams | dict[str, Any], settings: Settings, log: Callable[[str], None] | None = None) -> StudyResult:
+def run_study(
+    params: StudyParams | dict[str, Any], settings: Settings, log: Callable[[str], None] | None = None
+) -> StudyResult:
     """Run the whole study (see the module docstring) and write its report."""
     params = validate_study(params, settings)
     t_all = time.perf_counter()
@@ -174,15 +180,24 @@ def prepare(params: StudyParams, settings: Settings, log: Callable[[str], None])
     pp = params.pipeline_params()
     ingest = ingest_step(pp, settings)
     extract = extract_step(pp, settings, ingest.catalog_dir)
-    log("extract: " + ", ".join(f"{m} {f.encoded} encoded / {f.skipped} reused ({f.weights})" for m, f in extract.modalities.items()))
+    log(
+        "extract: "
+        + ", ".join(
+            f"{m} {f.encoded} encoded / {f.skipped} reused ({f.weights})" for m, f in extract.modalities.items()
+        )
+    )
     split = split_step(pp, ingest.catalog_dir)
     catalog = Catalog.load(ingest.catalog_dir)
-    features = load_features(catalog, FeatureStore(settings.feature_store), extract.fingerprints, snapshots=extract.snapshots)
+    features = load_features(
+        catalog, FeatureStore(settings.feature_store), extract.fingerprints, snapshots=extract.snapshots
+    )
     if not features.features:
         raise StudyError("the encoder produced no content features; BeFA needs at least one modality")
     runner = StudyRunner(params, settings, folder, ingest.catalog_dir, features, log)
     timings = {"ingest": ingest.seconds, "extract": extract.seconds, "split": split.seconds}
-    return StudyContext(params, settings, folder, log, ingest, extract, split, catalog, features, runner, timings=timings)
+    return StudyContext(
+        params, settings, folder, log, ingest, extract, split, catalog, features, runner, timings=timings
+    )
 
 
 def search_all(ctx: StudyContext) -> dict[tuple[str, str], dict[str, Any]]:
@@ -198,8 +213,13 @@ def search_all(ctx: StudyContext) -> dict[tuple[str, str], dict[str, Any]]:
         trials = {key: search_trials(p, *key, ctx.split.path, ctx.modalities) for key in keys}
         records = iter(ctx.runner.run_many([spec for key in keys for _, spec in trials[key]]))
         took = time.perf_counter() - start  # the batch's: its searches ran together
-        searches = {key: search_result(p, *key, trials[key], [next(records) for _ in trials[key]], took) for key in keys}
-    write_json(ctx.folder / "search.json", json.loads(json.dumps({f"{m}/{a}": s for (m, a), s in searches.items()}, default=str)))
+        searches = {
+            key: search_result(p, *key, trials[key], [next(records) for _ in trials[key]], took) for key in keys
+        }
+    write_json(
+        ctx.folder / "search.json",
+        json.loads(json.dumps({f"{m}/{a}": s for (m, a), s in searches.items()}, default=str)),
+    )
     return searches
 
 
@@ -209,19 +229,37 @@ def main_table(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]
     main_runs: Runs = {}
     main_runs[(FLOOR_MODEL, "none")] = ctx.queue_seeds(
         ctx.params.seeds[:1],
-        lambda seed: RunSpec(model=FLOOR_MODEL, overrides={"adapter": "none"}, modalities=[], split=ctx.split.path, seed=seed, experiment="floor", setting="main"),
+        lambda seed: RunSpec(
+            model=FLOOR_MODEL,
+            overrides={"adapter": "none"},
+            modalities=[],
+            split=ctx.split.path,
+            seed=seed,
+            experiment="floor",
+            setting="main",
+        ),
     )
     for (model, adapter), s in searches.items():
         ctx.log(f"main {model} {adapter}: {len(ctx.params.seeds)} seeds")
         overrides = s["winner_overrides"]
         main_runs[(model, adapter)] = ctx.queue_seeds(
             ctx.params.seeds,
-            lambda seed: RunSpec(model=model, overrides=overrides, modalities=ctx.modalities, split=ctx.split.path, seed=seed, experiment="main", setting="main"),
+            lambda seed: RunSpec(
+                model=model,
+                overrides=overrides,
+                modalities=ctx.modalities,
+                split=ctx.split.path,
+                seed=seed,
+                experiment="main",
+                setting="main",
+            ),
         )
     return main_runs
 
 
-def _winners(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _winners(
+    ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     focus = ctx.params.focus_model
     return searches[(focus, "none")]["winner_overrides"], searches[(focus, "befa")]["winner_overrides"]
 
@@ -237,12 +275,28 @@ def sweep_t(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]], 
     for t in p.sweep_t:
         ctx.queue_seeds(
             seeds,
-            lambda seed: RunSpec(model=focus, overrides={**befa_win, "befa.t": float(t)}, modalities=ctx.modalities, split=ctx.split.path, seed=seed, experiment="sweep_t", setting=f"t={t:g}"),
+            lambda seed: RunSpec(
+                model=focus,
+                overrides={**befa_win, "befa.t": float(t)},
+                modalities=ctx.modalities,
+                split=ctx.split.path,
+                seed=seed,
+                experiment="sweep_t",
+                setting=f"t={t:g}",
+            ),
         )
     ctx.run_batch()  # the sweep's rows first, then the base reference rows, as the report reads them
     for seed_rec, seed in zip(main_runs[(focus, "none")], p.seeds):
         if seed in seeds:  # the base reference line of the sweep plot
-            spec = RunSpec(model=focus, overrides=base_win, modalities=ctx.modalities, split=ctx.split.path, seed=seed, experiment="sweep_t", setting="base")
+            spec = RunSpec(
+                model=focus,
+                overrides=base_win,
+                modalities=ctx.modalities,
+                split=ctx.split.path,
+                seed=seed,
+                experiment="sweep_t",
+                setting="base",
+            )
             ctx.rows.extend(result_rows(seed_rec, spec, {}))
 
 
@@ -258,7 +312,15 @@ def modality_ablation(ctx: StudyContext, searches: dict[tuple[str, str], dict[st
         for win in _winners(ctx, searches):
             ctx.queue_seeds(
                 p.experiment_seed_list,
-                lambda seed: RunSpec(model=p.focus_model, overrides=win, modalities=sorted(mods), split=ctx.split.path, seed=seed, experiment="ablation", setting=label),
+                lambda seed: RunSpec(
+                    model=p.focus_model,
+                    overrides=win,
+                    modalities=sorted(mods),
+                    split=ctx.split.path,
+                    seed=seed,
+                    experiment="ablation",
+                    setting=label,
+                ),
             )
 
 
@@ -269,12 +331,24 @@ def sparsity_sweep(ctx: StudyContext, searches: dict[tuple[str, str], dict[str, 
         return
     full = Split.load(ctx.split.path)
     for frac in p.train_fractions:
-        path = ctx.split.path if frac >= 1.0 else str(full.subsample_train(frac, seed=p.split_seed).save(ctx.folder / "splits"))
+        path = (
+            ctx.split.path
+            if frac >= 1.0
+            else str(full.subsample_train(frac, seed=p.split_seed).save(ctx.folder / "splits"))
+        )
         ctx.log(f"sparsity {p.focus_model}: {frac:.0%} of train")
         for win in _winners(ctx, searches):
             ctx.queue_seeds(
                 p.experiment_seed_list,
-                lambda seed: RunSpec(model=p.focus_model, overrides=win, modalities=ctx.modalities, split=path, seed=seed, experiment="sparsity", setting=f"train={frac:.0%}"),
+                lambda seed: RunSpec(
+                    model=p.focus_model,
+                    overrides=win,
+                    modalities=ctx.modalities,
+                    split=path,
+                    seed=seed,
+                    experiment="sparsity",
+                    setting=f"train={frac:.0%}",
+                ),
                 {"train_fraction": frac},
             )
 
@@ -289,11 +363,21 @@ def cold_items_phase(ctx: StudyContext, searches: dict[tuple[str, str], dict[str
     ctx.cold_split_id, setting = split.id, f"cold={p.cold_fraction:.0%}"
     for model in p.models:
         for adapter in ADAPTERS:
-            ctx.log(f"cold items {model} {adapter}: {split.cold_items.size} cold items, {len(p.experiment_seed_list)} seeds")
+            ctx.log(
+                f"cold items {model} {adapter}: {split.cold_items.size} cold items, {len(p.experiment_seed_list)} seeds"
+            )
             win = searches[(model, adapter)]["winner_overrides"]
             ctx.cold_runs[(model, adapter)] = ctx.queue_seeds(
                 p.experiment_seed_list,
-                lambda seed: RunSpec(model=model, overrides=win, modalities=ctx.modalities, split=path, seed=seed, experiment="cold_items", setting=setting),
+                lambda seed: RunSpec(
+                    model=model,
+                    overrides=win,
+                    modalities=ctx.modalities,
+                    split=path,
+                    seed=seed,
+                    experiment="cold_items",
+                    setting=setting,
+                ),
             )
 
 
@@ -315,7 +399,11 @@ def inspect(ctx: StudyContext, main_runs: Runs) -> dict[str, Any]:
 
 
 def report(
-    ctx: StudyContext, searches: dict[tuple[str, str], dict[str, Any]], main_runs: Runs, inspection: dict[str, Any], t_all: float
+    ctx: StudyContext,
+    searches: dict[tuple[str, str], dict[str, Any]],
+    main_runs: Runs,
+    inspection: dict[str, Any],
+    t_all: float,
 ) -> StudyResult:
     """Phase 8: the analysis, the verdict and the report files; returns the study's result."""
     p = ctx.params
@@ -345,8 +433,12 @@ def report(
         searches=[_search_info(m, a, s) for (m, a), s in searches.items()],
         inspection=inspection,
         timings=ctx.timings,
-        runs=RunCounts(trained=ctx.runner.trained, reused=ctx.runner.reused, train_seconds=ctx.runner.seconds,
-                       **dict(zip(("at_epoch_cap", "counted"), epoch_cap_count(frame, p)))),
+        runs=RunCounts(
+            trained=ctx.runner.trained,
+            reused=ctx.runner.reused,
+            train_seconds=ctx.runner.seconds,
+            **dict(zip(("at_epoch_cap", "counted"), epoch_cap_count(frame, p))),
+        ),
         notes=budget_notes(frame, p),
     )
     files = write_study_report(ctx.folder, frame, data)
@@ -383,6 +475,11 @@ def _cold_info(ctx: StudyContext, frame: Any, sig: list[SignificanceRow]) -> Col
 
 def _search_info(model: str, adapter: str, s: dict[str, Any]) -> SearchRow:
     return SearchRow(
-        model=model, adapter=adapter, trials=len(s["trials"]), grid_size=grid_size(s["grid"]), winner=s["winner_overrides"],
-        winner_valid_r20=s["trials"][s["winner"]]["valid"].get("recall@20"), seconds=s["seconds"],
+        model=model,
+        adapter=adapter,
+        trials=len(s["trials"]),
+        grid_size=grid_size(s["grid"]),
+        winner=s["winner_overrides"],
+        winner_valid_r20=s["trials"][s["winner"]]["valid"].get("recall@20"),
+        seconds=s["seconds"],
     )

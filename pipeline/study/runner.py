@@ -22,12 +22,12 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from pipeline.features.bundle import FeatureBundle
 from pipeline.settings import Settings
 from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
 from pipeline.training.executor import claim_run, die_once_when_armed, executor_for
 from pipeline.training.liveness import interrupted_note
-from pipeline.features.bundle import FeatureBundle
 from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord
 
 
@@ -50,7 +50,15 @@ class RunSpec(BaseModel):
 class StudyRunner:
     """Trains (or reuses) content-addressed runs; keeps the counts and the log."""
 
-    def __init__(self, params: StudyParams, settings: Settings, folder: Path, catalog_dir: str, features: FeatureBundle, log: Callable[[str], None]):
+    def __init__(
+        self,
+        params: StudyParams,
+        settings: Settings,
+        folder: Path,
+        catalog_dir: str,
+        features: FeatureBundle,
+        log: Callable[[str], None],
+    ):
         self.params, self.settings, self.folder = params, settings, folder
         self.catalog_dir, self.features, self.log = catalog_dir, features, log
         self.trained = self.reused = 0
@@ -120,26 +128,48 @@ class StudyRunner:
 
 
 def train_spec(
-    params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path,
-    num_threads: int | None, on_epoch_end: Callable[[int, RunRecord], None] | None = None,
+    params: StudyParams,
+    settings: Settings,
+    catalog_dir: str,
+    features: FeatureBundle,
+    spec: RunSpec,
+    run_dir: Path,
+    num_threads: int | None,
+    on_epoch_end: Callable[[int, RunRecord], None] | None = None,
 ) -> float:
     """Train one study run into ``run_dir`` (continuing a run a kill left there); returns its seconds."""
     start = time.perf_counter()
     train_model(
-        catalog_dir, spec.split, features.subset(spec.modalities), spec.model, overrides=spec.overrides, run_dir=run_dir,
-        seed=spec.seed, device=params.device, max_epochs=params.epochs, patience=params.patience,
-        resume=(run_dir / LAST).exists() and (run_dir / RECORD).exists(), quiet=True, overwrite=True,
-        num_threads=num_threads, graph_cache_dir=settings.home / "graph-cache", on_epoch_end=on_epoch_end,
+        catalog_dir,
+        spec.split,
+        features.subset(spec.modalities),
+        spec.model,
+        overrides=spec.overrides,
+        run_dir=run_dir,
+        seed=spec.seed,
+        device=params.device,
+        max_epochs=params.epochs,
+        patience=params.patience,
+        resume=(run_dir / LAST).exists() and (run_dir / RECORD).exists(),
+        quiet=True,
+        overwrite=True,
+        num_threads=num_threads,
+        graph_cache_dir=settings.home / "graph-cache",
+        on_epoch_end=on_epoch_end,
     )
     return time.perf_counter() - start
 
 
-def train_spec_here(params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path) -> float:
+def train_spec_here(
+    params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path
+) -> float:
     """:func:`train_spec` in this process, with the study's thread setting."""
     return train_spec(params, settings, catalog_dir, features, spec, run_dir, params.num_threads)
 
 
-def train_on_worker(params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path) -> float:
+def train_on_worker(
+    params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path
+) -> float:
     """:func:`train_spec` as a Ray task: as many torch threads as the CPUs it reserved. A retried
     task (its worker was lost) continues from the run's last checkpoint, as a resumed study does."""
     claim_run(run_dir)

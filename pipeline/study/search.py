@@ -111,7 +111,9 @@ def grid_search(
         run_dir = run_root / point_name(point)
         result = train_fn(overrides=overrides, run_dir=run_dir, **train_kwargs)
         record = result.record
-        trials.append(Trial(overrides=overrides, run_dir=run_dir, valid=dict(record.best_valid), best_epoch=record.best_epoch))
+        trials.append(
+            Trial(overrides=overrides, run_dir=run_dir, valid=dict(record.best_valid), best_epoch=record.best_epoch)
+        )
         test_of.append(dict(record.test))
     winner = select_on_valid([t.valid for t in trials], metric)
     result = GridResult(trials=trials, winner=winner, test=test_of[winner], metric=metric)
@@ -148,7 +150,9 @@ def search_plan(params: StudyParams, model: str, adapter: str, spare: int = 4) -
     return [{**mp, **befa_pts[k % len(befa_pts)]} for k, mp in enumerate(model_pts)] or [{}]
 
 
-def search_trials(p: StudyParams, model: str, adapter: str, split: str, modalities: list[str]) -> list[tuple[dict[str, Any], RunSpec]]:
+def search_trials(
+    p: StudyParams, model: str, adapter: str, split: str, modalities: list[str]
+) -> list[tuple[dict[str, Any], RunSpec]]:
     """The trials of one (model, adapter) search, in order: (grid point, run spec), at most
     ``max_trials``, a point whose resolved configuration an earlier one has (the default may
     equal a grid point) skipped. They are independent: a phase submits them as one batch."""
@@ -164,19 +168,53 @@ def search_trials(p: StudyParams, model: str, adapter: str, split: str, modaliti
             continue
         seen.add(key)
         setting = json.dumps(point) if point else "default"
-        trials.append((point, RunSpec(model=model, overrides=overrides, modalities=modalities, split=split, seed=p.seeds[0], experiment="search", setting=setting)))
+        trials.append(
+            (
+                point,
+                RunSpec(
+                    model=model,
+                    overrides=overrides,
+                    modalities=modalities,
+                    split=split,
+                    seed=p.seeds[0],
+                    experiment="search",
+                    setting=setting,
+                ),
+            )
+        )
     return trials
 
 
-def search_result(p: StudyParams, model: str, adapter: str, trials: list[tuple[dict[str, Any], RunSpec]], records: list[Any], seconds: float) -> dict[str, Any]:
+def search_result(
+    p: StudyParams,
+    model: str,
+    adapter: str,
+    trials: list[tuple[dict[str, Any], RunSpec]],
+    records: list[Any],
+    seconds: float,
+) -> dict[str, Any]:
     """One search's winner (on VALID only) and every trial's valid metrics, from its trials' records."""
     grid = model_grid(p, model) if adapter == "none" else {**model_grid(p, model), **p.befa_grid}
     rows = [
-        {"point": point, "overrides": spec.overrides, "valid": dict(rec.best_valid), "run_dir": rec.run_dir, "best_epoch": rec.best_epoch}
+        {
+            "point": point,
+            "overrides": spec.overrides,
+            "valid": dict(rec.best_valid),
+            "run_dir": rec.run_dir,
+            "best_epoch": rec.best_epoch,
+        }
         for (point, spec), rec in zip(trials, records)
     ]
     winner = select_on_valid([t["valid"] for t in rows])
-    return {"model": model, "adapter": adapter, "grid": grid, "trials": rows, "winner": winner, "winner_overrides": rows[winner]["overrides"], "seconds": seconds}
+    return {
+        "model": model,
+        "adapter": adapter,
+        "grid": grid,
+        "trials": rows,
+        "winner": winner,
+        "winner_overrides": rows[winner]["overrides"],
+        "seconds": seconds,
+    }
 
 
 def run_search(runner: StudyRunner, model: str, adapter: str, split: str, modalities: list[str]) -> dict[str, Any]:
@@ -187,7 +225,9 @@ def run_search(runner: StudyRunner, model: str, adapter: str, split: str, modali
     start = time.perf_counter()
     for trial in search_trials(p, model, adapter, split, modalities):
         if done and p.max_minutes is not None and time.perf_counter() - start > 60 * p.max_minutes:
-            runner.log(f"  search {model} {adapter}: time budget of {p.max_minutes} min reached after {len(done)} trials")
+            runner.log(
+                f"  search {model} {adapter}: time budget of {p.max_minutes} min reached after {len(done)} trials"
+            )
             break
         records.append(runner.train(trial[1]))
         done.append(trial)

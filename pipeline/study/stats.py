@@ -55,7 +55,9 @@ class PairedTest:
         return asdict(self)
 
 
-def paired_frame(base: Sequence[pd.DataFrame], befa: Sequence[pd.DataFrame], metric: str, part: str = "test") -> pd.DataFrame:
+def paired_frame(
+    base: Sequence[pd.DataFrame], befa: Sequence[pd.DataFrame], metric: str, part: str = "test"
+) -> pd.DataFrame:
     """Align per-user tables of matching seeds: columns seed, user_idx, base, befa.
 
     ``base[k]`` and ``befa[k]`` must come from the same seed (the k-th). Users missing

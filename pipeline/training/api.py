@@ -20,11 +20,11 @@ from models import get_model_class, make_config
 from models.base import ModelConfig, Recommender
 from pipeline.data.catalog import Catalog
 from pipeline.data.splits import Split
-from pipeline.evaluation.evaluator import EvalResult, evaluate_model
-from pipeline.training.checkpoints import load_weights
 from pipeline.device import resolve_device
+from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.features.bundle import FeatureBundle
 from pipeline.training.build import build_model
+from pipeline.training.checkpoints import load_weights
 from pipeline.training.prepare import PreparedData, prepare_data
 from pipeline.training.record import BEST, RunRecord
 from pipeline.training.trainer import RunResult, TrainerConfig, fit
@@ -55,13 +55,19 @@ def model_config(model_cls: type[Recommender], overrides: ModelConfig | Mapping[
 
 
 def run_folder_for(
-    split: Any, model: str | type[Recommender], overrides: ModelConfig | Mapping[str, Any] | None, seed: int, runs_root: str | Path | None
+    split: Any,
+    model: str | type[Recommender],
+    overrides: ModelConfig | Mapping[str, Any] | None,
+    seed: int,
+    runs_root: str | Path | None,
 ) -> Path:
     """The folder ``train_model`` defaults to for these arguments (where ``befa train --resume`` looks)."""
     model_cls = get_model_class(model)
     split_obj = _load_split(split)
     split_id = str(getattr(split_obj, "id", None) or getattr(split_obj, "name", "unknown"))
-    return default_run_dir(runs_root or Path.cwd() / "runs", model_cls.name, split_id, model_config(model_cls, overrides), seed)
+    return default_run_dir(
+        runs_root or Path.cwd() / "runs", model_cls.name, split_id, model_config(model_cls, overrides), seed
+    )
 
 
 def train_model(
@@ -109,7 +115,9 @@ def train_model(
         graph_cache_dir=graph_cache_dir,
     )
     if run_dir is None:
-        run_dir = default_run_dir(runs_root or Path.cwd() / "runs", model_cls.name, prepared.train.split_id, config, seed)
+        run_dir = default_run_dir(
+            runs_root or Path.cwd() / "runs", model_cls.name, prepared.train.split_id, config, seed
+        )
     trainer = TrainerConfig(
         max_epochs=max_epochs, patience=patience, seed=seed, device=str(device), num_threads=num_threads, quiet=quiet
     )
@@ -120,8 +128,17 @@ def train_model(
     }
     clean_temporaries(run_dir)  # what a killed run left in its folder, an hour old or more (storage.atomic)
     result = fit(
-        model_cls, config, prepared, run_dir, trainer, resume=resume, overwrite=overwrite,
-        catalog=cat.name, on_epoch_end=on_epoch_end, sources=sources, allow_new_features=allow_new_features,
+        model_cls,
+        config,
+        prepared,
+        run_dir,
+        trainer,
+        resume=resume,
+        overwrite=overwrite,
+        catalog=cat.name,
+        on_epoch_end=on_epoch_end,
+        sources=sources,
+        allow_new_features=allow_new_features,
     )
     save_universe(result.run_dir, cat)  # ids by row, so the run can be served after the catalog changes
     return result
@@ -145,7 +162,9 @@ def evaluate_run(
     catalog / split default to the paths the run recorded; features must be passed for
     content models (their snapshot ids must match the record); model defaults to the
     registry entry named in the record (pass the class for models outside the registry)."""
-    return {part: r.metrics for part, r in evaluate_run_results(run_dir, catalog, split, features, device, model).items()}
+    return {
+        part: r.metrics for part, r in evaluate_run_results(run_dir, catalog, split, features, device, model).items()
+    }
 
 
 def evaluate_run_results(
@@ -216,4 +235,6 @@ def _check_snapshots(run_dir: Path, record: RunRecord, bundle: FeatureBundle) ->
         if modality not in bundle.features:
             raise ValueError(f"{run_dir}: the run used {modality!r} features (snapshot {snap}); pass them")
         if bundle.snapshots.get(modality) not in (None, "unknown", snap):
-            raise ValueError(f"{run_dir}: {modality!r} features are snapshot {bundle.snapshots[modality]}, the run used {snap}")
+            raise ValueError(
+                f"{run_dir}: {modality!r} features are snapshot {bundle.snapshots[modality]}, the run used {snap}"
+            )

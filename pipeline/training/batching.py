@@ -23,9 +23,9 @@ Torch-free, like :mod:`pipeline.training.record`.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 MIN_BATCHES_PER_EPOCH = 16
 
@@ -71,14 +71,19 @@ def _batches(n: int, batch_size: int) -> int:
 
 
 def plan_batches(
-    train_interactions: int, batch_size: int, min_batches: int = MIN_BATCHES_PER_EPOCH,
-    max_batches: int | None = None, lr: float | None = None,
+    train_interactions: int,
+    batch_size: int,
+    min_batches: int = MIN_BATCHES_PER_EPOCH,
+    max_batches: int | None = None,
+    lr: float | None = None,
 ) -> BatchPlan:
     """The batch size (and lr) an epoch uses: ``batch_size``; smaller so an epoch has
     ``min_batches`` steps; or, with ``max_batches``, larger so it has at most that many, the
     lr scaled by the square root of the growth."""
     if max_batches is not None and max_batches < min_batches:
-        raise ValueError(f"--set max_batches_per_epoch={max_batches} is below the small-catalog rule's {min_batches} batches per epoch")
+        raise ValueError(
+            f"--set max_batches_per_epoch={max_batches} is below the small-catalog rule's {min_batches} batches per epoch"
+        )
     effective, effective_lr = batch_size, lr
     if train_interactions and _batches(train_interactions, batch_size) < min_batches:
         effective = max(1, min(batch_size, train_interactions // min_batches))
@@ -86,7 +91,12 @@ def plan_batches(
         effective = _batches(train_interactions, max_batches)
         effective_lr = None if lr is None else lr * math.sqrt(effective / batch_size)
     return BatchPlan(
-        min_batches=min_batches, train_interactions=train_interactions, configured_batch_size=batch_size,
-        batch_size=effective, batches_per_epoch=_batches(train_interactions, effective),
-        max_batches=max_batches, configured_lr=lr, lr=effective_lr,
+        min_batches=min_batches,
+        train_interactions=train_interactions,
+        configured_batch_size=batch_size,
+        batch_size=effective,
+        batches_per_epoch=_batches(train_interactions, effective),
+        max_batches=max_batches,
+        configured_lr=lr,
+        lr=effective_lr,
     )

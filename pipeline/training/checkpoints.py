@@ -40,7 +40,9 @@ def learned_state(model: torch.nn.Module, inputs: Iterable[Tensor] = ()) -> tupl
     return state, skipped
 
 
-def save_weights(path: str | Path, model: torch.nn.Module, inputs: Iterable[Tensor] = (), meta: dict[str, str] | None = None) -> Path:
+def save_weights(
+    path: str | Path, model: torch.nn.Module, inputs: Iterable[Tensor] = (), meta: dict[str, str] | None = None
+) -> Path:
     state, skipped = learned_state(model, inputs)
     # clone: safetensors refuses tensors that share storage (tied weights, views)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -65,7 +67,7 @@ def upgrade_keys(tensors: dict[str, Tensor], record_version: int) -> dict[str, T
     for key, value in tensors.items():
         for old, new in renames:
             if key == old or key.startswith(old + "."):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
         out[key] = value
     return out
 
@@ -85,7 +87,11 @@ def _load_checked(model: torch.nn.Module, tensors: dict[str, Tensor], where: Pat
     unexpected = sorted(set(tensors) - set(device_state))
     if unexpected:
         raise ValueError(f"{where}: checkpoint has keys the model lacks: {unexpected[:5]}")
-    missing = [k for k, t in device_state.items() if k not in tensors and t.layout == torch.strided and not _is_derived(model, k)]
+    missing = [
+        k
+        for k, t in device_state.items()
+        if k not in tensors and t.layout == torch.strided and not _is_derived(model, k)
+    ]
     if missing:
         raise ValueError(f"{where}: checkpoint lacks learned tensors {missing[:5]}")
     model.load_state_dict(tensors, strict=False)

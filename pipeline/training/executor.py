@@ -42,7 +42,6 @@ TASK_CLAIM = "ray-task.txt"  # in a run folder: the Ray task that trains it
 KILL_ONCE_ENV = "BEFA_TEST_KILL_ONCE"
 
 
-
 class ExecutorError(ValueError):
     """A batch that cannot run as asked (e.g. more CPUs per run than any node has)."""
 
@@ -142,7 +141,9 @@ def run_options(cpus_per_run: int, device: str | None, ray: Any = None) -> dict[
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     most = max((float(n.get("Resources", {}).get("CPU", 0)) for n in nodes), default=0.0)
     if cpus_per_run > most:  # Ray would wait forever for a node that large
-        raise ExecutorError(f"cpus_per_run={cpus_per_run}: no node of the cluster has that many CPUs (the largest has {most:g})")
+        raise ExecutorError(
+            f"cpus_per_run={cpus_per_run}: no node of the cluster has that many CPUs (the largest has {most:g})"
+        )
     opts: dict[str, Any] = {"num_cpus": cpus_per_run, "max_retries": MAX_RETRIES}
     if float(ray.cluster_resources().get("GPU", 0)) > 0 and device != "cpu":
         opts["num_gpus"] = 1

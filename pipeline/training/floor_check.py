@@ -79,9 +79,15 @@ def likely_causes(record: Any, plan: BatchPlan | None) -> list[str]:
         first, at_best = losses[0], losses[min(best, len(losses) - 1)]
         flat = first > 0 and (first - at_best) / first < FLAT_LOSS
         if flat:
-            causes.append(f"a flat training loss: it barely moved ({first:.4f} -> {at_best:.4f}), learning rate {lr:g} too low for this budget; try --set '*.lr=5e-3'")
+            causes.append(
+                f"a flat training loss: it barely moved ({first:.4f} -> {at_best:.4f}), learning rate {lr:g} too low for this budget; try --set '*.lr=5e-3'"
+            )
     if len(epochs) > best + 1 and best <= 1 and not flat:  # a flat loss learned nothing: its "peak" is noise
-        causes.append(f"an early peak: valid {FLOOR_METRIC} peaked at epoch {best} and never improved after, learning rate {lr:g} may be too high")
+        causes.append(
+            f"an early peak: valid {FLOOR_METRIC} peaked at epoch {best} and never improved after, learning rate {lr:g} may be too high"
+        )
     if not causes:
-        causes.append("unsuited hyper-parameters: nothing in the record points elsewhere; search them on valid with `befa study`")
+        causes.append(
+            "unsuited hyper-parameters: nothing in the record points elsewhere; search them on valid with `befa study`"
+        )
     return causes

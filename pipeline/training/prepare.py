@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from models.base import TrainData
-from pipeline.features.bundle import FeatureBundle
 from pipeline.evaluation.evaluator import Evaluator, UserItems
 from pipeline.evaluation.groups import item_groups
+from pipeline.features.bundle import FeatureBundle
 
 TRAIN, VALID, TEST = 0, 1, 2
 
@@ -74,7 +74,9 @@ def _check_frame(frame: pd.DataFrame, num_users: int | None, num_items: int) -> 
 def _check_features(features: Mapping[str, Tensor], masks: Mapping[str, Tensor], num_items: int) -> None:
     for modality, x in features.items():
         if not isinstance(x, Tensor) or x.dim() != 2:
-            raise ValueError(f"features[{modality!r}] must be a 2-D tensor (items x dims), got {getattr(x, 'shape', type(x))}")
+            raise ValueError(
+                f"features[{modality!r}] must be a 2-D tensor (items x dims), got {getattr(x, 'shape', type(x))}"
+            )
         if x.size(0) != num_items:
             raise ValueError(
                 f"features[{modality!r}] has {x.size(0)} rows but the catalog has {num_items} items "
@@ -141,7 +143,9 @@ def prepare_data(
     return PreparedData(train=train, evaluator=evaluator, notes=notes, counts=counts, feature_sets=bundle.provenance())
 
 
-def _parts(users: np.ndarray, items: np.ndarray, labels: np.ndarray, num_users: int, num_items: int, notes: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _parts(
+    users: np.ndarray, items: np.ndarray, labels: np.ndarray, num_users: int, num_items: int, notes: list[str]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """label -> (users, items): duplicates collapsed, valid/test rows of users without a
     train row dropped (each counted in ``notes``)."""
     parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}

@@ -65,7 +65,10 @@ def item_group_metrics(results: dict[str, Any]) -> dict[str, dict[str, ItemGroup
     """part -> group -> ItemGroupMetrics from the evaluator's results (EvalResult.groups)."""
     return {
         # a group without users has no metric (NaN is not valid JSON): metrics stay empty
-        part: {g: ItemGroupMetrics(users=r.users, heldout=r.heldout, metrics=dict(r.metrics) if r.users else {}) for g, r in res.groups.items()}
+        part: {
+            g: ItemGroupMetrics(users=r.users, heldout=r.heldout, metrics=dict(r.metrics) if r.users else {})
+            for g, r in res.groups.items()
+        }
         for part, res in results.items()
         if getattr(res, "groups", None)
     }
@@ -169,5 +172,3 @@ def code_version() -> dict[str, Any]:
         return {"kind": "package", "version": version("befa")}
     except Exception:  # noqa: BLE001 - not installed: say so rather than fail a run
         return {"kind": "unknown"}
-
-

@@ -16,7 +16,9 @@ from pipeline.training.record import LEGACY_FEATURES, RunRecord
 from storage.feature_store import FeatureStore
 
 
-def load_run_features(record: RunRecord, store: FeatureStore, run_dir: str | Path | None = None) -> FeatureBundle | None:
+def load_run_features(
+    record: RunRecord, store: FeatureStore, run_dir: str | Path | None = None
+) -> FeatureBundle | None:
     """The exact features a run trained on (its recorded fingerprints and snapshots), or None
     when it used none. Runs from before record version 2 kept them in ``features.json``."""
     catalog_dir = record.sources.get("catalog")
@@ -24,13 +26,19 @@ def load_run_features(record: RunRecord, store: FeatureStore, run_dir: str | Pat
     if not sets and run_dir is not None and (Path(run_dir) / LEGACY_FEATURES).exists():
         legacy = json.loads((Path(run_dir) / LEGACY_FEATURES).read_text())
         catalog_dir = catalog_dir or legacy.get("catalog_dir")
-        sets = {m: {"fingerprint": fp, "snapshot": legacy.get("snapshots", {}).get(m)} for m, fp in legacy.get("fingerprints", {}).items()}
+        sets = {
+            m: {"fingerprint": fp, "snapshot": legacy.get("snapshots", {}).get(m)}
+            for m, fp in legacy.get("fingerprints", {}).items()
+        }
     if not sets:
         return None
     if catalog_dir is None:
         raise ValueError("the run did not record its catalog folder, so its features cannot be found")
     catalog = Catalog.load(catalog_dir)
     return load_features(
-        catalog, store, {m: s["fingerprint"] for m, s in sets.items()},
-        snapshots={m: s["snapshot"] for m, s in sets.items() if s.get("snapshot")}, as_recorded=True,
+        catalog,
+        store,
+        {m: s["fingerprint"] for m, s in sets.items()},
+        snapshots={m: s["snapshot"] for m, s in sets.items() if s.get("snapshot")},
+        as_recorded=True,
     )

@@ -40,17 +40,24 @@ def check_previous(
     if state == "running":
         proc = previous.process
         who = f"process {proc.pid} on {proc.host}" if proc else "another process"
-        raise RunFolderBusy(f"{where}: a run is training there right now ({who}); wait for it or choose another --run-dir")
+        raise RunFolderBusy(
+            f"{where}: a run is training there right now ({who}); wait for it or choose another --run-dir"
+        )
     if not resume:
         if overwrite:
             return
         if state == "interrupted":
             raise RunFolderBusy(f"{interrupted_note(previous)}, or choose another --run-dir to start anew")
-        raise RunFolderBusy(f"{where}: already holds a run (status {state}); pass --resume to continue it, or choose another --run-dir")
+        raise RunFolderBusy(
+            f"{where}: already holds a run (status {state}); pass --resume to continue it, or choose another --run-dir"
+        )
     recorded, given = previous.feature_snapshots, dict(snapshots)
     changed = sorted(m for m in set(recorded) | set(given) if recorded.get(m) != given.get(m))
     if changed and not allow_new_features:
-        detail = "; ".join(f"{m}: the run trained on snapshot {recorded.get(m, '(none)')}, given {given.get(m, '(none)')}" for m in changed)
+        detail = "; ".join(
+            f"{m}: the run trained on snapshot {recorded.get(m, '(none)')}, given {given.get(m, '(none)')}"
+            for m in changed
+        )
         raise FeaturesChanged(
             f"{where}: --resume: the features differ from the run's ({detail}). A resume never switches snapshots "
             "silently: pass --allow-new-features to continue on the given ones"

@@ -43,27 +43,44 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from pydantic import BaseModel, Field
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from models.base import ModelConfig, Recommender
 from models.mostpop import MostPop
+from pipeline.device import cpu_count, peak_memory, sync, torch_threads
 from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.allocator import keep_freed_memory
-from pipeline.training.checkpoints import load_last, load_weights, rng_state, save_last, save_per_user, save_weights, set_rng_state
-from pipeline.device import cpu_count, peak_memory, sync, torch_threads
-from pipeline.training.epochs import is_trainable, make_optimiser, run_epoch
-from pipeline.training.build import build_model
 from pipeline.training.batching import MIN_BATCHES_PER_EPOCH, plan_batches
+from pipeline.training.build import build_model
+from pipeline.training.checkpoints import (
+    load_last,
+    load_weights,
+    rng_state,
+    save_last,
+    save_per_user,
+    save_weights,
+    set_rng_state,
+)
+from pipeline.training.epochs import is_trainable, make_optimiser, run_epoch
 from pipeline.training.floor_check import FLOOR_METRIC, FloorCheck, judge_floor
 from pipeline.training.liveness import mark_active, this_process
 from pipeline.training.prepare import PreparedData
-from pipeline.training.record import BEST, LAST, PER_USER, RECORD, EpochLog, RunRecord, code_version, item_group_metrics, now
+from pipeline.training.record import (
+    BEST,
+    LAST,
+    PER_USER,
+    RECORD,
+    EpochLog,
+    RunRecord,
+    code_version,
+    item_group_metrics,
+    now,
+)
 from pipeline.training.run_folder import FeaturesChanged, RunFolderBusy, check_previous
 from pipeline.training.sampling import NegativeSampler
 
@@ -80,7 +97,11 @@ class TrainerConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1, description="CPU threads; default: the CPUs this process may use")
     amp: bool = Field(False, description="bf16 autocast for the loss on CUDA (off by default: not validated here)")
     quiet: bool = False
-    min_batches_per_epoch: int = Field(MIN_BATCHES_PER_EPOCH, ge=1, description="small-catalog rule: the batch shrinks so an epoch has at least this many")
+    min_batches_per_epoch: int = Field(
+        MIN_BATCHES_PER_EPOCH,
+        ge=1,
+        description="small-catalog rule: the batch shrinks so an epoch has at least this many",
+    )
     floor: bool = Field(True, description="evaluate MostPop on the split first and flag a run that ends below it")
 
 
@@ -129,7 +150,13 @@ def fit(
     run_dir = Path(run_dir)
     device = prepared.train.device
     with torch_threads((trainer.num_threads or cpu_count()) if device.type == "cpu" else None):
-        plan = plan_batches(int(prepared.train.train_items.numel()), config.batch_size, trainer.min_batches_per_epoch, config.max_batches_per_epoch, config.lr)
+        plan = plan_batches(
+            int(prepared.train.train_items.numel()),
+            config.batch_size,
+            trainer.min_batches_per_epoch,
+            config.max_batches_per_epoch,
+            config.lr,
+        )
         config = config.model_copy(update={"batch_size": plan.batch_size, "lr": plan.lr})
         _check_run_folder(prepared, run_dir, resume, overwrite, config, allow_new_features)
         floor = _floor(model_cls, prepared) if trainer.floor else None
@@ -157,9 +184,18 @@ def _check_run_folder(
     if prepared.train.device.type == "cpu":
         keep_freed_memory()
     if prepared.evaluator.heldout["valid"].users_with_items().numel() == 0:
-        raise ValueError(f"split {prepared.train.split_id}: no valid rows, so early stopping on valid Recall@20 is impossible")
+        raise ValueError(
+            f"split {prepared.train.split_id}: no valid rows, so early stopping on valid Recall@20 is impossible"
+        )
     if (run_dir / RECORD).exists():
-        check_previous(RunRecord.load(run_dir), prepared.train.feature_snapshots, config.model_dump(mode="json"), resume, overwrite, allow_new_features)
+        check_previous(
+            RunRecord.load(run_dir),
+            prepared.train.feature_snapshots,
+            config.model_dump(mode="json"),
+            resume,
+            overwrite,
+            allow_new_features,
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if prepared.train.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(prepared.train.device)
@@ -173,7 +209,9 @@ def _floor(model_cls: type[Recommender], prepared: PreparedData) -> FloorCheck |
     return FloorCheck(floor_valid=res["valid"].metrics[FLOOR_METRIC], floor_test=res["test"].metrics[FLOOR_METRIC])
 
 
-def _build_model(model_cls: type[Recommender], config: ModelConfig, prepared: PreparedData, seed: int) -> tuple[Recommender, float]:
+def _build_model(
+    model_cls: type[Recommender], config: ModelConfig, prepared: PreparedData, seed: int
+) -> tuple[Recommender, float]:
     """The model on its device, seeded; returns it with its build time (graphs included)."""
     device = prepared.train.device
     t0 = time.perf_counter()
@@ -213,7 +251,9 @@ def _new_record(
     )
 
 
-def _evaluate_once(model: Recommender, prepared: PreparedData, record: RunRecord, run_dir: Path, trainer: TrainerConfig) -> RunResult:
+def _evaluate_once(
+    model: Recommender, prepared: PreparedData, record: RunRecord, run_dir: Path, trainer: TrainerConfig
+) -> RunResult:
     """A model with nothing to train (MostPop): evaluate it once and record that."""
     device = prepared.train.device
     t1 = time.perf_counter()
@@ -263,12 +303,22 @@ class _Loop:
 
     @classmethod
     def start(
-        cls, model: Recommender, config: ModelConfig, prepared: PreparedData, trainer: TrainerConfig, record: RunRecord, run_dir: Path
+        cls,
+        model: Recommender,
+        config: ModelConfig,
+        prepared: PreparedData,
+        trainer: TrainerConfig,
+        record: RunRecord,
+        run_dir: Path,
     ) -> "_Loop":
         data = prepared.train
         optimiser, scheduler = make_optimiser(model, config)
         generator = torch.Generator(device=data.device).manual_seed(trainer.seed)
-        sampler = NegativeSampler(data.num_items, data.train_users, data.train_items, generator) if config.uses_negatives else None
+        sampler = (
+            NegativeSampler(data.num_items, data.train_users, data.train_items, generator)
+            if config.uses_negatives
+            else None
+        )
         return cls(model, config, prepared, trainer, record, run_dir, optimiser, scheduler, generator, sampler)
 
     @property
@@ -308,7 +358,9 @@ def _restore(loop: _Loop) -> None:
     record.item_groups = previous.item_groups
     record.started_at = previous.started_at
     record.resumed_at = [*previous.resumed_at, now()]
-    loop.log(f"resuming {loop.run_dir} at epoch {loop.start_epoch} (best valid R@20 {loop.best:.4f}, {loop.bad_epochs} epochs without gain)")
+    loop.log(
+        f"resuming {loop.run_dir} at epoch {loop.start_epoch} (best valid R@20 {loop.best:.4f}, {loop.bad_epochs} epochs without gain)"
+    )
 
 
 def _train_epochs(loop: _Loop, on_epoch_end: Callable[[int, RunRecord], None] | None) -> str:
@@ -317,7 +369,13 @@ def _train_epochs(loop: _Loop, on_epoch_end: Callable[[int, RunRecord], None] | 
         return "early_stopped"
     # the bar only on a terminal: in a log, the epoch lines alone (a bar there is a \r-smeared line)
     quiet = loop.trainer.quiet or not sys.stderr.isatty()
-    bar = tqdm(range(loop.start_epoch, loop.trainer.max_epochs), desc=loop.label, disable=quiet, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        range(loop.start_epoch, loop.trainer.max_epochs),
+        desc=loop.label,
+        disable=quiet,
+        leave=False,
+        dynamic_ncols=True,
+    )
     try:
         for epoch in bar:
             if _one_epoch(loop, epoch, on_epoch_end):
@@ -340,9 +398,13 @@ def _one_epoch(loop: _Loop, epoch: int, on_epoch_end: Callable[[int, RunRecord],
     sync(device)
     t1 = time.perf_counter()
     amp = loop.trainer.amp and device.type == "cuda"
-    mean_loss, _ = run_epoch(model, loop.optimiser, data, loop.config.batch_size, loop.generator, loop.sampler, epoch, amp)
+    mean_loss, _ = run_epoch(
+        model, loop.optimiser, data, loop.config.batch_size, loop.generator, loop.sampler, epoch, amp
+    )
     if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"{record.model}: loss became {mean_loss} in epoch {epoch} (lr {loop.scheduler.get_last_lr()[0]:g})")
+        raise FloatingPointError(
+            f"{record.model}: loss became {mean_loss} in epoch {epoch} (lr {loop.scheduler.get_last_lr()[0]:g})"
+        )
     lr = loop.scheduler.get_last_lr()[0]
     loop.scheduler.step()
     sync(device)

@@ -60,7 +60,10 @@ class Universe:
 def catalog_universe(catalog: Catalog, source: str = "catalog") -> Universe:
     items = catalog.items[list(ITEM_COLUMNS)].sort_values("item_idx").reset_index(drop=True)
     users = (
-        catalog.interactions[["user_idx", "user_id"]].drop_duplicates("user_idx").sort_values("user_idx").reset_index(drop=True)
+        catalog.interactions[["user_idx", "user_id"]]
+        .drop_duplicates("user_idx")
+        .sort_values("user_idx")
+        .reset_index(drop=True)
     )
     return Universe(items=items, users=users, source=source)
 
@@ -87,4 +90,6 @@ def as_catalog(universe: Universe, name: str) -> Catalog:
     items = universe.items.copy()
     items["text"] = ""
     items["image"] = None
-    return Catalog(name=name, items=items, interactions=pd.DataFrame(columns=["user_id", "item_id", "user_idx", "item_idx"]))
+    return Catalog(
+        name=name, items=items, interactions=pd.DataFrame(columns=["user_id", "item_id", "user_idx", "item_idx"])
+    )

@@ -8,7 +8,6 @@ import pytest
 
 from benchmarks import bench_vs_reference as bench
 
-
 NAMES = {"lightgcn": "LightGCN", "bm3": "BM3", "freedom": "FREEDOM", "mgcn": "MGCN", "lattice": "LATTICE"}
 DOC_LINE = {"movielens": "movielens-100k-posters, 1 thread:", "amazon-baby": "amazon-baby-5core, 2 threads:"}
 

@@ -31,17 +31,34 @@ def _write_source(src: Path) -> None:
     (src / "images").mkdir(parents=True, exist_ok=True)
     for i in range(8):
         Image.new("RGB", (32, 32), (30 * i, 100, 200 - 20 * i)).save(src / "images" / f"p{i}.jpg")
-    items = pd.DataFrame({
-        "item_id": [f"p{i}" for i in range(8)], "title": [f"Item {i}" for i in range(8)],
-        "text": [f"a product numbered {i}" for i in range(8)], "image": [f"p{i}.jpg" for i in range(8)],
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": [f"p{i}" for i in range(8)],
+            "title": [f"Item {i}" for i in range(8)],
+            "text": [f"a product numbered {i}" for i in range(8)],
+            "image": [f"p{i}.jpg" for i in range(8)],
+        }
+    )
     items.to_csv(src / "items.csv", index=False)
     rows = [(f"u{u}", f"p{(u + k) % 8}", 5, 1_700_000_000 + 10 * u + k) for u in range(12) for k in range(5)]
-    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(src / "interactions.csv", index=False)
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(
+        src / "interactions.csv", index=False
+    )
 
 
 def _ingest_args(src: Path, name: str = "shop") -> list[str]:
-    return ["ingest", "generic", "--as", name, "--items", str(src / "items.csv"), "--interactions", str(src / "interactions.csv"), "--images", str(src / "images")]
+    return [
+        "ingest",
+        "generic",
+        "--as",
+        name,
+        "--items",
+        str(src / "items.csv"),
+        "--interactions",
+        str(src / "interactions.csv"),
+        "--images",
+        str(src / "images"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +66,28 @@ def world(tmp_path_factory, datasets_root):
     root = tmp_path_factory.mktemp("bad-input")
     src = root / "good"
     _write_source(src)
-    env = {"BEFA_HOME": str(root / "home"), "BEFA_DATASETS_ROOT": str(datasets_root), "BEFA_FEATURE_STORE": str(root / "home" / "features")}
+    env = {
+        "BEFA_HOME": str(root / "home"),
+        "BEFA_DATASETS_ROOT": str(datasets_root),
+        "BEFA_FEATURE_STORE": str(root / "home" / "features"),
+    }
     for args in (
         _ingest_args(src),
         ["split", "shop"],
         ["extract", "--dataset", "shop", "--encoder", ENCODER],
-        ["train", "--dataset", "shop", "--model", "lightgcn", "--epochs", "1", "--run-dir", str(root / "home" / "runs" / "lgcn"), "--set", "embedding_dim=8"],
+        [
+            "train",
+            "--dataset",
+            "shop",
+            "--model",
+            "lightgcn",
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(root / "home" / "runs" / "lgcn"),
+            "--set",
+            "embedding_dim=8",
+        ],
     ):
         res = runner.invoke(app, args, env=env)
         assert res.exit_code == 0, (args, res.output)
@@ -125,30 +158,78 @@ def cli(*args: str) -> Callable[[dict, Path], list[str]]:
 
 CASES = [
     # -- ingest: files and columns
-    Case("items file missing", lambda w, s: _ingest_args(s)[:5] + [str(s / "nope.csv")] + _ingest_args(s)[6:], "nope.csv: missing item table"),
-    Case("interactions file missing", lambda w, s: _ingest_args(s)[:7] + [str(s / "none.csv")] + _ingest_args(s)[8:], "none.csv: missing interaction table"),
+    Case(
+        "items file missing",
+        lambda w, s: _ingest_args(s)[:5] + [str(s / "nope.csv")] + _ingest_args(s)[6:],
+        "nope.csv: missing item table",
+    ),
+    Case(
+        "interactions file missing",
+        lambda w, s: _ingest_args(s)[:7] + [str(s / "none.csv")] + _ingest_args(s)[8:],
+        "none.csv: missing interaction table",
+    ),
     Case("images folder missing", lambda w, s: _ingest_args(s)[:9] + [str(s / "pics")], "pics"),
     Case("no item_id column", ingest, "items.csv: missing column(s) ['item_id']", _drop_column("items.csv", "item_id")),
-    Case("no user_id column", ingest, "interactions.csv: missing column(s) ['user_id']", _drop_column("interactions.csv", "user_id")),
-    Case("no item_id in interactions", ingest_new, "interactions.csv: missing column(s) ['item_id']", _drop_column("interactions.csv", "item_id")),
+    Case(
+        "no user_id column",
+        ingest,
+        "interactions.csv: missing column(s) ['user_id']",
+        _drop_column("interactions.csv", "user_id"),
+    ),
+    Case(
+        "no item_id in interactions",
+        ingest_new,
+        "interactions.csv: missing column(s) ['item_id']",
+        _drop_column("interactions.csv", "item_id"),
+    ),
     Case("empty item id", ingest, "items.csv, data row 3", _set_cell("items.csv", 3, "item_id", "")),
     Case("empty user id", ingest, "interactions.csv, data row 5", _set_cell("interactions.csv", 5, "user_id", "")),
     Case("conflicting duplicate item", ingest, "items.csv", _set_cell("items.csv", 2, "item_id", "p0")),
-    Case("unknown item in interactions", ingest, "interactions.csv, data row 4", _set_cell("interactions.csv", 4, "item_id", "zz")),
-    Case("unknown item names the flag", ingest, "--on-unknown-items skip", _set_cell("interactions.csv", 4, "item_id", "zz")),
+    Case(
+        "unknown item in interactions",
+        ingest,
+        "interactions.csv, data row 4",
+        _set_cell("interactions.csv", 4, "item_id", "zz"),
+    ),
+    Case(
+        "unknown item names the flag",
+        ingest,
+        "--on-unknown-items skip",
+        _set_cell("interactions.csv", 4, "item_id", "zz"),
+    ),
     Case(
         "every interaction names an unknown item",
         ingest_new,
         "none of the 60 interactions names an item of the item table",
         lambda s: _inter(s).assign(item_id=lambda f: "X" + f["item_id"]).to_csv(s / "interactions.csv", index=False),
     ),
-    Case("rating not a number", ingest, "interactions.csv, data row 6", _set_cell("interactions.csv", 6, "rating", "five")),
+    Case(
+        "rating not a number",
+        ingest,
+        "interactions.csv, data row 6",
+        _set_cell("interactions.csv", 6, "rating", "five"),
+    ),
     Case("empty items file", ingest_new, "items.csv", _write_bytes("items.csv", b"")),
-    Case("header-only interactions", ingest_new, "interactions.csv", _write_bytes("interactions.csv", b"user_id,item_id,rating,timestamp\n")),
-    Case("bad image template field", lambda w, s: _ingest_args(s) + ["--image-template", "{title}.jpg"], "--image-template"),
+    Case(
+        "header-only interactions",
+        ingest_new,
+        "interactions.csv",
+        _write_bytes("interactions.csv", b"user_id,item_id,rating,timestamp\n"),
+    ),
+    Case(
+        "bad image template field",
+        lambda w, s: _ingest_args(s) + ["--image-template", "{title}.jpg"],
+        "--image-template",
+    ),
     Case("unknown importer", cli("ingest", "nosuch"), "nosuch"),
-    Case("negative min rating is fine, a word is not", lambda w, s: _ingest_args(s) + ["--min-rating", "high"], "--min-rating"),
-    Case("on-unknown-items value", lambda w, s: _ingest_args(s) + ["--on-unknown-items", "ignore"], "--on-unknown-items"),
+    Case(
+        "negative min rating is fine, a word is not",
+        lambda w, s: _ingest_args(s) + ["--min-rating", "high"],
+        "--min-rating",
+    ),
+    Case(
+        "on-unknown-items value", lambda w, s: _ingest_args(s) + ["--on-unknown-items", "ignore"], "--on-unknown-items"
+    ),
     Case(
         "too many images missing",
         ingest_new,
@@ -156,54 +237,170 @@ CASES = [
         lambda s: [p.unlink() for p in sorted((s / "images").glob("*.jpg"))[:5]],
     ),
     # -- extract
-    Case("extract: unknown dataset", cli("extract", "--dataset", "nosuch", "--encoder", ENCODER), "no ingested catalog"),
-    Case("extract: unknown encoder", cli("extract", "--dataset", "shop", "--encoder", "nosuch:x"), "unknown encoder 'nosuch'"),
-    Case("extract: checkpoint missing", cli("extract", "--dataset", "shop", "--encoder", "clip:ViT-B-32@/nonexistent.pt"), "checkpoint /nonexistent.pt does not exist"),
-    Case("extract: batch size -1", cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--batch-size", "-1"), "--batch-size must be at least 1, got -1"),
-    Case("extract: batch size 0", cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--batch-size", "0"), "--batch-size must be at least 1, got 0"),
-    Case("extract: negative workers", cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--num-workers", "-2"), "--num-workers must be at least 0"),
-    Case("extract: cuda without a GPU", cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--device", "cuda"), "--device cuda: no CUDA GPU is visible"),
-    Case("extract: not a device", cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--device", "gpu0"), "--device gpu0: not a device torch knows"),
+    Case(
+        "extract: unknown dataset", cli("extract", "--dataset", "nosuch", "--encoder", ENCODER), "no ingested catalog"
+    ),
+    Case(
+        "extract: unknown encoder",
+        cli("extract", "--dataset", "shop", "--encoder", "nosuch:x"),
+        "unknown encoder 'nosuch'",
+    ),
+    Case(
+        "extract: checkpoint missing",
+        cli("extract", "--dataset", "shop", "--encoder", "clip:ViT-B-32@/nonexistent.pt"),
+        "checkpoint /nonexistent.pt does not exist",
+    ),
+    Case(
+        "extract: batch size -1",
+        cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--batch-size", "-1"),
+        "--batch-size must be at least 1, got -1",
+    ),
+    Case(
+        "extract: batch size 0",
+        cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--batch-size", "0"),
+        "--batch-size must be at least 1, got 0",
+    ),
+    Case(
+        "extract: negative workers",
+        cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--num-workers", "-2"),
+        "--num-workers must be at least 0",
+    ),
+    Case(
+        "extract: cuda without a GPU",
+        cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--device", "cuda"),
+        "--device cuda: no CUDA GPU is visible",
+    ),
+    Case(
+        "extract: not a device",
+        cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--device", "gpu0"),
+        "--device gpu0: not a device torch knows",
+    ),
     # -- train / evaluate
-    Case("train: epochs 0", cli("train", "--dataset", "shop", "--model", "lightgcn", "--epochs", "0"), "--epochs must be at least 1, got 0"),
-    Case("train: patience 0", cli("train", "--dataset", "shop", "--model", "lightgcn", "--patience", "0"), "--patience must be at least 1"),
-    Case("train: cuda without a GPU", cli("train", "--dataset", "shop", "--model", "lightgcn", "--device", "cuda"), "--device cuda: no CUDA GPU is visible"),
-    Case("train: unknown config section", cli("train", "--dataset", "shop", "--model", "lightgcn", "--set", "foo.bar=1"), "--set: config override 'foo.bar'"),
-    Case("train: unknown config field", cli("train", "--dataset", "shop", "--model", "lightgcn", "--set", "nosuch=1"), "--set"),
+    Case(
+        "train: epochs 0",
+        cli("train", "--dataset", "shop", "--model", "lightgcn", "--epochs", "0"),
+        "--epochs must be at least 1, got 0",
+    ),
+    Case(
+        "train: patience 0",
+        cli("train", "--dataset", "shop", "--model", "lightgcn", "--patience", "0"),
+        "--patience must be at least 1",
+    ),
+    Case(
+        "train: cuda without a GPU",
+        cli("train", "--dataset", "shop", "--model", "lightgcn", "--device", "cuda"),
+        "--device cuda: no CUDA GPU is visible",
+    ),
+    Case(
+        "train: unknown config section",
+        cli("train", "--dataset", "shop", "--model", "lightgcn", "--set", "foo.bar=1"),
+        "--set: config override 'foo.bar'",
+    ),
+    Case(
+        "train: unknown config field",
+        cli("train", "--dataset", "shop", "--model", "lightgcn", "--set", "nosuch=1"),
+        "--set",
+    ),
     Case(
         "train: bad value checked before extraction",
-        cli("train", "--dataset", "shop", "--model", "freedom", "--adapter", "befa", "--encoder", "minilm", "--set", "befa.t=abc"),
+        cli(
+            "train",
+            "--dataset",
+            "shop",
+            "--model",
+            "freedom",
+            "--adapter",
+            "befa",
+            "--encoder",
+            "minilm",
+            "--set",
+            "befa.t=abc",
+        ),
         "--set befa.t=abc: input should be a valid number",
     ),
     Case("train: not a KEY=VALUE", cli("train", "--dataset", "shop", "--model", "lightgcn", "--set", "reg"), "--set"),
-    Case("train: unknown encoder before data", cli("train", "--dataset", "shop", "--model", "freedom", "--encoder", "nosuch:x"), "--encoder: unknown encoder 'nosuch'"),
-    Case("evaluate: cuda without a GPU", cli("evaluate", "{run}", "--device", "cuda"), "--device cuda: no CUDA GPU is visible"),
+    Case(
+        "train: unknown encoder before data",
+        cli("train", "--dataset", "shop", "--model", "freedom", "--encoder", "nosuch:x"),
+        "--encoder: unknown encoder 'nosuch'",
+    ),
+    Case(
+        "evaluate: cuda without a GPU",
+        cli("evaluate", "{run}", "--device", "cuda"),
+        "--device cuda: no CUDA GPU is visible",
+    ),
     Case("run: cuda without a GPU", cli("run", "shop", "--device", "cuda"), "--device cuda: no CUDA GPU is visible"),
     Case("run: epochs 0", cli("run", "shop", "--epochs", "0"), "epochs"),
     Case("train: unknown model", cli("train", "--dataset", "shop", "--model", "nosuch"), "unknown model 'nosuch'"),
-    Case("train: befa on a content-free model", cli("train", "--dataset", "shop", "--model", "lightgcn", "--adapter", "befa"), "--adapter befa: lightgcn uses no content features"),
-    Case("train: unknown split", cli("train", "--dataset", "shop", "--model", "lightgcn", "--split", "nosuch"), "no such split"),
+    Case(
+        "train: befa on a content-free model",
+        cli("train", "--dataset", "shop", "--model", "lightgcn", "--adapter", "befa"),
+        "--adapter befa: lightgcn uses no content features",
+    ),
+    Case(
+        "train: unknown split",
+        cli("train", "--dataset", "shop", "--model", "lightgcn", "--split", "nosuch"),
+        "no such split",
+    ),
     Case("train: unknown dataset", cli("train", "--dataset", "nosuch", "--model", "lightgcn"), "no ingested catalog"),
     Case("evaluate: not a run folder", cli("evaluate", "{src}"), "no run record (is this a run folder?)"),
     # -- split
-    Case("split: cold fraction out of range", cli("split", "shop", "--kind", "cold-items", "--cold-fraction", "1.5"), "--cold-fraction must be strictly between 0 and 1"),
+    Case(
+        "split: cold fraction out of range",
+        cli("split", "shop", "--kind", "cold-items", "--cold-fraction", "1.5"),
+        "--cold-fraction must be strictly between 0 and 1",
+    ),
     Case("split: unknown kind", cli("split", "shop", "--kind", "nosuch"), "unknown split kind 'nosuch' (--kind)"),
-    Case("split: cold fraction on a random split", cli("split", "shop", "--cold-fraction", "0.2"), "--cold-fraction applies to --kind cold-items only"),
+    Case(
+        "split: cold fraction on a random split",
+        cli("split", "shop", "--cold-fraction", "0.2"),
+        "--cold-fraction applies to --kind cold-items only",
+    ),
     # -- run (the pipeline)
     Case("run: unknown model", cli("run", "shop", "--models", "nosuch"), "unknown model 'nosuch'"),
     Case("run: unknown encoder", cli("run", "shop", "--encoder", "nosuch:x"), "unknown encoder 'nosuch'"),
-    Case("run: recommend-run not planned", cli("run", "shop", "--models", "lightgcn", "--recommend-run", "mgcn-befa"), "--recommend-run (recommend_run) 'mgcn-befa' is not a run"),
+    Case(
+        "run: recommend-run not planned",
+        cli("run", "shop", "--models", "lightgcn", "--recommend-run", "mgcn-befa"),
+        "--recommend-run (recommend_run) 'mgcn-befa' is not a run",
+    ),
     # -- serving
     Case("recommend: k below 1", cli("recommend", "{run}", "--k", "0"), "--k must be at least 1"),
-    Case("recommend: unknown user", cli("recommend", "{run}", "--users", "nobody"), "--users: 1 users unknown to the run: 'nobody'"),
-    Case("recommend: candidates file missing", cli("recommend", "{run}", "--candidates", "{src}/stock.txt"), "--candidates: no such file"),
+    Case(
+        "recommend: unknown user",
+        cli("recommend", "{run}", "--users", "nobody"),
+        "--users: 1 users unknown to the run: 'nobody'",
+    ),
+    Case(
+        "recommend: candidates file missing",
+        cli("recommend", "{run}", "--candidates", "{src}/stock.txt"),
+        "--candidates: no such file",
+    ),
     Case("recommend: not a run folder", cli("recommend", "{src}"), "not a run folder (no run.json)"),
-    Case("similar: unknown item", cli("similar", "{run}", "--items", "zz"), "--items: 1 items unknown to the run: 'zz'"),
-    Case("similar: unknown space", cli("similar", "{run}", "--items", "p1", "--space", "pixels"), "--space must be model or content"),
-    Case("similar: content space of a content-free run", cli("similar", "{run}", "--items", "p1", "--space", "content"), "--space content: the run (lightgcn) used no content features"),
+    Case(
+        "similar: unknown item", cli("similar", "{run}", "--items", "zz"), "--items: 1 items unknown to the run: 'zz'"
+    ),
+    Case(
+        "similar: unknown space",
+        cli("similar", "{run}", "--items", "p1", "--space", "pixels"),
+        "--space must be model or content",
+    ),
+    Case(
+        "similar: content space of a content-free run",
+        cli("similar", "{run}", "--items", "p1", "--space", "content"),
+        "--space content: the run (lightgcn) used no content features",
+    ),
     # -- export, fetch, gc
-    Case("export-mmrec: unknown split", cli("export-mmrec", "shop", "--split", "nosuch", "--dest", "{src}/out"), "no such split"),
-    Case("fetch-images: concurrency 0", cli("fetch-images", "shop", "--concurrency", "0"), "--concurrency must be at least 1"),
+    Case(
+        "export-mmrec: unknown split",
+        cli("export-mmrec", "shop", "--split", "nosuch", "--dest", "{src}/out"),
+        "no such split",
+    ),
+    Case(
+        "fetch-images: concurrency 0",
+        cli("fetch-images", "shop", "--concurrency", "0"),
+        "--concurrency must be at least 1",
+    ),
     Case("fetch-images: unknown catalog", cli("fetch-images", "nosuch"), "no ingested catalog"),
     Case("gc: negative age", cli("gc", "--older-than", "-5"), "--older-than must be >= 0"),
 ]

@@ -52,8 +52,21 @@ def test_train_then_evaluate_reproduces_metrics(tmp_path, datasets_root):
     run_dir = tmp_path / "run-lightgcn"
     result = runner.invoke(
         app,
-        ["train", "--dataset", "movielens-100k-posters", "--model", "lightgcn", "--epochs", "2", "--device", "cpu",
-         "--set", "reg=1e-4", "--run-dir", str(run_dir)],
+        [
+            "train",
+            "--dataset",
+            "movielens-100k-posters",
+            "--model",
+            "lightgcn",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--set",
+            "reg=1e-4",
+            "--run-dir",
+            str(run_dir),
+        ],
         env=env,
     )
     assert result.exit_code == 0, result.output
@@ -94,6 +107,13 @@ def test_quick_commands_start_without_torch(argv, tmp_path):
         "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n"
     )
     env = {**os.environ, "BEFA_HOME": str(tmp_path), "BEFA_DATASETS_ROOT": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2], timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "no torch"

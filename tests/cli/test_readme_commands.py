@@ -150,7 +150,10 @@ def paragraphs(text: str) -> list[tuple[int, str]]:
 
 def code_spans(paragraph: str) -> list[tuple[int, str]]:
     """(line offset in the paragraph, content) of each inline code span; a span may run over a line break."""
-    return [(paragraph.count("\n", 0, m.start()), " ".join(m.group(1).split())) for m in re.finditer(r"`([^`]+)`", paragraph)]
+    return [
+        (paragraph.count("\n", 0, m.start()), " ".join(m.group(1).split()))
+        for m in re.finditer(r"`([^`]+)`", paragraph)
+    ]
 
 
 def is_command(span: str) -> bool:
@@ -173,7 +176,9 @@ def inline_commands(text: str, file: str, fragments: bool) -> list[Command]:
             elif span.startswith("--param "):
                 out.append(Command(file, line, f"prefect deployment run {PIPELINE} {span}", "inline"))
             elif span.startswith("--"):
-                assert base is not None, f"{file}:{line}: option fragment `{span}` follows no `befa ...` command in its paragraph"
+                assert base is not None, (
+                    f"{file}:{line}: option fragment `{span}` follows no `befa ...` command in its paragraph"
+                )
                 out.append(Command(file, line, " ".join(base) + " " + span, "inline"))
     return out
 
@@ -223,8 +228,10 @@ def parse_befa(tokens: list[str], inline: bool = False) -> tuple[str, Any]:
             break
         sub = cmd.get_command(ctx, rest[0])
         if sub is None:
-            raise typer.BadParameter(f"no such command {' '.join(tokens[: tokens.index(rest[0])] + [rest[0]])!r} "
-                                     f"(have {sorted(cmd.list_commands(ctx))})")
+            raise typer.BadParameter(
+                f"no such command {' '.join(tokens[: tokens.index(rest[0])] + [rest[0]])!r} "
+                f"(have {sorted(cmd.list_commands(ctx))})"
+            )
         cmd, name, args = sub, rest[0], rest[1:]
     if rest:
         raise typer.BadParameter(f"unexpected extra arguments {rest}")
@@ -293,7 +300,9 @@ def validate_deployment_run(tokens: list[str], settings, root: Path) -> dict[str
     from prefect.utilities.schema_tools import validate
 
     command, arguments = parse_prefect(tokens)
-    assert (command.__module__, command.__name__) == ("prefect.cli.deployment", "run"), f"not `prefect deployment run`: {tokens}"
+    assert (command.__module__, command.__name__) == ("prefect.cli.deployment", "run"), (
+        f"not `prefect deployment run`: {tokens}"
+    )
     known = deployments()
     name = arguments.get("name")
     assert name in known, f"deployment {name!r} is not served by `befa serve` (serves {sorted(known)})"
@@ -416,9 +425,13 @@ def test_the_docs_show_the_orchestration_commands():
 
 def test_the_readme_is_short_with_the_map_on_its_first_screen():
     lines = README.read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move reference to docs/"
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move reference to docs/"
+    )
     heading = next((no for no, x in enumerate(lines, 1) if x.strip() == "## Layout"), None)
-    assert heading is not None and heading <= MAP_WITHIN_LINES, f"README.md: '## Layout' at line {heading}, not in the first {MAP_WITHIN_LINES}"
+    assert heading is not None and heading <= MAP_WITHIN_LINES, (
+        f"README.md: '## Layout' at line {heading}, not in the first {MAP_WITHIN_LINES}"
+    )
 
 
 def test_every_docs_page_is_linked_from_the_readme():
@@ -497,7 +510,12 @@ def test_make_targets_exist(cmd: Command):
 
 def test_export_points_at_the_local_server():
     exports = [c for c in COMMANDS if c.tokens and c.tokens[0] == "export"]
-    urls = {f"{c.file}:{c.line}": t.split("=", 1)[1] for c in exports for t in c.tokens[1:] if t.startswith("PREFECT_API_URL=")}
+    urls = {
+        f"{c.file}:{c.line}": t.split("=", 1)[1]
+        for c in exports
+        for t in c.tokens[1:]
+        if t.startswith("PREFECT_API_URL=")
+    }
     want = f"http://127.0.0.1:{server_port()}/api"
     assert urls and all(u == want for u in urls.values()), f"PREFECT_API_URL should be {want}: {urls}"
 
@@ -536,7 +554,10 @@ def test_an_inline_command_may_leave_out_a_required_option_but_not_misspell_one(
         (f"prefect deployment run {PIPELINE} --param cluster=head:10001", "cluster"),
         (f"prefect deployment run {PIPELINE} --param dataset=no-such-catalog", "no-such-catalog"),
         ("prefect deployment run befa/no-such-deployment", "not served"),
-        (f"prefect deployment run {PIPELINE} --param encoder='clip:ViT-B-32@/nonexistent/x.safetensors'", "does not exist"),
+        (
+            f"prefect deployment run {PIPELINE} --param encoder='clip:ViT-B-32@/nonexistent/x.safetensors'",
+            "does not exist",
+        ),
     ],
 )
 def test_a_wrong_deployment_run_fails(line, error, settings, tmp_path):
@@ -547,14 +568,24 @@ def test_a_wrong_deployment_run_fails(line, error, settings, tmp_path):
 
 def test_a_broken_link_or_anchor_fails(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("# Title\n\nSee [a](nope.md), [b](p.md#no-such-heading), [c](p.md#title) and [d](#title),\n"
-                    "not `[e](x.md)`.\n\n```\n[f](y.md)\n```\n\n![g](img.png) [h](https://example.org)\n")
+    page.write_text(
+        "# Title\n\nSee [a](nope.md), [b](p.md#no-such-heading), [c](p.md#title) and [d](#title),\n"
+        "not `[e](x.md)`.\n\n```\n[f](y.md)\n```\n\n![g](img.png) [h](https://example.org)\n"
+    )
     (tmp_path / "img.png").touch()
     links = page_links(page)
     assert [(link.target, link.line) for link in links] == [
-        ("nope.md", 3), ("p.md#no-such-heading", 3), ("p.md#title", 3), ("#title", 3), ("img.png", 10)]
+        ("nope.md", 3),
+        ("p.md#no-such-heading", 3),
+        ("p.md#title", 3),
+        ("#title", 3),
+        ("img.png", 10),
+    ]
     assert [link.problem() is None for link in links] == [False, False, True, True, True]
-    assert slug("Large catalogs (opt-in): `--set max_batches_per_epoch=N`") == "large-catalogs-opt-in---set-max_batches_per_epochn"
+    assert (
+        slug("Large catalogs (opt-in): `--set max_batches_per_epoch=N`")
+        == "large-catalogs-opt-in---set-max_batches_per_epochn"
+    )
 
 
 def test_befa_server_takes_serve_options_mixed_in_or_after_double_dash():

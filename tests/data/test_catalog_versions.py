@@ -59,7 +59,11 @@ def make_catalog(root: Path, n_users: int = 5, n_items: int = 6) -> dict[str, Pa
     pd.DataFrame({"item_id": ids, "title": [f"item {i}" for i in ids], "image": [f"{i}.jpg" for i in ids]}).to_csv(
         root / "items.csv", index=False
     )
-    rows = [(f"u{u}", ids[(u + j) % n_items], 1_700_000_000 + 10 * u + j, 1 + (u + j) % 5) for u in range(n_users) for j in range(4)]
+    rows = [
+        (f"u{u}", ids[(u + j) % n_items], 1_700_000_000 + 10 * u + j, 1 + (u + j) % 5)
+        for u in range(n_users)
+        for j in range(4)
+    ]
     pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"]).to_csv(root / "events.csv", index=False)
     return {"items": root / "items.csv", "interactions": root / "events.csv"}
 
@@ -109,9 +113,17 @@ def test_ingest_writes_a_version_switches_current_and_keeps_the_last_few(tmp_pat
     assert files_dir(folder) == version_dir
     meta = json.loads((version_dir / "catalog.json").read_text())
     assert meta["files"]["interactions.parquet"]["rows"] == 20 and meta["num_interactions"] == 20
-    assert meta["files"]["items.parquet"]["sha256"] == hashlib.sha256((version_dir / "items.parquet").read_bytes()).hexdigest()
+    assert (
+        meta["files"]["items.parquet"]["sha256"]
+        == hashlib.sha256((version_dir / "items.parquet").read_bytes()).hexdigest()
+    )
     assert sorted(p.name for p in version_dir.iterdir()) == [
-        "catalog.json", "ingest_report.json", "ingest_report.md", "interactions.parquet", "items.parquet", "rejects.parquet"
+        "catalog.json",
+        "ingest_report.json",
+        "ingest_report.md",
+        "interactions.parquet",
+        "items.parquet",
+        "rejects.parquet",
     ]
     assert not (folder / "items.parquet").exists()  # nothing at the top but the pointer, the lock and the folders
 
@@ -150,7 +162,9 @@ def test_load_names_a_file_from_another_ingest_or_edited(tmp_path, settings):
     table.loc[0, "title"] = "edited by hand"
     pq.write_table(pa.Table.from_pandas(table, preserve_index=False), old_dir / "items.parquet")
     (folder / CURRENT).write_text(old.version + "\n")
-    with pytest.raises(CatalogError, match=r"items\.parquet: changed after ingest: its sha256 is not the one catalog\.json records"):
+    with pytest.raises(
+        CatalogError, match=r"items\.parquet: changed after ingest: its sha256 is not the one catalog\.json records"
+    ):
         Catalog.load(folder)
 
     (folder / CURRENT).write_text("0099-gone\n")  # a pointer to a version that is not there
@@ -187,8 +201,20 @@ def test_an_exception_mid_write_leaves_the_previous_version_and_its_splits(tmp_p
 
 def _ingest_process(settings, paths, env_extra: dict[str, str], *extra: str) -> subprocess.Popen:
     env = dict(os.environ, BEFA_HOME=str(settings.home), BEFA_DATASETS_ROOT=str(settings.datasets_root), **env_extra)
-    cmd = [sys.executable, "-m", "pipeline.cli.main", "ingest", "generic", "--as", "shop",
-           "--items", str(paths["items"]), "--interactions", str(paths["interactions"]), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli.main",
+        "ingest",
+        "generic",
+        "--as",
+        "shop",
+        "--items",
+        str(paths["items"]),
+        "--interactions",
+        str(paths["interactions"]),
+        *extra,
+    ]
     out = open(settings.home.parent / f"ingest-out-{time.monotonic_ns()}.txt", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     proc.out_path = out.name  # type: ignore[attr-defined]
@@ -219,7 +245,9 @@ def test_kill_9_mid_ingest_leaves_the_previous_version_and_its_splits(tmp_path, 
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     # the killed writer left its temporary version folder (and the lock file); all else as before
-    leftover = lambda rel: rel.parts[:2] and rel.parts[0] == VERSIONS and rel.parts[1].startswith(".tmp-") or rel.name == ".lock"
+    leftover = lambda rel: (
+        rel.parts[:2] and rel.parts[0] == VERSIONS and rel.parts[1].startswith(".tmp-") or rel.name == ".lock"
+    )
     assert tree_hashes(folder, skip=leftover) == {k: v for k, v in before.items() if k != ".lock"}
     assert any(p.name.startswith(".tmp-") for p in (folder / VERSIONS).iterdir())
     _assert_previous_intact(settings, catalog, split)
@@ -254,7 +282,9 @@ def test_a_lock_held_too_long_fails_clearly(tmp_path, settings):
     paths = make_catalog(tmp_path / "src")
     told = []
     with catalog_lock(settings.catalog_dir("shop")):
-        with pytest.raises(CatalogLockTimeout, match=r"another ingest of this catalog held its lock .* for more than 0\.2 s"):
+        with pytest.raises(
+            CatalogLockTimeout, match=r"another ingest of this catalog held its lock .* for more than 0\.2 s"
+        ):
             ingest("generic", settings, name="shop", lock_timeout_s=0.2, on_wait=told.append, **paths)
     assert len(told) == 1 and "waiting up to 0.2 s" in told[0]
     assert current_version(settings.catalog_dir("shop")) is None
@@ -283,7 +313,9 @@ def test_an_unversioned_catalog_loads_and_the_next_ingest_adopts_its_splits(tmp_
     assert catalog_stats(folder)["splits"]["random-s4"]["id"] == split.id
 
     new, report = ingest("generic", settings, name="shop", **paths)  # same interactions
-    assert new.version is not None and not (folder / "items.parquet").exists() and not (folder / "catalog.json").exists()
+    assert (
+        new.version is not None and not (folder / "items.parquet").exists() and not (folder / "catalog.json").exists()
+    )
     assert (folder / "splits" / "random-s4.parquet").exists()  # left where it was: runs record split paths
     assert Split.load(Catalog.load(folder).splits_dir / "random-s4.parquet").id == split.id
     assert not report.warnings

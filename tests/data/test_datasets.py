@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.catalog import CatalogError
-from pipeline.data.datasets import DATASETS, DownloadError, download, local_status, pinned_sums, read_sums, verify_dataset
+from pipeline.data.datasets import (
+    DATASETS,
+    DownloadError,
+    download,
+    local_status,
+    pinned_sums,
+    read_sums,
+    verify_dataset,
+)
 from pipeline.data.ingest import ingest
 from pipeline.settings import get_settings
 

@@ -119,7 +119,9 @@ def test_good_bad_slow_redirect_and_flaky(server, tmp_path):
     assert failures[3].status is None and "timed out after 0.5 s" in failures[3].error and failures[3].attempts == 2
     assert failures[4].status == 200 and "not an image" in failures[4].error and "text/html" in failures[4].error
     assert server.hits["/flaky.jpg"] == 2  # the 503 was retried
-    assert cache.lookup(f"{server.url}/moved.jpg").path.read_bytes() == BLUE  # the redirect's target, under the URL asked for
+    assert (
+        cache.lookup(f"{server.url}/moved.jpg").path.read_bytes() == BLUE
+    )  # the redirect's target, under the URL asked for
     assert cache.lookup(f"{server.url}/good/red.jpg").path.read_bytes() == RED
     assert cache.lookup(f"{server.url}/missing.jpg") is None
     text = "\n".join(report.lines())

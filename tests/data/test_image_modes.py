@@ -93,8 +93,16 @@ def _cases(picture: Image.Image) -> dict[str, tuple[Image.Image, Image.Image, fl
     return {
         "L png": (_reopen(gray, "PNG"), gray.convert("RGB"), 0.995),
         "I;16 png (16-bit gray)": (_reopen(Image.fromarray(g * 257), "PNG"), gray.convert("RGB"), 0.995),
-        "I tiff (32-bit int, 16-bit data)": (_reopen(Image.fromarray((g * 257).astype(np.int32)), "TIFF"), gray.convert("RGB"), 0.995),
-        "F tiff (float 0..1)": (_reopen(Image.fromarray((g / 255.0).astype(np.float32)), "TIFF"), gray.convert("RGB"), 0.995),
+        "I tiff (32-bit int, 16-bit data)": (
+            _reopen(Image.fromarray((g * 257).astype(np.int32)), "TIFF"),
+            gray.convert("RGB"),
+            0.995,
+        ),
+        "F tiff (float 0..1)": (
+            _reopen(Image.fromarray((g / 255.0).astype(np.float32)), "TIFF"),
+            gray.convert("RGB"),
+            0.995,
+        ),
         "1 png (bilevel)": (_reopen(gray.convert("1"), "PNG"), gray.convert("1").convert("RGB"), 0.995),
         "RGB 48-bit png": (_png16(rgb.astype(np.uint16) * 257), picture, 0.995),
         "RGBA 64-bit png": (_png16(np.dstack([hidden, alpha]).astype(np.uint16) * 257), _over_white(rgb, alpha), 0.995),
@@ -135,14 +143,18 @@ def test_plain_convert_was_wrong_for_16_bit_and_alpha(picture, encoder):
     assert np.asarray(rgba.convert("RGB"))[0, 0].tolist() == [0, 0, 0]  # the hidden colour
     assert np.asarray(to_rgb(rgba))[0, 0].tolist() == [255, 255, 255]
     naive, fixed, want = encoder.encode_images([sixteen.convert("RGB"), to_rgb(sixteen), ref16])
-    assert F.cosine_similarity(naive[None], want[None]).item() < 0.9 < F.cosine_similarity(fixed[None], want[None]).item()
+    assert (
+        F.cosine_similarity(naive[None], want[None]).item() < 0.9 < F.cosine_similarity(fixed[None], want[None]).item()
+    )
 
 
 def test_extraction_reads_through_to_rgb(picture, tmp_path):
     g = np.asarray(picture.convert("L")).astype(np.uint16) * 257
     path = tmp_path / "gray16.png"
     Image.fromarray(g).save(path)
-    items = ImageItems([str(path)], [hashlib.sha256(path.read_bytes()).hexdigest()], transform=lambda im: np.asarray(im))
+    items = ImageItems(
+        [str(path)], [hashlib.sha256(path.read_bytes()).hexdigest()], transform=lambda im: np.asarray(im)
+    )
     _, pixels, problem = items[0]
     assert problem is None
     assert abs(pixels.astype(float) - np.asarray(picture.convert("L").convert("RGB"))).max() <= 1

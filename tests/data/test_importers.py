@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data.catalog import Catalog, CatalogError
-from pipeline.data.mmrec_files import export_mmrec, features_from_store
 from pipeline.data.importers import IMPORTERS
 from pipeline.data.importers.mmrec import row_hashes
 from pipeline.data.ingest import ingest
+from pipeline.data.mmrec_files import export_mmrec, features_from_store
 from pipeline.data.splits import Split, split_random
 from pipeline.data.versions import files_dir
 from pipeline.settings import get_settings
@@ -79,7 +79,9 @@ def test_movielens_content(ml_ingested, datasets_root):
 
 
 def test_movielens_all_ratings(datasets_root):
-    res = IMPORTERS["movielens-100k-posters"](root=datasets_root / "movielens-100k-posters", min_rating=None, verify=False)
+    res = IMPORTERS["movielens-100k-posters"](
+        root=datasets_root / "movielens-100k-posters", min_rating=None, verify=False
+    )
     assert len(res.catalog.interactions) == 100_000 and res.catalog.num_users == 943
     assert res.catalog.num_items == 1_682
 
@@ -149,7 +151,9 @@ def test_mmrec_import_export_round_trip(tmp_path):
 
     text_fp = catalog.meta["features"]["text"]["fingerprint"]
     out = export_mmrec(
-        catalog, split, tmp_path / "out",
+        catalog,
+        split,
+        tmp_path / "out",
         features={"image": got, "text": features_from_store(store, catalog, text_fp, "text")[0]},
     )
     assert out.name == "toy.inter"
@@ -187,10 +191,22 @@ def test_catalog_export_import_round_trip(tmp_path, ml_ingested):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda f: f.assign(x_label=f["x_label"].where(f.index != 2, 3)), r"toy\.inter, data row 3 \(line 4\): x_label '3' must be 0"),
-        (lambda f: f.assign(itemID=f["itemID"].where(f.index != 4, 99)), r"toy\.inter, data row 5 \(line 6\): itemID 99 has no feature row"),
-        (lambda f: f.assign(userID=f["userID"].astype(str).where(f.index != 1, "bob")), r"toy\.inter, data row 2 \(line 3\): userID 'bob' is not a number"),
-        (lambda f: f.assign(rating=f["rating"].astype(str).where(f.index != 0, "x")), r"toy\.inter, data row 1 \(line 2\): rating 'x' is not a number"),
+        (
+            lambda f: f.assign(x_label=f["x_label"].where(f.index != 2, 3)),
+            r"toy\.inter, data row 3 \(line 4\): x_label '3' must be 0",
+        ),
+        (
+            lambda f: f.assign(itemID=f["itemID"].where(f.index != 4, 99)),
+            r"toy\.inter, data row 5 \(line 6\): itemID 99 has no feature row",
+        ),
+        (
+            lambda f: f.assign(userID=f["userID"].astype(str).where(f.index != 1, "bob")),
+            r"toy\.inter, data row 2 \(line 3\): userID 'bob' is not a number",
+        ),
+        (
+            lambda f: f.assign(rating=f["rating"].astype(str).where(f.index != 0, "x")),
+            r"toy\.inter, data row 1 \(line 2\): rating 'x' is not a number",
+        ),
     ],
 )
 def test_mmrec_bad_inter(tmp_path, edit, message):

@@ -46,7 +46,9 @@ def jpeg(k: int) -> bytes:
     return buf.getvalue()
 
 
-def write_catalog(root: Path, images: list[str | None] | None = None, items: dict | None = None, events: list[tuple] | None = None) -> dict[str, Path]:
+def write_catalog(
+    root: Path, images: list[str | None] | None = None, items: dict | None = None, events: list[tuple] | None = None
+) -> dict[str, Path]:
     """items.csv (with an image column when ``images`` is given; local names get real JPEGs)
     and events.csv; ``events`` rows are (user_id, item_id, timestamp) strings."""
     root.mkdir(parents=True, exist_ok=True)
@@ -66,7 +68,9 @@ def write_catalog(root: Path, images: list[str | None] | None = None, items: dic
 
 @pytest.fixture
 def settings(tmp_path):
-    s = get_settings(home=tmp_path / "home", datasets_root=tmp_path / "datasets", feature_store=str(tmp_path / "home" / "features"))
+    s = get_settings(
+        home=tmp_path / "home", datasets_root=tmp_path / "datasets", feature_store=str(tmp_path / "home" / "features")
+    )
     s.home.mkdir(parents=True)
     (s.home / "marker.txt").write_text("state before")  # a home that already holds something
     return s
@@ -84,28 +88,42 @@ def assert_refused(settings, paths: dict, expected: str, **options) -> None:
 # -- 4: ids must be printable ------------------------------------------------------------------
 @pytest.mark.parametrize(
     "bad, shown, code",
-    [("i\x01x", "'i\\x01x'", "U+0001, a control character"), ("a\tb", "'a\\tb'", "U+0009, a control character"),
-     ("i\u200bz", "'i\\u200bz'", "U+200B, ZERO WIDTH SPACE"), ("x\x7f", "'x\\x7f'", "U+007F, a control character")],
+    [
+        ("i\x01x", "'i\\x01x'", "U+0001, a control character"),
+        ("a\tb", "'a\\tb'", "U+0009, a control character"),
+        ("i\u200bz", "'i\\u200bz'", "U+200B, ZERO WIDTH SPACE"),
+        ("x\x7f", "'x\\x7f'", "U+007F, a control character"),
+    ],
 )
 def test_a_non_printable_item_id_is_refused_with_file_and_row(tmp_path, settings, bad, shown, code):
     paths = write_catalog(tmp_path / "src")
     items = pd.read_csv(paths["items"], dtype=str)
     items.loc[2, "item_id"] = bad
     items.to_csv(paths["items"], index=False)
-    assert_refused(settings, paths, f"{paths['items']}, data row 3 (line 4): item_id {shown} holds a non-printable character "
-                   f"({code}); ids must be printable text: fix the file")
+    assert_refused(
+        settings,
+        paths,
+        f"{paths['items']}, data row 3 (line 4): item_id {shown} holds a non-printable character "
+        f"({code}); ids must be printable text: fix the file",
+    )
 
 
 def test_a_control_character_in_a_user_id_is_refused(tmp_path, settings):
     paths = write_catalog(tmp_path / "src", events=[("u1", "i0", "1"), ("u\x1b[31m", "i1", "2")])
-    assert_refused(settings, paths, f"{paths['interactions']}, data row 2 (line 3): user_id 'u\\x1b[31m' holds a non-printable "
-                   "character (U+001B, a control character); ids must be printable text: fix the file")
+    assert_refused(
+        settings,
+        paths,
+        f"{paths['interactions']}, data row 2 (line 3): user_id 'u\\x1b[31m' holds a non-printable "
+        "character (U+001B, a control character); ids must be printable text: fix the file",
+    )
 
 
 def test_extraction_checks_ids_before_any_encoder_loads(monkeypatch):
     """A catalog with a bad id (built in memory, as an old catalog may hold one) fails at once."""
     items = pd.DataFrame({"item_id": ["ok", "b\x00d"], "title": ["a", "b"], "text": ["a", "b"]})
-    catalog = build_catalog("old", items, pd.DataFrame({"user_id": ["u"], "item_id": ["ok"], "rating": [1.0], "timestamp": [0]}))
+    catalog = build_catalog(
+        "old", items, pd.DataFrame({"user_id": ["u"], "item_id": ["ok"], "rating": [1.0], "timestamp": [0]})
+    )
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("an encoder was loaded before the ids were checked")
@@ -132,13 +150,19 @@ RANGE = "unix seconds must lie between 0 (1970-01-01) and 253402300799 (9999-12-
     [
         ("1e30", f"timestamp '1e30' is out of range: {RANGE}"),
         ("-5", f"timestamp '-5' is out of range: {RANGE}"),
-        ("1700000000000", f"timestamp '1700000000000' is out of range: {RANGE} (it looks like milliseconds: divide by 1000)"),
+        (
+            "1700000000000",
+            f"timestamp '1700000000000' is out of range: {RANGE} (it looks like milliseconds: divide by 1000)",
+        ),
         ("NaN", "timestamp 'NaN' is not a time (unix seconds or a date)"),
         ("inf", "timestamp 'inf' is not a time (unix seconds or a date)"),
         ("1969-12-31", "timestamp '1969-12-31' is before 1970-01-01: out of range for unix seconds"),
-        ("05/01/2024", "timestamp '05/01/2024' is neither unix seconds nor an ISO 8601 date (2024-05-01, 2024-05-01T10:00:00Z); "
-                       "for another date form name its strptime format with --date-format (e.g. --date-format '%d/%m/%Y'): "
-                       "befa never guesses day and month order"),
+        (
+            "05/01/2024",
+            "timestamp '05/01/2024' is neither unix seconds nor an ISO 8601 date (2024-05-01, 2024-05-01T10:00:00Z); "
+            "for another date form name its strptime format with --date-format (e.g. --date-format '%d/%m/%Y'): "
+            "befa never guesses day and month order",
+        ),
     ],
 )
 def test_a_bad_timestamp_is_refused_with_file_and_row(tmp_path, settings, stamp, problem):
@@ -153,7 +177,9 @@ def test_bad_interaction_values_fail_before_any_image_is_read(tmp_path, settings
         raise AssertionError("images were read before the interaction table was checked")
 
     monkeypatch.setattr(generic_module, "attach_images", no_images)
-    assert_refused(settings, paths, f"{paths['interactions']}, data row 3 (line 4): timestamp '1e30' is out of range: {RANGE}")
+    assert_refused(
+        settings, paths, f"{paths['interactions']}, data row 3 (line 4): timestamp '1e30' is out of range: {RANGE}"
+    )
 
 
 def test_dates_iso_8601_or_the_named_format(tmp_path, settings):
@@ -165,15 +191,21 @@ def test_dates_iso_8601_or_the_named_format(tmp_path, settings):
     catalog, _ = ingest("generic", settings, name="eu", date_format="%d/%m/%Y", **paths)
     assert catalog.interactions["timestamp"].iloc[-1] == 1704412800  # 5 January 2024, as the format says
     assert catalog.meta["ingest"]["options"]["date_format"] == "%d/%m/%Y"  # a re-ingest reads the same way
-    assert_refused(settings, write_catalog(tmp_path / "us", events=_events("12/31/2024")),
-                   f"{tmp_path / 'us' / 'events.csv'}, data row 3 (line 4): timestamp '12/31/2024' is neither unix seconds "
-                   "nor a date in --date-format '%d/%m/%Y'", date_format="%d/%m/%Y")
+    assert_refused(
+        settings,
+        write_catalog(tmp_path / "us", events=_events("12/31/2024")),
+        f"{tmp_path / 'us' / 'events.csv'}, data row 3 (line 4): timestamp '12/31/2024' is neither unix seconds "
+        "nor a date in --date-format '%d/%m/%Y'",
+        date_format="%d/%m/%Y",
+    )
 
     before = tree_hashes(settings.home)
     with pytest.raises(ValueError) as err:  # a format that is not one fails before any file is read
         ingest("generic", settings, name="eu", date_format="%Q", **paths)
-    assert str(err.value) == ("befa ingest generic: --date-format: '%Q' is not a strptime format ('Q' is a bad directive in "
-                              "format '%Q'); e.g. '%d/%m/%Y' or '%m/%d/%Y %H:%M'")
+    assert str(err.value) == (
+        "befa ingest generic: --date-format: '%Q' is not a strptime format ('Q' is a bad directive in "
+        "format '%Q'); e.g. '%d/%m/%Y' or '%m/%d/%Y %H:%M'"
+    )
     assert tree_hashes(settings.home) == before
 
 
@@ -185,9 +217,13 @@ def test_a_non_utf8_byte_is_located_by_row_line_and_offset(tmp_path, settings):
     paths["items"].write_bytes(b"\n".join(raw))
     column = raw[2].index(b"\xe9")
     offset = len(raw[0]) + len(raw[1]) + 2 + column
-    assert_refused(settings, paths, f"{paths['items']}: item table is not UTF-8 text: byte 0xe9 at byte offset {offset} "
-                   f"(data row 2 (line 3), byte {column + 1} of the line) is not valid UTF-8 (invalid "
-                   "continuation byte); save it as UTF-8")
+    assert_refused(
+        settings,
+        paths,
+        f"{paths['items']}: item table is not UTF-8 text: byte 0xe9 at byte offset {offset} "
+        f"(data row 2 (line 3), byte {column + 1} of the line) is not valid UTF-8 (invalid "
+        "continuation byte); save it as UTF-8",
+    )
 
 
 def test_a_text_file_named_jpg_is_not_an_image_and_says_so(tmp_path, settings):
@@ -199,7 +235,11 @@ def test_a_text_file_named_jpg_is_not_an_image_and_says_so(tmp_path, settings):
         ["i4", str(paths["items"]), 5, "not an image (PIL cannot identify it)"]
     ]
     (issue,) = [i for i in report.issues if i["item_id"] == "i4"]
-    assert issue["row"] == 5 and issue["image"] == str(tmp_path / "src" / "i4.jpg") and "BytesIO" not in json.dumps(report.to_dict())
+    assert (
+        issue["row"] == 5
+        and issue["image"] == str(tmp_path / "src" / "i4.jpg")
+        and "BytesIO" not in json.dumps(report.to_dict())
+    )
     assert catalog.items["image_hash"].notna().tolist() == [True, True, True, True, False, True]  # the good rows are in
 
 
@@ -208,7 +248,9 @@ def test_references_outside_the_images_folder_are_listed_and_refused_with_images
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "x.jpg").write_bytes(jpeg(7))
-    paths = write_catalog(tmp_path / "src" / "shop", images=["i0.jpg", "../../elsewhere/x.jpg", "i2.jpg", str(elsewhere / "x.jpg")])
+    paths = write_catalog(
+        tmp_path / "src" / "shop", images=["i0.jpg", "../../elsewhere/x.jpg", "i2.jpg", str(elsewhere / "x.jpg")]
+    )
     catalog, report = ingest("generic", settings, name="shop", **paths)
     assert catalog.items["image_hash"].notna().all()  # absolute paths keep working, as documented
     assert report.counts_out["images_outside_images_folder"] == 2
@@ -218,9 +260,14 @@ def test_references_outside_the_images_folder_are_listed_and_refused_with_images
         f"'{elsewhere / 'x.jpg'}' (data row 4 (line 5))); --images-only refuses them"
     ) in report.warnings
 
-    assert_refused(settings, paths, f"{paths['items']}, data row 2 (line 3): 2 image reference(s) lie outside the images folder "
-                   f"{base}: '../../elsewhere/x.jpg' (data row 2 (line 3)), '{elsewhere / 'x.jpg'}' (data row 4 (line 5)); "
-                   "--images-only refuses them (move the images under --images, or leave out --images-only)", images_only=True)
+    assert_refused(
+        settings,
+        paths,
+        f"{paths['items']}, data row 2 (line 3): 2 image reference(s) lie outside the images folder "
+        f"{base}: '../../elsewhere/x.jpg' (data row 2 (line 3)), '{elsewhere / 'x.jpg'}' (data row 4 (line 5)); "
+        "--images-only refuses them (move the images under --images, or leave out --images-only)",
+        images_only=True,
+    )
 
 
 # -- 1: image URLs: from the cache only; --fetch-images downloads them first ----------------------
@@ -241,11 +288,26 @@ def test_image_urls_are_not_downloaded_by_ingest_and_fetch_images_brings_them_in
     assert rejects["problem"].tolist() == [
         f"image URL not downloaded ({u}); run `befa fetch-images CATALOG` (or ingest with --fetch-images)" for u in urls
     ]
-    assert "3 image URL not downloaded" in " ".join(report.warnings) and "image file missing" not in json.dumps(report.to_dict())
+    assert "3 image URL not downloaded" in " ".join(report.warnings) and "image file missing" not in json.dumps(
+        report.to_dict()
+    )
 
-    result = CliRunner().invoke(app, ["ingest", "generic", "--as", "shop", "--items", str(paths["items"]), "--interactions",
-                                      str(paths["interactions"]), "--fetch-images", "--allow-missing-images"],
-                                env={"BEFA_HOME": str(settings.home)})
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            "generic",
+            "--as",
+            "shop",
+            "--items",
+            str(paths["items"]),
+            "--interactions",
+            str(paths["interactions"]),
+            "--fetch-images",
+            "--allow-missing-images",
+        ],
+        env={"BEFA_HOME": str(settings.home)},
+    )
     assert result.exit_code == 0, result.output
     assert server.hits == {"/good/red.jpg": 1, "/good/blue.jpg": 1, "/missing.jpg": 1}
     assert "--fetch-images: 3 image URLs: 0 already cached, 2 downloaded" in " ".join(result.output.split())
@@ -257,14 +319,16 @@ def test_image_urls_are_not_downloaded_by_ingest_and_fetch_images_brings_them_in
     # extraction reads the two URLs from the cache: no request reaches the server
     loaded = Catalog.load(settings.catalog_dir("shop"))
     assert loaded.items["image_hash"].notna().tolist() == [True, True, True, False]
-    summary = extract_features(loaded, TINY_ENCODER, FeatureStore(settings.feature_store), modalities=["image"], progress=False, num_workers=0)
+    summary = extract_features(
+        loaded, TINY_ENCODER, FeatureStore(settings.feature_store), modalities=["image"], progress=False, num_workers=0
+    )
     assert summary.modalities["image"].encoded == 3 and summary.modalities["image"].failed == 0
     assert sum(server.hits.values()) == 3
 
 
 # -- no network: ingest, extract, train and the pipeline under a connect guard ---------------------
 GUARD = textwrap.dedent(
-    r'''
+    r"""
     import ipaddress, json, socket, sys
 
     blocked = []
@@ -339,7 +403,7 @@ GUARD = textwrap.dedent(
         "trained": len(run.record.epochs),
         "pipeline_runs": [(r.model, r.adapter) for r in result.runs],
     }))
-    '''
+    """
 )
 
 
@@ -348,9 +412,16 @@ def test_no_network_ingest_extract_train_and_pipeline(tmp_path):
     images = [f"i{k}.jpg" for k in range(n - 2)] + ["http://images.example.com/a.jpg", "https://cdn.example.org/b.jpg"]
     events = [(f"u{u}", f"i{(u * 3 + j) % n}", str(1_700_000_000 + 10 * u + j)) for u in range(12) for j in range(5)]
     paths = write_catalog(tmp_path / "src", images=images, events=events)
-    args = {"home": str(tmp_path / "home"), "items": str(paths["items"]), "interactions": str(paths["interactions"]), "encoder": TINY_ENCODER}
+    args = {
+        "home": str(tmp_path / "home"),
+        "items": str(paths["items"]),
+        "interactions": str(paths["interactions"]),
+        "encoder": TINY_ENCODER,
+    }
     env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    proc = subprocess.run([sys.executable, "-c", GUARD, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", GUARD, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["blocked"] == []  # nothing tried to reach a non-loopback address

@@ -13,7 +13,9 @@ def _catalog(n_per_user, n_items=60, seed=0):
         for t, i in enumerate(rng.choice(n_items, size=n, replace=False)):
             rows.append((f"u{u:03d}", str(i), 5.0, 1000 + t))
     inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
-    items = pd.DataFrame({"item_id": [str(i) for i in range(n_items)], "title": "t", "text": "x", "image": None, "image_hash": None})
+    items = pd.DataFrame(
+        {"item_id": [str(i) for i in range(n_items)], "title": "t", "text": "x", "image": None, "image_hash": None}
+    )
     return build_catalog("synthetic", items, inter)
 
 
@@ -82,9 +84,15 @@ def test_given_labels_are_validated():
 
 
 def test_movielens_split_counts(datasets_root):
-    ratings = pd.read_csv(datasets_root / "movielens-100k-posters/ml-100k/u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"])
+    ratings = pd.read_csv(
+        datasets_root / "movielens-100k-posters/ml-100k/u.data",
+        sep="\t",
+        names=["user_id", "item_id", "rating", "timestamp"],
+    )
     ratings = ratings[ratings.rating >= 4]
-    items = pd.DataFrame({"item_id": [str(i) for i in range(1, 1683)], "title": "", "text": "", "image": None, "image_hash": None})
+    items = pd.DataFrame(
+        {"item_id": [str(i) for i in range(1, 1683)], "title": "", "text": "", "image": None, "image_hash": None}
+    )
     cat = build_catalog("ml", items, ratings)
     split = split_random(cat, seed=2024)
     c = split.counts()

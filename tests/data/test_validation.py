@@ -48,7 +48,9 @@ def make_shop(tmp_path: Path, items=None, interactions=None, images=("a.jpg", "b
     for k, name in enumerate(images):
         (img_dir / name).write_bytes(jpeg_bytes((40 * k, 100, 200)))
     pd.DataFrame(ITEMS if items is None else items).to_csv(folder / "items.csv", index=False)
-    pd.DataFrame(INTERACTIONS if interactions is None else interactions).to_csv(folder / "interactions.csv", index=False)
+    pd.DataFrame(INTERACTIONS if interactions is None else interactions).to_csv(
+        folder / "interactions.csv", index=False
+    )
     return {"items": folder / "items.csv", "interactions": folder / "interactions.csv", "images": img_dir}
 
 
@@ -183,8 +185,12 @@ def test_unknown_items_skip_and_report(tmp_path):
     issue, lost = res.report.issues
     assert (lost["user_id"], lost["action"]) == ("u3", "user not in the catalog")
     assert issue == {
-        "file": str(paths["interactions"]), "row": 4, "problem": "unknown item",
-        "action": "interaction skipped", "item_id": "ZZ", "user_id": "u3",
+        "file": str(paths["interactions"]),
+        "row": 4,
+        "problem": "unknown item",
+        "action": "interaction skipped",
+        "item_id": "ZZ",
+        "user_id": "u3",
     }
 
 
@@ -277,7 +283,9 @@ def test_parquet_inputs_and_implicit_feedback(tmp_path):
     pd.DataFrame(ITEMS).rename(columns={"text": "description"}).to_parquet(items_pq)
     inter_pq = paths["interactions"].with_suffix(".parquet")
     pd.DataFrame(INTERACTIONS)[["user_id", "item_id"]].rename(columns={"user_id": "customer"}).to_parquet(inter_pq)
-    res = run({**paths, "items": items_pq, "interactions": inter_pq}, text_column="description", user_id_column="customer")
+    res = run(
+        {**paths, "items": items_pq, "interactions": inter_pq}, text_column="description", user_id_column="customer"
+    )
     assert res.catalog.items["text"].iloc[0] == "A red ceramic mug."
     assert res.catalog.interactions["rating"].tolist() == [1.0, 1.0, 1.0]
     assert res.catalog.interactions["timestamp"].tolist() == [0, 0, 0]
@@ -292,7 +300,9 @@ def test_counts_add_up_nothing_dropped_silently(tmp_path):
     folded = sum(i["action"].startswith("folded") for i in r.issues)
     skipped = sum(i["action"] == "interaction skipped" for i in r.issues)
     assert r.counts_in["item_rows"] == r.counts_out["items"] + folded
-    assert r.counts_in["interactions"] == r.counts_out["interactions"] + skipped + r.counts_out["ratings_below_min_rating"]
+    assert (
+        r.counts_in["interactions"] == r.counts_out["interactions"] + skipped + r.counts_out["ratings_below_min_rating"]
+    )
     assert (r.counts_out["interactions"], skipped, r.counts_out["ratings_below_min_rating"]) == (2, 1, 1)
 
 
@@ -321,5 +331,8 @@ def test_movielens_conflicting_duplicate_names_both_rows(tmp_path, datasets_root
     with pytest.raises(CatalogError) as err:
         IMPORTERS["movielens-100k-posters"](root=dst, verify=False)
     msg = str(err.value)
-    assert f"items.csv, data row {k + 1} (line {k + 2})" in msg and f"data row {first} (line {first + 1}) and data row {k + 1}" in msg
+    assert (
+        f"items.csv, data row {k + 1} (line {k + 2})" in msg
+        and f"data row {first} (line {first + 1}) and data row {k + 1}" in msg
+    )
     assert "overview" in msg

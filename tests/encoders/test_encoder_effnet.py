@@ -77,7 +77,8 @@ def _enc(request, arch):
 def test_specs_registry_and_modalities(tmp_path):
     assert ENCODERS["effnet"] is EffNetEncoder
     assert {m: str(s) for m, s in validate_specs("image=effnet:lite2,text=minilm").items()} == {
-        "image": "effnet:lite2", "text": "minilm",
+        "image": "effnet:lite2",
+        "text": "minilm",
     }
     assert {m: str(s) for m, s in validate_specs("effnet:lite0").items()} == {"image": "effnet:lite0"}
     with pytest.raises(EncoderSpecError, match=r"family 'effnet' does not embed 'text' \(it embeds \['image'\]\)"):
@@ -155,7 +156,9 @@ def test_sequels_are_nearer_than_unrelated_films(request, arch, poster):
         pair = float(sim[film] @ sim[sequel])
         others = {u: float(sim[film] @ sim[u]) for u in UNRELATED}
         nearest_other = max(others, key=others.get)
-        lines.append(f"{arch} {film}-{sequel}: {pair:.3f} vs nearest unrelated {nearest_other}: {others[nearest_other]:.3f}")
+        lines.append(
+            f"{arch} {film}-{sequel}: {pair:.3f} vs nearest unrelated {nearest_other}: {others[nearest_other]:.3f}"
+        )
         assert pair > others[nearest_other], lines[-1]
     print("\n".join(lines))
 
@@ -208,7 +211,9 @@ def test_random_init_and_fingerprints(poster, lite0, lite2, tmp_path):
     assert len(fps) == 4, fps
 
     # a checkpoint of the other variant fails with the file named
-    with pytest.raises(EncoderError, match=r"could not load checkpoint .*efficientnet-lite0-.*\.pth into EfficientNet-lite2"):
+    with pytest.raises(
+        EncoderError, match=r"could not load checkpoint .*efficientnet-lite0-.*\.pth into EfficientNet-lite2"
+    ):
         create_encoder(f"effnet:lite2@{packaged_checkpoint('lite0')}")
 
 

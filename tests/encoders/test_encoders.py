@@ -33,7 +33,11 @@ TEXTS = ["Star Wars (1977). Luke Skywalker joins forces with a Jedi Knight.", "T
 # ---------------------------------------------------------------- spec strings
 def test_parse_single_specs():
     s = parse_spec("clip:ViT-B-32@/models/vitb32.safetensors")
-    assert (s.family, s.arch, s.weights) == ("clip", "ViT-B-32", WeightsRef(kind="path", value="/models/vitb32.safetensors"))
+    assert (s.family, s.arch, s.weights) == (
+        "clip",
+        "ViT-B-32",
+        WeightsRef(kind="path", value="/models/vitb32.safetensors"),
+    )
     assert parse_spec("clip:ViT-B-32@laion2b_s34b_b79k").weights == WeightsRef(kind="tag", value="laion2b_s34b_b79k")
     assert parse_spec("clip:ViT-B-32@random").weights == WeightsRef(kind="random", seed=0)
     assert parse_spec("clip:ViT-B-32@random:7").weights == WeightsRef(kind="random", seed=7)
@@ -63,7 +67,9 @@ def test_parse_per_modality_specs():
 
 def test_registry_is_explicit_and_unknown_specs_fail_clearly():
     assert set(ENCODERS) == {"clip", "effnet", "imagebind", "minilm"}
-    with pytest.raises(EncoderSpecError, match=r"unknown encoder 'foo'.*known encoders: \['clip', 'effnet', 'imagebind', 'minilm'\]"):
+    with pytest.raises(
+        EncoderSpecError, match=r"unknown encoder 'foo'.*known encoders: \['clip', 'effnet', 'imagebind', 'minilm'\]"
+    ):
         create_encoder("foo:bar@random")
     with pytest.raises(EncoderSpecError, match="unknown open_clip architecture 'ViT-Q-99'"):
         create_encoder("clip:ViT-Q-99@random")
@@ -318,7 +324,9 @@ def test_minilm_local_folder_is_identified_by_content(minilm, tmp_path):
     assert same.fingerprint == minilm.fingerprint  # same files, same function, wherever they live
     assert torch.equal(same.encode_texts(TEXTS[:2]), minilm.encode_texts(TEXTS[:2]))
     (copy / "1_Pooling" / "config.json").write_text(
-        (copy / "1_Pooling" / "config.json").read_text().replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false')
+        (copy / "1_Pooling" / "config.json")
+        .read_text()
+        .replace('"pooling_mode_mean_tokens": true', '"pooling_mode_mean_tokens": false')
         .replace('"pooling_mode_cls_token": false', '"pooling_mode_cls_token": true')
     )
     assert create_encoder(f"minilm@{copy}").fingerprint != minilm.fingerprint  # another pooling, another id
@@ -330,7 +338,8 @@ def test_validate_specs_checks_every_family_without_building(tmp_path):
     from encoders import validate_specs
 
     assert {m: str(s) for m, s in validate_specs("clip:ViT-B-32@random").items()} == {
-        "image": "clip:ViT-B-32@random:0", "text": "clip:ViT-B-32@random:0",
+        "image": "clip:ViT-B-32@random:0",
+        "text": "clip:ViT-B-32@random:0",
     }
     assert list(validate_specs("image=imagebind:tiny@random,text=minilm")) == ["image", "text"]
     with pytest.raises(EncoderSpecError, match="unknown open_clip architecture"):

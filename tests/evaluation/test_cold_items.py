@@ -33,7 +33,9 @@ def _catalog(n_users=40, n_items=30, per_user=8, seed=0):
         for t, i in enumerate(rng.choice(n_items, size=per_user, replace=False))
     ]
     inter = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
-    items = pd.DataFrame({"item_id": [str(i) for i in range(n_items)], "title": "t", "text": "x", "image": None, "image_hash": None})
+    items = pd.DataFrame(
+        {"item_id": [str(i) for i in range(n_items)], "title": "t", "text": "x", "image": None, "image_hash": None}
+    )
     return build_catalog("synthetic", items, inter)
 
 
@@ -100,9 +102,7 @@ def test_group_metrics_match_a_hand_computed_case():
       u1 top-2 (5, 0): warm {4} missed -> 0, 0; no cold item (skipped); tail {4} -> 0, 0;
       u2 top-2 (3, 5): no warm item (skipped); cold {5} at rank 2 -> 1, 1/log2(3); tail the same.
     """
-    scores = torch.tensor(
-        [[9.0, 1, 5, 6, 2, 3], [4.0, 9, 1, 2, 3, 5], [8.0, 8, 1, 4, 2, 3]]
-    )
+    scores = torch.tensor([[9.0, 1, 5, 6, 2, 3], [4.0, 9, 1, 2, 3, 5], [8.0, 8, 1, 4, 2, 3]])
 
     def ui(pairs):
         u, i = zip(*pairs)
@@ -110,8 +110,14 @@ def test_group_metrics_match_a_hand_computed_case():
 
     train = [(0, 0), (1, 1), (2, 0), (2, 1)]
     groups = item_groups(6, np.array([i for _, i in train]), cold_items=[2, 5])
-    ev = Evaluator(ui(train), {"test": ui([(0, 2), (0, 3), (1, 4), (2, 5)])}, 6, ks=(1, 2, 3),
-                   per_user_metrics_kept=("recall@2", "ndcg@2"), item_groups=groups)
+    ev = Evaluator(
+        ui(train),
+        {"test": ui([(0, 2), (0, 3), (1, 4), (2, 5)])},
+        6,
+        ks=(1, 2, 3),
+        per_user_metrics_kept=("recall@2", "ndcg@2"),
+        item_groups=groups,
+    )
     res = ev.evaluate(scores, torch.eye(6), ("test",))["test"]
     g = 1 / math.log2(3)
     want = {
@@ -144,8 +150,14 @@ def _cold_data(seed=0, users=30, items=16, cold=(12, 13, 14, 15), per_user=5):
         ti += [pool[j] for j in pick]
     centre = torch.randn(2, 12, generator=g)
     feats = {m: centre[torch.arange(items) % 2] + 0.1 * torch.randn(items, 12, generator=g) for m in ("image", "text")}
-    return TrainData(num_users=users, num_items=items, train_users=torch.tensor(tu), train_items=torch.tensor(ti),
-                     features=feats, feature_masks={m: torch.ones(items, dtype=torch.bool) for m in feats})
+    return TrainData(
+        num_users=users,
+        num_items=items,
+        train_users=torch.tensor(tu),
+        train_items=torch.tensor(ti),
+        features=feats,
+        feature_masks={m: torch.ones(items, dtype=torch.bool) for m in feats},
+    )
 
 
 @pytest.mark.parametrize("name", ["bm3", "lattice", "freedom", "mgcn"])
@@ -153,8 +165,15 @@ def _cold_data(seed=0, users=30, items=16, cold=(12, 13, 14, 15), per_user=5):
 def test_every_cold_item_is_scored_by_the_content_models(name, adapter):
     torch.manual_seed(0)
     data = _cold_data()
-    model = MODELS[name](data, make_config(MODELS[name], {"embedding_dim": 8, "adapter": adapter, "knn_k": 3} if name != "bm3"
-                                           else {"embedding_dim": 8, "adapter": adapter}))
+    model = MODELS[name](
+        data,
+        make_config(
+            MODELS[name],
+            {"embedding_dim": 8, "adapter": adapter, "knn_k": 3}
+            if name != "bm3"
+            else {"embedding_dim": 8, "adapter": adapter},
+        ),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     neg = torch.randint(0, data.num_items, data.train_items.shape, generator=torch.Generator().manual_seed(1))
     model.train()
@@ -189,8 +208,13 @@ def test_a_cold_split_run_records_its_item_groups(tmp_path):
     bundle = FeatureBundle(feats, {"text": torch.ones(cat.num_items, dtype=torch.bool)}, {"text": "snap"})
     prepared = prepare_data(split, cat.num_items, bundle, num_users=cat.num_users)
     cls = MODELS["freedom"]
-    res = fit(cls, make_config(cls, {"embedding_dim": 8, "knn_k": 3}), prepared, tmp_path / "run",
-              TrainerConfig(max_epochs=2, patience=1, quiet=True, num_threads=1))
+    res = fit(
+        cls,
+        make_config(cls, {"embedding_dim": 8, "knn_k": 3}),
+        prepared,
+        tmp_path / "run",
+        TrainerConfig(max_epochs=2, patience=1, quiet=True, num_threads=1),
+    )
     rec = RunRecord.load(tmp_path / "run")
     assert set(rec.item_groups["test"]) == {"warm", "cold", "long_tail"}
     cold = rec.item_groups["test"]["cold"]
@@ -217,7 +241,9 @@ def test_lightgcn_reg_form_changes_only_the_regulariser():
     losses = {}
     for form in ("squared", "norm"):
         torch.manual_seed(0)
-        model = MODELS["lightgcn"](data, make_config(MODELS["lightgcn"], {"embedding_dim": 4, "reg": 0.5, "reg_form": form}))
+        model = MODELS["lightgcn"](
+            data, make_config(MODELS["lightgcn"], {"embedding_dim": 4, "reg": 0.5, "reg_form": form})
+        )
         losses[form] = float(model.loss(users, pos, neg).detach())
         e = [model.user_embedding[users], model.item_embedding[pos], model.item_embedding[neg]]
     sq = 0.5 * sum(float(t.pow(2).sum()) for t in e) / 6

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.main import app
-from pipeline.data.mmrec_files import exported_item_ids
 from pipeline.data.ingest import ingest
+from pipeline.data.mmrec_files import exported_item_ids
 from pipeline.data.splits import split_random
 from pipeline.features.export_mmrec import export_command
 from pipeline.features.load import load_features
@@ -84,9 +84,14 @@ def test_cli_export_mmrec_and_its_errors(exported, tmp_path):
     settings, catalog, split, _, _, _ = exported
     runner = CliRunner()
     env = {"BEFA_HOME": str(settings.home), "BEFA_FEATURE_STORE": settings.feature_store}
-    res = runner.invoke(app, ["export-mmrec", catalog.name, "--split", split.name, "--dest", str(tmp_path), "--image-fp", FP], env=env)
+    res = runner.invoke(
+        app, ["export-mmrec", catalog.name, "--split", split.name, "--dest", str(tmp_path), "--image-fp", FP], env=env
+    )
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())
-    assert f"exported {len(split.frame)} interactions of 1682 items" in said and "MMRec (items = max itemID + 1) sees every item" in said
+    assert (
+        f"exported {len(split.frame)} interactions of 1682 items" in said
+        and "MMRec (items = max itemID + 1) sees every item" in said
+    )
     bad = runner.invoke(app, ["export-mmrec", catalog.name, "--split", "nosuch", "--dest", str(tmp_path)], env=env)
     assert bad.exit_code == 2 and "no such split" in bad.output and "Traceback" not in bad.output

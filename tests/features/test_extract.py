@@ -49,16 +49,33 @@ def make_catalog(datasets_root, tmp_path):
 
     def make() -> "Catalog":
         rows = [
-            {"item_id": str(m), "title": t, "text": f"{t}. {o if isinstance(o, str) else ''}", "image": str(folder / f"{m}.jpg")}
+            {
+                "item_id": str(m),
+                "title": t,
+                "text": f"{t}. {o if isinstance(o, str) else ''}",
+                "image": str(folder / f"{m}.jpg"),
+            }
             for m, t, o in zip(meta.movie_id, meta.title, meta.overview)
         ]
         rows.append({"item_id": NO_POSTER_ID, "title": "No poster", "text": "A film without a poster.", "image": None})
-        rows.append({"item_id": BROKEN_ID, "title": "Broken poster", "text": "A film with a broken poster.",
-                     "image": str(folder / f"{BROKEN_ID}.jpg")})
+        rows.append(
+            {
+                "item_id": BROKEN_ID,
+                "title": "Broken poster",
+                "text": "A film with a broken poster.",
+                "image": str(folder / f"{BROKEN_ID}.jpg"),
+            }
+        )
         items = pd.DataFrame(rows)
         items["image_hash"] = [sha256_file(p) if isinstance(p, str) else None for p in items["image"]]
-        inter = pd.DataFrame({"user_id": ["1", "2"], "item_id": [rows[0]["item_id"], rows[1]["item_id"]],
-                              "rating": [5.0, 4.0], "timestamp": [1, 2]})
+        inter = pd.DataFrame(
+            {
+                "user_id": ["1", "2"],
+                "item_id": [rows[0]["item_id"], rows[1]["item_id"]],
+                "rating": [5.0, 4.0],
+                "timestamp": [1, 2],
+            }
+        )
         return build_catalog("posters-test", items, inter)
 
     make.folder = folder
@@ -158,7 +175,10 @@ def test_load_features_masks_and_fill_rules(make_catalog, encoder, tmp_path):
     store = FeatureStore(tmp_path / "store")
     catalog = make_catalog()
     out = run(catalog, encoder, store)
-    mean_fill, zero_fill = load_features(catalog, store, out.fingerprints, fill="mean"), load_features(catalog, store, out.fingerprints, fill="zero")
+    mean_fill, zero_fill = (
+        load_features(catalog, store, out.fingerprints, fill="mean"),
+        load_features(catalog, store, out.fingerprints, fill="zero"),
+    )
     feats, masks, snaps = mean_fill.features, mean_fill.masks, mean_fill.snapshots
     zero, zmasks = zero_fill.features, zero_fill.masks
     n = catalog.num_items

@@ -17,16 +17,34 @@ def test_lines_say_done_total_rate_and_eta():
     assert said[0].startswith("extract text (fp): 4/10 (40%), ") and " texts/s" in said[0] and ", ETA " in said[0]
     lines.update(6)
     lines.close()
-    assert said[-1].startswith("extract text (fp): 10/10 (100%), ") and ", done in " in said[-1] and "ETA" not in said[-1]
+    assert (
+        said[-1].startswith("extract text (fp): 10/10 (100%), ") and ", done in " in said[-1] and "ETA" not in said[-1]
+    )
 
 
 def test_extraction_logs_a_closing_line_per_modality(tmp_path):
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(6)], "title": "", "text": [f"a short text {i}" for i in range(6)]})
+    items = pd.DataFrame(
+        {"item_id": [f"i{i}" for i in range(6)], "title": "", "text": [f"a short text {i}" for i in range(6)]}
+    )
     inter = pd.DataFrame({"user_id": ["u0", "u1"], "item_id": ["i0", "i1"], "rating": 1.0, "timestamp": 0})
     catalog = build_catalog("tiny", items, inter)
     said: list[str] = []
-    extract_features(catalog, "imagebind:tiny@random", FeatureStore(tmp_path / "store"), modalities=["text"], progress=False, log=said.append)
+    extract_features(
+        catalog,
+        "imagebind:tiny@random",
+        FeatureStore(tmp_path / "store"),
+        modalities=["text"],
+        progress=False,
+        log=said.append,
+    )
     assert len(said) == 1 and said[0].startswith("extract text (imagebind-tiny-random-") and ": 6/6 (100%)" in said[0]
     said.clear()
-    extract_features(catalog, "imagebind:tiny@random", FeatureStore(tmp_path / "store"), modalities=["text"], progress=False, log=said.append)
+    extract_features(
+        catalog,
+        "imagebind:tiny@random",
+        FeatureStore(tmp_path / "store"),
+        modalities=["text"],
+        progress=False,
+        log=said.append,
+    )
     assert said == []  # nothing left to encode: no progress to report

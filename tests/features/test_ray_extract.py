@@ -7,11 +7,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from pipeline.cluster import runtime_env  # noqa: E402
 from pipeline.data.catalog import Catalog  # noqa: E402
 from pipeline.data.ingest import ingest  # noqa: E402
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
-from pipeline.cluster import runtime_env  # noqa: E402
 from pipeline.features.ray_extract import extract_features_ray  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402
 from storage.feature_store import FeatureStore  # noqa: E402
@@ -50,7 +50,9 @@ def test_ray_extraction_matches_local_and_is_incremental(local_ray, tmp_path, da
     # incremental: one edited poster -> one image re-encoded on Ray, texts untouched
     cat.replace_poster(str(catalog.items["item_id"].iloc[3]), with_poster_of=cat.spare_ids[0])
     catalog2, _ = ingest("generic", settings, name="ml-ray", **cat.ingest_options())
-    again = extract_features_ray(Catalog.load(settings.catalog_dir("ml-ray")), SPEC, ray_store, cluster="auto", batch_size=8)
+    again = extract_features_ray(
+        Catalog.load(settings.catalog_dir("ml-ray")), SPEC, ray_store, cluster="auto", batch_size=8
+    )
     assert again.modalities["image"].encoded == 1 and again.modalities["image"].skipped == 23
     assert again.modalities["text"].encoded == 0
     assert catalog2.num_items == 24

@@ -64,9 +64,17 @@ def befa_env(tmp_path_factory, datasets_root):
 
 def _params(cat, **kw):
     base = dict(
-        dataset="ml-flow", importer="generic", ingest_options=cat.ingest_options(), encoder=TINY_ENCODER,
-        models=["lightgcn", "freedom"], adapters=["none", "befa"], epochs=1, patience=1, seed=3,
-        model_overrides={"*": {"embedding_dim": 16}}, verify_checkpoints=False,  # verified in test_job
+        dataset="ml-flow",
+        importer="generic",
+        ingest_options=cat.ingest_options(),
+        encoder=TINY_ENCODER,
+        models=["lightgcn", "freedom"],
+        adapters=["none", "befa"],
+        epochs=1,
+        patience=1,
+        seed=3,
+        model_overrides={"*": {"embedding_dim": 16}},
+        verify_checkpoints=False,  # verified in test_job
     )
     base.update(kw)
     return base
@@ -83,9 +91,22 @@ def test_pipeline_flow_runs_and_publishes_artifacts(harness, befa_env):
     out = befa(**_params(cat, run_name="flow-run"))
     folder = Path(out["folder"])
     assert folder == home / "runs" / "pipelines" / "flow-run"
-    assert (folder / "metrics.parquet").exists() and (folder / "curves.png").exists() and (folder / "base_vs_befa.png").exists()
-    assert set(out["test"]) == {"mostpop/none", "lightgcn/none", "freedom/none", "freedom/befa"}  # MostPop: the floor, always
-    assert out["artifacts"] == {"table": "befa-metrics-ml-flow", "markdown": "befa-report-ml-flow", "recommendations": "befa-recommendations-ml-flow"}
+    assert (
+        (folder / "metrics.parquet").exists()
+        and (folder / "curves.png").exists()
+        and (folder / "base_vs_befa.png").exists()
+    )
+    assert set(out["test"]) == {
+        "mostpop/none",
+        "lightgcn/none",
+        "freedom/none",
+        "freedom/befa",
+    }  # MostPop: the floor, always
+    assert out["artifacts"] == {
+        "table": "befa-metrics-ml-flow",
+        "markdown": "befa-report-ml-flow",
+        "recommendations": "befa-recommendations-ml-flow",
+    }
     recs = Artifact.get(artifact_key("recommendations", "ml-flow"))
     assert recs is not None and recs.type == "table"
     head = json.loads(recs.data) if isinstance(recs.data, str) else recs.data
@@ -116,7 +137,10 @@ def test_long_steps_log_progress_lines_in_the_flow_run(harness, befa_env):
     import asyncio
 
     _, cat = befa_env
-    state = befa(**_params(cat, run_name="logged", dataset="ml-logged", models=["lightgcn"], adapters=["none"]), return_state=True)
+    state = befa(
+        **_params(cat, run_name="logged", dataset="ml-logged", models=["lightgcn"], adapters=["none"]),
+        return_state=True,
+    )
     assert state.is_completed()
     messages = asyncio.run(_log_messages(state.state_details.flow_run_id))
     assert any(m.startswith("extract image (") and "/40 (100%)" in m for m in messages), messages[:20]
@@ -157,7 +181,11 @@ def test_watch_flow_emits_only_when_something_changed(harness, befa_env, monkeyp
     assert event["event"] == EVENT
     assert event["resource"]["prefect.resource.id"] == "befa.catalog.ml-flow"
     assert event["resource"]["befa.retrain"] == "false"
-    assert event["payload"]["items_reencoded"] == 3 and event["payload"]["added"] == 2 and event["payload"]["image_changed"] == 1
+    assert (
+        event["payload"]["items_reencoded"] == 3
+        and event["payload"]["added"] == 2
+        and event["payload"]["image_changed"] == 1
+    )
     assert summary["encoded"] == {"image": 3, "text": 2}
     assert sorted(added)
 
@@ -204,7 +232,12 @@ def test_prefect_yaml_matches_the_served_deployments():
         assert d["work_pool"]["name"] == "befa-process"
     (trigger,) = [DeploymentEventTrigger.model_validate(t) for t in by_name["full-pipeline"]["triggers"]]
     served = build_deployments()[0].triggers[0]
-    assert (trigger.expect, trigger.match, trigger.for_each, trigger.parameters) == (served.expect, served.match, served.for_each, served.parameters)
+    assert (trigger.expect, trigger.match, trigger.for_each, trigger.parameters) == (
+        served.expect,
+        served.match,
+        served.for_each,
+        served.parameters,
+    )
 
 
 def test_flow_parameters_are_the_pipeline_params_fields():
@@ -224,4 +257,7 @@ def test_flow_parameters_are_the_pipeline_params_fields():
     assert set(parameter_schema(befa).properties) == set(params)  # the deployment's form
     assert "study" not in params  # the reserved, never implemented flag is gone
     validated = befa.validate_parameters({"epochs": "5", "encoder": "minilm"})
-    assert validated["epochs"] == 5 and PipelineParams.model_validate({k: v for k, v in validated.items() if k != "use_registered"}).epochs == 5
+    assert (
+        validated["epochs"] == 5
+        and PipelineParams.model_validate({k: v for k, v in validated.items() if k != "use_registered"}).epochs == 5
+    )

@@ -98,7 +98,9 @@ def _pipeline_runs(env):
     pipeline_id, _ = _deployment_ids(env)
 
     async def q(client):
-        return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[pipeline_id])))
+        return await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[pipeline_id]))
+        )
 
     return _api(env, q)
 
@@ -120,19 +122,44 @@ def _log_tail(stack, n=4000) -> str:
 
 
 def _cli(env, *args, timeout=480):
-    proc = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc
 
 
 def test_deployment_run_completes_with_artifacts_and_plots(stack):
     env, cat = stack["env"], stack["cat"]
     params = {
-        "dataset": CATALOG, "importer": "generic", "ingest_options": cat.ingest_options(),
-        "models": ["lightgcn", "freedom"], "adapters": ["none", "befa"], "epochs": 1, "patience": 1,
-        "model_overrides": {"*": {"embedding_dim": 16}}, "run_name": "e2e-first", "verify_checkpoints": False,
+        "dataset": CATALOG,
+        "importer": "generic",
+        "ingest_options": cat.ingest_options(),
+        "models": ["lightgcn", "freedom"],
+        "adapters": ["none", "befa"],
+        "epochs": 1,
+        "patience": 1,
+        "model_overrides": {"*": {"embedding_dim": 16}},
+        "run_name": "e2e-first",
+        "verify_checkpoints": False,
     }
-    proc = _cli(env, "deployment", "run", "befa/full-pipeline", "--watch", "--watch-interval", "2",
-                "--params", json.dumps(params), "--param", "encoder=imagebind:tiny@random")
+    proc = _cli(
+        env,
+        "deployment",
+        "run",
+        "befa/full-pipeline",
+        "--watch",
+        "--watch-interval",
+        "2",
+        "--params",
+        json.dumps(params),
+        "--param",
+        "encoder=imagebind:tiny@random",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + _log_tail(stack)
     (run,) = _pipeline_runs(env)
     assert run.state.is_completed()
@@ -140,14 +167,26 @@ def test_deployment_run_completes_with_artifacts_and_plots(stack):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async def arts(client):
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["befa-metrics-ml-e2e", "befa-report-ml-e2e", "befa-recommendations-ml-e2e"])))
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["befa-metrics-ml-e2e", "befa-report-ml-e2e", "befa-recommendations-ml-e2e"])
+            )
+        )
 
     found = {a.key: a for a in _api(env, arts)}
     assert found["befa-metrics-ml-e2e"].type == "table" and found["befa-report-ml-e2e"].type == "markdown"
     assert found["befa-recommendations-ml-e2e"].type == "table"
     assert all(a.flow_run_id == run.id for a in found.values())
     folder = stack["home"] / "runs" / "pipelines" / "e2e-first"
-    for name in ("metrics.parquet", "metrics.json", "curves.png", "base_vs_befa.png", "report.md", "recommendations.parquet", "recommendations.json"):
+    for name in (
+        "metrics.parquet",
+        "metrics.json",
+        "curves.png",
+        "base_vs_befa.png",
+        "report.md",
+        "recommendations.parquet",
+        "recommendations.json",
+    ):
         assert (folder / name).stat().st_size > 0, name
 
 
@@ -156,7 +195,9 @@ def test_catalog_change_reencodes_three_items_and_triggers_retraining(stack):
     if not (home / "watch" / "catalogs.json").exists():
         pytest.skip("needs the first test's pipeline run (it registers the catalog)")
     before = len(_pipeline_runs(env))
-    recs_before = json.loads((home / "runs" / "pipelines" / "e2e-first" / "recommendations.json").read_text())["catalog_fingerprint"]
+    recs_before = json.loads((home / "runs" / "pipelines" / "e2e-first" / "recommendations.json").read_text())[
+        "catalog_fingerprint"
+    ]
     added = cat.add_items(2)
     edited = pd.read_csv(cat.items, dtype=str)["item_id"].iloc[0]
     cat.replace_poster(edited, with_poster_of=cat.spare_ids[0])
@@ -167,7 +208,12 @@ def test_catalog_change_reencodes_three_items_and_triggers_retraining(stack):
     assert last["changed"] and sorted(last["items_reencoded"]) == sorted([*added, edited])
     assert last["encoded"] == {"image": 3, "text": 2}
 
-    runs = _wait_for(lambda: (r := _pipeline_runs(env)) and len(r) > before and r, 90, "a triggered pipeline run", stack["root"] / "serve.log")
+    runs = _wait_for(
+        lambda: (r := _pipeline_runs(env)) and len(r) > before and r,
+        90,
+        "a triggered pipeline run",
+        stack["root"] / "serve.log",
+    )
     assert len(runs) == before + 1
     new = next(r for r in runs if r.parameters.get("use_registered"))
     assert new.parameters["dataset"] == CATALOG
@@ -216,8 +262,13 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     tokens = ["epochs=1" if t.startswith("epochs=") else t for t in readme.tokens]
     assert tokens[:4] == ["prefect", "deployment", "run", "befa/full-pipeline"] and "--watch" in tokens
     small = {
-        "dataset": CATALOG, "models": ["freedom"], "adapters": ["none", "befa"], "patience": 1,
-        "model_overrides": {"*": {"embedding_dim": 16}}, "run_name": "e2e-minilm", "verify_checkpoints": False,
+        "dataset": CATALOG,
+        "models": ["freedom"],
+        "adapters": ["none", "befa"],
+        "patience": 1,
+        "model_overrides": {"*": {"embedding_dim": 16}},
+        "run_name": "e2e-minilm",
+        "verify_checkpoints": False,
     }
     proc = _cli(env, *tokens[1:], "--watch-interval", "2", "--params", json.dumps(small))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + _log_tail(stack)
@@ -237,7 +288,9 @@ def test_readme_encoder_swap_run_keeps_both_encoders_features(stack):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     async def arts(client):
-        return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
 
     found = {a.key: a for a in _api(env, arts)}
     assert set(found) >= {"befa-metrics-ml-e2e", "befa-report-ml-e2e"}

@@ -42,10 +42,10 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("grpc", reason="Ray Client needs grpcio (the ray[client] extra)")
 
+from pipeline.cluster import _init_with_retries
 from pipeline.data.ingest import ingest  # noqa: E402
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
-from pipeline.cluster import _init_with_retries
 from pipeline.job.train_batch import train_runs
 from pipeline.settings import get_settings  # noqa: E402
 from storage.feature_store import FeatureStore  # noqa: E402
@@ -101,7 +101,13 @@ def _stop_cluster(head: subprocess.Popen) -> list[int]:
     if head.poll() is None:
         head.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while (left := [p for p in _session_members(sid) if Path(f"/proc/{p}/stat").exists() and " Z " not in Path(f"/proc/{p}/stat").read_text()]) and time.monotonic() < deadline:
+    while (
+        left := [
+            p
+            for p in _session_members(sid)
+            if Path(f"/proc/{p}/stat").exists() and " Z " not in Path(f"/proc/{p}/stat").read_text()
+        ]
+    ) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
 
@@ -114,21 +120,39 @@ def ray_head():
     gcs, client, agent, metrics = _free_ports(4)
     env = dict(os.environ)
     env.update(
-        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_USAGE_STATS_ENABLED="0",
+        HF_HUB_OFFLINE="1",
     )
     log = temp / "ray-start.log"
     cmd = [
-        str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
-        "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp / 't'}",
+        str(RAY),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--metrics-export-port={metrics}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp / 't'}",
     ]
     with open(log, "wb") as out:
-        head = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(temp))
+        head = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(temp)
+        )
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in log.read_text(errors="replace"):
             if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray start did not come up (exit {head.poll()}):\n{log.read_text(errors='replace')[-3000:]}")
+                pytest.fail(
+                    f"ray start did not come up (exit {head.poll()}):\n{log.read_text(errors='replace')[-3000:]}"
+                )
             time.sleep(0.5)
         while True:  # the client server starts a moment after the runtime
             try:
@@ -185,11 +209,15 @@ def test_extraction_through_ray_client_matches_local(ray_head, tmp_path, dataset
     env.pop("BEFA_FEATURE_STORE", None)  # default: <home>/features, as settings above
     proc = subprocess.run(
         [sys.executable, "-c", CLIENT, str(settings.home), str(datasets_root), CATALOG, SPEC, ray_head["address"]],
-        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=420,
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:] + _ray_logs(ray_head["temp"])
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    dist = json.loads(line[len("RESULT "):])
+    dist = json.loads(line[len("RESULT ") :])
     assert dist["backend"] == f"ray ({ray_head['address']})"
 
     local_store = FeatureStore(tmp_path / "local")
@@ -283,6 +311,8 @@ def test_the_flows_task_runner_uses_the_connection_made_with_retries(monkeypatch
     monkeypatch.setattr(pipeline_flow, "run_options", lambda cpus, device: {})
     params = type("Params", (), {"cluster": "ray://head:10001", "cpus_per_run": 1, "device": "cpu"})()
     jobs = [type("Job", (), {"model": m, "adapter": "none", "run_dir": f"runs/{m}"})() for m in ("lightgcn", "bm3")]
-    runs = train_runs(object(), None, params, None, "catalog", "split.parquet", None, jobs, pipeline_flow.flow_executor(params))
+    runs = train_runs(
+        object(), None, params, None, "catalog", "split.parquet", None, jobs, pipeline_flow.flow_executor(params)
+    )
     assert runs == ["trained lightgcn", "trained bm3"]
     assert order == ["connect ray://head:10001", "runner ray://head:10001", "runner enter", "runner exit", "disconnect"]

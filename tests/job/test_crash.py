@@ -36,8 +36,13 @@ SAFETY_S = 300  # a marker not reached in this long means the test is broken, no
 def _env(home: Path, pause_dir: Path, datasets_root: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        BEFA_HOME=str(home), BEFA_FEATURE_STORE=str(home / "features"), BEFA_DATASETS_ROOT=str(datasets_root),
-        BEFA_PAUSE_DIR=str(pause_dir), HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra,
+        BEFA_HOME=str(home),
+        BEFA_FEATURE_STORE=str(home / "features"),
+        BEFA_DATASETS_ROOT=str(datasets_root),
+        BEFA_PAUSE_DIR=str(pause_dir),
+        HF_HUB_OFFLINE="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        **extra,
     )
     for key in ("BEFA_PAUSE_AT", "BEFA_PAUSE_HIT"):
         if key not in extra:
@@ -46,20 +51,36 @@ def _env(home: Path, pause_dir: Path, datasets_root: Path, **extra: str) -> dict
 
 
 def _befa(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=SAFETY_S)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.main", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SAFETY_S,
+    )
     assert proc.returncode == 0, f"befa {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli.main", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, marker: Path) -> None:
     deadline = time.monotonic() + SAFETY_S
     while not marker.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"process ended (rc {proc.returncode}) before {marker.name}:\n{proc.stdout.read()[-3000:]}")
+            raise AssertionError(
+                f"process ended (rc {proc.returncode}) before {marker.name}:\n{proc.stdout.read()[-3000:]}"
+            )
         assert time.monotonic() < deadline, f"{marker} never appeared"
         time.sleep(0.05)
 
@@ -79,14 +100,28 @@ def _kill_at(env: dict[str, str], point: str, *args: str, hit: int = 1) -> None:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, datasets_root):
-    return make_small_catalog(tmp_path_factory.mktemp("crash-src"), datasets_root, n_items=30, n_users=120), datasets_root
+    return make_small_catalog(
+        tmp_path_factory.mktemp("crash-src"), datasets_root, n_items=30, n_users=120
+    ), datasets_root
 
 
 def _home(tmp_path: Path, source) -> tuple[dict[str, str], Path]:
     cat, datasets_root = source
     home = tmp_path / "home"
     env = _env(home, tmp_path / "pause", datasets_root)
-    _befa(env, "ingest", "generic", "--as", "shop", "--items", str(cat.items), "--interactions", str(cat.interactions), "--images", str(cat.images))
+    _befa(
+        env,
+        "ingest",
+        "generic",
+        "--as",
+        "shop",
+        "--items",
+        str(cat.items),
+        "--interactions",
+        str(cat.interactions),
+        "--images",
+        str(cat.images),
+    )
     return env, home
 
 
@@ -95,9 +130,13 @@ def _features(home: Path) -> dict[str, np.ndarray]:
     store = FeatureStore(home / "features")
     out = {}
     for modality in ("image", "text"):
-        (fp,) = [p.name for p in (home / "features" / "shop").iterdir() if p.is_dir() and (p / modality).is_dir()] or [None]
+        (fp,) = [p.name for p in (home / "features" / "shop").iterdir() if p.is_dir() and (p / modality).is_dir()] or [
+            None
+        ]
         keys = catalog.content_keys(modality)
-        x, found = store.read(FeatureSetKey("shop", fp, modality), keys["item_id"].tolist(), keys["content_hash"].tolist())
+        x, found = store.read(
+            FeatureSetKey("shop", fp, modality), keys["item_id"].tolist(), keys["content_hash"].tolist()
+        )
         assert found.all()
         out[modality] = x.copy()
     return out
@@ -112,8 +151,24 @@ def clean(tmp_path_factory, source):
     runs = {}
     for model in ("lightgcn", "freedom"):
         run = home / "runs" / model
-        _befa(env, "train", "--dataset", "shop", "--model", model, "--encoder", ENCODER, "--epochs", "3", "--patience", "3",
-              "--set", "embedding_dim=16", "--run-dir", str(run))
+        _befa(
+            env,
+            "train",
+            "--dataset",
+            "shop",
+            "--model",
+            model,
+            "--encoder",
+            ENCODER,
+            "--epochs",
+            "3",
+            "--patience",
+            "3",
+            "--set",
+            "embedding_dim=16",
+            "--run-dir",
+            str(run),
+        )
         runs[model] = json.loads((run / "run.json").read_text())
     return _features(home), runs
 
@@ -139,7 +194,23 @@ def test_killed_checkpoint_write_resumes_to_identical_metrics(tmp_path, source, 
     env, home = _home(tmp_path, source)
     _befa(env, "extract", "--dataset", "shop", "--encoder", ENCODER)
     run = home / "runs" / model
-    args = ["train", "--dataset", "shop", "--model", model, "--encoder", ENCODER, "--epochs", "3", "--patience", "3", "--set", "embedding_dim=16", "--run-dir", str(run)]
+    args = [
+        "train",
+        "--dataset",
+        "shop",
+        "--model",
+        model,
+        "--encoder",
+        ENCODER,
+        "--epochs",
+        "3",
+        "--patience",
+        "3",
+        "--set",
+        "embedding_dim=16",
+        "--run-dir",
+        str(run),
+    ]
     _kill_at(env, "write:last.pt", *args, hit=2)
     killed = json.loads((run / "run.json").read_text())
     assert killed["status"] == "running" and len(killed["epochs"]) <= 2

@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.training.run_features import load_run_features
 from pipeline.job.params import PipelineError, PipelineParams, validate_params
 from pipeline.job.run import LOCAL_STEPS, PipelineSteps, run_pipeline
 from pipeline.job.steps import ingest_step, plan_runs
@@ -19,6 +18,7 @@ from pipeline.job.watch import last_watch, registered_catalogs, registered_param
 from pipeline.settings import get_settings
 from pipeline.training.api import evaluate_run
 from pipeline.training.record import RunRecord
+from pipeline.training.run_features import load_run_features
 from storage.feature_store import FeatureStore
 from tests.flows_data import make_small_catalog
 
@@ -50,7 +50,14 @@ def test_missing_dataset_and_bad_options_fail_fast(settings, tmp_path):
     with pytest.raises(PipelineError, match="no local copy"):
         validate_params({"dataset": "movielens-100k-posters"}, empty)
     with pytest.raises(PipelineError, match="does not exist"):
-        validate_params({"dataset": "mine", "importer": "generic", "ingest_options": {"items": str(tmp_path / "x.csv"), "interactions": str(tmp_path / "y.csv")}}, settings)
+        validate_params(
+            {
+                "dataset": "mine",
+                "importer": "generic",
+                "ingest_options": {"items": str(tmp_path / "x.csv"), "interactions": str(tmp_path / "y.csv")},
+            },
+            settings,
+        )
     with pytest.raises(PipelineError, match="unknown model 'gpt'"):
         validate_params({"models": ["lightgcn", "gpt"]}, settings)
     with pytest.raises(PipelineError, match="model_overrides for 'mgcn'"):
@@ -59,7 +66,9 @@ def test_missing_dataset_and_bad_options_fail_fast(settings, tmp_path):
         validate_params({"cluster": "http://x"}, settings)
     with pytest.raises(PipelineError, match="study"):  # the old reserved flag is gone: `befa study` runs studies
         validate_params({"study": True}, settings)
-    ok = validate_params({"dataset": "movielens-100k-posters", "encoder": {"image": TINY_ENCODER, "text": "minilm"}}, settings)
+    ok = validate_params(
+        {"dataset": "movielens-100k-posters", "encoder": {"image": TINY_ENCODER, "text": "minilm"}}, settings
+    )
     assert ok.encoder_spec() == f"image={TINY_ENCODER},text=minilm"
 
 
@@ -79,9 +88,17 @@ def small(tmp_path_factory, datasets_root):
     cat = make_small_catalog(root / "source", datasets_root)
     settings = get_settings(home=root / "home", datasets_root=datasets_root)
     params = PipelineParams(
-        dataset="ml-small", importer="generic", ingest_options=cat.ingest_options(), encoder=TINY_ENCODER,
-        models=["lightgcn", "freedom"], adapters=["none", "befa"], epochs=2, patience=2, seed=1,
-        model_overrides={"*": {"embedding_dim": 16}}, run_name="first",
+        dataset="ml-small",
+        importer="generic",
+        ingest_options=cat.ingest_options(),
+        encoder=TINY_ENCODER,
+        models=["lightgcn", "freedom"],
+        adapters=["none", "befa"],
+        epochs=2,
+        patience=2,
+        seed=1,
+        model_overrides={"*": {"embedding_dim": 16}},
+        run_name="first",
     )
     result = run_pipeline(params, settings)
     return cat, settings, params, result
@@ -91,7 +108,12 @@ def test_pipeline_writes_runs_metrics_plots_and_report(small):
     _, settings, _, result = small
     folder = Path(result.folder)
     assert folder == settings.runs_dir / "pipelines" / "first"
-    assert [(r.model, r.adapter) for r in result.runs] == [("mostpop", "none"), ("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
+    assert [(r.model, r.adapter) for r in result.runs] == [
+        ("mostpop", "none"),
+        ("lightgcn", "none"),
+        ("freedom", "none"),
+        ("freedom", "befa"),
+    ]
     for r in result.runs:
         assert (Path(r.run_dir) / "run.json").exists() and (Path(r.run_dir) / "best.safetensors").exists()
         assert 1 <= r.epochs_run <= 2 and "recall@20" in r.test
@@ -116,31 +138,59 @@ def test_pipeline_ends_with_recommendations_from_the_best_valid_run(small):
     folder = Path(result.folder)
     recs = result.recommendations
     best = max(result.runs, key=lambda r: r.valid["recall@20"])
-    assert recs is not None and (recs.model, recs.adapter) == (best.model, best.adapter) and recs.chosen_by == "valid recall@20"
+    assert (
+        recs is not None
+        and (recs.model, recs.adapter) == (best.model, best.adapter)
+        and recs.chosen_by == "valid recall@20"
+    )
     frame = pq.read_table(folder / "recommendations.parquet").to_pandas()
     assert list(frame.columns) == ["user_id", "rank", "item_id", "score"]
     assert frame.groupby("user_id").size().max() == params.recommend_k and frame["user_id"].nunique() == recs.users
     manifest = json.loads((folder / "recommendations.json").read_text())
     assert manifest["run_dir"] == str(Path(best.run_dir).resolve()) and manifest["rows"] == len(frame)
-    assert recs.head[0].model_dump() == frame.iloc[0].to_dict() | {"score": pytest.approx(float(frame.iloc[0]["score"]))}
+    assert recs.head[0].model_dump() == frame.iloc[0].to_dict() | {
+        "score": pytest.approx(float(frame.iloc[0]["score"]))
+    }
     md = (folder / "report.md").read_text()
-    assert "## Recommendations" in md and "recommendations.png" in md and (folder / "recommendations.png").stat().st_size > 0
-    assert json.loads((folder / "summary.json").read_text())["recommendations"]["path"] == str(folder / "recommendations.parquet")
+    assert (
+        "## Recommendations" in md
+        and "recommendations.png" in md
+        and (folder / "recommendations.png").stat().st_size > 0
+    )
+    assert json.loads((folder / "summary.json").read_text())["recommendations"]["path"] == str(
+        folder / "recommendations.parquet"
+    )
 
 
 def test_recommend_run_names_the_run_to_serve(small, tmp_path):
     cat, settings, params, _ = small
-    with pytest.raises(PipelineError, match=r"--recommend-run \(recommend_run\) 'mgcn-befa' is not a run of this pipeline; choose from \['lightgcn-none', 'freedom-none', 'freedom-befa'\]"):
+    with pytest.raises(
+        PipelineError,
+        match=r"--recommend-run \(recommend_run\) 'mgcn-befa' is not a run of this pipeline; choose from \['lightgcn-none', 'freedom-none', 'freedom-befa'\]",
+    ):
         validate_params(params.model_copy(update={"recommend_run": "mgcn-befa"}), settings)
-    chosen = params.model_copy(update={"recommend_run": "lightgcn-none", "recommend_k": 3, "models": ["lightgcn"], "run_name": "named"})
+    chosen = params.model_copy(
+        update={"recommend_run": "lightgcn-none", "recommend_k": 3, "models": ["lightgcn"], "run_name": "named"}
+    )
     result = run_pipeline(chosen, settings)
-    assert (result.recommendations.model, result.recommendations.adapter, result.recommendations.chosen_by) == ("lightgcn", "none", "recommend_run")
-    assert pq.read_table(Path(result.folder) / "recommendations.parquet").to_pandas().groupby("user_id").size().max() == 3
+    assert (result.recommendations.model, result.recommendations.adapter, result.recommendations.chosen_by) == (
+        "lightgcn",
+        "none",
+        "recommend_run",
+    )
+    assert (
+        pq.read_table(Path(result.folder) / "recommendations.parquet").to_pandas().groupby("user_id").size().max() == 3
+    )
 
 
 def test_second_run_reuses_features_and_is_reproducible(small):
     _, settings, params, first = small
-    again = run_pipeline(params.model_copy(update={"run_name": "second", "models": ["freedom"], "adapters": ["befa"], "verify_checkpoints": False}), settings)
+    again = run_pipeline(
+        params.model_copy(
+            update={"run_name": "second", "models": ["freedom"], "adapters": ["befa"], "verify_checkpoints": False}
+        ),
+        settings,
+    )
     assert all(f.encoded == 0 and f.skipped == 40 for f in again.extract.modalities.values())
     assert again.extract.snapshots == first.extract.snapshots
     assert again.split.id == first.split.id
@@ -161,20 +211,45 @@ def test_run_pipeline_calls_the_steps_it_is_given_in_order(small, tmp_path):
         return step
 
     steps = LOCAL_STEPS.wrapped(recording)
-    again = run_pipeline(params.model_copy(update={"run_name": "wrapped", "models": ["lightgcn"], "adapters": ["none"]}), settings, steps=steps)
-    assert calls == ["ingest", "extract", "split", "train", "evaluate", "train", "evaluate", "recommend", "report"]  # MostPop, then lightgcn
+    again = run_pipeline(
+        params.model_copy(update={"run_name": "wrapped", "models": ["lightgcn"], "adapters": ["none"]}),
+        settings,
+        steps=steps,
+    )
+    assert calls == [
+        "ingest",
+        "extract",
+        "split",
+        "train",
+        "evaluate",
+        "train",
+        "evaluate",
+        "recommend",
+        "report",
+    ]  # MostPop, then lightgcn
     assert again.runs[-1].test == pytest.approx(next(r for r in first.runs if r.model == "lightgcn").test)
 
 
 def test_the_job_registers_the_catalog_and_the_steps_do_not(small, tmp_path):
     _, settings, params, first = small
     canned = PipelineSteps(  # the first run's summaries: no work, only the orchestration
-        ingest=lambda p, s: first.ingest, extract=lambda p, s, c: first.extract, split=lambda p, c: first.split,
-        train=lambda *a: first.runs[0], evaluate=lambda s, c, sp, e, summary: summary, report=lambda *a: first.report,
+        ingest=lambda p, s: first.ingest,
+        extract=lambda p, s, c: first.extract,
+        split=lambda p, c: first.split,
+        train=lambda *a: first.runs[0],
+        evaluate=lambda s, c, sp, e, summary: summary,
+        report=lambda *a: first.report,
     )
     job_home = get_settings(home=tmp_path / "job", datasets_root=settings.datasets_root)
-    run_pipeline(params.model_copy(update={"run_name": "canned", "models": ["lightgcn"], "adapters": ["none"]}), job_home, steps=canned)
-    assert registered_params(job_home, "ml-small").models == ["lightgcn"] and registered_params(job_home, "ml-small").run_name is None
+    run_pipeline(
+        params.model_copy(update={"run_name": "canned", "models": ["lightgcn"], "adapters": ["none"]}),
+        job_home,
+        steps=canned,
+    )
+    assert (
+        registered_params(job_home, "ml-small").models == ["lightgcn"]
+        and registered_params(job_home, "ml-small").run_name is None
+    )
 
     step_home = get_settings(home=tmp_path / "step", datasets_root=settings.datasets_root)
     ingest_step(params, step_home)  # a step alone (what the study runs) leaves no registration behind
@@ -202,9 +277,15 @@ def test_a_run_record_alone_finds_its_exact_features(small, tmp_path):
     raw.pop("feature_sets")
     raw["record_version"] = 1
     (legacy / "run.json").write_text(json.dumps(raw))
-    (legacy / "features.json").write_text(json.dumps({
-        "catalog_dir": record.sources["catalog"], "fingerprints": first.extract.fingerprints, "snapshots": first.extract.snapshots,
-    }))
+    (legacy / "features.json").write_text(
+        json.dumps(
+            {
+                "catalog_dir": record.sources["catalog"],
+                "fingerprints": first.extract.fingerprints,
+                "snapshots": first.extract.snapshots,
+            }
+        )
+    )
     old = load_run_features(RunRecord.load(legacy), store, legacy)
     assert old.snapshots == bundle.snapshots
     assert all(torch.equal(old.features[m], bundle.features[m]) for m in bundle.features)

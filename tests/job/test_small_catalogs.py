@@ -31,18 +31,18 @@ from pipeline.features.load import load_features
 from pipeline.job.run import run_pipeline
 from pipeline.reporting import pipeline_report
 from pipeline.reporting.pipeline_report import ReportContext, write_report
-from pipeline.study.report.write import render_markdown as study_markdown
 from pipeline.settings import get_settings
 from pipeline.study.analysis import verdict
 from pipeline.study.inspect import gate_labels
+from pipeline.study.report.write import render_markdown as study_markdown
 from pipeline.study.rows import FloorRow
-from tests.study_data import gain_row, sig_row, study_data
 from pipeline.training.api import train_model
 from pipeline.training.batching import MIN_BATCHES_PER_EPOCH, plan_batches
 from pipeline.training.record import RunRecord
 from pipeline.training.trainer import FeaturesChanged
 from storage.feature_store import FeatureStore
 from storage.keys import FeatureSetKey, text_hash
+from tests.study_data import gain_row, sig_row, study_data
 
 runner = CliRunner()
 TEXT_ENCODER = "text=imagebind:tiny@random"
@@ -55,10 +55,23 @@ def synthetic(n_users: int, n_items: int, per_user: int, seed: int = 0) -> tuple
     p /= p.sum()
     users = np.repeat(np.arange(n_users), per_user)
     items = np.concatenate([rng.choice(n_items, per_user, replace=False, p=p) for _ in range(n_users)])
-    item_table = pd.DataFrame({"item_id": [f"sku{i:05d}" for i in range(n_items)], "title": [f"product {i}" for i in range(n_items)],
-                               "text": [f"product {i} in colour {i % 7}" for i in range(n_items)], "image": None, "image_hash": None})
-    inter = pd.DataFrame({"user_id": [f"u{u}" for u in users], "item_id": [f"sku{i:05d}" for i in items], "rating": 1.0,
-                          "timestamp": np.arange(len(users))})
+    item_table = pd.DataFrame(
+        {
+            "item_id": [f"sku{i:05d}" for i in range(n_items)],
+            "title": [f"product {i}" for i in range(n_items)],
+            "text": [f"product {i} in colour {i % 7}" for i in range(n_items)],
+            "image": None,
+            "image_hash": None,
+        }
+    )
+    inter = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in users],
+            "item_id": [f"sku{i:05d}" for i in items],
+            "rating": 1.0,
+            "timestamp": np.arange(len(users)),
+        }
+    )
     return item_table, inter
 
 
@@ -79,13 +92,19 @@ def test_the_batch_rule_keeps_the_protocol_catalogs_at_2048_and_adapts_a_10k_cat
     # and with every rating, amazon-baby-5core; their batches per epoch at 2048 stay as they were
     for train, batches in ((44_630, 22), (80_367, 40), (119_674, 59)):
         plan = plan_batches(train, 2048)
-        assert not plan.adapted and plan.batch_size == 2048 and plan.batches_per_epoch == batches >= MIN_BATCHES_PER_EPOCH
+        assert (
+            not plan.adapted and plan.batch_size == 2048 and plan.batches_per_epoch == batches >= MIN_BATCHES_PER_EPOCH
+        )
     _, _, split_path = shop
     train = int((pd.read_parquet(split_path)["label"] == 0).sum())  # a 10k-interaction catalog: ~8k train rows
     assert 7_000 < train < 10_000
     for n in (train, 10_000):
         plan = plan_batches(n, 2048)
-        assert plan.adapted and plan.batch_size == n // MIN_BATCHES_PER_EPOCH and plan.batches_per_epoch >= MIN_BATCHES_PER_EPOCH
+        assert (
+            plan.adapted
+            and plan.batch_size == n // MIN_BATCHES_PER_EPOCH
+            and plan.batches_per_epoch >= MIN_BATCHES_PER_EPOCH
+        )
         assert "2048 ->" in plan.note()
     assert not plan_batches(10_000, 256).adapted  # a batch the user already chose small enough is left alone
 
@@ -96,24 +115,49 @@ def test_a_run_below_the_mostpop_floor_is_flagged_in_console_record_and_report(s
     floor = train_model(folder / "catalog", split_path, None, "mostpop", run_dir=tmp_path / "mostpop", quiet=True)
     assert floor.record.status == "evaluated_only" and floor.record.floor is None
     # a learning rate that moves nothing: the run cannot beat popularity on a long-tailed catalog
-    starved = train_model(folder / "catalog", split_path, None, "lightgcn", overrides={"lr": 1e-7, "embedding_dim": 16},
-                          run_dir=tmp_path / "lightgcn", max_epochs=3, patience=1, num_threads=1)
+    starved = train_model(
+        folder / "catalog",
+        split_path,
+        None,
+        "lightgcn",
+        overrides={"lr": 1e-7, "embedding_dim": 16},
+        run_dir=tmp_path / "lightgcn",
+        max_epochs=3,
+        patience=1,
+        num_threads=1,
+    )
     out = capsys.readouterr().out
     assert "lightgcn epoch    0" in out and "BELOW the MostPop floor" in out
     rec = RunRecord.load(tmp_path / "lightgcn")  # the typed fields survive the round trip through run.json
-    assert rec.batching is not None and rec.batching.adapted and rec.config["batch_size"] == rec.batching.batch_size < 2048
+    assert (
+        rec.batching is not None and rec.batching.adapted and rec.config["batch_size"] == rec.batching.batch_size < 2048
+    )
     assert rec.floor.below and rec.floor.floor_valid == pytest.approx(floor.record.best_valid["recall@20"])
-    assert rec.floor.run_valid < rec.floor.floor_valid and any(c.startswith("a flat training loss") for c in rec.floor.causes)
+    assert rec.floor.run_valid < rec.floor.floor_valid and any(
+        c.startswith("a flat training loss") for c in rec.floor.causes
+    )
     assert starved.record.below_floor
 
     figures = []
     real_save = pipeline_report.save_figure
-    monkeypatch.setattr(pipeline_report, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
-    files = write_report(tmp_path / "report", [tmp_path / "mostpop", tmp_path / "lightgcn"], ReportContext(title="shop"))
+    monkeypatch.setattr(
+        pipeline_report, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path))[1]
+    )
+    files = write_report(
+        tmp_path / "report", [tmp_path / "mostpop", tmp_path / "lightgcn"], ReportContext(title="shop")
+    )
     md = files.report_md.read_text()
-    assert "## Floor: MostPop" in md and "**BELOW**" in md and "1 run(s) ended below the floor" in md and "a flat training loss" in md
+    assert (
+        "## Floor: MostPop" in md
+        and "**BELOW**" in md
+        and "1 run(s) ended below the floor" in md
+        and "a flat training loss" in md
+    )
     assert "Small catalog: batch size 2048 ->" in md
-    assert pq.read_table(files.metrics_parquet).to_pandas().groupby("model")["below_floor"].first().to_dict() == {"lightgcn": True, "mostpop": False}
+    assert pq.read_table(files.metrics_parquet).to_pandas().groupby("model")["below_floor"].first().to_dict() == {
+        "lightgcn": True,
+        "mostpop": False,
+    }
     ax = figures[0].axes[0]  # curves.png: MostPop is a horizontal line at its valid Recall@20, not a point
     (ref,) = [line for line in ax.lines if line.get_label().startswith("MostPop floor")]
     assert list(ref.get_ydata()) == pytest.approx([rec.floor.floor_valid] * 2)
@@ -135,16 +179,47 @@ def test_befa_run_trains_the_floor_and_prints_epoch_lines_in_full_width(tmp_path
     files = _write_csvs(tmp_path / "src")
     settings = get_settings(home=tmp_path / "home")
     lines: list[str] = []
-    result = run_pipeline({"dataset": "mini", "importer": "generic", "ingest_options": files, "encoder": TEXT_ENCODER,
-                           "models": ["lightgcn"], "adapters": ["none"], "epochs": 2, "patience": 2, "recommend_k": 0,
-                           "model_overrides": {"*": {"embedding_dim": 8}}}, settings, log=lines.append)
+    result = run_pipeline(
+        {
+            "dataset": "mini",
+            "importer": "generic",
+            "ingest_options": files,
+            "encoder": TEXT_ENCODER,
+            "models": ["lightgcn"],
+            "adapters": ["none"],
+            "epochs": 2,
+            "patience": 2,
+            "recommend_k": 0,
+            "model_overrides": {"*": {"embedding_dim": 8}},
+        },
+        settings,
+        log=lines.append,
+    )
     assert [(r.model, r.adapter) for r in result.runs] == [("mostpop", "none"), ("lightgcn", "none")]
     assert "## Floor: MostPop" in Path(result.report.report_md).read_text()
 
     proc = subprocess.run(  # the real entry point, stdout a pipe: epoch lines, plain full-width tables, no known noise
-        [sys.executable, "-m", "pipeline.cli.main", "run", "mini", "--encoder", TEXT_ENCODER, "--models", "lightgcn",
-         "--adapters", "none", "--epochs", "2", "--run-name", "piped"],
-        capture_output=True, text=True, env={**os.environ, "BEFA_HOME": str(tmp_path / "home")}, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli.main",
+            "run",
+            "mini",
+            "--encoder",
+            TEXT_ENCODER,
+            "--models",
+            "lightgcn",
+            "--adapters",
+            "none",
+            "--epochs",
+            "2",
+            "--run-name",
+            "piped",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BEFA_HOME": str(tmp_path / "home")},
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "lightgcn epoch    0" in proc.stdout and "lightgcn epoch    1" in proc.stdout and "\r" not in proc.stdout
@@ -166,17 +241,43 @@ def _kill(run_dir: Path) -> None:
 def test_a_killed_train_is_reported_interrupted_and_resume_keeps_its_snapshots(tmp_path):
     env = {"BEFA_HOME": str(tmp_path / "home")}
     files = _write_csvs(tmp_path / "src")
-    assert runner.invoke(app, ["ingest", "generic", "--items", files["items"], "--interactions", files["interactions"], "--as", "mini"], env=env).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            ["ingest", "generic", "--items", files["items"], "--interactions", files["interactions"], "--as", "mini"],
+            env=env,
+        ).exit_code
+        == 0
+    )
     run_dir = tmp_path / "run"
-    train = ["train", "--dataset", "mini", "--model", "freedom", "--encoder", TEXT_ENCODER, "--epochs", "2", "--set", "embedding_dim=8",
-             "--device", "cpu", "--run-dir", str(run_dir)]
+    train = [
+        "train",
+        "--dataset",
+        "mini",
+        "--model",
+        "freedom",
+        "--encoder",
+        TEXT_ENCODER,
+        "--epochs",
+        "2",
+        "--set",
+        "embedding_dim=8",
+        "--device",
+        "cpu",
+        "--run-dir",
+        str(run_dir),
+    ]
     first = runner.invoke(app, train, env=env)
     assert first.exit_code == 0, first.output
     recorded = RunRecord.load(run_dir).feature_snapshots
     _kill(run_dir)
     assert RunRecord.load(run_dir).state == "interrupted"
     again = runner.invoke(app, train, env=env)
-    assert again.exit_code == 2 and "interrupted" in again.output and f"befa train --run-dir {run_dir} --resume" in again.output
+    assert (
+        again.exit_code == 2
+        and "interrupted" in again.output
+        and f"befa train --run-dir {run_dir} --resume" in again.output
+    )
     evaluated = runner.invoke(app, ["evaluate", str(run_dir)], env=env)
     assert evaluated.exit_code == 0 and "interrupted" in evaluated.output
     report = write_report(tmp_path / "report", [run_dir], ReportContext())
@@ -192,7 +293,14 @@ def test_a_killed_train_is_reported_interrupted_and_resume_keeps_its_snapshots(t
     assert new.snapshot_ids["text"] != recorded["text"] and new.modalities["text"].encoded == 1
     with pytest.raises(FeaturesChanged, match="--allow-new-features"):
         bundle = load_features(Catalog.load(home / "catalogs" / "mini"), store, new.fingerprints)
-        train_model(home / "catalogs" / "mini", RunRecord.load(run_dir).sources["split"], bundle, "freedom", run_dir=run_dir, resume=True)
+        train_model(
+            home / "catalogs" / "mini",
+            RunRecord.load(run_dir).sources["split"],
+            bundle,
+            "freedom",
+            run_dir=run_dir,
+            resume=True,
+        )
     resumed = runner.invoke(app, ["train", "--run-dir", str(run_dir), "--resume"], env=env)
     assert resumed.exit_code == 0, resumed.output
     assert RunRecord.load(run_dir).feature_snapshots == recorded and RunRecord.load(run_dir).state == "max_epochs"
@@ -248,7 +356,11 @@ def test_the_entry_point_filters_known_warnings_and_prints_full_width_when_piped
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "torch.jit.script" not in proc.stderr and "Sparse CSR" not in proc.stderr and "No pretrained weights" not in proc.stderr
+    assert (
+        "torch.jit.script" not in proc.stderr
+        and "Sparse CSR" not in proc.stderr
+        and "No pretrained weights" not in proc.stderr
+    )
     assert "a warning befa does not know" in proc.stderr  # only the known ones are silenced
     assert "s" * 150 in proc.stdout and "1,234,567" in proc.stdout
 
@@ -265,8 +377,18 @@ def _sig(d, significant):
 def _floor(below: dict[tuple[str, str], bool]):
     rows = [FloorRow(model="mostpop", adapter="none", valid=0.05, test=0.048, seeds=1, below=None, below_seeds=0)]
     for (m, a), b in below.items():
-        rows.append(FloorRow(model=m, adapter=a, valid=0.02 if b else 0.09, test=0.02 if b else 0.09, seeds=1,
-                             below=b, below_seeds=int(b), causes=["too few optimiser steps"] if b else []))
+        rows.append(
+            FloorRow(
+                model=m,
+                adapter=a,
+                valid=0.02 if b else 0.09,
+                test=0.02 if b else 0.09,
+                seeds=1,
+                below=b,
+                below_seeds=int(b),
+                causes=["too few optimiser steps"] if b else [],
+            )
+        )
     return rows
 
 
@@ -274,13 +396,23 @@ def test_the_study_verdict_leads_with_significance_and_the_floor_not_the_gain():
     all_below = _floor({("a", "none"): True, ("a", "befa"): True})
     text = verdict(_gains({"a": 0.0957}), _sig({"a": 0.01}, {"a": False}), 0.05, all_below)
     assert text.startswith("Inconclusive: every run is below the MostPop floor")
-    assert text.index("No significant effect") < text.index("MostPop floor: test recall@20 0.0480") < text.index("+9.57%")
+    assert (
+        text.index("No significant effect") < text.index("MostPop floor: test recall@20 0.0480") < text.index("+9.57%")
+    )
     assert "too few optimiser steps" in text and "not significant for any model" in text
-    some_below = verdict(_gains({"a": 0.1, "b": 0.1}), _sig({"a": 0.01, "b": 0.01}, {"a": True, "b": False}), 0.05,
-                         _floor({("a", "none"): False, ("a", "befa"): False, ("b", "none"): True, ("b", "befa"): False}))
+    some_below = verdict(
+        _gains({"a": 0.1, "b": 0.1}),
+        _sig({"a": 0.01, "b": 0.01}, {"a": True, "b": False}),
+        0.05,
+        _floor({("a", "none"): False, ("a", "befa"): False, ("b", "none"): True, ("b", "befa"): False}),
+    )
     assert some_below.startswith("Mixed result") or some_below.startswith("BeFA helped")
-    assert "Below it on valid: b base" in some_below and some_below.index("Below it") < some_below.index("Raw mean relative gain")
-    fine = verdict(_gains({"a": 0.1}), _sig({"a": 0.01}, {"a": True}), 0.05, _floor({("a", "none"): False, ("a", "befa"): False}))
+    assert "Below it on valid: b base" in some_below and some_below.index("Below it") < some_below.index(
+        "Raw mean relative gain"
+    )
+    fine = verdict(
+        _gains({"a": 0.1}), _sig({"a": 0.01}, {"a": True}), 0.05, _floor({("a", "none"): False, ("a", "befa"): False})
+    )
     assert fine.startswith("BeFA helped") and "every arm is above it" in fine
 
     data = study_data(verdict=text, floor=all_below, gains=_gains({"a": 0.0957}))
@@ -291,7 +423,9 @@ def test_the_study_verdict_leads_with_significance_and_the_floor_not_the_gain():
 
 # -- item 14e --------------------------------------------------------------------------------------
 def test_gate_heatmap_labels_add_the_id_when_names_repeat():
-    table = pd.DataFrame({"item_id": ["A1", "B2", "C3", "D4"], "title": ["Linen shirt", "Linen shirt", "Wool scarf", ""]})
+    table = pd.DataFrame(
+        {"item_id": ["A1", "B2", "C3", "D4"], "title": ["Linen shirt", "Linen shirt", "Wool scarf", ""]}
+    )
     assert gate_labels(table, [0, 1, 2, 3]) == ["Linen shirt [A1]", "Linen shirt [B2]", "Wool scarf", "D4"]
 
 
@@ -301,7 +435,9 @@ def test_run_state_tells_a_killed_run_from_a_live_one(tmp_path):
     me = this_process()
     assert run_state("early_stopped", None, tmp_path) == "early_stopped"
     assert run_state("running", None, tmp_path) == "interrupted"  # an old record that never closed
-    assert run_state("running", me.model_copy(update={"host": "elsewhere"}), tmp_path) == "running"  # cannot check: trusted
+    assert (
+        run_state("running", me.model_copy(update={"host": "elsewhere"}), tmp_path) == "running"
+    )  # cannot check: trusted
     assert run_state("running", me, tmp_path) == "interrupted"  # this process, but not training the folder
     mark_active(tmp_path, True)
     try:

@@ -113,7 +113,9 @@ def test_propagate_blocks_match_dense_mean_and_gradient(layers):
     (bottom * w).sum().backward()
     (ref[4:] * w).sum().backward()
     torch.testing.assert_close(torch.cat([a.grad, b.grad]), x_ref.grad)
-    assert torch.autograd.gradcheck(lambda p, q: propagate(graph, [p, q], layers), (a.detach().requires_grad_(), b.detach().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda p, q: propagate(graph, [p, q], layers), (a.detach().requires_grad_(), b.detach().requires_grad_())
+    )
     # values that carry gradient take the op-by-op path and agree
     values = graph.values.clone().requires_grad_(True)
     top2, bottom2 = propagate(graph.with_values(values), [a, b], layers)

@@ -108,7 +108,7 @@ def test_edge_sampling_prefers_low_degree_edges():
     for epoch in range(400):
         model.pre_epoch(epoch)
         block = model.train_adj.to_dense()[:6, 6:]
-        for (u, i) in hits:
+        for u, i in hits:
             hits[(u, i)] += int(block[u, i] > 0)
     assert hits[(1, 1)] > hits[(2, 2)]
 
@@ -118,7 +118,9 @@ def test_modality_weights_rule():
     assert freedom_modality_weights(["text"]) == {"text": 1.0}
     assert freedom_modality_weights(["image"]) == {"image": 1.0}
     assert freedom_modality_weights([]) == {}
-    assert freedom_modality_weights(["audio", "image", "text"]) == pytest.approx({"audio": 0.45, "image": 0.1, "text": 0.45})
+    assert freedom_modality_weights(["audio", "image", "text"]) == pytest.approx(
+        {"audio": 0.45, "image": 0.1, "text": 0.45}
+    )
     assert freedom_modality_weights(["audio", "text"]) == pytest.approx({"audio": 0.5, "text": 0.5})
     assert freedom_modality_weights(["image", "text"], explicit={"image": 1, "text": 3, "video": 5}) == pytest.approx(
         {"image": 0.25, "text": 0.75}
@@ -187,7 +189,9 @@ def test_knn_graph_cache_is_keyed_by_snapshot(tmp_path):
     data.feature_snapshots = {"image": "img-v1", "text": "txt-v2"}
     changed = FREEDOM(data, _cfg())
     assert len(list(tmp_path.glob("graph-*.pt"))) == 3
-    expected = 0.1 * dense_knn(np_(data.features["image"]), 3, False) + 0.9 * dense_knn(np_(data.features["text"]), 3, False)
+    expected = 0.1 * dense_knn(np_(data.features["image"]), 3, False) + 0.9 * dense_knn(
+        np_(data.features["text"]), 3, False
+    )
     np.testing.assert_allclose(np_(changed.item_graph.to_dense()), expected, rtol=1e-5, atol=1e-7)
 
 

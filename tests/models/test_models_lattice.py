@@ -57,7 +57,9 @@ def dense_lattice(model: LATTICE, data: TrainData, cfg) -> tuple[torch.Tensor, t
     k = cfg.knn_k
     w = torch.softmax(model.modal_logits, 0)
     eu, ei = model.user_embedding, model.item_embedding
-    contents = [data.features[m] @ model.projections[m].proj.weight.T + model.projections[m].proj.bias for m in data.modalities]
+    contents = [
+        data.features[m] @ model.projections[m].proj.weight.T + model.projections[m].proj.bias for m in data.modalities
+    ]
     if cfg.adapter == "befa":
         basis = [ei * dense_gate(model.adapters[m], c) for m, c in zip(data.modalities, contents)]
     else:
@@ -89,7 +91,9 @@ def test_inference_and_loss_match_dense_equations(adapter, monkeypatch):
     monkeypatch.setattr(sparse_mod, "GATHER_ELEMENTS", 8)  # several chunks in the value-gradient gather
     torch.manual_seed(0)
     data = tiny_data()
-    cfg = LATTICE.Config(embedding_dim=4, knn_k=3, reg=1e-2, adapter=adapter, befa={"t": 2.0, "dropout": 0.0}, batch_size=5)
+    cfg = LATTICE.Config(
+        embedding_dim=4, knn_k=3, reg=1e-2, adapter=adapter, befa={"t": 2.0, "dropout": 0.0}, batch_size=5
+    )
     model = LATTICE(data, cfg)
     model.eval()
     users_e, items_e = model.inference_embeddings()

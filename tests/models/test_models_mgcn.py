@@ -14,7 +14,11 @@ from models.mgcn import MGCN
 U, I = 6, 8
 USERS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 0])
 ITEMS = torch.tensor([0, 1, 1, 2, 3, 5, 4, 5, 6, 3, 7, 0, 6])
-BATCH = (torch.tensor([0, 1, 2, 3, 5, 0]), torch.tensor([1, 2, 3, 5, 7, 1]), torch.tensor([4, 6, 0, 2, 1, 3]))  # a repeated user and positive
+BATCH = (
+    torch.tensor([0, 1, 2, 3, 5, 0]),
+    torch.tensor([1, 2, 3, 5, 7, 1]),
+    torch.tensor([4, 6, 0, 2, 1, 3]),
+)  # a repeated user and positive
 VARIANTS = {
     "base": {},
     "befa": {"adapter": "befa", "befa": {"t": 2.0, "dropout": 0.0}},
@@ -138,7 +142,9 @@ def test_inference_and_loss_match_dense_equations(variant):
 def test_variant_structure_and_adapter_gradients():
     data = tiny_data()
     base = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3))
-    assert hasattr(base, "purifiers") and not hasattr(base, "adapters") and base.parameter_report()["params_adapter"] == 0
+    assert (
+        hasattr(base, "purifiers") and not hasattr(base, "adapters") and base.parameter_report()["params_adapter"] == 0
+    )
     for variant in ("befa", "authors"):
         # d = 16: with d = 4 and t = 0.5 the two hidden ReLUs can be dead for all 8 items
         torch.manual_seed(0)
@@ -292,4 +298,7 @@ def test_weighted_info_nce_over_unique_rows_equals_the_batch_with_duplicates(tau
     torch.testing.assert_close(ga, wa)
     torch.testing.assert_close(gb, wb)
     w = counts.double()
-    assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, tau, w), (table_a[uniq].detach().requires_grad_(), table_b[uniq].detach().requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda x, y: info_nce(x, y, tau, w),
+        (table_a[uniq].detach().requires_grad_(), table_b[uniq].detach().requires_grad_()),
+    )

@@ -7,7 +7,6 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from pydantic import BaseModel, ValidationError
 
 from pipeline.data.summary import DatasetSummary, SplitSummary
@@ -27,7 +26,9 @@ from pipeline.training.record import EpochLog, RunRecord
 def _run(tmp_path, model, adapter, valid_curve, test):
     run_dir = tmp_path / f"{model}-{adapter}"
     epochs = [
-        EpochLog(epoch=i, loss=1.0 / (i + 1), lr=1e-3, train_s=0.1, eval_s=0.05, valid={"recall@20": v, "ndcg@20": v / 2})
+        EpochLog(
+            epoch=i, loss=1.0 / (i + 1), lr=1e-3, train_s=0.1, eval_s=0.05, valid={"recall@20": v, "ndcg@20": v / 2}
+        )
         for i, v in enumerate(valid_curve)
     ]
     best = max(range(len(valid_curve)), key=lambda i: valid_curve[i])
@@ -52,9 +53,27 @@ def _run(tmp_path, model, adapter, valid_curve, test):
 @pytest.fixture
 def runs(tmp_path):
     return [
-        _run(tmp_path, "lightgcn", "none", [0.1, 0.2], {"recall@20": 0.20, "ndcg@20": 0.10, "recall@10": 0.1, "ndcg@10": 0.05}),
-        _run(tmp_path, "mgcn", "none", [0.1, 0.15], {"recall@20": 0.20, "ndcg@20": 0.10, "recall@10": 0.0, "ndcg@10": 0.05}),
-        _run(tmp_path, "mgcn", "befa", [0.12, 0.25, 0.2], {"recall@20": 0.25, "ndcg@20": 0.09, "recall@10": 0.02, "ndcg@10": 0.05}),
+        _run(
+            tmp_path,
+            "lightgcn",
+            "none",
+            [0.1, 0.2],
+            {"recall@20": 0.20, "ndcg@20": 0.10, "recall@10": 0.1, "ndcg@10": 0.05},
+        ),
+        _run(
+            tmp_path,
+            "mgcn",
+            "none",
+            [0.1, 0.15],
+            {"recall@20": 0.20, "ndcg@20": 0.10, "recall@10": 0.0, "ndcg@10": 0.05},
+        ),
+        _run(
+            tmp_path,
+            "mgcn",
+            "befa",
+            [0.12, 0.25, 0.2],
+            {"recall@20": 0.25, "ndcg@20": 0.09, "recall@10": 0.02, "ndcg@10": 0.05},
+        ),
     ]
 
 
@@ -87,12 +106,26 @@ def test_write_report_files_and_content(runs, tmp_path):
         dataset=DatasetSummary(name="ml-tiny", fingerprint="abcd", num_users=10, num_items=40, num_interactions=99),
         features={
             "image": ModalityFeatures(
-                spec="clip:RN50@random", fingerprint="clip-rn50-random-123", snapshot="snapimg", weights="random-init:seed=0",
-                random_init=True, dim=32, encoded=40,
+                spec="clip:RN50@random",
+                fingerprint="clip-rn50-random-123",
+                snapshot="snapimg",
+                weights="random-init:seed=0",
+                random_init=True,
+                dim=32,
+                encoded=40,
             ),
-            "text": ModalityFeatures(spec="minilm", fingerprint="minilm-abc", snapshot="snaptxt", weights="sha256:feedbeef", dim=384),
+            "text": ModalityFeatures(
+                spec="minilm", fingerprint="minilm-abc", snapshot="snaptxt", weights="sha256:feedbeef", dim=384
+            ),
         },
-        split=SplitSummary(path="s.parquet", id="random-s1-abc", kind="random", seed=1, k_core=None, counts={"train": 80, "valid": 10, "test": 9}),
+        split=SplitSummary(
+            path="s.parquet",
+            id="random-s1-abc",
+            kind="random",
+            seed=1,
+            k_core=None,
+            counts={"train": 80, "valid": 10, "test": 9},
+        ),
         config=Params(),
         timings={"ingest": 1.0, "train": 2.5},
     )
@@ -133,10 +166,19 @@ def test_metrics_carry_the_feature_provenance(tmp_path):
 
     run = tmp_path / "run"
     RunRecord(
-        model="freedom", config={"adapter": "befa"}, seed=1, device="cpu", split_id="s", status="early_stopped",
-        best_epoch=3, best_valid={"recall@20": 0.2}, test={"recall@20": 0.1, "ndcg@20": 0.05},
-        feature_sets={"image": {"snapshot": "a", "fingerprint": "effnet-lite2-66c3144f22ad", "random_init": False},
-                      "text": {"snapshot": "b", "fingerprint": "minilm-x", "random_init": True}},
+        model="freedom",
+        config={"adapter": "befa"},
+        seed=1,
+        device="cpu",
+        split_id="s",
+        status="early_stopped",
+        best_epoch=3,
+        best_valid={"recall@20": 0.2},
+        test={"recall@20": 0.1, "ndcg@20": 0.05},
+        feature_sets={
+            "image": {"snapshot": "a", "fingerprint": "effnet-lite2-66c3144f22ad", "random_init": False},
+            "text": {"snapshot": "b", "fingerprint": "minilm-x", "random_init": True},
+        },
     ).save(run)
     frame = metrics_frame(load_runs([run]))
     assert set(frame["feature_fingerprints"]) == {"image=effnet-lite2-66c3144f22ad,text=minilm-x"}

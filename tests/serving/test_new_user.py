@@ -44,9 +44,9 @@ def make_shop(root: Path, n_items: int = 12, photos: bool = True) -> dict[str, P
     purchases with repeats; the last two items are never bought."""
     root.mkdir(parents=True, exist_ok=True)
     ids = item_ids(n_items)
-    pd.DataFrame({"item_id": ids, "title": [f"dress {i}" for i in ids], "text": [f"A summer dress, model {i}." for i in ids]}).to_csv(
-        root / "items.csv", index=False
-    )
+    pd.DataFrame(
+        {"item_id": ids, "title": [f"dress {i}" for i in ids], "text": [f"A summer dress, model {i}." for i in ids]}
+    ).to_csv(root / "items.csv", index=False)
     if photos:
         for k, iid in enumerate(ids):
             path = root / "photos" / iid[:3] / f"{iid}.jpg"
@@ -67,13 +67,17 @@ def settings(tmp_path):
 
 
 def cli(args: list[str], settings) -> object:
-    return runner.invoke(app, args, env={"BEFA_HOME": str(settings.home), "BEFA_DATASETS_ROOT": str(settings.datasets_root)})
+    return runner.invoke(
+        app, args, env={"BEFA_HOME": str(settings.home), "BEFA_DATASETS_ROOT": str(settings.datasets_root)}
+    )
 
 
 # -- 5: images: a template for nested folders, and no silent zero ----------------------
 def test_image_template_finds_photos_in_nested_folders(tmp_path, settings):
     shop = make_shop(tmp_path / "shop")
-    catalog, report = ingest("generic", settings, name="shop", images=tmp_path / "shop", image_template=TEMPLATE, **shop)
+    catalog, report = ingest(
+        "generic", settings, name="shop", images=tmp_path / "shop", image_template=TEMPLATE, **shop
+    )
     assert report.counts_out["items_with_image"] == 12 and not report.warnings
     first = catalog.items.iloc[0]
     assert first["image"] == str(tmp_path / "shop" / "photos" / "000" / "000001.jpg")
@@ -154,8 +158,21 @@ def test_unknown_item_error_names_file_line_and_flag(tmp_path, settings):
     assert msg.startswith(f"{tmp_path / 'events.parquet'}, data row 5: 1 interaction(s)")
     assert "'999999' (data row 5)" in msg and "--on-unknown-items skip" in msg and "on_unknown_items" not in msg
 
-    result = cli(["ingest", "generic", "--as", "shop", "--items", str(shop["items"]), "--interactions",
-                  str(tmp_path / "events.parquet"), "--on-unknown-items", "maybe"], settings)
+    result = cli(
+        [
+            "ingest",
+            "generic",
+            "--as",
+            "shop",
+            "--items",
+            str(shop["items"]),
+            "--interactions",
+            str(tmp_path / "events.parquet"),
+            "--on-unknown-items",
+            "maybe",
+        ],
+        settings,
+    )
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # a message, not a traceback
     assert "--on-unknown-items: Input should be 'error' or 'skip'" in " ".join(result.output.split())
 
@@ -230,14 +247,33 @@ def test_ingest_generic_help_is_the_generic_help(settings):
 
 def test_ingest_cli_records_how_to_reingest_and_prints_warnings(tmp_path, settings):
     shop = make_shop(tmp_path / "shop")
-    result = cli(["ingest", "generic", "--as", "shop", "--items", str(shop["items"]), "--interactions", str(shop["interactions"]),
-                  "--images", str(tmp_path / "shop"), "--image-template", "photos/{item_id}.jpg", "--allow-missing-images"], settings)
+    result = cli(
+        [
+            "ingest",
+            "generic",
+            "--as",
+            "shop",
+            "--items",
+            str(shop["items"]),
+            "--interactions",
+            str(shop["interactions"]),
+            "--images",
+            str(tmp_path / "shop"),
+            "--image-template",
+            "photos/{item_id}.jpg",
+            "--allow-missing-images",
+        ],
+        settings,
+    )
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "12 of 12 images (100%) cannot be used" in result.output
     assert "repeats: 3 interactions repeat" in result.output
     record = json.loads(meta_path(settings.catalog_dir("shop")).read_text())["ingest"]
     assert record["importer"] == "generic"
-    assert record["options"]["items"] == str(shop["items"]) and record["options"]["image_template"] == "photos/{item_id}.jpg"
+    assert (
+        record["options"]["items"] == str(shop["items"])
+        and record["options"]["image_template"] == "photos/{item_id}.jpg"
+    )
     assert record["options"]["allow_missing_images"] is True
     assert Catalog.load(settings.catalog_dir("shop")).meta["ingest"] == record
 
@@ -245,8 +281,17 @@ def test_ingest_cli_records_how_to_reingest_and_prints_warnings(tmp_path, settin
 def test_run_takes_the_ingest_options_derived_from_the_importers(settings):
     result = cli(["run", "--help"], settings)
     assert result.exit_code == 0, result.output
-    for flag in ("--items", "--interactions", "--images", "--image-template", "--max-missing-images", "--column",
-                 "--on-unknown-items", "--importer", "--ingest"):
+    for flag in (
+        "--items",
+        "--interactions",
+        "--images",
+        "--image-template",
+        "--max-missing-images",
+        "--column",
+        "--on-unknown-items",
+        "--importer",
+        "--ingest",
+    ):
         assert flag in result.output, flag
     for key, options in ((k, imp.Options.model_fields) for k, imp in IMPORTERS.items()):
         for field in options:
@@ -260,17 +305,43 @@ TINY_ENCODER = "imagebind:tiny@random"
 
 def test_watch_reingests_cli_catalogs_and_skips_a_failing_one(tmp_path, settings):
     shop = make_shop(tmp_path / "shop")
-    result = cli(["ingest", "generic", "--as", "shop", "--items", str(shop["items"]), "--interactions", str(shop["interactions"]),
-                  "--images", str(tmp_path / "shop"), "--image-template", TEMPLATE], settings)
+    result = cli(
+        [
+            "ingest",
+            "generic",
+            "--as",
+            "shop",
+            "--items",
+            str(shop["items"]),
+            "--interactions",
+            str(shop["interactions"]),
+            "--images",
+            str(tmp_path / "shop"),
+            "--image-template",
+            TEMPLATE,
+        ],
+        settings,
+    )
     assert result.exit_code == 0, result.output
-    split_random(Catalog.load(settings.catalog_dir("shop")), seed=5).save(Catalog.load(settings.catalog_dir("shop")).splits_dir)
+    split_random(Catalog.load(settings.catalog_dir("shop")), seed=5).save(
+        Catalog.load(settings.catalog_dir("shop")).splits_dir
+    )
     # what `befa run shop` registers: no ingest options given, the catalog's own record is used
     register_catalog(settings, PipelineParams(dataset="shop", encoder=TINY_ENCODER, models=["lightgcn"]))
     assert registered_params(settings, "shop").ingest_options["image_template"] == TEMPLATE
     gone = tmp_path / "gone"
-    register_catalog(settings, PipelineParams(dataset="gone", encoder=TINY_ENCODER, importer="generic",
-                                              ingest_options={"items": str(gone / "items.csv"), "interactions": str(gone / "e.csv")}))
-    register_catalog(settings, PipelineParams(dataset="legacy", encoder=TINY_ENCODER))  # stored before catalogs recorded it
+    register_catalog(
+        settings,
+        PipelineParams(
+            dataset="gone",
+            encoder=TINY_ENCODER,
+            importer="generic",
+            ingest_options={"items": str(gone / "items.csv"), "interactions": str(gone / "e.csv")},
+        ),
+    )
+    register_catalog(
+        settings, PipelineParams(dataset="legacy", encoder=TINY_ENCODER)
+    )  # stored before catalogs recorded it
 
     changes = {c.catalog: c for c in watch_catalogs(settings)}
     assert changes["shop"].error is None and not changes["shop"].changed  # re-ingested, same content
@@ -286,17 +357,51 @@ def test_watch_reingests_cli_catalogs_and_skips_a_failing_one(tmp_path, settings
     assert "gone: watch failed, skipped:" in out and "legacy: watch failed, skipped:" in out
     assert "2 of 3 catalogs failed: gone, legacy; the others were watched" in out
     assert "'catalog': 'shop', 'changed': True" in out and "'text_changed': 1" in out and "'items_reencoded': 1" in out
-    assert (Catalog.load(settings.catalog_dir("shop")).splits_dir / "random-s5.parquet").exists()  # a text edit keeps the split
+    assert (
+        Catalog.load(settings.catalog_dir("shop")).splits_dir / "random-s5.parquet"
+    ).exists()  # a text edit keeps the split
 
 
 # -- end to end, as a new user ------------------------------------------------------------
 def test_new_user_ingest_run_edit_watch(tmp_path, settings):
     shop = make_shop(tmp_path / "shop")
-    result = cli(["ingest", "generic", "--as", "shop", "--items", str(shop["items"]), "--interactions", str(shop["interactions"]),
-                  "--images", str(tmp_path / "shop"), "--image-template", TEMPLATE], settings)
+    result = cli(
+        [
+            "ingest",
+            "generic",
+            "--as",
+            "shop",
+            "--items",
+            str(shop["items"]),
+            "--interactions",
+            str(shop["interactions"]),
+            "--images",
+            str(tmp_path / "shop"),
+            "--image-template",
+            TEMPLATE,
+        ],
+        settings,
+    )
     assert result.exit_code == 0, result.output
-    result = cli(["run", "shop", "--encoder", TINY_ENCODER, "--models", "lightgcn", "--adapters", "none", "--epochs", "1",
-                  "--device", "cpu", "--run-name", "first"], settings)
+    result = cli(
+        [
+            "run",
+            "shop",
+            "--encoder",
+            TINY_ENCODER,
+            "--models",
+            "lightgcn",
+            "--adapters",
+            "none",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--run-name",
+            "first",
+        ],
+        settings,
+    )
     assert result.exit_code == 0, result.output
     folder = settings.runs_dir / "pipelines" / "first"
     summary = json.loads((folder / "summary.json").read_text())
@@ -332,14 +437,36 @@ def test_run_passes_generic_ingest_options_to_the_pipeline(tmp_path, settings, m
 
     monkeypatch.setattr(cli_job, "run_pipeline", validate_only)
     monkeypatch.chdir(tmp_path)
-    result = cli(["run", "shop2", "--items", "shop/items.csv", "--interactions", "shop/events.csv", "--images", "shop",
-                  "--image-template", TEMPLATE, "--column", "text_column=text", "--allow-missing-images", "--encoder", TINY_ENCODER], settings)
+    result = cli(
+        [
+            "run",
+            "shop2",
+            "--items",
+            "shop/items.csv",
+            "--interactions",
+            "shop/events.csv",
+            "--images",
+            "shop",
+            "--image-template",
+            TEMPLATE,
+            "--column",
+            "text_column=text",
+            "--allow-missing-images",
+            "--encoder",
+            TINY_ENCODER,
+        ],
+        settings,
+    )
     assert "validated; stopping" in result.output, result.output
     params = seen["params"]
     assert resolve_importer(params) == "generic" and params.ingest == "auto"
     assert params.ingest_options == {
-        "items": shop["items"], "interactions": shop["interactions"], "images": tmp_path / "shop",
-        "image_template": TEMPLATE, "allow_missing_images": True, "text_column": "text",
+        "items": shop["items"],
+        "interactions": shop["interactions"],
+        "images": tmp_path / "shop",
+        "image_template": TEMPLATE,
+        "allow_missing_images": True,
+        "text_column": "text",
     }
     importer, options = params.ingest_call()
     catalog, _ = ingest(importer, settings, **options)
@@ -349,16 +476,20 @@ def test_run_passes_generic_ingest_options_to_the_pipeline(tmp_path, settings, m
 def test_some_unknown_ids_get_the_zero_padding_hint(tmp_path, settings):
     shop = make_shop(tmp_path / "shop", photos=False)
     events = pd.read_csv(shop["interactions"], dtype=str)
-    events.loc[[0, 2], "item_id"] = events.loc[[0, 2], "item_id"].map(lambda i: str(int(i)))  # '000001' -> '1' 
+    events.loc[[0, 2], "item_id"] = events.loc[[0, 2], "item_id"].map(lambda i: str(int(i)))  # '000001' -> '1'
     events.to_csv(shop["interactions"], index=False)
     with pytest.raises(CatalogError) as err:
         ingest("generic", settings, name="shop", **shop)
     msg = str(err.value)
-    assert msg.startswith(f"{shop['interactions']}, data row 1 (line 2): 2 interaction(s) name items that are not in the item table")
+    assert msg.startswith(
+        f"{shop['interactions']}, data row 1 (line 2): 2 interaction(s) name items that are not in the item table"
+    )
     assert "'1' (line 2), '3' (line 4)" in msg
     assert "2 of 2 unknown ids match an item id once case and leading zeros are ignored" in msg
     _, report = ingest("generic", settings, name="shop", on_unknown_items="skip", **shop)
-    assert any(w.startswith("2 interactions skipped for unknown items: 2 of 2 unknown ids match") for w in report.warnings)
+    assert any(
+        w.startswith("2 interactions skipped for unknown items: 2 of 2 unknown ids match") for w in report.warnings
+    )
 
 
 def test_a_registration_without_options_watches_the_recorded_files(tmp_path, settings):

@@ -44,11 +44,22 @@ def _direction(cluster: int) -> np.ndarray:
 
 
 def _items(ids: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({"item_id": [f"i{i:02d}" for i in ids], "title": [f"item {i}" for i in ids], "text": [f"text of item {i}" for i in ids]})
+    return pd.DataFrame(
+        {
+            "item_id": [f"i{i:02d}" for i in ids],
+            "title": [f"item {i}" for i in ids],
+            "text": [f"text of item {i}" for i in ids],
+        }
+    )
 
 
 def _features(ids: list[int], rng: np.random.Generator) -> np.ndarray:
-    return np.stack([_direction(0 if i < 15 or 30 <= i < 34 else 1) + 0.05 * rng.standard_normal(DIM).astype(np.float32) for i in ids])
+    return np.stack(
+        [
+            _direction(0 if i < 15 or 30 <= i < 34 else 1) + 0.05 * rng.standard_normal(DIM).astype(np.float32)
+            for i in ids
+        ]
+    )
 
 
 def _save_catalog(folder: Path, item_ids: list[int], inter: pd.DataFrame) -> Catalog:
@@ -62,7 +73,12 @@ def _save_catalog(folder: Path, item_ids: list[int], inter: pd.DataFrame) -> Cat
 def _store_features(store: FeatureStore, cat: Catalog, ids: list[int], seed: int = 0) -> None:
     store.register_encoder(FP, {"spec": "test-clusters", "random_init": False, "dim": DIM})
     keys = cat.content_keys("text").set_index("item_id").loc[[f"i{i:02d}" for i in ids]]
-    store.upsert(FeatureSetKey("clusters", FP, "text"), list(keys.index), list(keys["content_hash"]), _features(ids, np.random.default_rng(seed)))
+    store.upsert(
+        FeatureSetKey("clusters", FP, "text"),
+        list(keys.index),
+        list(keys["content_hash"]),
+        _features(ids, np.random.default_rng(seed)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +104,16 @@ def world(tmp_path_factory):
         "mostpop": {},
     }.items():
         result = train_model(
-            str(folder), str(split_path), features if model == "freedom" else None, model, overrides=overrides,
-            run_dir=root / "runs" / model, seed=3, max_epochs=15, patience=15, quiet=True,
+            str(folder),
+            str(split_path),
+            features if model == "freedom" else None,
+            model,
+            overrides=overrides,
+            run_dir=root / "runs" / model,
+            seed=3,
+            max_epochs=15,
+            patience=15,
+            quiet=True,
         )
         runs[model] = result.run_dir
     return {"root": root, "folder": folder, "store": store, "inter": inter, "split": split_path, "runs": runs}
@@ -196,7 +220,10 @@ def test_output_is_atomic_and_the_manifest_names_the_run(world, tmp_path, monkey
     assert manifest["run_dir"] == str(Path(world["runs"]["freedom"]).resolve())
     assert manifest["model"] == "freedom" and manifest["adapter"] == "none"
     assert manifest["feature_sets"]["text"]["fingerprint"] == FP
-    assert manifest["feature_sets"]["text"]["snapshot"] == json.loads((Path(world["runs"]["freedom"]) / "run.json").read_text())["feature_snapshots"]["text"]
+    assert (
+        manifest["feature_sets"]["text"]["snapshot"]
+        == json.loads((Path(world["runs"]["freedom"]) / "run.json").read_text())["feature_snapshots"]["text"]
+    )
     assert manifest["catalog_fingerprint"] == Catalog.load(world["folder"]).fingerprint()
     assert manifest["created_at"] and manifest["k"] == 7
 
@@ -226,8 +253,11 @@ def _grown(world, tmp_path) -> tuple[Path, FeatureStore]:
     everything = cat.content_keys("text")
     fresh = everything.set_index("item_id").loc[sorted(NEW)]
     store.upsert(
-        FeatureSetKey("clusters", FP, "text"), list(fresh.index), list(fresh["content_hash"]),
-        _features(list(range(30, 34)), np.random.default_rng(5)), keep=list(zip(everything["item_id"], everything["content_hash"])),
+        FeatureSetKey("clusters", FP, "text"),
+        list(fresh.index),
+        list(fresh["content_hash"]),
+        _features(list(range(30, 34)), np.random.default_rng(5)),
+        keep=list(zip(everything["item_id"], everything["content_hash"])),
     )
     return folder, store
 
@@ -256,13 +286,23 @@ def test_new_items_are_ranked_through_content_without_retraining(world, tmp_path
     assert not set(recommend(plain, RecommendRequest(k=34, seen="none"))["item_id"]) & NEW
 
 
-@pytest.mark.parametrize(("model", "adapter"), [("bm3", "none"), ("bm3", "befa"), ("lattice", "befa"), ("mgcn", "none")])
+@pytest.mark.parametrize(
+    ("model", "adapter"), [("bm3", "none"), ("bm3", "befa"), ("lattice", "befa"), ("mgcn", "none")]
+)
 def test_every_content_model_serves_new_items(world, tmp_path, model, adapter):
     features = load_features(Catalog.load(world["folder"]), world["store"], {"text": FP})
     overrides = {"embedding_dim": 16, "adapter": adapter} | ({"knn_k": 5} if model != "bm3" else {})
     run = train_model(
-        str(world["folder"]), str(world["split"]), features, model, overrides=overrides,
-        run_dir=tmp_path / "run", seed=3, max_epochs=15, patience=15, quiet=True,
+        str(world["folder"]),
+        str(world["split"]),
+        features,
+        model,
+        overrides=overrides,
+        run_dir=tmp_path / "run",
+        seed=3,
+        max_epochs=15,
+        patience=15,
+        quiet=True,
     )
     folder, store = _grown(world, tmp_path)
     mean_rank = _new_item_mean_rank(load_servable(run.run_dir, store, catalog=folder))
@@ -288,11 +328,25 @@ def test_cli_recommend_and_similar(world, tmp_path, monkeypatch):
     out = tmp_path / "top.parquet"
     users = tmp_path / "users.txt"
     users.write_text("u01\n# a comment\nu12\n")
-    res = runner.invoke(app, ["recommend", str(world["runs"]["freedom"]), "--k", "4", "--users", f"@{users}", "--out", str(out)])
+    res = runner.invoke(
+        app, ["recommend", str(world["runs"]["freedom"]), "--k", "4", "--users", f"@{users}", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "wrote 8 recommendation rows for 2 users" in res.output and "duckdb" in res.output
     assert sorted(pd.read_parquet(out)["user_id"].unique()) == ["u01", "u12"]
-    res = runner.invoke(app, ["similar", str(world["runs"]["freedom"]), "--items", "i03", "--k", "3", "--out", str(tmp_path / "sim.parquet")])
+    res = runner.invoke(
+        app,
+        [
+            "similar",
+            str(world["runs"]["freedom"]),
+            "--items",
+            "i03",
+            "--k",
+            "3",
+            "--out",
+            str(tmp_path / "sim.parquet"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert len(pd.read_parquet(tmp_path / "sim.parquet")) == 3
     for args, message in [

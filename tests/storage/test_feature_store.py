@@ -221,7 +221,9 @@ def test_content_hash_mismatch_is_masked(store: FeatureStore) -> None:
 def test_read_before_any_commit(store: FeatureStore) -> None:
     with pytest.raises(LookupError, match="no snapshot"):
         store.read(KEY, ["a"])
-    store.register_encoder(KEY.fingerprint, {"spec": "ViT-B-32", "weights": "random-init seed=0", "random_init": True, "dim": 8})
+    store.register_encoder(
+        KEY.fingerprint, {"spec": "ViT-B-32", "weights": "random-init seed=0", "random_init": True, "dim": 8}
+    )
     feats, mask = store.read(KEY, ["a", "b"])
     assert feats.shape == (2, 8) and not mask.any()
     with pytest.raises(LookupError, match="not found"):
@@ -229,7 +231,9 @@ def test_read_before_any_commit(store: FeatureStore) -> None:
 
 
 def test_real_movielens_item_ids(store: FeatureStore, datasets_root: Path) -> None:
-    lines = (datasets_root / "movielens-100k-posters" / "ml-100k" / "u.item").read_bytes().decode("latin-1").splitlines()
+    lines = (
+        (datasets_root / "movielens-100k-posters" / "ml-100k" / "u.item").read_bytes().decode("latin-1").splitlines()
+    )
     rows = [line.split("|") for line in lines if line.strip()]
     ids = [r[0] for r in rows]
     hashes = [hashlib.sha256(r[1].encode()).hexdigest() for r in rows]  # title as content
@@ -408,7 +412,9 @@ def test_fsspec_roots(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     store = FeatureStore(uri.format(tmp=tmp_path))
     assert store.fs.is_local == uri.startswith("file://")
     ids, hashes, x = _data(15)
-    store.register_encoder(KEY.fingerprint, {"spec": "ViT-B-32", "weights": "random-init seed=0", "random_init": True, "dim": 8})
+    store.register_encoder(
+        KEY.fingerprint, {"spec": "ViT-B-32", "weights": "random-init seed=0", "random_init": True, "dim": 8}
+    )
     v1 = store.upsert(KEY, ids[:10], hashes[:10], x[:10]).snapshot
     v2 = store.upsert(KEY, ids, hashes, x).snapshot
     feats, mask = store.read(KEY, ids)

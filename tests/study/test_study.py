@@ -121,7 +121,9 @@ def test_main_table_every_model_both_ways_every_seed(study):
     frame = pq.read_table(folder / "results.parquet").to_pandas()
     main = frame[(frame["experiment"] == "main") & (frame["split"] == "test")]
     counts = main[main["metric"] == "recall@20"].groupby(["model", "adapter"])["seed"].apply(sorted)
-    assert {k: v for k, v in counts.items()} == {(m, a): [1, 2] for m in ("bm3", "lattice", "freedom", "mgcn") for a in ("none", "befa")}
+    assert {k: v for k, v in counts.items()} == {
+        (m, a): [1, 2] for m in ("bm3", "lattice", "freedom", "mgcn") for a in ("none", "befa")
+    }
     # one row per model x adapter x seed x metric; values are the runs' own test metrics
     assert not main.duplicated(["model", "adapter", "seed", "metric"]).any()
     for _, row in main[main["metric"] == "ndcg@20"].iterrows():
@@ -129,7 +131,9 @@ def test_main_table_every_model_both_ways_every_seed(study):
         assert row["value"] == pytest.approx(rec["test"]["ndcg@20"]) and rec["seed"] == row["seed"]
     # the summary is mean ± std over the seeds
     summary = pd.DataFrame(result.main)
-    got = summary[(summary["model"] == "mgcn") & (summary["adapter"] == "befa") & (summary["metric"] == "recall@20")].iloc[0]
+    got = summary[
+        (summary["model"] == "mgcn") & (summary["adapter"] == "befa") & (summary["metric"] == "recall@20")
+    ].iloc[0]
     vals = main[(main["model"] == "mgcn") & (main["adapter"] == "befa") & (main["metric"] == "recall@20")]["value"]
     assert got["mean"] == pytest.approx(vals.mean()) and got["std"] == pytest.approx(vals.std(ddof=1)) and got["n"] == 2
 
@@ -140,7 +144,10 @@ def test_significance_uses_the_runs_per_user_metrics(study):
     assert set(sig) == {(m, k) for m in ("bm3", "lattice", "freedom", "mgcn") for k in ("recall@20", "ndcg@20")}
     frame = pq.read_table(folder / "results.parquet").to_pandas()
     main = frame[(frame["experiment"] == "main") & (frame["split"] == "test") & (frame["model"] == "lattice")]
-    dirs = {a: [main[(main["adapter"] == a) & (main["seed"] == s)]["run_dir"].iloc[0] for s in (1, 2)] for a in ("none", "befa")}
+    dirs = {
+        a: [main[(main["adapter"] == a) & (main["seed"] == s)]["run_dir"].iloc[0] for s in (1, 2)]
+        for a in ("none", "befa")
+    }
     tabs = {a: [pd.read_parquet(Path(d) / "per_user.parquet") for d in ds] for a, ds in dirs.items()}
     base = np.mean([t[t["part"] == "test"].sort_values("user_idx")["ndcg@20"].to_numpy() for t in tabs["none"]], axis=0)
     befa = np.mean([t[t["part"] == "test"].sort_values("user_idx")["ndcg@20"].to_numpy() for t in tabs["befa"]], axis=0)
@@ -177,8 +184,12 @@ def test_overhead_and_time_columns(study):
     for o in data["overhead"]:
         t = float(searches[f"{o['model']}/befa"]["winner_overrides"].get("befa.t", 1.0))
         assert o["adapter_params"] == 2 * befa_parameter_count(8, t)  # two modalities, d = 8
-        assert o["adapter_overhead_without_tables"] == pytest.approx(o["adapter_params"] / o["base_params_without_tables"])
-        assert o["base_params_with_tables"] == o["base_params_without_tables"] + 40 * 16 * 2  # 40 items x 16-d x 2 tables
+        assert o["adapter_overhead_without_tables"] == pytest.approx(
+            o["adapter_params"] / o["base_params_without_tables"]
+        )
+        assert (
+            o["base_params_with_tables"] == o["base_params_without_tables"] + 40 * 16 * 2
+        )  # 40 items x 16-d x 2 tables
         assert o["epoch_s_base"] > 0 and o["epoch_s_befa"] > 0
     mgcn = next(o for o in data["overhead"] if o["model"] == "mgcn")
     assert mgcn["net_overhead_without_tables"] < mgcn["adapter_overhead_without_tables"]  # BeFA replaces the purifier
@@ -193,7 +204,9 @@ def test_sweep_ablation_and_sparsity(study):
     assert (sweep.groupby("setting")["seed"].count() == 2).all()
     for t in (0.25, 4.0):  # the hidden size really changed
         rd = sweep[(sweep["t"] == t)]["run_dir"].iloc[0]
-        assert json.loads((Path(rd) / "run.json").read_text())["parameters"]["params_adapter"] == 2 * befa_parameter_count(8, t)
+        assert json.loads((Path(rd) / "run.json").read_text())["parameters"][
+            "params_adapter"
+        ] == 2 * befa_parameter_count(8, t)
     abl = test[test["experiment"] == "ablation"]
     assert set(abl["setting"]) == {"image", "text", "image+text"}
     for setting, mods in (("image", ["image"]), ("text", ["text"])):
@@ -216,7 +229,11 @@ def test_inspection_gates_cosines_and_top10(study):
     ins = json.loads((folder / "inspection.json").read_text())
     assert ins["model"] == "freedom" and len(ins["items"]) == 6
     for m, s in ins["summary"].items():
-        assert 0 < s["gate_mean"] < 1 and -1 <= s["cos_content_adapted_mean"] <= 1 and -1 <= s["cos_behaviour_adapted_mean"] <= 1
+        assert (
+            0 < s["gate_mean"] < 1
+            and -1 <= s["cos_content_adapted_mean"] <= 1
+            and -1 <= s["cos_behaviour_adapted_mean"] <= 1
+        )
     assert len(ins["comparisons"]) == 3
     for c in ins["comparisons"]:
         assert len(c["base"]) == len(c["befa"]) == 10 and c["history"]
@@ -247,7 +264,14 @@ def test_a_second_run_reuses_every_finished_run(study, datasets_root):
     cat, settings, first, folder = study
     # a watch-triggered retrain reruns a catalog with its registered parameters: a study on
     # the same catalog must leave them alone
-    registered = PipelineParams(dataset="ml-small", importer="generic", models=["lightgcn"], epochs=3, encoder="minilm", ingest_options=cat.ingest_options())
+    registered = PipelineParams(
+        dataset="ml-small",
+        importer="generic",
+        models=["lightgcn"],
+        epochs=3,
+        encoder="minilm",
+        ingest_options=cat.ingest_options(),
+    )
     register_catalog(settings, registered)
     before = (watch_dir(settings) / REGISTRY).read_bytes()
 

@@ -21,8 +21,17 @@ class _Killed(RuntimeError):
 def _params(cat):
     # one model, one seed, one trial: search (2 runs, reused by the main table) + cold items (2 runs)
     return tiny_study_params(
-        cat, name="tiny-cold", models=["freedom"], seeds=[1], max_trials=1, sweep_t=None, modality_sets=None,
-        train_fractions=None, cold_fraction=0.25, inspect_items=3, inspect_users=1,
+        cat,
+        name="tiny-cold",
+        models=["freedom"],
+        seeds=[1],
+        max_trials=1,
+        sweep_t=None,
+        modality_sets=None,
+        train_fractions=None,
+        cold_fraction=0.25,
+        inspect_items=3,
+        inspect_users=1,
     )
 
 
@@ -67,7 +76,12 @@ def test_the_full_benchmark_states_the_protocol(tmp_path, datasets_root):
     from pipeline.study.params import validate_study
 
     params = validate_study(build_params(parse_args([])), get_settings(home=tmp_path, datasets_root=datasets_root))
-    assert (params.epochs, params.patience, params.seeds, params.experiment_seeds) == (1000, 10, [999, 1000, 1001], None)
+    assert (params.epochs, params.patience, params.seeds, params.experiment_seeds) == (
+        1000,
+        10,
+        [999, 1000, 1001],
+        None,
+    )
     assert params.models == ["bm3", "lattice", "freedom", "mgcn"] and params.dataset == "movielens-100k-posters"
     assert params.encoder == {"image": "effnet:lite2", "text": "minilm"} and params.max_trials == 4
     assert 0.25 in params.train_fractions and params.cold_fraction == 0.2

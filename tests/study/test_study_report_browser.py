@@ -17,8 +17,13 @@ from tests.study_data import run_tiny_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
@@ -62,7 +67,10 @@ class _Dom(HTMLParser):
 def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CHROMIUM, *FLAGS, f"--user-data-dir={user_data}", *args],
-        capture_output=True, text=True, timeout=180, check=True,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     )
 
 
@@ -70,8 +78,14 @@ def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
 def report(tmp_path_factory, datasets_root):
     root = tmp_path_factory.mktemp("study-browser")
     _, _, result = run_tiny_study(
-        root, datasets_root, name="browser", models=["freedom", "mgcn"], max_trials=1,
-        sweep_t=[0.5, 2.0], train_fractions=[1.0, 0.5], inspect_users=2,
+        root,
+        datasets_root,
+        name="browser",
+        models=["freedom", "mgcn"],
+        max_trials=1,
+        sweep_t=[0.5, 2.0],
+        train_fractions=[1.0, 0.5],
+        inspect_users=2,
     )
     return Path(result.files["report_html"])
 

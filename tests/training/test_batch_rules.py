@@ -30,14 +30,18 @@ def test_the_cap_grows_the_batch_and_the_lr_by_its_square_root_and_leaves_smalle
     for train in (44_630, 119_674):  # movielens and amazon-baby: at or under the cap, untouched
         kept = plan_batches(train, 2048, max_batches=59, lr=1e-3)
         assert not kept.adapted and kept.lr == 1e-3 and kept.note() == ""
-    assert plan_batches(8_000, 2048, max_batches=59, lr=1e-3).label == "small catalog"  # the small-catalog rule still applies
+    assert (
+        plan_batches(8_000, 2048, max_batches=59, lr=1e-3).label == "small catalog"
+    )  # the small-catalog rule still applies
     with pytest.raises(ValueError, match="max_batches_per_epoch=8"):
         plan_batches(1_000_000, 2048, max_batches=8)
 
 
 def test_unset_the_rule_is_left_out_of_every_dump_so_run_folders_keep_their_names():
     config = LightGCN.Config()
-    assert "max_batches_per_epoch" not in config.model_dump() and "max_batches_per_epoch" not in config.model_dump_json()
+    assert (
+        "max_batches_per_epoch" not in config.model_dump() and "max_batches_per_epoch" not in config.model_dump_json()
+    )
     capped = LightGCN.Config(max_batches_per_epoch=20)
     assert capped.model_dump(mode="json")["max_batches_per_epoch"] == 20
     assert LightGCN.Config.model_validate(capped.model_dump(mode="json")) == capped
@@ -46,8 +50,17 @@ def test_unset_the_rule_is_left_out_of_every_dump_so_run_folders_keep_their_name
 
 def test_a_capped_run_trains_with_the_grown_batch_and_lr_and_records_both(shop, tmp_path, capsys):
     folder, _, split_path = shop
-    result = train_model(folder / "catalog", split_path, None, "lightgcn", run_dir=tmp_path / "capped", max_epochs=2, patience=2,
-                         num_threads=1, overrides={"embedding_dim": 8, "batch_size": 64, "max_batches_per_epoch": 20})
+    result = train_model(
+        folder / "catalog",
+        split_path,
+        None,
+        "lightgcn",
+        run_dir=tmp_path / "capped",
+        max_epochs=2,
+        patience=2,
+        num_threads=1,
+        overrides={"embedding_dim": 8, "batch_size": 64, "max_batches_per_epoch": 20},
+    )
     rec = RunRecord.load(tmp_path / "capped")
     train = rec.batching.train_interactions
     assert train // 64 > 20  # without the cap the epoch would have had more than 20 steps
@@ -63,16 +76,41 @@ def test_resume_applies_the_rule_again_from_the_asked_config(shop, tmp_path):
     home = tmp_path / "home"
     catalog.save(home / "catalogs" / "shop")
     run_dir = tmp_path / "run"
-    train = ["train", "--dataset", "shop", "--model", "lightgcn", "--epochs", "2", "--set", "embedding_dim=8", "--set", "batch_size=64",
-             "--set", "max_batches_per_epoch=20", "--device", "cpu", "--run-dir", str(run_dir)]
+    train = [
+        "train",
+        "--dataset",
+        "shop",
+        "--model",
+        "lightgcn",
+        "--epochs",
+        "2",
+        "--set",
+        "embedding_dim=8",
+        "--set",
+        "batch_size=64",
+        "--set",
+        "max_batches_per_epoch=20",
+        "--device",
+        "cpu",
+        "--run-dir",
+        str(run_dir),
+    ]
     env = {"BEFA_HOME": str(home)}
-    below = runner.invoke(app, [*train[:-2], "--set", "max_batches_per_epoch=8", "--run-dir", str(tmp_path / "refused")], env=env)
-    assert below.exit_code == 2 and "--set max_batches_per_epoch=8 is below" in below.output and "Traceback" not in below.output
+    below = runner.invoke(
+        app, [*train[:-2], "--set", "max_batches_per_epoch=8", "--run-dir", str(tmp_path / "refused")], env=env
+    )
+    assert (
+        below.exit_code == 2
+        and "--set max_batches_per_epoch=8 is below" in below.output
+        and "Traceback" not in below.output
+    )
     first = runner.invoke(app, train, env=env)
     assert first.exit_code == 0, first.output
     before = RunRecord.load(run_dir).config
     _kill(run_dir)
     resumed = runner.invoke(app, ["train", "--run-dir", str(run_dir), "--resume"], env=env)
-    assert resumed.exit_code == 0, resumed.output  # a second sqrt growth of lr would read as a config change and be refused
+    assert resumed.exit_code == 0, (
+        resumed.output
+    )  # a second sqrt growth of lr would read as a config change and be refused
     after = RunRecord.load(run_dir)
     assert after.config == before and after.state == "max_epochs"

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from models import get_model_class
-from pipeline.training.checkpoints import load_weights
 from pipeline.features.bundle import FeatureBundle
+from pipeline.training.checkpoints import load_weights
 from pipeline.training.prepare import prepare_data
 from pipeline.training.record import BEST, RunRecord
 from storage.feature_store import FeatureStore
@@ -86,7 +86,7 @@ def test_a_version_1_resume_state_loads(tmp_path):
     model = cls(prepared.train, cls.Config(embedding_dim=4))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     old_names = {new: old for old, new in KEY_RENAMES[1]}
-    legacy = {old_names.get(k.split(".")[0], k.split(".")[0]) + k[len(k.split(".")[0]):]: v for k, v in state.items()}
+    legacy = {old_names.get(k.split(".")[0], k.split(".")[0]) + k[len(k.split(".")[0]) :]: v for k, v in state.items()}
     assert set(legacy) != set(state)  # the fixture really uses the old names
     record = RunRecord(model="lightgcn", config={}, seed=1, device="cpu", split_id="x", record_version=1)
     torch.save({"model": legacy, "epoch": 3, "record": record.model_dump_json()}, tmp_path / "last.pt")

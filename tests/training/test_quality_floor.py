@@ -29,8 +29,16 @@ def test_lightgcn_beats_mostpop_on_valid_recall(movielens):
     catalog, split, home = movielens
     pop = train_model(catalog, split, None, "mostpop", run_dir=home / "mostpop", quiet=True, num_threads=1)
     gcn = train_model(
-        catalog, split, None, "lightgcn", {"lr": 5e-3}, run_dir=home / "lightgcn",
-        max_epochs=12, patience=3, quiet=True, num_threads=1,
+        catalog,
+        split,
+        None,
+        "lightgcn",
+        {"lr": 5e-3},
+        run_dir=home / "lightgcn",
+        max_epochs=12,
+        patience=3,
+        quiet=True,
+        num_threads=1,
     )
     pop_valid = pop.valid_metrics[SELECTION_METRIC]
     gcn_valid = gcn.valid_metrics[SELECTION_METRIC]

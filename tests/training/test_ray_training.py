@@ -28,13 +28,13 @@ pytestmark = pytest.mark.slow  # about 1.5-3 minutes on 2 shared cores
 
 from pipeline.cluster import runtime_env  # noqa: E402
 from pipeline.job.params import PipelineParams  # noqa: E402
-from pipeline.training.summary import TrainSummary  # noqa: E402
-from pipeline.training.executor import KILL_ONCE_ENV  # noqa: E402
 from pipeline.job.run import LOCAL_STEPS, run_pipeline  # noqa: E402
 from pipeline.job.steps import train_step  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402
 from pipeline.study.run import run_study  # noqa: E402
+from pipeline.training.executor import KILL_ONCE_ENV  # noqa: E402
 from pipeline.training.record import RunRecord  # noqa: E402
+from pipeline.training.summary import TrainSummary  # noqa: E402
 from tests.flows_data import make_small_catalog  # noqa: E402
 from tests.study_data import TINY_ENCODER, tiny_study_params  # noqa: E402
 
@@ -85,8 +85,16 @@ def data(tmp_path_factory, datasets_root):
 
 def _study(cat, **changes):
     small = dict(
-        models=["freedom"], seeds=[1, 2], patience=2, max_trials=2, model_overrides={"*": {"embedding_dim": 16}},
-        sweep_t=[0.25], experiment_seeds=1, modality_sets=None, train_fractions=None, cold_fraction=None,
+        models=["freedom"],
+        seeds=[1, 2],
+        patience=2,
+        max_trials=2,
+        model_overrides={"*": {"embedding_dim": 16}},
+        sweep_t=[0.25],
+        experiment_seeds=1,
+        modality_sets=None,
+        train_fractions=None,
+        cold_fraction=None,
     )
     return tiny_study_params(cat, **{**small, **changes})
 
@@ -98,7 +106,9 @@ def _runs(folder: str) -> dict[str, RunRecord]:
 def _same_metrics(a: RunRecord, b: RunRecord) -> None:
     assert (a.status, a.best_epoch, len(a.epochs)) == (b.status, b.best_epoch, len(b.epochs)), a.run_dir
     assert a.best_valid == b.best_valid and a.test == b.test, a.run_dir  # exact: same seeds, same thread count
-    assert [e.valid for e in a.epochs] == [e.valid for e in b.epochs] and [e.loss for e in a.epochs] == [e.loss for e in b.epochs]
+    assert [e.valid for e in a.epochs] == [e.valid for e in b.epochs] and [e.loss for e in a.epochs] == [
+        e.loss for e in b.epochs
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +129,10 @@ def test_distributed_study_gives_the_sequential_per_run_metrics(local_ray, data,
         _same_metrics(seq_runs[name], ray_runs[name])
     assert (dist.runs_trained, dist.runs_reused) == (sequential_study.runs_trained, sequential_study.runs_reused)
     assert dist.main == sequential_study.main
-    assert any("search freedom befa" in line for line in lines) and sum(" seed " in line for line in lines) == dist.runs_trained
+    assert (
+        any("search freedom befa" in line for line in lines)
+        and sum(" seed " in line for line in lines) == dist.runs_trained
+    )
 
     # resume works the same on the cluster: every run is finished, so nothing is resubmitted
     again = run_study(_study(cat, name="on-ray", cluster="auto", cpus_per_run=1), settings)
@@ -147,32 +160,51 @@ def local_pipeline(data):
     """The pipeline without a cluster, each run with 1 torch thread (what each Ray task uses)."""
     cat, settings = data
     params = PipelineParams(
-        dataset="ml-small", importer="generic", ingest_options=cat.ingest_options(), encoder=TINY_ENCODER,
-        models=["lightgcn", "freedom"], adapters=["none", "befa"], epochs=2, patience=2, seed=1,
-        model_overrides={"*": {"embedding_dim": 16}}, run_name="local", recommend_k=0,
+        dataset="ml-small",
+        importer="generic",
+        ingest_options=cat.ingest_options(),
+        encoder=TINY_ENCODER,
+        models=["lightgcn", "freedom"],
+        adapters=["none", "befa"],
+        epochs=2,
+        patience=2,
+        seed=1,
+        model_overrides={"*": {"embedding_dim": 16}},
+        run_name="local",
+        recommend_k=0,
     )
     one_thread = dataclasses.replace(LOCAL_STEPS, train=functools.partial(train_step, num_threads=1))
     return params, run_pipeline(params, settings, steps=one_thread)
 
 
 def _same_pipeline_runs(local, dist, run_name: str) -> None:
-    assert [(r.model, r.adapter) for r in dist] == [(r.model, r.adapter) for r in local] == [("mostpop", "none"), ("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
+    assert (
+        [(r.model, r.adapter) for r in dist]
+        == [(r.model, r.adapter) for r in local]
+        == [("mostpop", "none"), ("lightgcn", "none"), ("freedom", "none"), ("freedom", "befa")]
+    )
     for a, b in zip(local, dist):
         assert b.run_dir.endswith(f"{run_name}/runs/{b.model}-{b.adapter}") and b.verified, b
         assert (a.test, a.valid, a.best_epoch, a.epochs_run) == (b.test, b.valid, b.best_epoch, b.epochs_run)
         _same_metrics(RunRecord.load(a.run_dir), RunRecord.load(b.run_dir))
 
 
-def test_pipeline_with_a_cluster_trains_its_runs_as_ray_tasks_with_the_same_metrics(local_ray, data, local_pipeline, submitted):
+def test_pipeline_with_a_cluster_trains_its_runs_as_ray_tasks_with_the_same_metrics(
+    local_ray, data, local_pipeline, submitted
+):
     _, settings = data
     params, local = local_pipeline
     dist = run_pipeline(params.model_copy(update={"run_name": "on-ray", "cluster": "auto"}), settings)
-    assert submitted.count("train_job_on_worker") == 1  # one batch: the four runs, each then re-evaluated, on the workers
+    assert (
+        submitted.count("train_job_on_worker") == 1
+    )  # one batch: the four runs, each then re-evaluated, on the workers
     _same_pipeline_runs(local.runs, dist.runs, "on-ray")
     assert dist.extract.backend == "ray (auto)" and all(f.encoded == 0 for f in dist.extract.modalities.values())
 
 
-def test_the_flow_maps_its_train_tasks_on_a_ray_task_runner(local_ray, data, local_pipeline, submitted, tmp_path, monkeypatch):
+def test_the_flow_maps_its_train_tasks_on_a_ray_task_runner(
+    local_ray, data, local_pipeline, submitted, tmp_path, monkeypatch
+):
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.pipeline_flow import befa

@@ -22,10 +22,10 @@ from models.base import ModelConfig, Recommender, TrainData
 from models.losses import bpr_from_embeddings
 from pipeline.data.catalog import build_catalog
 from pipeline.data.splits import split_random
+from pipeline.features.bundle import FeatureBundle
 from pipeline.reporting.console import metrics_table
 from pipeline.study.search import grid_search, select_on_valid
 from pipeline.training.api import evaluate_run, train_model
-from pipeline.features.bundle import FeatureBundle
 from pipeline.training.prepare import prepare_data
 from pipeline.training.record import BEST, LAST, PER_USER, RunRecord
 from pipeline.training.trainer import TrainerConfig, TrainingInterrupted, fit
@@ -140,11 +140,22 @@ def ml_slice(datasets_root, tmp_path_factory):
     feats = {"text": torch.randn(catalog.num_items, 8, generator=g)}
     masks = {"text": torch.ones(catalog.num_items, dtype=torch.bool)}
     snaps = {"text": "snap-test-1"}
-    return {"catalog": catalog, "catalog_dir": folder, "split": split, "split_path": split_path, "features": FeatureBundle(feats, masks, snaps)}
+    return {
+        "catalog": catalog,
+        "catalog_dir": folder,
+        "split": split,
+        "split_path": split_path,
+        "features": FeatureBundle(feats, masks, snaps),
+    }
 
 
 def _prepared(ml, with_features=True):
-    return prepare_data(ml["split"], ml["catalog"].num_items, ml["features"] if with_features else None, num_users=ml["catalog"].num_users)
+    return prepare_data(
+        ml["split"],
+        ml["catalog"].num_items,
+        ml["features"] if with_features else None,
+        num_users=ml["catalog"].num_users,
+    )
 
 
 def _fit(ml, tmp, model=TinyMF, overrides=None, **trainer):
@@ -183,15 +194,30 @@ def test_the_thread_count_is_restored_after_a_run(ml_slice, tmp_path):
     before = torch.get_num_threads()
     seen = []
     trainer = TrainerConfig(max_epochs=1, patience=10, seed=7, quiet=True, num_threads=1 if before > 1 else 2)
-    fit(TinyMF, make_config(TinyMF), _prepared(ml_slice), tmp_path / "run", trainer, on_epoch_end=lambda e, r: seen.append(torch.get_num_threads()))
+    fit(
+        TinyMF,
+        make_config(TinyMF),
+        _prepared(ml_slice),
+        tmp_path / "run",
+        trainer,
+        on_epoch_end=lambda e, r: seen.append(torch.get_num_threads()),
+    )
     assert seen == [trainer.num_threads]  # the run used what it was told
     assert torch.get_num_threads() == before  # and gave the process its own setting back
 
 
 def test_the_run_record_keeps_where_its_features_came_from(ml_slice, tmp_path):
-    bundle = FeatureBundle(ml_slice["features"].features, ml_slice["features"].masks, ml_slice["features"].snapshots, {"text": "fp-text-1"}, {"text": False})
+    bundle = FeatureBundle(
+        ml_slice["features"].features,
+        ml_slice["features"].masks,
+        ml_slice["features"].snapshots,
+        {"text": "fp-text-1"},
+        {"text": False},
+    )
     trainer = TrainerConfig(max_epochs=1, patience=10, seed=7, quiet=True, num_threads=1)
-    prepared = prepare_data(ml_slice["split"], ml_slice["catalog"].num_items, bundle, num_users=ml_slice["catalog"].num_users)
+    prepared = prepare_data(
+        ml_slice["split"], ml_slice["catalog"].num_items, bundle, num_users=ml_slice["catalog"].num_users
+    )
     fit(TinyMF, make_config(TinyMF), prepared, tmp_path / "run", trainer)
     rec = RunRecord.load(tmp_path / "run")
     assert rec.record_version == 2
@@ -217,7 +243,14 @@ def test_resume_after_kill_matches_uninterrupted(ml_slice, tmp_path):
 
     trainer = TrainerConfig(max_epochs=4, patience=10, seed=7, quiet=True, num_threads=1)
     with pytest.raises(TrainingInterrupted):
-        fit(TinyMF, make_config(TinyMF), _prepared(ml_slice), tmp_path / "part", trainer, on_epoch_end=kill_after_epoch_2)
+        fit(
+            TinyMF,
+            make_config(TinyMF),
+            _prepared(ml_slice),
+            tmp_path / "part",
+            trainer,
+            on_epoch_end=kill_after_epoch_2,
+        )
     partial = RunRecord.load(tmp_path / "part")
     assert len(partial.epochs) == 3 and partial.status == "running"
     resumed = fit(TinyMF, make_config(TinyMF), _prepared(ml_slice), tmp_path / "part", trainer, resume=True)
@@ -270,9 +303,17 @@ def test_untrainable_model_is_evaluated_once(ml_slice, tmp_path):
 def test_train_model_api_and_evaluate_run(ml_slice, tmp_path):
     ml = ml_slice
     res = train_model(
-        ml["catalog_dir"], ml["split_path"], ml["features"], TinyMF,
-        overrides={"embedding_dim": 8}, run_dir=tmp_path / "run", seed=3, device="cpu",
-        max_epochs=2, quiet=True, num_threads=1,
+        ml["catalog_dir"],
+        ml["split_path"],
+        ml["features"],
+        TinyMF,
+        overrides={"embedding_dim": 8},
+        run_dir=tmp_path / "run",
+        seed=3,
+        device="cpu",
+        max_epochs=2,
+        quiet=True,
+        num_threads=1,
     )
     assert res.record.config["embedding_dim"] == 8
     again = evaluate_run(tmp_path / "run", features=ml["features"], model=TinyMF)
@@ -293,7 +334,9 @@ def test_bad_inputs_name_the_problem(ml_slice):
     with pytest.raises(ValueError, match="row 6: item_idx"):
         prepare_data(frame, ml_slice["catalog"].num_items)
     with pytest.raises(ValueError, match="aligned"):
-        prepare_data(ml_slice["split"], ml_slice["catalog"].num_items, FeatureBundle({"image": torch.zeros(3, 4)}, {}, {}))
+        prepare_data(
+            ml_slice["split"], ml_slice["catalog"].num_items, FeatureBundle({"image": torch.zeros(3, 4)}, {}, {})
+        )
     with pytest.raises(KeyError, match="unknown model"):
         train_model(ml_slice["catalog_dir"], ml_slice["split_path"], None, "no-such-model", quiet=True)
 
@@ -340,9 +383,17 @@ def test_grid_selects_on_valid_even_when_test_disagrees(tmp_path):
 def test_grid_with_real_trainer(ml_slice, tmp_path):
     ml = ml_slice
     res = grid_search(
-        train_model, {"embedding_dim": [4, 16]}, tmp_path,
-        catalog=ml["catalog"], split=ml["split"], features=ml["features"], model=TinyMF,
-        max_epochs=2, quiet=True, num_threads=1, seed=1,
+        train_model,
+        {"embedding_dim": [4, 16]},
+        tmp_path,
+        catalog=ml["catalog"],
+        split=ml["split"],
+        features=ml["features"],
+        model=TinyMF,
+        max_epochs=2,
+        quiet=True,
+        num_threads=1,
+        seed=1,
     )
     valid = [t.valid["recall@20"] for t in res.trials]
     assert res.winner == int(np.argmax(valid))

@@ -72,7 +72,9 @@ class AmazonBabyImporter(Importer):
 
     def run(self, options: AmazonOptions) -> ImportResult:
         if options.root is None:
-            raise CatalogError(None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass --datasets-root)")
+            raise CatalogError(
+                None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass --datasets-root)"
+            )
         root = Path(options.root)
         report = IngestReport(dataset=NAME)
         if options.verify:
@@ -90,15 +92,26 @@ class AmazonBabyImporter(Importer):
 
         items = pd.DataFrame({"item_id": asins, "title": "", "text": "", "image": None, "image_hash": None})
         inter = pd.DataFrame(
-            {"user_id": users[given["u"].to_numpy()], "item_id": asins[given["i"].to_numpy()], "rating": 1.0, "timestamp": 0}
+            {
+                "user_id": users[given["u"].to_numpy()],
+                "item_id": asins[given["i"].to_numpy()],
+                "rating": 1.0,
+                "timestamp": 0,
+            }
         )
         catalog = build_catalog(
             NAME, items, inter, meta={"source": NAME, "content": "none (interactions only)", "given_splits": ["given"]}
         )
         no_inter = len(users) - catalog.num_users
         if no_inter:
-            report.add(f"{no_inter} users of user2id.json have no interaction", "not in the catalog", file=root / "user2id.json")
-        report.notes.append("no item text or images in this dataset: every item has empty text and no image (by design)")
+            report.add(
+                f"{no_inter} users of user2id.json have no interaction",
+                "not in the catalog",
+                file=root / "user2id.json",
+            )
+        report.notes.append(
+            "no item text or images in this dataset: every item has empty text and no image (by design)"
+        )
         count_catalog(report, catalog)
         # interactions keep the order of `given`, so row k of both is the same event
         split = pd.DataFrame(
@@ -129,10 +142,12 @@ def _split_file(path: Path, num_users: int, num_items: int) -> pd.DataFrame:
             raise CatalogError(path, f"user {ukey}: item {bad!r} is not an index of item2id.json (0..{num_items - 1})")
         u_list.append(np.full(arr.size, u, dtype=np.int64))
         i_list.append(arr.astype(np.int64))
-    return pd.DataFrame({
-        "u": np.concatenate(u_list) if u_list else np.empty(0, np.int64),
-        "i": np.concatenate(i_list) if i_list else np.empty(0, np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "u": np.concatenate(u_list) if u_list else np.empty(0, np.int64),
+            "i": np.concatenate(i_list) if i_list else np.empty(0, np.int64),
+        }
+    )
 
 
 def _given_splits(root: Path, num_users: int, num_items: int, report: IngestReport) -> pd.DataFrame:
@@ -148,7 +163,9 @@ def _given_splits(root: Path, num_users: int, num_items: int, report: IngestRepo
     dup = given.duplicated(["u", "i"], keep=False).to_numpy()
     if dup.any():
         first = given[dup].iloc[0]
-        files = given[dup & (given["u"] == first["u"]).to_numpy() & (given["i"] == first["i"]).to_numpy()]["file"].tolist()
+        files = given[dup & (given["u"] == first["u"]).to_numpy() & (given["i"] == first["i"]).to_numpy()][
+            "file"
+        ].tolist()
         raise CatalogError(
             root / files[-1],
             f"user {first['u']} / item {first['i']} appears in {files}: an interaction may be in one split only ({int(dup.sum())} such rows)",

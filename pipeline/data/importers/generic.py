@@ -88,14 +88,23 @@ class GenericOptions(ImporterOptions):
     name: str = Field("generic", description="catalog name: the folder under $BEFA_HOME/catalogs/")
     items: Path = Field(description="item table (CSV, TSV or Parquet)")
     interactions: Path = Field(description="interaction table (CSV, TSV or Parquet)")
-    images: Path | None = Field(None, description="folder that image names and --image-template are relative to (default: the item table's folder)")
+    images: Path | None = Field(
+        None,
+        description="folder that image names and --image-template are relative to (default: the item table's folder)",
+    )
     image_template: str | None = Field(
-        None, description="where each item's image is, e.g. 'photos/{item_id[:3]}/{item_id}.jpg' ({item_id} and slices only); replaces the image column"
+        None,
+        description="where each item's image is, e.g. 'photos/{item_id[:3]}/{item_id}.jpg' ({item_id} and slices only); replaces the image column",
     )
     max_missing_images: float = Field(
-        0.2, ge=0, le=1, description="fail when more than this share of the images given is missing or does not decode (default 0.2)"
+        0.2,
+        ge=0,
+        le=1,
+        description="fail when more than this share of the images given is missing or does not decode (default 0.2)",
     )
-    allow_missing_images: bool = Field(False, description="ingest even when more images are missing than --max-missing-images (warned)")
+    allow_missing_images: bool = Field(
+        False, description="ingest even when more images are missing than --max-missing-images (warned)"
+    )
     item_id_column: str = "item_id"
     title_column: str = "title"
     text_column: str = "text"
@@ -105,13 +114,18 @@ class GenericOptions(ImporterOptions):
     rating_column: str = "rating"
     timestamp_column: str = "timestamp"
     min_rating: float | None = Field(None, description="keep only ratings >= this")
-    on_unknown_items: UnknownPolicy = Field("error", description="interactions naming unknown items: 'error' or 'skip' (each skip reported)")
+    on_unknown_items: UnknownPolicy = Field(
+        "error", description="interactions naming unknown items: 'error' or 'skip' (each skip reported)"
+    )
     workers: int | None = Field(None, ge=1, description="threads that check the images (default: up to 8)")
     date_format: str | None = Field(
-        None, description="strptime format of the timestamp column's dates when they are not ISO 8601 or unix seconds, e.g. '%d/%m/%Y'"
+        None,
+        description="strptime format of the timestamp column's dates when they are not ISO 8601 or unix seconds, e.g. '%d/%m/%Y'",
     )
     images_only: bool = Field(False, description="refuse image references outside --images (../, absolute paths)")
-    fetch_images: bool = Field(False, description="download the image URLs into the image cache first (as befa fetch-images does)")
+    fetch_images: bool = Field(
+        False, description="download the image URLs into the image cache first (as befa fetch-images does)"
+    )
     # set by ingest from the settings (not a flag): where image URLs are read from
     image_cache: Path | None = None
 
@@ -186,23 +200,40 @@ class GenericImporter(Importer):
         else:
             text = title
             report.notes.append(f"no {o.text_column!r} column: the title is the text")
-        items = pd.DataFrame({"item_id": raw[o.item_id_column].to_numpy(), "title": title.to_numpy(), "text": text.to_numpy()})
+        items = pd.DataFrame(
+            {"item_id": raw[o.item_id_column].to_numpy(), "title": title.to_numpy(), "text": text.to_numpy()}
+        )
         rejects: list[dict] = []
         for i in np.flatnonzero(~items["text"].astype(bool).to_numpy()):
             iid = items["item_id"].iat[i]
-            report.add("empty text", "item kept without text (text_hash null)", file=o.items, row=int(rows[i]), item_id=iid)
-            rejects.append({"item_id": iid, "modality": "text", "file": str(o.items), "row": int(rows[i]), "source": None, "problem": "empty text"})
+            report.add(
+                "empty text", "item kept without text (text_hash null)", file=o.items, row=int(rows[i]), item_id=iid
+            )
+            rejects.append(
+                {
+                    "item_id": iid,
+                    "modality": "text",
+                    "file": str(o.items),
+                    "row": int(rows[i]),
+                    "source": None,
+                    "problem": "empty text",
+                }
+            )
         rejects += self._images(o, report, raw, items, rows)
         return items, rejects
 
-    def _images(self, o: GenericOptions, report: IngestReport, raw: pd.DataFrame, items: pd.DataFrame, rows: np.ndarray) -> list[dict]:
+    def _images(
+        self, o: GenericOptions, report: IngestReport, raw: pd.DataFrame, items: pd.DataFrame, rows: np.ndarray
+    ) -> list[dict]:
         """Attach images from the template or the image column; fail when too many are unusable."""
         base = o.images if o.images is not None else Path(o.items).parent
         if o.image_template is not None:
             refs = expand_image_template(o.image_template, items["item_id"].astype(str).tolist())
             report.notes.append(f"images: --image-template {o.image_template!r} under {base}")
             if o.image_column in raw.columns:
-                report.notes.append(f"the {o.image_column!r} column is not used: --image-template says where images are")
+                report.notes.append(
+                    f"the {o.image_column!r} column is not used: --image-template says where images are"
+                )
         elif o.image_column in raw.columns:
             refs = [None if pd.isna(v) else str(v) for v in raw[o.image_column].tolist()]
         elif o.images is not None:
@@ -215,7 +246,9 @@ class GenericImporter(Importer):
         else:
             items["image"], items["image_hash"] = None, None
             report.notes.append(f"no {o.image_column!r} column: no item has an image")
-            report.warnings.append(f"no item has an image (no {o.image_column!r} column, no --image-template): only texts will be encoded")
+            report.warnings.append(
+                f"no item has an image (no {o.image_column!r} column, no --image-template): only texts will be encoded"
+            )
             return []
         self._outside(o, report, refs, base, rows)
         cache = ImageCache(o.image_cache) if o.image_cache is not None else None
@@ -224,17 +257,29 @@ class GenericImporter(Importer):
         rejects = attach_images(items, refs, base, report, o.items, rows, o.workers, cache)
         given = sum(1 for r in refs if r is not None and str(r).strip())
         if not given:
-            report.warnings.append(f"the {o.image_column!r} column is empty for every item: no item has an image, only texts will be encoded")
+            report.warnings.append(
+                f"the {o.image_column!r} column is empty for every item: no item has an image, only texts will be encoded"
+            )
         if rejects:
             self._check_missing(o, report, rejects, given)
         return rejects
 
-    def _fetch(self, o: GenericOptions, report: IngestReport, refs: list, base: Path, rows: np.ndarray, cache: ImageCache | None) -> None:
+    def _fetch(
+        self,
+        o: GenericOptions,
+        report: IngestReport,
+        refs: list,
+        base: Path,
+        rows: np.ndarray,
+        cache: ImageCache | None,
+    ) -> None:
         """--fetch-images: download the image URLs into the cache (the one write an import
         makes, and only when asked), after the tables' values are checked, before the images."""
         if cache is None:
             raise ValueError("--fetch-images needs the image cache (ingest passes it from the settings)")
-        resolved = [(resolve(str(r).strip(), base), int(row)) for r, row in zip(refs, rows) if isinstance(r, str) and r.strip()]
+        resolved = [
+            (resolve(str(r).strip(), base), int(row)) for r, row in zip(refs, rows) if isinstance(r, str) and r.strip()
+        ]
         fetched = fetch_images([ImageRef(url, str(o.items), row) for url, row in resolved if is_url(url)], cache)
         report.notes.append("--fetch-images: " + " ".join(" ".join(fetched.lines(max_rows=5)).split()))
 
@@ -253,7 +298,9 @@ class GenericImporter(Importer):
                 outside[0][0],
             )
         report.counts_out["images_outside_images_folder"] = len(outside)
-        report.warnings.append(f"{len(outside)} image reference(s) lie outside the images folder {base} (e.g. {shown}{more}); --images-only refuses them")
+        report.warnings.append(
+            f"{len(outside)} image reference(s) lie outside the images folder {base} (e.g. {shown}{more}); --images-only refuses them"
+        )
 
     def _check_missing(self, o: GenericOptions, report: IngestReport, rejects: list[dict], given: int) -> None:
         kinds: dict[str, int] = {}
@@ -287,26 +334,40 @@ class GenericImporter(Importer):
         require_columns(inter_raw, o.interactions, [o.user_id_column, o.interaction_item_column])
         report.counts_in["interactions"] = len(inter_raw)
         require_nonempty(len(inter_raw), o.interactions, "interactions (the interaction table has no rows)")
-        inter = pd.DataFrame({
-            "user_id": clean_ids(inter_raw[o.user_id_column], o.interactions, o.user_id_column),
-            "item_id": clean_ids(inter_raw[o.interaction_item_column], o.interactions, o.interaction_item_column),
-        })
+        inter = pd.DataFrame(
+            {
+                "user_id": clean_ids(inter_raw[o.user_id_column], o.interactions, o.user_id_column),
+                "item_id": clean_ids(inter_raw[o.interaction_item_column], o.interactions, o.interaction_item_column),
+            }
+        )
         if o.rating_column in inter_raw.columns:
             inter["rating"] = parse_numbers(inter_raw[o.rating_column], o.interactions, o.rating_column)
         else:
             inter["rating"] = 1.0
             report.notes.append(f"no {o.rating_column!r} column: implicit feedback, every rating is 1.0")
         if o.timestamp_column in inter_raw.columns:
-            inter["timestamp"] = parse_timestamps(inter_raw[o.timestamp_column], o.interactions, o.timestamp_column, date_format=o.date_format)
+            inter["timestamp"] = parse_timestamps(
+                inter_raw[o.timestamp_column], o.interactions, o.timestamp_column, date_format=o.date_format
+            )
         else:
             inter["timestamp"] = 0
         report.counts_in["users"] = int(inter["user_id"].nunique())
         return inter
 
-    def _interactions(self, o: GenericOptions, report: IngestReport, items: pd.DataFrame, inter: pd.DataFrame) -> pd.DataFrame:
+    def _interactions(
+        self, o: GenericOptions, report: IngestReport, items: pd.DataFrame, inter: pd.DataFrame
+    ) -> pd.DataFrame:
         """The parsed interactions checked against the items, filtered, repeats folded."""
         irows = np.arange(1, len(inter) + 1)
-        keep = check_known_items(inter["item_id"], items["item_id"], o.interactions, report, o.on_unknown_items, rows=irows, user_ids=inter["user_id"])
+        keep = check_known_items(
+            inter["item_id"],
+            items["item_id"],
+            o.interactions,
+            report,
+            o.on_unknown_items,
+            rows=irows,
+            user_ids=inter["user_id"],
+        )
         all_users = inter["user_id"]
         inter = inter[keep]
         if o.min_rating is not None:
@@ -314,6 +375,8 @@ class GenericImporter(Importer):
             report.counts_out["ratings_below_min_rating"] = int(low.sum())
             report.notes.append(f"kept ratings >= {o.min_rating:g}; {int(low.sum())} lower ratings not kept")
             inter = inter[~low]
-        report_lost_users(all_users, inter["user_id"], report, o.interactions, "every interaction of the user was skipped or filtered")
+        report_lost_users(
+            all_users, inter["user_id"], report, o.interactions, "every interaction of the user was skipped or filtered"
+        )
         require_nonempty(len(inter), o.interactions, "interactions left after validation and filtering")
         return fold_repeat_interactions(inter, report)

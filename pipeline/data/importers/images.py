@@ -119,7 +119,13 @@ def near_miss_hint(missing: list[str], limit: int = 3) -> str:
         if not found:
             continue
         other = found[0]
-        kind = "case" if other.lower() == name.lower() else "extension" if _loose(other) != _loose(name) else "leading zeros"
+        kind = (
+            "case"
+            if other.lower() == name.lower()
+            else "extension"
+            if _loose(other) != _loose(name)
+            else "leading zeros"
+        )
         kinds.setdefault(kind, []).append(f"{name!r} vs {other!r}")
     hints = []
     if "folder" in kinds:
@@ -206,7 +212,10 @@ def check_one(ref: str | None, base_dir: str | Path | None, cache: ImageCache | 
 
 
 def check_images(
-    refs: list[str | None], base_dir: str | Path | None = None, workers: int | None = None, cache: ImageCache | None = None
+    refs: list[str | None],
+    base_dir: str | Path | None = None,
+    workers: int | None = None,
+    cache: ImageCache | None = None,
 ) -> list[ImageCheck]:
     """Check every reference, in order. Threads, one chunk of references each (a future
     per image costs more than decoding a thumbnail): file reads, sha256 and JPEG decoding
@@ -244,7 +253,14 @@ def attach_images(
         if c.problem:
             report.add(c.problem, "item kept without image", file=file, row=row, item_id=ids[i], image=c.source)
             rejects.append(
-                {"item_id": ids[i], "modality": "image", "file": str(file), "row": row, "source": c.source, "problem": c.problem}
+                {
+                    "item_id": ids[i],
+                    "modality": "image",
+                    "file": str(file),
+                    "row": row,
+                    "source": c.source,
+                    "problem": c.problem,
+                }
             )
         elif c.image is None:
             report.add("no image given", "item kept without image", file=file, row=row, item_id=ids[i])

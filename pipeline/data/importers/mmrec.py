@@ -35,7 +35,13 @@ from pydantic import Field
 
 from pipeline.data.catalog import CatalogError, IngestReport, build_catalog
 from pipeline.data.importers.base import ImportedFeatures, Importer, ImporterOptions, ImportResult, count_catalog
-from pipeline.data.importers.validation import parse_numbers, parse_timestamps, read_table, require_columns, require_file
+from pipeline.data.importers.validation import (
+    parse_numbers,
+    parse_timestamps,
+    read_table,
+    require_columns,
+    require_file,
+)
 from storage.keys import sha256_file
 
 INTER_COLUMNS = ["userID", "itemID", "rating", "timestamp", "x_label"]
@@ -70,7 +76,9 @@ def _load_npy(path: Path) -> np.ndarray:
     except Exception as exc:
         raise CatalogError(path, f"not a readable .npy array: {exc}") from exc
     if arr.ndim != 2 or arr.dtype.kind not in "fiu":
-        raise CatalogError(path, f"expected a 2-D numeric array (items x dims), found shape {arr.shape} dtype {arr.dtype}")
+        raise CatalogError(
+            path, f"expected a 2-D numeric array (items x dims), found shape {arr.shape} dtype {arr.dtype}"
+        )
     arr = arr.astype(np.float32, copy=False)
     finite = np.isfinite(arr).all(axis=1)
     if not finite.all():
@@ -93,7 +101,9 @@ class MMRecImporter(Importer):
         else:
             found = sorted(folder.glob("*.inter"))
             if len(found) != 1:
-                raise CatalogError(folder, f"expected exactly one *.inter file, found {[p.name for p in found]}; name one with --inter")
+                raise CatalogError(
+                    folder, f"expected exactly one *.inter file, found {[p.name for p in found]}; name one with --inter"
+                )
             inter_path = found[0]
         name = o.name or inter_path.stem
         report = IngestReport(dataset=name)
@@ -109,9 +119,15 @@ class MMRecImporter(Importer):
         bad = ~np.isin(labels, [0, 1, 2])
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise CatalogError(inter_path, f"x_label {raw['x_label'].iloc[i]!r} must be 0 (train), 1 (valid) or 2 (test)", i + 1)
+            raise CatalogError(
+                inter_path, f"x_label {raw['x_label'].iloc[i]!r} must be 0 (train), 1 (valid) or 2 (test)", i + 1
+            )
         rating = parse_numbers(raw["rating"], inter_path, "rating") if "rating" in raw else np.ones(len(raw))
-        ts = parse_timestamps(raw["timestamp"], inter_path, "timestamp") if "timestamp" in raw else np.zeros(len(raw), np.int64)
+        ts = (
+            parse_timestamps(raw["timestamp"], inter_path, "timestamp")
+            if "timestamp" in raw
+            else np.zeros(len(raw), np.int64)
+        )
         report.counts_in.update(interactions=len(raw), users=int(users.max()) + 1)
 
         features = _feature_files(folder, report)
@@ -122,7 +138,9 @@ class MMRecImporter(Importer):
         too_big = item_ids >= n_items
         if too_big.any():
             i = int(np.flatnonzero(too_big)[0])
-            raise CatalogError(inter_path, f"itemID {item_ids[i]} has no feature row (the .npy files have {n_items} rows)", i + 1)
+            raise CatalogError(
+                inter_path, f"itemID {item_ids[i]} has no feature row (the .npy files have {n_items} rows)", i + 1
+            )
         report.counts_in["items"] = n_items
         gaps = np.setdiff1d(np.arange(users.max() + 1), users)
         if gaps.size:
@@ -132,17 +150,29 @@ class MMRecImporter(Importer):
                 file=inter_path,
             )
 
-        items = pd.DataFrame({"item_id": np.arange(n_items).astype(str), "title": "", "text": "", "image": None, "image_hash": None})
-        inter = pd.DataFrame({"user_id": users.astype(str), "item_id": item_ids.astype(str), "rating": rating, "timestamp": ts})
+        items = pd.DataFrame(
+            {"item_id": np.arange(n_items).astype(str), "title": "", "text": "", "image": None, "image_hash": None}
+        )
+        inter = pd.DataFrame(
+            {"user_id": users.astype(str), "item_id": item_ids.astype(str), "rating": rating, "timestamp": ts}
+        )
         meta: dict[str, Any] = {"source": "mmrec", "given_splits": ["given"], "features": {}}
         catalog = build_catalog(name, items, inter, meta=meta)
         for modality, feat in features.items():
             catalog.items[f"{modality}_hash"] = row_hashes(feat.matrix)
-            meta["features"][modality] = {"fingerprint": feat.fingerprint, "dim": int(feat.matrix.shape[1]), "file": feat.source.name}
+            meta["features"][modality] = {
+                "fingerprint": feat.fingerprint,
+                "dim": int(feat.matrix.shape[1]),
+                "file": feat.source.name,
+            }
         count_catalog(report, catalog)
         report.notes.append("items carry no raw text/image; content hashes are sha256 of the imported feature rows")
         split = pd.DataFrame(
-            {"user_idx": catalog.interactions["user_idx"].to_numpy(), "item_idx": catalog.interactions["item_idx"].to_numpy(), "label": labels.astype(np.int8)}
+            {
+                "user_idx": catalog.interactions["user_idx"].to_numpy(),
+                "item_idx": catalog.interactions["item_idx"].to_numpy(),
+                "label": labels.astype(np.int8),
+            }
         )
         return ImportResult(catalog=catalog, report=report, given_splits={"given": split}, features=features)
 

@@ -64,9 +64,13 @@ def movie_text(title: str, overview: str) -> str:
 
 class MovieLensOptions(ImporterOptions):
     root: Path | None = None  # dataset folder; ingest() fills it from settings.datasets_root
-    min_rating: float | None = Field(4.0, description="keep only ratings >= this (MovieLens default 4; 0 keeps every rating)")
+    min_rating: float | None = Field(
+        4.0, description="keep only ratings >= this (MovieLens default 4; 0 keeps every rating)"
+    )
     verify: bool = Field(True, description="check the dataset's files against their pinned SHA256 sums first")
-    on_unknown_items: UnknownPolicy = Field("error", description="interactions naming unknown items: 'error' or 'skip' (each skip reported)")
+    on_unknown_items: UnknownPolicy = Field(
+        "error", description="interactions naming unknown items: 'error' or 'skip' (each skip reported)"
+    )
     workers: int | None = Field(None, ge=1, description="threads that check the images (default: up to 8)")
 
 
@@ -77,13 +81,19 @@ class MovieLensImporter(Importer):
 
     def run(self, options: MovieLensOptions) -> ImportResult:
         if options.root is None:
-            raise CatalogError(None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass --datasets-root)")
+            raise CatalogError(
+                None, f"{NAME}: no dataset folder given (set BEFA_DATASETS_ROOT or pass --datasets-root)"
+            )
         root = Path(options.root)
         report = IngestReport(dataset=NAME)
         if options.verify:
             n = verify_dataset(NAME, root)
             report.notes.append(f"{n} files verified against SHA256SUMS")
-        report.sources = {"items": str(root / "items.csv"), "ratings": str(root / "ml-100k" / "u.data"), "posters": str(root / "posters")}
+        report.sources = {
+            "items": str(root / "items.csv"),
+            "ratings": str(root / "ml-100k" / "u.data"),
+            "posters": str(root / "posters"),
+        }
         items, rejects = self._items(root, options, report)
         inter = self._ratings(root / "ml-100k" / "u.data", options, report, items)
         meta = {
@@ -104,28 +114,53 @@ class MovieLensImporter(Importer):
         rows = np.arange(1, len(raw) + 1)
         raw = raw.assign(movie_id=clean_ids(raw["movie_id"], items_path, "movie_id"))
         raw["_row"] = rows
-        folded = fold_duplicate_items(raw.drop(columns="_row"), items_path, report, ["title", "overview"], id_column="movie_id", rows=rows)
+        folded = fold_duplicate_items(
+            raw.drop(columns="_row"), items_path, report, ["title", "overview"], id_column="movie_id", rows=rows
+        )
         raw = raw.loc[folded.index]
         item_rows = raw["_row"].to_numpy()
         report.counts_in["items"] = len(raw)
         require_nonempty(len(raw), items_path, "items")
-        items = pd.DataFrame({
-            "item_id": raw["movie_id"].to_numpy(),
-            "title": raw["title"].str.strip().to_numpy(),
-            "text": [movie_text(t, o) for t, o in zip(raw["title"].tolist(), raw["overview"].tolist())],
-        })
+        items = pd.DataFrame(
+            {
+                "item_id": raw["movie_id"].to_numpy(),
+                "title": raw["title"].str.strip().to_numpy(),
+                "text": [movie_text(t, o) for t, o in zip(raw["title"].tolist(), raw["overview"].tolist())],
+            }
+        )
         rejects = []
-        for i, (iid, ov, t) in enumerate(zip(items["item_id"].tolist(), raw["overview"].tolist(), items["text"].tolist())):
+        for i, (iid, ov, t) in enumerate(
+            zip(items["item_id"].tolist(), raw["overview"].tolist(), items["text"].tolist())
+        ):
             if not t:
-                report.add("empty title and overview", "item kept without text", file=items_path, row=int(item_rows[i]), item_id=iid)
-                rejects.append({"item_id": iid, "modality": "text", "file": str(items_path), "row": int(item_rows[i]), "source": None, "problem": "empty text"})
+                report.add(
+                    "empty title and overview",
+                    "item kept without text",
+                    file=items_path,
+                    row=int(item_rows[i]),
+                    item_id=iid,
+                )
+                rejects.append(
+                    {
+                        "item_id": iid,
+                        "modality": "text",
+                        "file": str(items_path),
+                        "row": int(item_rows[i]),
+                        "source": None,
+                        "problem": "empty text",
+                    }
+                )
             elif not ov.strip():
-                report.add("empty overview", "text is the title alone", file=items_path, row=int(item_rows[i]), item_id=iid)
+                report.add(
+                    "empty overview", "text is the title alone", file=items_path, row=int(item_rows[i]), item_id=iid
+                )
         refs = [f"posters/{iid}.jpg" for iid in items["item_id"]]
         rejects += attach_images(items, refs, root, report, items_path, item_rows, options.workers)
         return items, rejects
 
-    def _ratings(self, ratings_path: Path, options: MovieLensOptions, report: IngestReport, items: pd.DataFrame) -> pd.DataFrame:
+    def _ratings(
+        self, ratings_path: Path, options: MovieLensOptions, report: IngestReport, items: pd.DataFrame
+    ) -> pd.DataFrame:
         """u.data, parsed, checked against the items and filtered by ``min_rating``."""
         names = ["user_id", "item_id", "rating", "timestamp"]
         inter = read_table(ratings_path, "ratings file", sep="\t", header=None, names=names)
@@ -138,13 +173,28 @@ class MovieLensImporter(Importer):
         inter["rating"] = parse_numbers(inter["rating"], ratings_path, "rating")
         inter["timestamp"] = parse_timestamps(inter["timestamp"], ratings_path, "timestamp")
         report.counts_in["users"] = int(inter["user_id"].nunique())
-        keep = check_known_items(inter["item_id"], items["item_id"], ratings_path, report, options.on_unknown_items, user_ids=inter["user_id"])
+        keep = check_known_items(
+            inter["item_id"],
+            items["item_id"],
+            ratings_path,
+            report,
+            options.on_unknown_items,
+            user_ids=inter["user_id"],
+        )
         inter = inter[keep]
         if options.min_rating is not None:
             low = inter["rating"].to_numpy() < options.min_rating
             report.counts_out["ratings_below_min_rating"] = int(low.sum())
-            report.notes.append(f"kept ratings >= {options.min_rating:g} as implicit interactions; {int(low.sum())} lower ratings not kept")
-            report_lost_users(inter["user_id"], inter.loc[~low, "user_id"], report, ratings_path, f"user has no rating >= {options.min_rating:g}")
+            report.notes.append(
+                f"kept ratings >= {options.min_rating:g} as implicit interactions; {int(low.sum())} lower ratings not kept"
+            )
+            report_lost_users(
+                inter["user_id"],
+                inter.loc[~low, "user_id"],
+                report,
+                ratings_path,
+                f"user has no rating >= {options.min_rating:g}",
+            )
             inter = inter[~low]
         require_nonempty(len(inter), ratings_path, f"interactions with rating >= {options.min_rating}")
         return inter

@@ -66,7 +66,9 @@ def read_table(path: str | Path, what: str = "table", **csv_kwargs) -> pd.DataFr
     except pd.errors.EmptyDataError as exc:
         raise CatalogError(path, f"empty {what} (no header, no rows)") from exc
     except UnicodeDecodeError as exc:
-        raise CatalogError(path, f"{what} is not UTF-8 text: {_utf8_error_location(path, exc)}; save it as UTF-8") from None
+        raise CatalogError(
+            path, f"{what} is not UTF-8 text: {_utf8_error_location(path, exc)}; save it as UTF-8"
+        ) from None
     except (pd.errors.ParserError, ValueError, OSError) as exc:
         # pyarrow's ArrowInvalid subclasses ValueError: a corrupt Parquet file lands here.
         raise CatalogError(path, f"cannot parse {what}: {exc}") from exc
@@ -189,8 +191,10 @@ def parse_timestamps(
         i = int(np.flatnonzero(numeric & ~in_range)[0])
         hint = " (it looks like milliseconds: divide by 1000)" if 0 < num[i] / 1000 <= MAX_UNIX_SECONDS else ""
         raise CatalogError(
-            path, f"{column} {values.iloc[i]!r} is out of range: unix seconds must lie between 0 (1970-01-01) and "
-            f"{MAX_UNIX_SECONDS} (9999-12-31){hint}", _row(rows, i),
+            path,
+            f"{column} {values.iloc[i]!r} is out of range: unix seconds must lie between 0 (1970-01-01) and "
+            f"{MAX_UNIX_SECONDS} (9999-12-31){hint}",
+            _row(rows, i),
         )
     out[numeric] = np.round(num[numeric]).astype(np.int64)
     if (~numeric).any():
@@ -200,7 +204,9 @@ def parse_timestamps(
         if bad.any():
             i = int(np.flatnonzero(~numeric)[np.flatnonzero(bad)[0]])
             if date_format:
-                problem = f"{column} {values.iloc[i]!r} is neither unix seconds nor a date in --date-format {date_format!r}"
+                problem = (
+                    f"{column} {values.iloc[i]!r} is neither unix seconds nor a date in --date-format {date_format!r}"
+                )
             else:
                 problem = (
                     f"{column} {values.iloc[i]!r} is neither unix seconds nor an ISO 8601 date (2024-05-01, "
@@ -208,7 +214,9 @@ def parse_timestamps(
                     "(e.g. --date-format '%d/%m/%Y'): befa never guesses day and month order"
                 )
             raise CatalogError(path, problem, _row(rows, i))
-        out[~numeric] = _checked_range(_unix_seconds(dates), values[~numeric], path, column, rows, np.flatnonzero(~numeric))
+        out[~numeric] = _checked_range(
+            _unix_seconds(dates), values[~numeric], path, column, rows, np.flatnonzero(~numeric)
+        )
     return out
 
 
@@ -217,7 +225,9 @@ def _checked_range(seconds: np.ndarray, values: pd.Series, path, column: str, ro
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         i = int(positions[k]) if positions is not None else k
-        raise CatalogError(path, f"{column} {values.iloc[k]!r} is before 1970-01-01: out of range for unix seconds", _row(rows, i))
+        raise CatalogError(
+            path, f"{column} {values.iloc[k]!r} is before 1970-01-01: out of range for unix seconds", _row(rows, i)
+        )
     return seconds
 
 
@@ -303,7 +313,9 @@ def check_known_items(
     if not unknown.any():
         return np.ones(len(item_ids), dtype=bool)
     bad = np.flatnonzero(unknown)
-    listed = ", ".join(f"{item_ids.iloc[i]!r} ({row_location(path, _row(rows, int(i)), short=True)})" for i in bad[:_MAX_LISTED])
+    listed = ", ".join(
+        f"{item_ids.iloc[i]!r} ({row_location(path, _row(rows, int(i)), short=True)})" for i in bad[:_MAX_LISTED]
+    )
     more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
     hint = id_mismatch_hint(item_ids.iloc[bad], known, all_unknown=bool(unknown.all()))
     if unknown.all():
@@ -325,7 +337,14 @@ def check_known_items(
         report.warnings.append(f"{len(bad)} interactions skipped for unknown items: {hint}")
     for i in bad:
         extra = {"user_id": str(user_ids.iloc[i])} if user_ids is not None else {}
-        report.add("unknown item", "interaction skipped", file=path, row=_row(rows, int(i)), item_id=str(item_ids.iloc[i]), **extra)
+        report.add(
+            "unknown item",
+            "interaction skipped",
+            file=path,
+            row=_row(rows, int(i)),
+            item_id=str(item_ids.iloc[i]),
+            **extra,
+        )
     return ~unknown
 
 

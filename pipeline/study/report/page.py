@@ -58,47 +58,76 @@ def _cards(cards: list[dict[str, Any]]) -> str:
     for rank, c in enumerate(cards, 1):
         title = html.escape(c["title"])
         hit = c.get("hit")
-        img = f'<img src="{html.escape(c["poster"])}" alt="{title}" loading="eager">' if c.get("poster") else f'<div class="ph">{title}</div>'
-        out.append(f'<div class="card{" hit" if hit else ""}" title="{title}">{img}<div>{title[:40]}{" ✔" if hit else ""}</div></div>')
+        img = (
+            f'<img src="{html.escape(c["poster"])}" alt="{title}" loading="eager">'
+            if c.get("poster")
+            else f'<div class="ph">{title}</div>'
+        )
+        out.append(
+            f'<div class="card{" hit" if hit else ""}" title="{title}">{img}<div>{title[:40]}{" ✔" if hit else ""}</div></div>'
+        )
     return '<div class="row">' + "".join(out) + "</div>"
 
 
 def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> str:
     p = data.params
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(data.title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(data.title)}</h1>",
+    ]
     rand = [m for m, f in data.features.items() if f.random_init]
     if rand:
-        parts.append(f"<p class='warn'><b>Random-init encoder</b> for {html.escape(', '.join(rand))}: those features carry no semantic content. "
-                     "Configure a checkpoint for a real test of the method.</p>")
+        parts.append(
+            f"<p class='warn'><b>Random-init encoder</b> for {html.escape(', '.join(rand))}: those features carry no semantic content. "
+            "Configure a checkpoint for a real test of the method.</p>"
+        )
     parts.append(f"<h2>Verdict</h2><p class='verdict' id='verdict'>{html.escape(data.verdict)}</p>")
     parts += [f"<p class='warn note-item'>{html.escape(n)}</p>" for n in data.notes]
     if data.floor:  # the floor before any gain: a gain between runs below it says little
         parts.append("<h3>Against the MostPop floor</h3>" + _h(*floor_table(data), cls="floor"))
     ds = data.dataset
-    parts.append("<h2>Setup</h2><ul>"
-                 f"<li>data: <b>{html.escape(ds.name)}</b> ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions); split <code>{html.escape(data.split.id)}</code> {html.escape(str(data.split.counts))}</li>"
-                 f"<li>seeds {html.escape(str(p.seeds))}; max epochs {p.epochs}, patience {p.patience} on valid Recall@20; search &le; {p.max_trials} trials per model and adapter (valid only)</li>"
-                 f"<li>fixed overrides <code>{html.escape(json.dumps(p.model_overrides))}</code></li>"
-                 f"<li>{html.escape(cap_line(data))}</li></ul>")
+    parts.append(
+        "<h2>Setup</h2><ul>"
+        f"<li>data: <b>{html.escape(ds.name)}</b> ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions); split <code>{html.escape(data.split.id)}</code> {html.escape(str(data.split.counts))}</li>"
+        f"<li>seeds {html.escape(str(p.seeds))}; max epochs {p.epochs}, patience {p.patience} on valid Recall@20; search &le; {p.max_trials} trials per model and adapter (valid only)</li>"
+        f"<li>fixed overrides <code>{html.escape(json.dumps(p.model_overrides))}</code></li>"
+        f"<li>{html.escape(cap_line(data))}</li></ul>"
+    )
     parts.append(_h(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data)))
     parts.append("<h2>Base vs +BeFA (test, best valid epoch)</h2>")
     parts.append(_h(*main_table(data), cls="results"))
-    parts.append("<p class='note'>Wilcoxon signed-rank (two-sided) on per-user test metrics, per-user differences averaged over seeds; "
-                 "Holm-adjusted across models and metrics. users +/-: users where +BeFA is higher / lower.</p>")
-    parts.append("<p class='note'>Mean relative gain over models, next to the paper's claim (read it with the p-values above):</p>")
+    parts.append(
+        "<p class='note'>Wilcoxon signed-rank (two-sided) on per-user test metrics, per-user differences averaged over seeds; "
+        "Holm-adjusted across models and metrics. users +/-: users where +BeFA is higher / lower.</p>"
+    )
+    parts.append(
+        "<p class='note'>Mean relative gain over models, next to the paper's claim (read it with the p-values above):</p>"
+    )
     parts.append(_h(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data)))
     if "main" in plots:
         parts.append(f"<img class='plot' id='main-plot' src='{plots['main']}' alt='base vs +BeFA'>")
-    parts.append("<h2>Parameters and time per epoch</h2>" + f"<p class='note'>{html.escape(OVERHEAD_NOTE)}</p>" + _h(*overhead_table(data)))
+    parts.append(
+        "<h2>Parameters and time per epoch</h2>"
+        + f"<p class='note'>{html.escape(OVERHEAD_NOTE)}</p>"
+        + _h(*overhead_table(data))
+    )
     parts.append("<h2>Where BeFA helps</h2><h3>By user activity</h3>" + _h(*groups_table(data)))
     if data.cold_items:
         c = data.cold_items
-        parts.append(f"<h3>Item cold start (split <code>{html.escape(str(c.split_id))}</code>: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)</h3>"
-                     + _h(*cold_table(data), cls="results"))
+        parts.append(
+            f"<h3>Item cold start (split <code>{html.escape(str(c.split_id))}</code>: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)</h3>"
+            + _h(*cold_table(data), cls="results")
+        )
     if data.item_groups:
-        parts.append(f"<h3>By item group</h3><p class='note'>{html.escape(ITEM_GROUPS_NOTE)}</p>" + _h(*item_groups_table(data), cls="item-groups"))
-    for exp, title, key in (("sweep_t", "Decoupling-space sweep", "sweep"), ("ablation", "Modality ablation", "ablation"), ("sparsity", "Sparsity sweep (valid/test fixed)", "sparsity")):
+        parts.append(
+            f"<h3>By item group</h3><p class='note'>{html.escape(ITEM_GROUPS_NOTE)}</p>"
+            + _h(*item_groups_table(data), cls="item-groups")
+        )
+    for exp, title, key in (
+        ("sweep_t", "Decoupling-space sweep", "sweep"),
+        ("ablation", "Modality ablation", "ablation"),
+        ("sparsity", "Sparsity sweep (valid/test fixed)", "sparsity"),
+    ):
         if (frame["experiment"] == exp).any():
             parts.append(f"<h3>{title}</h3>")
             if key in plots:
@@ -106,20 +135,41 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
             parts.append(_h(*experiment_table(frame, exp)))
     ins = data.inspection
     if ins:
-        parts.append(f"<h2>What BeFA changes ({html.escape(ins['model'])})</h2><p class='note'>{html.escape(COSINE_NOTE)}</p>")
-        parts.append(_h(["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
-                        [[m, fmt_num(s["gate_mean"], 3), fmt_num(s["gate_std"], 3), fmt_num(s["cos_content_adapted_mean"], 3), fmt_num(s["cos_behaviour_adapted_mean"], 3)] for m, s in ins["summary"].items()]))
+        parts.append(
+            f"<h2>What BeFA changes ({html.escape(ins['model'])})</h2><p class='note'>{html.escape(COSINE_NOTE)}</p>"
+        )
+        parts.append(
+            _h(
+                ["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
+                [
+                    [
+                        m,
+                        fmt_num(s["gate_mean"], 3),
+                        fmt_num(s["gate_std"], 3),
+                        fmt_num(s["cos_content_adapted_mean"], 3),
+                        fmt_num(s["cos_behaviour_adapted_mean"], 3),
+                    ]
+                    for m, s in ins["summary"].items()
+                ],
+            )
+        )
         parts.append(f"<img class='plot' id='gates-plot' src='{ins['gates_png']}' alt='gate heatmap'>")
         parts.append(f"<img class='plot' id='cosines-plot' src='{ins['cosines_png']}' alt='cosine histograms'>")
         parts.append("<h3>Top-10 of base and +BeFA (green border: a test item of the user)</h3>")
         for c in ins["comparisons"]:
-            parts.append(f"<div class='user' id='user-{c['user_idx']}'><h4>User {html.escape(c['user_id'])}: {html.escape(c['why'])} ({c['n_train']} train items)</h4>")
+            parts.append(
+                f"<div class='user' id='user-{c['user_idx']}'><h4>User {html.escape(c['user_id'])}: {html.escape(c['why'])} ({c['n_train']} train items)</h4>"
+            )
             parts.append("<div class='label'>History (most recent train items)</div>" + _cards(c["history"]))
-            parts.append("<div class='cols'><div><div class='label'>base top-10</div>" + _cards(c["base"]) + "</div>"
-                         "<div><div class='label'>+BeFA top-10</div>" + _cards(c["befa"]) + "</div></div>")
+            parts.append(
+                "<div class='cols'><div><div class='label'>base top-10</div>" + _cards(c["base"]) + "</div>"
+                "<div><div class='label'>+BeFA top-10</div>" + _cards(c["befa"]) + "</div></div>"
+            )
             parts.append("<div class='label'>Test items</div>" + _cards(c["test_items"]) + "</div>")
     parts.append("<h2>Search (valid only)</h2>" + _h(*search_table(data)))
     parts.append("<h2>Timings</h2>" + _h(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()]))
-    parts.append(f"<p class='note'>Runs trained: {data.runs.trained}, reused: {data.runs.reused}. "
-                 "Per-run results: <code>results.parquet</code>; Markdown: <a href='report.md'>report.md</a>.</p></body></html>")
+    parts.append(
+        f"<p class='note'>Runs trained: {data.runs.trained}, reused: {data.runs.reused}. "
+        "Per-run results: <code>results.parquet</code>; Markdown: <a href='report.md'>report.md</a>.</p></body></html>"
+    )
     return "\n".join(parts)

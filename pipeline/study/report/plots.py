@@ -71,7 +71,9 @@ def plot_sweep(frame: pd.DataFrame, path: Path, metrics=("recall@20", "ndcg@20")
     return save_figure(fig, path)
 
 
-def plot_grouped(frame: pd.DataFrame, experiment: str, path: Path, xlabel: str, metric: str = "recall@20", line: bool = False) -> Path | None:
+def plot_grouped(
+    frame: pd.DataFrame, experiment: str, path: Path, xlabel: str, metric: str = "recall@20", line: bool = False
+) -> Path | None:
     sub = frame[(frame["experiment"] == experiment) & (frame["split"] == "test") & (frame["metric"] == metric)]
     if sub.empty:
         return None

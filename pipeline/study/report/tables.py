@@ -74,8 +74,13 @@ class StudyData(BaseModel):
             data["features"] = data.pop("encoders")
         ds = data.get("dataset")
         if isinstance(ds, dict) and "users" in ds:
-            data["dataset"] = {"name": ds.get("name"), "fingerprint": ds.get("fingerprint"), "num_users": ds.get("users"),
-                               "num_items": ds.get("items"), "num_interactions": ds.get("interactions")}
+            data["dataset"] = {
+                "name": ds.get("name"),
+                "fingerprint": ds.get("fingerprint"),
+                "num_users": ds.get("users"),
+                "num_items": ds.get("items"),
+                "num_interactions": ds.get("interactions"),
+            }
         sp = data.get("split")
         if isinstance(sp, dict) and "path" not in sp:
             data["split"] = {"path": "", "k_core": None, "seed": None, "kind": "", **sp}
@@ -113,18 +118,44 @@ def main_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
 def gains_table(gains: list[GainRow], significance: list[SignificanceRow]) -> tuple[list[str], list[list[str]]]:
     """Base vs +BeFA per model and metric, with the paired tests."""
     sig = {(s.model, s.metric): s for s in significance}
-    head = ["model", "metric", "base (mean ± std)", "+BeFA (mean ± std)", "seeds", "relative gain", "Wilcoxon p", "Holm p", "t-test p", "users +/-", "significant"]
+    head = [
+        "model",
+        "metric",
+        "base (mean ± std)",
+        "+BeFA (mean ± std)",
+        "seeds",
+        "relative gain",
+        "Wilcoxon p",
+        "Holm p",
+        "t-test p",
+        "users +/-",
+        "significant",
+    ]
     rows = []
     for g in gains:
         s = sig.get((g.model, g.metric))
         tests = (
-            [_p(s.p_wilcoxon), _p(s.p_wilcoxon_holm), _p(s.p_ttest), f"{s.wins}/{s.losses}", "yes" if s.significant else "no"]
+            [
+                _p(s.p_wilcoxon),
+                _p(s.p_wilcoxon_holm),
+                _p(s.p_ttest),
+                f"{s.wins}/{s.losses}",
+                "yes" if s.significant else "no",
+            ]
             if s is not None
             else ["n/a", "n/a", "n/a", "-/-", "n/a"]
         )
-        rows.append([
-            g.model, g.metric, _ms(g.base_mean, g.base_std), _ms(g.befa_mean, g.befa_std), str(g.seeds), _pct(g.relative_gain), *tests,
-        ])
+        rows.append(
+            [
+                g.model,
+                g.metric,
+                _ms(g.base_mean, g.base_std),
+                _ms(g.befa_mean, g.befa_std),
+                str(g.seeds),
+                _pct(g.relative_gain),
+                *tests,
+            ]
+        )
     return head, rows
 
 
@@ -156,28 +187,57 @@ def mean_gain_rows(data: StudyData) -> list[list[str]]:
 
 def overhead_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     head = [
-        "model", "adapter params", "base params w/o tables", "base params with tables",
-        "overhead w/o tables (paper's count)", "overhead with tables", "net change w/o tables",
-        "s/epoch base", "s/epoch +BeFA", "time ratio", "epochs base", "epochs +BeFA",
+        "model",
+        "adapter params",
+        "base params w/o tables",
+        "base params with tables",
+        "overhead w/o tables (paper's count)",
+        "overhead with tables",
+        "net change w/o tables",
+        "s/epoch base",
+        "s/epoch +BeFA",
+        "time ratio",
+        "epochs base",
+        "epochs +BeFA",
     ]
     rows = []
     for o in data.overhead:
-        rows.append([
-            o.model, f"{o.adapter_params:,}", f"{o.base_params_without_tables:,}", f"{o.base_params_with_tables:,}",
-            _pct(o.adapter_overhead_without_tables), _pct(o.adapter_overhead_with_tables), _pct(o.net_overhead_without_tables),
-            fmt_num(o.epoch_s_base, 3), fmt_num(o.epoch_s_befa, 3), fmt_num(o.epoch_time_ratio, 2) + "x" if o.epoch_time_ratio else "-",
-            ",".join(map(str, o.epochs_base)), ",".join(map(str, o.epochs_befa)),
-        ])
+        rows.append(
+            [
+                o.model,
+                f"{o.adapter_params:,}",
+                f"{o.base_params_without_tables:,}",
+                f"{o.base_params_with_tables:,}",
+                _pct(o.adapter_overhead_without_tables),
+                _pct(o.adapter_overhead_with_tables),
+                _pct(o.net_overhead_without_tables),
+                fmt_num(o.epoch_s_base, 3),
+                fmt_num(o.epoch_s_befa, 3),
+                fmt_num(o.epoch_time_ratio, 2) + "x" if o.epoch_time_ratio else "-",
+                ",".join(map(str, o.epochs_base)),
+                ",".join(map(str, o.epochs_befa)),
+            ]
+        )
     return head, rows
 
 
-def experiment_table(frame: pd.DataFrame, experiment: str, metric: str = "recall@20") -> tuple[list[str], list[list[str]]]:
+def experiment_table(
+    frame: pd.DataFrame, experiment: str, metric: str = "recall@20"
+) -> tuple[list[str], list[list[str]]]:
     sub = frame[(frame["experiment"] == experiment) & (frame["split"] == "test") & (frame["metric"] == metric)]
     head = ["setting", "model", "adapter", f"test {metric} (mean ± std)", "seeds"]
     rows = []
     for (setting, model, adapter), g in sub.groupby(["setting", "model", "adapter"], sort=False):
         v = g["value"].to_numpy(float)
-        rows.append([setting, model, ADAPTER_LABEL.get(adapter, adapter), _ms(v.mean(), v.std(ddof=1) if v.size > 1 else 0.0), str(v.size)])
+        rows.append(
+            [
+                setting,
+                model,
+                ADAPTER_LABEL.get(adapter, adapter),
+                _ms(v.mean(), v.std(ddof=1) if v.size > 1 else 0.0),
+                str(v.size),
+            ]
+        )
     return head, rows
 
 
@@ -192,12 +252,32 @@ def groups_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
 
 def item_groups_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     """Base vs +BeFA by item group, for the main split and the cold-items split."""
-    head = ["split", "model", "item group", "metric", "users", "base (mean ± std)", "+BeFA (mean ± std)", "relative gain", "Wilcoxon p", "Holm p"]
+    head = [
+        "split",
+        "model",
+        "item group",
+        "metric",
+        "users",
+        "base (mean ± std)",
+        "+BeFA (mean ± std)",
+        "relative gain",
+        "Wilcoxon p",
+        "Holm p",
+    ]
     label = {"main": "main", "cold_items": "cold-items"}
     rows = [
-        [label.get(g["experiment"], g["experiment"]), g["model"], g["group"], g["metric"], str(g["users"] if g["users"] is not None else "-"),
-         _ms(g["base_mean"], g["base_std"]), _ms(g["befa_mean"], g["befa_std"]), _pct(g["relative_gain"]),
-         _p(g["p_wilcoxon"]), _p(g["p_wilcoxon_holm"])]
+        [
+            label.get(g["experiment"], g["experiment"]),
+            g["model"],
+            g["group"],
+            g["metric"],
+            str(g["users"] if g["users"] is not None else "-"),
+            _ms(g["base_mean"], g["base_std"]),
+            _ms(g["befa_mean"], g["befa_std"]),
+            _pct(g["relative_gain"]),
+            _p(g["p_wilcoxon"]),
+            _p(g["p_wilcoxon_holm"]),
+        ]
         for g in data.item_groups
     ]
     return head, rows
@@ -223,7 +303,17 @@ def search_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
     for s in data.searches:
         win = {k: v for k, v in s.winner.items() if k != "adapter"}
         adapter = ADAPTER_LABEL.get(s.adapter, s.adapter)
-        rows.append([s.model, adapter, str(s.trials), str(s.grid_size), json.dumps(win), fmt_num(s.winner_valid_r20), f"{s.seconds:.0f}"])
+        rows.append(
+            [
+                s.model,
+                adapter,
+                str(s.trials),
+                str(s.grid_size),
+                json.dumps(win),
+                fmt_num(s.winner_valid_r20),
+                f"{s.seconds:.0f}",
+            ]
+        )
     return head, rows
 
 

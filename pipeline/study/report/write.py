@@ -46,22 +46,34 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines = [f"# {data.title}", ""]
     mods = [m for m, f in data.features.items() if f.random_init]
     if mods:
-        lines += [f"> **Random-init encoder** for {', '.join(mods)}: those features carry no semantic content; "
-                  "configure a checkpoint (e.g. `clip:ViT-B-32@/path/ckpt.safetensors`) for a real test of the method.", ""]
+        lines += [
+            f"> **Random-init encoder** for {', '.join(mods)}: those features carry no semantic content; "
+            "configure a checkpoint (e.g. `clip:ViT-B-32@/path/ckpt.safetensors`) for a real test of the method.",
+            "",
+        ]
     lines += ["## Verdict", "", data.verdict, ""]
     lines += [f"> {n}" for n in data.notes] + ([""] if data.notes else [])
     if data.floor:  # the floor before any gain: a gain between runs below it says little
         lines += ["### Against the MostPop floor", ""] + markdown_table(*floor_table(data)) + [""]
     ds = data.dataset
-    lines += ["", "## Setup", "",
-              f"- data: **{ds.name}** ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions), split `{data.split.id}` {data.split.counts}",
-              f"- seeds: {p.seeds}; max epochs {p.epochs}, patience {p.patience} (valid Recall@20); search: <= {p.max_trials} trials per model and adapter" + (f", <= {p.max_minutes} min" if p.max_minutes else ""),
-              f"- fixed overrides: `{json.dumps(p.model_overrides)}`", f"- {cap_line(data)}", ""]
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- data: **{ds.name}** ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions), split `{data.split.id}` {data.split.counts}",
+        f"- seeds: {p.seeds}; max epochs {p.epochs}, patience {p.patience} (valid Recall@20); search: <= {p.max_trials} trials per model and adapter"
+        + (f", <= {p.max_minutes} min" if p.max_minutes else ""),
+        f"- fixed overrides: `{json.dumps(p.model_overrides)}`",
+        f"- {cap_line(data)}",
+        "",
+    ]
     lines += markdown_table(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data))
     lines += ["", "## Base vs +BeFA (test, best valid epoch)", ""]
     lines += markdown_table(*main_table(data))
     lines += ["", "Mean relative gain over models, next to the paper's claim (read it with the p-values above):", ""]
-    lines += markdown_table(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data))
+    lines += markdown_table(
+        ["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data)
+    )
     if "main" in plots:
         lines += ["", f"![base vs +BeFA]({plots['main']})"]
     lines += ["", "## Parameters and time", "", OVERHEAD_NOTE, ""]
@@ -70,12 +82,20 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines += markdown_table(*groups_table(data))
     if data.cold_items:
         c = data.cold_items
-        lines += ["", f"### Item cold start (split `{c.split_id}`: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)", ""]
+        lines += [
+            "",
+            f"### Item cold start (split `{c.split_id}`: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)",
+            "",
+        ]
         lines += markdown_table(*cold_table(data))
     if data.item_groups:
         lines += ["", "### By item group", "", ITEM_GROUPS_NOTE, ""]
         lines += markdown_table(*item_groups_table(data))
-    for exp, title, key in (("sweep_t", "Decoupling-space sweep", "sweep"), ("ablation", "Modality ablation", "ablation"), ("sparsity", "Sparsity sweep", "sparsity")):
+    for exp, title, key in (
+        ("sweep_t", "Decoupling-space sweep", "sweep"),
+        ("ablation", "Modality ablation", "ablation"),
+        ("sparsity", "Sparsity sweep", "sparsity"),
+    ):
         if (frame["experiment"] == exp).any():
             lines += ["", f"### {title}", ""]
             lines += markdown_table(*experiment_table(frame, exp))
@@ -84,20 +104,41 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     ins = data.inspection
     if ins:
         lines += ["", f"## What BeFA changes ({ins['model']})", "", COSINE_NOTE, ""]
-        lines += markdown_table(["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
-                     [[m, fmt_num(s["gate_mean"], 3), fmt_num(s["gate_std"], 3), fmt_num(s["cos_content_adapted_mean"], 3), fmt_num(s["cos_behaviour_adapted_mean"], 3)] for m, s in ins["summary"].items()])
+        lines += markdown_table(
+            ["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
+            [
+                [
+                    m,
+                    fmt_num(s["gate_mean"], 3),
+                    fmt_num(s["gate_std"], 3),
+                    fmt_num(s["cos_content_adapted_mean"], 3),
+                    fmt_num(s["cos_behaviour_adapted_mean"], 3),
+                ]
+                for m, s in ins["summary"].items()
+            ],
+        )
         lines += ["", f"![gates]({ins['gates_png']})", "", f"![cosines]({ins['cosines_png']})", ""]
         for c in ins["comparisons"]:
-            lines += [f"### user {c['user_id']} ({c['why']}; {c['n_train']} train items)", "",
-                      "| rank | base | +BeFA |", "|---|---|---|"]
+            lines += [
+                f"### user {c['user_id']} ({c['why']}; {c['n_train']} train items)",
+                "",
+                "| rank | base | +BeFA |",
+                "|---|---|---|",
+            ]
             for r, (b, a) in enumerate(zip(c["base"], c["befa"]), 1):
-                lines.append(f"| {r} | {'**HIT** ' if b['hit'] else ''}{b['title']} | {'**HIT** ' if a['hit'] else ''}{a['title']} |")
+                lines.append(
+                    f"| {r} | {'**HIT** ' if b['hit'] else ''}{b['title']} | {'**HIT** ' if a['hit'] else ''}{a['title']} |"
+                )
             lines.append("")
     lines += ["## Search (valid only)", ""]
     lines += markdown_table(*search_table(data))
     lines += ["", "## Timings", ""]
     lines += markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()])
-    lines += ["", f"Runs trained: {data.runs.trained}, reused: {data.runs.reused}. Full per-run results: `results.parquet`.", ""]
+    lines += [
+        "",
+        f"Runs trained: {data.runs.trained}, reused: {data.runs.reused}. Full per-run results: `results.parquet`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -112,7 +153,12 @@ def write_study_report(folder: str | Path, frame: pd.DataFrame, data: StudyData)
         ("main", lambda: plot_main(frame, plots_dir / "main.png")),
         ("sweep", lambda: plot_sweep(frame, plots_dir / "sweep_t.png")),
         ("ablation", lambda: plot_grouped(frame, "ablation", plots_dir / "ablation.png", "modalities")),
-        ("sparsity", lambda: plot_grouped(frame, "sparsity", plots_dir / "sparsity.png", "share of each user's train interactions", line=True)),
+        (
+            "sparsity",
+            lambda: plot_grouped(
+                frame, "sparsity", plots_dir / "sparsity.png", "share of each user's train interactions", line=True
+            ),
+        ),
     ):
         path = fn()
         if path is not None:
