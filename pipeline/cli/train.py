@@ -10,6 +10,7 @@ this command.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,7 +65,8 @@ def train_cmd(
     run_dir: Optional[Path] = typer.Option(None, help="Run folder (default under $BEFA_HOME/runs)."),
     resume: bool = typer.Option(
         False,
-        help="Continue the run folder's run from its last checkpoint, with the config and feature snapshots it recorded.",
+        help="Continue the run folder's run from its last checkpoint, "
+        "with the config and feature snapshots it recorded.",
     ),
     allow_new_features: bool = typer.Option(
         False,
@@ -83,44 +85,61 @@ def train_cmd(
     if resume and run_dir is not None and (run_dir / RECORD).exists():
         result = _resume(run_dir, store, device, allow_new_features, settings)
     else:
-        if dataset is None:
-            fail(
-                "--dataset: name the catalog to train on (only `--run-dir R --resume` on an existing run reads it from the run)"
-            )
-        try:
-            model_cls = get_model_class(model)
-        except ValueError as exc:
-            fail(str(exc))
-        # the config, built and checked once, before any data loads or features extract
-        config = config_or_fail(model_cls, {**train_overrides(set_, model), "adapter": adapter})
-        if model_cls.uses_content:
-            encoder_or_fail(encoder)
-        try:
-            catalog = Catalog.load(settings.catalog_dir(dataset))
-            split_path = ensure_split(catalog, catalog.splits_dir, split)
-            folder = run_dir or run_folder_for(split_path, model, config, seed, settings.runs_dir)
-        except (ValueError, FileNotFoundError) as exc:
-            fail(str(exc))
-        if resume and (folder / RECORD).exists():
-            result = _resume(folder, store, device, allow_new_features, settings)
-        else:
-            features = _current_features(model_cls, catalog, encoder, store, device)
-            # paths (not objects), so the run records where its catalog and split live for `befa evaluate`
-            result = _train(
-                settings.catalog_dir(dataset),
-                split_path,
-                features,
-                model,
-                config,
-                folder,
-                seed,
-                device,
-                epochs,
-                patience,
-                resume,
-                settings,
-            )
+        request = TrainRequest(
+            dataset=dataset, model=model, adapter=adapter, encoder=encoder, split=split, set_=set_, seed=seed,
+            epochs=epochs, patience=patience, device=device, run_dir=run_dir, resume=resume,
+        )  # fmt: skip
+        result = _train_new(request, store, allow_new_features, settings)
     _print_result(result)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `befa train` was asked for a new run (or one to resume by its folder's name)."""
+
+    dataset: Optional[str]
+    model: str
+    adapter: str
+    encoder: str
+    split: str
+    set_: list[str]
+    seed: int
+    epochs: int
+    patience: int
+    device: Optional[str]
+    run_dir: Optional[Path]
+    resume: bool
+
+
+def _train_new(r: TrainRequest, store: FeatureStore, allow_new_features: bool, settings: Any) -> RunResult:
+    """Check the request before any data loads, then train it (or resume the run its folder holds)."""
+    if r.dataset is None:
+        fail(
+            "--dataset: name the catalog to train on "
+            "(only `--run-dir R --resume` on an existing run reads it from the run)"
+        )
+    try:
+        model_cls = get_model_class(r.model)
+    except ValueError as exc:
+        fail(str(exc))
+    # the config, built and checked once, before any data loads or features extract
+    config = config_or_fail(model_cls, {**train_overrides(r.set_, r.model), "adapter": r.adapter})
+    if model_cls.uses_content:
+        encoder_or_fail(r.encoder)
+    try:
+        catalog = Catalog.load(settings.catalog_dir(r.dataset))
+        split_path = ensure_split(catalog, catalog.splits_dir, r.split)
+        folder = r.run_dir or run_folder_for(split_path, r.model, config, r.seed, settings.runs_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if r.resume and (folder / RECORD).exists():
+        return _resume(folder, store, r.device, allow_new_features, settings)
+    features = _current_features(model_cls, catalog, r.encoder, store, r.device)
+    # paths (not objects), so the run records where its catalog and split live for `befa evaluate`
+    return _train(
+        settings.catalog_dir(r.dataset), split_path, features, r.model, config, folder, r.seed, r.device,
+        r.epochs, r.patience, r.resume, settings,
+    )  # fmt: skip
 
 
 def _current_features(
@@ -132,7 +151,8 @@ def _current_features(
     for m in features.modalities:
         if features.random_init.get(m):
             console.print(
-                f"[yellow]{m} features: weights: random init ({features.fingerprints[m]}); quality numbers from them mean nothing[/]"
+                f"[yellow]{m} features: weights: random init ({features.fingerprints[m]}); "
+                "quality numbers from them mean nothing[/]"
             )
     return features
 
@@ -189,7 +209,8 @@ def _resume(
             config["lr"] = rec.batching.configured_lr
     features = _recorded_features(rec, run_dir, store, allow_new_features)
     console.print(
-        f"resuming {run_dir}: {rec.model} {rec.adapter}, {len(rec.epochs)} epochs done, its recorded config and features"
+        f"resuming {run_dir}: {rec.model} {rec.adapter}, {len(rec.epochs)} epochs done, "
+        "its recorded config and features"
     )
     return _train(
         Path(catalog_dir),
@@ -217,7 +238,8 @@ def _recorded_features(
     except CatalogError as exc:
         if not allow_new_features:
             fail(
-                f"{run_dir}: --resume: the feature snapshots this run trained on are gone ({exc.problem}). A resume never "
+                f"{run_dir}: --resume: the feature snapshots this run trained on are gone ({exc.problem}). "
+                "A resume never "
                 "switches features silently: pass --allow-new-features to continue on the current snapshot of the same "
                 "encoder, or train anew without --resume"
             )
@@ -230,7 +252,8 @@ def _recorded_features(
         old = rec.feature_snapshots.get(m)
         if old != features.snapshots[m]:
             console.print(
-                f"[yellow]{m} features: the run's snapshot {old} is gone; continuing on snapshot {features.snapshots[m]} (--allow-new-features)[/]"
+                f"[yellow]{m} features: the run's snapshot {old} is gone; "
+                f"continuing on snapshot {features.snapshots[m]} (--allow-new-features)[/]"
             )
     return features
 

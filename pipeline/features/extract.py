@@ -33,21 +33,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from encoders.base import Encoder, autocast_dtype, check_modalities
-from encoders.registry import create_encoders, resolve_specs
-from encoders.spec import EncoderSpec
+from encoders.base import Encoder, autocast_dtype
 from pipeline.data.catalog import Catalog
 from pipeline.device import cpu_count, resolve_device, torch_threads
-from pipeline.features.encoder_cache import known_fingerprint, remember_fingerprint
 from pipeline.features.images import ImageItems, default_num_workers, image_loader
+from pipeline.features.plan import encoders_to_run, todo_keys
 from pipeline.features.progress import ProgressLines
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
@@ -92,14 +89,6 @@ def precision_name(encoder: Encoder, device: torch.device) -> str:
     return {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
 
 
-def todo_keys(store: FeatureStore, key: FeatureSetKey, keys: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``keys`` (item_id, content_hash, item_idx) the store has no vector for yet."""
-    existing = store.existing_keys(key)
-    pairs = zip(keys["item_id"].tolist(), keys["content_hash"].tolist())
-    todo = np.fromiter(((i, h) not in existing for i, h in pairs), dtype=bool, count=len(keys))
-    return keys[todo]
-
-
 def finish_modality(
     summary: ModalitySummary,
     writer: PartWriter,
@@ -138,27 +127,6 @@ def _progress(total: int, desc: str, unit: str, enabled: bool) -> tqdm:
     return tqdm(
         total=total, desc=desc, unit=unit, disable=not enabled or total == 0, mininterval=0.5, dynamic_ncols=True
     )
-
-
-def _resolve_encoders(
-    encoder_or_spec: Any, modalities: Sequence[str] | None, device: torch.device
-) -> dict[str, Encoder]:
-    if isinstance(encoder_or_spec, Encoder):
-        wanted = list(modalities) if modalities is not None else list(encoder_or_spec.modalities)
-        check_modalities(encoder_or_spec.family, wanted, encoder_or_spec.modalities)
-        encoders = {m: encoder_or_spec for m in MODALITIES if m in wanted}
-    elif isinstance(encoder_or_spec, Mapping) and all(isinstance(v, Encoder) for v in encoder_or_spec.values()):
-        encoders = dict(encoder_or_spec)
-        for m, enc in encoders.items():
-            check_modalities(enc.family, [m], enc.modalities)
-        if modalities is not None:
-            encoders = {m: encoders[m] for m in modalities}
-    else:
-        encoders = create_encoders(encoder_or_spec, modalities)
-    for enc in {id(e): e for e in encoders.values()}.values():
-        if enc.device != device:
-            enc.to(device)
-    return encoders
 
 
 def extract_features(
@@ -201,15 +169,8 @@ def extract_features(
     t_start = time.perf_counter()
     _check_item_ids(catalog)
     dev = resolve_device(device)
-    specs = None if _built(encoder_or_spec) else resolve_specs(encoder_or_spec, modalities)
     # the store first: a modality whose every item is already encoded needs no encoder at all
-    summaries: dict[str, ModalitySummary] = _without_encoders(catalog, store, specs, dev) if specs else {}
-    if specs is None:
-        encoders = _resolve_encoders(encoder_or_spec, modalities, dev)
-    else:
-        encoders = _resolve_encoders({m: s for m, s in specs.items() if m not in summaries}, None, dev)
-        for modality, encoder in encoders.items():
-            remember_fingerprint(store, specs[modality], encoder.fingerprint)
+    summaries, encoders = encoders_to_run(catalog, encoder_or_spec, modalities, store, dev)
     workers = default_num_workers(dev) if num_workers is None else int(num_workers)
     threads = (num_threads or cpu_count()) if dev.type == "cpu" else None
     with torch_threads(threads):
@@ -239,54 +200,6 @@ def _check_item_ids(catalog: Catalog) -> None:
         string_array(catalog.items["item_id"], "item_id")
     except ValueError as exc:
         raise ValueError(f"catalog {catalog.name}: {exc}; fix the id and re-run `befa ingest`") from None
-
-
-def _built(encoder_or_spec: Any) -> bool:
-    """An Encoder, or a mapping of them: already built, nothing to save by looking first."""
-    if isinstance(encoder_or_spec, Encoder):
-        return True
-    return (
-        isinstance(encoder_or_spec, Mapping)
-        and bool(encoder_or_spec)
-        and all(isinstance(v, Encoder) for v in encoder_or_spec.values())
-    )
-
-
-def _without_encoders(
-    catalog: Catalog, store: FeatureStore, specs: Mapping[str, EncoderSpec], device: torch.device
-) -> dict[str, ModalitySummary]:
-    """Modalities whose spec built a fingerprint the store knows and whose every current
-    (item, content hash) the store holds: committed and summarised without loading the encoder."""
-    out: dict[str, ModalitySummary] = {}
-    for modality, spec in specs.items():
-        known = known_fingerprint(store, spec)
-        if known is None:
-            continue
-        t0 = time.perf_counter()
-        fingerprint, info = known
-        key = FeatureSetKey(catalog.name, fingerprint, modality)
-        keys = catalog.content_keys(modality)
-        if len(todo_keys(store, key, keys)):
-            continue
-        summary = ModalitySummary(
-            modality=modality,
-            encoder=str(spec),
-            fingerprint=fingerprint,
-            weights=str(info.get("weights_label") or info.get("weights") or ""),
-            random_init=bool(info.get("random_init")),
-            dim=int(info.get("dim") or 0),
-            items=catalog.num_items,
-            with_content=len(keys),
-            device=str(device),
-            precision="encoder not loaded: nothing to encode",
-        )
-        summary.record_no_content(catalog.items)
-        summary.skipped = len(keys)
-        snap = store.commit(key, keep=zip(keys["item_id"].tolist(), keys["content_hash"].tolist()))
-        summary.snapshot_id, summary.snapshot_rows = snap.id, snap.num_rows
-        summary.seconds = time.perf_counter() - t0
-        out[modality] = summary
-    return out
 
 
 def _extract_modality(

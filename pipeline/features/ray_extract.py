@@ -36,8 +36,9 @@ from encoders.registry import create_encoders, resolve_specs
 from pipeline.cluster import connected
 from pipeline.data.catalog import Catalog
 from pipeline.data.image_cache import ImageCache, is_url
-from pipeline.features.extract import finish_modality, precision_name, todo_keys
+from pipeline.features.extract import finish_modality, precision_name
 from pipeline.features.images import ImageItems
+from pipeline.features.plan import todo_keys
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
 from storage.feature_store import FeatureStore

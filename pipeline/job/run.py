@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.data.summary import IngestSummary
 from pipeline.job.params import PipelineParams, validate_params
-from pipeline.job.recommend_step import recommend_step
+from pipeline.job.recommend_step import RecommendSummary, recommend_step
 from pipeline.job.result import PipelineResult
 from pipeline.job.steps import evaluate_step, extract_step, ingest_step, plan_runs, report_step, split_step, train_step
 from pipeline.job.train_batch import executor_of, train_runs
@@ -94,20 +95,12 @@ def run_pipeline(
     log(f"pipeline folder {folder}")
     timings: dict[str, float] = {}
 
-    ingest = steps.ingest(params, settings)
-    timings["ingest"] = ingest.seconds
-    register_catalog(settings, params)
-    log(
-        f"ingest: {ingest.name} ({ingest.num_items} items, {ingest.num_interactions} interactions) in {ingest.seconds:.1f} s"
-    )
-    for warning in ingest.warnings:
-        log(f"WARNING: ingest: {warning}")
+    ingest = ingest_and_register(steps, params, settings, timings, log)
     extract = steps.extract(params, settings, ingest.catalog_dir)
     timings["extract"] = extract.seconds
     for m, f in extract.modalities.items():
-        log(
-            f"extract {m}: {f.encoded} encoded, {f.skipped} reused, snapshot {f.snapshot} (weights: {'random init' if f.random_init else f.weights})"
-        )
+        weights = "random init" if f.random_init else f.weights
+        log(f"extract {m}: {f.encoded} encoded, {f.skipped} reused, snapshot {f.snapshot} (weights: {weights})")
     split = steps.split(params, ingest.catalog_dir)
     timings["split"] = split.seconds
     log(f"split: {split.id} {split.counts}")
@@ -118,33 +111,59 @@ def run_pipeline(
     runs = train_and_verify(
         steps, params, settings, ingest.catalog_dir, split.path, extract, pairs, folder, timings, log
     )
+    recommendations = recommend(steps, params, settings, folder, runs, timings, log)
 
-    recommendations = None
-    if params.recommend_k and runs:
-        recommendations = steps.recommend(params, settings, str(folder), runs)
-        timings["recommend"] = recommendations.seconds
-        log(
-            f"recommend: top-{params.recommend_k} for {recommendations.users} users from {recommendations.model} "
-            f"{recommendations.adapter} (best by {recommendations.chosen_by}) -> {recommendations.path}"
-        )
     start = time.perf_counter()
     report = steps.report(str(folder), params, ingest, extract, split, runs, timings, skipped)
     timings["report"] = round(time.perf_counter() - start, 3)
     result = PipelineResult(
-        params=params,
-        folder=str(folder),
-        ingest=ingest,
-        extract=extract,
-        split=split,
-        runs=runs,
-        report=report,
-        timings=timings,
-        skipped=skipped,
-        recommendations=recommendations,
-    )
+        params=params, folder=str(folder), ingest=ingest, extract=extract, split=split, runs=runs,
+        report=report, timings=timings, skipped=skipped, recommendations=recommendations,
+    )  # fmt: skip
     write_json(folder / "summary.json", json.loads(result.model_dump_json()))
     log(f"report: {report.report_md}")
     return result
+
+
+def ingest_and_register(
+    steps: PipelineSteps,
+    params: PipelineParams,
+    settings: Settings,
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> IngestSummary:
+    """The ingest step, then the catalog registered for watching (the job's business, not the step's)."""
+    ingest = steps.ingest(params, settings)
+    timings["ingest"] = ingest.seconds
+    register_catalog(settings, params)
+    log(
+        f"ingest: {ingest.name} ({ingest.num_items} items, {ingest.num_interactions} interactions) "
+        f"in {ingest.seconds:.1f} s"
+    )
+    for warning in ingest.warnings:
+        log(f"WARNING: ingest: {warning}")
+    return ingest
+
+
+def recommend(
+    steps: PipelineSteps,
+    params: PipelineParams,
+    settings: Settings,
+    folder: Path,
+    runs: list[TrainSummary],
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> RecommendSummary | None:
+    """The recommend step from the best run, unless ``recommend_k`` is 0 or nothing was trained."""
+    if not params.recommend_k or not runs:
+        return None
+    recs = steps.recommend(params, settings, str(folder), runs)
+    timings["recommend"] = recs.seconds
+    log(
+        f"recommend: top-{params.recommend_k} for {recs.users} users from {recs.model} "
+        f"{recs.adapter} (best by {recs.chosen_by}) -> {recs.path}"
+    )
+    return recs
 
 
 def train_and_verify(
@@ -174,9 +193,8 @@ def train_and_verify(
         timings[f"train {model} {adapter}"] = round(summary.seconds - verify, 3)
         if evaluate is not None:
             timings[f"evaluate {model} {adapter}"] = verify
-        log(
-            f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {summary.test.get('recall@20', float('nan')):.4f}"
-        )
+        recall = summary.test.get("recall@20", float("nan"))
+        log(f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {recall:.4f}")
         if summary.floor_note:
             log(f"WARNING: {summary.floor_note}")
     return runs

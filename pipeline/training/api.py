@@ -103,17 +103,8 @@ def train_model(
     """
     model_cls = get_model_class(model)
     config = model_config(model_cls, overrides)
-    cat = _load_catalog(catalog)
-    split_obj = _load_split(split)
-    device = resolve_device(device)
-    prepared = prepare_data(
-        split_obj,
-        num_items=cat.num_items,
-        features=features,
-        num_users=max(cat.num_users, _max_user(split_obj) + 1),
-        device=device,
-        graph_cache_dir=graph_cache_dir,
-    )
+    cat, split_obj, device = _load_catalog(catalog), _load_split(split), resolve_device(device)
+    prepared = _prepared(cat, split_obj, features, device, graph_cache_dir)
     if run_dir is None:
         run_dir = default_run_dir(
             runs_root or Path.cwd() / "runs", model_cls.name, prepared.train.split_id, config, seed
@@ -142,6 +133,25 @@ def train_model(
     )
     save_universe(result.run_dir, cat)  # ids by row, so the run can be served after the catalog changes
     return result
+
+
+def _prepared(
+    cat: Catalog,
+    split: Any,
+    features: FeatureBundle | None,
+    device: torch.device,
+    graph_cache_dir: str | Path | None = None,
+) -> PreparedData:
+    """The split's tensors for the catalog's items (users: the catalog's, or more when the split has more)."""
+    num_users = max(cat.num_users, _max_user(split) + 1)
+    return prepare_data(
+        split,
+        num_items=cat.num_items,
+        features=features,
+        num_users=num_users,
+        device=device,
+        graph_cache_dir=graph_cache_dir,
+    )
 
 
 def _max_user(split: Any) -> int:
@@ -215,13 +225,7 @@ def load_trained(
     cat, split_obj = _load_catalog(catalog), _load_split(split)
     bundle = features if features is not None else FeatureBundle.empty()
     _check_snapshots(run_dir, record, bundle)
-    prepared = prepare_data(
-        split_obj,
-        num_items=cat.num_items,
-        features=bundle.subset(record.feature_snapshots),
-        num_users=max(cat.num_users, _max_user(split_obj) + 1),
-        device=resolve_device(device),
-    )
+    prepared = _prepared(cat, split_obj, bundle.subset(record.feature_snapshots), resolve_device(device))
     if prepared.train.split_id != record.split_id:
         raise ValueError(f"{run_dir}: split {prepared.train.split_id} differs from the run's {record.split_id}")
     net = build_model(model_cls, prepared.train, config, record.seed)

@@ -37,17 +37,12 @@ do), which is what the checkpoint restores.
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from pydantic import BaseModel, Field
-from tqdm.auto import tqdm
 
 from models.base import ModelConfig, Recommender
 from models.mostpop import MostPop
@@ -55,20 +50,17 @@ from pipeline.device import cpu_count, peak_memory, sync, torch_threads
 from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.allocator import keep_freed_memory
-from pipeline.training.batching import MIN_BATCHES_PER_EPOCH, plan_batches
+from pipeline.training.batching import plan_batches
 from pipeline.training.build import build_model
 from pipeline.training.checkpoints import (
-    load_last,
     load_weights,
-    rng_state,
-    save_last,
     save_per_user,
     save_weights,
-    set_rng_state,
 )
-from pipeline.training.epochs import is_trainable, make_optimiser, run_epoch
+from pipeline.training.epochs import is_trainable
 from pipeline.training.floor_check import FLOOR_METRIC, FloorCheck, judge_floor
 from pipeline.training.liveness import mark_active, this_process
+from pipeline.training.loop import EpochLoop, TrainerConfig, TrainingInterrupted, restore, say, train_epochs
 from pipeline.training.prepare import PreparedData
 from pipeline.training.record import (
     BEST,
@@ -82,27 +74,8 @@ from pipeline.training.record import (
     now,
 )
 from pipeline.training.run_folder import FeaturesChanged, RunFolderBusy, check_previous
-from pipeline.training.sampling import NegativeSampler
 
 __all__ = ["FeaturesChanged", "RunFolderBusy", "RunResult", "TrainerConfig", "TrainingInterrupted", "fit"]
-
-
-class TrainerConfig(BaseModel):
-    """How to train (not what): the model's own hyper-parameters live in its Config."""
-
-    max_epochs: int = Field(1000, ge=1)
-    patience: int = Field(10, ge=1, description="stopping_step: epochs without a strict valid Recall@20 improvement")
-    seed: int = 999
-    device: str | None = Field(None, description="torch device; default cuda if available else cpu")
-    num_threads: int | None = Field(None, ge=1, description="CPU threads; default: the CPUs this process may use")
-    amp: bool = Field(False, description="bf16 autocast for the loss on CUDA (off by default: not validated here)")
-    quiet: bool = False
-    min_batches_per_epoch: int = Field(
-        MIN_BATCHES_PER_EPOCH,
-        ge=1,
-        description="small-catalog rule: the batch shrinks so an epoch has at least this many",
-    )
-    floor: bool = Field(True, description="evaluate MostPop on the split first and flag a run that ends below it")
 
 
 @dataclass
@@ -121,10 +94,6 @@ class RunResult:
     @property
     def test_metrics(self) -> dict[str, float]:
         return self.record.test
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised by an ``on_epoch_end`` hook to stop a run (tests simulate a kill with it)."""
 
 
 def fit(
@@ -165,15 +134,15 @@ def fit(
         if not is_trainable(model):
             return _evaluate_once(model, prepared, record, run_dir, trainer)
         record.batching, record.floor = plan, floor
-        loop = _Loop.start(model, config, prepared, trainer, record, run_dir)
+        loop = EpochLoop.start(model, config, prepared, trainer, record, run_dir)
         if resume and (run_dir / LAST).exists():
-            _restore(loop)
+            restore(loop)
         if plan.adapted:
             loop.log(f"{loop.label}: {plan.note()}")
         record.save(run_dir)  # from here on a kill leaves a record that names its process
         mark_active(run_dir, True)
         try:
-            return _finish(loop, _train_epochs(loop, on_epoch_end), graph_build_s)
+            return _finish(loop, train_epochs(loop, on_epoch_end), graph_build_s)
         finally:
             mark_active(run_dir, False)
 
@@ -273,172 +242,7 @@ def _evaluate_once(
     return RunResult(run_dir, record, model, res["valid"], res["test"])
 
 
-def say(message: str) -> None:
-    """Above the bar on a terminal; else a plain print, which a Prefect task (log_prints) logs."""
-    if sys.stderr.isatty():
-        tqdm.write(message)
-    else:
-        print(message, flush=True)
-
-
-@dataclass
-class _Loop:
-    """One training run in progress: what it trains on, where it writes, and what the epoch
-    loop carries from one epoch to the next (``last.pt`` restores the latter)."""
-
-    model: Recommender
-    config: ModelConfig
-    prepared: PreparedData
-    trainer: TrainerConfig
-    record: RunRecord
-    run_dir: Path
-    optimiser: torch.optim.Optimizer
-    scheduler: Any
-    generator: torch.Generator
-    sampler: NegativeSampler | None
-    start_epoch: int = 0
-    best: float = float("-inf")
-    bad_epochs: int = 0
-    best_results: dict[str, EvalResult] | None = None
-
-    @classmethod
-    def start(
-        cls,
-        model: Recommender,
-        config: ModelConfig,
-        prepared: PreparedData,
-        trainer: TrainerConfig,
-        record: RunRecord,
-        run_dir: Path,
-    ) -> "_Loop":
-        data = prepared.train
-        optimiser, scheduler = make_optimiser(model, config)
-        generator = torch.Generator(device=data.device).manual_seed(trainer.seed)
-        sampler = (
-            NegativeSampler(data.num_items, data.train_users, data.train_items, generator)
-            if config.uses_negatives
-            else None
-        )
-        return cls(model, config, prepared, trainer, record, run_dir, optimiser, scheduler, generator, sampler)
-
-    @property
-    def device(self) -> torch.device:
-        return self.prepared.train.device
-
-    def state(self, epoch: int) -> dict[str, Any]:
-        return {
-            "optimiser": self.optimiser.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.generator, self.device),
-            "epoch": epoch,
-            "best": self.best,
-            "bad_epochs": self.bad_epochs,
-            "record": self.record.model_dump_json(),
-        }
-
-    @property
-    def label(self) -> str:
-        return f"{self.record.model}{'+befa' if self.record.adapter == 'befa' else ''}"
-
-    def log(self, message: str) -> None:
-        if not self.trainer.quiet:
-            say(message)
-
-
-def _restore(loop: _Loop) -> None:
-    """Continue from ``last.pt``: weights, optimiser, schedule, RNG states and the record so far."""
-    state = load_last(loop.run_dir / LAST, loop.model)
-    loop.optimiser.load_state_dict(state["optimiser"])
-    loop.scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"], loop.generator, loop.device)
-    loop.start_epoch, loop.best, loop.bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
-    previous, record = RunRecord.model_validate(json.loads(state["record"])), loop.record
-    record.epochs, record.best_epoch = previous.epochs, previous.best_epoch
-    record.best_valid, record.test = previous.best_valid, previous.test
-    record.item_groups = previous.item_groups
-    record.started_at = previous.started_at
-    record.resumed_at = [*previous.resumed_at, now()]
-    loop.log(
-        f"resuming {loop.run_dir} at epoch {loop.start_epoch} (best valid R@20 {loop.best:.4f}, {loop.bad_epochs} epochs without gain)"
-    )
-
-
-def _train_epochs(loop: _Loop, on_epoch_end: Callable[[int, RunRecord], None] | None) -> str:
-    """Epochs until early stop or ``max_epochs``; returns the run's status."""
-    if loop.bad_epochs >= loop.trainer.patience:
-        return "early_stopped"
-    # the bar only on a terminal: in a log, the epoch lines alone (a bar there is a \r-smeared line)
-    quiet = loop.trainer.quiet or not sys.stderr.isatty()
-    bar = tqdm(
-        range(loop.start_epoch, loop.trainer.max_epochs),
-        desc=loop.label,
-        disable=quiet,
-        leave=False,
-        dynamic_ncols=True,
-    )
-    try:
-        for epoch in bar:
-            if _one_epoch(loop, epoch, on_epoch_end):
-                return "early_stopped"
-    except TrainingInterrupted:
-        raise  # a simulated kill: leave the folder exactly as a killed process would
-    except Exception as exc:
-        loop.record.status, loop.record.finished_at, loop.record.error = "failed", now(), f"{type(exc).__name__}: {exc}"
-        loop.record.save(loop.run_dir)
-        raise
-    finally:
-        bar.close()
-    return "max_epochs"
-
-
-def _one_epoch(loop: _Loop, epoch: int, on_epoch_end: Callable[[int, RunRecord], None] | None) -> bool:
-    """Train one epoch, evaluate, checkpoint; True when early stopping says stop."""
-    model, record, data, device = loop.model, loop.record, loop.prepared.train, loop.device
-    model.train()
-    sync(device)
-    t1 = time.perf_counter()
-    amp = loop.trainer.amp and device.type == "cuda"
-    mean_loss, _ = run_epoch(
-        model, loop.optimiser, data, loop.config.batch_size, loop.generator, loop.sampler, epoch, amp
-    )
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(
-            f"{record.model}: loss became {mean_loss} in epoch {epoch} (lr {loop.scheduler.get_last_lr()[0]:g})"
-        )
-    lr = loop.scheduler.get_last_lr()[0]
-    loop.scheduler.step()
-    sync(device)
-    train_s = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    res = evaluate_model(model, loop.prepared.evaluator, ("valid", "test"))
-    eval_s = time.perf_counter() - t2
-    valid = res["valid"].metrics
-    record.epochs.append(EpochLog(epoch=epoch, loss=mean_loss, lr=lr, train_s=train_s, eval_s=eval_s, valid=valid))
-    score = valid[SELECTION_METRIC]
-    improved = score > loop.best
-    inputs = list(data.features.values())
-    if improved:
-        loop.best, loop.bad_epochs, loop.best_results = score, 0, res
-        record.best_epoch, record.best_valid, record.test = epoch, valid, res["test"].metrics
-        record.item_groups = item_group_metrics(res)
-        save_weights(loop.run_dir / BEST, model, inputs, {"epoch": str(epoch)})
-        save_per_user(loop.run_dir / PER_USER, res)
-    else:
-        loop.bad_epochs += 1
-    save_last(loop.run_dir / LAST, model, inputs, loop.state(epoch))
-    record.memory = peak_memory(device)
-    record.save(loop.run_dir)
-    loop.log(
-        f"{loop.label} epoch {epoch:4d}  loss {mean_loss:.4f}  valid R@20 {score:.4f}"
-        f"{' *' if improved else '  '}  {train_s:.2f} s/epoch  eval {eval_s:.2f} s"
-    )
-    if on_epoch_end is not None:
-        on_epoch_end(epoch, record)
-    return loop.bad_epochs >= loop.trainer.patience
-
-
-def _finish(loop: _Loop, status: str, graph_build_s: float) -> RunResult:
+def _finish(loop: EpochLoop, status: str, graph_build_s: float) -> RunResult:
     """Close the record, reload the best weights and return them with their metrics."""
     record = loop.record
     train_times = [e.train_s for e in record.epochs]

@@ -128,12 +128,12 @@ def test_extraction_checks_ids_before_any_encoder_loads(monkeypatch):
     def no_encoding(*args, **kwargs):
         raise AssertionError("an encoder was loaded before the ids were checked")
 
-    monkeypatch.setattr(extract_module, "_resolve_encoders", no_encoding)
-    monkeypatch.setattr(extract_module, "_without_encoders", no_encoding)
+    monkeypatch.setattr(extract_module, "encoders_to_run", no_encoding)
     with pytest.raises(ValueError) as err:
         extract_features(catalog, TINY_ENCODER, FeatureStore("memory://befa-bad-ids"))
     assert str(err.value) == (
-        "catalog old: item_id: row 1 ('b\\x00d') is empty or holds control characters; fix the id and re-run `befa ingest`"
+        "catalog old: item_id: row 1 ('b\\x00d') is empty or holds control characters; "
+        "fix the id and re-run `befa ingest`"
     )
 
 
@@ -256,7 +256,8 @@ def test_references_outside_the_images_folder_are_listed_and_refused_with_images
     assert report.counts_out["images_outside_images_folder"] == 2
     base = tmp_path / "src" / "shop"
     assert (
-        f"2 image reference(s) lie outside the images folder {base} (e.g. '../../elsewhere/x.jpg' (data row 2 (line 3)), "
+        f"2 image reference(s) lie outside the images folder {base} "
+        "(e.g. '../../elsewhere/x.jpg' (data row 2 (line 3)), "
         f"'{elsewhere / 'x.jpg'}' (data row 4 (line 5))); --images-only refuses them"
     ) in report.warnings
 

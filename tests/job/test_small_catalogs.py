@@ -25,11 +25,11 @@ from typer.testing import CliRunner
 from pipeline.cli.main import app
 from pipeline.data.catalog import Catalog, build_catalog
 from pipeline.data.splits import split_random
-from pipeline.features import extract as extract_module
+from pipeline.features import plan as plan_module
 from pipeline.features.extract import extract_features
 from pipeline.features.load import load_features
 from pipeline.job.run import run_pipeline
-from pipeline.reporting import pipeline_report
+from pipeline.reporting import plots as report_plots
 from pipeline.reporting.pipeline_report import ReportContext, write_report
 from pipeline.settings import get_settings
 from pipeline.study.analysis import verdict
@@ -139,10 +139,8 @@ def test_a_run_below_the_mostpop_floor_is_flagged_in_console_record_and_report(s
     assert starved.record.below_floor
 
     figures = []
-    real_save = pipeline_report.save_figure
-    monkeypatch.setattr(
-        pipeline_report, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path))[1]
-    )
+    real_save = report_plots.save_figure
+    monkeypatch.setattr(report_plots, "save_figure", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
     files = write_report(
         tmp_path / "report", [tmp_path / "mostpop", tmp_path / "lightgcn"], ReportContext(title="shop")
     )
@@ -327,15 +325,15 @@ def test_nothing_to_encode_loads_no_encoder(tmp_path, monkeypatch):
     def no_encoder(*args, **kwargs):
         raise AssertionError("an encoder was loaded although nothing needed encoding")
 
-    real = extract_module.create_encoders
-    monkeypatch.setattr(extract_module, "create_encoders", no_encoder)
+    real = plan_module.create_encoders
+    monkeypatch.setattr(plan_module, "create_encoders", no_encoder)
     again = extract_features(catalog, TEXT_ENCODER, store, progress=False)
     text = again.modalities["text"]
     assert text.encoded == 0 and text.skipped == 20 and text.snapshot_id == first.snapshot_ids["text"]
     assert text.fingerprint == first.modalities["text"].fingerprint and "not loaded" in text.precision
 
     loaded = []
-    monkeypatch.setattr(extract_module, "create_encoders", lambda *a, **k: (loaded.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(plan_module, "create_encoders", lambda *a, **k: (loaded.append(1), real(*a, **k))[1])
     edited = build_catalog("enc", items.assign(text=lambda f: f["text"].where(f.index != 3, "changed")), inter)
     third = extract_features(edited, TEXT_ENCODER, store, progress=False)
     assert loaded and third.modalities["text"].encoded == 1 and third.modalities["text"].skipped == 19
@@ -352,7 +350,8 @@ def test_the_entry_point_filters_known_warnings_and_prints_full_width_when_piped
         "warnings.warn('Sparse CSR tensor support is in beta state. x', UserWarning)\n"
         "logging.warning(\"No pretrained weights loaded for model 'ViT-B-32'. Model initialized randomly.\")\n"
         "warnings.warn('a warning befa does not know', UserWarning)\n"
-        "t = Table(); t.add_column('snapshot'); t.add_column('count'); t.add_row('s' * 150, '1,234,567'); console.print(t)\n"
+        "t = Table(); t.add_column('snapshot'); t.add_column('count'); "
+        "t.add_row('s' * 150, '1,234,567'); console.print(t)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -68,6 +68,7 @@ from pipeline.data.importers.images import (
     parse_image_template,
     resolve,
 )
+from pipeline.data.importers.timestamps import parse_timestamps
 from pipeline.data.importers.validation import (
     UnknownPolicy,
     check_known_items,
@@ -75,7 +76,6 @@ from pipeline.data.importers.validation import (
     fold_duplicate_items,
     fold_repeat_interactions,
     parse_numbers,
-    parse_timestamps,
     read_table,
     report_lost_users,
     require_columns,
@@ -94,7 +94,8 @@ class GenericOptions(ImporterOptions):
     )
     image_template: str | None = Field(
         None,
-        description="where each item's image is, e.g. 'photos/{item_id[:3]}/{item_id}.jpg' ({item_id} and slices only); replaces the image column",
+        description="where each item's image is, e.g. 'photos/{item_id[:3]}/{item_id}.jpg' "
+        "({item_id} and slices only); replaces the image column",
     )
     max_missing_images: float = Field(
         0.2,
@@ -120,7 +121,8 @@ class GenericOptions(ImporterOptions):
     workers: int | None = Field(None, ge=1, description="threads that check the images (default: up to 8)")
     date_format: str | None = Field(
         None,
-        description="strptime format of the timestamp column's dates when they are not ISO 8601 or unix seconds, e.g. '%d/%m/%Y'",
+        description="strptime format of the timestamp column's dates when they are not ISO 8601 or unix seconds, "
+        "e.g. '%d/%m/%Y'",
     )
     images_only: bool = Field(False, description="refuse image references outside --images (../, absolute paths)")
     fetch_images: bool = Field(
@@ -258,7 +260,8 @@ class GenericImporter(Importer):
         given = sum(1 for r in refs if r is not None and str(r).strip())
         if not given:
             report.warnings.append(
-                f"the {o.image_column!r} column is empty for every item: no item has an image, only texts will be encoded"
+                f"the {o.image_column!r} column is empty for every item: "
+                "no item has an image, only texts will be encoded"
             )
         if rejects:
             self._check_missing(o, report, rejects, given)
@@ -299,7 +302,8 @@ class GenericImporter(Importer):
             )
         report.counts_out["images_outside_images_folder"] = len(outside)
         report.warnings.append(
-            f"{len(outside)} image reference(s) lie outside the images folder {base} (e.g. {shown}{more}); --images-only refuses them"
+            f"{len(outside)} image reference(s) lie outside the images folder {base} (e.g. {shown}{more}); "
+            "--images-only refuses them"
         )
 
     def _check_missing(self, o: GenericOptions, report: IngestReport, rejects: list[dict], given: int) -> None:
@@ -319,7 +323,8 @@ class GenericImporter(Importer):
             report.warnings.append(f"{what}; those items keep their text (see rejects.parquet).{hint}")
         elif o.allow_missing_images:
             report.warnings.append(
-                f"{what}: more than --max-missing-images {o.max_missing_images:.0%}, ingested anyway (--allow-missing-images).{hint}"
+                f"{what}: more than --max-missing-images {o.max_missing_images:.0%}, "
+                f"ingested anyway (--allow-missing-images).{hint}"
             )
         else:
             raise CatalogError(

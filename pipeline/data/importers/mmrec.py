@@ -35,9 +35,9 @@ from pydantic import Field
 
 from pipeline.data.catalog import CatalogError, IngestReport, build_catalog
 from pipeline.data.importers.base import ImportedFeatures, Importer, ImporterOptions, ImportResult, count_catalog
+from pipeline.data.importers.timestamps import parse_timestamps
 from pipeline.data.importers.validation import (
     parse_numbers,
-    parse_timestamps,
     read_table,
     require_columns,
     require_file,
@@ -96,44 +96,17 @@ class MMRecImporter(Importer):
         folder = Path(o.folder)
         if not folder.is_dir():
             raise CatalogError(folder, "missing MMRec dataset folder")
-        if o.inter:
-            inter_path = folder / o.inter
-        else:
-            found = sorted(folder.glob("*.inter"))
-            if len(found) != 1:
-                raise CatalogError(
-                    folder, f"expected exactly one *.inter file, found {[p.name for p in found]}; name one with --inter"
-                )
-            inter_path = found[0]
+        inter_path = _inter_file(folder, o.inter)
         name = o.name or inter_path.stem
         report = IngestReport(dataset=name)
         report.sources = {"interactions": str(inter_path)}
-
-        raw = read_table(inter_path, "MMRec .inter file", sep="\t")
-        require_columns(raw, inter_path, ["userID", "itemID", "x_label"])
-        if len(raw) == 0:
-            raise CatalogError(inter_path, "empty catalog: no interactions")
-        users = _int_ids(raw["userID"], inter_path, "userID")
-        item_ids = _int_ids(raw["itemID"], inter_path, "itemID")
-        labels = _int_ids(raw["x_label"], inter_path, "x_label")
-        bad = ~np.isin(labels, [0, 1, 2])
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise CatalogError(
-                inter_path, f"x_label {raw['x_label'].iloc[i]!r} must be 0 (train), 1 (valid) or 2 (test)", i + 1
-            )
-        rating = parse_numbers(raw["rating"], inter_path, "rating") if "rating" in raw else np.ones(len(raw))
-        ts = (
-            parse_timestamps(raw["timestamp"], inter_path, "timestamp")
-            if "timestamp" in raw
-            else np.zeros(len(raw), np.int64)
-        )
-        report.counts_in.update(interactions=len(raw), users=int(users.max()) + 1)
+        inter, labels = _read_inter(inter_path, report)
 
         features = _feature_files(folder, report)
         rows = {m: f.matrix.shape[0] for m, f in features.items()}
         if len(set(rows.values())) > 1:
             raise CatalogError(folder, f"feature files disagree on the number of items: {rows}")
+        item_ids = inter["item_id"].to_numpy(dtype=np.int64)
         n_items = next(iter(rows.values())) if rows else int(item_ids.max()) + 1
         too_big = item_ids >= n_items
         if too_big.any():
@@ -142,20 +115,11 @@ class MMRecImporter(Importer):
                 inter_path, f"itemID {item_ids[i]} has no feature row (the .npy files have {n_items} rows)", i + 1
             )
         report.counts_in["items"] = n_items
-        gaps = np.setdiff1d(np.arange(users.max() + 1), users)
-        if gaps.size:
-            report.add(
-                f"{gaps.size} userIDs below the maximum never appear (e.g. {gaps[:5].tolist()})",
-                "users renumbered densely: user_idx differs from userID",
-                file=inter_path,
-            )
 
         items = pd.DataFrame(
             {"item_id": np.arange(n_items).astype(str), "title": "", "text": "", "image": None, "image_hash": None}
         )
-        inter = pd.DataFrame(
-            {"user_id": users.astype(str), "item_id": item_ids.astype(str), "rating": rating, "timestamp": ts}
-        )
+        inter["item_id"] = inter["item_id"].astype(str)
         meta: dict[str, Any] = {"source": "mmrec", "given_splits": ["given"], "features": {}}
         catalog = build_catalog(name, items, inter, meta=meta)
         for modality, feat in features.items():
@@ -175,6 +139,51 @@ class MMRecImporter(Importer):
             }
         )
         return ImportResult(catalog=catalog, report=report, given_splits={"given": split}, features=features)
+
+
+def _inter_file(folder: Path, named: str | None) -> Path:
+    """The ``.inter`` file named, else the folder's only one."""
+    if named:
+        return folder / named
+    found = sorted(folder.glob("*.inter"))
+    if len(found) != 1:
+        raise CatalogError(
+            folder, f"expected exactly one *.inter file, found {[p.name for p in found]}; name one with --inter"
+        )
+    return found[0]
+
+
+def _read_inter(inter_path: Path, report: IngestReport) -> tuple[pd.DataFrame, np.ndarray]:
+    """The interactions (user_id as text, item_id as the integer itemID, rating, timestamp) and the x_label column."""
+    raw = read_table(inter_path, "MMRec .inter file", sep="\t")
+    require_columns(raw, inter_path, ["userID", "itemID", "x_label"])
+    if len(raw) == 0:
+        raise CatalogError(inter_path, "empty catalog: no interactions")
+    users = _int_ids(raw["userID"], inter_path, "userID")
+    item_ids = _int_ids(raw["itemID"], inter_path, "itemID")
+    labels = _int_ids(raw["x_label"], inter_path, "x_label")
+    bad = ~np.isin(labels, [0, 1, 2])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CatalogError(
+            inter_path, f"x_label {raw['x_label'].iloc[i]!r} must be 0 (train), 1 (valid) or 2 (test)", i + 1
+        )
+    rating = parse_numbers(raw["rating"], inter_path, "rating") if "rating" in raw else np.ones(len(raw))
+    ts = (
+        parse_timestamps(raw["timestamp"], inter_path, "timestamp")
+        if "timestamp" in raw
+        else np.zeros(len(raw), np.int64)
+    )
+    report.counts_in.update(interactions=len(raw), users=int(users.max()) + 1)
+    gaps = np.setdiff1d(np.arange(users.max() + 1), users)
+    if gaps.size:
+        report.add(
+            f"{gaps.size} userIDs below the maximum never appear (e.g. {gaps[:5].tolist()})",
+            "users renumbered densely: user_idx differs from userID",
+            file=inter_path,
+        )
+    inter = pd.DataFrame({"user_id": users.astype(str), "item_id": item_ids, "rating": rating, "timestamp": ts})
+    return inter, labels
 
 
 def _feature_files(folder: Path, report: IngestReport) -> dict[str, ImportedFeatures]:

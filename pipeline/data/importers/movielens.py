@@ -37,13 +37,13 @@ from pipeline.data.catalog import CatalogError, IngestReport, build_catalog
 from pipeline.data.datasets import verify_dataset
 from pipeline.data.importers.base import REJECT_COLUMNS, Importer, ImporterOptions, ImportResult, count_catalog
 from pipeline.data.importers.images import attach_images
+from pipeline.data.importers.timestamps import parse_timestamps
 from pipeline.data.importers.validation import (
     UnknownPolicy,
     check_known_items,
     clean_ids,
     fold_duplicate_items,
     parse_numbers,
-    parse_timestamps,
     read_table,
     report_lost_users,
     require_columns,
@@ -186,7 +186,8 @@ class MovieLensImporter(Importer):
             low = inter["rating"].to_numpy() < options.min_rating
             report.counts_out["ratings_below_min_rating"] = int(low.sum())
             report.notes.append(
-                f"kept ratings >= {options.min_rating:g} as implicit interactions; {int(low.sum())} lower ratings not kept"
+                f"kept ratings >= {options.min_rating:g} as implicit interactions; "
+                f"{int(low.sum())} lower ratings not kept"
             )
             report_lost_users(
                 inter["user_id"],

@@ -12,7 +12,8 @@ Rules (the same for every importer):
 - a rating that is not a finite number: error;
 - a timestamp must be unix seconds from 1970-01-01 to 9999-12-31 (NaN, ``1e30``, negative
   or millisecond values are errors) or an ISO 8601 date; another date form only with
-  ``--date-format`` (a strptime format), so ``05/01/2024`` is never guessed as US or EU order;
+  ``--date-format`` (a strptime format), so ``05/01/2024`` is never guessed as US or EU order
+  (:mod:`pipeline.data.importers.timestamps`);
 - a file that is not UTF-8 is an error naming the line, data row and byte offset;
 - interactions naming unknown items: error listing the first offenders by default;
   ``--on-unknown-items skip`` drops them and reports each one; when *no* interaction names
@@ -98,7 +99,8 @@ def _utf8_error_location(path: Path, exc: UnicodeDecodeError) -> str:
                     pos = base + bad.start
                     where = row_location(path, lines) if lines else "the header line (line 1)"
                     return (
-                        f"byte 0x{buf[bad.start]:02x} at byte offset {pos} ({where}, byte {pos - line_start + 1} of the line) "
+                        f"byte 0x{buf[bad.start]:02x} at byte offset {pos} "
+                        f"({where}, byte {pos - line_start + 1} of the line) "
                         f"is not valid UTF-8 ({bad.reason})"
                     )
             nl = buf.rfind(b"\n", 0, good)
@@ -119,17 +121,18 @@ def require_columns(frame: pd.DataFrame, path: str | Path, columns: Iterable[str
         )
 
 
-def _is_blank(values: pd.Series) -> np.ndarray:
+def is_blank(values: pd.Series) -> np.ndarray:
+    """True where a value is missing or only whitespace."""
     return (values.isna() | values.astype(str).str.strip().eq("")).to_numpy()
 
 
 def clean_ids(values: pd.Series, path: str | Path, column: str, rows: np.ndarray | None = None) -> pd.Series:
     """Ids as stripped strings; an empty id is an error. Integral floats (Parquet ids read
     as float because of a null elsewhere) are written without the trailing ``.0``."""
-    blank = _is_blank(values)
+    blank = is_blank(values)
     if blank.any():
         i = int(np.flatnonzero(blank)[0])
-        raise CatalogError(path, f"empty {column}", _row(rows, i))
+        raise CatalogError(path, f"empty {column}", data_row(rows, i))
     if pd.api.types.is_float_dtype(values) and np.all(np.mod(values.to_numpy(), 1) == 0):
         values = values.astype(np.int64)
     out = values.astype(str).str.strip()
@@ -138,24 +141,25 @@ def clean_ids(values: pd.Series, path: str | Path, column: str, rows: np.ndarray
             ch = next(c for c in value if not c.isprintable())
             raise CatalogError(
                 path,
-                f"{column} {value!r} holds a non-printable character (U+{ord(ch):04X}, {unicodedata.name(ch, 'a control character')}); "
+                f"{column} {value!r} holds a non-printable character "
+                f"(U+{ord(ch):04X}, {unicodedata.name(ch, 'a control character')}); "
                 "ids must be printable text: fix the file",
-                _row(rows, i),
+                data_row(rows, i),
             )
     return out
 
 
 def parse_numbers(values: pd.Series, path: str | Path, column: str, rows: np.ndarray | None = None) -> np.ndarray:
     """Finite floats, or an error naming the first bad row and its value."""
-    out = _to_float(values)
+    out = to_float(values)
     bad = ~np.isfinite(out)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise CatalogError(path, f"{column} {values.iloc[i]!r} is not a number", _row(rows, i))
+        raise CatalogError(path, f"{column} {values.iloc[i]!r} is not a number", data_row(rows, i))
     return out
 
 
-def _to_float(values: pd.Series) -> np.ndarray:
+def to_float(values: pd.Series) -> np.ndarray:
     """Floats, NaN where a value is not a number."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.to_numpy(dtype=np.float64)
@@ -163,77 +167,6 @@ def _to_float(values: pd.Series) -> np.ndarray:
         return values.astype("float64").to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
         return pd.to_numeric(values.astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
-
-
-# unix seconds of 9999-12-31T23:59:59Z: beyond it no datetime type holds the value
-MAX_UNIX_SECONDS = 253_402_300_799
-
-
-def parse_timestamps(
-    values: pd.Series, path: str | Path, column: str, rows: np.ndarray | None = None, date_format: str | None = None
-) -> np.ndarray:
-    """Unix seconds (int64). Accepts numbers (seconds) or dates: ISO 8601 (read as UTC when
-    they carry no zone), or ``date_format`` (strptime) when given. Empty -> 0 (unknown), as
-    the catalog says. Out of range (before 1970, after 9999, NaN, infinite): an error."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return _checked_range(_unix_seconds(pd.to_datetime(values, utc=True)), values, path, column, rows)
-    text = values.astype(str).str.strip()
-    blank = _is_blank(values)
-    num = _to_float(text.where(~blank, "0"))
-    out = np.zeros(len(values), dtype=np.int64)
-    numeric = np.isfinite(num)
-    spelled_number = ~numeric & text.str.lower().str.lstrip("+-").isin(["nan", "inf", "infinity"]).to_numpy()
-    if spelled_number.any():
-        i = int(np.flatnonzero(spelled_number)[0])
-        raise CatalogError(path, f"{column} {values.iloc[i]!r} is not a time (unix seconds or a date)", _row(rows, i))
-    in_range = numeric & (num >= 0) & (num <= MAX_UNIX_SECONDS)
-    if (numeric & ~in_range).any():
-        i = int(np.flatnonzero(numeric & ~in_range)[0])
-        hint = " (it looks like milliseconds: divide by 1000)" if 0 < num[i] / 1000 <= MAX_UNIX_SECONDS else ""
-        raise CatalogError(
-            path,
-            f"{column} {values.iloc[i]!r} is out of range: unix seconds must lie between 0 (1970-01-01) and "
-            f"{MAX_UNIX_SECONDS} (9999-12-31){hint}",
-            _row(rows, i),
-        )
-    out[numeric] = np.round(num[numeric]).astype(np.int64)
-    if (~numeric).any():
-        fmt = date_format or "ISO8601"
-        dates = pd.to_datetime(text[~numeric], utc=True, errors="coerce", format=fmt)
-        bad = dates.isna().to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(~numeric)[np.flatnonzero(bad)[0]])
-            if date_format:
-                problem = (
-                    f"{column} {values.iloc[i]!r} is neither unix seconds nor a date in --date-format {date_format!r}"
-                )
-            else:
-                problem = (
-                    f"{column} {values.iloc[i]!r} is neither unix seconds nor an ISO 8601 date (2024-05-01, "
-                    "2024-05-01T10:00:00Z); for another date form name its strptime format with --date-format "
-                    "(e.g. --date-format '%d/%m/%Y'): befa never guesses day and month order"
-                )
-            raise CatalogError(path, problem, _row(rows, i))
-        out[~numeric] = _checked_range(
-            _unix_seconds(dates), values[~numeric], path, column, rows, np.flatnonzero(~numeric)
-        )
-    return out
-
-
-def _checked_range(seconds: np.ndarray, values: pd.Series, path, column: str, rows, positions=None) -> np.ndarray:
-    bad = seconds < 0
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        i = int(positions[k]) if positions is not None else k
-        raise CatalogError(
-            path, f"{column} {values.iloc[k]!r} is before 1970-01-01: out of range for unix seconds", _row(rows, i)
-        )
-    return seconds
-
-
-def _unix_seconds(dates: pd.Series) -> np.ndarray:
-    # via a Timedelta: the datetime resolution (ns, us, s) differs across pandas versions
-    return ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
 def fold_duplicate_items(
@@ -314,7 +247,7 @@ def check_known_items(
         return np.ones(len(item_ids), dtype=bool)
     bad = np.flatnonzero(unknown)
     listed = ", ".join(
-        f"{item_ids.iloc[i]!r} ({row_location(path, _row(rows, int(i)), short=True)})" for i in bad[:_MAX_LISTED]
+        f"{item_ids.iloc[i]!r} ({row_location(path, data_row(rows, int(i)), short=True)})" for i in bad[:_MAX_LISTED]
     )
     more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
     hint = id_mismatch_hint(item_ids.iloc[bad], known, all_unknown=bool(unknown.all()))
@@ -331,7 +264,7 @@ def check_known_items(
             f"{len(bad)} interaction(s) name items that are not in the item table: {listed}{more}. "
             + (f"{hint} " if hint else "")
             + "Pass --on-unknown-items skip to drop them (each is reported).",
-            _row(rows, int(bad[0])),
+            data_row(rows, int(bad[0])),
         )
     if hint:
         report.warnings.append(f"{len(bad)} interactions skipped for unknown items: {hint}")
@@ -341,7 +274,7 @@ def check_known_items(
             "unknown item",
             "interaction skipped",
             file=path,
-            row=_row(rows, int(i)),
+            row=data_row(rows, int(i)),
             item_id=str(item_ids.iloc[i]),
             **extra,
         )
@@ -421,5 +354,6 @@ def require_nonempty(n: int, path: str | Path, what: str) -> None:
         raise CatalogError(path, f"empty catalog: no {what}")
 
 
-def _row(rows: np.ndarray | None, i: int) -> int:
+def data_row(rows: np.ndarray | None, i: int) -> int:
+    """The 1-based data row of position ``i`` (``rows``: the positions' own row numbers, when a subset)."""
     return int(rows[i]) if rows is not None else i + 1
