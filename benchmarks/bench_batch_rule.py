@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         f"amazon-baby-5core given split, {args.model}, early stop on valid Recall@20 (patience {args.patience}, "
         f"max {args.epochs} epochs), {args.threads} threads; REAL interactions, no features\n"
     )
-    head = f"{'arm':<16} {'seed':>4} {'batch':>6} {'lr':>9} {'b/epoch':>7} {'epochs':>6} {'best':>5} {'valid R@20':>10} {'test R@20':>9} {'train s':>8} {'to best s':>9}"
+    head = (
+        f"{'arm':<16} {'seed':>4} {'batch':>6} {'lr':>9} {'b/epoch':>7} {'epochs':>6} {'best':>5} "
+        f"{'valid R@20':>10} {'test R@20':>9} {'train s':>8} {'to best s':>9}"
+    )
     print(head + "\n" + "-" * len(head), flush=True)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
@@ -103,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             arm = "protocol" if cap is None else f"cap {cap}"
             print(
-                f"{arm:<16} {seed:>4} {r['batch_size']:>6} {r['lr']:>9.2e} {r['batches_per_epoch']:>7} {r['epochs']:>6} {r['best_epoch']:>5} "
-                f"{r['valid_recall@20']:>10.4f} {r['test_recall@20']:>9.4f} {r['train_s']:>8.1f} {r['to_best_s']:>9.1f}",
+                f"{arm:<16} {seed:>4} {r['batch_size']:>6} {r['lr']:>9.2e} {r['batches_per_epoch']:>7} "
+                f"{r['epochs']:>6} {r['best_epoch']:>5} {r['valid_recall@20']:>10.4f} {r['test_recall@20']:>9.4f} "
+                f"{r['train_s']:>8.1f} {r['to_best_s']:>9.1f}",
                 flush=True,
             )
     base = [r for r in rows if r["cap"] is None]
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         dt = sum(a["to_best_s"] / b["to_best_s"] for a, b in zip(arm, base)) / len(arm)
         de = sum(a["train_s"] / a["epochs"] / (b["train_s"] / b["epochs"]) for a, b in zip(arm, base)) / len(arm)
         print(
-            f"\ncap {cap}: test Recall@20 {dv:+.1%} against the protocol; epoch time x{de:.2f}; time to the best epoch x{dt:.2f}"
+            f"\ncap {cap}: test Recall@20 {dv:+.1%} against the protocol; epoch time x{de:.2f}; "
+            f"time to the best epoch x{dt:.2f}"
         )
     if args.json:
         from storage.atomic import write_json

@@ -194,7 +194,8 @@ def main() -> None:
         f"({inc.modalities['image'].encoded} encoded)"
     )
     print(
-        f"{'  as a fraction of the full run':<52} {frac:>14.3%}   <= {TARGET_INCREMENTAL:.0%}  {ok(frac <= TARGET_INCREMENTAL)}"
+        f"{'  as a fraction of the full run':<52} {frac:>14.3%}   "
+        f"<= {TARGET_INCREMENTAL:.0%}  {ok(frac <= TARGET_INCREMENTAL)}"
     )
     print(
         f"{'unchanged re-run':<52} {t_again:>12.2f} s   < {TARGET_RERUN_S:.0f} s  "

@@ -177,11 +177,12 @@ def extraction(args: argparse.Namespace, device) -> dict[str, Any]:
     print("| measure | images/s | target |\n| --- | --- | --- |")
     print(f"| pure forward (ready pixels) | {r['forward_img_s']:,.0f} | |")
     print(
-        f"| end to end (GPU JPEG decode + preprocessing + forward) | {r['e2e_img_s']:,.0f} | >= {TARGET_IMG_S:,} on an H100-class GPU: "
-        f"{'ok' if r['e2e_img_s'] >= TARGET_IMG_S else 'UNDER'} |"
+        f"| end to end (GPU JPEG decode + preprocessing + forward) | {r['e2e_img_s']:,.0f} | "
+        f">= {TARGET_IMG_S:,} on an H100-class GPU: {'ok' if r['e2e_img_s'] >= TARGET_IMG_S else 'UNDER'} |"
     )
     print(
-        f"| end to end / forward | {r['ratio']:.2f} | >= {TARGET_E2E_RATIO}: {'ok' if r['ratio'] >= TARGET_E2E_RATIO else 'UNDER'} |"
+        f"| end to end / forward | {r['ratio']:.2f} | "
+        f">= {TARGET_E2E_RATIO}: {'ok' if r['ratio'] >= TARGET_E2E_RATIO else 'UNDER'} |"
     )
     return r
 
@@ -249,7 +250,8 @@ def training(args: argparse.Namespace, device, budget: Budget, catalog: str) -> 
     c = prepared.counts
     print(f"\n### Training and evaluation: {label}\n")
     print(
-        f"{c['users']:,} users, {c['items']:,} items, {c['train']:,} train interactions; features SEEDED RANDOM 4096-d + 384-d "
+        f"{c['users']:,} users, {c['items']:,} items, {c['train']:,} train interactions; "
+        f"features SEEDED RANDOM 4096-d + 384-d "
         f"(speed only); kNN graphs exact. * = extrapolated: the epoch from {max_batches} timed batches, the evaluation "
         f"from {min(eval_users, c['users']):,} ranked users.\n"
     )

@@ -56,7 +56,8 @@ def main() -> None:
     )
     print(f"  -> {catalog.num_items} items, {len(catalog.interactions):,} interactions")
     print(
-        f"amazon-baby-5core ingest  {t_amz:7.2f} {c_amz:7.2f}   -> {amz.num_items} items, {len(amz.interactions):,} interactions"
+        f"amazon-baby-5core ingest  {t_amz:7.2f} {c_amz:7.2f}   "
+        f"-> {amz.num_items} items, {len(amz.interactions):,} interactions"
     )
 
 

@@ -172,7 +172,8 @@ def scale_bench() -> None:
                 ue, ie = model.inference_embeddings()
             infer_s = time.perf_counter() - t3
             print(
-                f"  lattice {label:6s} construct {build_s:.1f} s; graph rebuild {rebuild_s:.1f} s; first batch incl. rebuild "
+                f"  lattice {label:6s} construct {build_s:.1f} s; graph rebuild {rebuild_s:.1f} s; "
+                f"first batch incl. rebuild "
                 f"{first_s:.1f} s; later batch {later_s:.2f} s; inference_embeddings {infer_s:.1f} s "
                 f"({tuple(ue.shape)}, {tuple(ie.shape)}, finite={bool(torch.isfinite(ie).all())}); "
                 f"peak RSS {peak_rss_mb():.0f} MB"

@@ -158,12 +158,14 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], desc: dict[str, 
         "",
         "Features: " + "; ".join(f"{m}: {d}" for m, d in desc.items()),
         "",
-        "| model | adapter | status | best epoch / run | valid R@20 | test R@10 | test R@20 | test N@10 | test N@20 | s/epoch |",
+        "| model | adapter | status | best epoch / run | valid R@20 "
+        "| test R@10 | test R@20 | test N@10 | test N@20 | s/epoch |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['adapter']} | {r['status']} | {r['best_epoch']} / {r['epochs']} | {r['valid_recall@20']:.4f} | "
+            f"| {r['model']} | {r['adapter']} | {r['status']} | {r['best_epoch']} / {r['epochs']} | "
+            f"{r['valid_recall@20']:.4f} | "
             + " | ".join(f"{r[f'test_{m}']:.4f}" for m in HEADLINE)
             + f" | {r['epoch_s']:.2f} |"
         )

@@ -170,7 +170,7 @@ def run_child(scale: int, args: argparse.Namespace) -> dict:
         args.device,
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((out_line for out_line in proc.stdout.splitlines() if out_line.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"child scale {scale} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return json.loads(line[len("RESULT ") :])
@@ -191,7 +191,8 @@ def main() -> None:
     print(f"top-{args.k} per user, train items excluded, streamed to Parquet; {args.threads} threads, {args.device}")
     rows = [run_child(1, args), run_child(args.scale, args)]
     print(
-        f"{'size':>5} {'users':>8} {'rows':>9} {'embed s':>8} {'score+write s':>14} {'users/s':>9} {'peak RSS GB':>12} {'RSS growth MB':>14}"
+        f"{'size':>5} {'users':>8} {'rows':>9} {'embed s':>8} {'score+write s':>14} {'users/s':>9} "
+        f"{'peak RSS GB':>12} {'RSS growth MB':>14}"
     )
     for r in rows:
         print(
@@ -202,11 +203,13 @@ def main() -> None:
     ratio = big["users_per_s"] / one["users_per_s"]
     growth = (big["rss_growth_gb"] * 1024) / max(one["rss_growth_gb"] * 1024, 1.0)
     print(
-        f"users/s at {args.scale}x / at 1x: {ratio:.2f} (target >= {TARGET_USERS_PER_S_RATIO}: {'met' if ratio >= TARGET_USERS_PER_S_RATIO else 'MISSED'})"
+        f"users/s at {args.scale}x / at 1x: {ratio:.2f} "
+        f"(target >= {TARGET_USERS_PER_S_RATIO}: {'met' if ratio >= TARGET_USERS_PER_S_RATIO else 'MISSED'})"
     )
     ok = big["rss_growth_gb"] * 1024 <= TARGET_RSS_GROWTH_RATIO * one["rss_growth_gb"] * 1024 + 50
     print(
-        f"RSS growth during scoring at {args.scale}x / at 1x: {growth:.2f} (target <= {TARGET_RSS_GROWTH_RATIO} + 50 MB: {'met' if ok else 'MISSED'})"
+        f"RSS growth during scoring at {args.scale}x / at 1x: {growth:.2f} "
+        f"(target <= {TARGET_RSS_GROWTH_RATIO} + 50 MB: {'met' if ok else 'MISSED'})"
     )
 
 

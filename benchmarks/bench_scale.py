@@ -22,9 +22,9 @@ Per model and size, each in a fresh subprocess (so peak RSS is per configuration
 - peak RSS (``ru_maxrss``).
 ``--max-batches N`` applies the opt-in large-catalog rule (at most N batches per epoch, the
 batch and lr growing; ``pipeline.training.batching``), so the epoch's growth can be read with it;
-``--eval-users 0`` skips the evaluation. Then the growth exponent e from the smallest to the largest size (cost ~ size^e) of the epoch,
-of the evaluation per user (whose catalog grows with the size, so 1 is linear) and of the graph
-build, next to the targets: e <= 1.1 (training, evaluation per user), graph build not
+``--eval-users 0`` skips the evaluation. Then the growth exponent e from the smallest to the largest
+size (cost ~ size^e) of the epoch, of the evaluation per user (whose catalog grows with the size, so 1 is
+linear) and of the graph build, next to the targets: e <= 1.1 (training, evaluation per user), graph build not
 quadratic in items (e <= 1.5). It first prints the share of users and items within two hops of
 one training batch at each size (what a propagation restricted to the batch would still
 touch). Default run on 2 cores: 18.5 min (2026-12-02; figures in the README).
@@ -266,7 +266,8 @@ def knn_report(items: list[int], kinds: list[str], exact_rows: int, threads: int
                 }
             )
             print(
-                f"{kind:<9} {n:>8,} {name:<6} {dim:>5} {approx_s:>9.1f} {exact_s:>10.1f}{'*' if rows.numel() < n else ' '} "
+                f"{kind:<9} {n:>8,} {name:<6} {dim:>5} {approx_s:>9.1f} "
+                f"{exact_s:>10.1f}{'*' if rows.numel() < n else ' '} "
                 f"{exact_s / approx_s:>7.1f}x {recall:>8.3f} / 0.95 {'ok' if recall >= 0.95 else 'UNDER'}",
                 flush=True,
             )
@@ -307,7 +308,8 @@ def knn_quality(args: argparse.Namespace) -> dict[str, Any]:
         recall = evaluate_model(model, prepared.evaluator, ("valid",))["valid"].metrics["recall@20"]
         out[method] = {"graph_build_s": build, "valid_recall@20": recall}
         print(
-            f"FREEDOM, {method:<6} item graph: valid Recall@20 {recall:.4f} after {args.epochs} epochs (graph build {build:.1f} s)",
+            f"FREEDOM, {method:<6} item graph: valid Recall@20 {recall:.4f} after {args.epochs} epochs "
+            f"(graph build {build:.1f} s)",
             flush=True,
         )
     return out
@@ -351,7 +353,8 @@ def print_exponents(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     print(
         f"{model:<9} growth {lo['scale']:g}x -> {hi['scale']:g}x:  epoch e {fmt_e(e['epoch'], TARGET_E)};  "
-        f"eval/user e {fmt_e(e['eval_per_user'], TARGET_E)};  graph build e {fmt_e(e['graph_build'], TARGET_GRAPH_E)}\n",
+        f"eval/user e {fmt_e(e['eval_per_user'], TARGET_E)};  "
+        f"graph build e {fmt_e(e['graph_build'], TARGET_GRAPH_E)}\n",
         flush=True,
     )
     return e
@@ -398,16 +401,22 @@ def scale_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     ]
     if args.max_batches:
         print(
-            f"LARGE-CATALOG RULE ON: at most {args.max_batches} batches per epoch, the batch and lr (square root) growing past it"
+            f"LARGE-CATALOG RULE ON: at most {args.max_batches} batches per epoch, "
+            "the batch and lr (square root) growing past it"
         )
     print(
-        "SEEDED RANDOM catalogs (uniform interactions) at s x amazon-baby; features SEEDED RANDOM 4096-d + 384-d: SPEED ONLY"
+        "SEEDED RANDOM catalogs (uniform interactions) at s x amazon-baby; "
+        "features SEEDED RANDOM 4096-d + 384-d: SPEED ONLY"
     )
     print(
-        f"device {args.device}, {args.threads} threads; epoch extrapolated from {args.batches} timed batches (* = extrapolated); "
+        f"device {args.device}, {args.threads} threads; "
+        f"epoch extrapolated from {args.batches} timed batches (* = extrapolated); "
         f"evaluation: embeddings + ranking of {args.eval_users} sampled users, scaled to all (* = extrapolated)\n"
     )
-    head = f"{'model':<9} {'size':>5} {'users':>9} {'items':>8} {'train':>10} {'graph s':>8} {'epoch s':>10} {'eval s':>9} {'ms/user':>8} {'RSS GB':>7}"
+    head = (
+        f"{'model':<9} {'size':>5} {'users':>9} {'items':>8} {'train':>10} {'graph s':>8} "
+        f"{'epoch s':>10} {'eval s':>9} {'ms/user':>8} {'RSS GB':>7}"
+    )
     print(head + "\n" + "-" * len(head), flush=True)
     results = []
     for s in sizes:
@@ -427,7 +436,8 @@ def scale_table(args: argparse.Namespace) -> list[dict[str, Any]]:
             c = r["counts"]
             print(
                 f"{model:<9} {s:>4g}x {c['users']:>9,} {c['items']:>8,} {c['train']:>10,} {r['graph_build_s']:>8.2f} "
-                f"{r['epoch_s']:>9.2f}{'*' if r['epoch_extrapolated'] else ' '} {r['eval_s']:>8.2f}{'*' if r['eval_extrapolated'] else ' '} "
+                f"{r['epoch_s']:>9.2f}{'*' if r['epoch_extrapolated'] else ' '} "
+                f"{r['eval_s']:>8.2f}{'*' if r['eval_extrapolated'] else ' '} "
                 f"{r['eval_ms_per_user']:>8.3f} {r['peak_rss_gb']:>7.2f}",
                 flush=True,
             )
@@ -478,14 +488,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     load = os.getloadavg()
     print(
-        f"machine load average at start: {load[0]:.1f} on {os.cpu_count()} CPUs (timings mean little above the CPU count)\n"
+        f"machine load average at start: {load[0]:.1f} on {os.cpu_count()} CPUs "
+        "(timings mean little above the CPU count)\n"
     )
     if args.knn:
         print(
-            "kNN graph, k = 10, SEEDED SYNTHETIC clustered features (see the docstring); * = exact timed on sampled rows, extrapolated"
+            "kNN graph, k = 10, SEEDED SYNTHETIC clustered features (see the docstring); "
+            "* = exact timed on sampled rows, extrapolated"
         )
         print(
-            f"{'features':<9} {'items':>8} {'mod.':<6} {'dim':>5} {'approx s':>9} {'exact s':>11} {'speedup':>8} {'recall@10':>9}"
+            f"{'features':<9} {'items':>8} {'mod.':<6} {'dim':>5} "
+            f"{'approx s':>9} {'exact s':>11} {'speedup':>8} {'recall@10':>9}"
         )
         items = [int(n) for n in args.knn_items.split(",") if n.strip()]
         kinds = [k.strip() for k in args.knn_data.split(",") if k.strip()]

@@ -152,11 +152,13 @@ def main() -> None:
     )
     print(f"write (upsert, new feature set):   {_rate(n, d, med(write_s))}")
     print(
-        f"  bare pyarrow write, same table:  {_rate(n, d, med(raw_w))}   store/bare time {med(write_s) / med(raw_w):.2f}x"
+        f"  bare pyarrow write, same table:  {_rate(n, d, med(raw_w))}   "
+        f"store/bare time {med(write_s) / med(raw_w):.2f}x"
     )
     print(f"read, aligned (zero-copy view):    {_rate(n, d, med(aligned_s))}")
     print(
-        f"  bare pyarrow read, same file:    {_rate(n, d, med(raw_r))}   store/bare time {med(aligned_s) / med(raw_r):.2f}x"
+        f"  bare pyarrow read, same file:    {_rate(n, d, med(raw_r))}   "
+        f"store/bare time {med(aligned_s) / med(raw_r):.2f}x"
     )
     print(f"read, shuffled order (gather):     {_rate(n, d, med(gathered_s))}")
     print(f"full rewrite ({n:,} new hashes):  {med(full_s) * 1000:>8,.0f} ms   (new store object)")

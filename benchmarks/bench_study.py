@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         gain = row["relative_gain"]
         print(
             f"{row['model']:8s} {row['metric']:10s} base {row['base_mean']:.4f}±{row['base_std']:.4f}  "
-            f"+BeFA {row['befa_mean']:.4f}±{row['befa_std']:.4f}  gain {'n/a' if gain is None else f'{gain * 100:+.2f}%'}  "
+            f"+BeFA {row['befa_mean']:.4f}±{row['befa_std']:.4f}  "
+            f"gain {'n/a' if gain is None else f'{gain * 100:+.2f}%'}  "
             f"Wilcoxon p {_p(sig.get('p_wilcoxon'))}  Holm p {_p(sig.get('p_wilcoxon_holm'))}"
         )
     print("\n" + result.verdict)

@@ -361,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         f"on {os.cpu_count()} CPUs (timings are only meaningful when this is below the CPU count)\n"
     )
     results: list[dict[str, Any]] = []
-    header = f"{'model':<10} {'variant':<6} {'graph s':>8} {'epoch s / target':>22} {'eval v+t s / target':>22} {'peak RSS GB / target':>22} {'+BeFA ratio / target':>22}"
+    header = (
+        f"{'model':<10} {'variant':<6} {'graph s':>8} {'epoch s / target':>22} {'eval v+t s / target':>22} "
+        f"{'peak RSS GB / target':>22} {'+BeFA ratio / target':>22}"
+    )
     print(header)
     print("-" * len(header))
     for model in [] if args.big_only else models:
@@ -381,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                 r["befa_ratio_separate"] = r["epoch_s"] / base_epoch
                 ratio = f"({r['befa_ratio_separate']:.2f} separate)"
             print(
-                f"{model:<10} {variant:<6} {r['graph_build_s']:>8.2f} {mark(r['epoch_s'], TARGET_EPOCH_S.get(model)):>22} "
+                f"{model:<10} {variant:<6} {r['graph_build_s']:>8.2f} "
+                f"{mark(r['epoch_s'], TARGET_EPOCH_S.get(model)):>22} "
                 f"{mark(r['eval_s'], TARGET_EVAL_S):>22} {mark(r['peak_rss_gb'], TARGET_RSS_GB):>22} {ratio:>22}",
                 flush=True,
             )
@@ -395,13 +399,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             e = r["epoch_s"]
             print(
-                f"{model:<10} {'paired':<6} {'':>8} {e['base']:>9.2f} | {e['befa']:<10.2f} {'base | +BeFA, in turn':>24}"
+                f"{model:<10} {'paired':<6} {'':>8} {e['base']:>9.2f} | {e['befa']:<10.2f} "
+                f"{'base | +BeFA, in turn':>24}"
                 f"{'':>22} {mark(r['befa_ratio'], TARGET_BEFA_RATIO):>22}",
                 flush=True,
             )
     if args.big_only or (not args.no_big and "lattice" in models):
         print(
-            f"\nLATTICE at {BIG['items']:,} items (random graph {BIG['users']:,} users, {BIG['interactions']:,} interactions, random features):"
+            f"\nLATTICE at {BIG['items']:,} items "
+            f"(random graph {BIG['users']:,} users, {BIG['interactions']:,} interactions, random features):"
         )
         for variant in [v.strip() for v in args.big_variants.split(",") if v.strip()]:
             r = run_child(
@@ -416,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {variant}: ERROR: {r['error']}")
                 continue
             print(
-                f"  {variant}: graph build {r['graph_build_s']:.1f} s; {r['batches_timed']} of {r['batches_per_epoch']} batches timed: "
-                f"first {r['first_batch_s']:.2f} s (incl. learned-graph rebuild), then {r['batch_mean_s']:.3f} s/batch; "
+                f"  {variant}: graph build {r['graph_build_s']:.1f} s; "
+                f"{r['batches_timed']} of {r['batches_per_epoch']} batches timed: "
+                f"first {r['first_batch_s']:.2f} s (incl. learned-graph rebuild), "
+                f"then {r['batch_mean_s']:.3f} s/batch; "
                 f"epoch extrapolated {r['epoch_extrapolated_s']:.0f} s; peak RSS {r['peak_rss_gb']:.2f} GB",
                 flush=True,
             )
@@ -426,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     rss0 = [r["rss_after_imports_gb"] for r in results if "rss_after_imports_gb" in r]
     if rss0:
         print(
-            f"peak RSS includes {min(rss0):.2f} GB reached by the imports alone (torch CUDA build, PyG, pandas, pyarrow)"
+            f"peak RSS includes {min(rss0):.2f} GB reached by the imports alone "
+            "(torch CUDA build, PyG, pandas, pyarrow)"
         )
     if args.json:
         from storage.atomic import write_json

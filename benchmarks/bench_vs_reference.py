@@ -190,7 +190,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
         print(
             f"{r['dataset']:<12} {r['model']:<9} {r['threads']:>3} {r['base_s']:>9.2f} {befa:>10} {ratio:>13} "
-            f"{(f'{ref:.2f}' if ref else '-'):>14} {speedup_cell(ref, r['base_s']):>16} {(f'{then:.2f}' if then else '-'):>9}",
+            f"{(f'{ref:.2f}' if ref else '-'):>14} {speedup_cell(ref, r['base_s']):>16} "
+            f"{(f'{then:.2f}' if then else '-'):>9}",
             flush=True,
         )
 
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(
         f"befa now vs the reference's RECORDED epoch times (see the docstring); features SEEDED RANDOM "
-        f"{args.image_dim}-d image + 384-d text (speed only); {args.warmup} warm-up + {args.epochs} timed epochs, median"
+        f"{args.image_dim}-d image + 384-d text (speed only); "
+        f"{args.warmup} warm-up + {args.epochs} timed epochs, median"
     )
     print(f"machine load average at start: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs\n")
     rows: list[dict[str, Any]] = []
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"\nmachine load average at end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     print(
-        "speed-up = reference s/epoch (recorded, started together with befa on a loaded machine) / befa s/epoch (now, alone)"
+        "speed-up = reference s/epoch (recorded, started together with befa on a loaded machine) "
+        "/ befa s/epoch (now, alone)"
     )
     if args.json:
         from storage.atomic import write_json

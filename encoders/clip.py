@@ -126,7 +126,8 @@ class ClipEncoder(Encoder):
                 tags = open_clip.list_pretrained_tags_by_model(arch)
                 raise EncoderSpecError(
                     f"encoder spec {str(spec)!r}: {tag!r} is neither a pretrained tag of {arch} "
-                    f"(known tags: {tags or 'none'}) nor a checkpoint path (paths contain '/' or end in .pt/.bin/.safetensors)"
+                    f"(known tags: {tags or 'none'}) nor a checkpoint path "
+                    "(paths contain '/' or end in .pt/.bin/.safetensors)"
                 )
             if _offline() and not _tag_cached(cfg):
                 raise EncoderError(

@@ -91,7 +91,8 @@ def _parse_weights(text: str, spec: str) -> WeightsRef:
             seed = int(seed_text)
         except ValueError:
             raise EncoderSpecError(
-                f"encoder spec {spec!r}: random seed must be an integer, got {seed_text!r} (use @random or @random:SEED)"
+                f"encoder spec {spec!r}: random seed must be an integer, got {seed_text!r} "
+                "(use @random or @random:SEED)"
             ) from None
         return WeightsRef(kind="random", seed=seed)
     looks_like_path = (

@@ -54,7 +54,8 @@ def watch(catalogs: list[str] | None = None, retrain: bool = True) -> list[dict[
         elif change.changed:
             emit_event(event=EVENT, resource=resource_for(change.catalog, retrain), payload=summary)
             logger.info(
-                "%s changed (%s): +%d -%d items, %d texts and %d images edited; %d items re-encoded; event %s emitted%s",
+                "%s changed (%s): +%d -%d items, %d texts and %d images edited; "
+                "%d items re-encoded; event %s emitted%s",
                 change.catalog,
                 change.reason,
                 len(change.diff.added),

@@ -82,7 +82,9 @@ class ModelConfig(BaseModel):
     max_batches_per_epoch: int | None = Field(
         None,
         ge=1,
-        description="large-catalog rule (opt-in): the batch grows, lr by its square root, so an epoch has at most this many",
+        description=(
+            "large-catalog rule (opt-in): the batch grows, lr by its square root, so an epoch has at most this many"
+        ),
     )
 
     @model_serializer(mode="wrap")

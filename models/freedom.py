@@ -105,7 +105,10 @@ class FREEDOM(Recommender):
         knn_k: int = Field(10, ge=1)
         knn_method: KnnMethod = Field(
             "auto",
-            description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)",
+            description=(
+                "item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) "
+                "or auto (approx from APPROX_KNN_MIN_ITEMS items)"
+            ),
         )
         image_weight: float = Field(0.1, ge=0, le=1)
         image_modality: str = "image"

@@ -145,7 +145,10 @@ class LATTICE(Recommender):
         knn_k: int = Field(10, ge=1)
         knn_method: graphs.KnnMethod = Field(
             "auto",
-            description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)",
+            description=(
+                "item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) "
+                "or auto (approx from APPROX_KNN_MIN_ITEMS items)"
+            ),
         )
         n_ui_layers: int = Field(2, ge=0, description="LightGCN layers on D^-1 (A + I)")
         item_layers: int = Field(1, ge=1, description="hops of the item graph")

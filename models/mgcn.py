@@ -185,7 +185,10 @@ class MGCN(Recommender):
         knn_k: int = Field(10, ge=1)
         knn_method: graphs.KnnMethod = Field(
             "auto",
-            description="item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) or auto (approx from APPROX_KNN_MIN_ITEMS items)",
+            description=(
+                "item kNN graphs: exact, approx (IVF, models.graphs.ApproxKnn) "
+                "or auto (approx from APPROX_KNN_MIN_ITEMS items)"
+            ),
         )
         n_ui_layers: int = Field(2, ge=0)
         item_layers: int = Field(1, ge=0, description="hops of the modality item graphs")

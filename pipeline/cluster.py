@@ -58,7 +58,8 @@ def _init_with_retries(ray: Any, cluster: str, *, tries: int = CONNECT_TRIES, wa
             if attempt == tries or not cluster.startswith("ray://"):
                 raise
             print(
-                f"Ray Client handshake with {cluster} failed ({type(exc).__name__}); retry {attempt}/{tries - 1} in {wait_s:.0f} s",
+                f"Ray Client handshake with {cluster} failed ({type(exc).__name__}); "
+                f"retry {attempt}/{tries - 1} in {wait_s:.0f} s",
                 flush=True,
             )
             with contextlib.suppress(Exception):

@@ -63,6 +63,7 @@ def _acquire(
             told = True
         if time.monotonic() >= deadline:
             raise LockTimeout(
-                f"{what}: {holder} held {path} for more than {timeout_s:g} s; wait for it to finish (or stop it) and try again"
+                f"{what}: {holder} held {path} for more than {timeout_s:g} s; "
+                "wait for it to finish (or stop it) and try again"
             )
         time.sleep(0.05)

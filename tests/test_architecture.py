@@ -206,8 +206,8 @@ def test_the_checker_catches_lazy_imports_cycles_and_flows():
     assert "pipeline.data.b:2 imports pipeline.data.a inside a function (first-party imports go at the top)" in found
     assert "import cycle: pipeline.data.a -> pipeline.data.b -> pipeline.data.a" in found
     assert (
-        "pipeline.reporting.r:1 imports flows.artifacts: only the CLI's Prefect commands import flows (inside the command)"
-        in found
+        "pipeline.reporting.r:1 imports flows.artifacts: "
+        "only the CLI's Prefect commands import flows (inside the command)" in found
     )
     assert any(
         p.startswith("flows.artifacts:1 imports pipeline.serving.servable: flows may import only") for p in found
@@ -280,7 +280,10 @@ def test_reporting_takes_records_not_dicts():
 
 
 def test_the_record_check_catches_a_dict_field():
-    src = "class Ctx(BaseModel):\n    dataset: dict[str, Any] = {}\n\ndef render(ctx: Ctx, extra: list[dict[str, Any]]) -> str: ...\n"
+    src = (
+        "class Ctx(BaseModel):\n    dataset: dict[str, Any] = {}\n\n"
+        "def render(ctx: Ctx, extra: list[dict[str, Any]]) -> str: ...\n"
+    )
     found = untyped_inputs({"pipeline.reporting.x": src})
     assert found == [
         "pipeline.reporting.x: Ctx.dataset: dict[str, Any]",

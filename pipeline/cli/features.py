@@ -24,8 +24,9 @@ def extract_cmd(
     encoder: str = typer.Option(
         DEFAULT_ENCODER,
         "--encoder",
-        help="Encoder spec (default: `befa run`'s), e.g. minilm, effnet:lite2, clip:ViT-B-32@/models/vitb32.safetensors, "
-        "clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, or image=...,text=...",
+        help="Encoder spec (default: `befa run`'s), e.g. minilm, effnet:lite2, "
+        "clip:ViT-B-32@/models/vitb32.safetensors, clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, "
+        "or image=...,text=...",
     ),
     batch_size: Optional[int] = typer.Option(None, help="Items per forward pass (default: sized to the device)."),
     num_workers: Optional[int] = typer.Option(None, help="Image decoding worker processes (default: by device)."),
@@ -72,6 +73,6 @@ def export_mmrec_cmd(
     console.print(f"  features {out['features']}, rows mean-filled as in training: {out['mean_filled_rows']}")
     if out["items_without_interactions"]:
         console.print(
-            f"  {out['items_without_interactions']} items have no interaction: they come first in item_map.tsv's itemID order, "
-            "so MMRec (items = max itemID + 1) sees every item"
+            f"  {out['items_without_interactions']} items have no interaction: "
+            "they come first in item_map.tsv's itemID order, so MMRec (items = max itemID + 1) sees every item"
         )

@@ -112,7 +112,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "server": (
         "pipeline.cli.prefect",
-        "Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, no analytics) and the serve process.",
+        "Start a local Prefect server (127.0.0.1, SQLite under $BEFA_HOME/prefect, no analytics) "
+        "and the serve process.",
     ),
     "demo": (
         "pipeline.cli.prefect",

@@ -64,11 +64,13 @@ def _progress(frames: Iterator[pd.DataFrame], total: int) -> Iterator[pd.DataFra
 def _report(written: Any, what: str) -> None:
     info = written.info
     console.print(
-        f"wrote {written.rows} {what} rows for {written.users} {'users' if what == 'recommendation' else 'items'} in {written.seconds:.2f} s"
+        f"wrote {written.rows} {what} rows for {written.users} {'users' if what == 'recommendation' else 'items'} "
+        f"in {written.seconds:.2f} s"
     )
     console.print(f"  {written.path}")
     console.print(
-        f"  {written.manifest} (run {info['model']} {info['adapter']}, catalog {info['catalog']} {info['catalog_fingerprint']})"
+        f"  {written.manifest} (run {info['model']} {info['adapter']}, "
+        f"catalog {info['catalog']} {info['catalog_fingerprint']})"
     )
     for key in ("removed_since_training", "new_items", "new_items_left_out", "candidates_unknown"):
         if info.get(key):

@@ -290,7 +290,8 @@ class Catalog:
             if version:
                 raise CatalogError(
                     folder / CURRENT,
-                    f"names version {version}, but {meta_file} is missing: the catalog folder was damaged; re-run `befa ingest`",
+                    f"names version {version}, but {meta_file} is missing: "
+                    "the catalog folder was damaged; re-run `befa ingest`",
                 )
             raise CatalogError(meta_file, "no ingested catalog here (run `befa ingest` first)")
         try:
@@ -304,7 +305,8 @@ class Catalog:
             raise CatalogError(
                 where / "interactions.parquet" if "files" in meta else where,
                 f"items.parquet and interactions.parquet do not give the fingerprint {meta_file} records "
-                f"({catalog.fingerprint()} vs {meta['fingerprint']}): the files come from different ingests; re-run `befa ingest`",
+                f"({catalog.fingerprint()} vs {meta['fingerprint']}): the files come from different ingests; "
+                "re-run `befa ingest`",
             )
         return catalog
 
@@ -318,7 +320,8 @@ def _read_checked(path: Path, meta: dict[str, Any], rows: int | None) -> pd.Data
     if recorded and sha256_bytes(data) != recorded["sha256"]:
         raise CatalogError(
             path,
-            f"changed after ingest: its sha256 is not the one {META} records (from another ingest, or edited); re-run `befa ingest`",
+            f"changed after ingest: its sha256 is not the one {META} records (from another ingest, or edited); "
+            "re-run `befa ingest`",
         )
     try:
         table = pq.read_table(pa.BufferReader(data))
@@ -327,7 +330,8 @@ def _read_checked(path: Path, meta: dict[str, Any], rows: int | None) -> pd.Data
     if rows is not None and table.num_rows != int(rows):
         raise CatalogError(
             path,
-            f"holds {table.num_rows} rows, but {META} records {rows}: the files come from different ingests; re-run `befa ingest`",
+            f"holds {table.num_rows} rows, but {META} records {rows}: "
+            "the files come from different ingests; re-run `befa ingest`",
         )
     return table.to_pandas()
 

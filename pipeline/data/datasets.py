@@ -110,7 +110,8 @@ DATASETS: dict[str, DatasetSpec] = {
         name="amazon-baby-5core",
         folder="amazon-baby-5core",
         importer="amazon-baby-5core",
-        description="Amazon Baby 5-core interaction graph (19,445 users, 7,050 items, 160,792 interactions), no content",
+        description="Amazon Baby 5-core interaction graph (19,445 users, 7,050 items, 160,792 interactions), "
+        "no content",
         licence="Amazon review data (McAuley et al.), research use.",
         upstreams=(
             Upstream("*2id.json", urls=_refs(_MMHCL, "/{path}", ("a553f39", "HEAD"))),

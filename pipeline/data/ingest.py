@@ -94,7 +94,10 @@ def _option_problem(importer: Importer, error: dict[str, Any]) -> str:
     fields = [k for k in importer.Options.model_fields if k not in ("root", "name")]
     if error["type"] == "extra_forbidden" and key.endswith("_column"):
         keys = [k for k in fields if k.endswith("_column")]
-        return f"--column {key}=...: unknown column key; keys: {', '.join(keys) or 'none (this importer reads a fixed format)'}"
+        return (
+            f"--column {key}=...: unknown column key; "
+            f"keys: {', '.join(keys) or 'none (this importer reads a fixed format)'}"
+        )
     if error["type"] == "extra_forbidden":
         known = [option_flag(k) for k in fields if not k.endswith("_column")]
         known += ["--column KEY=NAME"] if any(k.endswith("_column") for k in fields) else []
@@ -142,8 +145,9 @@ def ingest(
     ``root`` defaults to ``settings.datasets_root / <dataset folder>``. ``name=`` stores
     the catalog under another name. Image URLs are read from ``settings.image_cache_dir``;
     ``fetch_images=True`` (generic importer) downloads the item table's URLs into it once the
-    tables' ids and values are checked, before the images are; without it no URL is fetched. Ingests of one catalog take its lock in turn: a second one waits (``on_wait``
-    is told why) up to ``lock_timeout_s``."""
+    tables' ids and values are checked, before the images are; without it no URL is fetched.
+    Ingests of one catalog take its lock in turn: a second one waits (``on_wait`` is told
+    why) up to ``lock_timeout_s``."""
     importer = get_importer(name_or_importer) if isinstance(name_or_importer, str) else name_or_importer
     parsed, rename = _options(importer, settings, options)
     # reading and validating write nothing, so they run outside the lock; the lock covers
@@ -208,8 +212,9 @@ def _store_features(result: ImportResult, settings: Settings, report: IngestRepo
         key = FeatureSetKey(catalog.name, feat.fingerprint, modality)
         res = store.upsert(key, items["item_id"].tolist(), items[f"{modality}_hash"].tolist(), feat.matrix)
         report.notes.append(
-            f"{modality} features {feat.source.name} ({feat.matrix.shape[0]} x {feat.matrix.shape[1]}) -> feature store "
-            f"{settings.feature_store}, fingerprint {feat.fingerprint} ({res.written} written, {res.skipped} already there)"
+            f"{modality} features {feat.source.name} ({feat.matrix.shape[0]} x {feat.matrix.shape[1]}) "
+            f"-> feature store {settings.feature_store}, fingerprint {feat.fingerprint} "
+            f"({res.written} written, {res.skipped} already there)"
         )
 
 

@@ -92,7 +92,8 @@ def export_mmrec(
         i = int(np.flatnonzero(~found)[0])
         raise CatalogError(
             None,
-            f"split row {i + 1} (user_idx {key[i][0]}, item_idx {key[i][1]}) is not an interaction of catalog {catalog.name!r}",
+            f"split row {i + 1} (user_idx {key[i][0]}, item_idx {key[i][1]}) "
+            f"is not an interaction of catalog {catalog.name!r}",
         )
     for modality, matrix in (features or {}).items():
         if modality not in MODALITIES:

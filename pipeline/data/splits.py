@@ -91,7 +91,8 @@ class Split:
         bad = ~frame["label"].isin([TRAIN, VALID, TEST])
         if bad.any():
             raise ValueError(
-                f"split {name!r}: label must be 0/1/2, row {int(np.flatnonzero(bad)[0]) + 1} has {frame['label'][bad].iloc[0]!r}"
+                f"split {name!r}: label must be 0/1/2, "
+                f"row {int(np.flatnonzero(bad)[0]) + 1} has {frame['label'][bad].iloc[0]!r}"
             )
         return cls(name=name, frame=_canonical(frame), meta=dict(meta or {}, kind="given"))
 
@@ -230,7 +231,8 @@ DEFAULT_COLD_FRACTION = 0.2
 def check_cold_fraction(cold_fraction: float) -> float:
     if not (isinstance(cold_fraction, (int, float)) and 0 < cold_fraction < 1):
         raise ValueError(
-            f"--cold-fraction must be strictly between 0 and 1 (the share of items held out as cold), got {cold_fraction!r}"
+            f"--cold-fraction must be strictly between 0 and 1 (the share of items held out as cold), "
+            f"got {cold_fraction!r}"
         )
     return float(cold_fraction)
 
@@ -252,7 +254,8 @@ def split_cold_items(
     candidates = np.unique(items)
     if candidates.size < 2:
         raise ValueError(
-            f"catalog {catalog.name!r}: a cold-items split needs at least 2 items with interactions, has {candidates.size}"
+            f"catalog {catalog.name!r}: a cold-items split needs at least 2 items with interactions, "
+            f"has {candidates.size}"
         )
     # at least one cold and one warm item, whatever the fraction
     n_cold = min(max(int(round(cold_fraction * candidates.size)), 1), candidates.size - 1)

@@ -7,8 +7,8 @@ are not masked when testing (reference behaviour). Valid and test share the trai
 so one top-K pass over the union of their users serves both.
 
 Work runs in user batches on the embeddings' device; the batch size is chosen so one
-score block holds about ``block_elements`` floats (2^21 = 8 MB, cache-sized; larger blocks were not faster here), which keeps memory
-flat for large catalogs.
+score block holds about ``block_elements`` floats (2^21 = 8 MB, cache-sized; larger
+blocks were not faster here), which keeps memory flat for large catalogs.
 
 Ties: ranking is by score, higher first, and among equal scores the LOWER item index
 comes first. This is exact and device independent: ``torch.topk`` alone leaves tie order
@@ -196,10 +196,10 @@ class Evaluator:
         key = (parts, str(device))
         if key in self._plans:
             return self._plans[key]
-        I = self.num_items
+        n_items = self.num_items
         per_part_users = {p: self.heldout[p].users_with_items() for p in parts}
         users = torch.unique(torch.cat(list(per_part_users.values()))) if parts else torch.empty(0, dtype=torch.int64)
-        batch = max(1, self.block_elements // max(1, I))
+        batch = max(1, self.block_elements // max(1, n_items))
         # train entries of the ranked users, as (row in users, item), sorted by row
         entry_user = torch.repeat_interleave(torch.arange(self.train.num_users), self.train.counts().cpu()).to(
             self.train.items.device
@@ -213,7 +213,7 @@ class Evaluator:
         for p in parts:
             h = self.heldout[p]
             owner = torch.repeat_interleave(torch.arange(h.num_users, device=h.items.device), h.counts())
-            part_keys[p] = (owner * I + h.items).sort().values
+            part_keys[p] = (owner * n_items + h.items).sort().values
         plan = _Plan(
             users=users.to(device),
             batch=batch,
@@ -248,9 +248,9 @@ class Evaluator:
         parts = tuple(parts) if parts is not None else tuple(self.heldout)
         device = user_emb.device
         user_emb, item_emb = user_emb.float(), item_emb.float()
-        I = self.num_items
-        if item_emb.size(0) != I:
-            raise ValueError(f"model returned {item_emb.size(0)} item embeddings for {I} items")
+        n_items = self.num_items
+        if item_emb.size(0) != n_items:
+            raise ValueError(f"model returned {item_emb.size(0)} item embeddings for {n_items} items")
         plan = self._plan(parts, device)
         n = plan.users.numel()
         hits = {p: torch.zeros(n, self.kmax, dtype=torch.bool, device=device) for p in parts}
@@ -260,14 +260,14 @@ class Evaluator:
             users = plan.users[start : start + plan.batch]
             scores = user_emb[users] @ item_t
             lo, hi = int(plan.bounds[b]), int(plan.bounds[b + 1])
-            flat = (plan.train_pos[lo:hi] - start) * I + plan.train_items[lo:hi]
+            flat = (plan.train_pos[lo:hi] - start) * n_items + plan.train_items[lo:hi]
             scores.view(-1)[flat] = float("-inf")
             top = topk_items(scores, self.depth)
             for g, mask in plan.group_masks.items():
                 in_group[g][start : start + users.numel(), : self.depth] = mask[top]
             for p in parts:
                 keys = plan.part_keys[p]
-                query = users[:, None] * I + top
+                query = users[:, None] * n_items + top
                 at = torch.searchsorted(keys, query).clamp_(max=max(keys.numel() - 1, 0))
                 hits[p][start : start + users.numel(), : self.depth] = keys[at] == query if keys.numel() else False
         out = {}

@@ -46,7 +46,8 @@ class DataParams(BaseModel):
     dataset: str = Field(DEFAULT_DATASET, description="catalog name (folder under $BEFA_HOME/catalogs)")
     importer: str | None = Field(
         None,
-        description="importer to (re-)ingest with: default the dataset name when it is a known dataset, 'generic' when ingest_options name files",
+        description="importer to (re-)ingest with: default the dataset name when it is a known dataset, "
+        "'generic' when ingest_options name files",
     )
     ingest: Literal["auto", "always", "never"] = Field(
         "auto",
@@ -57,7 +58,8 @@ class DataParams(BaseModel):
     )
     encoder: str | dict[str, str] = Field(
         DEFAULT_ENCODER,
-        description="encoder spec ('image=effnet:lite2,text=minilm', 'minilm', 'clip:ViT-B-32@/ckpt.pt', ...) or {modality: spec}",
+        description="encoder spec ('image=effnet:lite2,text=minilm', 'minilm', 'clip:ViT-B-32@/ckpt.pt', ...) "
+        "or {modality: spec}",
     )
     split_kind: Literal["random", "temporal"] = Field(
         "random", description="train/valid/test split: random, or temporal (by timestamp)"
@@ -107,7 +109,8 @@ class PipelineParams(DataParams):
 
     models: list[str] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
-        description="models to train (mostpop, lightgcn, bm3, lattice, freedom, mgcn); mostpop always runs too, as the floor",
+        description="models to train (mostpop, lightgcn, bm3, lattice, freedom, mgcn); "
+        "mostpop always runs too, as the floor",
     )
     adapters: list[Adapter] = Field(
         default_factory=lambda: ["none", "befa"],
@@ -228,7 +231,8 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
         planned = [f"{m}-{a}" for m in params.models for a in params.adapters if a == "none" or MODELS[m].uses_content]
         if params.recommend_run not in planned:
             raise PipelineError(
-                f"--recommend-run (recommend_run) {params.recommend_run!r} is not a run of this pipeline; choose from {planned}"
+                f"--recommend-run (recommend_run) {params.recommend_run!r} is not a run of this pipeline; "
+                f"choose from {planned}"
             )
     try:
         check_device(params.device)  # the flow parameter and the flag share the name: device, --device
@@ -241,16 +245,17 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
     if params.ingest == "never" or (params.ingest == "auto" and catalog_ready):
         if not catalog_ready:
             raise PipelineError(
-                f"dataset {params.dataset!r}: no ingested catalog at {settings.catalog_dir(params.dataset)} (ingest='never')"
+                f"dataset {params.dataset!r}: no ingested catalog at {settings.catalog_dir(params.dataset)} "
+                "(ingest='never')"
             )
         return params
     importer = resolve_importer(params)
     if importer is None:
         raise PipelineError(
-            f"dataset {params.dataset!r}: not an ingested catalog under {settings.catalogs_dir} and not a known dataset "
-            f"({sorted(k for k in IMPORTERS if k not in ('generic', 'mmrec'))}); for your own data pass "
-            "give its files: befa run NAME --items items.csv --interactions events.csv [--images DIR] "
-            "(deployment: importer=generic, ingest_options items/interactions/images)"
+            f"dataset {params.dataset!r}: not an ingested catalog under {settings.catalogs_dir} "
+            f"and not a known dataset ({sorted(k for k in IMPORTERS if k not in ('generic', 'mmrec'))}); "
+            "for your own data pass give its files: befa run NAME --items items.csv --interactions events.csv "
+            "[--images DIR] (deployment: importer=generic, ingest_options items/interactions/images)"
         )
     if importer not in IMPORTERS:
         raise PipelineError(f"importer {importer!r} unknown; choose from {sorted(IMPORTERS)}")
@@ -259,7 +264,8 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
         folder = settings.datasets_root / imp.dataset
         if not folder.exists() and not params.ingest_options.get("root"):
             raise PipelineError(
-                f"dataset {params.dataset!r}: no local copy at {folder} (set BEFA_DATASETS_ROOT or run `befa download {imp.dataset}`)"
+                f"dataset {params.dataset!r}: no local copy at {folder} "
+                f"(set BEFA_DATASETS_ROOT or run `befa download {imp.dataset}`)"
             )
     else:
         for key in ("items", "interactions", "images", "folder"):

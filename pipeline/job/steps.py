@@ -222,7 +222,8 @@ def report_step(
 ) -> ReportFiles:
     """Write metrics, plots and report.md; returns the files written."""
     verified = [
-        f"{r.model} {r.adapter}: checkpoint re-evaluation {'matches' if r.verified else 'DIFFERS'} (max |diff| {r.max_abs_diff})"
+        f"{r.model} {r.adapter}: checkpoint re-evaluation {'matches' if r.verified else 'DIFFERS'} "
+        f"(max |diff| {r.max_abs_diff})"
         for r in runs
         if r.verified is not None
     ]

@@ -128,7 +128,8 @@ def registered_params(settings: Settings, name: str) -> PipelineParams:
     registry = _registry(settings)
     if name not in registry:
         raise KeyError(
-            f"catalog {name!r} is not registered for watching (registered: {sorted(registry)}); run the pipeline on it once"
+            f"catalog {name!r} is not registered for watching (registered: {sorted(registry)}); "
+            "run the pipeline on it once"
         )
     if isinstance(registry[name], WatchError):
         raise registry[name]

@@ -45,8 +45,8 @@ def floor_section(records: Sequence[RunRecord]) -> list[str]:
     if valid is None:
         return lines + ["No MostPop floor was computed for these runs."]
     lines.append(
-        f"MostPop (popularity, nothing learned) on this split: valid {FLOOR_METRIC} {valid:.4f}, test {fmt_number(test)}. "
-        "A run whose best valid value ends below it learned less than counting clicks."
+        f"MostPop (popularity, nothing learned) on this split: valid {FLOOR_METRIC} {valid:.4f}, "
+        f"test {fmt_number(test)}. A run whose best valid value ends below it learned less than counting clicks."
     )
     rows = [
         [label(r), fmt_number(r.best_valid.get(FLOOR_METRIC)), fmt_number(r.test.get(FLOOR_METRIC)), vs_floor(r)]

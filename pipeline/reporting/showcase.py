@@ -99,9 +99,10 @@ def recommendations_section(folder: str | Path) -> str:
     lines = [
         "## Recommendations",
         "",
-        f"Top-{manifest['k']} for {manifest['users']} users from **{manifest['model']}** (adapter {manifest['adapter']}), "
-        f"in `{path.name}` (manifest `{path.with_suffix('.json').name}`); seen items excluded: {manifest['seen_excluded']}. "
-        f"Read it with `duckdb -c \"SELECT * FROM '{path}' WHERE user_id = '{users[0] if users else ''}' ORDER BY rank\"`.",
+        f"Top-{manifest['k']} for {manifest['users']} users from **{manifest['model']}** "
+        f"(adapter {manifest['adapter']}), in `{path.name}` (manifest `{path.with_suffix('.json').name}`); "
+        f"seen items excluded: {manifest['seen_excluded']}. Read it with "
+        f"`duckdb -c \"SELECT * FROM '{path}' WHERE user_id = '{users[0] if users else ''}' ORDER BY rank\"`.",
         "",
     ]
     catalog_dir = manifest.get("catalog_dir")

@@ -196,10 +196,8 @@ def gains_table(summary: pd.DataFrame, models: list[str]) -> list[GainRow]:
     rows = []
     for model in models:
         for metric in HEADLINE:
-            get = lambda a: summary[
-                (summary["model"] == model) & (summary["adapter"] == a) & (summary["metric"] == metric)
-            ]  # noqa: E731
-            b, a = get("none"), get("befa")
+            sel = (summary["model"] == model) & (summary["metric"] == metric)
+            b, a = summary[sel & (summary["adapter"] == "none")], summary[sel & (summary["adapter"] == "befa")]
             if b.empty or a.empty:
                 continue
             bm, am = float(b["mean"].iloc[0]), float(a["mean"].iloc[0])
@@ -261,7 +259,8 @@ def _floor_sentence(floor: list[FloorRow] | None) -> tuple[str, bool]:
     causes = sorted({c for a in arms if a.below for c in a.causes})
     why = f" (likely: {'; '.join(causes)})" if causes else ""
     return (
-        f"{where}. Below it on valid: {', '.join(below)}{why}; a gain between runs that learned less than popularity says little about BeFA.",
+        f"{where}. Below it on valid: {', '.join(below)}{why}; "
+        "a gain between runs that learned less than popularity says little about BeFA.",
         len(below) == len(arms),
     )
 
@@ -319,7 +318,8 @@ def budget_notes(frame: pd.DataFrame, params: StudyParams) -> list[str]:
     if capped:
         notes.append(
             f"{capped} of {total} runs stopped at the epoch cap ({params.epochs}) before early stopping: "
-            "they had not converged, so this is a budget-limited comparison, not the protocol's (1000 epochs, patience 10)."
+            "they had not converged, so this is a budget-limited comparison, "
+            "not the protocol's (1000 epochs, patience 10)."
         )
     if len(params.seeds) < 2:
         notes.append("One seed only: the ± columns are 0 by construction and say nothing about seed variance.")

@@ -45,7 +45,8 @@ class StudyParams(DataParams):
     num_threads: int | None = Field(None, ge=1, description="CPU threads for training (default: every usable core)")
     cluster: str | None = Field(
         None,
-        description="'ray://host:port' or 'auto': extraction and every phase's training runs on Ray (run cache under BEFA_HOME, shared)",
+        description="'ray://host:port' or 'auto': extraction and every phase's training runs on Ray "
+        "(run cache under BEFA_HOME, shared)",
     )
     cpus_per_run: int = Field(
         1, ge=1, description="with cluster: CPUs (and torch threads) each training run takes on Ray"

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from pipeline.study.stats import PairedTest
+
 
 class GainRow(BaseModel):
     """One model and metric: mean ± std over seeds of base and +BeFA, and the relative gain of the means."""
@@ -26,24 +28,10 @@ class GainRow(BaseModel):
     relative_gain: float | None  # None when the base mean is 0
 
 
-class SignificanceRow(BaseModel):
-    """One model and metric: the paired tests over test users (``pipeline.study.stats.PairedTest``), Holm-adjusted."""
+class SignificanceRow(PairedTest):
+    """One model and metric: the paired tests over test users, Holm-adjusted over the family."""
 
     model: str
-    metric: str
-    pooling: str
-    n_pairs: int
-    n_nonzero: int
-    n_seeds: int
-    mean_base: float
-    mean_befa: float
-    mean_diff: float
-    t_stat: float | None
-    p_ttest: float | None
-    w_stat: float | None
-    p_wilcoxon: float | None
-    wins: int
-    losses: int
     p_wilcoxon_holm: float | None = None
     significant: bool = False
 

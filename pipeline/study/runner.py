@@ -122,8 +122,9 @@ class StudyRunner:
         self.trained += 1
         rec = RunRecord.load(run_dir)
         self.log(
-            f"  {spec.experiment} {spec.setting}: {spec.model} {'+BeFA' if spec.adapter == 'befa' else 'base'} seed {spec.seed}: "
-            f"{len(rec.epochs)} epochs, valid R@20 {rec.best_valid.get('recall@20', float('nan')):.4f} ({took:.0f} s)"
+            f"  {spec.experiment} {spec.setting}: {spec.model} {'+BeFA' if spec.adapter == 'befa' else 'base'} "
+            f"seed {spec.seed}: {len(rec.epochs)} epochs, "
+            f"valid R@20 {rec.best_valid.get('recall@20', float('nan')):.4f} ({took:.0f} s)"
         )
 
 

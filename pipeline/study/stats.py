@@ -25,17 +25,18 @@ family of p-values (one per model x metric) for multiple comparisons.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 Pooling = Literal["user_mean", "concat"]
 
 
-@dataclass
-class PairedTest:
+class PairedTest(BaseModel):
+    """The paired tests of one metric over the same users, base vs +BeFA."""
+
     metric: str
     pooling: str
     n_pairs: int  # observations entering the tests
@@ -52,7 +53,7 @@ class PairedTest:
     losses: int  # pairs where base is higher
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 def paired_frame(

@@ -56,13 +56,15 @@ class BatchPlan(BaseModel):
             return ""
         if self.batch_size > self.configured_batch_size:
             return (
-                f"batch size {self.configured_batch_size} -> {self.batch_size}, lr {self.configured_lr:g} -> {self.lr:g}: "
-                f"{self.train_interactions:,} train interactions would give more than {self.max_batches} batches per epoch "
+                f"batch size {self.configured_batch_size} -> {self.batch_size}, "
+                f"lr {self.configured_lr:g} -> {self.lr:g}: {self.train_interactions:,} train interactions "
+                f"would give more than {self.max_batches} batches per epoch "
                 f"(rule max_batches_per_epoch={self.max_batches}, lr by the square root of the batch growth)"
             )
         return (
-            f"batch size {self.configured_batch_size} -> {self.batch_size}: {self.train_interactions:,} train interactions "
-            f"would give fewer than {self.min_batches} batches per epoch (rule min_batches_per_epoch={self.min_batches})"
+            f"batch size {self.configured_batch_size} -> {self.batch_size}: {self.train_interactions:,} "
+            f"train interactions would give fewer than {self.min_batches} batches per epoch "
+            f"(rule min_batches_per_epoch={self.min_batches})"
         )
 
 
@@ -82,7 +84,8 @@ def plan_batches(
     lr scaled by the square root of the growth."""
     if max_batches is not None and max_batches < min_batches:
         raise ValueError(
-            f"--set max_batches_per_epoch={max_batches} is below the small-catalog rule's {min_batches} batches per epoch"
+            f"--set max_batches_per_epoch={max_batches} "
+            f"is below the small-catalog rule's {min_batches} batches per epoch"
         )
     effective, effective_lr = batch_size, lr
     if train_interactions and _batches(train_interactions, batch_size) < min_batches:

@@ -70,8 +70,9 @@ def likely_causes(record: Any, plan: BatchPlan | None) -> list[str]:
         steps = plan.batches_per_epoch * (best + 1)
         if steps < FEW_STEPS:
             causes.append(
-                f"too few optimiser steps: the best epoch {best} came after {steps} steps ({plan.batches_per_epoch} batches "
-                f"of {plan.batch_size} per epoch); try a smaller batch (--set '*.batch_size=256') or more --patience / --epochs"
+                f"too few optimiser steps: the best epoch {best} came after {steps} steps "
+                f"({plan.batches_per_epoch} batches of {plan.batch_size} per epoch); "
+                "try a smaller batch (--set '*.batch_size=256') or more --patience / --epochs"
             )
     losses = [e.loss for e in epochs if e.loss is not None]
     flat = False
@@ -80,11 +81,13 @@ def likely_causes(record: Any, plan: BatchPlan | None) -> list[str]:
         flat = first > 0 and (first - at_best) / first < FLAT_LOSS
         if flat:
             causes.append(
-                f"a flat training loss: it barely moved ({first:.4f} -> {at_best:.4f}), learning rate {lr:g} too low for this budget; try --set '*.lr=5e-3'"
+                f"a flat training loss: it barely moved ({first:.4f} -> {at_best:.4f}), "
+                f"learning rate {lr:g} too low for this budget; try --set '*.lr=5e-3'"
             )
     if len(epochs) > best + 1 and best <= 1 and not flat:  # a flat loss learned nothing: its "peak" is noise
         causes.append(
-            f"an early peak: valid {FLOOR_METRIC} peaked at epoch {best} and never improved after, learning rate {lr:g} may be too high"
+            f"an early peak: valid {FLOOR_METRIC} peaked at epoch {best} and never improved after, "
+            f"learning rate {lr:g} may be too high"
         )
     if not causes:
         causes.append(

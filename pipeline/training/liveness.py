@@ -96,8 +96,12 @@ def interrupted_note(record: Any) -> str:
     proc = record.process
     who = f"process {proc.pid} on {proc.host} is gone" if proc is not None else "its process is gone"
     done = f"{len(record.epochs)} epochs done" + (
-        f", best valid {record.selection_metric} {record.best_valid.get(record.selection_metric, float('nan')):.4f} at epoch {record.best_epoch}"
+        f", best valid {record.selection_metric} {record.best_valid.get(record.selection_metric, float('nan')):.4f} "
+        f"at epoch {record.best_epoch}"
         if record.best_epoch is not None
         else ""
     )
-    return f"{record.run_dir}: interrupted (run.json says running, but {who}; {done}); continue it with `{resume_hint(record.run_dir)}`"
+    return (
+        f"{record.run_dir}: interrupted (run.json says running, but {who}; {done}); "
+        f"continue it with `{resume_hint(record.run_dir)}`"
+    )

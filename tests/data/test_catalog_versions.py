@@ -171,7 +171,8 @@ def test_load_names_a_file_from_another_ingest_or_edited(tmp_path, settings):
     with pytest.raises(CatalogError) as err:
         Catalog.load(folder)
     assert str(err.value) == (
-        f"{folder / CURRENT}: names version 0099-gone, but {folder / VERSIONS / '0099-gone' / 'catalog.json'} is missing: "
+        f"{folder / CURRENT}: names version 0099-gone, "
+        f"but {folder / VERSIONS / '0099-gone' / 'catalog.json'} is missing: "
         "the catalog folder was damaged; re-run `befa ingest`"
     )
 
@@ -244,10 +245,11 @@ def test_kill_9_mid_ingest_leaves_the_previous_version_and_its_splits(tmp_path, 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
     # the killed writer left its temporary version folder (and the lock file); all else as before
-    leftover = lambda rel: (
-        rel.parts[:2] and rel.parts[0] == VERSIONS and rel.parts[1].startswith(".tmp-") or rel.name == ".lock"
-    )
+    def leftover(rel):
+        return rel.parts[:2] and rel.parts[0] == VERSIONS and rel.parts[1].startswith(".tmp-") or rel.name == ".lock"
+
     assert tree_hashes(folder, skip=leftover) == {k: v for k, v in before.items() if k != ".lock"}
     assert any(p.name.startswith(".tmp-") for p in (folder / VERSIONS).iterdir())
     _assert_previous_intact(settings, catalog, split)

@@ -114,23 +114,28 @@ def test_full_ranking_masks_train_but_not_valid_at_test_time():
 
 def test_evaluator_matches_bruteforce_on_random_data():
     g = torch.Generator().manual_seed(0)
-    U, I, d = 37, 60, 8
-    ue, ie = torch.randn(U, d, generator=g), torch.randn(I, d, generator=g)
-    pairs = torch.randperm(U * I, generator=g)[:600]
-    u, i = pairs // I, pairs % I
+    num_users, num_items, d = 37, 60, 8
+    ue, ie = torch.randn(num_users, d, generator=g), torch.randn(num_items, d, generator=g)
+    pairs = torch.randperm(num_users * num_items, generator=g)[:600]
+    u, i = pairs // num_items, pairs % num_items
     lab = torch.randint(0, 3, (600,), generator=g)
-    parts = {k: UserItems.from_pairs(U, u[lab == k], i[lab == k]) for k in range(3)}
-    ev = Evaluator(parts[0], {"valid": parts[1], "test": parts[2]}, I, block_elements=7 * I)  # several batches
+    parts = {k: UserItems.from_pairs(num_users, u[lab == k], i[lab == k]) for k in range(3)}
+    ev = Evaluator(
+        parts[0],
+        {"valid": parts[1], "test": parts[2]},
+        num_items,
+        block_elements=7 * num_items,  # several batches
+    )
     res = ev.evaluate(ue, ie)
     scores = (ue @ ie.T).numpy()
     for name, lab_id in (("valid", 1), ("test", 2)):
         recalls, ndcgs = [], []
-        for user in range(U):
+        for user in range(num_users):
             truth = set(i[(u == user) & (lab == lab_id)].tolist())
             if not truth:
                 continue
             train = set(i[(u == user) & (lab == 0)].tolist())
-            order = sorted((it for it in range(I) if it not in train), key=lambda it: (-scores[user, it], it))
+            order = sorted((it for it in range(num_items) if it not in train), key=lambda it: (-scores[user, it], it))
             top = order[:20]
             h = [it in truth for it in top]
             recalls.append(sum(h) / len(truth))

@@ -122,7 +122,7 @@ def test_first_run_then_nothing_then_exactly_the_changed_poster(make_catalog, en
     assert third.modalities["text"].encoded == 0
     assert third.modalities["image"].snapshot_id != first.modalities["image"].snapshot_id
     bundle = load_features(catalog2, store, third.fingerprints)
-    feats, masks, snaps = bundle.features, bundle.masks, bundle.snapshots
+    feats, snaps = bundle.features, bundle.snapshots
     idx = int(catalog2.items.index[catalog2.items.item_id == changed][0])
     torch.testing.assert_close(feats["image"][idx], feats["image"][0])  # same picture, same vector
     assert snaps == third.snapshot_ids
@@ -180,7 +180,7 @@ def test_load_features_masks_and_fill_rules(make_catalog, encoder, tmp_path):
         load_features(catalog, store, out.fingerprints, fill="zero"),
     )
     feats, masks, snaps = mean_fill.features, mean_fill.masks, mean_fill.snapshots
-    zero, zmasks = zero_fill.features, zero_fill.masks
+    zero = zero_fill.features
     n = catalog.num_items
     assert feats["image"].shape == (n, 16) and feats["image"].dtype == torch.float32
     assert snaps == out.snapshot_ids

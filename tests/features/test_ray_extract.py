@@ -10,8 +10,8 @@ ray = pytest.importorskip("ray")
 from pipeline.cluster import runtime_env  # noqa: E402
 from pipeline.data.catalog import Catalog  # noqa: E402
 from pipeline.data.ingest import ingest  # noqa: E402
-from pipeline.features.extract import extract_features
-from pipeline.features.load import load_features
+from pipeline.features.extract import extract_features  # noqa: E402
+from pipeline.features.load import load_features  # noqa: E402
 from pipeline.features.ray_extract import extract_features_ray  # noqa: E402
 from pipeline.settings import get_settings  # noqa: E402
 from storage.feature_store import FeatureStore  # noqa: E402

@@ -166,7 +166,10 @@ def test_recommend_run_names_the_run_to_serve(small, tmp_path):
     cat, settings, params, _ = small
     with pytest.raises(
         PipelineError,
-        match=r"--recommend-run \(recommend_run\) 'mgcn-befa' is not a run of this pipeline; choose from \['lightgcn-none', 'freedom-none', 'freedom-befa'\]",
+        match=(
+            r"--recommend-run \(recommend_run\) 'mgcn-befa' is not a run of this pipeline; "
+            r"choose from \['lightgcn-none', 'freedom-none', 'freedom-befa'\]"
+        ),
     ):
         validate_params(params.model_copy(update={"recommend_run": "mgcn-befa"}), settings)
     chosen = params.model_copy(

@@ -13,15 +13,15 @@ import models.sparse as sparse_mod
 from models.base import TrainData
 from models.lattice import LATTICE
 
-U, I = 6, 8
+N_USERS, N_ITEMS = 6, 8
 USERS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 0])
 ITEMS = torch.tensor([0, 1, 1, 2, 3, 5, 4, 5, 6, 3, 7, 0, 6])
 
 
 def tiny_data(dims=(("image", 5), ("text", 3)), seed=0) -> TrainData:
     g = torch.Generator().manual_seed(seed)
-    feats = {m: torch.randn(I, d, generator=g) for m, d in dims}
-    return TrainData(U, I, USERS.clone(), ITEMS.clone(), features=feats)
+    feats = {m: torch.randn(N_ITEMS, d, generator=g) for m, d in dims}
+    return TrainData(N_USERS, N_ITEMS, USERS.clone(), ITEMS.clone(), features=feats)
 
 
 # -- an independent dense implementation of the spec's equations ----------------
@@ -68,13 +68,13 @@ def dense_lattice(model: LATTICE, data: TrainData, cfg) -> tuple[torch.Tensor, t
     original = sum(w[j] * sym_norm(dense_topk_graph(data.features[m], k)) for j, m in enumerate(data.modalities))
     g = (1 - cfg.lambda_coeff) * learned + cfg.lambda_coeff * original
     h = g @ (sum(w[j] * b for j, b in enumerate(basis)) if cfg.adapter == "befa" else ei)
-    adj = dense_adj_lattice(data.train_users, data.train_items, U, I)
+    adj = dense_adj_lattice(data.train_users, data.train_items, N_USERS, N_ITEMS)
     x = torch.cat([eu, ei])
     layers = [x]
     for _ in range(cfg.n_ui_layers):
         layers.append(adj @ layers[-1])
     out = torch.stack(layers).mean(0)
-    return out[:U], out[U:] + h / h.norm(dim=1, keepdim=True), g
+    return out[:N_USERS], out[N_USERS:] + h / h.norm(dim=1, keepdim=True), g
 
 
 def dense_loss(users_e, items_e, u, p, n, reg, batch_size):
@@ -123,7 +123,7 @@ def test_inference_and_loss_match_dense_equations(adapter, monkeypatch):
 
 def test_sparse_learned_graph_equals_dense_topk(monkeypatch):
     # Force several similarity blocks in the top-k search (2 rows per block).
-    monkeypatch.setattr(graphs, "SIM_BLOCK_ELEMENTS", 2 * I)
+    monkeypatch.setattr(graphs, "SIM_BLOCK_ELEMENTS", 2 * N_ITEMS)
     torch.manual_seed(1)
     data = tiny_data(seed=3)
     cfg = LATTICE.Config(embedding_dim=4, knn_k=3)
@@ -172,7 +172,7 @@ def test_zero_one_two_modalities():
             assert torch.isfinite(loss)
             model.eval()
             ue, ie = model.inference_embeddings()
-            assert ue.shape == (U, 4) and ie.shape == (I, 4) and torch.isfinite(ie).all()
+            assert ue.shape == (N_USERS, 4) and ie.shape == (N_ITEMS, 4) and torch.isfinite(ie).all()
 
 
 def test_authors_variant_is_rejected_for_lattice():
@@ -186,7 +186,7 @@ def test_train_features_toggles_trainable_tables():
     assert not any(n.endswith(".table") for n, _ in frozen.named_parameters())
     assert not any(n.endswith(".table") for n in frozen.state_dict())  # data, not weights: checkpoints stay small
     assert frozen.feature("image").data_ptr() == data.features["image"].data_ptr()  # shared, not copied
-    assert frozen.feature_table_parameters() == I * (5 + 3)
+    assert frozen.feature_table_parameters() == N_ITEMS * (5 + 3)
     trained = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3, train_features=True))
     names = {n for n, p in trained.named_parameters() if p.requires_grad}
     assert {"projections.image.table", "projections.text.table"} <= names
@@ -195,7 +195,7 @@ def test_train_features_toggles_trainable_tables():
     trained.loss(*BATCH).backward()
     assert trained.feature("image").grad.abs().sum() > 0
     rep = trained.parameter_report()
-    assert rep["params_feature_tables"] == I * 8
+    assert rep["params_feature_tables"] == N_ITEMS * 8
     assert rep["params_base_with_feature_tables"] == rep["params_trainable"]
 
 

@@ -11,7 +11,7 @@ import torch
 from models.base import TrainData
 from models.mgcn import MGCN
 
-U, I = 6, 8
+N_USERS, N_ITEMS = 6, 8
 USERS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 0])
 ITEMS = torch.tensor([0, 1, 1, 2, 3, 5, 4, 5, 6, 3, 7, 0, 6])
 BATCH = (
@@ -28,8 +28,8 @@ VARIANTS = {
 
 def tiny_data(dims=(("image", 5), ("text", 3)), seed=0) -> TrainData:
     g = torch.Generator().manual_seed(seed)
-    feats = {m: torch.randn(I, d, generator=g) for m, d in dims}
-    return TrainData(U, I, USERS.clone(), ITEMS.clone(), features=feats)
+    feats = {m: torch.randn(N_ITEMS, d, generator=g) for m, d in dims}
+    return TrainData(N_USERS, N_ITEMS, USERS.clone(), ITEMS.clone(), features=feats)
 
 
 # -- an independent dense implementation of the spec's equations ----------------
@@ -43,9 +43,9 @@ def dense_knn(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def dense_sym_adj(users, items) -> torch.Tensor:
-    a = torch.zeros(U + I, U + I)
-    a[users, items + U] = 1
-    a[items + U, users] = 1
+    a = torch.zeros(N_USERS + N_ITEMS, N_USERS + N_ITEMS)
+    a[users, items + N_USERS] = 1
+    a[items + N_USERS, users] = 1
     d = (a.sum(1) + 1e-7).pow(-0.5)
     return d[:, None] * a * d[None, :]
 
@@ -64,7 +64,7 @@ def dense_gate(adapter, c):
 def dense_mgcn(model: MGCN, data: TrainData, cfg, variant: str):
     """(final N x d, side N x d, content N x d) from the equations, with dense matrices."""
     adj = dense_sym_adj(data.train_users, data.train_items)
-    r_hat = adj[:U, U:]
+    r_hat = adj[:N_USERS, N_USERS:]
     x = torch.cat([model.user_embedding, model.item_embedding])
     layers = [x]
     for _ in range(cfg.n_ui_layers):
@@ -102,11 +102,11 @@ def dense_info_nce(a, b, tau):
 
 
 def dense_loss(final, side, content, users, pos, neg, cfg, variant):
-    u, p, n = final[users], final[pos + U], final[neg + U]
+    u, p, n = final[users], final[pos + N_USERS], final[neg + N_USERS]
     bpr = -torch.log(torch.sigmoid((u * p).sum(1) - (u * n).sum(1))).mean()
     loss = bpr + cfg.reg * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / cfg.batch_size
     if variant != "authors":
-        cl = dense_info_nce(side[pos + U], content[pos + U], cfg.temperature) + dense_info_nce(
+        cl = dense_info_nce(side[pos + N_USERS], content[pos + N_USERS], cfg.temperature) + dense_info_nce(
             side[users], content[users], cfg.temperature
         )
         loss = loss + cfg.cl_weight * cl
@@ -123,8 +123,8 @@ def test_inference_and_loss_match_dense_equations(variant):
     users_e, items_e = model.inference_embeddings()
     with torch.no_grad():
         final, _, _ = dense_mgcn(model, data, cfg, variant)
-    torch.testing.assert_close(users_e, final[:U], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(items_e, final[U:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(users_e, final[:N_USERS], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(items_e, final[N_USERS:], rtol=1e-5, atol=1e-6)
 
     model.train()
     loss = model.loss(*BATCH)
@@ -190,7 +190,7 @@ def test_zero_one_two_modalities():
             assert torch.isfinite(loss)
             model.eval()
             ue, ie = model.inference_embeddings()
-            assert ue.shape == (U, 4) and ie.shape == (I, 4) and torch.isfinite(ie).all()
+            assert ue.shape == (N_USERS, 4) and ie.shape == (N_ITEMS, 4) and torch.isfinite(ie).all()
 
 
 def test_train_features_toggles_trainable_tables():
@@ -204,8 +204,8 @@ def test_train_features_toggles_trainable_tables():
     trained.loss(*BATCH).backward()
     assert trained.feature("image").requires_grad and trained.feature("image").grad.abs().sum() > 0
     rep = trained.parameter_report()
-    assert rep["params_feature_tables"] == I * 8
-    assert rep["params_base_without_feature_tables"] == rep["params_trainable"] - I * 8
+    assert rep["params_feature_tables"] == N_ITEMS * 8
+    assert rep["params_base_without_feature_tables"] == rep["params_trainable"] - N_ITEMS * 8
 
 
 def clustered_data(seed=0, groups=4, users_per=15, items_per=10, per_user=6):

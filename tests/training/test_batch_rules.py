@@ -48,7 +48,7 @@ def test_unset_the_rule_is_left_out_of_every_dump_so_run_folders_keep_their_name
     assert default_run_dir("runs", "lightgcn", "s", config, 1) != default_run_dir("runs", "lightgcn", "s", capped, 1)
 
 
-def test_a_capped_run_trains_with_the_grown_batch_and_lr_and_records_both(shop, tmp_path, capsys):
+def test_a_capped_run_trains_with_the_grown_batch_and_lr_and_records_both(shop, tmp_path, capsys):  # noqa: F811
     folder, _, split_path = shop
     result = train_model(
         folder / "catalog",
@@ -71,7 +71,7 @@ def test_a_capped_run_trains_with_the_grown_batch_and_lr_and_records_both(shop, 
     assert result.record.state == "max_epochs" and len(rec.epochs) == 2
 
 
-def test_resume_applies_the_rule_again_from_the_asked_config(shop, tmp_path):
+def test_resume_applies_the_rule_again_from_the_asked_config(shop, tmp_path):  # noqa: F811
     _, catalog, _ = shop
     home = tmp_path / "home"
     catalog.save(home / "catalogs" / "shop")

@@ -168,6 +168,7 @@ def _given_splits(root: Path, num_users: int, num_items: int, report: IngestRepo
         ].tolist()
         raise CatalogError(
             root / files[-1],
-            f"user {first['u']} / item {first['i']} appears in {files}: an interaction may be in one split only ({int(dup.sum())} such rows)",
+            f"user {first['u']} / item {first['i']} appears in {files}: "
+            f"an interaction may be in one split only ({int(dup.sum())} such rows)",
         )
     return given

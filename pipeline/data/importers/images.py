@@ -6,12 +6,13 @@ matching fsspec backend is installed). An ``http(s)://`` URL is read from the lo
 cache (:mod:`pipeline.data.image_cache`, filled by ``befa fetch-images`` or
 ``befa ingest --fetch-images``) and never fetched here: one that is not in the cache is
 rejected as "image URL not downloaded". The cache is passed explicitly (its root comes
-from the settings); without one, every URL is "not downloaded". Each referenced image is read once: ``image_hash`` is the
-sha256 of the file bytes, and the same bytes are fully decoded with PIL
-(``Image.open(...).convert("RGB")``), so a truncated or garbage file is caught here and not
-in the middle of an encoding run. :func:`read_image_bytes` is the one reader of image
-references: feature extraction and the study's thumbnails read through it too. An image that is missing, unreadable or does not decode
-is *rejected*: the item keeps its other modalities, ``image`` and ``image_hash`` become
+from the settings); without one, every URL is "not downloaded". Each referenced image
+is read once: ``image_hash`` is the sha256 of the file bytes, and the same bytes are
+fully decoded with PIL (``Image.open(...).convert("RGB")``), so a truncated or garbage
+file is caught here and not in the middle of an encoding run. :func:`read_image_bytes`
+is the one reader of image references: feature extraction and the study's thumbnails
+read through it too. An image that is missing, unreadable or does not decode is
+*rejected*: the item keeps its other modalities, ``image`` and ``image_hash`` become
 null, and a row goes to the rejects list (``rejects.parquet`` next to the catalog) and
 to the ingest report.
 """

@@ -28,23 +28,27 @@ from pipeline.study.report.tables import (
 )
 
 # -- HTML --------------------------------------------------------------------------------
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;color:#222;padding:0 16px}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.8em}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-td:first-child,th:first-child,td:nth-child(2){text-align:left}th{background:#f3f3f3}
-.verdict{background:#fffbe6;border:1px solid #e6d57a;padding:10px 14px;border-radius:6px;font-size:15px}
-.warn{background:#fdecea;border:1px solid #e0a19b;padding:8px 12px;border-radius:6px}
-.note{color:#555;font-size:13px;max-width:1000px}
-img.plot{max-width:100%;border:1px solid #eee;margin:6px 0}
-.row{display:flex;flex-wrap:wrap;gap:6px;margin:4px 0 10px}
-.card{width:96px;font-size:11px;text-align:center}
-.card img{width:92px;height:138px;object-fit:cover;border:3px solid transparent;border-radius:3px}
-.card.hit img,.card.hit .ph{border-color:#1a9c3a}
-.ph{width:86px;height:132px;border:3px solid #ddd;display:flex;align-items:center;justify-content:center;background:#f6f6f6;font-size:10px;padding:3px;overflow:hidden}
-.cols{display:flex;gap:24px}.cols>div{flex:1}
-.label{font-weight:600;margin-top:6px}
-"""
+CSS = (
+    "\n"
+    "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1300px;"
+    "color:#222;padding:0 16px}\n"
+    "h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:1.8em}\n"
+    "table{border-collapse:collapse;margin:8px 0;font-size:13px}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\n"
+    "td:first-child,th:first-child,td:nth-child(2){text-align:left}th{background:#f3f3f3}\n"
+    ".verdict{background:#fffbe6;border:1px solid #e6d57a;padding:10px 14px;border-radius:6px;font-size:15px}\n"
+    ".warn{background:#fdecea;border:1px solid #e0a19b;padding:8px 12px;border-radius:6px}\n"
+    ".note{color:#555;font-size:13px;max-width:1000px}\n"
+    "img.plot{max-width:100%;border:1px solid #eee;margin:6px 0}\n"
+    ".row{display:flex;flex-wrap:wrap;gap:6px;margin:4px 0 10px}\n"
+    ".card{width:96px;font-size:11px;text-align:center}\n"
+    ".card img{width:92px;height:138px;object-fit:cover;border:3px solid transparent;border-radius:3px}\n"
+    ".card.hit img,.card.hit .ph{border-color:#1a9c3a}\n"
+    ".ph{width:86px;height:132px;border:3px solid #ddd;display:flex;align-items:center;justify-content:center;"
+    "background:#f6f6f6;font-size:10px;padding:3px;overflow:hidden}\n"
+    ".cols{display:flex;gap:24px}.cols>div{flex:1}\n"
+    ".label{font-weight:600;margin-top:6px}\n"
+)
 
 
 def _h(head: list[str], rows: list[list[str]], cls: str = "") -> str:
@@ -64,58 +68,101 @@ def _cards(cards: list[dict[str, Any]]) -> str:
             else f'<div class="ph">{title}</div>'
         )
         out.append(
-            f'<div class="card{" hit" if hit else ""}" title="{title}">{img}<div>{title[:40]}{" ✔" if hit else ""}</div></div>'
+            f'<div class="card{" hit" if hit else ""}" title="{title}">{img}'
+            f"<div>{title[:40]}{' ✔' if hit else ''}</div></div>"
         )
     return '<div class="row">' + "".join(out) + "</div>"
 
 
 def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> str:
-    p = data.params
+    """The page, section by section, in reading order."""
+    parts = _head(data)
+    parts += _verdict(data)
+    parts += _setup(data)
+    parts += _main_results(data, plots)
+    parts += _overhead(data)
+    parts += _where_befa_helps(data)
+    parts += _experiments(frame, plots)
+    parts += _inspection(data)
+    parts += _search_timings_runs(data)
+    return "\n".join(parts)
+
+
+def _head(data: StudyData) -> list[str]:
+    """The document head, the title and a warning for random-init encoders."""
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title><style>{CSS}</style></head><body>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title>"
+        f"<style>{CSS}</style></head><body>",
         f"<h1>{html.escape(data.title)}</h1>",
     ]
     rand = [m for m, f in data.features.items() if f.random_init]
     if rand:
         parts.append(
-            f"<p class='warn'><b>Random-init encoder</b> for {html.escape(', '.join(rand))}: those features carry no semantic content. "
+            f"<p class='warn'><b>Random-init encoder</b> for {html.escape(', '.join(rand))}: "
+            "those features carry no semantic content. "
             "Configure a checkpoint for a real test of the method.</p>"
         )
-    parts.append(f"<h2>Verdict</h2><p class='verdict' id='verdict'>{html.escape(data.verdict)}</p>")
+    return parts
+
+
+def _verdict(data: StudyData) -> list[str]:
+    """The verdict, the budget notes and the MostPop floor."""
+    parts = [f"<h2>Verdict</h2><p class='verdict' id='verdict'>{html.escape(data.verdict)}</p>"]
     parts += [f"<p class='warn note-item'>{html.escape(n)}</p>" for n in data.notes]
     if data.floor:  # the floor before any gain: a gain between runs below it says little
         parts.append("<h3>Against the MostPop floor</h3>" + _h(*floor_table(data), cls="floor"))
-    ds = data.dataset
-    parts.append(
+    return parts
+
+
+def _setup(data: StudyData) -> list[str]:
+    """Data, split, seeds, budget, fixed overrides and the encoders."""
+    p, ds = data.params, data.dataset
+    return [
         "<h2>Setup</h2><ul>"
-        f"<li>data: <b>{html.escape(ds.name)}</b> ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions); split <code>{html.escape(data.split.id)}</code> {html.escape(str(data.split.counts))}</li>"
-        f"<li>seeds {html.escape(str(p.seeds))}; max epochs {p.epochs}, patience {p.patience} on valid Recall@20; search &le; {p.max_trials} trials per model and adapter (valid only)</li>"
+        f"<li>data: <b>{html.escape(ds.name)}</b> ({ds.num_users} users, {ds.num_items} items, "
+        f"{ds.num_interactions} interactions); "
+        f"split <code>{html.escape(data.split.id)}</code> {html.escape(str(data.split.counts))}</li>"
+        f"<li>seeds {html.escape(str(p.seeds))}; max epochs {p.epochs}, patience {p.patience} on valid Recall@20; "
+        f"search &le; {p.max_trials} trials per model and adapter (valid only)</li>"
         f"<li>fixed overrides <code>{html.escape(json.dumps(p.model_overrides))}</code></li>"
-        f"<li>{html.escape(cap_line(data))}</li></ul>"
-    )
-    parts.append(_h(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data)))
-    parts.append("<h2>Base vs +BeFA (test, best valid epoch)</h2>")
-    parts.append(_h(*main_table(data), cls="results"))
-    parts.append(
-        "<p class='note'>Wilcoxon signed-rank (two-sided) on per-user test metrics, per-user differences averaged over seeds; "
-        "Holm-adjusted across models and metrics. users +/-: users where +BeFA is higher / lower.</p>"
-    )
-    parts.append(
-        "<p class='note'>Mean relative gain over models, next to the paper's claim (read it with the p-values above):</p>"
-    )
-    parts.append(_h(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data)))
+        f"<li>{html.escape(cap_line(data))}</li></ul>",
+        _h(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data)),
+    ]
+
+
+def _main_results(data: StudyData, plots: dict[str, str]) -> list[str]:
+    """Base vs +BeFA on test: the main table, its paired tests, the mean gain and its plot."""
+    parts = [
+        "<h2>Base vs +BeFA (test, best valid epoch)</h2>",
+        _h(*main_table(data), cls="results"),
+        "<p class='note'>Wilcoxon signed-rank (two-sided) on per-user test metrics, "
+        "per-user differences averaged over seeds; "
+        "Holm-adjusted across models and metrics. users +/-: users where +BeFA is higher / lower.</p>",
+        "<p class='note'>Mean relative gain over models, next to the paper's claim "
+        "(read it with the p-values above):</p>",
+        _h(["metric", "mean relative gain (this data)", "paper's claim", "models"], mean_gain_rows(data)),
+    ]
     if "main" in plots:
         parts.append(f"<img class='plot' id='main-plot' src='{plots['main']}' alt='base vs +BeFA'>")
-    parts.append(
+    return parts
+
+
+def _overhead(data: StudyData) -> list[str]:
+    return [
         "<h2>Parameters and time per epoch</h2>"
         + f"<p class='note'>{html.escape(OVERHEAD_NOTE)}</p>"
         + _h(*overhead_table(data))
-    )
-    parts.append("<h2>Where BeFA helps</h2><h3>By user activity</h3>" + _h(*groups_table(data)))
+    ]
+
+
+def _where_befa_helps(data: StudyData) -> list[str]:
+    """By user activity, on cold items, by item group."""
+    parts = ["<h2>Where BeFA helps</h2><h3>By user activity</h3>" + _h(*groups_table(data))]
     if data.cold_items:
         c = data.cold_items
         parts.append(
-            f"<h3>Item cold start (split <code>{html.escape(str(c.split_id))}</code>: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)</h3>"
+            f"<h3>Item cold start (split <code>{html.escape(str(c.split_id))}</code>: "
+            f"{c.cold_fraction or 0:.0%} of items with no train interaction; all test users)</h3>"
             + _h(*cold_table(data), cls="results")
         )
     if data.item_groups:
@@ -123,6 +170,12 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
             f"<h3>By item group</h3><p class='note'>{html.escape(ITEM_GROUPS_NOTE)}</p>"
             + _h(*item_groups_table(data), cls="item-groups")
         )
+    return parts
+
+
+def _experiments(frame: pd.DataFrame, plots: dict[str, str]) -> list[str]:
+    """The decoupling-space sweep, the modality ablation and the sparsity sweep, those that ran."""
+    parts = []
     for exp, title, key in (
         ("sweep_t", "Decoupling-space sweep", "sweep"),
         ("ablation", "Modality ablation", "ablation"),
@@ -133,43 +186,52 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
             if key in plots:
                 parts.append(f"<img class='plot' id='{key}-plot' src='{plots[key]}' alt='{title}'>")
             parts.append(_h(*experiment_table(frame, exp)))
+    return parts
+
+
+def _inspection(data: StudyData) -> list[str]:
+    """What BeFA changes: gates, cosines and the top-10 of base and +BeFA for a few users."""
     ins = data.inspection
-    if ins:
-        parts.append(
-            f"<h2>What BeFA changes ({html.escape(ins['model'])})</h2><p class='note'>{html.escape(COSINE_NOTE)}</p>"
-        )
-        parts.append(
-            _h(
-                ["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
+    if not ins:
+        return []
+    parts = [
+        f"<h2>What BeFA changes ({html.escape(ins['model'])})</h2><p class='note'>{html.escape(COSINE_NOTE)}</p>",
+        _h(
+            ["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
+            [
                 [
-                    [
-                        m,
-                        fmt_num(s["gate_mean"], 3),
-                        fmt_num(s["gate_std"], 3),
-                        fmt_num(s["cos_content_adapted_mean"], 3),
-                        fmt_num(s["cos_behaviour_adapted_mean"], 3),
-                    ]
-                    for m, s in ins["summary"].items()
-                ],
-            )
+                    m,
+                    fmt_num(s["gate_mean"], 3),
+                    fmt_num(s["gate_std"], 3),
+                    fmt_num(s["cos_content_adapted_mean"], 3),
+                    fmt_num(s["cos_behaviour_adapted_mean"], 3),
+                ]
+                for m, s in ins["summary"].items()
+            ],
+        ),
+        f"<img class='plot' id='gates-plot' src='{ins['gates_png']}' alt='gate heatmap'>",
+        f"<img class='plot' id='cosines-plot' src='{ins['cosines_png']}' alt='cosine histograms'>",
+        "<h3>Top-10 of base and +BeFA (green border: a test item of the user)</h3>",
+    ]
+    for c in ins["comparisons"]:
+        parts.append(
+            f"<div class='user' id='user-{c['user_idx']}'><h4>User {html.escape(c['user_id'])}: "
+            f"{html.escape(c['why'])} ({c['n_train']} train items)</h4>"
         )
-        parts.append(f"<img class='plot' id='gates-plot' src='{ins['gates_png']}' alt='gate heatmap'>")
-        parts.append(f"<img class='plot' id='cosines-plot' src='{ins['cosines_png']}' alt='cosine histograms'>")
-        parts.append("<h3>Top-10 of base and +BeFA (green border: a test item of the user)</h3>")
-        for c in ins["comparisons"]:
-            parts.append(
-                f"<div class='user' id='user-{c['user_idx']}'><h4>User {html.escape(c['user_id'])}: {html.escape(c['why'])} ({c['n_train']} train items)</h4>"
-            )
-            parts.append("<div class='label'>History (most recent train items)</div>" + _cards(c["history"]))
-            parts.append(
-                "<div class='cols'><div><div class='label'>base top-10</div>" + _cards(c["base"]) + "</div>"
-                "<div><div class='label'>+BeFA top-10</div>" + _cards(c["befa"]) + "</div></div>"
-            )
-            parts.append("<div class='label'>Test items</div>" + _cards(c["test_items"]) + "</div>")
-    parts.append("<h2>Search (valid only)</h2>" + _h(*search_table(data)))
-    parts.append("<h2>Timings</h2>" + _h(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()]))
-    parts.append(
+        parts.append("<div class='label'>History (most recent train items)</div>" + _cards(c["history"]))
+        parts.append(
+            "<div class='cols'><div><div class='label'>base top-10</div>" + _cards(c["base"]) + "</div>"
+            "<div><div class='label'>+BeFA top-10</div>" + _cards(c["befa"]) + "</div></div>"
+        )
+        parts.append("<div class='label'>Test items</div>" + _cards(c["test_items"]) + "</div>")
+    return parts
+
+
+def _search_timings_runs(data: StudyData) -> list[str]:
+    """The search table, the step timings and the run counts, which close the page."""
+    return [
+        "<h2>Search (valid only)</h2>" + _h(*search_table(data)),
+        "<h2>Timings</h2>" + _h(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()]),
         f"<p class='note'>Runs trained: {data.runs.trained}, reused: {data.runs.reused}. "
-        "Per-run results: <code>results.parquet</code>; Markdown: <a href='report.md'>report.md</a>.</p></body></html>"
-    )
-    return "\n".join(parts)
+        "Per-run results: <code>results.parquet</code>; Markdown: <a href='report.md'>report.md</a>.</p></body></html>",
+    ]

@@ -46,7 +46,8 @@ class StudyData(BaseModel):
     split: SplitSummary
     features: dict[str, ModalityFeatures] = Field(default_factory=dict)
     verdict: str = ""
-    # MostPop first, then each (model, adapter) arm against it (pipeline.study.analysis.floor_rows); empty for older studies
+    # MostPop first, then each (model, adapter) arm against it (pipeline.study.analysis.floor_rows);
+    # empty for older studies
     floor: list[FloorRow] = Field(default_factory=list)
     gains: list[GainRow] = Field(default_factory=list)
     significance: list[SignificanceRow] = Field(default_factory=list)
@@ -346,4 +347,7 @@ def cap_line(data: StudyData) -> str:
     if runs.at_epoch_cap is None:
         return "runs at the epoch cap: not recorded (a report from an older study)"
     cap = data.params.epochs
-    return f"runs stopped by the epoch cap ({cap}) before early stopping: {runs.at_epoch_cap} of {runs.counted} (target: none)"
+    return (
+        f"runs stopped by the epoch cap ({cap}) before early stopping: {runs.at_epoch_cap} of {runs.counted} "
+        "(target: none)"
+    )

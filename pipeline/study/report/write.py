@@ -42,7 +42,20 @@ from storage.atomic import write_json, write_parquet, write_text
 
 
 def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> str:
-    p = data.params
+    """report.md, section by section, in the order of the HTML page."""
+    lines = _md_head(data)
+    lines += _md_setup(data)
+    lines += _md_main_results(data, plots)
+    lines += _md_overhead(data)
+    lines += _md_where_befa_helps(data)
+    lines += _md_experiments(frame, plots)
+    lines += _md_inspection(data)
+    lines += _md_search_timings_runs(data)
+    return "\n".join(lines)
+
+
+def _md_head(data: StudyData) -> list[str]:
+    """The title, a warning for random-init encoders, the verdict, the notes and the MostPop floor."""
     lines = [f"# {data.title}", ""]
     mods = [m for m, f in data.features.items() if f.random_init]
     if mods:
@@ -55,20 +68,31 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines += [f"> {n}" for n in data.notes] + ([""] if data.notes else [])
     if data.floor:  # the floor before any gain: a gain between runs below it says little
         lines += ["### Against the MostPop floor", ""] + markdown_table(*floor_table(data)) + [""]
-    ds = data.dataset
-    lines += [
+    return lines
+
+
+def _md_setup(data: StudyData) -> list[str]:
+    """Data, split, seeds, budget, fixed overrides and the encoders."""
+    p, ds = data.params, data.dataset
+    lines = [
         "",
         "## Setup",
         "",
-        f"- data: **{ds.name}** ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions), split `{data.split.id}` {data.split.counts}",
-        f"- seeds: {p.seeds}; max epochs {p.epochs}, patience {p.patience} (valid Recall@20); search: <= {p.max_trials} trials per model and adapter"
+        f"- data: **{ds.name}** ({ds.num_users} users, {ds.num_items} items, {ds.num_interactions} interactions), "
+        f"split `{data.split.id}` {data.split.counts}",
+        f"- seeds: {p.seeds}; max epochs {p.epochs}, patience {p.patience} (valid Recall@20); "
+        f"search: <= {p.max_trials} trials per model and adapter"
         + (f", <= {p.max_minutes} min" if p.max_minutes else ""),
         f"- fixed overrides: `{json.dumps(p.model_overrides)}`",
         f"- {cap_line(data)}",
         "",
     ]
-    lines += markdown_table(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data))
-    lines += ["", "## Base vs +BeFA (test, best valid epoch)", ""]
+    return lines + markdown_table(["modality", "encoder", "weights", "dim", "snapshot"], encoder_rows(data))
+
+
+def _md_main_results(data: StudyData, plots: dict[str, str]) -> list[str]:
+    """Base vs +BeFA on test: the main table, the mean gain and its plot."""
+    lines = ["", "## Base vs +BeFA (test, best valid epoch)", ""]
     lines += markdown_table(*main_table(data))
     lines += ["", "Mean relative gain over models, next to the paper's claim (read it with the p-values above):", ""]
     lines += markdown_table(
@@ -76,21 +100,35 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     )
     if "main" in plots:
         lines += ["", f"![base vs +BeFA]({plots['main']})"]
-    lines += ["", "## Parameters and time", "", OVERHEAD_NOTE, ""]
-    lines += markdown_table(*overhead_table(data))
-    lines += ["", "## Where BeFA helps", "", "### By user activity (train-interaction terciles)", ""]
+    return lines
+
+
+def _md_overhead(data: StudyData) -> list[str]:
+    return ["", "## Parameters and time", "", OVERHEAD_NOTE, ""] + markdown_table(*overhead_table(data))
+
+
+def _md_where_befa_helps(data: StudyData) -> list[str]:
+    """By user activity, on cold items, by item group."""
+    lines = ["", "## Where BeFA helps", "", "### By user activity (train-interaction terciles)", ""]
     lines += markdown_table(*groups_table(data))
     if data.cold_items:
         c = data.cold_items
         lines += [
             "",
-            f"### Item cold start (split `{c.split_id}`: {c.cold_fraction or 0:.0%} of items with no train interaction; all test users)",
+            f"### Item cold start (split `{c.split_id}`: {c.cold_fraction or 0:.0%} of items "
+            "with no train interaction; all test users)",
             "",
         ]
         lines += markdown_table(*cold_table(data))
     if data.item_groups:
         lines += ["", "### By item group", "", ITEM_GROUPS_NOTE, ""]
         lines += markdown_table(*item_groups_table(data))
+    return lines
+
+
+def _md_experiments(frame: pd.DataFrame, plots: dict[str, str]) -> list[str]:
+    """The decoupling-space sweep, the modality ablation and the sparsity sweep, those that ran."""
+    lines: list[str] = []
     for exp, title, key in (
         ("sweep_t", "Decoupling-space sweep", "sweep"),
         ("ablation", "Modality ablation", "ablation"),
@@ -101,36 +139,47 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
             lines += markdown_table(*experiment_table(frame, exp))
             if key in plots:
                 lines += ["", f"![{title}]({plots[key]})"]
+    return lines
+
+
+def _md_inspection(data: StudyData) -> list[str]:
+    """What BeFA changes: gates, cosines and the top-10 of base and +BeFA for a few users."""
     ins = data.inspection
-    if ins:
-        lines += ["", f"## What BeFA changes ({ins['model']})", "", COSINE_NOTE, ""]
-        lines += markdown_table(
-            ["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
+    if not ins:
+        return []
+    lines = ["", f"## What BeFA changes ({ins['model']})", "", COSINE_NOTE, ""]
+    lines += markdown_table(
+        ["modality", "gate mean", "gate std", "mean cos(c, adapted)", "mean cos(E, adapted)"],
+        [
             [
-                [
-                    m,
-                    fmt_num(s["gate_mean"], 3),
-                    fmt_num(s["gate_std"], 3),
-                    fmt_num(s["cos_content_adapted_mean"], 3),
-                    fmt_num(s["cos_behaviour_adapted_mean"], 3),
-                ]
-                for m, s in ins["summary"].items()
-            ],
-        )
-        lines += ["", f"![gates]({ins['gates_png']})", "", f"![cosines]({ins['cosines_png']})", ""]
-        for c in ins["comparisons"]:
-            lines += [
-                f"### user {c['user_id']} ({c['why']}; {c['n_train']} train items)",
-                "",
-                "| rank | base | +BeFA |",
-                "|---|---|---|",
+                m,
+                fmt_num(s["gate_mean"], 3),
+                fmt_num(s["gate_std"], 3),
+                fmt_num(s["cos_content_adapted_mean"], 3),
+                fmt_num(s["cos_behaviour_adapted_mean"], 3),
             ]
-            for r, (b, a) in enumerate(zip(c["base"], c["befa"]), 1):
-                lines.append(
-                    f"| {r} | {'**HIT** ' if b['hit'] else ''}{b['title']} | {'**HIT** ' if a['hit'] else ''}{a['title']} |"
-                )
-            lines.append("")
-    lines += ["## Search (valid only)", ""]
+            for m, s in ins["summary"].items()
+        ],
+    )
+    lines += ["", f"![gates]({ins['gates_png']})", "", f"![cosines]({ins['cosines_png']})", ""]
+    for c in ins["comparisons"]:
+        lines += [
+            f"### user {c['user_id']} ({c['why']}; {c['n_train']} train items)",
+            "",
+            "| rank | base | +BeFA |",
+            "|---|---|---|",
+        ]
+        for r, (b, a) in enumerate(zip(c["base"], c["befa"]), 1):
+            lines.append(
+                f"| {r} | {'**HIT** ' if b['hit'] else ''}{b['title']} | {'**HIT** ' if a['hit'] else ''}{a['title']} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _md_search_timings_runs(data: StudyData) -> list[str]:
+    """The search table, the step timings and the run counts, which close the report."""
+    lines = ["## Search (valid only)", ""]
     lines += markdown_table(*search_table(data))
     lines += ["", "## Timings", ""]
     lines += markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()])
@@ -139,7 +188,7 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
         f"Runs trained: {data.runs.trained}, reused: {data.runs.reused}. Full per-run results: `results.parquet`.",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def write_study_report(folder: str | Path, frame: pd.DataFrame, data: StudyData) -> dict[str, Path]:
