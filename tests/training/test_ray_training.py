@@ -217,7 +217,8 @@ def test_the_flow_maps_its_train_tasks_on_a_ray_task_runner(
     monkeypatch.delenv("BEFA_FEATURE_STORE", raising=False)
     with prefect_test_harness(server_startup_timeout=90):
         out = befa(**params.model_dump(exclude={"run_name", "cluster"}), run_name="flow-on-ray", cluster="auto")
-    # prefect-ray submits each task run as a Ray task: 4 trains, then 4 re-evaluations
-    assert submitted.count("_run_prefect_task") == 8 and "train_job_on_worker" not in submitted
+    # the flow's run executor (TaskRunnerRuns) submits one train-run task per run to prefect-ray, each a Ray
+    # task inside which that run's train and evaluate tasks run: 4 runs, 4 Ray tasks
+    assert submitted.count("_run_prefect_task") == 4 and "train_job_on_worker" not in submitted
     summary = json.loads((Path(out["folder"]) / "summary.json").read_text())
     _same_pipeline_runs(local.runs, [TrainSummary.model_validate(r) for r in summary["runs"]], "flow-on-ray")
