@@ -22,11 +22,16 @@ from pydantic import Field
 from typer.testing import CliRunner
 
 import pipeline.cli.job as cli_job
+from models.befa import BeFA
 from pipeline.cli.ingest_options import FIELDS as IMPORTER_FIELDS
 from pipeline.cli.main import app, load_command
 from pipeline.cli.params_options import NOT_FLAGS, flag_of, train_overrides, with_params
 from pipeline.job.params import DEFAULT_ENCODER, PipelineError, PipelineParams
 from pipeline.study.params import StudyParams
+from pipeline.training.api import load_trained
+from pipeline.training.record import RunRecord
+from pipeline.training.run_features import load_run_features
+from storage.feature_store import FeatureStore
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -430,6 +435,12 @@ def test_befa_run_movielens_set_befa_t_reaches_the_adapter(tmp_path, datasets_ro
     assert json.loads((folder / "params.json").read_text())["model_overrides"] == {
         "freedom": {"befa.t": 0.5, "embedding_dim": 8}
     }
-    record = json.loads((folder / "runs" / "freedom-befa" / "run.json").read_text())
+    run_dir = folder / "runs" / "freedom-befa"
+    record = json.loads((run_dir / "run.json").read_text())
     assert record["config"]["adapter"] == "befa" and record["config"]["befa"]["t"] == 0.5
     assert record["config"]["embedding_dim"] == 8
+    # the model rebuilt from that record (what evaluation and serving do) carries t = 0.5 in every adapter
+    features = load_run_features(RunRecord.load(run_dir), FeatureStore(home / "features"), run_dir)
+    trained = load_trained(run_dir, features=features, device="cpu")
+    adapters = [m for m in trained.model.modules() if isinstance(m, BeFA)]
+    assert adapters and all(a.t == 0.5 for a in adapters)
