@@ -87,7 +87,8 @@ Cron = typer.Option(
     None,
     "--cron",
     envvar="BEFA_WATCH_CRON",
-    help="Watch on a cron schedule instead, e.g. '0 3 * * *' (wins over --interval).",
+    help="Watch on a cron schedule instead, e.g. '0 3 * * *' (not with --interval; "
+    "set by env var, it wins over the interval).",
 )
 NoSchedule = typer.Option(False, "--no-schedule", help="No schedule: run the watch deployment by hand.")
 RetrainOnChange = typer.Option(
