@@ -55,6 +55,10 @@ class TrainData:
         return sorted(self.features)
 
 
+# Where BeFA acts; runs recorded before the option existed are mapped on load (pipeline.training.record).
+Insertion = Literal["forward", "loss", "content"]
+
+
 class BeFAConfig(BaseModel):
     """The behaviour-driven feature adapter (spec section 4)."""
 
@@ -63,6 +67,14 @@ class BeFAConfig(BaseModel):
     dropout: float = Field(0.3, ge=0, lt=1, description="dropout after each ReLU, training only")
     variant: Literal["default", "authors"] = Field(
         "default", description="'authors' = the authors' published MGCN variant (no fuser, no InfoNCE)"
+    )
+    insertion: Insertion = Field(
+        "forward",
+        description=(
+            "where the adapter acts (spec section 4): 'forward' = E_i * g_m(c_m) on the path the model scores "
+            "with; 'loss' = E_i * g_m(c_m) in place of c_m in the content loss terms only (the earlier design, "
+            "an ablation); 'content' = c_m * g_m(c_m) wherever the model uses c_m"
+        ),
     )
 
 

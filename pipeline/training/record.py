@@ -39,7 +39,9 @@ BEST = "best.safetensors"
 LAST = "last.pt"
 PER_USER = "per_user.parquet"
 LEGACY_FEATURES = "features.json"  # written by `befa train` before record version 2
-RECORD_VERSION = 2
+RECORD_VERSION = 3
+# the BeFA placement every model but MGCN ran before record version 3 (models.base.BeFAConfig.insertion)
+LEGACY_INSERTION = "loss"
 FINISHED = ("early_stopped", "max_epochs", "evaluated_only")  # statuses of a run that ended normally
 
 
@@ -78,7 +80,8 @@ class RunRecord(BaseModel):
     """Everything needed to say what a run was and how it went."""
 
     model_config = ConfigDict(extra="allow")
-    # 1: before the sub-package layout; 2: adds feature_sets (features.json folded in).
+    # 1: before the sub-package layout; 2: adds feature_sets (features.json folded in);
+    # 3: the model config names BeFA's insertion (older +BeFA configs get the placement they ran).
     # Checkpoint key renames between versions are mapped in pipeline.training.checkpoints.
     record_version: int = RECORD_VERSION
     model: str
@@ -142,9 +145,21 @@ class RunRecord(BaseModel):
         path = Path(run_dir) / RECORD
         if not path.exists():
             raise FileNotFoundError(f"{path}: no run record (is this a run folder?)")
-        record = cls.model_validate(json.loads(path.read_text()))
+        record = cls.model_validate(upgrade_config(json.loads(path.read_text())))
         record.run_dir = str(Path(run_dir))
         return record
+
+
+def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A record of an older version, its model config in today's terms: before version 3 there
+    was no ``befa.insertion``, and a +BeFA model ran the placement now named
+    :data:`LEGACY_INSERTION` (MGCN's, its purifier, is the one now named "forward")."""
+    config = data.get("config")
+    if int(data.get("record_version", 1)) < 3 and isinstance(config, dict):
+        befa = dict(config.get("befa") or {})
+        befa.setdefault("insertion", "forward" if data.get("model") == "mgcn" else LEGACY_INSERTION)
+        data = {**data, "config": {**config, "befa": befa}}
+    return data
 
 
 def now() -> str:

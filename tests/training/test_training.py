@@ -220,7 +220,7 @@ def test_the_run_record_keeps_where_its_features_came_from(ml_slice, tmp_path):
     )
     fit(TinyMF, make_config(TinyMF), prepared, tmp_path / "run", trainer)
     rec = RunRecord.load(tmp_path / "run")
-    assert rec.record_version == 2
+    assert rec.record_version == RECORD_VERSION == 3
     assert rec.feature_sets == {"text": {"snapshot": "snap-test-1", "fingerprint": "fp-text-1", "random_init": False}}
 
 
