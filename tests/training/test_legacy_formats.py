@@ -48,6 +48,8 @@ def test_every_model_has_a_legacy_checkpoint():
 def test_a_version_1_checkpoint_loads_and_scores_as_before(run):
     record = RunRecord.load(LEGACY / run)
     assert record.record_version == 1
+    # the placement these runs ran, named since record version 3 (BM3, FREEDOM, LATTICE: "loss")
+    assert record.config["befa"]["insertion"] == ("forward" if record.model == "mgcn" else "loss")
     cls = get_model_class(record.model)
     torch.manual_seed(0)  # a different init than the fixture's: only the checkpoint can make the scores match
     model = cls(_prepared().train, cls.Config.model_validate(record.config))
