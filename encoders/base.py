@@ -42,7 +42,7 @@ from PIL import Image
 from torch import nn
 
 from encoders.spec import EncoderSpec, EncoderSpecError
-from storage.keys import MODALITIES, sha256_file
+from storage.keys import ENCODED_MODALITIES, sha256_file
 
 RANDOM_INIT_LABEL = "random init"
 
@@ -263,9 +263,12 @@ class Encoder(nn.Module):
 
 
 def check_modalities(family: str, requested: Sequence[str], supported: Sequence[str]) -> tuple[str, ...]:
-    bad = [m for m in requested if m not in MODALITIES]
+    bad = [m for m in requested if m not in ENCODED_MODALITIES]
     if bad:
-        raise EncoderSpecError(f"unknown modality {bad[0]!r}; expected one of {list(MODALITIES)}")
+        raise EncoderSpecError(
+            f"unknown modality {bad[0]!r} for an encoder: encoders embed {list(ENCODED_MODALITIES)} from raw content; "
+            "other modalities (audio, video, ...) come as imported feature matrices (MMRec <name>_feat.npy)"
+        )
     missing = [m for m in requested if m not in supported]
     if missing:
         raise EncoderSpecError(

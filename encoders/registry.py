@@ -12,7 +12,7 @@ from encoders.effnet import EffNetEncoder
 from encoders.imagebind import ImageBindEncoder
 from encoders.minilm import MiniLMEncoder
 from encoders.spec import EncoderSpec, EncoderSpecError, is_per_modality, parse_modality_specs, parse_spec
-from storage.keys import MODALITIES
+from storage.keys import ENCODED_MODALITIES
 
 ENCODERS: dict[str, type[Encoder]] = {
     "clip": ClipEncoder,
@@ -66,7 +66,7 @@ def resolve_specs(
         if missing:
             raise EncoderSpecError(f"no encoder given for modality {missing[0]!r} in spec {spec!r}")
         mapping = {m: mapping[m] for m in modalities}
-    return {m: mapping[m] for m in MODALITIES if m in mapping}
+    return {m: mapping[m] for m in ENCODED_MODALITIES if m in mapping}
 
 
 def validate_specs(

@@ -34,14 +34,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from storage.keys import MODALITIES
+from storage.keys import ENCODED_MODALITIES
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 _FAMILY_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 # A per-modality spec starts with "image=" or "text="; its parts are split on commas
 # that are followed by "<modality>=" so that a checkpoint path may contain commas.
-_MODALITY_PREFIX_RE = re.compile(r"^\s*(%s)\s*=" % "|".join(MODALITIES))
-_MODALITY_SPLIT_RE = re.compile(r",(?=\s*(?:%s)\s*=)" % "|".join(MODALITIES))
+_MODALITY_PREFIX_RE = re.compile(r"^\s*(%s)\s*=" % "|".join(ENCODED_MODALITIES))
+_MODALITY_SPLIT_RE = re.compile(r",(?=\s*(?:%s)\s*=)" % "|".join(ENCODED_MODALITIES))
 
 
 class EncoderSpecError(ValueError):
@@ -133,9 +133,10 @@ def parse_modality_specs(text: str) -> dict[str, EncoderSpec]:
     for part in _MODALITY_SPLIT_RE.split(text.strip()):
         modality, eq, spec = part.partition("=")
         modality = modality.strip()
-        if not eq or modality not in MODALITIES:
+        if not eq or modality not in ENCODED_MODALITIES:
             raise EncoderSpecError(
-                f"encoder spec {raw!r}: part {part!r} must be <modality>=<spec> with modality in {list(MODALITIES)}"
+                f"encoder spec {raw!r}: part {part!r} must be <modality>=<spec> with modality in "
+                f"{list(ENCODED_MODALITIES)} (what an encoder embeds from raw content)"
             )
         if modality in out:
             raise EncoderSpecError(f"encoder spec {raw!r}: modality {modality!r} given twice")
@@ -144,4 +145,4 @@ def parse_modality_specs(text: str) -> dict[str, EncoderSpec]:
 
 
 def format_modality_specs(specs: dict[str, EncoderSpec]) -> str:
-    return ",".join(f"{m}={specs[m]}" for m in MODALITIES if m in specs)
+    return ",".join(f"{m}={specs[m]}" for m in ENCODED_MODALITIES if m in specs)

@@ -154,12 +154,12 @@ class Recommender(nn.Module):
         """modality -> ``BeFAInput(content, behaviour)``, both I x d, all items: the inputs of
         BeFA at its insertion point (spec section 4), from the current parameters.
 
-        For every model BeFA substitutes adapted_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m) for
-        what the base model consumes at that point, so ``content`` is c_m = P_m X_m as the
-        model computes it there and ``behaviour`` is E_i (BM3, FREEDOM: the content loss
-        terms; LATTICE: the learned graph and the item view; MGCN: the purifier, itself a
-        gate on E_i). Defined whether or not the model has adapters (``adapter='none'``
-        gives the same c_m and E_i the +BeFA model would gate).
+        ``content`` is c_m = P_m X_m as the model computes it and ``behaviour`` is what the
+        gate selects from: E_i under the ``forward`` and ``loss`` insertions
+        (``BeFAConfig.insertion``; where each puts adapted_m = E_i * g_m(c_m) is in each
+        model's docstring), c_m itself under ``content`` (adapted_m = c_m * g_m(c_m)).
+        Defined whether or not the model has adapters (``adapter='none'`` gives the same c_m
+        and E_i the +BeFA model would gate).
 
         ``modalities``: only these (default: every modality the model consumes); an unknown
         one raises KeyError. A model without content (``uses_content`` False) returns {}.
@@ -171,6 +171,9 @@ class Recommender(nn.Module):
             return {}
         projections, behaviour = self.projections, self.item_embedding
         wanted = list(projections) if modalities is None else list(modalities)
+        if self.config.adapter == "befa" and self.config.befa.insertion == "content":
+            # the "content" insertion gates the content itself: adapted_m = c_m * g_m(c_m)
+            return {m: BeFAInput(c, c) for m in wanted for c in [projections[m]()]}
         return {m: BeFAInput(projections[m](), behaviour) for m in wanted}
 
     # -- parameter accounting (spec section 4: report overhead both ways) ----

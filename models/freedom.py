@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from models.base import ModelConfig, Recommender, TrainData
+from models.base import Insertion, ModelConfig, Recommender, TrainData
 from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection
 from models.graphs import KnnMethod, cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph, knn_key
@@ -53,7 +53,7 @@ def freedom_modality_weights(
 
 
 class FREEDOM(Recommender):
-    """FREEDOM (Zhou & Shen 2023) on the project's graphs.
+    """FREEDOM (Zhou & Shen 2023) on the project's graphs, plus its three BeFA insertions.
 
     Graphs (built once):
         G_m = binary cosine kNN graph of the RAW features X_m (k per row, self included,
@@ -68,8 +68,21 @@ class FREEDOM(Recommender):
         I* = I_g + h;   score(u, i) = U*_u . I*_i
     Loss, batch (u, p, n):
         BPR(U*_u, I*_p, I*_n) + reg * sum_m BPR(U*_u, c_m[p], c_m[n]),   c_m = P_m X_m
-    +BeFA (``adapter='befa'``): the content terms use adapted_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)
-    in place of c_m; the graphs and the prediction are unchanged (features stay training-only).
+    +BeFA (``adapter='befa'``), g_m = the adapter's gate (``models.befa``), by ``befa.insertion``:
+    - ``forward`` (default): the gated behaviour embedding is what the item graphs propagate,
+      over each modality's own graph (kept apart, not merged into G):
+          h = sum_m w_m G_m^hops (E_i * g_m(c_m))      (hops: G_m applied once per hop)
+          I* = I_g + h;  the content BPR terms stay on c_m (no adapter there).
+      The adapters change the scores. Cost per step: c_m for EVERY item (``projection()``),
+      an I x D_m x d product per modality forward and one more for P_m's gradient (in place
+      of the batch's distinct items x D_m x d), plus the adapters over I x d and M sparse
+      products instead of one; the content terms reuse these c_m rows (no second projection).
+    - ``loss`` (the earlier design, kept bit-for-bit): the content terms use
+      adapted_m = E_i * g_m(c_m) in place of c_m; graphs and prediction as base FREEDOM.
+    - ``content``: the content terms use adapted_m = c_m * g_m(c_m); graphs and prediction as
+      base FREEDOM.
+    Under ``loss`` and ``content`` the adapters are training-only: they do not change the
+    scores at inference (tested), and at reg = 0 they never run.
 
     Choices where the spec is silent:
     - L = 2 user-item layers and 1 item-graph hop (the BeFA grid's setting; the reference's defaults).
@@ -77,22 +90,33 @@ class FREEDOM(Recommender):
       model is LightGCN with edge dropout (h = 0, no content terms), not an error.
     - reg default 1e-3 (GRID {0, 1e-5, 1e-4, 1e-3}); edge_dropout default 0.8 (GRID {0.8, 0.9}).
     - c_m is computed only for the batch's distinct items (the reference projects every item
-      every batch; the loss and its gradient are the same); when reg = 0 the content terms are
-      skipped entirely (their gradient is 0).
+      every batch; the loss and its gradient are the same), except under ``forward``, whose
+      item view needs every item's c_m anyway; when reg = 0 the content terms are skipped
+      entirely (their gradient is 0).
     - P_m: Xavier-normal weights; E_u, E_i: Xavier-uniform.
     - Regulariser: checked against the reference; FREEDOM has no L2 term on embeddings
       (``reg`` weighs the content BPR terms, as in the reference), so no ``reg_form``.
-    - Cold items (no train interaction): h = G E_i sums the item's content neighbours' ID
-      embeddings over the frozen kNN graph of the raw features (which every item has), so
-      I* = I_g + h (I_g = E_i / (L + 1): no edge) gives a cold item a content-derived representation; its own E_i gets
-      gradient only as a BPR negative and as a neighbour of other items. +BeFA: the content
-      BPR terms use adapted_m = E_i * g_m(c_m), a gate on an E_i a cold item never trained
-      positively; training-only, so prediction for cold items is as in base FREEDOM.
     - Edge sampling draws from torch's global generator, so it follows the trainer's seed.
+
+    Cold items (no train interaction; its E_i gets gradient only as a BPR negative and as a
+    neighbour of other items). Every item has a row in the frozen kNN graphs of the raw
+    features, so I* = I_g + h (I_g = E_i / (L + 1): no edge) is content-derived through h:
+    - base, ``loss``, ``content``: h = G E_i, its content neighbours' ID embeddings (the
+      adapters are training-only, so prediction is base FREEDOM's);
+    - ``forward``: h = sum_m w_m G_m (E_i * g_m(c_m)): its neighbours' ID embeddings, each
+      gated by that neighbour's own content; its own row E_i * g_m(c_i) (self is in the kNN)
+      is a gate on an E_i it never trained positively.
+    Items added after training (``serves_new_items``; ``pipeline.serving.servable``) get a
+    model rebuilt over all items, kNN graphs included, with their E_i set to 0. Then
+    base / ``loss`` / ``content``: h = sum_j G[i, j] E_j over the trained neighbours; ``forward``:
+    h = sum_m w_m sum_j G_m[i, j] E_j * g_m(c_j), the neighbours gated by their content, and
+    the new item's own gate multiplies its zero E_i, so its own content acts only through the
+    choice of neighbours.
 
     Cost: on CPU the epoch is dominated by the image content term, two GEMMs per batch of
     (distinct items of the batch, ~3k) x D_v x d (forward and P_v's gradient); the sparse
-    products are ~10% (``models.sparse``).
+    products are ~10% (``models.sparse``). ``forward`` replaces that term by the I x D_m x d
+    products above.
     """
 
     name = "freedom"
@@ -136,15 +160,21 @@ class FREEDOM(Recommender):
         self.projections = nn.ModuleDict(
             {m: FeatureProjection(data.features[m].to(dev), d, config.train_features) for m in modalities}
         )
+        # where BeFA acts (None without adapters); see the class docstring
+        self.insertion: Insertion | None = config.befa.insertion if config.adapter == "befa" else None
         if config.adapter == "befa":
             self.adapters = nn.ModuleDict({m: BeFA(d, config.befa.t, config.befa.dropout) for m in modalities})
         self.modality_weights = freedom_modality_weights(
             modalities, config.image_weight, config.image_modality, config.modality_weights
         )
-        self.item_graph: SparseGraph | None = None
+        self.item_graph: SparseGraph | None = None  # G = sum_m w_m G_m (base, loss, content)
+        self.modality_graphs: dict[str, SparseGraph] = {}  # the G_m kept apart (forward)
         if modalities:
-            graphs = [(self.modality_weights[m], SparseGraph.from_csr(self._knn(data, m).to(dev))) for m in modalities]
-            self.item_graph = weighted_sum(graphs)
+            graphs = {m: SparseGraph.from_csr(self._knn(data, m).to(dev)) for m in modalities}
+            if self.insertion == "forward":
+                self.modality_graphs = graphs
+            else:
+                self.item_graph = weighted_sum([(self.modality_weights[m], graphs[m]) for m in modalities])
 
     def _knn(self, data: TrainData, modality: str) -> Tensor:
         snapshot = data.feature_snapshots.get(modality)
@@ -180,35 +210,66 @@ class FREEDOM(Recommender):
             symmetric=True,
         )
 
-    def _forward(self, adj: SparseGraph) -> tuple[Tensor, Tensor]:
+    def _forward(self, adj: SparseGraph, content: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """(U*, I*); ``content``: every item's c_m (forward insertion; computed here if None)."""
         users, items = propagate(adj, [self.user_embedding, self.item_embedding], self.config.num_layers)
         if self.item_graph is not None and self.config.item_graph_hops > 0:
             g = self.item_embedding
             for _ in range(self.config.item_graph_hops):
                 g = self.item_graph @ g
             items = items + g
+        elif self.modality_graphs and self.config.item_graph_hops > 0:
+            items = items + self.gated_item_view(self.content() if content is None else content)
         return users, items
 
+    def _needs_all_content(self) -> bool:
+        return bool(self.modality_graphs) and self.config.item_graph_hops > 0
+
+    def content(self) -> list[Tensor]:
+        """c_m = P_m X_m of every item, per modality (``projection()``: no gather buffer)."""
+        return [self.projections[m]() for m in self.projections]
+
+    def adapted(self, content: list[Tensor]) -> list[Tensor]:
+        """E_i * g_m(c_m) for every item, per modality: what the forward insertion propagates."""
+        return adapt_all([self.adapters[m] for m in self.projections], content, self.item_embedding)
+
+    def gated_item_view(self, content: list[Tensor]) -> Tensor:
+        """h = sum_m w_m G_m^hops (E_i * g_m(c_m)) (forward insertion)."""
+        h: Tensor | float = 0.0
+        for m, z in zip(self.projections, self.adapted(content)):
+            for _ in range(self.config.item_graph_hops):
+                z = self.modality_graphs[m] @ z
+            h = h + self.modality_weights[m] * z
+        return h  # type: ignore[return-value]
+
     def contents(self, rows: Tensor) -> list[Tensor]:
-        """c_m (or adapted_m under BeFA) of the given items, per modality: what the content terms consume."""
+        """What the content terms consume for the given items, per modality: c_m (base,
+        forward), E_i * g_m(c_m) (loss) or c_m * g_m(c_m) (content)."""
         cs = [self.projections[m](rows) for m in self.projections]
-        if self.config.adapter == "befa":
+        if self.insertion == "loss":
             # one gather of E_i for all modalities, and the adapters run together
             cs = adapt_all([self.adapters[m] for m in self.projections], cs, self.item_embedding[rows])
+        elif self.insertion == "content":
+            cs = [self.adapters[m](c, c) for m, c in zip(self.projections, cs)]
         return cs
 
     def loss(self, users: Tensor, pos_items: Tensor, neg_items: Tensor | None) -> Tensor:
         if neg_items is None:
             raise ValueError("FREEDOM needs negative items (BPR)")
-        u_all, i_all = self._forward(self.train_adj)
+        content = self.content() if self._needs_all_content() else None
+        u_all, i_all = self._forward(self.train_adj, content)
         u = u_all[users]
         loss = bpr_from_embeddings(u, i_all[pos_items], i_all[neg_items])
         if self.config.reg > 0 and len(self.projections):
-            rows, inv = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
-            pos_idx, neg_idx = inv[: pos_items.numel()], inv[pos_items.numel() :]
             content_loss = 0.0
-            for c in self.contents(rows):
-                content_loss = content_loss + bpr_from_embeddings(u, c[pos_idx], c[neg_idx])
+            if content is not None:  # forward: every item's c_m is at hand, the terms read its rows
+                for c in content:
+                    content_loss = content_loss + bpr_from_embeddings(u, c[pos_items], c[neg_items])
+            else:
+                rows, inv = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
+                pos_idx, neg_idx = inv[: pos_items.numel()], inv[pos_items.numel() :]
+                for c in self.contents(rows):
+                    content_loss = content_loss + bpr_from_embeddings(u, c[pos_idx], c[neg_idx])
             loss = loss + self.config.reg * content_loss
         return loss
 

@@ -14,15 +14,36 @@ modality weights, omega initialised equal):
     loss = BPR(user, item+, item-) + reg * 0.5 (|user|^2 + |item+|^2 + |item-|^2) / batch_size
            (reg_form "squared", default, the reference's form; "norm": (|user|_F + |item+|_F + |item-|_F) / batch_size)
 
-+BeFA (``adapter="befa"``, spec section 4: "the learned item graph is built from adapted_m;
-the item view propagates adapted_m rather than E_i alone"):
++BeFA (``adapter="befa"``, spec section 4): one adapter per modality, g_m its gate
+(``models.befa``: BeFA_m(c, b) = b * g_m(c)); ``befa.insertion`` says where it acts:
 
-    a_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)
+  "forward" (default; the authors' pattern: the gated behaviour embedding on the path scored)
+    a_m = E_i * g_m(c_m)
+    S_m = topk_k( cos(c_m, c_m) )                     the learned graph stays built from c_m
+    h   = G^{item_layers} ((1/M) sum_m a_m)           instead of G^{item_layers} E_i
+  "content" (gate the content itself wherever LATTICE uses c_m: only the learned graph)
+    a_m = c_m * g_m(c_m)
     S_m = topk_k( cos(a_m, a_m) )                     the learned graph is built from a_m
-    h   = G^{item_layers} (sum_m w_m a_m)             the item view propagates the adapted
-                                                      content, mixed with the same modality
-                                                      weights w as the graphs
-    (everything else unchanged)
+    h   = G^{item_layers} E_i                         as base LATTICE
+  "loss" (the earlier design, kept as an ablation, bit for bit, so that runs recorded before
+          the option existed rebuild as they ran; LATTICE has no content loss term, and the
+          name is the placement every model had then. Neither the paper nor the authors'
+          code builds the learned graph from gated ID embeddings)
+    a_m = E_i * g_m(c_m)
+    S_m = topk_k( cos(a_m, a_m) )                     the learned graph is built from a_m
+    h   = G^{item_layers} (sum_m w_m a_m)             mixed with the graphs' modality weights w
+  (everything else unchanged: O, lambda, LightGCN, item = i + normalize(h), the loss)
+
+  What each costs per step, and what gets gradient when (G carries gradient at the epoch's
+  first batch only, see the choices below):
+  - "forward", "loss": the M adapters run over all I items every batch (three (I x d)-sized
+    products per modality, forward and backward) on the c_m computed at the epoch's graph
+    rebuild and reused, detached: no extra projection. The adapters and E_i get gradient
+    every batch through h; P_m at the rebuild batch only. omega gets gradient every batch
+    under "loss" (h mixes with w), only at the rebuild batch under "forward" (as in base).
+  - "content": nothing per batch beyond base LATTICE; the adapters run once per graph build
+    (each epoch and each evaluation), and they get gradient only at the rebuild batch,
+    through the learned graph's edge values, as P_m does: one adapter update per epoch.
 
 Choices (where the spec is silent or the reference does not scale):
 
@@ -36,14 +57,14 @@ Choices (where the spec is silent or the reference does not scale):
 - Gradients of the learned graph, as in the reference: G is rebuilt once per epoch (in
   ``pre_epoch``, which the trainer calls in train mode, or lazily by the first ``loss`` if
   it was not), carries gradient for that epoch's FIRST batch only (to P_m, omega, the raw
-  tables when ``train_features``, and with BeFA to E_i and the adapters through a_m) and is
-  detached for the remaining batches, whose optimiser steps use the same, now constant,
-  graph. Keeping gradient through G for every batch would need a top-k search and the
+  tables when ``train_features``, and with BeFA "content" or "loss" to the adapters, and
+  "loss" to E_i, through a_m) and is detached for the remaining batches, whose optimiser
+  steps use the same, now constant, graph. Keeping gradient through G for every batch would need a top-k search and the
   I x D_m projection per batch (0.5 s per batch for 4096-d features on 2 CPU threads), and
   it is not what the reference trains. For the same reason the +BeFA content c_m = P_m X_m
-  is computed with the graph and reused, detached, for the epoch's later batches: P_m gets
-  gradient only at the rebuild batch, exactly as in base LATTICE; the adapters' own weights,
-  E_i and omega get gradient at every batch through h.
+  ("forward", "loss": h needs it every batch) is computed with the graph and reused,
+  detached, for the epoch's later batches: P_m gets gradient only at the rebuild batch,
+  exactly as in base LATTICE.
 - All propagations use ``models.sparse.SparseGraph`` (CSR forward, precomputed transpose
   for the backward, per-entry gather for the value gradient): torch's own CSR backward is
   ~5x the forward for the dense operand and densifies for the sparse values (measured:
@@ -65,9 +86,13 @@ Choices (where the spec is silent or the reference does not scale):
   its kNN neighbours in the learned and the original content graphs, which are built from
   features every item has, so normalize(h) gives it a content-derived representation; its
   own E_i gets gradient only as a BPR negative, as a graph neighbour and from the L2 term,
-  and its LightGCN part is E_i itself (no edge). +BeFA: a_m = E_i * g_m(c_m) gates a cold
-  item's never-positively-trained E_i, so its adapted content, its learned-graph
-  neighbours and the h it propagates depend on that E_i, where base LATTICE uses c_m alone.
+  and its LightGCN part is E_i itself (no edge). +BeFA "forward": the learned graph is base
+  LATTICE's, and h mixes the neighbours' gated E_j * g_m(c_j) with the cold item's own
+  gated, never-positively-trained E_i (an item added after training, E_i = 0, gets its
+  neighbours' part only). "content": h = G E_i as base, over a graph built from the gated
+  content c_m * g_m(c_m), so the cold item's neighbours are content-derived. "loss": its
+  a_m = E_i * g_m(c_m), its learned-graph neighbours and the h it propagates all depend on
+  that untrained E_i, where base LATTICE uses c_m alone.
 - The reference's raw feature tables are trainable; here they are frozen buffers unless
   ``train_features=True``.
 """
@@ -84,7 +109,7 @@ from torch import Tensor, nn
 
 from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
-from models.befa import BeFA
+from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection
 from models.losses import RegForm, bpr_from_embeddings, embedding_reg
 from models.sparse import SparseGraph, coalesce_sum, propagate
@@ -158,6 +183,10 @@ class LATTICE(Recommender):
         self.modalities = graphs.check_modalities(data, "LATTICE")
         if config.adapter == "befa" and config.befa.variant != "default":
             raise ValueError("LATTICE: befa.variant='authors' exists only for MGCN; use variant='default'")
+        # where BeFA acts (module docstring); None without an adapter
+        self.insertion = config.befa.insertion if config.adapter == "befa" else None
+        # whether the item view h reads the content every batch (c_m is then kept for the epoch)
+        self._view_reads_content = self.insertion in ("forward", "loss")
         d, dev = config.embedding_dim, data.device
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
@@ -196,7 +225,11 @@ class LATTICE(Recommender):
         return [self.projections[m]() for m in self.modalities]
 
     def adapted(self, content: list[Tensor]) -> list[Tensor]:
-        """a_m = BeFA_m(c_m, E_i) (BeFA) — the representation the learned graph is built from."""
+        """a_m per modality: E_i * g_m(c_m) ("forward", "loss"), c_m * g_m(c_m) ("content")."""
+        if self.insertion == "content":
+            return [self.adapters[m](c, c) for m, c in zip(self.modalities, content)]
+        if self.insertion == "forward":
+            return adapt_all([self.adapters[m] for m in self.modalities], content, self.item_embedding)
         return [self.adapters[m](c, self.item_embedding) for m, c in zip(self.modalities, content)]
 
     # -- graphs -------------------------------------------------------------
@@ -205,7 +238,7 @@ class LATTICE(Recommender):
         n = self.num_items
         k = min(self.config.knn_k, n)
         w = self.modal_logits.softmax(0)
-        basis = self.adapted(content) if self.config.adapter == "befa" else content
+        basis = self.adapted(content) if self.insertion in ("loss", "content") else content
         rows, cols, vals = [], [], []
         for j, x in enumerate(basis):
             r, c = topk_cosine_edges(x, k, self.config.knn_method)
@@ -226,13 +259,16 @@ class LATTICE(Recommender):
         with torch.enable_grad():
             content = self.content()
             self._train_graph = self.build_item_graph(content)
-            self._train_content = content if self.config.adapter == "befa" else None
+            self._train_content = content if self._view_reads_content else None
         self._graph_has_grad = True
 
     # -- forward ------------------------------------------------------------
     def _item_view_input(self, content: list[Tensor] | None) -> Tensor:
-        if self.config.adapter != "befa":
+        """What G propagates: E_i (base, "content"), (1/M) sum_m a_m ("forward"), sum_m w_m a_m ("loss")."""
+        if not self._view_reads_content:
             return self.item_embedding
+        if self.insertion == "forward":
+            return torch.stack(self.adapted(content)).mean(0)
         w = self.modal_logits.softmax(0)
         return sum(w[j] * a for j, a in enumerate(self.adapted(content)))
 
@@ -266,5 +302,5 @@ class LATTICE(Recommender):
         with torch.no_grad():
             content = self.content()
             graph = self.build_item_graph(content)
-            users, items = self._forward(graph, content if self.config.adapter == "befa" else None)
+            users, items = self._forward(graph, content if self._view_reads_content else None)
         return users, items

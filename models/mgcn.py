@@ -18,12 +18,26 @@ Equations (spec section 3; d = ``embedding_dim``, M >= 1 modalities, N = U + I r
     InfoNCE(a, b) = mean_r -log( exp(cos(a_r, b_r)/tau) / sum_s exp(cos(a_r, b_s)/tau) ),
                     in-batch negatives (rows of the same batch, duplicates included), tau = 0.2
 
-+BeFA (``adapter="befa"``, spec section 4), replacing the purifier gate:
++BeFA (``adapter="befa"``, spec section 4), replacing the purifier gate (W_m, b_m do not
+exist); g_m is the adapter's gate (``models.befa``), ``befa.insertion`` says what it gates:
 
-    z_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)                 (W_m, b_m do not exist)
-    default variant: everything else unchanged (fuser and InfoNCE kept);
-    ``befa.variant="authors"`` (the authors' public model): side = (1/M) sum_m v_m,
-    no fuser, no InfoNCE term: loss = BPR + reg L2/batch.
+  "forward" (default; the authors' placement, and what every MGCN +BeFA run recorded before
+             the option existed ran):
+    z_m = BeFA_m(c_m, E_i) = E_i * g_m(c_m)
+  "content" (gate the content itself, in place of the purifier output):
+    z_m = BeFA_m(c_m, c_m) = c_m * g_m(c_m)
+  "loss": does not exist for MGCN. MGCN has no content loss term: its only use of c_m is the
+          purifier, on the scoring path, which "forward" replaces. ``MGCN.Config`` refuses
+          it (a ValueError naming "forward" and "content") before any model is built.
+  (everything from z_m <- G_m z_m on unchanged.)
+  default variant: the fuser and InfoNCE kept;
+  ``befa.variant="authors"`` (the authors' public model, with either insertion):
+  side = (1/M) sum_m v_m, no fuser, no InfoNCE term: loss = BPR + reg L2/batch.
+
+  Cost per step: both insertions run the M adapters over all I items every batch, where
+  base MGCN runs one Linear(d, d) per modality (the projection c_m, already per batch in
+  base MGCN, is not repeated). Under "content" the modality views no longer carry E_i: E_i
+  is trained by the LightGCN path (BPR, L2, InfoNCE's content side) alone.
 
 Choices (where the spec is silent):
 
@@ -39,8 +53,9 @@ Choices (where the spec is silent):
 - Default cl_weight = 0.01, the middle of the grid {0.001, 0.01, 0.1}.
 - The L2 term divides by the configured batch size (reference); embeddings are
   Xavier-uniform; other layers keep PyTorch's default initialisation.
-- Zero modalities raise ValueError (MGCN has no content-free form); ``befa.variant`` is
-  only read when ``adapter="befa"``.
+- Zero modalities raise ValueError (MGCN has no content-free form); ``befa.variant`` and
+  ``befa.insertion`` are only read when ``adapter="befa"`` (so ``adapter="none"`` with
+  insertion "loss" is accepted and means base MGCN).
 - Regulariser: checked against the reference's ``bpr_loss`` (0.5 x squared L2 of the final
   batch rows / the configured batch size): ``reg_form="squared"`` (default) is that form;
   ``"norm"`` = (|u|_F + |i+|_F + |i-|_F) / batch_size is offered for comparison. The
@@ -48,9 +63,10 @@ Choices (where the spec is silent):
 - Cold items (no train interaction): the content view z_m = E_i * sigmoid(W_m c_m + b_m)
   gates the item's own E_i, which for a cold item only ever got BPR-negative, graph-
   neighbour and L2 gradients; one hop of G_m mixes in its content neighbours' z, so the
-  item view still carries content. +BeFA has the same dependence (z_m = E_i * g_m(c_m)):
-  in MGCN both arms gate the behaviour embedding, so neither gives a cold item a
-  representation independent of its untrained E_i beyond the graph hop.
+  item view still carries content. +BeFA "forward" has the same dependence
+  (z_m = E_i * g_m(c_m)): base MGCN and "forward" both gate the behaviour embedding, so
+  neither gives a cold item a representation independent of its untrained E_i beyond the
+  graph hop. "content" (z_m = c_m * g_m(c_m)) does: its modality views are content alone.
 - Cost (why an epoch cannot be cheap on CPU): every batch needs c_m for every item (the
   batch's users reach, through R_hat and one hop of G_m, all 7,050 amazon-baby items; counted),
   so the 4096-d projection is two full (7,050 x 4096 x 64) products per batch, forward and
@@ -72,7 +88,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch import Tensor, nn
 
 from models import graphs
@@ -162,6 +179,10 @@ def unique_rows(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return uniq, first, counts
 
 
+# the BeFA insertions MGCN has (module docstring); "loss" has no meaning here
+INSERTIONS = ("forward", "content")
+
+
 def _no_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False) if device.type == "cuda" else contextlib.nullcontext()
 
@@ -193,12 +214,33 @@ class MGCN(Recommender):
         n_ui_layers: int = Field(2, ge=0)
         item_layers: int = Field(1, ge=0, description="hops of the modality item graphs")
 
+        @model_validator(mode="after")
+        def _insertion_exists(self) -> "MGCN.Config":
+            # Refused here, so make_config and the CLI's early checks catch it before any work; raised
+            # as a ValidationError (a ValueError) located at befa.insertion, so `--set` errors name that key.
+            insertion = self.befa.insertion
+            if self.adapter == "befa" and insertion not in INSERTIONS:
+                message = (
+                    f"MGCN: befa.insertion={insertion!r} does not exist for MGCN: its adapter replaces the purifier "
+                    "gate, on the path it scores with, and it has no content loss term; "
+                    f"use {' or '.join(map(repr, INSERTIONS))}"
+                )
+                error = InitErrorDetails(
+                    type=PydanticCustomError("value_error", message), loc=("befa", "insertion"), input=insertion
+                )
+                raise ValidationError.from_exception_data("MGCN.Config", [error])
+            return self
+
     def __init__(self, data: TrainData, config: "MGCN.Config"):
         super().__init__(data, config)
         self.modalities = graphs.check_modalities(data, "MGCN")
         d, dev = config.embedding_dim, data.device
         self.befa = config.adapter == "befa"
         self.authors = self.befa and config.befa.variant == "authors"
+        if self.befa and config.befa.insertion not in INSERTIONS:  # a config built without validation
+            raise ValueError(
+                f"MGCN: befa.insertion={config.befa.insertion!r} does not exist for MGCN; use {INSERTIONS}"
+            )
         self.user_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_users, d, device=dev)))
         self.item_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(data.num_items, d, device=dev)))
         # raw table X_m (frozen buffer sharing the caller's storage, or trainable) and P_m
@@ -234,10 +276,11 @@ class MGCN(Recommender):
 
     # -- views ----------------------------------------------------------------
     def purified(self, modality: str) -> Tensor:
-        """z_m before propagation: E_i gated by the content (purifier or BeFA)."""
+        """z_m before propagation: E_i gated by the content (purifier, BeFA "forward"), or
+        the content gated by itself (BeFA "content")."""
         c = self.projections[modality]()
         if self.befa:
-            return self.adapters[modality](c, self.item_embedding)
+            return self.adapters[modality](c, c if self.config.befa.insertion == "content" else self.item_embedding)
         return self.item_embedding * torch.sigmoid(self.purifiers[modality](c))
 
     def views(self) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:

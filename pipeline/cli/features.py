@@ -14,6 +14,7 @@ from pipeline.features.export_mmrec import export_command
 from pipeline.features.extract import extract_command
 from pipeline.job.params import DEFAULT_ENCODER
 from pipeline.reporting.console import summary_table
+from storage.keys import check_modality
 
 commands = CommandGroup()
 
@@ -60,12 +61,19 @@ def export_mmrec_cmd(
     dest: Path = typer.Option(..., help="Output folder for <name>.inter and *_feat.npy."),
     image_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the image features."),
     text_fp: Optional[str] = typer.Option(None, help="Feature-store fingerprint of the text features."),
+    fp: Optional[list[str]] = typer.Option(
+        None,
+        "--fp",
+        help="MODALITY=FINGERPRINT, repeatable: any modality's features (audio=..., video=...), "
+        "written as <modality>_feat.npy. Default, with no --*-fp: an MMRec catalog's own imported ones.",
+    ),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
 ) -> None:
     """Export a catalog, a split and features in the MMRec toolbox format (.inter + .npy)."""
-    fps = {m: fp for m, fp in (("image", image_fp), ("text", text_fp)) if fp}
+    fps = {m: f for m, f in (("image", image_fp), ("text", text_fp)) if f}
     try:
+        fps.update(_named_fingerprints(fp or [], fps))
         out = export_command(name, split, dest, settings_from(None, home, feature_store), fingerprints=fps or None)
     except (CatalogError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
@@ -76,3 +84,18 @@ def export_mmrec_cmd(
             f"  {out['items_without_interactions']} items have no interaction: "
             "they come first in item_map.tsv's itemID order, so MMRec (items = max itemID + 1) sees every item"
         )
+
+
+def _named_fingerprints(values: list[str], given: dict[str, str]) -> dict[str, str]:
+    """``--fp MODALITY=FINGERPRINT`` values as {modality: fingerprint}, each modality once."""
+    out: dict[str, str] = {}
+    for value in values:
+        modality, eq, fingerprint = value.partition("=")
+        modality, fingerprint = modality.strip(), fingerprint.strip()
+        if not eq or not fingerprint:
+            raise ValueError(f"--fp {value!r}: give MODALITY=FINGERPRINT (e.g. audio=mmrec-npy-audio-0123456789ab)")
+        check_modality(modality, f"--fp {value!r}")
+        if modality in out or modality in given:
+            raise ValueError(f"--fp {value!r}: the {modality} fingerprint is given twice")
+        out[modality] = fingerprint
+    return out

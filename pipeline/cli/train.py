@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from models import ModelConfig, get_model_class
 from pipeline.cli.checks import at_least, config_or_fail, device_or_fail, encoder_or_fail
@@ -26,6 +27,7 @@ from pipeline.features.bundle import FeatureBundle
 from pipeline.features.load import features_for_training, load_features
 from pipeline.job.params import DEFAULT_ENCODER
 from pipeline.reporting.console import item_groups_table, metrics_table
+from pipeline.reporting.gate_section import collapse_lines
 from pipeline.training.api import evaluate_run_results, run_folder_for, train_model
 from pipeline.training.liveness import interrupted_note
 from pipeline.training.record import RECORD, RunRecord
@@ -269,6 +271,8 @@ def _print_result(result: RunResult) -> None:
         console.print(
             f"[bold yellow]warning:[/] {rec.floor.line(rec.model + ('+befa' if rec.adapter == 'befa' else ''))}"
         )
+    for line in collapse_lines([rec]):  # BeFA's gate at the best epoch selects nothing: the +BeFA number is not BeFA's
+        console.print(f"[bold yellow]warning:[/] {escape(line)}")
     console.print(f"run folder: {result.run_dir}")
 
 

@@ -15,6 +15,9 @@ feature matrices, graphs and score columns are aligned to it)
     image       string   local path, URI or http(s) URL (read from the image cache) of the image, null if none/rejected
     text_hash   string   sha256 of ``text`` (null when text is empty)
     image_hash  string   sha256 of the image bytes (null when no valid image)
+    <m>_hash    string   one more per modality imported as a feature matrix (MMRec
+                         ``audio_feat.npy`` -> ``audio_hash``: sha256 of the item's row), any
+                         name :func:`storage.keys.check_modality` accepts
 
 interactions (one row per user-item event)
 
@@ -45,7 +48,7 @@ import pyarrow.parquet as pq
 from pipeline.data.versions import CURRENT, META, VERSIONS, current_version, splits_dir, write_version
 from storage.atomic import write_json, write_parquet, write_text
 from storage.faults import pause_point
-from storage.keys import sha256_bytes, text_hash
+from storage.keys import ENCODED_MODALITIES, is_modality, modality_order, sha256_bytes, text_hash
 
 ITEM_SCHEMA = pa.schema(
     [
@@ -58,6 +61,21 @@ ITEM_SCHEMA = pa.schema(
         ("image_hash", pa.string()),
     ]
 )
+
+
+def extra_hash_columns(items: pd.DataFrame) -> list[str]:
+    """The ``<m>_hash`` columns of the modalities beyond image and text (imported feature
+    matrices: ``audio_hash``, ``video_hash``), in modality order."""
+    mods = [c.removesuffix("_hash") for c in items.columns if isinstance(c, str) and c.endswith("_hash")]
+    extra = [m for m in mods if is_modality(m) and m not in ENCODED_MODALITIES]
+    return [f"{m}_hash" for m in modality_order(extra)]
+
+
+def item_schema(items: pd.DataFrame) -> pa.Schema:
+    """:data:`ITEM_SCHEMA` plus one string column per extra modality's hash."""
+    return pa.schema(list(ITEM_SCHEMA) + [(c, pa.string()) for c in extra_hash_columns(items)])
+
+
 INTERACTION_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -197,18 +215,29 @@ class Catalog:
     def num_users(self) -> int:
         return int(self.interactions["user_idx"].max()) + 1 if len(self.interactions) else 0
 
+    @property
+    def modalities(self) -> list[str]:
+        """Every modality the items can have: image, text, then each imported one (``<m>_hash``)."""
+        return list(ENCODED_MODALITIES) + [c.removesuffix("_hash") for c in extra_hash_columns(self.items)]
+
     def content_keys(self, modality: str) -> pd.DataFrame:
         """(item_id, item_idx, content_hash) of the items that have this modality."""
         col = f"{modality}_hash"
+        if col not in self.items:
+            raise CatalogError(
+                None,
+                f"catalog {self.name!r} has no {modality!r} content (no {col} column; its modalities: "
+                f"{self.modalities}); an imported modality comes from its feature file at ingest",
+            )
         present = self.items[self.items[col].notna()]
         return present[["item_id", "item_idx", col]].rename(columns={col: "content_hash"})
 
     def fingerprint(self) -> str:
         """Content fingerprint of the catalog (ids + content hashes + interactions)."""
         h = hashlib.sha256()
-        h.update(
-            pd.util.hash_pandas_object(self.items[["item_id", "text_hash", "image_hash"]], index=False).values.tobytes()
-        )
+        # extra modalities' hashes only where there are some: older catalogs keep their fingerprint
+        cols = ["item_id", "text_hash", "image_hash"] + extra_hash_columns(self.items)
+        h.update(pd.util.hash_pandas_object(self.items[cols], index=False).values.tobytes())
         h.update(
             pd.util.hash_pandas_object(
                 self.interactions[["user_id", "item_id", "rating", "timestamp"]], index=False
@@ -249,7 +278,7 @@ class Catalog:
         """The files of one version, ``catalog.json`` last: it records every other file's
         row count and sha256, so :meth:`load` can tell which file does not belong."""
         tables = {
-            "items.parquet": pa.Table.from_pandas(self.items, schema=ITEM_SCHEMA, preserve_index=False),
+            "items.parquet": pa.Table.from_pandas(self.items, schema=item_schema(self.items), preserve_index=False),
             "interactions.parquet": pa.Table.from_pandas(
                 self.interactions, schema=INTERACTION_SCHEMA, preserve_index=False
             ),
@@ -350,7 +379,8 @@ def build_catalog(
     interactions: pd.DataFrame,
     meta: dict[str, Any] | None = None,
 ) -> Catalog:
-    """Assign dense indices and fill hashes. ``items`` needs item_id/title/text/image/image_hash;
+    """Assign dense indices and fill hashes. ``items`` needs item_id/title/text/image/image_hash
+    (extra modalities' ``<m>_hash`` columns are kept);
     ``interactions`` needs user_id/item_id/rating/timestamp and must only name known items."""
     items = items.reset_index(drop=True).copy()
     items["item_id"] = items["item_id"].astype(str)
@@ -361,7 +391,7 @@ def build_catalog(
     for col in ("image", "image_hash"):
         if col not in items:
             items[col] = None
-    items = items[[f.name for f in ITEM_SCHEMA]]
+    items = items[[f.name for f in item_schema(items)]]
 
     inter = interactions.reset_index(drop=True).copy()
     inter["user_id"] = inter["user_id"].astype(str)

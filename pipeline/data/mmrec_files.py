@@ -1,7 +1,8 @@
 """Catalogs out: a catalog, a split and features in the MMRec toolbox format
-(``<name>.inter`` + ``image_feat.npy`` / ``text_feat.npy`` + ``item_map.tsv``), so results
-can be checked against the reference implementation. ``befa export-mmrec`` fills the
-matrices as training does (``pipeline.features.export_mmrec``); this module writes the files.
+(``<name>.inter`` + one ``<modality>_feat.npy`` per modality: image, text, audio, ... +
+``item_map.tsv``), so results can be checked against the reference implementation.
+``befa export-mmrec`` fills the matrices as training does
+(``pipeline.features.export_mmrec``); this module writes the files.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.catalog import Catalog, CatalogError
-from pipeline.data.importers.mmrec import FEATURE_FILES
+from pipeline.data.importers.mmrec import feature_file
 from storage.atomic import atomic_path, write_text
 from storage.feature_store import FeatureStore
-from storage.keys import MODALITIES, FeatureSetKey
+from storage.keys import FeatureSetKey, check_modality
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -75,8 +76,8 @@ def export_mmrec(
     features: dict[str, np.ndarray] | None = None,
     name: str | None = None,
 ) -> Path:
-    """Write ``<dest>/<name>.inter`` (+ ``image_feat.npy``/``text_feat.npy`` for the given
-    matrices, row i = befa item_idx i, reordered with the items) and ``item_map.tsv``
+    """Write ``<dest>/<name>.inter`` (+ ``<modality>_feat.npy`` for each given matrix, any
+    modality name, row i = befa item_idx i, reordered with the items) and ``item_map.tsv``
     (item_id, befa item_idx, MMRec itemID). ``split`` is a :class:`pipeline.data.splits.Split`
     or a frame with user_idx, item_idx, label. Rating and timestamp come from the catalog's
     first interaction of each (user, item) pair. Returns the .inter path."""
@@ -96,8 +97,7 @@ def export_mmrec(
             f"is not an interaction of catalog {catalog.name!r}",
         )
     for modality, matrix in (features or {}).items():
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+        check_modality(modality, "export_mmrec")
         if matrix.shape[0] != catalog.num_items:
             raise ValueError(f"{modality} features have {matrix.shape[0]} rows, catalog has {catalog.num_items} items")
     ev = ev.reindex(key)
@@ -122,5 +122,5 @@ def export_mmrec(
     write_text(dest / ITEM_MAP, mapping.to_csv(sep="\t", index=False, lineterminator="\n"))
     order = np.argsort(item_ids)  # row j of the .npy is the befa item exported as itemID j
     for modality, matrix in (features or {}).items():
-        _save_npy(dest / FEATURE_FILES[modality], matrix[order])
+        _save_npy(dest / feature_file(modality), matrix[order])
     return inter_path

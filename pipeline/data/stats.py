@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from pipeline.data.catalog import Catalog
+from pipeline.data.catalog import Catalog, extra_hash_columns
 from pipeline.data.splits import Split
 
 
@@ -26,6 +26,7 @@ def catalog_stats(folder: str | Path) -> dict[str, Any]:
         "density": len(inter) / max(1, n_users * n_items),
         "items_with_image": int(items["image_hash"].notna().sum()),
         "items_with_text": int(items["text_hash"].notna().sum()),
+        **{f"items_with_{c.removesuffix('_hash')}": int(items[c].notna().sum()) for c in extra_hash_columns(items)},
         "items_without_interactions": int(n_items - per_item.size),
         "interactions_per_user (min/median/max)": f"{per_user.min()}/{per_user.median():g}/{per_user.max()}",
         "interactions_per_item (min/median/max)": f"{per_item.min()}/{per_item.median():g}/{per_item.max()}",

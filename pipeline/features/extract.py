@@ -53,7 +53,7 @@ from storage.atomic import clean_temporaries
 from storage.columns import string_array
 from storage.faults import pause_point
 from storage.feature_store import FeatureStore
-from storage.keys import MODALITIES, FeatureSetKey
+from storage.keys import FeatureSetKey, modality_order
 
 # What a fingerprint determines. The other info fields (spec, source, weights label)
 # may legitimately differ between runs of the same function: a checkpoint moved to
@@ -189,7 +189,7 @@ def extract_features(
                 on_part=on_part,
                 log=log,
             )
-    ordered = {m: summaries[m] for m in MODALITIES if m in summaries}
+    ordered = {m: summaries[m] for m in modality_order(summaries)}
     return ExtractSummary(dataset=catalog.name, modalities=ordered, seconds=time.perf_counter() - t_start)
 
 

@@ -17,7 +17,7 @@ from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.features.bundle import FeatureBundle
 from pipeline.features.extract import extract_features
 from storage.feature_store import FeatureStore
-from storage.keys import MODALITIES, FeatureSetKey
+from storage.keys import ENCODED_MODALITIES, FeatureSetKey, check_modality
 from storage.snapshots import Snapshot
 
 
@@ -30,10 +30,16 @@ def _snapshot_to_read(store: FeatureStore, key: FeatureSetKey, wanted: str | Non
         snap = next((s for s in store.snapshots(key) if s.id == wanted), None)
     if snap is None:
         what = f"snapshot {wanted}" if wanted else "features"
+        fix = (
+            f"run `befa extract --dataset {key.dataset} --encoder <spec>` first"
+            if key.modality in ENCODED_MODALITIES
+            else f"{key.modality} features are imported, not encoded: `befa ingest mmrec` a folder with "
+            f"{key.modality}_feat.npy"
+        )
         raise CatalogError(
             None,
             f"no {key.modality} {what} for dataset {key.dataset!r} under encoder {key.fingerprint!r} in {store.root} "
-            f"(run `befa extract --dataset {key.dataset} --encoder <spec>` first)",
+            f"({fix})",
         )
     return snap
 
@@ -102,8 +108,7 @@ def load_features(
     masks: dict[str, torch.Tensor] = {}
     snap_ids: dict[str, str] = {}
     for modality, fp in fingerprints_by_modality.items():
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; expected one of {list(MODALITIES)}")
+        check_modality(modality, "load_features")  # any name: image, text, audio (imported), ...
         key = FeatureSetKey(catalog.name, fp, modality)
         snap = _snapshot_to_read(store, key, (snapshots or {}).get(modality))
         out, mask = _aligned(store, key, snap, catalog, as_recorded and (snapshots or {}).get(modality) is not None)

@@ -21,7 +21,7 @@ from pipeline.data.catalog import Catalog
 from pipeline.features.encoder_cache import known_fingerprint, remember_fingerprint
 from pipeline.features.summary import ModalitySummary
 from storage.feature_store import FeatureStore
-from storage.keys import MODALITIES, FeatureSetKey
+from storage.keys import ENCODED_MODALITIES, FeatureSetKey
 
 
 def todo_keys(store: FeatureStore, key: FeatureSetKey, keys: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +38,7 @@ def resolve_encoders(
     if isinstance(encoder_or_spec, Encoder):
         wanted = list(modalities) if modalities is not None else list(encoder_or_spec.modalities)
         check_modalities(encoder_or_spec.family, wanted, encoder_or_spec.modalities)
-        encoders = {m: encoder_or_spec for m in MODALITIES if m in wanted}
+        encoders = {m: encoder_or_spec for m in ENCODED_MODALITIES if m in wanted}
     elif isinstance(encoder_or_spec, Mapping) and all(isinstance(v, Encoder) for v in encoder_or_spec.values()):
         encoders = dict(encoder_or_spec)
         for m, enc in encoders.items():

@@ -24,7 +24,7 @@ from pipeline.data.ingest import recorded_ingest
 from pipeline.data.versions import is_ingested
 from pipeline.device import DeviceError, check_device
 from pipeline.settings import Settings
-from storage.keys import MODALITIES
+from storage.keys import ENCODED_MODALITIES
 
 DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
 DEFAULT_DATASET = "movielens-100k-posters"
@@ -74,10 +74,13 @@ class DataParams(BaseModel):
     def encoder_spec(self) -> str:
         """The encoder as one spec string (per-modality mappings become 'image=...,text=...')."""
         if isinstance(self.encoder, dict):
-            bad = sorted(set(self.encoder) - set(MODALITIES))
+            bad = sorted(set(self.encoder) - set(ENCODED_MODALITIES))
             if bad:
-                raise PipelineError(f"encoder: unknown modality {bad[0]!r}; use {list(MODALITIES)}")
-            return ",".join(f"{m}={self.encoder[m]}" for m in MODALITIES if m in self.encoder)
+                raise PipelineError(
+                    f"encoder: unknown modality {bad[0]!r}; use {list(ENCODED_MODALITIES)} "
+                    "(what an encoder embeds from raw content)"
+                )
+            return ",".join(f"{m}={self.encoder[m]}" for m in ENCODED_MODALITIES if m in self.encoder)
         return self.encoder.strip()
 
     def ingest_call(self) -> tuple[str | None, dict[str, Any]]:

@@ -35,10 +35,12 @@ from pipeline.data.summary import DatasetSummary, SplitSummary
 from pipeline.features.summary import ModalityFeatures
 from pipeline.reporting.common import ADAPTER_LABEL, fmt_number, markdown_table
 from pipeline.reporting.floor_section import floor_section, state_notes, vs_floor
+from pipeline.reporting.gate_section import gains_caveats, gate_section
 from pipeline.reporting.plots import CURVE_METRIC, plot_base_vs_befa, plot_training_curves
 from pipeline.reporting.showcase import recommendations_section
 from pipeline.training.record import RunRecord
 from storage.atomic import write_json, write_parquet, write_text
+from storage.keys import modality_order
 
 HEADLINE_METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -108,7 +110,7 @@ def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
                     "run_dir": rec.run_dir,
                     # provenance travels with every number: which encoder weights, and whether random
                     "feature_fingerprints": ",".join(
-                        f"{m}={s.get('fingerprint')}" for m, s in sorted(rec.feature_sets.items())
+                        f"{m}={rec.feature_sets[m].get('fingerprint')}" for m in modality_order(rec.feature_sets)
                     ),
                     "random_init": any(bool(s.get("random_init")) for s in rec.feature_sets.values()),
                     "below_floor": rec.below_floor,
@@ -182,8 +184,8 @@ def render_markdown(
     gains: pd.DataFrame,
     files: dict[str, str] | None = None,
 ) -> str:
-    """report.md: a warning for random weights, then data, features, split, results, runs,
-    configuration, timings, files and notes."""
+    """report.md: a warning for random weights, then data, features, split, results, gate
+    health (+BeFA runs), the floor, runs, configuration, timings, files and notes."""
     lines = [f"# {context.title}", ""]
     if any(f.random_init for f in context.features.values()):
         lines += [
@@ -196,7 +198,8 @@ def render_markdown(
         _data_section(context),
         _features_section(context),
         _split_section(context),
-        _results_section(gains),
+        _results_section(gains, records),
+        gate_section(records),
         floor_section(records),
         _runs_section(records),
     ):
@@ -253,7 +256,7 @@ def _split_section(context: ReportContext) -> list[str]:
     return lines
 
 
-def _results_section(gains: pd.DataFrame) -> list[str]:
+def _results_section(gains: pd.DataFrame, records: Sequence[RunRecord]) -> list[str]:
     lines = ["", "## Test metrics (best valid epoch), base vs +BeFA", ""]
     if gains.empty:
         return lines + ["No finished runs."]
@@ -269,7 +272,8 @@ def _results_section(gains: pd.DataFrame) -> list[str]:
             "Mean relative gain over models: "
             + ", ".join(f"{m} {('n/a' if v is None else f'{v * 100:+.2f}%')}" for m, v in means.items()),
         ]
-    return lines
+    caveats = gains_caveats(records)  # a collapsed gate: that model's +BeFA number is not BeFA's effect
+    return lines + ([""] + [f"**{c}**" for c in caveats] if caveats else [])
 
 
 def _runs_section(records: Sequence[RunRecord]) -> list[str]:

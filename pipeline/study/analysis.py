@@ -5,6 +5,7 @@ and time overhead, and the one-paragraph verdict.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from pipeline.study.rows import FloorRow, GainRow, OverheadRow, SignificanceRow,
 from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
 from pipeline.training.floor_check import FLOOR_METRIC, FLOOR_MODEL
+from pipeline.training.gate_health import COLLAPSED
 from pipeline.training.record import PER_USER, RunRecord
+from storage.keys import modality_order
 
 # -- results ---------------------------------------------------------------------------
 RESULT_COLUMNS = [
@@ -52,7 +55,7 @@ def result_rows(rec: RunRecord, spec: RunSpec, extra: dict[str, Any]) -> list[di
         "adapter": spec.adapter,
         "seed": spec.seed,
         "t": float(rec.config.get("befa", {}).get("t")) if spec.adapter == "befa" else None,
-        "modalities": "+".join(sorted(spec.modalities)),
+        "modalities": "+".join(modality_order(spec.modalities)),
         "train_fraction": extra.get("train_fraction", 1.0),
         "best_epoch": rec.best_epoch,
         "epochs_run": len(rec.epochs),
@@ -323,6 +326,19 @@ def budget_notes(frame: pd.DataFrame, params: StudyParams) -> list[str]:
         )
     if len(params.seeds) < 2:
         notes.append("One seed only: the ± columns are 0 by construction and say nothing about seed variance.")
+    return notes
+
+
+def gate_notes(runs: Runs, models: list[str]) -> list[str]:
+    """One note per model whose +BeFA runs had a collapsed gate at their best valid epoch
+    (``RunRecord.gate_collapsed``; rule in ``pipeline.training.gate_health``)."""
+    notes = []
+    for model in models:
+        seeds = runs.get((model, "befa"), [])
+        counts = Counter(m for r in seeds for m, collapsed in r.gate_collapsed.items() if collapsed)
+        where = [f"{m} in {n} of {len(seeds)} seeds" for m, n in sorted(counts.items())]
+        if where:
+            notes.append(f"{model} +BeFA: {COLLAPSED} ({', '.join(where)}); its gain is not BeFA's effect there.")
     return notes
 
 

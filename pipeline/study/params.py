@@ -21,8 +21,10 @@ from pipeline.job.params import (
 )
 from pipeline.settings import Settings
 from pipeline.study.rows import SignificanceRow
+from storage.keys import is_modality
 
 DEFAULT_BEFA_GRID: dict[str, list[Any]] = {"befa.t": [1.0, 2.0, 4.0, 8.0], "befa.dropout": [0.1, 0.3, 0.5, 0.7]}
+DEFAULT_LR_GRID = [1e-4, 5e-4, 1e-3, 5e-3]  # the authors' lr grid, searched in both arms
 DEFAULT_SWEEP_T = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 DEFAULT_MODALITY_SETS = [["image"], ["text"], ["image", "text"]]
 DEFAULT_FRACTIONS = [1.0, 0.5, 0.25]
@@ -65,15 +67,33 @@ class StudyParams(DataParams):
     )
     # -- search (valid only) --
     grid: Literal["model", "none"] | dict[str, dict[str, list[Any]]] = Field(
-        "model", description="'model': each model's GRID; 'none': defaults only; or model -> {field: values}"
+        "model",
+        description="'model': each model's GRID (and lr_grid); 'none': defaults only, base and +BeFA; "
+        "or model -> {field: values} (and lr_grid)",
+    )
+    lr_grid: list[float] | None = Field(
+        default_factory=lambda: list(DEFAULT_LR_GRID),
+        description="learning rates searched in both arms, base and +BeFA (the authors' grid; "
+        "a model grid naming lr replaces it; None: each model's default lr)",
     )
     befa_grid: dict[str, list[Any]] = Field(
         default_factory=lambda: dict(DEFAULT_BEFA_GRID),
         description="+BeFA's search grid on top of the model's: config key -> values",
     )
-    max_trials: int = Field(4, ge=1, description="configurations tried per model and adapter")
+    max_trials: int = Field(
+        4,
+        ge=1,
+        description="configurations tried per model and adapter, the same for base and +BeFA "
+        "(fewer when the base model's search space is smaller)",
+    )
     max_minutes: float | None = Field(None, gt=0, description="stop starting new trials of one search after this")
-    search_seed: int = Field(0, description="seed of the search's sampled configurations and of the inspected items")
+    search_seed: int = Field(0, description="seed of the search's TPE sampler and of the inspected items")
+    prune_warmup: int | None = Field(
+        20,
+        ge=0,
+        description="epochs a search trial trains before the median pruner may stop it (valid Recall@20 "
+        "below the median of the completed trials at the same epoch); None: no pruning",
+    )
     # -- experiments --
     focus_model: str = Field("freedom", description="model of the sweep, ablation, sparsity and inspection")
     sweep_t: list[float] | None = Field(
@@ -195,12 +215,14 @@ class StudyResult(BaseModel):
 
 # -- validation ----------------------------------------------------------------------
 def model_grid(params: StudyParams, model: str) -> dict[str, list[Any]]:
-    """The model's search grid (its documented ``GRID``, a custom one, or none)."""
+    """The model's search grid: ``lr_grid``, then its documented ``GRID`` or a custom one (either
+    may name lr itself); none with ``grid="none"``."""
     if params.grid == "none":
         return {}
+    lr = {"lr": list(params.lr_grid)} if params.lr_grid else {}
     if isinstance(params.grid, dict):
-        return dict(params.grid.get(model, {}))
-    return dict(getattr(MODELS[model], "GRID", {}) or {})
+        return {**lr, **params.grid.get(model, {})}
+    return {**lr, **(getattr(MODELS[model], "GRID", {}) or {})}
 
 
 def validate_study(params: StudyParams | dict[str, Any], settings: Settings) -> StudyParams:
@@ -229,9 +251,11 @@ def validate_study(params: StudyParams | dict[str, Any], settings: Settings) -> 
                 except (ValueError, KeyError) as exc:
                     raise StudyError(f"grid for {m} ({adapter}): {key}: {exc}") from None
     for s in params.modality_sets or []:
-        bad = [x for x in s if x not in ("image", "text")] or ([] if s else ["(empty)"])
-        if bad:
-            raise StudyError(f"modality_sets: {bad[0]!r} is not a modality (image, text)")
+        if not s:
+            raise StudyError("modality_sets: an empty set; give at least one modality (image, text, audio, ...)")
+        for x in s:  # any modality name: image, text, or one imported as a matrix (audio, video, ...)
+            if not is_modality(x):
+                raise StudyError(f"modality_sets: {x!r} is not a modality name (image, text, audio, video, ...)")
     try:
         validate_params(params.pipeline_params(), settings)
     except PipelineError as exc:

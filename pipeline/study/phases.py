@@ -10,7 +10,6 @@ batch when the phase ends (:meth:`StudyContext.run_batch`, called by ``pipeline.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,10 +24,12 @@ from pipeline.study.analysis import Runs, result_rows
 from pipeline.study.inspect import inspect_adapter
 from pipeline.study.params import ADAPTERS, StudyParams
 from pipeline.study.runner import RunSpec, StudyRunner
-from pipeline.study.search import run_search, search_result, search_trials
+from pipeline.study.search_space import trial_budget
+from pipeline.study.tuning import run_searches
 from pipeline.training.floor_check import FLOOR_MODEL
 from pipeline.training.record import RunRecord
 from storage.atomic import write_json
+from storage.keys import modality_order
 
 
 @dataclass
@@ -76,21 +77,13 @@ class StudyContext:
 
 
 def search_all(ctx: StudyContext) -> dict[tuple[str, str], dict[str, Any]]:
-    """Phase 1: the valid-only search of every (model, adapter): every search's trials in one
-    batch, or, with a time budget (``max_minutes``), each search's trials one after another."""
+    """Phase 1: the valid-only search of every (model, adapter) (``pipeline.study.tuning``: seeded
+    TPE, pruning on valid Recall@20): one trial of every search per batch, or, with a time budget
+    (``max_minutes``), each search's trials one after another."""
     p, keys = ctx.params, [(model, adapter) for model in ctx.params.models for adapter in ADAPTERS]
     for model, adapter in keys:
-        ctx.log(f"search {model} {adapter} (<= {p.max_trials} trials)")
-    if p.max_minutes is not None:
-        searches = {(m, a): run_search(ctx.runner, m, a, ctx.split.path, ctx.modalities) for m, a in keys}
-    else:
-        start = time.perf_counter()
-        trials = {key: search_trials(p, *key, ctx.split.path, ctx.modalities) for key in keys}
-        records = iter(ctx.runner.run_many([spec for key in keys for _, spec in trials[key]]))
-        took = time.perf_counter() - start  # the batch's: its searches ran together
-        searches = {
-            key: search_result(p, *key, trials[key], [next(records) for _ in trials[key]], took) for key in keys
-        }
+        ctx.log(f"search {model} {adapter} ({trial_budget(p, model)} trials, TPE seed {p.search_seed})")
+    searches = run_searches(ctx.runner, keys, ctx.split.path, ctx.modalities)
     write_json(
         ctx.folder / "search.json",
         json.loads(json.dumps({f"{m}/{a}": s for (m, a), s in searches.items()}, default=str)),
@@ -182,7 +175,7 @@ def modality_ablation(ctx: StudyContext, searches: dict[tuple[str, str], dict[st
         if any(m not in ctx.modalities for m in mods):
             ctx.log(f"ablation: {'+'.join(mods)} skipped (the encoder gave {ctx.modalities})")
             continue
-        label = "+".join(sorted(mods))
+        label = "+".join(modality_order(mods))
         ctx.log(f"ablation {p.focus_model}: {label}")
         for win in _winners(ctx, searches):
             ctx.queue_seeds(

@@ -92,6 +92,26 @@ class SearchRow(BaseModel):
     winner: dict[str, Any]  # the winning configuration's overrides (config keys -> values)
     winner_valid_r20: float | None
     seconds: float
+    # the winner's value of every searched key, defaults included; pruned trials (both empty / 0 in older studies)
+    winner_params: dict[str, Any] = Field(default_factory=dict)
+    pruned: int = 0
+
+
+class SelectionBiasRow(BaseModel):
+    """One model and metric, from the search trials (first seed, complete trials): the test metric of
+    each arm's winner picked on VALID (the study's rule) and picked on TEST (the paper's code), and
+    the +BeFA gain each pick reports (``pipeline.study.selection_bias``)."""
+
+    model: str
+    metric: str
+    trials_base: int
+    trials_befa: int
+    valid_picked_base: float | None
+    valid_picked_befa: float | None
+    valid_picked_gain: float | None
+    test_picked_base: float | None
+    test_picked_befa: float | None
+    test_picked_gain: float | None
 
 
 class ColdItems(BaseModel):

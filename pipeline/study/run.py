@@ -3,16 +3,18 @@
 :func:`run_study` (``befa study``) reads as its phases, in order:
 
 1. ingest / extract / split with the full pipeline's own steps (``pipeline.job.run``);
-2. **search** (VALID only): per content model and adapter (base, +BeFA), up to
-   ``max_trials`` configurations (and at most ``max_minutes`` per search) drawn from the
-   model's documented grid (``Model.GRID``), crossed for +BeFA with ``befa_grid``
-   (``befa.t`` x ``befa.dropout``, the authors' t and dropout grid). The model's default
-   configuration is always tried first; if the grid holds more points than the budget,
-   the rest are a seeded random sample of the grid (random search). Base and +BeFA get the
-   *same* number of trials and the same model hyper-parameters trial by trial
-   (:func:`search_plan`), +BeFA adding a sampled t and dropout to each. The winner is the trial with the best valid
+2. **search** (VALID only, ``pipeline.study.tuning``): per content model and adapter (base,
+   +BeFA), an optuna study with a TPE sampler seeded by ``search_seed``, maximising valid
+   Recall@20, over ``lr_grid`` (the authors' lr grid, both arms) x the model's documented grid
+   (``Model.GRID``), crossed for +BeFA with ``befa_grid`` (``befa.t`` x ``befa.dropout``), each
+   key a categorical of its grid values. The model's default configuration is the first trial
+   (enqueued). Base and +BeFA get the *same* number of trials (``max_trials``, or the base
+   space's size where smaller; at most ``max_minutes`` per search); a median pruner on the
+   per-epoch valid Recall@20 stops weak trials after ``prune_warmup`` epochs (recorded
+   ``pruned``, never reused as finished). The winner is the complete trial with the best valid
    Recall@20 at its best epoch (``pipeline.study.search.select_on_valid``; test metrics of the
-   trials are never read). Trials run with the first seed;
+   trials are never read, except afterwards by the report's selection-bias line,
+   ``pipeline.study.selection_bias``). Trials run with the first seed;
 3. **main table**: the winner of each (model, adapter) is trained with every seed
    (the first-seed run is the search trial itself, not repeated); test metrics at the
    best valid epoch, mean ± std over seeds; relative gain of +BeFA; paired per-user
@@ -71,6 +73,7 @@ from pipeline.study.analysis import (
     epoch_cap_count,
     floor_rows,
     gains_table,
+    gate_notes,
     grid_size,
     overhead_rows,
     results_frame,
@@ -95,6 +98,7 @@ from pipeline.study.report.tables import RunCounts, StudyData
 from pipeline.study.report.write import write_study_report
 from pipeline.study.rows import ColdItems, SearchRow, SignificanceRow
 from pipeline.study.runner import StudyRunner
+from pipeline.study.selection_bias import gains_if_picked_on_test
 from storage.atomic import write_json
 from storage.feature_store import FeatureStore
 
@@ -191,6 +195,7 @@ def report(
         item_groups=group_table_rows(frame, group_sig),
         cold_items=_cold_info(ctx, frame, cold_sig),
         searches=[_search_info(m, a, s) for (m, a), s in searches.items()],
+        selection_bias=gains_if_picked_on_test(searches, p.models),  # the report's line only: no decision
         inspection=inspection,
         timings=ctx.timings,
         runs=RunCounts(
@@ -199,7 +204,7 @@ def report(
             train_seconds=ctx.runner.seconds,
             **dict(zip(("at_epoch_cap", "counted"), epoch_cap_count(frame, p))),
         ),
-        notes=budget_notes(frame, p),
+        notes=budget_notes(frame, p) + gate_notes(main_runs, p.models),
     )
     files = write_study_report(ctx.folder, frame, data)
     ctx.timings["total"] = time.perf_counter() - t_all
@@ -242,4 +247,6 @@ def _search_info(model: str, adapter: str, s: dict[str, Any]) -> SearchRow:
         winner=s["winner_overrides"],
         winner_valid_r20=s["trials"][s["winner"]]["valid"].get("recall@20"),
         seconds=s["seconds"],
+        winner_params=s.get("winner_params", {}),
+        pruned=sum(t.get("state") == "pruned" for t in s["trials"]),
     )

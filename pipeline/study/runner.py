@@ -10,6 +10,10 @@ here, or with ``cluster`` one Ray task each (the folders and their cache on stor
 workers share).
 Either way the cache is checked here first, so a finished run is never resubmitted, and
 each run is seeded by its own spec, so its metrics do not depend on where it ran.
+
+A search trial that its pruner stops (``on_epoch_end`` raises :class:`RunPruned`, here only,
+not on Ray) is recorded with status ``pruned``: not a finished run, so the cache never hands
+it out as one; a later call that needs it trained resumes it from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
 from pipeline.training.executor import claim_run, die_once_when_armed, executor_for
 from pipeline.training.liveness import interrupted_note
-from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord
+from pipeline.training.loop import TrainingInterrupted
+from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord, now
+
+PRUNED = "pruned"  # the status of a run its search pruned: ended, but not finished
+EpochHook = Callable[[int, RunRecord], None]
+
+
+class RunPruned(TrainingInterrupted):
+    """Raised by a search trial's ``on_epoch_end`` hook: its pruner stops the run."""
 
 
 class RunSpec(BaseModel):
@@ -87,10 +99,12 @@ class StudyRunner:
         """The run's record, training it unless an identical finished run exists."""
         return self.run_many([spec])[0]
 
-    def run_many(self, specs: list[RunSpec]) -> list[RunRecord]:
+    def run_many(self, specs: list[RunSpec], hooks: list[EpochHook | None] | None = None) -> list[RunRecord]:
         """The records of independent runs (in order), training those no finished run covers:
-        one after another here, or as Ray tasks with ``cluster``. Equal specs train once."""
+        one after another here, or as Ray tasks with ``cluster``. Equal specs train once.
+        ``hooks``: one ``on_epoch_end`` per spec (a search's pruning), called here only (not on Ray)."""
         dirs = [self.run_dir(spec) for spec in specs]
+        hook_of = dict(zip(dirs, hooks or []))
         todo: dict[Path, RunSpec] = {}
         for spec, run_dir in zip(specs, dirs):
             if run_dir in todo or self._finished(run_dir):
@@ -99,12 +113,22 @@ class StudyRunner:
                 todo[run_dir] = spec
         calls = [(spec, run_dir) for run_dir, spec in todo.items()]
         executor = executor_for(self.params.cluster, self.params.cpus_per_run, self.params.device)
+        common = (self.params, self.settings, self.catalog_dir, self.features)
         if executor.remote:
-            fn, common = train_on_worker, (self.params, self.settings, self.catalog_dir, self.features)
+            fn, args = train_on_worker, calls
         else:
-            fn, common = train_spec_here, (self.params, self.settings, self.catalog_dir, self.features)
-        executor.map(fn, calls, common=common, on_result=lambda i, took: self._done(*calls[i], took))
+            fn, args = train_spec_here, [(spec, run_dir, hook_of.get(run_dir)) for spec, run_dir in calls]
+        executor.map(fn, args, common=common, on_result=lambda i, took: self._done(*calls[i], took))
         return [RunRecord.load(run_dir) for run_dir in dirs]
+
+    def ended_record(self, spec: RunSpec) -> RunRecord | None:
+        """The record of the spec's run when it ended, finished or pruned; else None (the caller
+        counts it in ``reused`` when it uses it instead of training)."""
+        run_dir = self.run_dir(spec)
+        if not (run_dir / RECORD).exists():
+            return None
+        rec = RunRecord.load(run_dir)
+        return rec if rec.status == PRUNED or self._finished(run_dir) else None
 
     def _finished(self, run_dir: Path) -> bool:
         """Whether a finished run is there to reuse (an interrupted one is said so, then resumed)."""
@@ -123,7 +147,7 @@ class StudyRunner:
         rec = RunRecord.load(run_dir)
         self.log(
             f"  {spec.experiment} {spec.setting}: {spec.model} {'+BeFA' if spec.adapter == 'befa' else 'base'} "
-            f"seed {spec.seed}: {len(rec.epochs)} epochs, "
+            f"seed {spec.seed}: {len(rec.epochs)} epochs{' (pruned)' if rec.status == PRUNED else ''}, "
             f"valid R@20 {rec.best_valid.get('recall@20', float('nan')):.4f} ({took:.0f} s)"
         )
 
@@ -162,10 +186,24 @@ def train_spec(
 
 
 def train_spec_here(
-    params: StudyParams, settings: Settings, catalog_dir: str, features: FeatureBundle, spec: RunSpec, run_dir: Path
+    params: StudyParams,
+    settings: Settings,
+    catalog_dir: str,
+    features: FeatureBundle,
+    spec: RunSpec,
+    run_dir: Path,
+    on_epoch_end: EpochHook | None = None,
 ) -> float:
-    """:func:`train_spec` in this process, with the study's thread setting."""
-    return train_spec(params, settings, catalog_dir, features, spec, run_dir, params.num_threads)
+    """:func:`train_spec` in this process, with the study's thread setting; a run its hook
+    prunes (:class:`RunPruned`) is recorded ``pruned``, its folder kept for a later resume."""
+    start = time.perf_counter()
+    try:
+        return train_spec(params, settings, catalog_dir, features, spec, run_dir, params.num_threads, on_epoch_end)
+    except RunPruned:
+        record = RunRecord.load(run_dir)
+        record.status, record.finished_at = PRUNED, now()
+        record.save(run_dir)
+        return time.perf_counter() - start
 
 
 def train_on_worker(

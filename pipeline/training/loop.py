@@ -25,6 +25,7 @@ from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.batching import MIN_BATCHES_PER_EPOCH
 from pipeline.training.checkpoints import load_last, rng_state, save_last, save_per_user, save_weights, set_rng_state
 from pipeline.training.epochs import make_optimiser, run_epoch
+from pipeline.training.gate_health import model_gate_stats
 from pipeline.training.prepare import PreparedData
 from pipeline.training.record import BEST, LAST, PER_USER, EpochLog, RunRecord, item_group_metrics, now
 from pipeline.training.sampling import NegativeSampler
@@ -194,7 +195,10 @@ def one_epoch(loop: EpochLoop, epoch: int, on_epoch_end: Callable[[int, RunRecor
     res = evaluate_model(model, loop.prepared.evaluator, ("valid", "test"))
     eval_s = time.perf_counter() - t2
     valid = res["valid"].metrics
-    record.epochs.append(EpochLog(epoch=epoch, loss=mean_loss, lr=lr, train_s=train_s, eval_s=eval_s, valid=valid))
+    gates = model_gate_stats(model)  # +BeFA only: one gate pass over every item per modality, after the evaluation
+    record.epochs.append(
+        EpochLog(epoch=epoch, loss=mean_loss, lr=lr, train_s=train_s, eval_s=eval_s, valid=valid, gates=gates)
+    )
     score = valid[SELECTION_METRIC]
     improved = score > loop.best
     inputs = list(data.features.values())

@@ -3,7 +3,8 @@
 Folder layout (every file written atomically, ``storage.atomic``)::
 
     <run_dir>/
-      run.json            RunRecord: config, per-epoch valid metrics, test at the best
+      run.json            RunRecord: config, per-epoch valid metrics (+BeFA: and gate
+                          health, pipeline.training.gate_health), test at the best
                           valid epoch, split and feature snapshot ids, seed, code version,
                           wall times, peak memory, parameter report
       best.safetensors    model weights at the best valid epoch
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.training.batching import BatchPlan
 from pipeline.training.floor_check import FloorCheck
+from pipeline.training.gate_health import GateStats
 from pipeline.training.liveness import ProcessInfo, run_state
 from storage.atomic import write_json
 
@@ -52,6 +54,9 @@ class EpochLog(BaseModel):
     train_s: float
     eval_s: float
     valid: dict[str, float]
+    # +BeFA runs: modality -> the gate over every item after this epoch (pipeline.training.gate_health);
+    # None for adapter 'none' and in records written before gate health existed
+    gates: dict[str, GateStats] | None = None
 
 
 class ItemGroupMetrics(BaseModel):
@@ -136,6 +141,17 @@ class RunRecord(BaseModel):
     @property
     def below_floor(self) -> bool:
         return bool(self.floor and self.floor.below)
+
+    @property
+    def best_gates(self) -> dict[str, GateStats]:
+        """modality -> the gate's stats at the best valid epoch; empty when none were recorded."""
+        best = next((e for e in self.epochs if e.epoch == self.best_epoch), None)
+        return dict(best.gates or {}) if best is not None else {}
+
+    @property
+    def gate_collapsed(self) -> dict[str, bool]:
+        """modality -> whether BeFA's gate had collapsed at the best valid epoch (the adapter was off)."""
+        return {m: s.collapsed for m, s in self.best_gates.items()}
 
     def save(self, run_dir: str | Path) -> Path:
         return write_json(Path(run_dir) / RECORD, self.model_dump(mode="json"))

@@ -4,7 +4,7 @@ A model's rows are catalog indices (``item_idx``, ``user_idx``) of the catalog *
 when the run trained*. A later re-ingest may add, remove or reorder items and users, so a
 run that is served later needs its own id -> row table, not the catalog's current one::
 
-    <run_dir>/items.parquet   item_idx, item_id, title, text_hash, image_hash
+    <run_dir>/items.parquet   item_idx, item_id, title, text_hash, image_hash (+ <m>_hash per imported modality)
     <run_dir>/users.parquet   user_idx, user_id
 
 Written once per run by ``train_model`` (atomically). With them, serving maps a current
@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.catalog import Catalog
+from pipeline.data.catalog import Catalog, extra_hash_columns
 from storage.atomic import write_parquet
 
 ITEMS = "items.parquet"
@@ -58,7 +58,8 @@ class Universe:
 
 
 def catalog_universe(catalog: Catalog, source: str = "catalog") -> Universe:
-    items = catalog.items[list(ITEM_COLUMNS)].sort_values("item_idx").reset_index(drop=True)
+    columns = list(ITEM_COLUMNS) + extra_hash_columns(catalog.items)  # audio_hash, ...: imported modalities
+    items = catalog.items[columns].sort_values("item_idx").reset_index(drop=True)
     users = (
         catalog.interactions[["user_idx", "user_id"]]
         .drop_duplicates("user_idx")

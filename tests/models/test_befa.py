@@ -117,9 +117,11 @@ def test_adapt_all_equals_the_adapters_one_by_one():
 
 
 def _consumed(model, modality: str) -> torch.Tensor:
-    """What the +BeFA model itself consumes at the insertion point, all items (eval mode)."""
-    if model.name in ("bm3", "freedom"):
-        return model.contents(torch.arange(model.num_items))[sorted(model.projections).index(modality)]
+    """What the +BeFA model itself consumes at the insertion point (the default, "forward"), all items (eval mode)."""
+    if model.name == "bm3":
+        return model.adapted()[list(model.projections).index(modality)]
+    if model.name == "freedom":
+        return model.adapted(model.content())[list(model.projections).index(modality)]
     if model.name == "lattice":
         return model.adapted(model.content())[model.modalities.index(modality)]
     if model.name == "mgcn":

@@ -1,5 +1,6 @@
-"""LATTICE: dense re-computation of the equations, sparse = dense learned graph, gradients,
-modality counts, feature tables, a short training run that must beat random ranking."""
+"""LATTICE: dense re-computation of the equations (base and the three BeFA insertions),
+sparse = dense learned graph, gradients, where the adapters reach the scores, modality
+counts, feature tables, a short training run that must beat random ranking."""
 
 from __future__ import annotations
 
@@ -60,14 +61,21 @@ def dense_lattice(model: LATTICE, data: TrainData, cfg) -> tuple[torch.Tensor, t
     contents = [
         data.features[m] @ model.projections[m].proj.weight.T + model.projections[m].proj.bias for m in data.modalities
     ]
-    if cfg.adapter == "befa":
-        basis = [ei * dense_gate(model.adapters[m], c) for m, c in zip(data.modalities, contents)]
+    insertion = cfg.befa.insertion if cfg.adapter == "befa" else None
+    gates = [dense_gate(model.adapters[m], c) for m, c in zip(data.modalities, contents)] if insertion else []
+    gated_ids = [ei * g_ for g_ in gates]  # E_i * g_m(c_m)
+    if insertion == "loss":  # the earlier design: graph from the gated ID embeddings, h mixes them with w
+        basis, view = gated_ids, sum(w[j] * a for j, a in enumerate(gated_ids))
+    elif insertion == "content":  # graph from c_m * g_m(c_m); h = G E_i
+        basis, view = [c * g_ for c, g_ in zip(contents, gates)], ei
+    elif insertion == "forward":  # graph from c_m; h = G (1/M) sum_m E_i * g_m(c_m)
+        basis, view = contents, sum(gated_ids) / len(gated_ids)
     else:
-        basis = contents
+        basis, view = contents, ei
     learned = sym_norm(sum(w[j] * dense_topk_graph(b, k) for j, b in enumerate(basis)))
     original = sum(w[j] * sym_norm(dense_topk_graph(data.features[m], k)) for j, m in enumerate(data.modalities))
     g = (1 - cfg.lambda_coeff) * learned + cfg.lambda_coeff * original
-    h = g @ (sum(w[j] * b for j, b in enumerate(basis)) if cfg.adapter == "befa" else ei)
+    h = g @ view
     adj = dense_adj_lattice(data.train_users, data.train_items, N_USERS, N_ITEMS)
     x = torch.cat([eu, ei])
     layers = [x]
@@ -86,14 +94,23 @@ def dense_loss(users_e, items_e, u, p, n, reg, batch_size):
 BATCH = (torch.tensor([0, 1, 2, 3, 5]), torch.tensor([1, 2, 3, 5, 7]), torch.tensor([4, 6, 0, 2, 1]))
 
 
-@pytest.mark.parametrize("adapter", ["none", "befa"])
-def test_inference_and_loss_match_dense_equations(adapter, monkeypatch):
+INSERTIONS = ("forward", "loss", "content")
+
+
+def befa_config(insertion: str | None, t: float = 2.0, dropout: float = 0.0, **kw) -> LATTICE.Config:
+    """LATTICE's config, +BeFA at ``insertion`` (None: base); dropout 0 by default, so the
+    training loss is the equations' (no random masks)."""
+    if insertion is None:
+        return LATTICE.Config(**kw)
+    return LATTICE.Config(adapter="befa", befa={"t": t, "dropout": dropout, "insertion": insertion}, **kw)
+
+
+@pytest.mark.parametrize("insertion", [None, *INSERTIONS])
+def test_inference_and_loss_match_dense_equations(insertion, monkeypatch):
     monkeypatch.setattr(sparse_mod, "GATHER_ELEMENTS", 8)  # several chunks in the value-gradient gather
     torch.manual_seed(0)
     data = tiny_data()
-    cfg = LATTICE.Config(
-        embedding_dim=4, knn_k=3, reg=1e-2, adapter=adapter, befa={"t": 2.0, "dropout": 0.0}, batch_size=5
-    )
+    cfg = befa_config(insertion, embedding_dim=4, knn_k=3, reg=1e-2, batch_size=5)
     model = LATTICE(data, cfg)
     model.eval()
     users_e, items_e = model.inference_embeddings()
@@ -137,34 +154,93 @@ def test_sparse_learned_graph_equals_dense_topk(monkeypatch):
     assert int((graph.to_dense() != 0).sum(1).max()) <= 2 * 2 * cfg.knn_k
 
 
-def test_learned_graph_gradient_only_on_rebuild_batch_and_adapter_gets_gradients():
+# parameters that keep getting gradient after the rebuild batch (the graph is then detached)
+LATER_BATCH_GRADIENTS = {
+    None: {"user_embedding", "item_embedding"},
+    "forward": {"user_embedding", "item_embedding", "adapters"},  # h = G mean_m E_i * g_m(c_m), every batch
+    "loss": {"user_embedding", "item_embedding", "adapters", "modal_logits"},  # h = G sum_m w_m a_m
+    "content": {"user_embedding", "item_embedding"},  # the adapters reach the scores only through G
+}
+
+
+@pytest.mark.parametrize("insertion", [None, *INSERTIONS])
+def test_learned_graph_gradient_only_on_rebuild_batch_and_adapter_gets_gradients(insertion):
+    """A training step under each insertion: finite loss, every parameter (the adapters
+    included) gets gradient on the epoch's rebuild batch, an optimiser step keeps the model
+    finite, and on later batches exactly the parameters the equations say keep theirs."""
     torch.manual_seed(0)
     data = tiny_data()
-    model = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3, adapter="befa"))
+    model = LATTICE(data, befa_config(insertion, dropout=0.3, embedding_dim=4, knn_k=3))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
     model.train()
     model.pre_epoch(0)
     u, p, n = BATCH
-    model.loss(u, p, n).backward()
-    grads = {name: p_.grad for name, p_ in model.named_parameters()}
-    for name, g in grads.items():
-        assert g is not None and g.abs().sum() > 0, f"{name} got no gradient on the rebuild batch"
-    model.zero_grad(set_to_none=True)
-    model.loss(u, p, n).backward()
+    loss = model.loss(u, p, n)
+    assert torch.isfinite(loss)
+    loss.backward()
     for name, p_ in model.named_parameters():
-        if name.startswith("projections."):
-            assert p_.grad is None, f"{name}: the detached graph must not feed P_m after the first batch"
-        else:
+        assert p_.grad is not None and p_.grad.abs().sum() > 0, f"{name} got no gradient on the rebuild batch"
+    opt.step()
+    model.zero_grad(set_to_none=True)
+    loss = model.loss(u, p, n)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p_ in model.named_parameters():
+        if name.split(".")[0] in LATER_BATCH_GRADIENTS[insertion]:
             assert p_.grad is not None and p_.grad.abs().sum() > 0, f"{name} lost its gradient after batch 1"
-    assert model.parameter_report()["params_adapter"] == 2 * (4 * 4 + 4 + 4 * 4 + 4 + 4 * 4 + 4)
+        else:
+            assert p_.grad is None or not p_.grad.any(), f"{name}: the detached graph must not feed it after batch 1"
+    model.eval()
+    assert all(torch.isfinite(x).all() for x in model.inference_embeddings())
+    if insertion:
+        assert model.parameter_report()["params_adapter"] == 2 * (4 * 8 + 8 + 8 * 8 + 8 + 8 * 4 + 4)
+
+
+@pytest.mark.parametrize("insertion", INSERTIONS)
+def test_where_the_adapters_reach_the_scores(insertion):
+    """Perturbing one adapter's last bias (b3 of the image gate) after training-free init:
+    the inference scores move under every LATTICE insertion. "forward" by construction
+    (h = G mean_m E_i * g_m(c_m)); "content" through the learned graph G, rebuilt from
+    c_m * g_m(c_m) at every evaluation; and "loss" too: unlike BM3's and FREEDOM's
+    "loss" (content loss terms only, no effect on scores), LATTICE's earlier design already
+    put the gate into the learned graph and the item view, so the adapters change its scores.
+    The LightGCN user rows never read the item view, so users stay put in every case."""
+    torch.manual_seed(0)
+    data = tiny_data()
+    model = LATTICE(data, befa_config(insertion, embedding_dim=4, knn_k=3)).eval()
+    users0, items0 = model.inference_embeddings()
+    with torch.no_grad():
+        model.adapters["image"].recombine.bias.add_(torch.tensor([1.5, -2.0, 0.7, -0.9]))
+    users1, items1 = model.inference_embeddings()
+    torch.testing.assert_close(users1, users0)
+    assert not torch.allclose(users1 @ items1.T, users0 @ items0.T, atol=1e-4)
+    # the base model's scores do not depend on anything named adapter (it has none)
+    assert not hasattr(LATTICE(data, befa_config(None, embedding_dim=4, knn_k=3)), "adapters")
+
+
+def test_forward_keeps_base_lattices_learned_graph():
+    """Under "forward" the learned graph is base LATTICE's (built from c_m), whatever the
+    adapters are; under "loss" and "content" it is built from the adapted a_m."""
+    torch.manual_seed(0)
+    data = tiny_data()
+    graphs_by = {}
+    for insertion in (None, *INSERTIONS):
+        torch.manual_seed(0)  # same E, P_m and omega in every model (the adapters are made last)
+        model = LATTICE(data, befa_config(insertion, embedding_dim=4, knn_k=3)).eval()
+        with torch.no_grad():
+            graphs_by[insertion] = model.build_item_graph(model.content()).to_dense()
+    torch.testing.assert_close(graphs_by["forward"], graphs_by[None])
+    assert not torch.allclose(graphs_by["loss"], graphs_by[None])
+    assert not torch.allclose(graphs_by["content"], graphs_by[None])
 
 
 def test_zero_one_two_modalities():
     with pytest.raises(ValueError, match="at least one content modality"):
         LATTICE(tiny_data(dims=()), LATTICE.Config(embedding_dim=4, knn_k=3))
     for dims in ((("text", 3),), (("image", 5), ("text", 3))):
-        for adapter in ("none", "befa"):
+        for insertion in (None, *INSERTIONS):
             data = tiny_data(dims=dims)
-            model = LATTICE(data, LATTICE.Config(embedding_dim=4, knn_k=3, adapter=adapter))
+            model = LATTICE(data, befa_config(insertion, embedding_dim=4, knn_k=3))
             model.train()
             model.pre_epoch(0)
             loss = model.loss(*BATCH)
@@ -241,11 +317,11 @@ def recall_at(model, data, test, k=5) -> float:
     return sum(float(test[u] in top[u].tolist()) for u in test) / len(test)
 
 
-@pytest.mark.parametrize("adapter", ["none", "befa"])
-def test_three_epochs_beat_random_ranking(adapter):
+@pytest.mark.parametrize("insertion", [None, *INSERTIONS])
+def test_three_epochs_beat_random_ranking(insertion):
     torch.manual_seed(0)
     data, test = clustered_data()
-    model = LATTICE(data, LATTICE.Config(embedding_dim=16, knn_k=5, adapter=adapter, batch_size=32))
+    model = LATTICE(data, befa_config(insertion, t=1.0, dropout=0.3, embedding_dim=16, knn_k=5, batch_size=32))
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     gen = torch.Generator().manual_seed(0)
     for epoch in range(3):

@@ -1,4 +1,5 @@
-"""MGCN (+BeFA, +the authors' variant): dense re-computation of the equations, gradients,
+"""MGCN (+BeFA "forward" and "content", +the authors' variant): dense re-computation of the
+equations, gradients, where the adapters reach the scores, the refused "loss" insertion,
 modality counts, feature tables, a short training run that must beat random ranking."""
 
 from __future__ import annotations
@@ -7,7 +8,9 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
+from models import create_model, make_config
 from models.base import TrainData
 from models.mgcn import MGCN
 
@@ -23,7 +26,13 @@ VARIANTS = {
     "base": {},
     "befa": {"adapter": "befa", "befa": {"t": 2.0, "dropout": 0.0}},
     "authors": {"adapter": "befa", "befa": {"t": 0.5, "dropout": 0.0, "variant": "authors"}},
+    "content": {"adapter": "befa", "befa": {"t": 2.0, "dropout": 0.0, "insertion": "content"}},
+    "authors-content": {
+        "adapter": "befa",
+        "befa": {"t": 0.5, "dropout": 0.0, "variant": "authors", "insertion": "content"},
+    },
 }
+BEFA_VARIANTS = sorted(set(VARIANTS) - {"base"})
 
 
 def tiny_data(dims=(("image", 5), ("text", 3)), seed=0) -> TrainData:
@@ -75,11 +84,13 @@ def dense_mgcn(model: MGCN, data: TrainData, cfg, variant: str):
         c = linear(model.projections[m].proj, data.features[m])
         if variant == "base":
             z = model.item_embedding * torch.sigmoid(linear(model.purifiers[m], c))
-        else:
+        elif cfg.befa.insertion == "content":
+            z = c * dense_gate(model.adapters[m], c)
+        else:  # "forward": the gate replaces the purifier's
             z = model.item_embedding * dense_gate(model.adapters[m], c)
         z = dense_knn(data.features[m], cfg.knn_k) @ z
         views.append(torch.cat([r_hat @ z, z]))
-    if variant == "authors":
+    if variant.startswith("authors"):
         side = sum(views) / len(views)
     else:
         q = [linear(model.query[2], torch.tanh(linear(model.query[0], v))) for v in views]  # (N, 1) each
@@ -105,7 +116,7 @@ def dense_loss(final, side, content, users, pos, neg, cfg, variant):
     u, p, n = final[users], final[pos + N_USERS], final[neg + N_USERS]
     bpr = -torch.log(torch.sigmoid((u * p).sum(1) - (u * n).sum(1))).mean()
     loss = bpr + cfg.reg * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / cfg.batch_size
-    if variant != "authors":
+    if not variant.startswith("authors"):
         cl = dense_info_nce(side[pos + N_USERS], content[pos + N_USERS], cfg.temperature) + dense_info_nce(
             side[users], content[users], cfg.temperature
         )
@@ -145,19 +156,85 @@ def test_variant_structure_and_adapter_gradients():
     assert (
         hasattr(base, "purifiers") and not hasattr(base, "adapters") and base.parameter_report()["params_adapter"] == 0
     )
-    for variant in ("befa", "authors"):
+    for variant in BEFA_VARIANTS:
         # d = 16: with d = 4 and t = 0.5 the two hidden ReLUs can be dead for all 8 items
         torch.manual_seed(0)
         model = MGCN(data, MGCN.Config(embedding_dim=16, knn_k=3, **VARIANTS[variant]))
         assert not hasattr(model, "purifiers")  # BeFA replaces the purifier gate
-        assert hasattr(model, "query") == (variant == "befa")  # the authors' model has no fuser
+        assert hasattr(model, "query") == (not variant.startswith("authors"))  # the authors' model has no fuser
         model.train()
-        model.loss(*BATCH).backward()
+        loss = model.loss(*BATCH)
+        assert torch.isfinite(loss)  # a training step under each insertion: finite, gradients reach the adapters
+        loss.backward()
+        assert model.item_embedding.grad.abs().sum() > 0
         adapter_grads = {n: p.grad for n, p in model.named_parameters() if n.startswith("adapters.")}
         assert len(adapter_grads) == 2 * 6
         for name, g in adapter_grads.items():
             assert g is not None and g.abs().sum() > 0, f"{variant}: {name} got no gradient"
         assert model.parameter_report()["params_adapter"] > 0
+
+
+@pytest.mark.parametrize("variant", BEFA_VARIANTS)
+def test_where_the_adapters_reach_the_scores(variant):
+    """Perturbing one adapter's last bias (b3 of the image gate): the inference scores move
+    under both MGCN insertions, "forward" (z_m = E_i * g_m(c_m)) and "content"
+    (z_m = c_m * g_m(c_m)), since z_m is the modality view the model scores with. MGCN has
+    no "loss" insertion to contrast with (refused: see the test below)."""
+    torch.manual_seed(0)
+    data = tiny_data()
+    model = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, **VARIANTS[variant])).eval()
+    users0, items0 = model.inference_embeddings()
+    with torch.no_grad():
+        model.adapters["image"].recombine.bias.add_(torch.tensor([1.5, -2.0, 0.7, -0.9]))
+    users1, items1 = model.inference_embeddings()
+    assert not torch.allclose(users1 @ items1.T, users0 @ items0.T, atol=1e-4)
+
+
+def test_content_insertion_views_do_not_read_the_item_embedding():
+    """Under "content", z_m = c_m * g_m(c_m) holds no E_i (so a cold or new item's modality
+    views are its content alone); under "forward" it gates E_i (zero E_i, zero z_m)."""
+    torch.manual_seed(0)
+    data = tiny_data()
+    for variant, zero in (("content", False), ("befa", True)):
+        model = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, **VARIANTS[variant])).eval()
+        with torch.no_grad():
+            before = model.purified("text").clone()
+            model.item_embedding.zero_()
+            after = model.purified("text")
+        if zero:
+            assert not after.any()
+        else:
+            torch.testing.assert_close(after, before)
+            assert after.abs().sum() > 0
+
+
+def test_loss_insertion_is_refused_at_config_validation():
+    """MGCN's adapter is its purifier, on the scoring path: there is no loss-only placement.
+    The config refuses it (make_config, so the CLI's early checks, before any work), at the
+    key befa.insertion, naming the valid choices; the model refuses an unvalidated one."""
+    for build in (
+        lambda: make_config("mgcn", {"adapter": "befa", "befa.insertion": "loss"}),
+        lambda: MGCN.Config(adapter="befa", befa={"insertion": "loss", "variant": "authors"}),
+    ):
+        with pytest.raises(ValueError, match="'forward' or 'content'") as err:
+            build()
+        assert isinstance(err.value, ValidationError)
+        assert [e["loc"] for e in err.value.errors()] == [("befa", "insertion")]
+        assert "does not exist for MGCN" in str(err.value)
+    unchecked = MGCN.Config.model_construct(
+        adapter="befa", befa=make_config("lattice", {"befa.insertion": "loss"}).befa
+    )
+    with pytest.raises(ValueError, match="does not exist for MGCN"):
+        MGCN(tiny_data(), unchecked)
+    # what stays valid: no adapter (insertion unread), "forward" (default) and "content", either variant
+    assert make_config("mgcn", {"befa.insertion": "loss"}).adapter == "none"
+    for insertion in ("forward", "content"):
+        for variant in ("default", "authors"):
+            cfg = make_config(
+                "mgcn", {"adapter": "befa", "befa.insertion": insertion, "befa.variant": variant, "embedding_dim": 4}
+            )
+            assert create_model("mgcn", tiny_data(), cfg).authors == (variant == "authors")
+    assert MGCN.Config(adapter="befa").befa.insertion == "forward"
 
 
 def test_authors_variant_has_no_contrastive_term():

@@ -19,7 +19,6 @@ from pipeline.settings import get_settings
 from pipeline.study.analysis import verdict
 from pipeline.study.params import StudyError, StudyParams, validate_study
 from pipeline.study.run import run_study
-from pipeline.study.search import search_points
 from pipeline.study.stats import holm, paired_frame, paired_test
 from tests.study_data import gain_row, run_tiny_study, sig_row, tiny_study_params
 
@@ -84,15 +83,6 @@ def test_verdict_reports_negative_and_null_results_plainly():
 
 
 # -- search budget / validation -------------------------------------------------------
-def test_search_points_default_first_seeded_and_budgeted():
-    grid = {"reg": [0.0, 0.1, 0.2], "t": [1, 2]}
-    pts = search_points(grid, 3, seed=0)
-    assert pts[0] == {} and len(pts) == 3
-    assert pts == search_points(grid, 3, seed=0)
-    assert len(search_points(grid, 100, seed=0)) == 7  # default + all 6 points
-    assert search_points({}, 5, seed=0) == [{}]
-
-
 def test_validation_names_the_problem(tmp_path, datasets_root):
     settings = get_settings(home=tmp_path / "home", datasets_root=datasets_root)
     with pytest.raises(StudyError, match="uses no content features"):
@@ -103,8 +93,12 @@ def test_validation_names_the_problem(tmp_path, datasets_root):
         validate_study({"models": ["mgcn"], "focus_model": "freedom"}, settings)
     with pytest.raises(StudyError, match="train_fractions"):
         validate_study({"train_fractions": [1.0, 0.0]}, settings)
-    with pytest.raises(StudyError, match="not a modality"):
-        validate_study({"modality_sets": [["audio"]]}, settings)
+    with pytest.raises(StudyError, match="'Audio!' is not a modality name"):
+        validate_study({"modality_sets": [["Audio!"]]}, settings)
+    with pytest.raises(StudyError, match="an empty set"):
+        validate_study({"modality_sets": [[]]}, settings)
+    # any modality name (an MMRec catalog's audio, video): a set the features lack is skipped when the study runs
+    assert validate_study({"modality_sets": [["image", "audio"]]}, settings).modality_sets == [["image", "audio"]]
     assert StudyParams().seeds == [999, 1000, 1001] and StudyParams().sweep_t == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 
 
@@ -164,17 +158,33 @@ def test_search_is_valid_only_and_within_budget(study):
     searches = json.loads((folder / "search.json").read_text())
     assert len(searches) == 8
     for key, s in searches.items():
-        assert 1 <= len(s["trials"]) <= 2
-        assert s["trials"][0]["point"] == {}  # the model's defaults are always tried
+        assert len(s["trials"]) == 2  # the same budget for base and +BeFA
+        assert s["trials"][0]["point"] == {}  # the model's defaults are always tried first
+        assert s["sampler"] == {"name": "TPESampler", "seed": 0, "n_startup_trials": 2} and "lr" in s["grid"]
         scores = [t["valid"]["recall@20"] for t in s["trials"]]
         assert scores[s["winner"]] == max(scores)
         for t in s["trials"]:  # no test metric reaches the search record
-            assert set(t) == {"point", "overrides", "valid", "run_dir", "best_epoch"}
+            assert set(t) == {"point", "params", "overrides", "valid", "run_dir", "best_epoch", "state"}
         if key.endswith("/befa"):
-            assert set(s["grid"]) >= {"befa.t"}
-            base = searches[key.replace("/befa", "/none")]["trials"]
-            for tb, ta in zip(base, s["trials"]):  # paired: same model point per trial
-                assert {k: v for k, v in ta["point"].items() if not k.startswith("befa.")} == tb["point"]
+            assert set(s["grid"]) >= {"befa.t", "lr"}
+
+
+def test_report_has_the_selection_bias_line_from_the_search_trials(study):
+    _, _, _, folder = study
+    searches = json.loads((folder / "search.json").read_text())
+    rows = json.loads((folder / "study.json").read_text())["selection_bias"]
+    assert {(r["model"], r["metric"]) for r in rows} == {
+        (m, k) for m in ("bm3", "lattice", "freedom", "mgcn") for k in ("recall@20", "ndcg@20")
+    }
+    for r in (r for r in rows if r["metric"] == "recall@20"):
+        for adapter, side in (("none", "base"), ("befa", "befa")):
+            s = searches[f"{r['model']}/{adapter}"]
+            tests = [json.loads((Path(t["run_dir"]) / "run.json").read_text())["test"] for t in s["trials"]]
+            assert r[f"test_picked_{side}"] == max(t["recall@20"] for t in tests)  # the paper's pick
+            assert r[f"valid_picked_{side}"] == tests[s["winner"]]["recall@20"]  # the study's pick
+    md, html = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    assert "### Selection bias" in md and "picked on TEST, as the paper's code does" in md
+    assert "id='selection-bias'" in html and "gain, picked on test" in html
 
 
 def test_overhead_and_time_columns(study):
@@ -280,14 +290,3 @@ def test_a_second_run_reuses_every_finished_run(study, datasets_root):
     assert again.main == first.main
     assert (watch_dir(settings) / REGISTRY).read_bytes() == before
     assert registered_params(settings, "ml-small") == registered.model_copy(update={"run_name": None})
-
-
-def test_search_plan_pairs_base_and_befa_trials():
-    from pipeline.study.search import search_plan
-
-    p = StudyParams(models=["freedom"], max_trials=3)
-    base, befa = search_plan(p, "freedom", "none"), search_plan(p, "freedom", "befa")
-    assert base[0] == {} and befa[0] == {}  # everyone's defaults first
-    for b, a in zip(base, befa):  # same model hyper-parameters trial by trial; +BeFA adds its own
-        assert {k: v for k, v in a.items() if not k.startswith("befa.")} == b
-    assert any(k.startswith("befa.") for a in befa[1:] for k in a)

@@ -27,7 +27,7 @@ from pipeline.reporting.console import metrics_table
 from pipeline.study.search import grid_search, select_on_valid
 from pipeline.training.api import evaluate_run, train_model
 from pipeline.training.prepare import prepare_data
-from pipeline.training.record import BEST, LAST, PER_USER, RunRecord
+from pipeline.training.record import BEST, LAST, PER_USER, RECORD_VERSION, RunRecord
 from pipeline.training.trainer import TrainerConfig, TrainingInterrupted, fit
 
 

@@ -5,8 +5,9 @@ plus an :class:`~pipeline.data.catalog.IngestReport`. Some sources also carry th
 not part of the catalog proper:
 
 - a *given split* (MMRec ``x_label``, Amazon train/val/test json) kept as a named split;
-- *ready-made features* (MMRec ``image_feat.npy`` / ``text_feat.npy``) that go into the
-  feature store instead of being re-encoded;
+- *ready-made features* (MMRec ``<modality>_feat.npy``: image, text, audio, video, ...) that
+  go into the feature store instead of being encoded (a modality no encoder embeds, such as
+  audio, can only come this way);
 - *rejects*: items whose image (or text) could not be used; they stay in the catalog
   with that modality null, and the list is written next to the catalog.
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.data.catalog import Catalog, IngestReport
+from pipeline.data.catalog import Catalog, IngestReport, extra_hash_columns
 
 REJECT_COLUMNS = ["item_id", "modality", "file", "row", "source", "problem"]
 
@@ -90,6 +91,7 @@ def count_catalog(report: IngestReport, catalog: Catalog) -> None:
         items=catalog.num_items,
         items_with_image=int(items["image_hash"].notna().sum()),
         items_with_text=int(items["text_hash"].notna().sum()),
+        **{f"items_with_{c.removesuffix('_hash')}": int(items[c].notna().sum()) for c in extra_hash_columns(items)},
         items_without_interactions=cold,
         users=catalog.num_users,
         interactions=len(catalog.interactions),

@@ -5,18 +5,21 @@ A folder holding
 - ``<name>.inter``: tab-separated, header ``userID itemID rating timestamp x_label``;
   ids 0-based, the number of users/items is max id + 1; ``x_label`` 0 train, 1 valid,
   2 test;
-- ``image_feat.npy`` (I x D_v) and ``text_feat.npy`` (I x D_t), row i = item i
-  (either may be absent).
+- ``<m>_feat.npy`` (I x D_m), row i = item i, for any modality ``m``: ``image_feat.npy``,
+  ``text_feat.npy``, ``audio_feat.npy``, ``video_feat.npy`` ... (every one is read; none is
+  required). ``m`` must be a valid modality name (:func:`storage.keys.check_modality`:
+  lowercase letters, digits, ``_``); a file whose name gives another one is refused.
 
 Import: items are ``"0" .. str(I-1)`` with I = the feature matrices' row count (or max
 itemID + 1 without features); ``item_idx`` = itemID. They have no raw text or image:
-``text`` is empty and ``image`` null, and ``text_hash``/``image_hash`` hold the sha256 of
-the item's feature row (float32 bytes), so the content key of an imported feature
-changes exactly when the feature does. The matrices are returned as ready-made features
-(fingerprint ``mmrec-npy-<modality>-<first 12 hex of the .npy sha256>``) that
-:func:`pipeline.data.ingest.ingest` writes into the feature store; ``x_label`` becomes the
-named split ``given``. Users are ``str(userID)``; with contiguous ids ``user_idx`` =
-userID (a gap is reported: the catalog renumbers densely).
+``text`` is empty and ``image`` null, and ``<m>_hash`` (``image_hash``, ``text_hash``,
+``audio_hash`` ...) holds the sha256 of the item's feature row (float32 bytes), so the
+content key of an imported feature changes exactly when the feature does. The matrices
+are returned as ready-made features (fingerprint ``mmrec-npy-<modality>-<first 12 hex of
+the .npy sha256>``) that :func:`pipeline.data.ingest.ingest` writes into the feature store
+(``catalog.json`` lists them under ``features``); ``x_label`` becomes the named split
+``given``. Users are ``str(userID)``; with contiguous ids ``user_idx`` = userID (a gap is
+reported: the catalog renumbers densely).
 
 Export (:func:`export_mmrec`): a catalog, a split and per-modality matrices (or a feature
 store + fingerprints) -> the same format, userID = user_idx, itemID = item_idx,
@@ -42,14 +45,21 @@ from pipeline.data.importers.validation import (
     require_columns,
     require_file,
 )
-from storage.keys import sha256_file
+from storage.keys import check_modality, modality_order, sha256_file
 
 INTER_COLUMNS = ["userID", "itemID", "rating", "timestamp", "x_label"]
-FEATURE_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
+FEATURE_SUFFIX = "_feat.npy"
+
+
+def feature_file(modality: str) -> str:
+    """The MMRec file name of a modality's features: ``audio`` -> ``audio_feat.npy``."""
+    return f"{check_modality(modality)}{FEATURE_SUFFIX}"
 
 
 class MMRecOptions(ImporterOptions):
-    folder: Path = Field(description="MMRec dataset folder: <name>.inter, image_feat.npy, text_feat.npy")
+    folder: Path = Field(
+        description="MMRec dataset folder: <name>.inter and any <modality>_feat.npy (image, text, audio, video, ...)"
+    )
     inter: str | None = Field(None, description="the .inter file name in --folder (default: the only *.inter there)")
     name: str | None = None  # catalog name; default: the .inter file's stem
 
@@ -130,7 +140,9 @@ class MMRecImporter(Importer):
                 "file": feat.source.name,
             }
         count_catalog(report, catalog)
-        report.notes.append("items carry no raw text/image; content hashes are sha256 of the imported feature rows")
+        report.notes.append(
+            "items carry no raw text/image; content hashes (<modality>_hash) are sha256 of the imported feature rows"
+        )
         split = pd.DataFrame(
             {
                 "user_idx": catalog.interactions["user_idx"].to_numpy(),
@@ -187,17 +199,28 @@ def _read_inter(inter_path: Path, report: IngestReport) -> tuple[pd.DataFrame, n
 
 
 def _feature_files(folder: Path, report: IngestReport) -> dict[str, ImportedFeatures]:
-    """The ready-made ``image_feat.npy`` / ``text_feat.npy`` that the folder holds."""
+    """Every ``<modality>_feat.npy`` the folder holds, in modality order (image, text, then by name)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob(f"*{FEATURE_SUFFIX}")):
+        modality = path.name.removesuffix(FEATURE_SUFFIX)
+        try:
+            check_modality(modality)
+        except ValueError as exc:
+            raise CatalogError(
+                path, f"{exc}; a feature file is named <modality>{FEATURE_SUFFIX}: rename or move it"
+            ) from None
+        found[modality] = path
+    if not found:
+        report.notes.append(f"no *{FEATURE_SUFFIX} file: no ready-made features")
+    for missing in [m for m in ("image", "text") if m not in found and found]:
+        report.notes.append(f"no {feature_file(missing)}: no ready-made {missing} features")
     features: dict[str, ImportedFeatures] = {}
-    for modality, fname in FEATURE_FILES.items():
-        path = folder / fname
-        if not path.exists():
-            report.notes.append(f"no {fname}: no ready-made {modality} features")
-            continue
+    for modality in modality_order(found):
+        path = found[modality]
         features[modality] = ImportedFeatures(modality, _load_npy(path), path, sha256_file(path))
         report.sources[f"{modality}_features"] = str(path)
         zero = int((~features[modality].matrix.any(axis=1)).sum())
         if zero:
             # some toolbox files mark a missing modality with a zero row; kept as given
-            report.notes.append(f"{fname}: {zero} all-zero rows (kept as features, as the toolbox does)")
+            report.notes.append(f"{path.name}: {zero} all-zero rows (kept as features, as the toolbox does)")
     return features

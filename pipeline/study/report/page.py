@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.study.report.selection import search_note, selection_bias_line, selection_bias_table
 from pipeline.study.report.tables import (
     COSINE_NOTE,
     ITEM_GROUPS_NOTE,
@@ -227,10 +228,23 @@ def _inspection(data: StudyData) -> list[str]:
     return parts
 
 
+def _selection_bias(data: StudyData) -> str:
+    """How the search ran, then the gain if each arm's winner were picked on test, next to on valid
+    (neither for an older study, whose search was a random sample of the grid)."""
+    line = selection_bias_line(data)
+    if not line:
+        return ""
+    return (
+        f"<p class='note'>{html.escape(search_note(data))}</p>"
+        f"<h3>Selection bias</h3><p class='note' id='selection-bias'>{html.escape(line)}</p>"
+        + _h(*selection_bias_table(data), cls="selection-bias")
+    )
+
+
 def _search_timings_runs(data: StudyData) -> list[str]:
     """The search table, the step timings and the run counts, which close the page."""
     return [
-        "<h2>Search (valid only)</h2>" + _h(*search_table(data)),
+        "<h2>Search (valid only)</h2>" + _h(*search_table(data)) + _selection_bias(data),
         "<h2>Timings</h2>" + _h(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()]),
         f"<p class='note'>Runs trained: {data.runs.trained}, reused: {data.runs.reused}. "
         "Per-run results: <code>results.parquet</code>; Markdown: <a href='report.md'>report.md</a>.</p></body></html>",

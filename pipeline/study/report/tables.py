@@ -16,7 +16,16 @@ from pipeline.data.summary import DatasetSummary, SplitSummary
 from pipeline.features.summary import ModalityFeatures
 from pipeline.reporting.common import ADAPTER_LABEL
 from pipeline.study.params import StudyParams
-from pipeline.study.rows import ColdItems, FloorRow, GainRow, OverheadRow, SearchRow, SignificanceRow, UserGroupRow
+from pipeline.study.rows import (
+    ColdItems,
+    FloorRow,
+    GainRow,
+    OverheadRow,
+    SearchRow,
+    SelectionBiasRow,
+    SignificanceRow,
+    UserGroupRow,
+)
 
 # The paper's average relative gains over its models and datasets (befa-spec, section 4).
 PAPER_CLAIM = {"recall@20": 0.0907, "ndcg@20": 0.1102}
@@ -57,6 +66,8 @@ class StudyData(BaseModel):
     item_groups: list[dict[str, Any]] = Field(default_factory=list)
     cold_items: ColdItems | None = None  # the cold-start phase: split, gains, significance
     searches: list[SearchRow] = Field(default_factory=list)
+    # per model x metric: the gain if each arm's winner were picked on TEST vs on VALID; empty for older studies
+    selection_bias: list[SelectionBiasRow] = Field(default_factory=list)
     inspection: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     runs: RunCounts = Field(default_factory=RunCounts)
@@ -299,16 +310,18 @@ ITEM_GROUPS_NOTE = (
 
 
 def search_table(data: StudyData) -> tuple[list[str], list[list[str]]]:
-    head = ["model", "adapter", "trials", "grid size", "winner (valid Recall@20)", "valid R@20", "seconds"]
+    head = ["model", "adapter", "trials", "pruned", "grid size", "winner (valid Recall@20)", "valid R@20", "seconds"]
     rows = []
     for s in data.searches:
-        win = {k: v for k, v in s.winner.items() if k != "adapter"}
+        fixed = {k: v for k, v in s.winner.items() if k != "adapter" and k not in s.winner_params}
+        win = {**fixed, **s.winner_params}  # the fixed overrides, then every searched key (older studies: overrides)
         adapter = ADAPTER_LABEL.get(s.adapter, s.adapter)
         rows.append(
             [
                 s.model,
                 adapter,
                 str(s.trials),
+                str(s.pruned),
                 str(s.grid_size),
                 json.dumps(win),
                 fmt_num(s.winner_valid_r20),

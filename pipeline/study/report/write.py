@@ -20,6 +20,7 @@ import pyarrow as pa
 from pipeline.reporting.common import markdown_table
 from pipeline.study.report.page import render_html
 from pipeline.study.report.plots import plot_grouped, plot_main, plot_sweep
+from pipeline.study.report.selection import search_note, selection_bias_line, selection_bias_table
 from pipeline.study.report.tables import (
     COSINE_NOTE,
     ITEM_GROUPS_NOTE,
@@ -181,6 +182,7 @@ def _md_search_timings_runs(data: StudyData) -> list[str]:
     """The search table, the step timings and the run counts, which close the report."""
     lines = ["## Search (valid only)", ""]
     lines += markdown_table(*search_table(data))
+    lines += _md_selection_bias(data)
     lines += ["", "## Timings", ""]
     lines += markdown_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in data.timings.items()])
     lines += [
@@ -189,6 +191,15 @@ def _md_search_timings_runs(data: StudyData) -> list[str]:
         "",
     ]
     return lines
+
+
+def _md_selection_bias(data: StudyData) -> list[str]:
+    """How the search ran, then the gain if each arm's winner were picked on test, next to on valid
+    (neither for an older study, whose search was a random sample of the grid)."""
+    line = selection_bias_line(data)
+    if not line:
+        return []
+    return ["", search_note(data), "", "### Selection bias", "", line, ""] + markdown_table(*selection_bias_table(data))
 
 
 def write_study_report(folder: str | Path, frame: pd.DataFrame, data: StudyData) -> dict[str, Path]:
