@@ -82,7 +82,7 @@ def search_all(ctx: StudyContext) -> dict[tuple[str, str], dict[str, Any]]:
     (``max_minutes``), each search's trials one after another."""
     p, keys = ctx.params, [(model, adapter) for model in ctx.params.models for adapter in ADAPTERS]
     for model, adapter in keys:
-        ctx.log(f"search {model} {adapter} ({trial_budget(p, model)} trials, TPE seed {p.search_seed})")
+        ctx.log(f"search {model} {adapter} ({trial_budget(p, model)} trials, TPE sampler, search_seed={p.search_seed})")
     searches = run_searches(ctx.runner, keys, ctx.split.path, ctx.modalities)
     write_json(
         ctx.folder / "search.json",

@@ -121,7 +121,8 @@ def test_distributed_study_gives_the_sequential_per_run_metrics(local_ray, data,
     cat, settings = data
     lines: list[str] = []
     dist = run_study(_study(cat, name="on-ray", cluster="auto", cpus_per_run=1), settings, log=lines.append)
-    assert submitted.count("train_on_worker") == 3  # one batch per phase with runs to train: search, main, sweep
+    # one batch per round of the search (a trial of every arm at once: 2 trials, so 2 rounds), then main and sweep
+    assert submitted.count("train_on_worker") == 4
     seq_runs, ray_runs = _runs(sequential_study.folder), _runs(dist.folder)
     # mostpop, 2 search trials per adapter, seed 2 of both winners, the sweep point (seed 1)
     assert list(ray_runs) == list(seq_runs) and len(ray_runs) == dist.runs_trained == 8
@@ -136,7 +137,7 @@ def test_distributed_study_gives_the_sequential_per_run_metrics(local_ray, data,
 
     # resume works the same on the cluster: every run is finished, so nothing is resubmitted
     again = run_study(_study(cat, name="on-ray", cluster="auto", cpus_per_run=1), settings)
-    assert again.runs_trained == 0 and again.main == dist.main and submitted.count("train_on_worker") == 3
+    assert again.runs_trained == 0 and again.main == dist.main and submitted.count("train_on_worker") == 4
 
 
 def test_a_worker_killed_mid_run_is_retried_and_the_run_ends_the_same(local_ray, data, sequential_study, kill_dir):
