@@ -20,6 +20,12 @@ Examples::
     image=effnet:lite2,text=minilm               both with real, packaged, offline weights
     image=clip:ViT-B-32@random,text=minilm       image from one encoder, text from another
 
+``imported`` is not an encoder: as a whole spec it names a catalog's imported feature
+matrices (an MMRec folder's ``<modality>_feat.npy``, stored at ingest), which the
+pipeline reads instead of encoding (:mod:`pipeline.features.imported`). It stands alone:
+mixed into a per-modality spec (``image=imported,text=minilm``), or with ``:``/``@``, it is
+refused here, saying so (an MMRec catalog's items have no raw image or text to encode).
+
 ``weights`` is a path when it contains a path separator, starts with ``.``/``~``
 or ends with a checkpoint suffix (``.pt``, ``.pth``, ``.bin``, ``.safetensors``,
 ``.ckpt``, ``.npz``); anything else is a tag. This module only parses: which
@@ -42,6 +48,18 @@ _FAMILY_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
 # that are followed by "<modality>=" so that a checkpoint path may contain commas.
 _MODALITY_PREFIX_RE = re.compile(r"^\s*(%s)\s*=" % "|".join(ENCODED_MODALITIES))
 _MODALITY_SPLIT_RE = re.compile(r",(?=\s*(?:%s)\s*=)" % "|".join(ENCODED_MODALITIES))
+IMPORTED = "imported"  # the whole spec that names the catalog's imported features, never an encoder family
+IMPORTED_STANDS_ALONE = (
+    "'imported' is not an encoder family: it names the catalog's imported feature matrices (an MMRec "
+    "folder's <modality>_feat.npy, stored at ingest) and stands alone as the whole spec, `--encoder imported` "
+    "(every modality the catalog imported); it cannot be mixed with encoders per modality "
+    "(image=imported,text=...) nor take ':' or '@'"
+)
+
+
+def is_imported(spec: object) -> bool:
+    """True when ``spec`` is the whole spec ``imported`` (the catalog's imported features)."""
+    return isinstance(spec, str) and spec.strip().lower() == IMPORTED
 
 
 class EncoderSpecError(ValueError):
@@ -117,6 +135,8 @@ def parse_spec(text: str) -> EncoderSpec:
     family, _, arch = head.partition(":")
     family = family.strip().lower()
     arch = arch.strip() or None
+    if IMPORTED in (family, family.rpartition("=")[2].strip()):  # "imported:x", "audio=imported"
+        raise EncoderSpecError(f"encoder spec {raw!r}: {IMPORTED_STANDS_ALONE}")
     if not _FAMILY_RE.match(family):
         raise EncoderSpecError(
             f"encoder spec {raw!r}: bad family name {family!r} (expected e.g. clip, effnet, imagebind, minilm)"
@@ -140,6 +160,8 @@ def parse_modality_specs(text: str) -> dict[str, EncoderSpec]:
             )
         if modality in out:
             raise EncoderSpecError(f"encoder spec {raw!r}: modality {modality!r} given twice")
+        if spec.partition("@")[0].partition(":")[0].strip().lower() == IMPORTED:
+            raise EncoderSpecError(f"encoder spec {raw!r}: {IMPORTED_STANDS_ALONE}")
         out[modality] = parse_spec(spec)
     return out
 

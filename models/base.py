@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Literal, NamedTuple
+from typing import Any, ClassVar, Iterable, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
@@ -66,7 +66,11 @@ class BeFAConfig(BaseModel):
     t: float = Field(1.0, gt=0, description="decoupling-space multiplier: hidden size h = round(d * t)")
     dropout: float = Field(0.3, ge=0, lt=1, description="dropout after each ReLU, training only")
     variant: Literal["default", "authors"] = Field(
-        "default", description="'authors' = the authors' published MGCN variant (no fuser, no InfoNCE)"
+        "default",
+        description=(
+            "'authors' = the authors' published MGCN variant (no fuser, no InfoNCE), read with adapter='befa' "
+            "only; the same as MGCN's skeleton='authors', which the adapter-free control reads"
+        ),
     )
     insertion: Insertion = Field(
         "forward",
@@ -99,13 +103,18 @@ class ModelConfig(BaseModel):
         ),
     )
 
+    # Fields added after runs were recorded, left out of every dump while at this value, so config
+    # hashes, run-cache keys and records of runs made before them stay what they were. A subclass
+    # extends it with its own (MGCN: ``skeleton``).
+    DUMP_OMITS: ClassVar[dict[str, Any]] = {"max_batches_per_epoch": None}
+
     @model_serializer(mode="wrap")
     def _omit_unset_rule(self, handler):  # type: ignore[no-untyped-def]
-        # Unset, the rule is left out of every dump, so config hashes, run-cache keys and
-        # records of runs made before it existed stay what they were.
         data = handler(self)
-        if isinstance(data, dict) and data.get("max_batches_per_epoch") is None:
-            data.pop("max_batches_per_epoch", None)
+        if isinstance(data, dict):
+            for name, value in self.DUMP_OMITS.items():
+                if name in data and data[name] == value:
+                    del data[name]
         return data
 
 

@@ -1,4 +1,4 @@
-"""MGCN (Yu et al., MM 2023), plus its BeFA insertion and the authors' published BeFA model.
+"""MGCN (Yu et al., MM 2023), plus its BeFA insertion, the authors' published BeFA model and its skeleton alone.
 
 Equations (spec section 3; d = ``embedding_dim``, M >= 1 modalities, N = U + I rows):
 
@@ -38,6 +38,22 @@ exist); g_m is the adapter's gate (``models.befa``), ``befa.insertion`` says wha
   base MGCN runs one Linear(d, d) per modality (the projection c_m, already per batch in
   base MGCN, is not repeated). Under "content" the modality views no longer carry E_i: E_i
   is trained by the LightGCN path (BPR, L2, InfoNCE's content side) alone.
+
+The authors' skeleton without the adapter (``skeleton="authors"``, the study's architecture
+control): the purifier gate z_m = E_i * sigmoid(W_m c_m + b_m) as in base MGCN, then
+side = (1/M) sum_m v_m, no fuser, no InfoNCE: loss = BPR + reg L2/batch. It separates the
+adapter's effect (authors' +BeFA vs this) from the change of architecture (this vs the
+model the paper names, LATTICE). ``skeleton="authors"`` and ``befa.variant="authors"``
+select the same skeleton: the model has it when either says so, so ``adapter="befa"`` with
+``skeleton="authors"`` is the same model as with ``befa.variant="authors"`` (tested), and
+``skeleton="full"`` set explicitly beside ``befa.variant="authors"`` is refused. Why a
+top-level field rather than reading ``befa.variant`` without the adapter: the skeleton is
+the base model's, not the adapter's; every ``befa.*`` key is documented (and searched,
+``--set``) as the adapter's, unread when ``adapter="none"``, so a record of a base run
+that carried ``befa.variant="authors"`` would silently change model. ``skeleton`` is left
+out of every dump while "full" (``ModelConfig.DUMP_OMITS``): the configs, hashes and run
+folders of every MGCN run made before it stay byte-identical, and an old record (no
+``skeleton`` key) validates to "full" and builds the model it ran.
 
 Choices (where the spec is silent):
 
@@ -84,7 +100,7 @@ Choices (where the spec is silent):
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +229,26 @@ class MGCN(Recommender):
         )
         n_ui_layers: int = Field(2, ge=0)
         item_layers: int = Field(1, ge=0, description="hops of the modality item graphs")
+        skeleton: Literal["full", "authors"] = Field(
+            "full",
+            description=(
+                "'authors': the authors' public model's skeleton (no fuser, no InfoNCE, side = mean of the "
+                "modality views), with the purifier gate or BeFA; befa.variant='authors' selects it too"
+            ),
+        )
+        DUMP_OMITS: ClassVar[dict[str, Any]] = {**ModelConfig.DUMP_OMITS, "skeleton": "full"}
+
+        @property
+        def authors_skeleton(self) -> bool:
+            """Whether the model is the authors' skeleton (no fuser, no InfoNCE): ``skeleton``, or
+            ``befa.variant`` with the adapter (module docstring)."""
+            return self.skeleton == "authors" or (self.adapter == "befa" and self.befa.variant == "authors")
+
+        @model_validator(mode="after")
+        def _skeleton_agrees(self) -> "MGCN.Config":
+            if "skeleton" in self.model_fields_set and self.skeleton == "full" and self.authors_skeleton:
+                raise ValueError("MGCN: skeleton='full' contradicts befa.variant='authors' (the authors' skeleton)")
+            return self
 
         @model_validator(mode="after")
         def _insertion_exists(self) -> "MGCN.Config":
@@ -236,7 +272,7 @@ class MGCN(Recommender):
         self.modalities = graphs.check_modalities(data, "MGCN")
         d, dev = config.embedding_dim, data.device
         self.befa = config.adapter == "befa"
-        self.authors = self.befa and config.befa.variant == "authors"
+        self.authors = config.authors_skeleton
         if self.befa and config.befa.insertion not in INSERTIONS:  # a config built without validation
             raise ValueError(
                 f"MGCN: befa.insertion={config.befa.insertion!r} does not exist for MGCN; use {INSERTIONS}"

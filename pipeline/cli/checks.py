@@ -5,15 +5,19 @@ of work (a bad ``--set befa.t=abc`` used to surface only after extraction)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from pydantic import ValidationError
 
 from encoders import EncoderError, validate_specs
+from encoders.spec import is_imported
 from models import make_config
 from models.base import ModelConfig, Recommender
 from pipeline.cli.common import fail
+from pipeline.data.versions import is_ingested
 from pipeline.device import DeviceError, check_device
+from pipeline.features.imported import refusal, stored_entries
 
 
 def at_least(value: int | float | None, flag: str, minimum: int | float = 1) -> None:
@@ -50,7 +54,13 @@ def config_or_fail(model_cls: type[Recommender], overrides: Mapping[str, Any]) -
     return config
 
 
-def encoder_or_fail(spec: str) -> None:
+def encoder_or_fail(spec: str, catalog_dir: Path | None = None, dataset: str | None = None) -> None:
+    """The spec sound; ``imported``: the catalog in ``catalog_dir`` (when it is ingested) lists
+    imported features (a catalog not ingested fails when it loads, saying so)."""
+    if is_imported(spec):
+        if catalog_dir is not None and is_ingested(catalog_dir) and not stored_entries(catalog_dir):
+            fail(str(refusal(dataset or Path(catalog_dir).name)))
+        return
     try:
         validate_specs(spec)
     except (EncoderError, ValueError, FileNotFoundError) as exc:

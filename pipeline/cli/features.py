@@ -27,7 +27,8 @@ def extract_cmd(
         "--encoder",
         help="Encoder spec (default: `befa run`'s), e.g. minilm, effnet:lite2, "
         "clip:ViT-B-32@/models/vitb32.safetensors, clip:ViT-B-32@random, imagebind:huge@/models/imagebind_huge.pth, "
-        "or image=...,text=...",
+        "or image=...,text=...; 'imported': the catalog's imported features (an MMRec folder's "
+        "<modality>_feat.npy), nothing encoded.",
     ),
     batch_size: Optional[int] = typer.Option(None, help="Items per forward pass (default: sized to the device)."),
     num_workers: Optional[int] = typer.Option(None, help="Image decoding worker processes (default: by device)."),
@@ -39,12 +40,13 @@ def extract_cmd(
     at_least(batch_size, "--batch-size")
     at_least(num_workers, "--num-workers", 0)
     device_or_fail(device)
-    encoder_or_fail(encoder)
+    settings = settings_from(None, home, feature_store)
+    encoder_or_fail(encoder, settings.catalog_dir(dataset), dataset)
     try:
         summary = extract_command(
             dataset,
             encoder,
-            settings_from(None, home, feature_store),
+            settings,
             batch_size=batch_size,
             num_workers=num_workers,
             device=device,

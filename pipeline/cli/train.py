@@ -24,6 +24,7 @@ from pipeline.cli.params_options import train_overrides
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.splits import ensure_split
 from pipeline.features.bundle import FeatureBundle
+from pipeline.features.imported import NoImportedFeatures
 from pipeline.features.load import features_for_training, load_features
 from pipeline.job.params import DEFAULT_ENCODER
 from pipeline.reporting.console import item_groups_table, metrics_table
@@ -48,7 +49,8 @@ def train_cmd(
     encoder: str = typer.Option(
         DEFAULT_ENCODER,
         "--encoder",
-        help="Encoder spec for content models (see `befa extract`); the default is `befa run`'s.",
+        help="Encoder spec for content models (see `befa extract`); the default is `befa run`'s. "
+        "'imported': the catalog's imported features (an MMRec folder's <modality>_feat.npy).",
     ),
     split: str = typer.Option(
         "random-s2024", "--split", help="Stored split name; random-s<SEED> is created if missing."
@@ -127,7 +129,7 @@ def _train_new(r: TrainRequest, store: FeatureStore, allow_new_features: bool, s
     # the config, built and checked once, before any data loads or features extract
     config = config_or_fail(model_cls, {**train_overrides(r.set_, r.model), "adapter": r.adapter})
     if model_cls.uses_content:
-        encoder_or_fail(r.encoder)
+        encoder_or_fail(r.encoder, settings.catalog_dir(r.dataset), r.dataset)
     try:
         catalog = Catalog.load(settings.catalog_dir(r.dataset))
         split_path = ensure_split(catalog, catalog.splits_dir, r.split)
@@ -149,7 +151,10 @@ def _current_features(
 ) -> FeatureBundle | None:
     if not model_cls.uses_content:
         return None
-    features = features_for_training(catalog, encoder, store, device=device)
+    try:
+        features = features_for_training(catalog, encoder, store, device=device)
+    except (NoImportedFeatures, CatalogError) as exc:  # --encoder imported: the store lost them, or none
+        fail(str(exc))
     for m in features.modalities:
         if features.random_init.get(m):
             console.print(

@@ -16,6 +16,8 @@
   kept in the split's meta (``cold_items``, also in ``<name>.json``) so that evaluation
   reports the cold group; a user whose items are all cold has no train row, and the
   trainer drops such users' held-out rows (spec section 1), with a note.
+- ``given`` (:func:`load_given`): the split a source comes with (MMRec ``x_label``, Amazon's
+  train/val/test), kept at ingest as ``given``; used as it is (no k-core, no seed).
 - ``kcore``: optional iterative k-core filter applied before splitting (5-core is the
   benchmark convention). Item and user indices are kept: items filtered out stay in the
   ranking universe as cold items, so features stay aligned with the catalog.
@@ -43,6 +45,7 @@ from pipeline.data.catalog import Catalog
 from storage.atomic import write_json, write_parquet
 
 TRAIN, VALID, TEST = 0, 1, 2
+GIVEN = "given"  # the name (and split kind) of the split a source comes with
 LABEL_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 
 
@@ -302,6 +305,18 @@ def make_split(
             catalog, DEFAULT_COLD_FRACTION if cold_fraction is None else cold_fraction, seed=seed, k_core=k_core
         )
     return split_temporal(catalog, k_core=k_core)
+
+
+def load_given(catalog: Catalog) -> tuple[Split, Path]:
+    """The catalog's given split (stored at ingest) and its path; a clear error when it has none."""
+    path = Path(catalog.splits_dir) / f"{GIVEN}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--split-kind (split_kind) given: catalog {catalog.name!r} has no given split ({path}); only a source "
+            "that comes with one keeps it at ingest (an MMRec folder's x_label, Amazon's train/val/test): "
+            "use --split-kind random or temporal"
+        )
+    return Split.load(path), path
 
 
 _COLD_NAME = re.compile(r"cold-items-f(\d+(?:\.\d+)?)-s(\d+)")

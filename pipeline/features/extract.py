@@ -44,6 +44,7 @@ from encoders.base import Encoder, autocast_dtype
 from pipeline.data.catalog import Catalog
 from pipeline.device import cpu_count, resolve_device, torch_threads
 from pipeline.features.images import ImageItems, default_num_workers, image_loader
+from pipeline.features.imported import imported_summary, is_imported
 from pipeline.features.plan import encoders_to_run, todo_keys
 from pipeline.features.progress import ProgressLines
 from pipeline.features.summary import ExtractSummary, ModalitySummary
@@ -166,6 +167,8 @@ def extract_features(
         An :class:`ExtractSummary` (encoded / skipped / failed counts, failed items,
         throughput, seconds, snapshot id per modality).
     """
+    if is_imported(encoder_or_spec):  # the matrices ingest stored: no encoder, nothing to encode
+        return imported_summary(catalog, store, modalities)
     t_start = time.perf_counter()
     _check_item_ids(catalog)
     dev = resolve_device(device)

@@ -123,7 +123,8 @@ def load_features(
 def features_for_training(
     catalog: Catalog, encoder: str, store: FeatureStore, device: str | None = None, progress: bool = True
 ) -> FeatureBundle:
-    """Extract what is missing (incremental: usually nothing) and load the current features."""
+    """Extract what is missing (incremental: usually nothing) and load the current features;
+    ``encoder="imported"``: the catalog's imported features as ingest stored them."""
     summary = extract_features(catalog, encoder, store, device=device, progress=progress)
     fps = {m: s.fingerprint for m, s in summary.modalities.items() if s.snapshot_id}
     return load_features(catalog, store, fps, snapshots={m: summary.snapshot_ids[m] for m in fps})

@@ -6,7 +6,8 @@ that perform them (``pipeline.data.summary``, ``pipeline.features.summary``,
 Parameters are validated before any work (:func:`validate_params`): an unknown encoder
 family, a checkpoint file that does not exist, an unknown model or a dataset with no
 local copy and no ingested catalog fail at once, with a message naming the problem and
-the valid choices.
+the valid choices; so do ``encoder="imported"`` on a catalog without imported features and
+``split_kind="given"`` on one without a given split (:mod:`pipeline.job.sources`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from encoders import validate_specs
+from encoders.spec import IMPORTED, IMPORTED_STANDS_ALONE, is_imported
 from models import MODELS, make_config
 from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import recorded_ingest
 from pipeline.data.versions import is_ingested
 from pipeline.device import DeviceError, check_device
+from pipeline.job.sources import CatalogSource, check_sources
 from pipeline.settings import Settings
+from pipeline.training.floor_check import FLOOR_MODEL
 from storage.keys import ENCODED_MODALITIES
 
 DEFAULT_MODELS = ["lightgcn", "freedom", "mgcn"]
@@ -59,10 +63,13 @@ class DataParams(BaseModel):
     encoder: str | dict[str, str] = Field(
         DEFAULT_ENCODER,
         description="encoder spec ('image=effnet:lite2,text=minilm', 'minilm', 'clip:ViT-B-32@/ckpt.pt', ...) "
-        "or {modality: spec}",
+        "or {modality: spec}; 'imported': every modality the catalog imported at ingest (an MMRec folder's "
+        "<modality>_feat.npy), nothing encoded",
     )
-    split_kind: Literal["random", "temporal"] = Field(
-        "random", description="train/valid/test split: random, or temporal (by timestamp)"
+    split_kind: Literal["random", "temporal", "given"] = Field(
+        "random",
+        description="train/valid/test split: random, temporal (by timestamp), or given (the split the catalog "
+        "came with: an MMRec folder's x_label, Amazon's train/val/test)",
     )
     split_seed: int = Field(2024, description="seed of the random split")
     k_core: int | None = Field(None, ge=1, description="keep only users and items with at least this many interactions")
@@ -74,6 +81,8 @@ class DataParams(BaseModel):
     def encoder_spec(self) -> str:
         """The encoder as one spec string (per-modality mappings become 'image=...,text=...')."""
         if isinstance(self.encoder, dict):
+            if any(is_imported(v) for v in self.encoder.values()):
+                raise PipelineError(f"encoder {self.encoder!r}: {IMPORTED_STANDS_ALONE}")
             bad = sorted(set(self.encoder) - set(ENCODED_MODALITIES))
             if bad:
                 raise PipelineError(
@@ -81,7 +90,7 @@ class DataParams(BaseModel):
                     "(what an encoder embeds from raw content)"
                 )
             return ",".join(f"{m}={self.encoder[m]}" for m in ENCODED_MODALITIES if m in self.encoder)
-        return self.encoder.strip()
+        return IMPORTED if is_imported(self.encoder) else self.encoder.strip()
 
     def ingest_call(self) -> tuple[str | None, dict[str, Any]]:
         """(importer, options) that (re-)ingest this catalog: the ingest options, stored under
@@ -170,10 +179,18 @@ class PipelineParams(DataParams):
         return v
 
     def overrides_for(self, model: str, adapter: str) -> dict[str, Any]:
-        out = dict(self.model_overrides.get("*", {}))
-        out.update(self.model_overrides.get(model, {}))
+        out = model_overrides_for(self.model_overrides, model)
         out["adapter"] = adapter
         return out
+
+
+def model_overrides_for(overrides: dict[str, dict[str, Any]], model: str) -> dict[str, Any]:
+    """The overrides one model gets: the ``'*'`` ones its config has a field for (``--set
+    '*.knn_k=5'`` reaches the models with a kNN graph, not MostPop or LightGCN), then its own."""
+    fields = MODELS[model].Config.model_fields if model in MODELS else {}
+    out = {k: v for k, v in overrides.get("*", {}).items() if k.split(".")[0] in fields}
+    out.update(overrides.get(model, {}))
+    return out
 
 
 def cluster_address(v: str | None) -> str | None:
@@ -212,6 +229,13 @@ def validate_encoder(spec: str) -> dict[str, str]:
     return {m: str(s) for m, s in specs.items()}
 
 
+def check_star_overrides(overrides: dict[str, dict[str, Any]], models: list[str]) -> None:
+    """Every ``'*'`` override names a field of at least one of these models (else it would reach none)."""
+    for key in overrides.get("*", {}):
+        if not any(key.split(".")[0] in MODELS[m].Config.model_fields for m in models if m in MODELS):
+            raise PipelineError(f"--set '*.{key}': no model of this run ({', '.join(models)}) has a field {key!r}")
+
+
 def validate_params(params: PipelineParams | dict[str, Any], settings: Settings) -> PipelineParams:
     """Validate everything that can be checked cheaply; raise PipelineError on the first problem."""
     if not isinstance(params, PipelineParams):
@@ -230,6 +254,7 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
                 make_config(MODELS[model], params.overrides_for(model, adapter))
             except (ValueError, KeyError) as exc:
                 raise PipelineError(f"model_overrides for {model!r} (adapter {adapter}): {exc}") from None
+    check_star_overrides(params.model_overrides, [*params.models, FLOOR_MODEL])
     if params.recommend_run is not None and params.recommend_k:
         planned = [f"{m}-{a}" for m in params.models for a in params.adapters if a == "none" or MODELS[m].uses_content]
         if params.recommend_run not in planned:
@@ -241,17 +266,28 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
         check_device(params.device)  # the flow parameter and the flag share the name: device, --device
     except DeviceError as exc:
         raise PipelineError(str(exc)) from None
-    # encoder
-    validate_encoder(params.encoder_spec())
-    # dataset: an ingested catalog, or something to ingest it from
-    catalog_ready = is_ingested(settings.catalog_dir(params.dataset))
+    # encoder: 'imported' needs no encoder, only a catalog that imported features (checked below)
+    spec = params.encoder_spec()
+    if not is_imported(spec):
+        validate_encoder(spec)
+    # dataset: an ingested catalog, or something to ingest it from; then what it must hold
+    source = check_dataset(params, settings)
+    try:
+        check_sources(source, spec, params.split_kind, params.k_core)
+    except ValueError as exc:  # NoImportedFeatures / SourceError name the flag and the catalog
+        raise PipelineError(str(exc)) from None
+    return params
+
+
+def check_dataset(params: DataParams, settings: Settings) -> CatalogSource:
+    """Where the catalog comes from: the stored one, or an importer with its files (which must exist)."""
+    folder = settings.catalog_dir(params.dataset)
+    catalog_ready = is_ingested(folder)
     if params.ingest == "never" or (params.ingest == "auto" and catalog_ready):
         if not catalog_ready:
-            raise PipelineError(
-                f"dataset {params.dataset!r}: no ingested catalog at {settings.catalog_dir(params.dataset)} "
-                "(ingest='never')"
-            )
-        return params
+            raise PipelineError(f"dataset {params.dataset!r}: no ingested catalog at {folder} (ingest='never')")
+        return CatalogSource(params.dataset, folder, stored=True)
+    params = params.with_recorded_ingest(settings)  # as the ingest step re-ingests a stored catalog
     importer = resolve_importer(params)
     if importer is None:
         raise PipelineError(
@@ -264,10 +300,10 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
         raise PipelineError(f"importer {importer!r} unknown; choose from {sorted(IMPORTERS)}")
     imp = IMPORTERS[importer]
     if getattr(imp, "dataset", None):
-        folder = settings.datasets_root / imp.dataset
-        if not folder.exists() and not params.ingest_options.get("root"):
+        root = settings.datasets_root / imp.dataset
+        if not root.exists() and not params.ingest_options.get("root"):
             raise PipelineError(
-                f"dataset {params.dataset!r}: no local copy at {folder} "
+                f"dataset {params.dataset!r}: no local copy at {root} "
                 f"(set BEFA_DATASETS_ROOT or run `befa download {imp.dataset}`)"
             )
     else:
@@ -275,4 +311,4 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
             value = params.ingest_options.get(key)
             if value and "://" not in str(value) and not Path(value).expanduser().exists():
                 raise PipelineError(f"dataset {params.dataset!r}: --{key} {value} does not exist")
-    return params
+    return CatalogSource(params.dataset, folder, stored=False, importer=importer, options=params.ingest_options)

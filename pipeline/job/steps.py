@@ -16,10 +16,12 @@ from typing import Any
 from models import MODELS
 from pipeline.data.catalog import Catalog
 from pipeline.data.ingest import ingest
-from pipeline.data.splits import make_split
+from pipeline.data.splits import GIVEN, load_given, make_split
 from pipeline.data.summary import IngestSummary, SplitSummary
 from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
+from pipeline.features.imported import BACKEND as IMPORTED_BACKEND
+from pipeline.features.imported import imported_summary, is_imported
 from pipeline.features.load import load_features
 from pipeline.features.ray_extract import extract_features_ray
 from pipeline.features.summary import FeaturesSummary
@@ -68,12 +70,15 @@ def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
 
 
 def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -> FeaturesSummary:
-    """Encode the items whose content the store does not hold yet (incremental)."""
+    """Encode the items whose content the store does not hold yet (incremental); with the
+    encoder ``imported``, the catalog's imported features as ingest stored them (nothing encoded)."""
 
     def run() -> FeaturesSummary:
         catalog = Catalog.load(catalog_dir)
         store = FeatureStore(settings.feature_store)
         spec = params.encoder_spec()
+        if is_imported(spec):  # no encoder to run, locally or on Ray
+            return FeaturesSummary.of(imported_summary(catalog, store), IMPORTED_BACKEND)
         if params.cluster:
             result = extract_features_ray(
                 catalog, spec, store, cluster=params.cluster, device=params.device, batch_size=params.extract_batch_size
@@ -97,12 +102,16 @@ def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -
 
 
 def split_step(params: PipelineParams, catalog_dir: str) -> SplitSummary:
-    """Make (or remake: deterministic) the split and store it with the catalog."""
+    """Make (or remake: deterministic) the split and store it with the catalog; ``given``: the
+    split the catalog came with (stored at ingest), as it is."""
 
     def run() -> SplitSummary:
         catalog = Catalog.load(catalog_dir)
-        split = make_split(catalog, kind=params.split_kind, seed=params.split_seed, k_core=params.k_core)
-        path = split.save(catalog.splits_dir)
+        if params.split_kind == GIVEN:
+            split, path = load_given(catalog)
+        else:
+            split = make_split(catalog, kind=params.split_kind, seed=params.split_seed, k_core=params.k_core)
+            path = split.save(catalog.splits_dir)
         return SplitSummary(
             path=str(path),
             id=split.id,

@@ -18,7 +18,9 @@ generic ...``) registers the options the catalog recorded when it was ingested
    image edited, and whether the interactions changed;
 3. when something changed, runs the incremental feature extraction with the registered
    encoder: the feature store is keyed by (item_id, content hash), so only added and
-   edited items are encoded; every other vector is reused.
+   edited items are encoded; every other vector is reused. A catalog run with the encoder
+   ``imported`` (an MMRec folder) had its new matrices stored by the re-ingest: the watch
+   reports their snapshots, and encodes nothing.
 
 :func:`watch_catalogs` watches each catalog on its own: one that fails (a source file
 gone, an unreadable registration, nothing recorded to re-ingest it from) comes back as a
@@ -49,6 +51,7 @@ from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import ingest
 from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
+from pipeline.features.imported import is_imported
 from pipeline.features.summary import FeaturesSummary
 from pipeline.job.params import PipelineParams, resolve_importer
 from pipeline.settings import Settings
@@ -325,12 +328,14 @@ def _reingest_and_encode(
         else CatalogDiff(added=sorted(new.items["item_id"].astype(str)))
     )
     # The store skips every (item_id, content hash) it already holds: only edits and additions encode.
+    # With the encoder 'imported' the re-ingest stored the new matrices: nothing is encoded.
     store = FeatureStore(settings.feature_store)
+    spec = params.encoder_spec()
     result = extract_features(
-        new, params.encoder_spec(), store, device=params.device, batch_size=params.extract_batch_size, progress=False
+        new, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False
     )
     mods = FeaturesSummary.of(result).modalities
-    wanted = diff.to_encode(new.items)
+    wanted = {} if is_imported(spec) else diff.to_encode(new.items)
     return CatalogChange(
         catalog=name,
         changed=True,

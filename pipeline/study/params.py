@@ -17,6 +17,7 @@ from pipeline.job.params import (
     PipelineError,
     PipelineParams,
     cluster_address,
+    model_overrides_for,
     validate_params,
 )
 from pipeline.settings import Settings
@@ -123,6 +124,12 @@ class StudyParams(DataParams):
         "user_mean", description="paired tests over seeds: user_mean (average per user first) or concat"
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the paired tests")
+    authors_arm: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="the authors' arm, LATTICE as the authors ran it (base LATTICE; MGCN's authors skeleton "
+        "+BeFA; that skeleton with the purifier gate; pipeline.study.authors_arm): auto = on when lattice "
+        "is among models",
+    )
 
     @field_validator("models")
     @classmethod
@@ -168,6 +175,12 @@ class StudyParams(DataParams):
             raise ValueError(f"sweep_t values must be > 0, got {v}")
         return v
 
+    @field_validator("authors_arm", mode="before")
+    @classmethod
+    def _switch(cls, v: Any) -> Any:
+        # True / False (Python callers, a params file) mean "on" / "off"
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @model_validator(mode="after")
     def _focus(self) -> "StudyParams":
         if self.focus_model not in self.models:
@@ -175,13 +188,16 @@ class StudyParams(DataParams):
         return self
 
     @property
+    def runs_authors_arm(self) -> bool:
+        """Whether the study runs the authors' arm (``authors_arm``; "auto": when it compares LATTICE)."""
+        return self.authors_arm == "on" or (self.authors_arm == "auto" and "lattice" in self.models)
+
+    @property
     def experiment_seed_list(self) -> list[int]:
         return self.seeds[: self.experiment_seeds] if self.experiment_seeds else list(self.seeds)
 
     def fixed_overrides(self, model: str) -> dict[str, Any]:
-        out = dict(self.model_overrides.get("*", {}))
-        out.update(self.model_overrides.get(model, {}))
-        return out
+        return model_overrides_for(self.model_overrides, model)
 
     def pipeline_params(self) -> PipelineParams:
         """The pipeline parameters whose steps prepare this study's data (its data fields, as given)."""

@@ -121,3 +121,43 @@ class ColdItems(BaseModel):
     split_id: str | None
     gains: list[GainRow] = Field(default_factory=list)
     significance: list[SignificanceRow] = Field(default_factory=list)
+
+
+class AuthorsArmRow(BaseModel):
+    """One model of the authors' arm (``pipeline.study.authors_arm``) and metric: test at the best
+    valid epoch, mean ± std over the study's seeds."""
+
+    arm: str  # "lattice", "authors_befa" or "authors_purifier"
+    label: str  # "(a) LATTICE", ...
+    model: str
+    adapter: str
+    metric: str
+    mean: float
+    std: float
+    seeds: int
+
+
+class AuthorsComparisonRow(BaseModel):
+    """One comparison of the authors' arm and metric: paired per-user tests of ``arm`` against
+    ``reference`` (in ``test``, "befa" is the arm and "base" the reference), Holm-adjusted over
+    the three comparisons and both metrics."""
+
+    comparison: str  # "(b) vs (c)"
+    arm: str
+    reference: str
+    isolates: str  # what the comparison measures
+    metric: str
+    relative_gain: float | None  # of the arm's seed mean over the reference's; None when that is 0
+    test: PairedTest
+    p_wilcoxon_holm: float | None = None
+    significant: bool = False
+
+
+class AuthorsArm(BaseModel):
+    """LATTICE as the authors ran it: each arm's configuration and where it came from, its
+    results, and the three paired comparisons."""
+
+    configurations: dict[str, dict[str, Any]]  # arm -> the config overrides its runs trained with
+    sources: dict[str, str]  # arm -> where that configuration came from
+    arms: list[AuthorsArmRow] = Field(default_factory=list)
+    comparisons: list[AuthorsComparisonRow] = Field(default_factory=list)

@@ -30,7 +30,11 @@
    the items has every interaction in valid/test, none in train); every model's base and
    +BeFA search winners (searched on the main split), every experiment seed; paired
    per-user tests as in the main table (Holm over models x metrics);
-8. **what BeFA changes** (``pipeline.study.inspect``): gate heatmaps, cosine histograms,
+8. **LATTICE as the authors ran it** (``pipeline.study.authors_arm``; ``authors_arm``, on by
+   default when the study compares LATTICE): base LATTICE, MGCN's authors skeleton + BeFA (the
+   authors' "LATTICE_BeFA") and that skeleton with the purifier gate, every seed; paired tests
+   of the adapter on that skeleton, of the change of architecture and of both (Holm over the three);
+9. **what BeFA changes** (``pipeline.study.inspect``): gate heatmaps, cosine histograms,
    top-10 of base vs +BeFA for a few users with posters;
 
 Every run also records its metrics by item group (warm, cold, long tail: the least
@@ -38,7 +42,7 @@ popular 80% of items by train popularity; ``pipeline.evaluation.groups``); the r
 a per-group table for the main table and the cold-start phase, with paired per-user tests
 on each group's users (``pipeline.study.item_groups``).
 
-9. the report (``pipeline.study.report.write``): ``report.html``, ``report.md``,
+10. the report (``pipeline.study.report.write``): ``report.html``, ``report.md``,
    ``results.parquet``, PNG plots.
 
 Runs are content-addressed: ``runs/<model>-<adapter>-<hash>-s<seed>`` where the hash covers
@@ -46,10 +50,10 @@ the model config, the modalities, the split and the training budget; a run that 
 finished is reused (a study interrupted and restarted resumes, and the sweep/ablation/
 sparsity points that equal a main-table configuration are not trained twice).
 
-Steps 2 to 8 live in ``pipeline.study.phases``. Each queues its independent runs and
-hands them to the runner as one batch (``StudyContext.run_batch``): one after another
-here, or with ``cluster`` one Ray task each (``StudyRunner.run_many``); the results table
-is the same either way.
+Steps 2 to 9 live in ``pipeline.study.phases`` (step 8 in ``pipeline.study.authors_arm``).
+Each queues its independent runs and hands them to the runner as one batch
+(``StudyContext.run_batch``): one after another here, or with ``cluster`` one Ray task each
+(``StudyRunner.run_many``); the results table is the same either way.
 
 Folder: ``$BEFA_HOME/runs/studies/<name>/``.
 """
@@ -82,6 +86,7 @@ from pipeline.study.analysis import (
     user_groups,
     verdict,
 )
+from pipeline.study.authors_arm import AuthorsRuns, authors_arm_phase, authors_arm_result
 from pipeline.study.item_groups import group_significance, group_table_rows
 from pipeline.study.params import StudyError, StudyParams, StudyResult, validate_study
 from pipeline.study.phases import (
@@ -121,8 +126,9 @@ def run_study(
     _timed(ctx, "ablation", modality_ablation, ctx, searches)
     _timed(ctx, "sparsity", sparsity_sweep, ctx, searches)
     _timed(ctx, "cold_items", cold_items_phase, ctx, searches)
+    authors = _timed(ctx, "authors_arm", authors_arm_phase, ctx, searches)
     inspection = _timed(ctx, "inspect", inspect, ctx, main_runs)
-    return report(ctx, searches, main_runs, inspection, t_all)
+    return report(ctx, searches, main_runs, inspection, t_all, authors)
 
 
 def _timed(ctx: StudyContext, name: str, phase: Callable[..., Any], *args: Any) -> Any:
@@ -168,6 +174,7 @@ def report(
     main_runs: Runs,
     inspection: dict[str, Any],
     t_all: float,
+    authors: AuthorsRuns | None = None,
 ) -> StudyResult:
     """Phase 8: the analysis, the verdict and the report files; returns the study's result."""
     p = ctx.params
@@ -196,6 +203,7 @@ def report(
         cold_items=_cold_info(ctx, frame, cold_sig),
         searches=[_search_info(m, a, s) for (m, a), s in searches.items()],
         selection_bias=gains_if_picked_on_test(searches, p.models),  # the report's line only: no decision
+        authors_arm=authors_arm_result(authors, p.pooling, p.alpha) if authors else None,
         inspection=inspection,
         timings=ctx.timings,
         runs=RunCounts(

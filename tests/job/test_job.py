@@ -315,3 +315,15 @@ def test_watch_reencodes_only_changed_items(small):
     assert change.reused == {"image": 39, "text": 40}
     assert change.snapshots != {}
     assert not watch_catalog(settings, "ml-small").changed
+
+
+def test_star_overrides_reach_the_models_that_have_the_field(datasets_root, tmp_path):
+    """``--set '*.knn_k=5'`` reaches FREEDOM, not MostPop (which always runs) or LightGCN; a
+    '*' key no model of the run has is refused before any work, naming --set."""
+    params = PipelineParams(models=["lightgcn", "freedom"], model_overrides={"*": {"knn_k": 5, "embedding_dim": 8}})
+    assert params.overrides_for("freedom", "none") == {"knn_k": 5, "embedding_dim": 8, "adapter": "none"}
+    assert params.overrides_for("mostpop", "none") == {"embedding_dim": 8, "adapter": "none"}
+    assert params.overrides_for("lightgcn", "none") == {"embedding_dim": 8, "adapter": "none"}
+    settings = get_settings(home=tmp_path / "home", datasets_root=datasets_root)
+    with pytest.raises(PipelineError, match=r"--set '\*.knn_k': no model of this run"):
+        validate_params({"models": ["lightgcn"], "model_overrides": {"*": {"knn_k": 5}}}, settings)

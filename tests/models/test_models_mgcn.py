@@ -1,6 +1,7 @@
-"""MGCN (+BeFA "forward" and "content", +the authors' variant): dense re-computation of the
-equations, gradients, where the adapters reach the scores, the refused "loss" insertion,
-modality counts, feature tables, a short training run that must beat random ranking."""
+"""MGCN (+BeFA "forward" and "content", +the authors' variant, the authors' skeleton with the
+purifier gate): dense re-computation of the equations, gradients, where the adapters reach the
+scores, the refused "loss" insertion, modality counts, feature tables, a short training run that
+must beat random ranking."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ VARIANTS = {
         "adapter": "befa",
         "befa": {"t": 0.5, "dropout": 0.0, "variant": "authors", "insertion": "content"},
     },
+    "authors-purifier": {"skeleton": "authors"},  # the study's architecture control: no adapter
 }
-BEFA_VARIANTS = sorted(set(VARIANTS) - {"base"})
+BEFA_VARIANTS = sorted(v for v, overrides in VARIANTS.items() if overrides.get("adapter") == "befa")
 
 
 def tiny_data(dims=(("image", 5), ("text", 3)), seed=0) -> TrainData:
@@ -82,7 +84,7 @@ def dense_mgcn(model: MGCN, data: TrainData, cfg, variant: str):
     views = []
     for m in data.modalities:
         c = linear(model.projections[m].proj, data.features[m])
-        if variant == "base":
+        if variant in ("base", "authors-purifier"):
             z = model.item_embedding * torch.sigmoid(linear(model.purifiers[m], c))
         elif cfg.befa.insertion == "content":
             z = c * dense_gate(model.adapters[m], c)
@@ -252,6 +254,78 @@ def test_authors_variant_has_no_contrastive_term():
     torch.manual_seed(0)
     without = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, cl_weight=0.0, **VARIANTS["befa"]))
     assert with_cl.loss(*BATCH) > without.loss(*BATCH)  # InfoNCE >= 0 and is kept by default
+
+
+def test_the_architecture_control_is_the_authors_skeleton_with_the_purifier_gate():
+    """skeleton="authors" without the adapter (the study's control for the authors' LATTICE_BeFA):
+    MGCN's purifier gate, no fuser and no InfoNCE parameters, side = the mean of the purified
+    modality views; its parameters are the authors' +BeFA model's with purifiers for adapters."""
+    torch.manual_seed(0)
+    data = tiny_data()
+    control = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, **VARIANTS["authors-purifier"]))
+    authors = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, **VARIANTS["authors"]))
+    groups = {n.split(".")[0] for n, _ in control.named_parameters()}
+    assert control.authors and not control.befa and control.parameter_report()["params_adapter"] == 0
+    assert groups == {"user_embedding", "item_embedding", "projections", "purifiers"}  # no query, no prefer_gates
+    assert {n.split(".")[0] for n, _ in authors.named_parameters()} == groups - {"purifiers"} | {"adapters"}
+    control.eval()
+    with torch.no_grad():
+        for m in data.modalities:  # the purifier gate: z_m = E_i * sigmoid(W_m c_m + b_m)
+            gate = torch.sigmoid(control.purifiers[m](control.projections[m]()))
+            torch.testing.assert_close(control.purified(m), control.item_embedding * gate)
+        content, views = control.views()
+        full = [torch.cat(v) for v in views]
+        mean = torch.stack(full).mean(0)
+        torch.testing.assert_close(control.side(content, full), mean)  # side = (1/M) sum_m v_m
+        torch.testing.assert_close(torch.cat(control.inference_embeddings()), content + mean)
+    losses = []
+    for cl in (0.0, 5.0):  # no InfoNCE term: its weight does not reach the loss
+        torch.manual_seed(0)
+        model = MGCN(data, MGCN.Config(embedding_dim=4, knn_k=3, cl_weight=cl, **VARIANTS["authors-purifier"]))
+        losses.append(model.loss(*BATCH))
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_the_architecture_control_trains_a_step():
+    torch.manual_seed(0)
+    data = tiny_data()
+    model = create_model("mgcn", data, {"embedding_dim": 8, "knn_k": 3, "skeleton": "authors"})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    loss = model.loss(*BATCH)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
+    opt.step()
+    assert all(not torch.equal(param, before[name]) for name, param in model.named_parameters())
+    assert model.loss(*BATCH) < loss  # one step on the same batch lowers its loss
+
+
+def test_the_skeleton_field_keeps_old_configs_and_matches_the_variant_spelling():
+    """``skeleton`` is left out of dumps while "full" (configs, hashes and run folders of earlier
+    runs unchanged); an old config (no skeleton key) builds the model it ran; skeleton="authors"
+    with the adapter builds the model befa.variant="authors" builds; skeleton="full" set beside
+    befa.variant="authors" is refused."""
+    assert "skeleton" not in MGCN.Config().model_dump()
+    assert "skeleton" not in MGCN.Config(**VARIANTS["authors"]).model_dump_json()
+    assert make_config("mgcn", {"skeleton": "authors"}).model_dump()["skeleton"] == "authors"
+    old_authors = MGCN.Config(**VARIANTS["authors"]).model_dump(mode="json")
+    assert MGCN.Config.model_validate(old_authors).authors_skeleton
+    old_base = MGCN.Config(befa={"variant": "authors"}).model_dump(mode="json")  # variant unread without adapter
+    assert not MGCN.Config.model_validate(old_base).authors_skeleton
+    data = tiny_data()
+    built = []
+    for spelling in ({"befa.variant": "authors"}, {"skeleton": "authors"}):
+        torch.manual_seed(0)
+        overrides = {"embedding_dim": 4, "knn_k": 3, "adapter": "befa", "befa.dropout": 0.0, **spelling}
+        built.append(create_model("mgcn", data, overrides).eval())
+    variant, skeleton = built
+    assert variant.authors and skeleton.authors and variant.state_dict().keys() == skeleton.state_dict().keys()
+    torch.testing.assert_close(variant.inference_embeddings(), skeleton.inference_embeddings())
+    with pytest.raises(ValueError, match="contradicts"):
+        make_config("mgcn", {"adapter": "befa", "befa.variant": "authors", "skeleton": "full"})
 
 
 def test_zero_one_two_modalities():

@@ -234,6 +234,33 @@ def test_sweep_ablation_and_sparsity(study):
         assert (folder / "plots" / name).stat().st_size > 5000
 
 
+def test_the_authors_arm_runs_with_lattice_among_the_models(study):
+    """LATTICE as the authors ran it (pipeline.study.authors_arm): base LATTICE (the main table's
+    runs), MGCN's authors skeleton +BeFA and with the purifier gate, every seed; in both reports."""
+    _, _, _, folder = study
+    frame = pq.read_table(folder / "results.parquet").to_pandas()
+    arm = frame[(frame["experiment"] == "authors_arm") & (frame["split"] == "test") & (frame["metric"] == "recall@20")]
+    assert arm.groupby(["setting", "model", "adapter"])["seed"].apply(sorted).to_dict() == {
+        ("authors_befa", "mgcn", "befa"): [1, 2],
+        ("authors_purifier", "mgcn", "none"): [1, 2],
+        ("lattice", "lattice", "none"): [1, 2],
+    }
+    main = frame[(frame["experiment"] == "main") & (frame["model"] == "lattice") & (frame["adapter"] == "none")]
+    assert set(arm[arm["setting"] == "lattice"]["run_dir"]) == set(main["run_dir"])  # reused, not retrained
+    for run_dir in arm[arm["model"] == "mgcn"]["run_dir"]:
+        config = json.loads((Path(run_dir) / "run.json").read_text())["config"]
+        assert config.get("skeleton") == "authors" or config["befa"]["variant"] == "authors"
+    study_json = json.loads((folder / "study.json").read_text())["authors_arm"]
+    assert len(study_json["comparisons"]) == 6 and {c["comparison"] for c in study_json["comparisons"]} == {
+        "(b) vs (a)",
+        "(b) vs (c)",
+        "(c) vs (a)",
+    }
+    for report in ("report.md", "report.html"):
+        text = (folder / report).read_text()
+        assert "LATTICE as the authors ran it" in text and "the adapter on the authors" in text
+
+
 def test_inspection_gates_cosines_and_top10(study):
     _, _, _, folder = study
     ins = json.loads((folder / "inspection.json").read_text())

@@ -68,6 +68,7 @@ def _inverse(mapping: dict, path: Path, what: str) -> np.ndarray:
 class AmazonBabyImporter(Importer):
     name = NAME
     dataset = NAME
+    given_split = True  # train/val/test json
     Options = AmazonOptions
 
     def run(self, options: AmazonOptions) -> ImportResult:

@@ -65,10 +65,12 @@ class ImportResult:
 class Importer(ABC):
     """One source format. ``dataset`` names a known dataset folder (see
     :mod:`pipeline.data.datasets`) when the importer reads one; ``None`` when the user gives
-    the paths in the options."""
+    the paths in the options. ``given_split``: every catalog it makes has the split ``given``
+    (``--split-kind given`` is checked against it before an ingest)."""
 
     name: ClassVar[str]
     dataset: ClassVar[str | None] = None
+    given_split: ClassVar[bool] = False  # the source comes with a train/valid/test split, kept as ``given``
     Options: ClassVar[type[ImporterOptions]] = ImporterOptions
 
     def options(self, **options: Any) -> ImporterOptions:

@@ -18,7 +18,8 @@ content key of an imported feature changes exactly when the feature does. The ma
 are returned as ready-made features (fingerprint ``mmrec-npy-<modality>-<first 12 hex of
 the .npy sha256>``) that :func:`pipeline.data.ingest.ingest` writes into the feature store
 (``catalog.json`` lists them under ``features``); ``x_label`` becomes the named split
-``given``. Users are ``str(userID)``; with contiguous ids ``user_idx`` = userID (a gap is
+``given``: ``befa run/study/train --encoder imported --split-kind given`` train on both as they
+are (:mod:`pipeline.features.imported`). Users are ``str(userID)``; with contiguous ids ``user_idx`` = userID (a gap is
 reported: the catalog renumbers densely).
 
 Export (:func:`export_mmrec`): a catalog, a split and per-modality matrices (or a feature
@@ -100,6 +101,7 @@ def _load_npy(path: Path) -> np.ndarray:
 class MMRecImporter(Importer):
     name = "mmrec"
     dataset = None
+    given_split = True  # x_label
     Options = MMRecOptions
 
     def run(self, o: MMRecOptions) -> ImportResult:
@@ -138,6 +140,7 @@ class MMRecImporter(Importer):
                 "fingerprint": feat.fingerprint,
                 "dim": int(feat.matrix.shape[1]),
                 "file": feat.source.name,
+                "sha256": feat.sha256,  # of the file: where the matrix came from (--encoder imported says so)
             }
         count_catalog(report, catalog)
         report.notes.append(

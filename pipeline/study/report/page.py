@@ -8,6 +8,12 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.study.report.authors import (
+    AUTHORS_ARM_NOTE,
+    authors_arm_sentence,
+    authors_arms_table,
+    authors_comparisons_table,
+)
 from pipeline.study.report.selection import search_note, selection_bias_line, selection_bias_table
 from pipeline.study.report.tables import (
     COSINE_NOTE,
@@ -81,6 +87,7 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
     parts += _verdict(data)
     parts += _setup(data)
     parts += _main_results(data, plots)
+    parts += _authors_arm(data)
     parts += _overhead(data)
     parts += _where_befa_helps(data)
     parts += _experiments(frame, plots)
@@ -146,6 +153,19 @@ def _main_results(data: StudyData, plots: dict[str, str]) -> list[str]:
     if "main" in plots:
         parts.append(f"<img class='plot' id='main-plot' src='{plots['main']}' alt='base vs +BeFA'>")
     return parts
+
+
+def _authors_arm(data: StudyData) -> list[str]:
+    """LATTICE as the authors ran it: what each comparison isolates, what it found, the two tables."""
+    if data.authors_arm is None:
+        return []
+    return [
+        "<h2 id='authors-arm'>LATTICE as the authors ran it</h2>"
+        f"<p class='note'>{html.escape(AUTHORS_ARM_NOTE)}</p>"
+        f"<p id='authors-arm-result'>{html.escape(authors_arm_sentence(data))}</p>"
+        + _h(*authors_arms_table(data), cls="authors-arms")
+        + _h(*authors_comparisons_table(data), cls="authors-comparisons")
+    ]
 
 
 def _overhead(data: StudyData) -> list[str]:

@@ -17,6 +17,7 @@ from pipeline.features.summary import ModalityFeatures
 from pipeline.reporting.common import ADAPTER_LABEL
 from pipeline.study.params import StudyParams
 from pipeline.study.rows import (
+    AuthorsArm,
     ColdItems,
     FloorRow,
     GainRow,
@@ -68,6 +69,8 @@ class StudyData(BaseModel):
     searches: list[SearchRow] = Field(default_factory=list)
     # per model x metric: the gain if each arm's winner were picked on TEST vs on VALID; empty for older studies
     selection_bias: list[SelectionBiasRow] = Field(default_factory=list)
+    # LATTICE as the authors ran it (pipeline.study.authors_arm); None when it did not run, or an older study
+    authors_arm: AuthorsArm | None = None
     inspection: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     runs: RunCounts = Field(default_factory=RunCounts)

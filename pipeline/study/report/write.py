@@ -18,6 +18,12 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.reporting.common import markdown_table
+from pipeline.study.report.authors import (
+    AUTHORS_ARM_NOTE,
+    authors_arm_sentence,
+    authors_arms_table,
+    authors_comparisons_table,
+)
 from pipeline.study.report.page import render_html
 from pipeline.study.report.plots import plot_grouped, plot_main, plot_sweep
 from pipeline.study.report.selection import search_note, selection_bias_line, selection_bias_table
@@ -47,6 +53,7 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines = _md_head(data)
     lines += _md_setup(data)
     lines += _md_main_results(data, plots)
+    lines += _md_authors_arm(data)
     lines += _md_overhead(data)
     lines += _md_where_befa_helps(data)
     lines += _md_experiments(frame, plots)
@@ -102,6 +109,15 @@ def _md_main_results(data: StudyData, plots: dict[str, str]) -> list[str]:
     if "main" in plots:
         lines += ["", f"![base vs +BeFA]({plots['main']})"]
     return lines
+
+
+def _md_authors_arm(data: StudyData) -> list[str]:
+    """LATTICE as the authors ran it: what each comparison isolates, what it found, the two tables."""
+    if data.authors_arm is None:
+        return []
+    lines = ["", "## LATTICE as the authors ran it", "", AUTHORS_ARM_NOTE, "", authors_arm_sentence(data), ""]
+    lines += markdown_table(*authors_arms_table(data)) + [""]
+    return lines + markdown_table(*authors_comparisons_table(data))
 
 
 def _md_overhead(data: StudyData) -> list[str]:
