@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from models import CONTENT_MODELS, MODELS, make_config
+from models.base import Insertion
 from pipeline.job.params import (
     DEFAULT_ENCODER,
     FOLDER_NAME,
@@ -29,6 +30,7 @@ DEFAULT_LR_GRID = [1e-4, 5e-4, 1e-3, 5e-3]  # the authors' lr grid, searched in 
 DEFAULT_SWEEP_T = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 DEFAULT_MODALITY_SETS = [["image"], ["text"], ["image", "text"]]
 DEFAULT_FRACTIONS = [1.0, 0.5, 0.25]
+DEFAULT_INSERTIONS: list[Insertion] = ["forward", "loss", "content"]
 ADAPTERS = ("none", "befa")
 
 
@@ -130,6 +132,12 @@ class StudyParams(DataParams):
         "+BeFA; that skeleton with the purifier gate; pipeline.study.authors_arm): auto = on when lattice "
         "is among models",
     )
+    insertions: list[Insertion] | None = Field(
+        default_factory=lambda: list(DEFAULT_INSERTIONS),
+        description="the insertion ablation (pipeline.study.insertions): every model's +BeFA search winner with each "
+        "of these befa.insertion values, every seed; the winner's own (forward) reuses the main table's runs, and "
+        "one a model refuses (MGCN: loss) is skipped (None: no ablation)",
+    )
 
     @field_validator("models")
     @classmethod
@@ -174,6 +182,13 @@ class StudyParams(DataParams):
         if v is not None and any(t <= 0 for t in v):
             raise ValueError(f"sweep_t values must be > 0, got {v}")
         return v
+
+    @field_validator("insertions")
+    @classmethod
+    def _insertions(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("insertions: give at least one (forward, loss, content), or None for no ablation")
+        return list(dict.fromkeys(v)) if v is not None else None
 
     @field_validator("authors_arm", mode="before")
     @classmethod

@@ -161,3 +161,70 @@ class AuthorsArm(BaseModel):
     sources: dict[str, str]  # arm -> where that configuration came from
     arms: list[AuthorsArmRow] = Field(default_factory=list)
     comparisons: list[AuthorsComparisonRow] = Field(default_factory=list)
+
+
+class InsertionArmRow(BaseModel):
+    """One model, BeFA insertion and metric of the insertion ablation (``pipeline.study.insertions``):
+    test at the best valid epoch, mean ± std over the study's seeds, against the model's base runs
+    of the main table (in ``test``, "base" is base and "befa" the insertion), Holm-adjusted over the
+    phase's family (models x insertions x metrics)."""
+
+    model: str
+    insertion: str  # "forward", "loss" or "content"
+    metric: str
+    mean: float
+    std: float
+    seeds: int
+    base_mean: float
+    base_std: float
+    relative_gain: float | None  # of the seed means over base's; None when base's is 0
+    reused: bool = False  # the main table's +BeFA runs (the winner's own insertion), not trained again
+    test: PairedTest | None = None  # None without base runs to pair with
+    p_wilcoxon_holm: float | None = None
+    significant: bool = False
+    adapter_off: bool = False  # every modality's gate collapsed in every seed: the gain is not BeFA's effect
+    collapsed: list[str] = Field(default_factory=list)  # modalities whose gate collapsed in every seed
+
+
+class InsertionGateRow(BaseModel):
+    """Gate health of one model, insertion and modality at each run's best valid epoch
+    (``RunRecord.best_gates``; ``pipeline.training.gate_health``): means over the seeds."""
+
+    model: str
+    insertion: str
+    modality: str
+    mean: float  # the gate's mean
+    std_items: float  # its spread over items
+    share_high: float  # share of values > 0.99
+    share_low: float  # share of values < 0.01
+    collapsed_seeds: int
+    seeds: int  # seeds with gate health recorded
+
+
+class GateDistribution(BaseModel):
+    """The trained gate g_m(c_m) of one run (an arm's first seed) over every item and dimension, at
+    its best valid epoch, recomputed from its weights: a histogram over [0, 1] and a few quantiles."""
+
+    model: str
+    insertion: str
+    modality: str
+    seed: int
+    run_dir: str
+    counts: list[int]  # values per bin, equal bins over [0, 1]
+    values: int  # items x dimensions
+    mean: float
+    q05: float
+    q50: float
+    q95: float
+
+
+class InsertionAblation(BaseModel):
+    """Where BeFA acts: each model's +BeFA winner under each insertion, its gate health and the
+    distribution of its trained gate."""
+
+    insertions: list[str]  # as asked (StudyParams.insertions), in order
+    configurations: dict[str, dict[str, Any]]  # "model/insertion" -> the config overrides its runs trained with
+    skipped: dict[str, str] = Field(default_factory=dict)  # "model/insertion" -> why it did not run
+    arms: list[InsertionArmRow] = Field(default_factory=list)
+    gates: list[InsertionGateRow] = Field(default_factory=list)
+    distributions: list[GateDistribution] = Field(default_factory=list)

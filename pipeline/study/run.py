@@ -20,6 +20,11 @@
    best valid epoch, mean ± std over seeds; relative gain of +BeFA; paired per-user
    significance tests (``pipeline.study.stats``, Holm-adjusted over models x metrics);
    parameter overhead with and without the raw feature tables; seconds per training epoch;
+   then the **insertion ablation** (``pipeline.study.insertions``; ``insertions``, default
+   forward, loss and content): every model's +BeFA winner with each ``befa.insertion``, every
+   seed (its own insertion, forward, is the main table's runs; MGCN has no loss), paired tests
+   against base (Holm over the phase), gate health per modality and the trained gate's
+   distribution per insertion (the first seed's runs rebuilt from their folders);
 4. **decoupling-space sweep**: +BeFA winner of ``focus_model`` with ``befa.t`` in
    ``sweep_t`` (0.125 ... 8), every seed;
 5. **modality ablation**: image only, text only, both (base and +BeFA, every seed);
@@ -50,7 +55,8 @@ the model config, the modalities, the split and the training budget; a run that 
 finished is reused (a study interrupted and restarted resumes, and the sweep/ablation/
 sparsity points that equal a main-table configuration are not trained twice).
 
-Steps 2 to 9 live in ``pipeline.study.phases`` (step 8 in ``pipeline.study.authors_arm``).
+Steps 2 to 9 live in ``pipeline.study.phases`` (step 8 in ``pipeline.study.authors_arm``, the
+insertion ablation of step 3 in ``pipeline.study.insertions``).
 Each queues its independent runs and hands them to the runner as one batch
 (``StudyContext.run_batch``): one after another here, or with ``cluster`` one Ray task each
 (``StudyRunner.run_many``); the results table is the same either way.
@@ -87,6 +93,7 @@ from pipeline.study.analysis import (
     verdict,
 )
 from pipeline.study.authors_arm import AuthorsRuns, authors_arm_phase, authors_arm_result
+from pipeline.study.insertions import InsertionRuns, insertion_phase, insertion_result
 from pipeline.study.item_groups import group_significance, group_table_rows
 from pipeline.study.params import StudyError, StudyParams, StudyResult, validate_study
 from pipeline.study.phases import (
@@ -122,13 +129,14 @@ def run_study(
     ctx = prepare(params, settings, log or (lambda msg: None))
     searches = _timed(ctx, "search", search_all, ctx)
     main_runs = _timed(ctx, "main", main_table, ctx, searches)
+    insertions = _timed(ctx, "insertions", insertion_phase, ctx, searches, main_runs)
     _timed(ctx, "sweep_t", sweep_t, ctx, searches, main_runs)
     _timed(ctx, "ablation", modality_ablation, ctx, searches)
     _timed(ctx, "sparsity", sparsity_sweep, ctx, searches)
     _timed(ctx, "cold_items", cold_items_phase, ctx, searches)
     authors = _timed(ctx, "authors_arm", authors_arm_phase, ctx, searches)
     inspection = _timed(ctx, "inspect", inspect, ctx, main_runs)
-    return report(ctx, searches, main_runs, inspection, t_all, authors)
+    return report(ctx, searches, main_runs, inspection, t_all, authors, insertions)
 
 
 def _timed(ctx: StudyContext, name: str, phase: Callable[..., Any], *args: Any) -> Any:
@@ -175,6 +183,7 @@ def report(
     inspection: dict[str, Any],
     t_all: float,
     authors: AuthorsRuns | None = None,
+    insertions: InsertionRuns | None = None,
 ) -> StudyResult:
     """Phase 8: the analysis, the verdict and the report files; returns the study's result."""
     p = ctx.params
@@ -204,14 +213,10 @@ def report(
         searches=[_search_info(m, a, s) for (m, a), s in searches.items()],
         selection_bias=gains_if_picked_on_test(searches, p.models),  # the report's line only: no decision
         authors_arm=authors_arm_result(authors, p.pooling, p.alpha) if authors else None,
+        insertions=insertion_result(insertions, p.pooling, p.alpha) if insertions else None,
         inspection=inspection,
         timings=ctx.timings,
-        runs=RunCounts(
-            trained=ctx.runner.trained,
-            reused=ctx.runner.reused,
-            train_seconds=ctx.runner.seconds,
-            **dict(zip(("at_epoch_cap", "counted"), epoch_cap_count(frame, p))),
-        ),
+        runs=_run_counts(ctx, frame),
         notes=budget_notes(frame, p) + gate_notes(main_runs, p.models),
     )
     files = write_study_report(ctx.folder, frame, data)
@@ -231,6 +236,18 @@ def report(
     ctx.log(text)
     ctx.log(f"report: {files['report_html']}")
     return result
+
+
+def _run_counts(ctx: StudyContext, frame: Any) -> RunCounts:
+    """Runs trained and reused, their seconds, and how many the epoch cap cut short."""
+    capped, counted = epoch_cap_count(frame, ctx.params)
+    return RunCounts(
+        trained=ctx.runner.trained,
+        reused=ctx.runner.reused,
+        train_seconds=ctx.runner.seconds,
+        at_epoch_cap=capped,
+        counted=counted,
+    )
 
 
 def _cold_info(ctx: StudyContext, frame: Any, sig: list[SignificanceRow]) -> ColdItems | None:

@@ -261,6 +261,38 @@ def test_the_authors_arm_runs_with_lattice_among_the_models(study):
         assert "LATTICE as the authors ran it" in text and "the adapter on the authors" in text
 
 
+def test_the_insertion_ablation_trains_loss_and_content_and_plots_the_trained_gates(study):
+    """Every model's +BeFA winner with loss and content (MGCN: content only), every seed; forward is
+    the main table's runs; gate health in the rows; the gates rebuilt from the first seed's weights."""
+    _, _, _, folder = study
+    frame = pq.read_table(folder / "results.parquet").to_pandas()
+    test = frame[(frame["split"] == "test") & (frame["metric"] == "recall@20")]
+    arm = test[test["experiment"] == "insertions"]
+    expected = {(m, s): [1, 2] for m in ("bm3", "lattice", "freedom") for s in ("base", "forward", "loss", "content")}
+    expected.update({("mgcn", s): [1, 2] for s in ("base", "forward", "content")})
+    assert arm.groupby(["model", "setting"])["seed"].apply(sorted).to_dict() == expected
+    main = test[(test["experiment"] == "main") & (test["adapter"] == "befa")]
+    assert set(arm[arm["setting"] == "forward"]["run_dir"]) == set(main["run_dir"])  # reused, not retrained
+    for run_dir, setting in zip(arm["run_dir"], arm["setting"]):
+        config = json.loads((Path(run_dir) / "run.json").read_text())["config"]
+        assert config["adapter"] == ("none" if setting == "base" else "befa")
+        assert setting == "base" or config["befa"]["insertion"] == setting
+    ablation = json.loads((folder / "study.json").read_text())["insertions"]
+    assert list(ablation["skipped"]) == ["mgcn/loss"]
+    assert len(ablation["arms"]) == 11 * 2 and len(ablation["gates"]) == 11 * 2  # 11 arms, 2 metrics / modalities
+    assert all(g["seeds"] == 2 and 0 < g["mean"] < 1 for g in ablation["gates"])
+    assert {(d["model"], d["insertion"], d["modality"]) for d in ablation["distributions"]} == {
+        (g["model"], g["insertion"], g["modality"]) for g in ablation["gates"]
+    }
+    for d in ablation["distributions"]:
+        assert d["seed"] == 1 and d["values"] == sum(d["counts"]) == 40 * 8  # every item x dimension
+        assert 0 <= d["q05"] <= d["q50"] <= d["q95"] <= 1
+    assert (folder / "plots" / "insertion_gates.png").stat().st_size > 20_000
+    for report in ("report.md", "report.html"):
+        text = (folder / report).read_text()
+        assert "Where BeFA acts: the insertion ablation" in text and "plots/insertion_gates.png" in text
+
+
 def test_inspection_gates_cosines_and_top10(study):
     _, _, _, folder = study
     ins = json.loads((folder / "inspection.json").read_text())

@@ -14,6 +14,15 @@ from pipeline.study.report.authors import (
     authors_arms_table,
     authors_comparisons_table,
 )
+from pipeline.study.report.insertions import (
+    GATES_NOTE,
+    INSERTIONS_NOTE,
+    distributions_table,
+    insertion_gates_table,
+    insertions_sentence,
+    insertions_table,
+    skipped_lines,
+)
 from pipeline.study.report.selection import search_note, selection_bias_line, selection_bias_table
 from pipeline.study.report.tables import (
     COSINE_NOTE,
@@ -87,6 +96,7 @@ def render_html(data: StudyData, frame: pd.DataFrame, plots: dict[str, str]) -> 
     parts += _verdict(data)
     parts += _setup(data)
     parts += _main_results(data, plots)
+    parts += _insertions(data, plots)
     parts += _authors_arm(data)
     parts += _overhead(data)
     parts += _where_befa_helps(data)
@@ -153,6 +163,28 @@ def _main_results(data: StudyData, plots: dict[str, str]) -> list[str]:
     if "main" in plots:
         parts.append(f"<img class='plot' id='main-plot' src='{plots['main']}' alt='base vs +BeFA'>")
     return parts
+
+
+def _insertions(data: StudyData, plots: dict[str, str]) -> list[str]:
+    """Where BeFA acts: each insertion against base, gate health, the trained gate distributions."""
+    if data.insertions is None:
+        return []
+    skipped = "".join(f"<li>{html.escape(line)}</li>" for line in skipped_lines(data))
+    parts = [
+        "<h2 id='insertions'>Where BeFA acts: the insertion ablation</h2>"
+        f"<p class='note'>{html.escape(INSERTIONS_NOTE)}</p>"
+        f"<p id='insertions-result'>{html.escape(insertions_sentence(data))}</p>"
+        + _h(*insertions_table(data), cls="insertions")
+        + (f"<ul class='note'>{skipped}</ul>" if skipped else ""),
+        "<h3>Gate health at the best valid epoch</h3>" + _h(*insertion_gates_table(data), cls="insertion-gates"),
+        f"<h3>Trained gate distributions</h3><p class='note'>{html.escape(GATES_NOTE)}</p>",
+    ]
+    if "insertion_gates" in plots:
+        parts.append(
+            f"<img class='plot' id='insertion-gates-plot' src='{plots['insertion_gates']}' "
+            "alt='trained gate distributions per insertion'>"
+        )
+    return parts + [_h(*distributions_table(data), cls="gate-distributions")]
 
 
 def _authors_arm(data: StudyData) -> list[str]:

@@ -21,6 +21,7 @@ from pipeline.study.rows import (
     ColdItems,
     FloorRow,
     GainRow,
+    InsertionAblation,
     OverheadRow,
     SearchRow,
     SelectionBiasRow,
@@ -71,6 +72,9 @@ class StudyData(BaseModel):
     selection_bias: list[SelectionBiasRow] = Field(default_factory=list)
     # LATTICE as the authors ran it (pipeline.study.authors_arm); None when it did not run, or an older study
     authors_arm: AuthorsArm | None = None
+    # where BeFA acts (pipeline.study.insertions): each insertion's +BeFA, gate health and distributions;
+    # None when the ablation did not run, or an older study
+    insertions: InsertionAblation | None = None
     inspection: dict[str, Any] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     runs: RunCounts = Field(default_factory=RunCounts)

@@ -24,6 +24,16 @@ from pipeline.study.report.authors import (
     authors_arms_table,
     authors_comparisons_table,
 )
+from pipeline.study.report.insertions import (
+    GATES_NOTE,
+    INSERTIONS_NOTE,
+    distributions_table,
+    insertion_gates_table,
+    insertions_sentence,
+    insertions_table,
+    plot_gate_distributions,
+    skipped_lines,
+)
 from pipeline.study.report.page import render_html
 from pipeline.study.report.plots import plot_grouped, plot_main, plot_sweep
 from pipeline.study.report.selection import search_note, selection_bias_line, selection_bias_table
@@ -53,6 +63,7 @@ def render_markdown(data: StudyData, frame: pd.DataFrame, plots: dict[str, str])
     lines = _md_head(data)
     lines += _md_setup(data)
     lines += _md_main_results(data, plots)
+    lines += _md_insertions(data, plots)
     lines += _md_authors_arm(data)
     lines += _md_overhead(data)
     lines += _md_where_befa_helps(data)
@@ -109,6 +120,20 @@ def _md_main_results(data: StudyData, plots: dict[str, str]) -> list[str]:
     if "main" in plots:
         lines += ["", f"![base vs +BeFA]({plots['main']})"]
     return lines
+
+
+def _md_insertions(data: StudyData, plots: dict[str, str]) -> list[str]:
+    """Where BeFA acts: each insertion against base, gate health, the trained gate distributions."""
+    if data.insertions is None:
+        return []
+    lines = ["", "## Where BeFA acts: the insertion ablation", "", INSERTIONS_NOTE, "", insertions_sentence(data), ""]
+    lines += markdown_table(*insertions_table(data))
+    lines += [""] + [f"- {line}" for line in skipped_lines(data)]
+    lines += ["", "### Gate health at the best valid epoch", ""] + markdown_table(*insertion_gates_table(data))
+    lines += ["", "### Trained gate distributions", "", GATES_NOTE, ""]
+    if "insertion_gates" in plots:
+        lines += [f"![trained gate distributions per insertion]({plots['insertion_gates']})", ""]
+    return lines + markdown_table(*distributions_table(data))
 
 
 def _md_authors_arm(data: StudyData) -> list[str]:
@@ -227,6 +252,7 @@ def write_study_report(folder: str | Path, frame: pd.DataFrame, data: StudyData)
     plots: dict[str, str] = {}
     for key, fn in (
         ("main", lambda: plot_main(frame, plots_dir / "main.png")),
+        ("insertion_gates", lambda: plot_gate_distributions(data.insertions, plots_dir / "insertion_gates.png")),
         ("sweep", lambda: plot_sweep(frame, plots_dir / "sweep_t.png")),
         ("ablation", lambda: plot_grouped(frame, "ablation", plots_dir / "ablation.png", "modalities")),
         (
