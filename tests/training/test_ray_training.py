@@ -95,6 +95,7 @@ def _study(cat, **changes):
         modality_sets=None,
         train_fractions=None,
         cold_fraction=None,
+        insertions=None,  # the insertion ablation is covered by tests/study; here: the phases that queue batches
     )
     return tiny_study_params(cat, **{**small, **changes})
 
