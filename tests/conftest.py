@@ -26,7 +26,12 @@ RAY_PATHS = (
     "tests/features/test_ray_extract.py",
     "tests/training/test_ray_training.py",
 )
-SLOW_PATHS = ("tests/job/test_crash.py", "tests/flows/test_flows_e2e.py")
+SLOW_PATHS = (
+    "tests/job/test_crash.py",
+    "tests/flows/test_flows_e2e.py",
+    "tests/study/test_study.py",  # the whole tiny study, every phase: ~15 s of setup
+    "tests/study/test_study_report_browser.py",
+)
 SLOW_TESTS = (
     "tests/data/test_reliability_ingest.py::test_no_network_ingest_extract_train_and_pipeline",
     "tests/job/test_small_catalogs.py::test_befa_run_trains_the_floor_and_prints_epoch_lines_in_full_width",
