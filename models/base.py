@@ -159,6 +159,12 @@ class Recommender(nn.Module):
         to give new items a content-derived row. Only called when ``serves_new_items``."""
         return user_emb, item_emb
 
+    def befa_inert(self) -> str | None:
+        """Why this +BeFA model's adapters can reach neither its loss nor its scores (a term
+        weighted to nothing), or None when they can. Models whose insertion can be cut off
+        by their own settings override this; the run record keeps the reason."""
+        return None
+
     def befa_inputs(self, modalities: Iterable[str] | None = None) -> dict[str, BeFAInput]:
         """modality -> ``BeFAInput(content, behaviour)``, both I x d, all items: the inputs of
         BeFA at its insertion point (spec section 4), from the current parameters.

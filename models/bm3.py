@@ -159,6 +159,14 @@ class BM3(Recommender):
             loss = loss + self.config.cl_weight * cl
         return loss
 
+    def befa_inert(self) -> str | None:
+        if self.insertion in ("loss", "content") and self.config.cl_weight == 0 and len(self.projections):
+            return (
+                f"under insertion {self.insertion!r} BM3's adapter enters only the content terms, "
+                "which cl_weight = 0 skips"
+            )
+        return None
+
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         u, i, _ = self._forward()
         return self.predictor(u), self.predictor(i)

@@ -273,6 +273,18 @@ class FREEDOM(Recommender):
             loss = loss + self.config.reg * content_loss
         return loss
 
+    def befa_inert(self) -> str | None:
+        if self.insertion in ("loss", "content") and self.config.reg == 0 and len(self.projections):
+            return (
+                f"under insertion {self.insertion!r} FREEDOM's adapter enters only the content BPR terms, "
+                "which reg = 0 skips"
+            )
+        if self.insertion == "forward" and self.config.item_graph_hops == 0:
+            return (
+                "under insertion 'forward' the adapter feeds the item-graph view, which item_graph_hops = 0 leaves out"
+            )
+        return None
+
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         return self._forward(self.full_adj)
 

@@ -14,6 +14,8 @@ from pipeline.reporting.common import ADAPTER_LABEL, fmt_number, markdown_table
 from pipeline.training.gate_health import COLLAPSED, END_SHARE, HIGH, LOW, SPREAD_FLOOR, collapse_line
 from pipeline.training.record import RunRecord
 
+INERT = "BeFA is inert in this run: its adapter reaches neither the loss nor the scores"
+
 
 def run_label(rec: RunRecord) -> str:
     """``model +BeFA (insertion)``: the insertion where the config names one."""
@@ -27,8 +29,10 @@ def befa_runs(records: Sequence[RunRecord]) -> list[RunRecord]:
 
 
 def collapse_lines(records: Sequence[RunRecord]) -> list[str]:
-    """One warning per +BeFA run and modality whose gate had collapsed at the best valid epoch."""
-    return [
+    """One warning per +BeFA run whose adapter was inert (it reached nothing), and per +BeFA
+    run and modality whose gate had collapsed at the best valid epoch."""
+    inert = [f"{run_label(rec)}: {INERT}: {rec.befa_inert}" for rec in befa_runs(records) if rec.befa_inert]
+    return inert + [
         collapse_line(run_label(rec), modality, stats)
         for rec in befa_runs(records)
         for modality, stats in rec.best_gates.items()
@@ -46,9 +50,11 @@ def collapsed_models(records: Sequence[RunRecord]) -> dict[str, list[str]]:
 
 def gains_caveats(records: Sequence[RunRecord]) -> list[str]:
     """Lines for under the base vs +BeFA table: the models whose +BeFA number is not BeFA's effect."""
-    return [
+    inert = sorted({rec.model for rec in befa_runs(records) if rec.befa_inert})
+    return [f"{model} +BeFA: {INERT}; its gain is not BeFA's effect (see Gate health)." for model in inert] + [
         f"{model} +BeFA ({', '.join(ms)}): {COLLAPSED}; its gain is not BeFA's effect (see Gate health)."
         for model, ms in collapsed_models(records).items()
+        if model not in inert
     ]
 
 

@@ -337,7 +337,12 @@ def gate_notes(runs: Runs, models: list[str]) -> list[str]:
         seeds = runs.get((model, "befa"), [])
         counts = Counter(m for r in seeds for m, collapsed in r.gate_collapsed.items() if collapsed)
         where = [f"{m} in {n} of {len(seeds)} seeds" for m, n in sorted(counts.items())]
-        if where:
+        inert = sorted({r.befa_inert for r in seeds if r.befa_inert})
+        if inert:
+            notes.append(
+                f"{model} +BeFA: BeFA is inert in this study ({'; '.join(inert)}): its gain is not BeFA's effect."
+            )
+        elif where:
             notes.append(f"{model} +BeFA: {COLLAPSED} ({', '.join(where)}); its gain is not BeFA's effect there.")
     return notes
 

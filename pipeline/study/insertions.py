@@ -216,6 +216,9 @@ def _arm_rows(runs: InsertionRuns, arm: Arm, gates: list[InsertionGateRow], pool
     model, insertion = arm
     recs, base = runs.runs[arm], runs.base.get(model, [])
     off, collapsed = collapsed_everywhere(recs, gates)
+    off = off or (
+        bool(recs) and all(r.befa_inert for r in recs)
+    )  # an inert adapter (a term weighted to nothing) is off too
     n = min(len(recs), len(base))
     tables = ([per_user(r.run_dir) for r in base[:n]], [per_user(r.run_dir) for r in recs[:n]])
     rows = []

@@ -124,6 +124,8 @@ class RunRecord(BaseModel):
     batching: BatchPlan | None = None
     # MostPop on the same split and whether this run ended below it; None for MostPop and older records
     floor: FloorCheck | None = None
+    # why this +BeFA run's adapter could reach neither its loss nor its scores (models.base.Recommender.befa_inert)
+    befa_inert: str | None = None
     # who trains it: tells a killed run ("running" forever) from a live one (pipeline.training.liveness)
     process: ProcessInfo | None = None
     # where this record was read from (set by ``load``; never written into run.json)

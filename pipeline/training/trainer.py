@@ -214,6 +214,7 @@ def _new_record(
         code_version=code_version(),
         started_at=now(),
         parameters=model.parameter_report(),
+        befa_inert=model.befa_inert() if config.adapter == "befa" else None,
         graph_build_s=graph_build_s,
         sources=dict(sources or {}),
         process=this_process(),

@@ -288,3 +288,32 @@ def test_the_study_notes_a_model_whose_befa_runs_collapsed(tmp_path):
     assert gate_notes(runs, ["bm3", "mgcn", "freedom"]) == [
         f"bm3 +BeFA: {COLLAPSED} (image in 1 of 2 seeds); its gain is not BeFA's effect there."
     ]
+
+
+# -- an inert adapter: a term weighted to nothing ---------------------------------------------
+@pytest.mark.parametrize(
+    ("model", "overrides", "inert"),
+    [
+        ("freedom", {"reg": 0.0, "befa.insertion": "loss"}, "reg = 0 skips"),
+        ("freedom", {"reg": 0.0, "befa.insertion": "content"}, "reg = 0 skips"),
+        ("freedom", {"reg": 0.0}, None),  # forward: the adapter is on the item view whatever reg is
+        ("bm3", {"cl_weight": 0.0, "befa.insertion": "loss"}, "cl_weight = 0 skips"),
+        ("bm3", {"befa.insertion": "content"}, None),
+    ],
+)
+def test_an_adapter_that_reaches_nothing_is_recorded_and_reported_as_inert(ml_slice, tmp_path, model, overrides, inert):
+    """The gate of an adapter that enters only terms weighted to 0 never trains, so it does not
+    collapse either: the record names why it is inert and the report says so instead of a gain."""
+    model_cls = get_model_class(model)
+    config = make_config(model_cls, {"adapter": "befa", "embedding_dim": 16, **overrides})
+    trainer = TrainerConfig(max_epochs=1, patience=10, seed=7, quiet=True, num_threads=1, floor=False)
+    fit(model_cls, config, ml_slice, tmp_path / "run", trainer)
+    rec = RunRecord.load(tmp_path / "run")
+    if inert is None:
+        assert rec.befa_inert is None and not any("inert" in line for line in collapse_lines([rec]))
+        return
+    assert inert in rec.befa_inert
+    assert any(line.startswith(f"{model} +BeFA") and "BeFA is inert" in line for line in collapse_lines([rec]))
+    files = write_report(tmp_path / "report", [tmp_path / "run"], ReportContext())
+    md = files.report_md.read_text()
+    assert f"{model} +BeFA: BeFA is inert in this run" in md and inert in md
