@@ -46,7 +46,7 @@ from pipeline.job.params import PipelineParams
 from pipeline.job.run import LOCAL_STEPS, run_pipeline
 from pipeline.job.watch import registered_params
 from pipeline.settings import get_settings
-from pipeline.training.executor import LocalRuns, RunExecutor, ray_init_kwargs, run_options
+from pipeline.training.executor import LocalRuns, RayRuns, RunExecutor, ray_init_kwargs, run_options
 
 TASK_NAMES = {
     "ingest": "ingest",
@@ -65,14 +65,9 @@ def as_task(role: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return task(name=TASK_NAMES[role], cache_policy=NO_CACHE, task_run_name=RUN_NAMES.get(role), log_prints=True)(fn)
 
 
-class TaskRunnerRuns:
-    """A run executor (``pipeline.training.executor.RunExecutor``) on prefect-ray's
-    ``RayTaskRunner``: each call a ``train-run`` task on a Ray worker, results in call order."""
-
-    remote = True
-
-    def __init__(self, cluster: str, cpus_per_run: int, device: str | None) -> None:
-        self.cluster, self.cpus_per_run, self.device = cluster, cpus_per_run, device
+class TaskRunnerRuns(RayRuns):
+    """:class:`~pipeline.training.executor.RayRuns` through prefect-ray's ``RayTaskRunner``: each
+    call a ``train-run`` task on a Ray worker (visible in the flow run), results in call order."""
 
     def map(
         self,
