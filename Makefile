@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help venv chromium demo test test-fast lint format bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-vs-reference bench-gpu lock clean
+.PHONY: help venv chromium demo test test-fast lint format bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-sparse-defaults bench-cold-start bench-vs-reference bench-gpu fault-injection-root lock clean
 
 help:  ## list the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -102,6 +102,19 @@ bench-gpu: venv  ## the GPU check (~8 min on one CUDA GPU; exit 2 without one)
 
 bench-quality: venv  ## recommendation quality, base vs +BeFA, on movielens-100k-posters (to early stop)
 	$(BIN)/python -m benchmarks.bench_quality
+
+# each default model vs MostPop on TikTok and a 0.2%-dense movielens subset, at defaults and after befa run's fit
+bench-sparse-defaults: venv  ## sparse catalogs: every default model vs MostPop, at defaults and after the fit
+	$(BIN)/python -m benchmarks.bench_sparse_defaults $(ARGS)
+
+# new items: the three settings, ItemKNN-CBF, the mappers and id_dropout on a cold-items split (ARGS="--catalog tiktok")
+bench-cold-start: venv  ## cold start: floors, every content model base/+BeFA/id_dropout with mappers, 3 seeds (hours)
+	$(BIN)/python -m benchmarks.bench_cold_start --threads 1 $(ARGS)
+
+# a real full disk: befa on a small tmpfs filled to the last byte at each stage's write point; needs root to mount
+# (exit 2 otherwise); CI runs tests/job/test_fault_injection.py, which raises ENOSPC in-process instead
+fault-injection-root: venv  ## a real full disk at the write points: befa on a filled tmpfs (root only; ~3 min)
+	$(BIN)/python -m benchmarks.fault_injection_root $(ARGS)
 
 # Regenerate the exact pins after changing dependencies in pyproject.toml.
 lock:  ## regenerate the exact pins after changing dependencies in pyproject.toml

@@ -10,7 +10,9 @@ different weights never mix in the feature store. It hashes
 - the architecture (family, arch name and the full model config),
 - the weights identity: the sha256 of the checkpoint file, a pretrained tag, or
   ``random-init:seed=N``,
-- the preprocessing (image transform, tokenizer, context length, pooling),
+- the preprocessing (image transform, tokenizer, context length, pooling) and, for
+  encoders that embed images, :data:`IMAGE_DECODING` (what every image goes through
+  before the transform: its EXIF orientation applied, see :func:`upright`),
 
 and reads ``<family>-<arch>[-random]-<12 hex>`` (lower-case, ``[a-z0-9-]``
 only), e.g. ``clip-vit-b-32-3f2a9c0d1e4b``: short, readable and safe as a path
@@ -38,13 +40,31 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torch import nn
 
 from encoders.spec import EncoderSpec, EncoderSpecError
 from storage.keys import ENCODED_MODALITIES, sha256_file
 
 RANDOM_INIT_LABEL = "random init"
+# What every image goes through before an encoder's own transform, part of the fingerprint of
+# every encoder that embeds images: the EXIF orientation applied (:func:`upright`; extraction
+# then makes it 8-bit RGB, ``pipeline.data.image_modes.to_rgb``). A phone photo stored sideways
+# with Orientation=6 is embedded upright, as a viewer shows it. Changing this changes the
+# fingerprints, so a store re-extracts its images instead of mixing the two definitions.
+IMAGE_DECODING = "exif-orientation-applied"
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as a viewer shows it: its EXIF orientation (2-8: flips and quarter turns) applied
+    to the pixels (a new image, orientation tag removed), else ``image`` itself."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        if orientation not in range(2, 9):
+            return image
+        return ImageOps.exif_transpose(image)
+    except Exception:  # malformed EXIF (PIL raises several types): the pixels as stored
+        return image
 
 
 class EncoderError(ValueError):
@@ -159,6 +179,8 @@ class Encoder(nn.Module):
             "weights": self.weights,
             "preprocessing": self.preprocessing,
         }
+        if "image" in self.supported_modalities:
+            payload["image_decoding"] = IMAGE_DECODING
         return make_fingerprint(readable, payload)
 
     @property
@@ -181,6 +203,7 @@ class Encoder(nn.Module):
             "weights_label": self.weights_label,
             "random_init": self.random_init,
             "preprocessing": self.preprocessing,
+            **({"image_decoding": IMAGE_DECODING} if "image" in self.supported_modalities else {}),
             "architecture": self.architecture,
             "source": self.source,
         }
@@ -231,7 +254,7 @@ class Encoder(nn.Module):
         if len(images) == 0:
             return torch.empty(0, self.dim, dtype=torch.float32)
         tf = self.image_transform
-        pixels = torch.stack([tf(im) for im in images]).to(self.device)
+        pixels = torch.stack([tf(upright(im)) for im in images]).to(self.device)
         return self.embed_pixels(pixels).cpu()
 
     # -- texts ----------------------------------------------------------------

@@ -32,6 +32,7 @@ from PIL import Image
 
 from encoders.base import Encoder, EncoderError, checkpoint_sha256, require_file, seeded
 from encoders.spec import EncoderSpec, EncoderSpecError
+from encoders.text_budget import fit_texts
 
 DEFAULT_ARCH = "ViT-B-32"
 
@@ -175,7 +176,11 @@ class ClipEncoder(Encoder):
         return self._finish(out)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts)).to(self.device)
+        # cut long texts to what the context keeps before tokenizing (encoders.text_budget)
+        context = int(self.preprocessing["text"]["context_length"])  # start and end tokens included
+        encode = getattr(self.tokenizer, "encode", None)  # open_clip's BPE tokenizer has one, its HF wrapper not
+        texts = fit_texts(texts, context - 2, (lambda t: len(encode(t))) if encode is not None else None)
+        tokens = self.tokenizer(texts).to(self.device)
         with self._forward_context():
             out = self.model.encode_text(tokens)
         return self._finish(out)

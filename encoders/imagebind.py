@@ -41,6 +41,7 @@ from torch.utils._device import _device_constructors
 
 from encoders.base import Encoder, EncoderError, checkpoint_sha256, require_file, seeded
 from encoders.spec import EncoderSpec, EncoderSpecError
+from encoders.text_budget import fit_texts
 
 BUILT = ("vision", "text")  # ImageBind's modality keys that this encoder builds
 _OTHER = ("audio", "depth", "thermal", "imu")
@@ -307,7 +308,8 @@ class ImageBindEncoder(Encoder):
         return self._finish(out)
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts))
+        # cut long texts to what the context keeps before tokenizing (encoders.text_budget)
+        tokens = self.tokenizer(fit_texts(texts, CONTEXT_LENGTH - 2, lambda t: len(self.tokenizer.encode(t))))
         if tokens.ndim == 1:  # the tokenizer squeezes a batch of one
             tokens = tokens.unsqueeze(0)
         with self._forward_context():

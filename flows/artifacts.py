@@ -16,7 +16,8 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline.job.result import PipelineResult
-from pipeline.reporting.pipeline_report import gains_frame, gains_table_rows, load_runs, metrics_frame
+from pipeline.reporting.gains import gains_table_rows
+from pipeline.reporting.pipeline_report import gains_of, load_runs
 
 MAX_MARKDOWN = 60_000  # keep the artifact small; the full report stays in the run folder
 
@@ -27,8 +28,8 @@ def artifact_key(kind: str, catalog: str) -> str:
 
 
 def metrics_table_rows(run_dirs: list[str]) -> list[dict[str, Any]]:
-    """One row per model and headline metric: base, +BeFA, relative gain (as text)."""
-    return gains_table_rows(gains_frame(metrics_frame(load_runs(run_dirs))))
+    """One row per model and headline metric: base, +BeFA, relative gain, its 95% interval and verdict (as text)."""
+    return gains_table_rows(gains_of(load_runs(run_dirs)))
 
 
 def publish_artifacts(result: PipelineResult) -> dict[str, str]:

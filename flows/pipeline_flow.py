@@ -27,6 +27,12 @@ cluster has them, retried when its worker dies (``run_options``), inside which t
 and evaluate tasks run. The workers report their task runs to the flow's Prefect API, so
 they must reach it.
 
+A step task other than ``train`` that fails on something transient (I/O, memory, CUDA
+out-of-memory) is retried twice, 10 s apart (:func:`retry_transient`); a user error is not.
+A flow run that fails for good, or is killed outright (Crashed, which Prefect does not
+retry), leaves the served record as it was: the catalog watch retriggers the retrain until
+one succeeds (``pipeline.job.watch``, ``pipeline.job.served``).
+
 Tasks do not cache across runs: extraction is already incremental (the feature store
 skips content it holds, keyed by content hashes), and training is what a rerun is for.
 """
@@ -34,6 +40,7 @@ skips content it holds, keyed by content hashes), and training is what a rerun i
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 from typing import Any, Callable, Sequence
 
@@ -60,9 +67,42 @@ TASK_NAMES = {
 RUN_NAMES = {"train": "train-{model}-{adapter}"}
 
 
+# A step that fails on something that may pass (an I/O error, memory, a CUDA out-of-memory) is
+# retried in place, the steps before it kept; a user's mistake or a bug (ValueError, a missing
+# file, a full disk, ...) is not. Not the train step: its run folder then holds an interrupted
+# run, which a new call refuses without --resume. A run killed outright (-9, the OOM killer),
+# or failed for good, leaves the served record as it was: the catalog watch asks for the
+# retrain again until one succeeds (pipeline.job.served); Prefect never retries a Crashed run.
+RETRIED = ("ingest", "extract", "split", "evaluate", "recommend", "report")
+TASK_RETRIES = 2
+TASK_RETRY_DELAY_S = 10.0
+_LASTING_ERRNOS = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOSPC, errno.EDQUOT)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a step's failure may pass on a retry."""
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, (MemoryError, TimeoutError, ConnectionError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno not in _LASTING_ERRNOS
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only a transient failure (:func:`is_transient`)."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
 def as_task(role: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     # log_prints: the steps' progress lines (extraction every 30 s, an epoch line per epoch) reach the flow run's log
-    return task(name=TASK_NAMES[role], cache_policy=NO_CACHE, task_run_name=RUN_NAMES.get(role), log_prints=True)(fn)
+    return task(
+        name=TASK_NAMES[role],
+        cache_policy=NO_CACHE,
+        task_run_name=RUN_NAMES.get(role),
+        log_prints=True,
+        retries=TASK_RETRIES if role in RETRIED else 0,
+        retry_delay_seconds=TASK_RETRY_DELAY_S,
+        retry_condition_fn=retry_transient if role in RETRIED else None,
+    )(fn)
 
 
 class TaskRunnerRuns(RayRuns):
@@ -107,7 +147,7 @@ TASK_STEPS = dataclasses.replace(LOCAL_STEPS.wrapped(as_task), executor=flow_exe
 artifacts_task = task(name="artifacts", cache_policy=NO_CACHE)(publish_artifacts)
 
 
-def _befa(**parameters: Any) -> dict[str, Any]:
+def befa(**parameters: Any) -> dict[str, Any]:
     logger = get_run_logger()
     settings = get_settings()
     use_registered = parameters.pop("use_registered", False)
@@ -142,13 +182,17 @@ def flow_signature() -> inspect.Signature:
     return inspect.Signature(fields, return_annotation=dict[str, Any])
 
 
-_befa.__signature__ = flow_signature()  # type: ignore[attr-defined]
-_befa.__annotations__ = {p.name: p.annotation for p in _befa.__signature__.parameters.values()} | {
+befa.__signature__ = flow_signature()  # type: ignore[attr-defined]
+befa.__annotations__ = {p.name: p.annotation for p in befa.__signature__.parameters.values()} | {
     "return": dict[str, Any]
 }  # type: ignore[attr-defined]
 
+# The function and the flow share the name ``befa``: Prefect records the function's
+# ``module:qualname`` as the deployment's entrypoint, and a served run loads that name. Named
+# ``_befa``, the entrypoint found the bare function, which Prefect wrapped in a new flow
+# named after it ('-befa'), without this one's parameter validation.
 befa = flow(
     name="befa",
     description="ingest -> extract -> split -> train base and +BeFA -> evaluate -> report",
     validate_parameters=True,
-)(_befa)
+)(befa)

@@ -8,7 +8,11 @@ Run on a schedule (``flows/serve.py``: interval or cron). For each registered ca
               befa.retrain = "true" | "false"
     payload   what changed (counts), items re-encoded, new snapshot ids
 
-and nothing at all when nothing changed. The ``full-pipeline`` deployment carries a
+and nothing at all when nothing changed. A catalog whose served recommendations come
+from an older version than the current one (its last retrain failed or was killed) counts
+as changed, watch after watch, until a retrain succeeds (``pipeline.job.watch``): the
+event is emitted again, so the trigger retries the retrain; with ``retrain=False`` such a
+catalog emits nothing (its features did not change). The ``full-pipeline`` deployment carries a
 trigger on that event (``befa.retrain = "true"`` only) that reruns the pipeline for
 that catalog with its registered parameters; ``retrain=False`` keeps the event (for
 other automations and the event feed) but does not match the trigger.
@@ -50,23 +54,13 @@ def watch(catalogs: list[str] | None = None, retrain: bool = True) -> list[dict[
     for change in changes:
         summary = change.summary()
         if change.error:  # one catalog failed: said here, the others are still watched
-            logger.error("%s: watch failed, skipped: %s", change.catalog, change.error)
+            logger.error(change.sentence())
+        elif change.retrain_only and not retrain:  # no new features, no retrain wanted: nothing to announce
+            logger.info(change.sentence() + " (retrain off: no event)")
         elif change.changed:
             emit_event(event=EVENT, resource=resource_for(change.catalog, retrain), payload=summary)
-            logger.info(
-                "%s changed (%s): +%d -%d items, %d texts and %d images edited; "
-                "%d items re-encoded; event %s emitted%s",
-                change.catalog,
-                change.reason,
-                len(change.diff.added),
-                len(change.diff.removed),
-                len(change.diff.text_changed),
-                len(change.diff.image_changed),
-                len(change.items_reencoded),
-                EVENT,
-                "" if retrain else " (retrain off)",
-            )
+            logger.info(change.sentence(event=EVENT, retrain=retrain))
         else:
-            logger.info("%s unchanged (%s)", change.catalog, change.reason)
+            logger.info(change.sentence())
         out.append(summary)
     return out

@@ -1,4 +1,4 @@
-"""Recommenders on PyTorch Geometric, and the BeFA adapter.
+"""Graph recommenders on torch CSR graphs (models.sparse, models.graphs), and the BeFA adapter.
 
 ``MODELS`` is the explicit registry; ``create_model`` the single factory::
 
@@ -13,21 +13,42 @@ from typing import Any, Mapping
 from models.base import BeFAConfig, BeFAInput, ModelConfig, Recommender, TrainData
 from models.befa import BeFA
 from models.bm3 import BM3
+from models.content_mapper import ContentMapper, MapperConfig
 from models.freedom import FREEDOM
+from models.itemknn_cbf import ItemKNNCBF
 from models.lattice import LATTICE
 from models.lightgcn import LightGCN
+from models.mapper_aldi import ALDIMapper
+from models.mapper_regression import RegressionMapper
 from models.mgcn import MGCN
 from models.mostpop import MostPop
 
 MODELS: dict[str, type[Recommender]] = {
     "mostpop": MostPop,
+    "itemknn_cbf": ItemKNNCBF,
     "lightgcn": LightGCN,
     "bm3": BM3,
     "lattice": LATTICE,
     "freedom": FREEDOM,
     "mgcn": MGCN,
 }
-CONTENT_MODELS: tuple[str, ...] = tuple(name for name, cls in MODELS.items() if cls.uses_content)
+# the models compared base vs +BeFA (a content model with a behaviour embedding for BeFA to adapt)
+CONTENT_MODELS: tuple[str, ...] = tuple(name for name, cls in MODELS.items() if cls.accepts_befa)
+
+
+# content-to-behaviour mappers for items without behaviour (models.content_mapper)
+MAPPERS: dict[str, type[ContentMapper]] = {"regression": RegressionMapper, "aldi": ALDIMapper}
+
+
+def create_mapper(
+    method: str, in_dims: dict[str, int], out_dim: int, overrides: Mapping[str, Any] | None = None
+) -> ContentMapper:
+    """The mapper factory: ``create_mapper("aldi", {"image": 1280, "text": 384}, 64, {"steps": 200})``."""
+    try:
+        cls = MAPPERS[method]
+    except KeyError:
+        raise UnknownModelError(f"unknown mapper {method!r}; choose from {', '.join(MAPPERS)}") from None
+    return cls(in_dims, out_dim, cls.Config.model_validate(dict(overrides or {})))
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -89,12 +110,16 @@ def create_model(
     with a config already validated (``make_config``, a run record's): ``create_model("mgcn", data, config)``."""
     cls = get_model_class(model)
     config = overrides if isinstance(overrides, cls.Config) else make_config(cls, overrides)
-    if config.adapter == "befa" and not cls.uses_content:
-        raise ValueError(f"model {cls.name!r} uses no content features, so it has nothing for BeFA to adapt")
+    if config.adapter == "befa" and not cls.accepts_befa:
+        why = "has no behaviour embedding" if cls.uses_content else "uses no content features"
+        raise ValueError(f"model {cls.name!r} {why}, so it has nothing for BeFA to adapt")
     return cls(data, config)
 
 
 __all__ = [
+    "MAPPERS",
+    "MapperConfig",
+    "create_mapper",
     "MODELS",
     "CONTENT_MODELS",
     "UnknownModelError",

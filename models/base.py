@@ -102,11 +102,18 @@ class ModelConfig(BaseModel):
             "large-catalog rule (opt-in): the batch grows, lr by its square root, so an epoch has at most this many"
         ),
     )
+    id_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="DropoutNet-style: share of items whose ID embedding is zeroed in each training batch, so the "
+        "model learns to score from content (models.id_dropout); items never trained score with a zero ID embedding",
+    )
 
     # Fields added after runs were recorded, left out of every dump while at this value, so config
     # hashes, run-cache keys and records of runs made before them stay what they were. A subclass
     # extends it with its own (MGCN: ``skeleton``).
-    DUMP_OMITS: ClassVar[dict[str, Any]] = {"max_batches_per_epoch": None}
+    DUMP_OMITS: ClassVar[dict[str, Any]] = {"max_batches_per_epoch": None, "id_dropout": 0.0}
 
     @model_serializer(mode="wrap")
     def _omit_unset_rule(self, handler):  # type: ignore[no-untyped-def]
@@ -132,6 +139,8 @@ class Recommender(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     uses_content: ClassVar[bool] = False
+    # whether a +BeFA variant exists: a content model with a behaviour embedding to adapt
+    accepts_befa: ClassVar[bool] = False
     # whether an item added after training (no ID embedding) gets a content-based representation
     serves_new_items: ClassVar[bool] = False
 
@@ -140,6 +149,20 @@ class Recommender(nn.Module):
         self.config = config
         self.num_users = data.num_users
         self.num_items = data.num_items
+        if config.id_dropout > 0:  # the items that have an ID embedding worth reading (models.id_dropout)
+            known = torch.bincount(data.train_items, minlength=data.num_items)[: data.num_items] > 0
+            self.register_buffer("id_known", known, persistent=False)
+
+    def id_keep(self, generator: torch.Generator | None = None) -> Tensor | None:
+        """(I,) bool: the items whose ID embedding this pass reads (``models.id_dropout``); None
+        when ``id_dropout`` is 0 (every item). Training: each known item kept with probability
+        1 - id_dropout, drawn from ``generator``; evaluation: the items trained at all."""
+        if self.config.id_dropout <= 0 or not hasattr(self, "id_known"):
+            return None
+        if not self.training:
+            return self.id_known
+        draw = torch.rand(self.num_items, generator=generator, device=generator.device if generator else None)
+        return self.id_known & (draw.to(self.id_known.device) >= self.config.id_dropout)
 
     def pre_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Called before each training epoch."""

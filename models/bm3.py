@@ -73,6 +73,7 @@ class BM3(Recommender):
 
     name = "bm3"
     uses_content = True
+    accepts_befa = True
     serves_new_items = True  # see the docstring: items added after training
 
     class Config(ModelConfig):

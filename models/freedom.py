@@ -121,6 +121,7 @@ class FREEDOM(Recommender):
 
     name = "freedom"
     uses_content = True
+    accepts_befa = True
     serves_new_items = True  # see the docstring: items added after training
 
     class Config(ModelConfig):

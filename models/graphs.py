@@ -3,7 +3,9 @@
 Why CSR: on CPU, CSR @ dense was measured ~8x faster than COO ``sparse.mm`` and
 ~15x faster than edge-list message passing at 100k edges (platform notes), so
 the graphs are built as CSR and the models propagate them through
-``models.sparse.SparseGraph``. PyG supplies degree and CSR conversion utils.
+``models.sparse.SparseGraph``. Degrees and the CSR conversion are ``models.sparse``'s (the
+same tensors as PyG's utils, which a test holds; PyG itself is not imported: its import
+alone took seconds of every ``befa recommend``).
 
 - ``interaction_adjacency``: A = [[0, R], [R^T, 0]] of size (U+I)^2,
   ``"sym"``: D^-1/2 A D^-1/2 (degrees + 1e-7); ``"lattice"``: D^-1 (A + I).
@@ -37,9 +39,9 @@ import faiss
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.utils import degree, to_torch_csr_tensor
 
 from models.base import TrainData
+from models.sparse import coo_to_csr, csr_tensor, degree
 from storage.atomic import atomic_path
 
 DEGREE_EPS = 1e-7
@@ -52,7 +54,7 @@ SIM_BLOCK_ELEMENTS = 1 << 23
 
 
 def _csr(row: Tensor, col: Tensor, val: Tensor, size: tuple[int, int]) -> Tensor:
-    return to_torch_csr_tensor(torch.stack([row, col]), val, size=size)
+    return coo_to_csr(row, col, val, size)
 
 
 def interaction_adjacency(num_users: int, num_items: int, users: Tensor, items: Tensor, variant: str = "sym") -> Tensor:
@@ -387,7 +389,7 @@ def cached(cache_dir: Path | None, key_parts: dict[str, Any], build: Callable[[]
     path = Path(cache_dir) / f"graph-{cache_key(**key_parts)}.pt"
     if path.exists():
         blob = torch.load(path, weights_only=True)
-        return torch.sparse_csr_tensor(blob["crow"], blob["col"], blob["val"], size=tuple(blob["size"]))
+        return csr_tensor(blob["crow"], blob["col"], blob["val"], tuple(blob["size"]))
     graph = build()
     with atomic_path(path) as tmp:
         torch.save(

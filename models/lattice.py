@@ -157,6 +157,7 @@ class LATTICE(Recommender):
 
     name: ClassVar[str] = "lattice"
     uses_content: ClassVar[bool] = True
+    accepts_befa: ClassVar[bool] = True
     serves_new_items: ClassVar[bool] = True  # see the docstring: items added after training
     GRID: ClassVar[dict[str, list]] = {"reg": [0.0, 1e-5, 1e-4, 1e-3]}
 

@@ -208,6 +208,7 @@ class MGCN(Recommender):
 
     name: ClassVar[str] = "mgcn"
     uses_content: ClassVar[bool] = True
+    accepts_befa: ClassVar[bool] = True
     serves_new_items: ClassVar[bool] = True  # see the docstring: items added after training
     GRID: ClassVar[dict[str, list]] = {"cl_weight": [0.001, 0.01, 0.1]}
 

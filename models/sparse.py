@@ -41,12 +41,42 @@ def _crow(row: Tensor, n: int) -> Tensor:
     return crow
 
 
+def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """``torch.sparse_csr_tensor``, opting out of its invariant checks explicitly (befa's
+    arrays are sorted by construction): without the choice, PyTorch warns on every build."""
+    return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def degree(index: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """How often each of ``num_nodes`` ids occurs in ``index`` (PyG's ``degree``, the same op)."""
+    out = torch.zeros(num_nodes, dtype=dtype, device=index.device)
+    return out.scatter_add_(0, index, torch.ones(index.numel(), dtype=dtype, device=index.device))
+
+
+def coo_to_csr(row: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A CSR tensor from (row, col, value) entries in any order: sorted by row, then column,
+    duplicates summed. The same tensor as PyG's ``to_torch_csr_tensor`` (a test holds them
+    equal), without importing PyG (which imports torch._dynamo and transformers: seconds
+    before ``befa recommend`` could score)."""
+    key = row * max(size) + col
+    key, perm = torch.sort(key)
+    row, col, values = row[perm], col[perm], values[perm]
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] > key[:-1]
+    if not bool(first.all()):
+        group = first.cumsum(0) - 1
+        summed = torch.zeros(int(first.sum()), dtype=values.dtype, device=values.device)
+        values = summed.scatter_add_(0, group, values)
+        row, col = row[first], col[first]
+    return csr_tensor(_crow(row, size[0]), col, values, size)
+
+
 def csr_product(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int], x: Tensor) -> Tensor:
     """(CSR matrix) @ x without autograd, computed in float32 (also under autocast)."""
     x = x.detach().to(values.dtype)
     if x.device.type == "cpu":
         return F.embedding_bag(col, x, crow, mode="sum", per_sample_weights=values.detach(), include_last_offset=True)
-    return torch.sparse_csr_tensor(crow, col, values.detach(), size=shape) @ x
+    return csr_tensor(crow, col, values.detach(), shape) @ x
 
 
 @dataclass
@@ -107,7 +137,7 @@ class SparseGraph:
         return self.values.detach()[self.t_perm]
 
     def csr(self) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, self.values.detach(), size=self.shape)
+        return csr_tensor(self.crow, self.col, self.values.detach(), self.shape)
 
     def to_dense(self) -> Tensor:
         return self.csr().to_dense()

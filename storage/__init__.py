@@ -13,4 +13,6 @@ Parquet feature store, with the store split by concern.
 - ``encoder_records``: what produced each encoder fingerprint.
 - ``filesystem`` (one root, local or fsspec) and ``atomic`` (temporary file, then rename).
 - ``faults``: named pause points (``BEFA_PAUSE_AT``) where crash tests kill a process.
+- ``errors``: a damaged store file, a full disk (messages that name the file); ``check``: ``befa store
+  check`` (every file read back, damaged ones moved aside with ``repair``).
 """

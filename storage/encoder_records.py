@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from storage.errors import DamagedFile
 from storage.filesystem import StoreFS
 from storage.keys import check_name
 
@@ -74,4 +75,4 @@ class EncoderRecords:
         try:
             return json.loads(data)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: corrupt encoder record: {exc}") from None
+            raise DamagedFile(path, f"corrupt encoder record: {exc}") from None

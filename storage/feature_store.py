@@ -38,6 +38,11 @@ Life of a write:
    latest snapshot are kept) and temporaries left by killed writers
    (:mod:`storage.maintenance`).
 
+Failures name their file: a part or snapshot that does not read back raises
+:class:`~storage.errors.DamagedFile` (``befa store check --repair`` moves it aside, see
+:mod:`storage.check`); a write that finds the disk full raises
+:class:`~storage.errors.DiskFull`, saying that the feature set's current snapshot stays.
+
 Reads return numpy (this floor does not import torch); ``pipeline.features.load``
 turns them into torch tensors. Writers: one writer per feature set at a time
 (commits are last-writer-wins on ``CURRENT``); any number of readers.
@@ -58,6 +63,7 @@ import pyarrow.compute as pc
 from storage import maintenance
 from storage.columns import joined_keys, keep_keys, part_columns, string_array
 from storage.encoder_records import EncoderRecords
+from storage.errors import DiskFull
 from storage.filesystem import StoreFS
 from storage.index import SNAPSHOTS_DIR, SnapshotFiles, index_rows
 from storage.keys import FeatureSetKey
@@ -138,6 +144,22 @@ class FeatureStore:
         ):
             yield
 
+    @contextlib.contextmanager
+    def _writing(self, key: FeatureSetKey) -> Iterator[None]:
+        """A full disk while writing ``key``'s files says what stays: its current snapshot."""
+        try:
+            yield
+        except DiskFull as exc:
+            try:
+                current = self.current_snapshot(key)
+                stays = f"snapshot {current.id}" if current is not None else "no snapshot (none was committed yet)"
+            except Exception:  # the failure to report is the full disk, not this
+                stays = "its previous snapshot"
+            where = f"{key.dataset}/{key.fingerprint}/{key.modality}"
+            raise exc.with_kept(
+                f"feature set {where} keeps {stays} as current; parts written before stay and are reused"
+            ) from exc
+
     # ------------------------------------------------------------------ encoders
 
     def register_encoder(self, fingerprint: str, info: Mapping[str, Any]) -> None:
@@ -187,7 +209,8 @@ class FeatureStore:
         """
         folder = self.feature_set_path(key)
         keys, x = part_columns(item_ids, content_hashes, embeddings)
-        return self._write_part_table(folder, key, keys, x)
+        with self._writing(key):
+            return self._write_part_table(folder, key, keys, x)
 
     def existing_keys(self, key: FeatureSetKey) -> set[tuple[str, str]]:
         """Every (item_id, content_hash) with a row in a part on disk.
@@ -219,7 +242,8 @@ class FeatureStore:
         available = self._parts.available(folder)
         pos = pc.drop_null(pc.index_in(keys, value_set=available.rows["key"]))
         index = index_rows(available, pos)
-        return self._commit_rows(folder, key, index, missing=len(keys) - index.num_rows)
+        with self._writing(key):
+            return self._commit_rows(folder, key, index, missing=len(keys) - index.num_rows)
 
     def _after_write(
         self, folder: str, available: Available, name: str, keys: pa.Array, pos: np.ndarray, fresh_rows: np.ndarray
@@ -256,11 +280,13 @@ class FeatureStore:
         fresh_rows = np.flatnonzero(pos < 0)
         if len(fresh_rows):
             fresh = keys_table.take(pa.array(fresh_rows))
-            name = self._write_part_table(folder, key, fresh, x[fresh_rows])
+            with self._writing(key):
+                name = self._write_part_table(folder, key, fresh, x[fresh_rows])
             available, pos = self._after_write(folder, available, name, keys, pos, fresh_rows)
         if keep is None:
             index = index_rows(available, pa.array(pos[pos >= 0]))
-            snap = self._commit_rows(folder, key, index, missing=int((pos < 0).sum()))
+            with self._writing(key):
+                snap = self._commit_rows(folder, key, index, missing=int((pos < 0).sum()))
         else:
             snap = self.commit(key, keep)
         return UpsertResult(written=len(fresh_rows), skipped=len(keys) - len(fresh_rows), snapshot=snap)

@@ -10,6 +10,10 @@ atomic where the backend's rename is (memory, local, HDFS), and on object stores
 the final key still appears only once fully uploaded. Readers ignore names
 starting with ``.tmp-``; :meth:`StoreFS.remove_temporaries` cleans what killed
 writers leave behind.
+
+Failures name their file: a Parquet file that does not read back raises
+:class:`storage.errors.DamagedFile`, a write that finds the disk full
+:class:`storage.errors.DiskFull` (the file it would replace stays as it was).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from storage import atomic
+from storage.errors import DamagedFile, DiskFull, is_disk_full
 
 TMP_PREFIX = atomic.TMP_PREFIX
 
@@ -70,6 +75,10 @@ class StoreFS:
             with self.fs.open(tmp, mode) as fh:
                 yield fh
             self._rename(tmp, path)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(path, exc) from exc
+            raise
         finally:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
@@ -101,13 +110,20 @@ class StoreFS:
 
     @contextlib.contextmanager
     def parquet_file(self, path: str) -> Iterator[pq.ParquetFile]:
-        if self.is_local:
-            # memory_map: the OS pages the file in, Arrow decodes straight from it.
-            with pq.ParquetFile(path, memory_map=True) as pf:
+        """An open Parquet file; one that does not read back (truncated, corrupt pages) raises
+        ``DamagedFile`` naming it, also when the damage shows while the caller reads it."""
+        try:
+            if self.is_local:
+                # memory_map: the OS pages the file in, Arrow decodes straight from it.
+                with pq.ParquetFile(path, memory_map=True) as pf:
+                    yield pf
+                return
+            with self.fs.open(path, "rb") as fh, pq.ParquetFile(fh) as pf:
                 yield pf
-            return
-        with self.fs.open(path, "rb") as fh, pq.ParquetFile(fh) as pf:
-            yield pf
+        except (FileNotFoundError, PermissionError, IsADirectoryError, DiskFull):
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            raise DamagedFile(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
         # ParquetFile.read keeps one chunk per row group (pq.read_table re-batches at
@@ -128,6 +144,23 @@ class StoreFS:
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "file")
+
+    def subfolders(self, folder: str) -> list[str]:
+        """Base names of the folders directly in ``folder`` (empty if it does not exist)."""
+        try:
+            entries = self.fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` (atomic on a local disk: one ``os.replace`` on the same filesystem)."""
+        if self.is_local:
+            os.makedirs(posixpath.dirname(dst), exist_ok=True)
+            os.replace(src, dst)
+            return
+        self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+        self._rename(src, dst)
 
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)

@@ -28,6 +28,7 @@ RAY_PATHS = (
 )
 SLOW_PATHS = (
     "tests/job/test_crash.py",
+    "tests/job/test_fault_injection.py",  # killed CLI processes and a full disk at every write point: ~30 s
     "tests/flows/test_flows_e2e.py",
     "tests/study/test_study.py",  # the whole tiny study, every phase: ~15 s of setup
     "tests/study/test_study_report_browser.py",
@@ -37,6 +38,8 @@ SLOW_TESTS = (
     "tests/job/test_small_catalogs.py::test_befa_run_trains_the_floor_and_prints_epoch_lines_in_full_width",
     "tests/encoders/test_encoders.py::test_minilm_nearest_neighbours_on_movielens",
     "tests/cli/test_cli_params.py::test_befa_run_movielens_set_befa_t_reaches_the_adapter",
+    "tests/job/test_served.py::test_a_retrain_killed_mid_training_is_retriggered",
+    "tests/training/test_mapping.py::test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them",
 )
 
 

@@ -49,8 +49,9 @@ def config_or_fail(model_cls: type[Recommender], overrides: Mapping[str, Any]) -
         fail(_validation_lines(exc, overrides))
     except (KeyError, ValueError) as exc:
         fail(f"--set: {exc.args[0] if exc.args else exc}")
-    if config.adapter == "befa" and not model_cls.uses_content:
-        fail(f"--adapter befa: {model_cls.name} uses no content features, so BeFA has nothing to adapt")
+    if config.adapter == "befa" and not model_cls.accepts_befa:
+        why = "has no behaviour embedding" if model_cls.uses_content else "uses no content features"
+        fail(f"--adapter befa: {model_cls.name} {why}, so BeFA has nothing to adapt")
     return config
 
 

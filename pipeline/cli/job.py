@@ -21,7 +21,7 @@ from pipeline.data.catalog import CatalogError
 from pipeline.job.params import PipelineError, PipelineParams
 from pipeline.job.run import run_pipeline
 from pipeline.job.watch import watch_catalogs
-from pipeline.reporting.console import metrics_table
+from pipeline.reporting.console import gains_table, metrics_table
 from pipeline.study.params import StudyError, StudyParams
 from pipeline.study.run import run_study
 
@@ -33,7 +33,7 @@ def make_run_command(model: type[PipelineParams] = PipelineParams):
     """``befa run`` with one flag per field of ``model`` (a subclass adds its fields as flags)."""
 
     @with_ingest_options(panel=INGEST_PANEL)
-    @with_params(model, panel=f"Parameters ({model.__name__})")
+    @with_params(model, aliases={"num_threads": ["--threads"]}, panel=f"Parameters ({model.__name__})")
     def run_cmd(
         dataset: str = typer.Argument(
             model.model_fields["dataset"].default, help="Catalog to run on (ingested if needed)."
@@ -68,6 +68,13 @@ run_cmd = commands.command("run")(make_run_command())
 def _print_pipeline_result(result) -> None:
     rows = {f"{r.model}{'+befa' if r.adapter == 'befa' else ''}": r.test for r in result.runs}
     console.print(metrics_table(rows, title="test metrics at the best valid epoch"))
+    if any(g.relative_gain is not None for g in result.report.gains):
+        console.print(gains_table(result.report.gains))
+    for note in result.report.gain_notes:
+        console.print(f"[bold yellow]caution:[/] {escape(note)}")
+    for r in result.runs:
+        if r.fit is not None:
+            console.print(escape(r.fit.line(r.label)))
     for r in result.runs:
         if r.floor_note:
             console.print(f"[bold yellow]warning:[/] {r.floor_note}")
@@ -77,6 +84,8 @@ def _print_pipeline_result(result) -> None:
             f"recommendations: top-{result.params.recommend_k} for {recs.users} users "
             f"from {recs.model} {recs.adapter} -> {recs.path}"
         )
+        for note in recs.left_out:
+            console.print(f"[yellow]left out of the recommendations:[/] {escape(note)}")
     console.print(f"report: [bold]{result.report.report_md}[/]")
 
 
@@ -94,11 +103,8 @@ def watch_cmd(
         fail(str(exc.args[0]))
     if not changes:
         console.print("no catalog is registered for watching: `befa run` registers the catalogs it runs on")
-    for change in changes:
-        if change.error:
-            console.print(f"[bold red]{change.catalog}: watch failed, skipped:[/] {escape(change.error)}")
-        else:
-            console.print(change.summary())
+    for change in changes:  # the sentence the Prefect watch logs
+        console.print(f"[bold red]{escape(change.sentence())}[/]" if change.error else escape(change.sentence()))
     failed = [c.catalog for c in changes if c.error]
     if failed:
         console.print(f"{len(failed)} of {len(changes)} catalogs failed: {', '.join(failed)}; the others were watched")

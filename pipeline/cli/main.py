@@ -7,50 +7,29 @@ tests and from Prefect flows. Command groups live in ``data``, ``features``, ``t
 
 A group's module is imported only when one of its commands runs (:class:`LazyCommands`).
 The library keeps its imports at the top of its files, so importing every group would
-pull in torch, PyG and the encoders: about 7 s on 2 cores before ``befa --help`` or
+pull in torch, the models and the encoders: about 7 s on 2 cores before ``befa --help`` or
 ``befa datasets`` could print a line. :data:`COMMANDS` therefore names each command's
 module and its one-line help (a test checks both against the modules).
+
+Storage failures an operator must act on (``storage.errors``: a damaged feature-store file,
+a full disk) are reported here for every command, as one line naming the file, exit code 2.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import logging
-import warnings
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-# Third-party warnings that every command would print and that say nothing about the user's
-# data: PyTorch deprecating torch.jit.script (used inside PyG), PyTorch's beta notes on the
-# sparse CSR tensors befa builds its graphs with, and open_clip's "No pretrained weights
-# loaded", logged whenever a CLIP network is built before befa loads its checkpoint (befa
-# states the weights it used, random init included, in every summary and report).
-KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
-    (FutureWarning, r"`torch\.jit\.script` is deprecated"),
-    (UserWarning, r"Sparse CSR tensor support is in beta state"),
-    (UserWarning, r"Sparse invariant checks are implicitly disabled"),
-)
-KNOWN_LOG_MESSAGES = ("No pretrained weights loaded",)
+from pipeline.cli.common import console
+from pipeline.quiet import quiet_known_warnings
+from storage.errors import DamagedFile, DiskFull
 
-
-class _DropKnownMessages(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(KNOWN_LOG_MESSAGES)
-
-
-def quiet_known_warnings() -> None:
-    """Silence :data:`KNOWN_WARNINGS` and :data:`KNOWN_LOG_MESSAGES`; everything else still shows."""
-    for category, pattern in KNOWN_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern, category=category)
-    root = logging.getLogger()
-    if not any(isinstance(f, _DropKnownMessages) for f in root.filters):
-        root.addFilter(_DropKnownMessages())
-
-
-quiet_known_warnings()  # at the entry point, before any command module imports torch or PyG
+quiet_known_warnings()  # at the entry point, before any command module imports torch or an encoder
 
 # command -> (module that defines it, the first line of its docstring: what `befa --help` shows)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -85,6 +64,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("pipeline.cli.train", "Train one model (optionally +BeFA) to early stopping and print its test metrics."),
     "evaluate": ("pipeline.cli.train", "Reload a run's best checkpoint and recompute its valid and test metrics."),
+    "map": (
+        "pipeline.cli.mapping",
+        "Fit content mappers to a trained run so cold and new items are scored from their content.",
+    ),
     "recommend": (
         "pipeline.cli.serving",
         "Write top-K recommendations per user from a trained run (Parquet + manifest).",
@@ -98,6 +81,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.cli.job",
         "Check registered catalogs for changes and re-extract only what changed (no Prefect event).",
     ),
+    "status": (
+        "pipeline.cli.status",
+        "Say per catalog its current version, the one the served recommendations came from, and if they are older.",
+    ),
     "study": (
         "pipeline.cli.job",
         "Base vs +BeFA across models and seeds, t sweep, modality ablation, sparsity sweep; writes report.html.",
@@ -105,6 +92,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gc": (
         "pipeline.cli.maintenance",
         "Remove temporary files left by killed writes under $BEFA_HOME and the feature store.",
+    ),
+    "store": (
+        "pipeline.cli.store",
+        "Check the feature store's files against its records (befa store check); --repair moves damaged ones aside.",
     ),
     "serve": (
         "pipeline.cli.prefect",
@@ -154,6 +145,13 @@ class LazyCommands(TyperGroup):
         if self._listing:
             return TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
         return load_command(cmd_name)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (DamagedFile, DiskFull) as exc:  # the file and the fix, not a traceback
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(code=2) from None
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self._listing = True

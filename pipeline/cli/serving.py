@@ -9,6 +9,7 @@ import pandas as pd
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from models import MAPPERS
 from pipeline.cli.checks import device_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, csv_list, fail, settings_from
 from pipeline.data.catalog import CatalogError
@@ -23,6 +24,19 @@ RunDir = typer.Argument(..., help="A run folder (with run.json and best.safetens
 CatalogOpt = typer.Option(
     None, "--catalog", help="Catalog folder to serve against (default: the one the run recorded)."
 )
+
+
+MapperOpt = typer.Option(
+    "auto",
+    "--mapper",
+    help="Content mapper for items without behaviour: auto (the run's best on valid), regression, aldi, or none.",
+)
+
+
+def _mapper(value: str) -> str:
+    if value not in ("auto", "none", *MAPPERS):
+        fail(f"--mapper must be auto, none or one of {', '.join(MAPPERS)}; got {value!r}")
+    return value
 
 
 def _ids(value: Optional[str], flag: str) -> Optional[list[str]]:
@@ -41,6 +55,7 @@ def _servable(
     catalog: Optional[Path],
     device: Optional[str],
     new_items: bool,
+    mapper: str = "auto",
 ) -> Servable:
     device_or_fail(device)
     settings = settings_from(None, home, feature_store)
@@ -48,7 +63,12 @@ def _servable(
         fail(f"{run_dir}: not a run folder (no run.json); pass the folder `befa train` or `befa run` wrote")
     console.print(f"loading {run_dir} ...")
     return load_servable(
-        run_dir, FeatureStore(settings.feature_store), catalog=catalog, device=device, new_items=new_items
+        run_dir,
+        FeatureStore(settings.feature_store),
+        catalog=catalog,
+        device=device,
+        new_items=new_items,
+        mapper=mapper,
     )
 
 
@@ -75,6 +95,15 @@ def _report(written: Any, what: str) -> None:
     for key in ("removed_since_training", "new_items", "new_items_left_out", "candidates_unknown"):
         if info.get(key):
             console.print(f"  {key.replace('_', ' ')}: {info[key]}")
+    unseen = info.get("items_without_behaviour") or []
+    if unseen:
+        how = f"the {info['mapper']} mapper, calibrated ({info['calibration']})" if info.get("mapper") else None
+        n = info.get("new_item_slots") or 0
+        slots = f"; {n} place{'s' if n != 1 else ''} per list guaranteed to them" if n else ""
+        console.print(
+            f"  {len(unseen)} items without behaviour scored by {how or 'the model' + chr(39) + 's own content path'}"
+            f"{slots} (listed in the manifest)"
+        )
     console.print(f"  read it: duckdb -c \"SELECT * FROM '{written.path}' ORDER BY 1, rank LIMIT 20\"")
 
 
@@ -96,6 +125,10 @@ def recommend_cmd(
     new_items: bool = typer.Option(
         True, "--new-items/--no-new-items", help="Serve items added to the catalog after training (content models)."
     ),
+    new_item_slots: int = typer.Option(
+        0, "--new-item-slots", help="Places in each list guaranteed to items without behaviour (scored by the mapper)."
+    ),
+    mapper: str = MapperOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda when present)."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
@@ -109,8 +142,10 @@ def recommend_cmd(
             users=_ids(users, "--users"),
             seen="none" if include_seen else "all",
             candidates=read_id_file(candidates, "--candidates") if candidates else None,
+            new_item_slots=new_item_slots,
         )
-        served = _servable(run_dir, home, feature_store, catalog, device, new_items)
+        request.check()
+        served = _servable(run_dir, home, feature_store, catalog, device, new_items, _mapper(mapper))
         written = write_recommendations(served, request, out or run_dir / "recommendations.parquet", progress=_progress)
     except (ServingError, CatalogError, FileNotFoundError) as exc:
         fail(str(exc))
@@ -132,6 +167,7 @@ def similar_cmd(
         None, "--out", help="Parquet file to write (default RUN_DIR/similar-<space>.parquet)."
     ),
     catalog: Optional[Path] = CatalogOpt,
+    mapper: str = MapperOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ..."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
@@ -144,7 +180,7 @@ def similar_cmd(
     try:
         wanted = _ids(items, "--items")
         allowed = read_id_file(candidates, "--candidates") if candidates else None
-        served = _servable(run_dir, home, feature_store, catalog, device, True)
+        served = _servable(run_dir, home, feature_store, catalog, device, True, _mapper(mapper))
         written = write_similar(
             served, wanted, out or run_dir / f"similar-{space}.parquet", k=k, space=space, candidates=allowed
         )  # type: ignore[arg-type]

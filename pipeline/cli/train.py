@@ -23,15 +23,19 @@ from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fa
 from pipeline.cli.params_options import train_overrides
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.splits import ensure_split
+from pipeline.evaluation.evaluator import evaluate_model
+from pipeline.evaluation.settings import evaluate_settings
 from pipeline.features.bundle import FeatureBundle
 from pipeline.features.imported import NoImportedFeatures
 from pipeline.features.load import features_for_training, load_features
 from pipeline.job.params import DEFAULT_ENCODER
+from pipeline.reporting.cold_start import setting_rows, settings_table
 from pipeline.reporting.console import item_groups_table, metrics_table
 from pipeline.reporting.gate_section import collapse_lines
-from pipeline.training.api import evaluate_run_results, run_folder_for, train_model
+from pipeline.training.api import load_trained, run_folder_for, train_model
 from pipeline.training.liveness import interrupted_note
-from pipeline.training.record import RECORD, RunRecord
+from pipeline.training.mapping import MappingRecord
+from pipeline.training.record import RECORD, RunRecord, item_group_metrics, setting_metrics
 from pipeline.training.run_features import load_run_features
 from pipeline.training.trainer import RunResult
 from storage.feature_store import FeatureStore
@@ -44,7 +48,9 @@ def train_cmd(
     dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Ingested catalog name (not needed with --run-dir R --resume)."
     ),
-    model: str = typer.Option("lightgcn", "--model", help="mostpop, lightgcn, bm3, lattice, freedom or mgcn."),
+    model: str = typer.Option(
+        "lightgcn", "--model", help="mostpop, itemknn_cbf, lightgcn, bm3, lattice, freedom or mgcn."
+    ),
     adapter: str = typer.Option("none", "--adapter", help="none or befa."),
     encoder: str = typer.Option(
         DEFAULT_ENCODER,
@@ -270,6 +276,9 @@ def _print_result(result: RunResult) -> None:
     console.print(metrics_table([result], title=f"test metrics at best valid epoch {rec.best_epoch}"))
     if rec.item_groups:
         console.print(item_groups_table(rec.item_groups))
+    rows = setting_rows(rec, MappingRecord.load(result.run_dir))
+    if rows:
+        console.print(settings_table(rows))
     if rec.batching is not None and rec.batching.adapted:
         console.print(f"{rec.batching.label}: {rec.batching.note()}")
     if rec.below_floor:
@@ -297,10 +306,22 @@ def evaluate_cmd(
             what = interrupted_note(record) if record.state == "interrupted" else f"{run}: still training"
             console.print(f"[yellow]note:[/] {what}; the metrics below are of its best epoch so far")
         features = load_run_features(record, FeatureStore(settings.feature_store), run)
-        results = evaluate_run_results(run, features=features, device=device)
+        trained = load_trained(run, features=features, device=device)
+        results = evaluate_model(trained.model, trained.prepared.evaluator, ("valid", "test"))
+        by_setting = evaluate_settings(trained.model, trained.prepared.evaluator)
     except (ValueError, FileNotFoundError, CatalogError) as exc:
         fail(str(exc))
     console.print(metrics_table({part: r.metrics for part, r in results.items()}, title=str(run)))
     groups = {part: r.groups for part, r in results.items() if r.groups}
     if groups:
         console.print(item_groups_table(groups))
+    again = record.model_copy(
+        update={
+            "test": results["test"].metrics,
+            "item_groups": item_group_metrics(results),
+            "settings": setting_metrics(by_setting),
+        }
+    )
+    rows = setting_rows(again, MappingRecord.load(run))
+    if rows:
+        console.print(settings_table(rows))

@@ -1,5 +1,9 @@
 """Any image PIL opens, as the 8-bit RGB picture a person would see.
 
+First the EXIF orientation is applied (``encoders.base.upright``): a phone photo stored
+sideways with Orientation=6 becomes upright, as every viewer shows it. Encoders that embed
+images record this step in their fingerprint (``encoders.base.IMAGE_DECODING``).
+
 ``Image.convert("RGB")`` alone is wrong for several modes PIL opens:
 
 - 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``; 16-bit PNGs and TIFFs) and 32-bit
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+
+from encoders.base import upright
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -44,7 +50,9 @@ def _over_white(img: Image.Image) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB of ``img`` (see the module docstring); RGB images are returned as they are."""
+    """8-bit RGB of ``img``, orientation applied (see the module docstring); an upright RGB image is
+    returned as it is."""
+    img = upright(img)
     if img.mode == "RGB":
         return img
     if img.mode in SIXTEEN_BIT or img.mode in ("I", "F"):

@@ -44,6 +44,7 @@ from pipeline.data.datasets import get_spec
 from pipeline.data.importers import Importer, ImportResult, get_importer
 from pipeline.data.importers.base import REJECT_COLUMNS
 from pipeline.data.splits import Split
+from pipeline.data.summary import IngestSource
 from pipeline.data.versions import (
     LOCK_TIMEOUT_S,
     adopt_unversioned_splits,
@@ -52,6 +53,7 @@ from pipeline.data.versions import (
     current_version,
     meta_path,
     prune,
+    remove_switch_leftovers,
     splits_dir,
 )
 from pipeline.settings import Settings
@@ -131,6 +133,24 @@ def recorded_ingest(folder: str | Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("importer") else None
 
 
+def ingest_source(folder: str | Path, datasets_root: str | Path) -> IngestSource | None:
+    """Where the catalog in ``folder`` came from (its ingest record, file options apart), or
+    None when it has no record. A known dataset's ``root``, left out of the record, is its
+    folder under ``datasets_root`` (the root the ingest resolves it against)."""
+    record = recorded_ingest(folder)
+    if record is None:
+        return None
+    options = {k: v for k, v in (record.get("options") or {}).items() if k != "name"}
+    paths = {k: str(options.pop(k)) for k in PATH_OPTIONS if options.get(k) is not None}
+    try:
+        dataset = get_importer(record["importer"]).dataset
+    except ValueError:  # an importer this version no longer has: its record as it is
+        dataset = None
+    if dataset is not None and "root" not in options:
+        paths = {"root": str(Path(datasets_root) / get_spec(dataset).folder), **paths}
+    return IngestSource(importer=record["importer"], paths=paths, options=options, version=current_version(folder))
+
+
 def ingest(
     name_or_importer: str | Importer,
     settings: Settings,
@@ -160,7 +180,8 @@ def ingest(
     result.catalog.meta["image_cache"] = str(settings.image_cache_dir)
     folder = settings.catalog_dir(result.catalog.name)
     with catalog_lock(folder, lock_timeout_s, on_wait):
-        clean_temporaries(folder)  # what killed writers left (older than the safe age)
+        clean_temporaries(folder)  # what killed writers left (dead writers', or older than the safe age)
+        remove_switch_leftovers(folder)  # a .tmp-*-CURRENT of an ingest killed at the switch (we hold the lock)
         save_result(result, folder, settings, importer.name)
     return result.catalog, result.report
 

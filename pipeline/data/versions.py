@@ -13,8 +13,10 @@ An ingest writes its version into ``versions/.tmp-<random>/``, renames it to
 ``versions/<id>/`` and only then replaces ``CURRENT`` (temporary file + ``os.replace``),
 as the feature store does. A reader resolves ``CURRENT`` once and reads that version's
 files, so it sees the old catalog or the new one, never a mix; a killed ingest leaves the
-previous version current. Ingests of one catalog take ``.lock`` in turn (the second one
-waits, saying so, and fails clearly after a timeout).
+previous version current (and at most a ``.tmp-*-CURRENT`` beside it, when it died while
+switching: the next ingest removes it under the lock, and so does ``befa gc``, the writer
+being dead). Ingests of one catalog take ``.lock`` in turn (the second one waits, saying
+so, and fails clearly after a timeout).
 
 Splits are shared between versions, keyed by the interactions fingerprint (what a split
 indexes, :meth:`Catalog.interactions_fingerprint`): a re-ingest that leaves the
@@ -193,6 +195,7 @@ def prune(folder: str | Path, keep: int = KEEP_VERSIONS) -> list[str]:
     for tmp in root.glob(f"{TMP_PREFIX}*"):  # under the lock, only a dead writer's
         shutil.rmtree(tmp, ignore_errors=True)
         removed.append(str(tmp.relative_to(folder)))
+    removed += remove_switch_leftovers(folder)
     ids = version_ids(folder)
     kept = set(ids[-keep:]) | {current}
     for version in ids:
@@ -207,6 +210,18 @@ def prune(folder: str | Path, keep: int = KEEP_VERSIONS) -> list[str]:
                 shutil.rmtree(sub, ignore_errors=True)
                 removed.append(str(sub.relative_to(folder)))
     removed += _remove_unversioned(folder)
+    return removed
+
+
+def remove_switch_leftovers(folder: str | Path) -> list[str]:
+    """The temporaries at the catalog folder's top (``.tmp-*-CURRENT``: an ingest killed while
+    switching versions). Only an ingest writes there, under the catalog lock, so with the lock
+    held every one of them is a dead writer's, however young. The caller holds the lock."""
+    removed = []
+    for tmp in Path(folder).glob(f"{TMP_PREFIX}*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
     return removed
 
 

@@ -33,13 +33,16 @@ those of the full ranking over all items. ``EvalResult.groups`` holds the averag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from models.id_dropout import item_ids_masked
 from pipeline.evaluation.metrics import TOPKS, average, per_user_metrics
+
+SHARE_AT = 20  # the list length of the "share of cold items in users' top 20"
 
 
 @dataclass
@@ -89,6 +92,7 @@ class GroupResult:
     metrics: dict[str, float]  # recall@20, ndcg@20
     users: int  # users with >= 1 held-out item in the group
     heldout: int  # held-out (user, item) pairs in the group
+    top_share: float = float("nan")  # share of the group's items in the top SHARE_AT of every ranked user
 
 
 @dataclass
@@ -100,6 +104,7 @@ class EvalResult:
     # recall@20, ndcg@20 (+ <group>/<metric>, NaN where the user has no item of the group), aligned with users
     per_user: dict[str, np.ndarray] = field(default_factory=dict)
     groups: dict[str, GroupResult] = field(default_factory=dict)  # item group -> metrics
+    heldout: int = 0  # held-out (user, item) pairs counted
 
     @property
     def num_users(self) -> int:
@@ -155,6 +160,7 @@ class _Plan:
     part_keys: dict[str, Tensor]  # part -> sorted user * I + item
     group_masks: dict[str, Tensor] = field(default_factory=dict)  # group -> (I,) bool on the device
     group_counts: dict[tuple[str, str], Tensor] = field(default_factory=dict)  # (part, group) -> per part row
+    excluded: Tensor | None = None  # items outside the candidates (scored -inf), on the device
 
 
 class Evaluator:
@@ -169,6 +175,7 @@ class Evaluator:
         block_elements: int = 1 << 21,
         per_user_metrics_kept: Sequence[str] = ("recall@20", "ndcg@20"),
         item_groups: Mapping[str, Tensor] | None = None,
+        candidates: Tensor | None = None,
     ):
         self.train = train
         self.heldout = heldout
@@ -181,14 +188,33 @@ class Evaluator:
         for g, m in self.item_groups.items():
             if m.numel() != self.num_items:
                 raise ValueError(f"item group {g!r}: mask has {m.numel()} entries for {self.num_items} items")
+        # (I,) bool: the items that may be ranked (None: all); the others score -inf like train items
+        self.candidates = None if candidates is None else candidates.to(dtype=torch.bool).flatten()
+        if self.candidates is not None and self.candidates.numel() != self.num_items:
+            raise ValueError(f"candidates: mask has {self.candidates.numel()} entries for {self.num_items} items")
+        ranked = self.num_items if self.candidates is None else int(self.candidates.sum())
         # With fewer items than K the list is the whole catalog; missing ranks count as misses.
-        self.depth = min(self.kmax, self.num_items)
+        self.depth = max(1, min(self.kmax, ranked))
         self._plans: dict[tuple, _Plan] = {}
+        self.restricted_views: dict[str, "Evaluator"] = {}  # setting -> evaluator (pipeline.evaluation.settings)
+
+    def restricted(self, candidates: Tensor) -> "Evaluator":
+        """This split ranked over ``candidates`` only: the other items score -inf, and only
+        held-out items among the candidates count (users with none are not evaluated)."""
+        mask = candidates.to(device=self.train.items.device, dtype=torch.bool).flatten()
+        heldout = {}
+        for part, h in self.heldout.items():
+            owner = torch.repeat_interleave(torch.arange(h.num_users, device=h.items.device), h.counts())
+            keep = mask.to(h.items.device)[h.items]
+            heldout[part] = UserItems.from_pairs(h.num_users, owner[keep], h.items[keep])
+        return Evaluator(self.train, heldout, self.num_items, self.ks, self.block_elements, self.kept, candidates=mask)
 
     def to(self, device: torch.device | str) -> "Evaluator":
         self.train = self.train.to(device)
         self.heldout = {k: v.to(device) for k, v in self.heldout.items()}
         self.item_groups = {g: m.to(device) for g, m in self.item_groups.items()}
+        self.candidates = None if self.candidates is None else self.candidates.to(device)
+        self.restricted_views = {k: v.to(device) for k, v in self.restricted_views.items()}
         self._plans.clear()
         return self
 
@@ -225,6 +251,7 @@ class Evaluator:
             part_keys={p: k.to(device) for p, k in part_keys.items()},
             group_masks={g: m.to(device) for g, m in self.item_groups.items()},
             group_counts=self._group_counts(parts, per_part_users, device),
+            excluded=None if self.candidates is None else torch.nonzero(~self.candidates).flatten().to(device),
         )
         self._plans[key] = plan
         return plan
@@ -244,7 +271,16 @@ class Evaluator:
         return out
 
     @torch.no_grad()
-    def evaluate(self, user_emb: Tensor, item_emb: Tensor, parts: Sequence[str] | None = None) -> dict[str, EvalResult]:
+    def evaluate(
+        self,
+        user_emb: Tensor,
+        item_emb: Tensor,
+        parts: Sequence[str] | None = None,
+        rescore: Callable[[Tensor, Tensor], Tensor] | None = None,
+    ) -> dict[str, EvalResult]:
+        """Rank every user with a held-out item. ``rescore(users, scores)`` may replace a user
+        batch's raw scores before the masks (the mapped items' calibration,
+        ``pipeline.evaluation.calibration``)."""
         parts = tuple(parts) if parts is not None else tuple(self.heldout)
         device = user_emb.device
         user_emb, item_emb = user_emb.float(), item_emb.float()
@@ -259,9 +295,13 @@ class Evaluator:
         for b, start in enumerate(range(0, n, plan.batch)):
             users = plan.users[start : start + plan.batch]
             scores = user_emb[users] @ item_t
+            if rescore is not None:
+                scores = rescore(users, scores)
             lo, hi = int(plan.bounds[b]), int(plan.bounds[b + 1])
             flat = (plan.train_pos[lo:hi] - start) * n_items + plan.train_items[lo:hi]
             scores.view(-1)[flat] = float("-inf")
+            if plan.excluded is not None:
+                scores[:, plan.excluded] = float("-inf")
             top = topk_items(scores, self.depth)
             for g, mask in plan.group_masks.items():
                 in_group[g][start : start + users.numel(), : self.depth] = mask[top]
@@ -278,20 +318,24 @@ class Evaluator:
                 metrics=average(values),
                 users=plan.users[rows].cpu().numpy(),
                 per_user={name: values[name].cpu().numpy() for name in self.kept if name in values},
+                heldout=int(plan.part_counts[p].sum()),
             )
             for g in plan.group_masks:
-                self._group_metrics(out[p], hits[p][rows] & in_group[g][rows], plan.group_counts[(p, g)], g)
+                self._group_metrics(out[p], hits[p][rows], in_group[g][rows], plan.group_counts[(p, g)], g)
         return out
 
-    def _group_metrics(self, result: EvalResult, hits: Tensor, counts: Tensor, group: str) -> None:
-        """Add one item group's averages and per-user values (NaN: no held-out item in the group)."""
+    def _group_metrics(self, result: EvalResult, hits: Tensor, in_group: Tensor, counts: Tensor, group: str) -> None:
+        """Add one item group's averages and per-user values (NaN: no held-out item in the group),
+        and the share of the group's items in the users' top 20 (over every ranked user)."""
         has = counts > 0
-        values = per_user_metrics(hits[has], counts[has], self.ks)
+        values = per_user_metrics((hits & in_group)[has], counts[has], self.ks)
         kept = [name for name in self.kept if name in values]
+        shown = in_group[:, : min(SHARE_AT, self.depth)].float()
         result.groups[group] = GroupResult(
             metrics={name: (float(values[name].mean()) if int(has.sum()) else float("nan")) for name in kept},
             users=int(has.sum()),
             heldout=int(counts.sum()),
+            top_share=float(shown.mean()) if shown.numel() else float("nan"),
         )
         mask = has.cpu().numpy()
         for name in kept:
@@ -307,7 +351,7 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), item_ids_masked(model, model.id_keep()):
             user_emb, item_emb = model.inference_embeddings()
         return evaluator.evaluate(user_emb, item_emb, parts)
     finally:

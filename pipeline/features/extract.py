@@ -46,9 +46,10 @@ from pipeline.device import cpu_count, resolve_device, torch_threads
 from pipeline.features.images import ImageItems, default_num_workers, image_loader
 from pipeline.features.imported import imported_summary, is_imported
 from pipeline.features.plan import encoders_to_run, todo_keys
-from pipeline.features.progress import ProgressLines
+from pipeline.features.progress import ProgressLines, bar_on_terminal, stderr_line
 from pipeline.features.summary import ExtractSummary, ModalitySummary
 from pipeline.features.writer import PartWriter
+from pipeline.quiet import quiet_known_warnings
 from pipeline.settings import Settings
 from storage.atomic import clean_temporaries
 from storage.columns import string_array
@@ -169,6 +170,7 @@ def extract_features(
     """
     if is_imported(encoder_or_spec):  # the matrices ingest stored: no encoder, nothing to encode
         return imported_summary(catalog, store, modalities)
+    quiet_known_warnings()  # model loading notices and bars, for a script or a flow as for the CLI
     t_start = time.perf_counter()
     _check_item_ids(catalog)
     dev = resolve_device(device)
@@ -268,10 +270,13 @@ def _encode_into(
     log: Callable[[str], None] | None = None,
 ) -> None:
     """Consume ``batches`` of ``todo``: vectors to the writer, failures to the summary, then flush.
-    ``log``: plain progress lines as well (``ProgressLines``), for logs where the bar does not show."""
+    ``log``: plain progress lines as well (``ProgressLines``), for logs where the bar does not show.
+    With ``progress`` and stderr not a terminal (a file, a pipe), the bar becomes those lines on stderr."""
     ids, hashes, idx = todo["item_id"].tolist(), todo["content_hash"].tolist(), todo["item_idx"].tolist()
     unit = "img" if summary.modality == "image" else "text"
-    bar = _progress(len(todo), f"{summary.modality} {summary.fingerprint}", unit, progress)
+    bar = _progress(len(todo), f"{summary.modality} {summary.fingerprint}", unit, progress and bar_on_terminal())
+    if progress and log is None and not bar_on_terminal():
+        log = stderr_line
     lines = (
         ProgressLines(len(todo), f"extract {summary.modality} ({summary.fingerprint})", log, unit=f"{unit}s")
         if log

@@ -5,7 +5,9 @@ Reading goes through :func:`pipeline.data.importers.images.read_image_bytes`, th
 reader of image references (local path, ``file://``, an fsspec URI, or an ``http(s)://``
 URL read from the image cache the catalog was ingested with: never fetched). The bytes are
 checked against the catalog's hash, so a feature is never stored under a hash it was
-not computed from, and a bad image is reported, not raised.
+not computed from, and a bad image is reported, not raised. A decoded image is turned
+upright (its EXIF orientation applied) and made 8-bit RGB by
+:func:`pipeline.data.image_modes.to_rgb` before the encoder's transform.
 """
 
 from __future__ import annotations

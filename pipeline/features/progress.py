@@ -3,12 +3,27 @@
 A Prefect task's log, a file, or ``befa run`` piped somewhere get one line every
 ``every_s`` seconds and one at the end: done/total, the share, items per second and the
 time left, e.g. ``extract image: 320/1663 (19%), 9.5 items/s, ETA 2 min 21 s``.
+
+A progress bar redraws its line with carriage returns: on a terminal that is a bar, in a
+file it is one endless line. :func:`bar_on_terminal` says whether a bar may be drawn (stderr
+is a terminal); where it may not, :func:`stderr_line` writes these lines instead.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
+
+
+def bar_on_terminal() -> bool:
+    """True when stderr (where progress bars draw) is a terminal."""
+    return sys.stderr.isatty()
+
+
+def stderr_line(line: str) -> None:
+    """One progress line on stderr, where the bar would have been."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float) -> str:

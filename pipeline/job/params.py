@@ -27,6 +27,7 @@ from pipeline.data.versions import is_ingested
 from pipeline.device import DeviceError, check_device
 from pipeline.job.sources import CatalogSource, check_sources
 from pipeline.settings import Settings
+from pipeline.training.fit_record import AUTO_MAX_DENSITY, AUTO_MAX_TRAIN, FitMode
 from pipeline.training.floor_check import FLOOR_MODEL
 from storage.keys import ENCODED_MODALITIES
 
@@ -121,7 +122,7 @@ class PipelineParams(DataParams):
 
     models: list[str] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
-        description="models to train (mostpop, lightgcn, bm3, lattice, freedom, mgcn); "
+        description="models to train (mostpop, itemknn_cbf, lightgcn, bm3, lattice, freedom, mgcn); "
         "mostpop always runs too, as the floor",
     )
     adapters: list[Adapter] = Field(
@@ -150,6 +151,17 @@ class PipelineParams(DataParams):
     )
     recommend_run: str | None = Field(
         None, description="'<model>-<adapter>' to serve (e.g. 'freedom-befa'); default: the best run by VALID Recall@20"
+    )
+    fit: FitMode = Field(
+        "auto",
+        description="fit each model to the catalog first: a short seeded search on VALID Recall@20 (lr, the model's "
+        "grid, +BeFA's t and dropout; keys given with --set stay fixed), the winner is the run; auto: on for a small "
+        f"sparse catalog (under {AUTO_MAX_TRAIN:,} train interactions and {AUTO_MAX_DENSITY:.0%} density)",
+    )
+    fit_trials: int = Field(8, ge=1, description="configurations the fit tries per run, the defaults first")
+    fit_minutes: float | None = Field(None, gt=0, description="stop starting new fit trials of a run after this")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per training run (default: every usable core; on Ray: cpus_per_run)"
     )
 
     @field_validator("models")
@@ -256,7 +268,7 @@ def validate_params(params: PipelineParams | dict[str, Any], settings: Settings)
                 raise PipelineError(f"model_overrides for {model!r} (adapter {adapter}): {exc}") from None
     check_star_overrides(params.model_overrides, [*params.models, FLOOR_MODEL])
     if params.recommend_run is not None and params.recommend_k:
-        planned = [f"{m}-{a}" for m in params.models for a in params.adapters if a == "none" or MODELS[m].uses_content]
+        planned = [f"{m}-{a}" for m in params.models for a in params.adapters if a == "none" or MODELS[m].accepts_befa]
         if params.recommend_run not in planned:
             raise PipelineError(
                 f"--recommend-run (recommend_run) {params.recommend_run!r} is not a run of this pipeline; "

@@ -10,12 +10,17 @@ in one place. The (model, adapter) runs go as one batch to the run executor the
 
 The job, not a step, registers the catalog for watching (``pipeline.job.watch``), so a
 retrain triggered by a catalog change reruns it with these parameters; a study runs the
-same steps and leaves the registration alone.
+same steps and leaves the registration alone. The job also holds the catalog's retraining
+mark while it runs and, once its recommendations and ``summary.json`` are committed,
+records which catalog version they were made from (``pipeline.job.served``): the watch
+asks for a retrain until one succeeds, and ``befa status`` says when the served
+recommendations are older than the catalog.
 
 Folder of one pipeline run (``$BEFA_HOME/runs/pipelines/<run name>/``)::
 
     params.json                     the validated parameters
     runs/<model>-<adapter>/         one training run folder each (pipeline.training.record)
+    runs/<model>-<adapter>/fit/     the fit's trials, when the run was fitted (pipeline.training.catalog_fit)
     summary.json                    every step's summary
     recommendations.parquet/.json   top-K per user from the best run by valid Recall@20 (pipeline.job.recommend_step)
     metrics.parquet, report.md, curves.png, base_vs_befa.png, ...   (pipeline.reporting)
@@ -32,9 +37,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.data.summary import IngestSummary
+from pipeline.job.fit_runs import decide_fit, fits
 from pipeline.job.params import PipelineParams, validate_params
 from pipeline.job.recommend_step import RecommendSummary, recommend_step
 from pipeline.job.result import PipelineResult
+from pipeline.job.served import record_served, retraining
 from pipeline.job.steps import evaluate_step, extract_step, ingest_step, plan_runs, report_step, split_step, train_step
 from pipeline.job.train_batch import executor_of, train_runs
 from pipeline.job.watch import register_catalog
@@ -86,13 +93,32 @@ def run_pipeline(
     steps: PipelineSteps = LOCAL_STEPS,
     log: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Validate, then ingest -> extract -> split -> train (and verify) each run -> recommend -> report."""
+    """Validate, then ingest -> extract -> split -> train (and verify) each run -> recommend -> report;
+    then record what the recommendations were made from (the served record)."""
     log = log or (lambda msg: None)
     params = validate_params(params, settings)
     folder = pipeline_folder(params, settings)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "params.json", params.model_dump(mode="json"))
     log(f"pipeline folder {folder}")
+    with retraining(settings, params.dataset, folder):
+        result = _run_steps(params, settings, steps, folder, log)
+        recs = result.recommendations
+        record_served(  # after summary.json: everything the run serves is committed
+            settings,
+            params.dataset,
+            result.ingest.catalog_dir,
+            result.ingest.fingerprint,
+            folder,
+            recs.path if recs is not None else None,
+            f"{recs.model}-{recs.adapter}" if recs is not None else None,
+        )
+    return result
+
+
+def _run_steps(
+    params: PipelineParams, settings: Settings, steps: PipelineSteps, folder: Path, log: Callable[[str], None]
+) -> PipelineResult:
     timings: dict[str, float] = {}
 
     ingest = ingest_and_register(steps, params, settings, timings, log)
@@ -108,13 +134,21 @@ def run_pipeline(
     pairs, skipped = plan_runs(params)
     for note in skipped:
         log(note)
+    if any(fits(model) for model, _ in pairs):
+        decision = decide_fit(
+            params, split.counts["train"], ingest.num_interactions, ingest.num_users, ingest.num_items
+        )
+        log(f"fit: {'on' if decision.on else 'off'} ({decision.reason})")
     runs = train_and_verify(
         steps, params, settings, ingest.catalog_dir, split.path, extract, pairs, folder, timings, log
     )
     recommendations = recommend(steps, params, settings, folder, runs, timings, log)
 
     start = time.perf_counter()
-    report = steps.report(str(folder), params, ingest, extract, split, runs, timings, skipped)
+    notes = skipped + [
+        f"left out of the recommendations: {n}" for n in (recommendations.left_out if recommendations else [])
+    ]
+    report = steps.report(str(folder), params, ingest, extract, split, runs, timings, notes)
     timings["report"] = round(time.perf_counter() - start, 3)
     result = PipelineResult(
         params=params, folder=str(folder), ingest=ingest, extract=extract, split=split, runs=runs,
@@ -162,7 +196,10 @@ def recommend(
     log(
         f"recommend: top-{params.recommend_k} for {recs.users} users from {recs.model} "
         f"{recs.adapter} (best by {recs.chosen_by}) -> {recs.path}"
+        + (" (no rows: nothing left to recommend, every user has seen every item)" if recs.rows == 0 else "")
     )
+    for note in recs.left_out:
+        log(f"recommend: left out {note}")
     return recs
 
 
@@ -195,6 +232,8 @@ def train_and_verify(
             timings[f"evaluate {model} {adapter}"] = verify
         recall = summary.test.get("recall@20", float("nan"))
         log(f"train {model} {adapter}: {summary.status}, best epoch {summary.best_epoch}, test recall@20 {recall:.4f}")
+        if summary.fit is not None:
+            log(summary.fit.line(summary.label))
         if summary.floor_note:
             log(f"WARNING: {summary.floor_note}")
     return runs

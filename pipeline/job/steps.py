@@ -15,7 +15,7 @@ from typing import Any
 
 from models import MODELS
 from pipeline.data.catalog import Catalog
-from pipeline.data.ingest import ingest
+from pipeline.data.ingest import ingest, ingest_source
 from pipeline.data.splits import GIVEN, load_given, make_split
 from pipeline.data.summary import IngestSummary, SplitSummary
 from pipeline.data.versions import is_ingested
@@ -25,11 +25,12 @@ from pipeline.features.imported import imported_summary, is_imported
 from pipeline.features.load import load_features
 from pipeline.features.ray_extract import extract_features_ray
 from pipeline.features.summary import FeaturesSummary
+from pipeline.job.fit_runs import train_or_fit
 from pipeline.job.params import PipelineParams
 from pipeline.reporting.pipeline_report import ReportContext, ReportFiles, write_report
 from pipeline.settings import Settings
 from pipeline.summary import timed
-from pipeline.training.api import evaluate_run, train_model
+from pipeline.training.api import evaluate_run
 from pipeline.training.floor_check import FLOOR_MODEL
 from pipeline.training.summary import TrainSummary
 from storage.feature_store import FeatureStore
@@ -62,6 +63,7 @@ def ingest_step(params: PipelineParams, settings: Settings) -> IngestSummary:
             num_items=catalog.num_items,
             num_interactions=len(catalog.interactions),
             ingested=ingested,
+            source=ingest_source(folder, settings.datasets_root),
             issues=issues,
             warnings=warnings,
         )
@@ -155,32 +157,20 @@ def train_step(
         features = (
             _features(settings, catalog, extract.snapshots, extract.fingerprints) if uses_content(model) else None
         )
-        result = train_model(
-            catalog_dir,
-            split_path,
-            features,
-            model,
-            overrides=params.overrides_for(model, adapter),
-            run_dir=run_dir,
-            seed=params.seed,
-            device=params.device,
-            max_epochs=params.epochs,
-            patience=params.patience,
-            quiet=False,  # a line per epoch, as `befa train` prints (plain lines when not on a terminal)
-            overwrite=True,
-            num_threads=num_threads,
-            graph_cache_dir=settings.home / "graph-cache",
+        # trained as configured, or fitted to the catalog first (``fit``: pipeline.job.fit_runs)
+        rec = train_or_fit(
+            params, settings, catalog, catalog_dir, split_path, features, model, adapter, run_dir, num_threads
         )
-        rec = result.record
         summary = TrainSummary(
             model=model,
             adapter=adapter,
-            run_dir=str(result.run_dir),
+            run_dir=str(run_dir),
             status=rec.status,
             best_epoch=rec.best_epoch,
             epochs_run=len(rec.epochs),
             test=dict(rec.test),
             valid=dict(rec.best_valid),
+            fit=rec.fit,
         )
         summary.floor_note = rec.floor.line(summary.label) if rec.below_floor else None
         return summary
@@ -258,8 +248,9 @@ def plan_runs(params: PipelineParams) -> tuple[list[tuple[str, str]], list[str]]
     skipped: list[str] = []
     for model in params.models:
         for adapter in params.adapters:
-            if adapter == "befa" and not uses_content(model):
-                skipped.append(f"{model} +befa skipped: {model} uses no content features, so BeFA has nothing to adapt")
+            if adapter == "befa" and not MODELS[model].accepts_befa:
+                why = "has no behaviour embedding" if uses_content(model) else "uses no content features"
+                skipped.append(f"{model} +befa skipped: {model} {why}, so BeFA has nothing to adapt")
                 continue
             if (model, adapter) not in pairs:
                 pairs.append((model, adapter))

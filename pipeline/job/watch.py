@@ -20,7 +20,12 @@ generic ...``) registers the options the catalog recorded when it was ingested
    encoder: the feature store is keyed by (item_id, content hash), so only added and
    edited items are encoded; every other vector is reused. A catalog run with the encoder
    ``imported`` (an MMRec folder) had its new matrices stored by the re-ingest: the watch
-   reports their snapshots, and encodes nothing.
+   reports their snapshots, and encodes nothing;
+4. judges the catalog against the served recommendations (:func:`judge_against_served`):
+   while the last *successful* pipeline run of the catalog (``pipeline.job.served``) used
+   another version than the current one, the catalog counts as changed ("retrain due"),
+   watch after watch, so a retrain that failed or was killed is asked for again until one
+   succeeds; not while a pipeline run of the catalog is running.
 
 :func:`watch_catalogs` watches each catalog on its own: one that fails (a source file
 gone, an unreadable registration, nothing recorded to re-ingest it from) comes back as a
@@ -43,7 +48,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
 from pydantic import BaseModel, Field
 
 from pipeline.data.catalog import Catalog
@@ -53,16 +57,12 @@ from pipeline.data.versions import is_ingested
 from pipeline.features.extract import extract_features
 from pipeline.features.imported import is_imported
 from pipeline.features.summary import FeaturesSummary
+from pipeline.job.catalog_diff import CatalogDiff, diff_catalogs
 from pipeline.job.params import PipelineParams, resolve_importer
+from pipeline.job.served import REGISTRY, current_catalog, running_retrain, served_record, watch_dir
 from pipeline.settings import Settings
 from storage.atomic import write_json
 from storage.feature_store import FeatureStore
-
-REGISTRY = "catalogs.json"
-
-
-def watch_dir(settings: Settings) -> Path:
-    return settings.home / "watch"
 
 
 # -- registry ----------------------------------------------------------------------
@@ -173,57 +173,6 @@ def source_stamp(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:32]
 
 
-# -- comparing catalogs -------------------------------------------------------------
-class CatalogDiff(BaseModel):
-    added: list[str] = Field(default_factory=list)
-    removed: list[str] = Field(default_factory=list)
-    text_changed: list[str] = Field(default_factory=list)
-    image_changed: list[str] = Field(default_factory=list)
-    interactions_changed: bool = False
-
-    @property
-    def items_changed(self) -> bool:
-        return bool(self.added or self.removed or self.text_changed or self.image_changed)
-
-    @property
-    def any(self) -> bool:
-        return self.items_changed or self.interactions_changed
-
-    def to_encode(self, new_items: Any) -> dict[str, set[str]]:
-        """Item ids whose features must be (re)computed, per modality."""
-        by_id = new_items.set_index("item_id")
-        out = {"image": set(self.image_changed), "text": set(self.text_changed)}
-        for modality in out:
-            # an edit that removed the content needs no encoding
-            out[modality] = {i for i in out[modality] if pd.notna(by_id.at[i, f"{modality}_hash"])}
-            out[modality] |= {i for i in self.added if pd.notna(by_id.at[i, f"{modality}_hash"])}
-        return out
-
-
-def diff_catalogs(old: Any, new: Any) -> CatalogDiff:
-    """What changed between two catalogs, by item_id and content hash."""
-    o = old.items.set_index("item_id")[["text_hash", "image_hash"]]
-    n = new.items.set_index("item_id")[["text_hash", "image_hash"]]
-    common = o.index.intersection(n.index)
-
-    def changed(col: str) -> list[str]:
-        a, b = o.loc[common, col], n.loc[common, col]
-        differ = ~((a == b) | (a.isna() & b.isna()))
-        # an item whose image was removed also counts: its feature goes away
-        return sorted(map(str, common[differ.to_numpy()]))
-
-    inter_cols = ["user_id", "item_id", "rating", "timestamp"]
-    return CatalogDiff(
-        added=sorted(map(str, n.index.difference(o.index))),
-        removed=sorted(map(str, o.index.difference(n.index))),
-        text_changed=changed("text_hash"),
-        image_changed=changed("image_hash"),
-        interactions_changed=not old.interactions[inter_cols]
-        .reset_index(drop=True)
-        .equals(new.interactions[inter_cols].reset_index(drop=True)),
-    )
-
-
 class CatalogChange(BaseModel):
     """What one watch of one catalog found and did."""
 
@@ -238,7 +187,17 @@ class CatalogChange(BaseModel):
     snapshots: dict[str, str] = Field(default_factory=dict)
     fingerprint_before: str | None = None
     fingerprint_after: str | None = None
+    retrain_due: bool = Field(
+        False, description="the served recommendations were made from another catalog version than the current one"
+    )
+    served_version: str | None = Field(None, description="the catalog version the last successful run used")
+    retrain_running: str | None = Field(None, description="the pipeline run of this catalog running now")
     seconds: float = 0.0
+
+    @property
+    def retrain_only(self) -> bool:
+        """Changed only in that a retrain is due: the content is what the last watch saw."""
+        return self.changed and self.retrain_due and self.fingerprint_before == self.fingerprint_after
 
     def summary(self) -> dict[str, Any]:
         """Small payload for events and logs."""
@@ -257,7 +216,28 @@ class CatalogChange(BaseModel):
             "snapshots": self.snapshots,
             "fingerprint_before": self.fingerprint_before,
             "fingerprint_after": self.fingerprint_after,
+            "retrain_due": self.retrain_due,
+            "served_version": self.served_version,
         }
+
+    def sentence(self, event: str | None = None, retrain: bool = True) -> str:
+        """What this watch found, in one sentence: what `befa watch` prints and the Prefect watch
+        logs (``event``: the event it emitted for a change; ``retrain=False``: said so)."""
+        if self.error:
+            return f"{self.catalog}: watch failed, skipped: {self.error}"
+        if not self.changed:
+            return f"{self.catalog} unchanged ({self.reason})"
+        if self.retrain_only:
+            return f"{self.catalog}: {self.reason}" + (f"; event {event} emitted" if event else "")
+        d = self.diff
+        encoded = ", ".join(f"{n} {m}" for m, n in self.encoded.items()) or "nothing"
+        said = (
+            f"{self.catalog} changed ({self.reason}): +{len(d.added)} -{len(d.removed)} items, "
+            f"{len(d.text_changed)} texts and {len(d.image_changed)} images edited"
+            f"{', interactions changed' if d.interactions_changed else ''}; "
+            f"{len(self.items_reencoded)} items re-encoded (vectors encoded: {encoded}) in {self.seconds:.1f} s"
+        )
+        return said + (f"; event {event} emitted{'' if retrain else ' (retrain off)'}" if event else "")
 
 
 # -- the watch ----------------------------------------------------------------------
@@ -288,6 +268,7 @@ def watch_catalog(settings: Settings, name: str, params: PipelineParams | None =
         )
     else:
         change = _reingest_and_encode(settings, name, params, stored)
+    judge_against_served(settings, name, change)
     change.seconds = round(time.perf_counter() - start, 3)
     write_json(
         _state_path(settings, name),
@@ -299,6 +280,35 @@ def watch_catalog(settings: Settings, name: str, params: PipelineParams | None =
         },
     )
     return change
+
+
+def judge_against_served(settings: Settings, name: str, change: CatalogChange) -> None:
+    """A retrain is due while the served recommendations (the last successful pipeline run,
+    ``pipeline.job.served``) come from another catalog version than the current one: such a
+    catalog counts as changed, watch after watch, until a run succeeds, unless one is
+    running now."""
+    current = change.fingerprint_after
+    served = served_record(settings, name)
+    if current is None or (served is not None and served.fingerprint == current):
+        return
+    change.retrain_due = True
+    change.served_version = served.catalog_version.label() if served is not None else None
+    running = running_retrain(settings, name)
+    change.retrain_running = running.describe() if running is not None else None
+    if change.changed:  # the content changed in this watch: said so already
+        return
+    if running is not None:
+        change.reason = f"content unchanged; a pipeline run of it is running ({running.describe()})"
+        return
+    now = current_catalog(settings, name)
+    now_label = now.label() if now is not None else f"fingerprint {current}"
+    change.changed = True
+    change.reason = (
+        f"retrain due: the served recommendations were made from catalog version {change.served_version}, "
+        f"the catalog is at {now_label} and no pipeline run on it has succeeded"
+        if served is not None
+        else f"retrain due: no successful pipeline run of catalog version {now_label} is recorded"
+    )
 
 
 def _reingest_and_encode(

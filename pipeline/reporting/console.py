@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pipeline.features.summary import ExtractSummary
+from pipeline.reporting.gains import INTERVAL_METRICS, ReportGain, fmt_gain, fmt_interval
 from pipeline.training.trainer import RunResult
 
 
@@ -27,6 +28,32 @@ def metrics_table(
         table.add_column(m, justify="right")
     for label, values in rows.items():
         table.add_row(label, *(f"{values[m]:.4f}" if m in values else "-" for m in metrics))
+    return table
+
+
+def gains_table(gains: list[ReportGain], metrics: tuple[str, ...] = INTERVAL_METRICS, title: str | None = None) -> Any:
+    """A rich Table of base vs +BeFA per model trained both ways: the relative gain, its 95%
+    paired bootstrap interval over test users and the verdict (yellow: not distinguishable
+    from noise)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title or "base vs +BeFA (test, best valid epoch; 95% paired bootstrap CI over users)")
+    for col in ("model", "metric", "base", "+BeFA", "gain", "95% CI", "verdict"):
+        table.add_column(col, justify="left" if col in ("model", "metric", "verdict") else "right")
+    for g in gains:
+        if g.metric not in metrics or g.relative_gain is None:
+            continue
+        style = "yellow" if g.verdict.startswith("not ") else ("green" if g.verdict.startswith("+") else None)
+        table.add_row(
+            g.model,
+            g.metric,
+            "-" if g.base is None else f"{g.base:.4f}",
+            "-" if g.befa is None else f"{g.befa:.4f}",
+            fmt_gain(g.relative_gain),
+            escape(fmt_interval(g.ci_low, g.ci_high)),
+            f"[{style}]{g.verdict}[/]" if style else g.verdict,
+        )
     return table
 
 

@@ -1,6 +1,7 @@
 """The MostPop floor in the pipeline report: the section that shows it, the runs below it
-(with the likely cause the trainer recorded), the small-catalog batch rule where it
-applied, interrupted runs, and the reference line on the training curves.
+(with what their epoch log measures, what was tried and what to try: ``pipeline.training.floor_check``),
+the small-catalog batch rule where it applied, interrupted runs, and the reference line on
+the training curves.
 
 A trained run's record carries the floor it was checked against (``RunRecord.floor``); the
 MostPop run itself (``befa run`` always trains it) carries the same numbers as its metrics.
@@ -39,7 +40,7 @@ def vs_floor(rec: RunRecord) -> str:
 
 
 def floor_section(records: Sequence[RunRecord]) -> list[str]:
-    """Markdown: the floor, every run against it, the flagged runs with their likely causes."""
+    """Markdown: the floor, every run against it, the flagged runs with their diagnosis."""
     valid, test = floor_values(records)
     lines = ["", "## Floor: MostPop", ""]
     if valid is None:
@@ -59,12 +60,29 @@ def floor_section(records: Sequence[RunRecord]) -> list[str]:
         )
     flagged = [r for r in records if r.below_floor]
     if flagged:
-        lines += ["", f"**{len(flagged)} run(s) ended below the floor.** Likely causes:", ""]
-        lines += [f"- {label(r)}: " + "; ".join(r.floor.causes) for r in flagged]
+        lines += [
+            "",
+            f"**{len(flagged)} run(s) ended below the floor.** What each run's epoch log measures, "
+            "what was tried, what to try:",
+            "",
+        ]
+        lines += [f"- {label(r)}: {flagged_line(r)}" for r in flagged]
     adapted = [r for r in records if r.batching is not None and r.batching.adapted]
     if adapted:
         lines += ["", adapted[0].batching.label.capitalize() + ": " + adapted[0].batching.note() + "."]
     return lines
+
+
+def flagged_line(rec: RunRecord) -> str:
+    """A flagged run's diagnosis: measured causes, then what was tried and what to try."""
+    floor = rec.floor
+    text = "; ".join(floor.causes)
+    if floor.tried:
+        text += f". Tried: {floor.tried}"
+    if floor.to_try:
+        text += ". Try: " + "; ".join(f"`{t.split(': ', 1)[1]}` ({t.split(': ', 1)[0]})" if ": " in t else t
+                                      for t in floor.to_try)  # fmt: skip
+    return text
 
 
 def state_notes(records: Sequence[RunRecord]) -> list[str]:

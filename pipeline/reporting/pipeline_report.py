@@ -1,20 +1,24 @@
 """Run reports: what a pipeline run produced, as files next to its training runs.
 
 Input: the run folders written by the trainer (``pipeline.training.record``: ``run.json`` with
-the config, per-epoch valid metrics and test metrics at the best valid epoch) plus a
-:class:`ReportContext` (data, encoder, feature snapshots, split, configuration, step
-timings). Output, in one folder::
+the config, per-epoch valid metrics and test metrics at the best valid epoch;
+``per_user.parquet`` with each test user's Recall@20 / NDCG@20) plus a
+:class:`ReportContext` (data and where it came from, encoder, feature snapshots, split,
+configuration, step timings). Output, in one folder::
 
     metrics.parquet / metrics.json   one row per model x adapter x metric (test split,
                                      best valid epoch), long format, with the encoder
                                      fingerprints and a random-init flag on every row
-    gains.parquet                    base vs +BeFA per model and metric, relative gain
+    gains.parquet                    base vs +BeFA per model and metric: relative gain, its
+                                     paired bootstrap 95% interval over test users
+                                     (ci_low, ci_high, n_users) and the verdict
     curves.png                       valid Recall@20 per epoch, one line per model x adapter
-    base_vs_befa.png                 test Recall@20 / NDCG@20 bars, base next to +BeFA
+    base_vs_befa.png                 test Recall@20 / NDCG@20 bars, base next to +BeFA, and
+                                     the relative gains with their intervals as error bars
     report.md                        the summary a person reads
 
-Relative gain is ``(befa - base) / base``; it is left empty (not infinite) when the
-base metric is 0, which happens with tiny test configurations.
+Gains, their intervals, the "not distinguishable from noise" verdict and the flag on arms
+that stopped far apart: :mod:`pipeline.reporting.gains`.
 
 Run records are read through :class:`~pipeline.training.record.RunRecord`, which imports
 no torch, so a report can be rebuilt anywhere the run folders are readable.
@@ -23,26 +27,33 @@ no torch, so a report can be rebuilt anywhere the run folders are readable.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field, SerializeAsAny
 
-from pipeline.data.summary import DatasetSummary, SplitSummary
+from pipeline.data.summary import DatasetSummary, IngestSource, SplitSummary
 from pipeline.features.summary import ModalityFeatures
+from pipeline.reporting.cold_start import cold_start_section
 from pipeline.reporting.common import ADAPTER_LABEL, fmt_number, markdown_table
+from pipeline.reporting.fit_section import fit_section
 from pipeline.reporting.floor_section import floor_section, state_notes, vs_floor
-from pipeline.reporting.gate_section import gains_caveats, gate_section
+from pipeline.reporting.gains import (
+    ReportGain,
+    gain_intervals,
+    gains_frame,
+    report_gains,
+    results_section,
+    stop_flags,
+)
+from pipeline.reporting.gate_section import gate_section
 from pipeline.reporting.plots import CURVE_METRIC, plot_base_vs_befa, plot_training_curves
 from pipeline.reporting.showcase import recommendations_section
 from pipeline.training.record import RunRecord
 from storage.atomic import write_json, write_parquet, write_text
 from storage.keys import modality_order
-
-HEADLINE_METRICS: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
 class ReportContext(BaseModel):
@@ -67,6 +78,10 @@ class ReportFiles(BaseModel):
     report_md: Path
     curves_png: Path | None = None
     bars_png: Path | None = None
+    # base vs +BeFA per model and metric with its interval (the terminal's table), and the
+    # pairs whose arms stopped far apart
+    gains: list[ReportGain] = Field(default_factory=list)
+    gain_notes: list[str] = Field(default_factory=list)
 
 
 # -- reading runs ------------------------------------------------------------
@@ -90,6 +105,11 @@ METRIC_COLUMNS = [
     "random_init",
     "below_floor",
 ]
+
+
+def gains_of(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Base vs +BeFA of these runs: the gains frame with each gain's paired bootstrap interval."""
+    return gains_frame(metrics_frame(records), intervals=gain_intervals(records))
 
 
 def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -121,62 +141,6 @@ def metrics_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     return frame
 
 
-def relative_gain(base: float | None, adapted: float | None) -> float | None:
-    if base is None or adapted is None or (isinstance(base, float) and math.isnan(base)):
-        return None
-    if adapted != adapted:  # NaN
-        return None
-    return (adapted - base) / base if base != 0 else None
-
-
-def gains_frame(metrics: pd.DataFrame, metric_names: Sequence[str] = HEADLINE_METRICS) -> pd.DataFrame:
-    """Per model and metric: base value, +BeFA value, relative gain (None when undefined).
-
-    Models trained only one way get a row with the other side empty."""
-    cols = ["model", "metric", "base", "befa", "relative_gain"]
-    if metrics.empty:
-        return pd.DataFrame(columns=cols)
-    wanted = metrics[metrics["metric"].isin(metric_names)]
-    rows = []
-    for (model, metric), group in wanted.groupby(["model", "metric"], sort=False):
-        by_adapter = dict(zip(group["adapter"], group["value"]))
-        base, befa = by_adapter.get("none"), by_adapter.get("befa")
-        rows.append(
-            {"model": model, "metric": metric, "base": base, "befa": befa, "relative_gain": relative_gain(base, befa)}
-        )
-    out = pd.DataFrame(rows, columns=cols)
-    order = {m: i for i, m in enumerate(metric_names)}
-    models_order = {m: i for i, m in enumerate(dict.fromkeys(metrics["model"]))}
-    out = out.sort_values(["model", "metric"], key=lambda s: s.map(models_order if s.name == "model" else order))
-    return out.reset_index(drop=True)
-
-
-def mean_gains(gains: pd.DataFrame) -> dict[str, float | None]:
-    """Relative gain averaged over the models that have both sides (the paper's summary figure)."""
-    out: dict[str, float | None] = {}
-    for metric, group in gains.groupby("metric", sort=False):
-        vals = [float(g) for g in group["relative_gain"] if g is not None and g == g]
-        out[metric] = sum(vals) / len(vals) if vals else None
-    return out
-
-
-def gains_table_rows(gains: pd.DataFrame) -> list[dict[str, Any]]:
-    """The gains as JSON-friendly rows (model, metric, base, +BeFA, gain in %), for artifacts."""
-    rows = []
-    for rec in gains.to_dict("records"):
-        gain = rec["relative_gain"]
-        rows.append(
-            {
-                "model": rec["model"],
-                "metric": rec["metric"],
-                "base": fmt_number(rec["base"]),
-                "+BeFA": fmt_number(rec["befa"]),
-                "relative gain": "n/a" if gain is None or gain != gain else f"{gain * 100:+.2f}%",
-            }
-        )
-    return rows
-
-
 # -- markdown ----------------------------------------------------------------
 def render_markdown(
     context: ReportContext,
@@ -198,9 +162,11 @@ def render_markdown(
         _data_section(context),
         _features_section(context),
         _split_section(context),
-        _results_section(gains, records),
+        results_section(gains, records),
         gate_section(records),
+        cold_start_section(records),
         floor_section(records),
+        fit_section(records),
         _runs_section(records),
     ):
         lines += section
@@ -219,6 +185,20 @@ def _data_section(context: ReportContext) -> list[str]:
             f"- items: {ds.num_items:,}",
             f"- interactions: {ds.num_interactions:,}",
         ]
+        lines += source_lines(ds.source)
+    return lines
+
+
+def source_lines(source: IngestSource | None) -> list[str]:
+    """Where the catalog came from: the importer, the files it read, its other options."""
+    if source is None:
+        return ["- source: no ingest record (catalog ingested before catalogs recorded one)"]
+    version = f" (catalog version `{source.version}`)" if source.version else ""
+    lines = [f"- source: importer `{source.importer}`{version}"]
+    lines += [f"    - {key}: `{path}`" for key, path in source.paths.items()]
+    if source.options:
+        options = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in sorted(source.options.items()))
+        lines.append(f"    - options ({len(source.options)}): `{options}`")
     return lines
 
 
@@ -254,26 +234,6 @@ def _split_section(context: ReportContext) -> list[str]:
         if sp.counts:
             lines.append("- rows: " + ", ".join(f"{k} {v:,}" for k, v in sp.counts.items()))
     return lines
-
-
-def _results_section(gains: pd.DataFrame, records: Sequence[RunRecord]) -> list[str]:
-    lines = ["", "## Test metrics (best valid epoch), base vs +BeFA", ""]
-    if gains.empty:
-        return lines + ["No finished runs."]
-    lines += markdown_table(
-        ["model", "metric", "base", "+BeFA", "relative gain"],
-        [list(r.values()) for r in gains_table_rows(gains)],
-        ["---", "---", "---:", "---:", "---:"],
-    )
-    means = mean_gains(gains)
-    if any(v is not None for v in means.values()):
-        lines += [
-            "",
-            "Mean relative gain over models: "
-            + ", ".join(f"{m} {('n/a' if v is None else f'{v * 100:+.2f}%')}" for m, v in means.items()),
-        ]
-    caveats = gains_caveats(records)  # a collapsed gate: that model's +BeFA number is not BeFA's effect
-    return lines + ([""] + [f"**{c}**" for c in caveats] if caveats else [])
 
 
 def _runs_section(records: Sequence[RunRecord]) -> list[str]:
@@ -315,7 +275,14 @@ def _appendix(context: ReportContext, files: dict[str, str] | None) -> list[str]
     lines: list[str] = []
     if context.config is not None:
         config = context.config.model_dump(mode="json")
-        lines += ["", "## Configuration", "", "```json", json.dumps(config, indent=2, default=str), "```"]
+        lines += ["", "## Configuration", ""]
+        if "ingest_options" in config:
+            lines += [
+                "`importer` and `ingest_options` are what this run was given (null and {}: the catalog as stored); "
+                "where its data came from is under Data.",
+                "",
+            ]
+        lines += ["```json", json.dumps(config, indent=2, default=str), "```"]
     if context.timings:
         lines += ["", "## Timings", ""]
         lines += markdown_table(
@@ -336,18 +303,19 @@ def write_report(folder: str | Path, run_dirs: Sequence[str | Path], context: Re
     folder.mkdir(parents=True, exist_ok=True)
     records = load_runs(run_dirs)
     metrics = metrics_frame(records)
-    gains = gains_frame(metrics)
+    gains = gains_frame(metrics, intervals=gain_intervals(records))
 
     metrics_parquet = write_parquet(folder / "metrics.parquet", pa.Table.from_pandas(metrics, preserve_index=False))
     metrics_json = write_json(folder / "metrics.json", json.loads(metrics.to_json(orient="records")))
     gains_parquet = write_parquet(
         folder / "gains.parquet",
         pa.Table.from_pandas(
-            gains.astype({"base": float, "befa": float, "relative_gain": float}), preserve_index=False
+            gains.astype({c: float for c in ("base", "befa", "relative_gain", "ci_low", "ci_high", "n_users")}),
+            preserve_index=False,
         ),
     )
     curves = plot_training_curves(records, folder / "curves.png") if records else None
-    bars = plot_base_vs_befa(metrics, folder / "base_vs_befa.png") if not metrics.empty else None
+    bars = plot_base_vs_befa(metrics, folder / "base_vs_befa.png", gains=gains) if not metrics.empty else None
     files = {
         "metrics": metrics_parquet.name,
         "metrics (JSON)": metrics_json.name,
@@ -373,4 +341,6 @@ def write_report(folder: str | Path, run_dirs: Sequence[str | Path], context: Re
         report_md=report_md,
         curves_png=curves,
         bars_png=bars,
+        gains=report_gains(gains),
+        gain_notes=stop_flags(records),
     )

@@ -9,8 +9,10 @@ flat as users grow, and batches are streamed into the Parquet file.
 
 Output (``user_id, rank, item_id, score``; rank 1 is best), and beside it
 ``<name>.json``: the run, model, adapter, feature snapshots, the catalog's fingerprint,
-what was excluded, counts and the creation time. Both are written under a temporary name
-and renamed, so a killed write leaves no partial file. One line of DuckDB reads it::
+what was excluded, counts, the creation time and the Parquet's sha256. Both are written
+under a temporary name and renamed, the manifest last, so a killed write leaves no partial
+file and never a manifest beside another write's Parquet; befa's readers check the sha256
+(:mod:`pipeline.serving.ranked_files`). One line of DuckDB reads it::
 
     duckdb -c "SELECT * FROM 'recommendations.parquet' WHERE user_id = '42' ORDER BY rank"
 
@@ -32,14 +34,14 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
 from torch import Tensor
 
 from pipeline.evaluation.evaluator import topk_items
+from pipeline.serving.new_items import top_with_slots
+from pipeline.serving.ranked_files import write_pair
 from pipeline.serving.servable import Servable, ServingError, parse_ids
-from storage.atomic import atomic_path, write_json
 
 Seen = Literal["all", "train", "none"]
 RECS_SCHEMA = pa.schema(
@@ -66,10 +68,13 @@ class RecommendRequest:
     seen: Seen = "all"
     candidates: list[str] | None = None  # allowed item ids; None = every current item
     block_elements: int = 1 << 21  # scores per batch, as the evaluator
+    new_item_slots: int = 0  # places each list guarantees to items without behaviour (new_items)
 
     def check(self) -> None:
         if self.k < 1:
             raise ServingError(f"--k must be at least 1, got {self.k}")
+        if not 0 <= self.new_item_slots <= self.k:
+            raise ServingError(f"--new-item-slots must be between 0 and --k ({self.k}), got {self.new_item_slots}")
         if self.seen not in ("all", "train", "none"):
             raise ServingError(f"seen must be all, train or none, got {self.seen!r}")
 
@@ -123,19 +128,33 @@ def score_batches(s: Servable, request: RecommendRequest, allowed: Tensor, users
     for start in range(0, users.numel(), batch):
         rows = users[start : start + batch]
         scores = s.user_emb[rows] @ item_t
+        if s.calibration is not None:  # mapped items' scores on the warm items' scale (new_items)
+            scores = s.calibration.rescore(rows, scores)
         scores[:, blocked] = float("-inf")
         r, i = _seen_rows(s, rows, request.seen)
         scores[r, i] = float("-inf")
-        yield ranked_frame(scores, k, rows, user_ids, s.item_ids, ("user_id", "item_id"))
+        top = None
+        if request.new_item_slots and s.no_behaviour is not None:
+            top = top_with_slots(scores, k, s.no_behaviour, request.new_item_slots)
+        yield ranked_frame(scores, k, rows, user_ids, s.item_ids, ("user_id", "item_id"), top)
 
 
 def ranked_frame(
-    scores: Tensor, k: int, rows: Tensor, row_ids: np.ndarray, item_ids: np.ndarray, names: tuple[str, str]
+    scores: Tensor,
+    k: int,
+    rows: Tensor,
+    row_ids: np.ndarray,
+    item_ids: np.ndarray,
+    names: tuple[str, str],
+    top: tuple[Tensor, Tensor] | None = None,
 ) -> pd.DataFrame:
-    """The top ``k`` of each row of ``scores`` (the evaluator's order) as (row id, rank,
-    item id, score), -inf entries (excluded items) dropped."""
-    top = topk_items(scores, k)
-    vals = scores.gather(1, top)
+    """The top ``k`` of each row of ``scores`` (the evaluator's order; or ``top``, (items,
+    scores) already chosen) as (row id, rank, item id, score), -inf entries (excluded items) dropped."""
+    if top is None:
+        top = topk_items(scores, k)
+        vals = scores.gather(1, top)
+    else:
+        top, vals = top
     keep = torch.isfinite(vals)
     rank = torch.arange(1, k + 1, dtype=torch.int32, device=top.device).expand_as(top)
     who = rows[:, None].expand_as(top)
@@ -164,16 +183,6 @@ def recommend(s: Servable, request: RecommendRequest) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECS_SCHEMA.names)
 
 
-def stream_parquet(path: Path, schema: pa.Schema, frames: Iterator[pd.DataFrame]) -> int:
-    rows = 0
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for frame in frames:
-                writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
-                rows += len(frame)
-    return rows
-
-
 def manifest_base(s: Servable, kind: str) -> dict[str, Any]:
     rec = s.record
     return {
@@ -195,6 +204,19 @@ def manifest_base(s: Servable, kind: str) -> dict[str, Any]:
     }
 
 
+def mapped_manifest(s: Servable, slots: int) -> dict[str, Any]:
+    """What the manifest says of the items without behaviour and how they were scored."""
+    unseen = s.no_behaviour if s.no_behaviour is not None else torch.zeros(0, dtype=torch.bool)
+    ids = s.item_ids[unseen.cpu().numpy()] if unseen.numel() else np.array([], dtype=object)
+    return {
+        "mapper": s.mapper,  # None: the model's own content path
+        "calibration": s.calibration.mode if s.calibration is not None else None,
+        "new_item_slots": slots,
+        "items_without_behaviour": [str(i) for i in ids],
+        "mapped_items": [str(i) for i in ids] if s.mapper else [],
+    }
+
+
 def write_recommendations(s: Servable, request: RecommendRequest, out: str | Path, progress: Any = None) -> Written:
     """Stream every requested user's top-K into ``out`` (Parquet) and write ``out``'s manifest."""
     request.check()
@@ -205,16 +227,18 @@ def write_recommendations(s: Servable, request: RecommendRequest, out: str | Pat
     frames = score_batches(s, request, allowed, users)
     if progress is not None:
         frames = progress(frames, users.numel())
-    rows = stream_parquet(out, RECS_SCHEMA, frames)
-    seconds = time.perf_counter() - start
-    info = {
-        **manifest_base(s, "recommendations"),
-        "k": request.k,
-        "seen_excluded": request.seen,
-        "users": int(users.numel()),
-        "rows": rows,
-        "seconds": round(seconds, 3),
-        **notes,
-    }
-    manifest = write_json(out.with_suffix(".json"), info)
-    return Written(out, manifest, rows, int(users.numel()), seconds, info)
+
+    def manifest(rows: int) -> dict[str, Any]:
+        return {
+            **manifest_base(s, "recommendations"),
+            "k": request.k,
+            "seen_excluded": request.seen,
+            "users": int(users.numel()),
+            "rows": rows,
+            "seconds": round(time.perf_counter() - start, 3),
+            **notes,
+            **mapped_manifest(s, request.new_item_slots),
+        }
+
+    rows, path, info = write_pair(out, RECS_SCHEMA, frames, manifest)
+    return Written(out, path, rows, int(users.numel()), info["seconds"], info)

@@ -37,12 +37,15 @@ from torch import Tensor
 
 from models import get_model_class
 from models.base import Recommender
+from models.id_dropout import item_ids_masked
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.splits import Split
 from pipeline.device import resolve_device
+from pipeline.evaluation.calibration import QuantileCalibration
 from pipeline.evaluation.evaluator import UserItems
 from pipeline.features.bundle import FeatureBundle
 from pipeline.features.load import load_features
+from pipeline.serving.new_items import apply_mapper, fit_missing_mappers
 from pipeline.training.api import load_trained
 from pipeline.training.build import build_model
 from pipeline.training.checkpoints import upgrade_keys
@@ -79,6 +82,11 @@ class Servable:
     new_items_left_out: int = 0
     new_item_snapshots: dict[str, str] = field(default_factory=dict)
     catalog_dir: str | None = None  # the folder the current catalog was read from
+    # items the run never trained on (new and cold ones): their representation is the content
+    # mapper's when ``mapper`` is set, else the model's own content path (pipeline.serving.new_items)
+    no_behaviour: Tensor | None = None
+    calibration: QuantileCalibration | None = None  # their scores on the warm items' scale, per user
+    mapper: str | None = None  # the mapper method used, None when none was
 
     @property
     def num_items(self) -> int:
@@ -210,17 +218,13 @@ def load_servable(
     catalog: str | Path | Catalog | None = None,
     device: str | torch.device | None = None,
     new_items: bool = True,
+    mapper: str = "auto",
 ) -> Servable:
-    """The run at ``run_dir`` mapped onto ``catalog`` (default: the catalog folder it recorded)."""
+    """The run at ``run_dir`` mapped onto ``catalog`` (default: the one it recorded); ``mapper``:
+    how items without behaviour are represented (auto, a method or none: ``pipeline.serving.new_items``)."""
     run_dir = Path(run_dir)
     record = RunRecord.load(run_dir)
-    source = catalog if catalog is not None else record.sources.get("catalog")
-    if source is None:
-        raise ServingError(f"{run_dir}: the run did not record its catalog folder; pass --catalog")
-    current = source if isinstance(source, Catalog) else Catalog.load(source)
-    split = Split.load(record.sources["split"]) if record.sources.get("split") else None
-    if split is None:
-        raise ServingError(f"{run_dir}: the run did not record its split file")
+    source, current, split = _sources(run_dir, record, catalog)
     universe = _universe(run_dir, record, current)
     device = resolve_device(device)
     model_cls = get_model_class(record.model)
@@ -230,6 +234,8 @@ def load_servable(
     grow = new_items and len(fresh_items) > 0 and getattr(model_cls, "serves_new_items", False)
     item_ids = universe.items["item_id"].to_numpy(dtype=object)
     snapshots_new: dict[str, str] = {}
+    if mapper not in ("none", "auto"):  # a mapper asked for by name: fit the run's mappers once if missing
+        fit_missing_mappers(run_dir, trained, as_catalog(universe, current.name), split, device)
     if grow:
         net, bundle, snapshots_new = _grown_model(
             run_dir, record, model_cls, universe, fresh_items, trained, split, store, current, device
@@ -240,16 +246,17 @@ def load_servable(
             run_dir, catalog=as_catalog(universe, current.name), split=split, features=trained, device=device
         )
         net, bundle = run.model, trained or FeatureBundle.empty()
-    with torch.no_grad():
-        user_emb, item_emb = net.inference_embeddings()
-        user_emb, item_emb = net.serving_embeddings(user_emb.float(), item_emb.float(), universe.num_items)
+    user_emb, item_emb = _serving_embeddings(net, universe.num_items)
     active = torch.tensor([i in in_catalog for i in item_ids], dtype=torch.bool, device=item_emb.device)
-    new = torch.zeros(item_ids.size, dtype=torch.bool, device=item_emb.device)
-    new[universe.num_items :] = True
+    new = torch.arange(item_ids.size, device=item_emb.device) >= universe.num_items
     item_rows = pd.Series(np.arange(item_ids.size, dtype=np.int64), index=item_ids)
     user_rows = universe.user_rows()
     every, train_only = _histories(current, split, user_rows, item_rows, user_emb.size(0), item_emb.device)
+    no_behaviour, calibration, method = apply_mapper(run_dir, mapper, bundle, user_emb, item_emb, train_only)
     return Servable(
+        no_behaviour=no_behaviour,
+        calibration=calibration,
+        mapper=method,
         run_dir=run_dir,
         record=record,
         catalog=current,
@@ -269,6 +276,23 @@ def load_servable(
         new_item_snapshots=snapshots_new,
         catalog_dir=None if isinstance(source, Catalog) else str(Path(source).resolve()),
     )
+
+
+def _sources(run_dir: Path, record: RunRecord, catalog: str | Path | Catalog | None) -> tuple[Any, Catalog, Split]:
+    """(the catalog source as given or recorded, the catalog now, the run's split)."""
+    source = catalog if catalog is not None else record.sources.get("catalog")
+    if source is None:
+        raise ServingError(f"{run_dir}: the run did not record its catalog folder; pass --catalog")
+    current = source if isinstance(source, Catalog) else Catalog.load(source)
+    if not record.sources.get("split"):
+        raise ServingError(f"{run_dir}: the run did not record its split file")
+    return source, current, Split.load(record.sources["split"])
+
+
+def _serving_embeddings(net: Recommender, trained_items: int) -> tuple[Tensor, Tensor]:
+    with torch.no_grad(), item_ids_masked(net, net.id_keep()):
+        user_emb, item_emb = net.inference_embeddings()
+        return net.serving_embeddings(user_emb.float(), item_emb.float(), trained_items)
 
 
 def _grown_model(

@@ -10,7 +10,8 @@ Two spaces:
 The item itself, items removed from the catalog and items outside ``candidates`` are never
 returned; ties as in the evaluator (lower item row first). Same file conventions as the
 recommendations (``pipeline.serving.ranked_lists``): Parquet ``item_id, rank,
-similar_item_id, score`` plus a JSON manifest, both written atomically.
+similar_item_id, score`` plus a JSON manifest carrying its sha256, written as one pair
+(``pipeline.serving.ranked_files``).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.serving.ranked_files import write_pair
 from pipeline.serving.ranked_lists import (
     SIMILAR_SCHEMA,
     Written,
     allowed_items,
     manifest_base,
+    mapped_manifest,
     ranked_frame,
-    stream_parquet,
 )
 from pipeline.serving.servable import Servable, ServingError, parse_ids
-from storage.atomic import write_json
 
 Space = Literal["model", "content"]
 
@@ -97,16 +98,18 @@ def write_similar(
     allowed, notes = allowed_items(s, candidates)
     rows = _query_rows(s, items)
     item_vectors(s, space)  # refuse a bad space before the file is opened
-    written = stream_parquet(out, SIMILAR_SCHEMA, _batches(s, rows, k, space, allowed))
-    seconds = time.perf_counter() - start
-    info = {
-        **manifest_base(s, "similar-items"),
-        "k": k,
-        "space": space,
-        "items": int(rows.size),
-        "rows": written,
-        "seconds": round(seconds, 3),
-        **notes,
-    }
-    manifest = write_json(out.with_suffix(".json"), info)
-    return Written(out, manifest, written, int(rows.size), seconds, info)
+
+    def manifest(written: int) -> dict:
+        return {
+            **manifest_base(s, "similar-items"),
+            "k": k,
+            "space": space,
+            "items": int(rows.size),
+            "rows": written,
+            "seconds": round(time.perf_counter() - start, 3),
+            **notes,
+            **mapped_manifest(s, 0),
+        }
+
+    written, path, info = write_pair(out, SIMILAR_SCHEMA, _batches(s, rows, k, space, allowed), manifest)
+    return Written(out, path, written, int(rows.size), info["seconds"], info)

@@ -6,11 +6,11 @@ and time overhead, and the one-paragraph verdict.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from pipeline.evaluation.settings import setting_column
 from pipeline.study.params import StudyParams
 from pipeline.study.report.tables import HEADLINE, PAPER_CLAIM
 from pipeline.study.rows import FloorRow, GainRow, OverheadRow, SignificanceRow, UserGroupRow
@@ -18,7 +18,7 @@ from pipeline.study.runner import RunSpec
 from pipeline.study.stats import holm, paired_frame, paired_test
 from pipeline.training.floor_check import FLOOR_METRIC, FLOOR_MODEL
 from pipeline.training.gate_health import COLLAPSED
-from pipeline.training.record import PER_USER, RunRecord
+from pipeline.training.record import RunRecord, read_per_user
 from storage.keys import modality_order
 
 # -- results ---------------------------------------------------------------------------
@@ -69,6 +69,14 @@ def result_rows(rec: RunRecord, spec: RunSpec, extra: dict[str, Any]) -> list[di
         for group, g in rec.item_groups.get(split_name, {}).items():
             for metric, value in sorted(g.metrics.items()):
                 rows.append({**base, "split": split_name, "metric": f"{group}/{metric}", "value": float(value)})
+        # cold-items splits: the cold and warm settings (candidates restricted; pipeline.evaluation.settings)
+        # as metrics "<setting>_setting/<metric>", the per-user columns' names
+        for setting, per_part in rec.settings.items():
+            g = per_part.get(split_name)
+            for metric, value in sorted(g.metrics.items() if g else []):
+                rows.append(
+                    {**base, "split": split_name, "metric": setting_column(setting, metric), "value": float(value)}
+                )
     return rows
 
 
@@ -89,9 +97,7 @@ def summarise(frame: pd.DataFrame, by: list[str], split: str = "test") -> pd.Dat
 
 
 def per_user(run_dir: str) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(Path(run_dir) / PER_USER).to_pandas()
+    return read_per_user(run_dir)
 
 
 def paired_per_user(runs: Runs, models: list[str]) -> list[tuple[str, tuple[list[pd.DataFrame], list[pd.DataFrame]]]]:

@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from models.id_dropout import item_ids_masked
 from pipeline.data.image_modes import to_rgb
 from pipeline.data.importers.images import read_image_bytes
 from pipeline.evaluation.evaluator import topk_items
@@ -88,7 +89,8 @@ def gates_and_cosines(model: Any, items: Tensor) -> dict[str, dict[str, np.ndarr
 @torch.no_grad()
 def top_k(model: Any, prepared: Any, users: Tensor, k: int = 10) -> np.ndarray:
     """Each user's top-k items with train items masked (as the evaluator ranks them)."""
-    u, i = model.inference_embeddings()
+    with item_ids_masked(model, model.id_keep()):
+        u, i = model.inference_embeddings()
     scores = u[users].float() @ i.float().T
     train = prepared.evaluator.train
     rows, items = train.rows(users.to(train.indptr.device))

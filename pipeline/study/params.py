@@ -23,10 +23,9 @@ from pipeline.job.params import (
 )
 from pipeline.settings import Settings
 from pipeline.study.rows import SignificanceRow
+from pipeline.training.search import DEFAULT_BEFA_GRID, DEFAULT_LR_GRID  # shared with befa run's fit
 from storage.keys import is_modality
 
-DEFAULT_BEFA_GRID: dict[str, list[Any]] = {"befa.t": [1.0, 2.0, 4.0, 8.0], "befa.dropout": [0.1, 0.3, 0.5, 0.7]}
-DEFAULT_LR_GRID = [1e-4, 5e-4, 1e-3, 5e-3]  # the authors' lr grid, searched in both arms
 DEFAULT_SWEEP_T = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 DEFAULT_MODALITY_SETS = [["image"], ["text"], ["image", "text"]]
 DEFAULT_FRACTIONS = [1.0, 0.5, 0.25]
@@ -266,10 +265,9 @@ def validate_study(params: StudyParams | dict[str, Any], settings: Settings) -> 
     for m in params.models:
         if m not in MODELS:
             raise StudyError(f"unknown model {m!r}; the study compares content models {list(CONTENT_MODELS)}")
-        if not MODELS[m].uses_content:
-            raise StudyError(
-                f"model {m!r} uses no content features: BeFA has nothing to adapt (use {list(CONTENT_MODELS)})"
-            )
+        if not MODELS[m].accepts_befa:
+            why = "has no behaviour embedding" if MODELS[m].uses_content else "uses no content features"
+            raise StudyError(f"model {m!r} {why}: BeFA has nothing to adapt (use {list(CONTENT_MODELS)})")
     for m in params.models:
         grids = {"none": model_grid(params, m), "befa": {**model_grid(params, m), **params.befa_grid}}
         for adapter, grid in grids.items():

@@ -32,15 +32,11 @@ from pipeline.study.params import StudyParams
 from pipeline.training.api import train_model
 from pipeline.training.executor import claim_run, die_once_when_armed, executor_for
 from pipeline.training.liveness import interrupted_note
-from pipeline.training.loop import TrainingInterrupted
 from pipeline.training.record import FINISHED, LAST, PER_USER, RECORD, RunRecord, now
+from pipeline.training.search import PRUNED, RunPruned
 
-PRUNED = "pruned"  # the status of a run its search pruned: ended, but not finished
+__all__ = ["PRUNED", "RunPruned", "RunSpec", "StudyRunner"]
 EpochHook = Callable[[int, RunRecord], None]
-
-
-class RunPruned(TrainingInterrupted):
-    """Raised by a search trial's ``on_epoch_end`` hook: its pruner stops the run."""
 
 
 class RunSpec(BaseModel):

@@ -1,6 +1,7 @@
 """Selection on VALID only (spec section 1), and a plain grid search that uses it.
 
-``select_on_valid`` is the one selection step of the study: it is only ever handed the
+``select_on_valid`` (with ``grid_points``, from the search core ``pipeline.training.search``,
+which ``befa run``'s fit shares) is the one selection step of the study: it is only ever handed the
 trials' valid metrics. The study's own search (``pipeline.study.tuning``: seeded TPE with
 pruning, through optuna) picks its winners with it; ``grid_search`` trains one run per point
 of the Cartesian product of a dict of lists, picks the point with the best VALID Recall@20
@@ -15,14 +16,16 @@ reader of the search trials' test metrics is the report's selection-bias line
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.evaluation.metrics import SELECTION_METRIC
+from pipeline.training.search import grid_points, select_on_valid
 from storage.atomic import write_json
+
+__all__ = ["GridResult", "Trial", "grid_points", "grid_search", "point_name", "select_on_valid"]
 
 
 @dataclass
@@ -57,27 +60,6 @@ class GridResult:
                 for t in self.trials
             ],
         }
-
-
-def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination, keys in the given order (the last key varies fastest)."""
-    for key, values in grid.items():
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-            raise ValueError(f"grid[{key!r}] must be a non-empty list of values, got {values!r}")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-
-
-def select_on_valid(valid_metrics: Sequence[Mapping[str, float]], metric: str = SELECTION_METRIC) -> int:
-    """Index of the best trial by a VALID metric (first one wins ties). Sees nothing else."""
-    if not valid_metrics:
-        raise ValueError("no trials to select from")
-    best_i, best_v = 0, float("-inf")
-    for i, m in enumerate(valid_metrics):
-        v = m.get(metric, float("nan"))
-        if v > best_v:  # NaN never wins
-            best_i, best_v = i, v
-    return best_i
 
 
 def point_name(point: Mapping[str, Any]) -> str:

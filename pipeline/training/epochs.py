@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from models.base import ModelConfig, Recommender
+from models.id_dropout import item_ids_masked
 from pipeline.device import sync
 from pipeline.training.sampling import NegativeSampler, epoch_batches
 
@@ -43,7 +44,7 @@ def epoch_steps(
     model.pre_epoch(epoch)
     for users, pos, neg in epoch_batches(data.train_users, data.train_items, batch_size, generator, sampler):
         optimiser.zero_grad(set_to_none=True)
-        with ctx:
+        with ctx, item_ids_masked(model, model.id_keep(generator)):
             loss = model.loss(users, pos, neg)
         loss.backward()
         optimiser.step()

@@ -23,11 +23,12 @@ from pipeline.device import peak_memory, sync
 from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.batching import MIN_BATCHES_PER_EPOCH
-from pipeline.training.checkpoints import load_last, rng_state, save_last, save_per_user, save_weights, set_rng_state
+from pipeline.training.best_results import keep_best_results
+from pipeline.training.checkpoints import load_last, rng_state, save_last, save_weights, set_rng_state
 from pipeline.training.epochs import make_optimiser, run_epoch
 from pipeline.training.gate_health import model_gate_stats
 from pipeline.training.prepare import PreparedData
-from pipeline.training.record import BEST, LAST, PER_USER, EpochLog, RunRecord, item_group_metrics, now
+from pipeline.training.record import BEST, LAST, EpochLog, RunRecord, now
 from pipeline.training.sampling import NegativeSampler
 
 
@@ -47,6 +48,11 @@ class TrainerConfig(BaseModel):
         description="small-catalog rule: the batch shrinks so an epoch has at least this many",
     )
     floor: bool = Field(True, description="evaluate MostPop on the split first and flag a run that ends below it")
+    map_new_items: bool = Field(
+        True,
+        description="after a content model's run on a split with cold items, fit the content mappers "
+        "(pipeline.training.mapping) so cold and new items get representations from their content",
+    )
 
 
 class TrainingInterrupted(RuntimeError):
@@ -205,9 +211,8 @@ def one_epoch(loop: EpochLoop, epoch: int, on_epoch_end: Callable[[int, RunRecor
     if improved:
         loop.best, loop.bad_epochs, loop.best_results = score, 0, res
         record.best_epoch, record.best_valid, record.test = epoch, valid, res["test"].metrics
-        record.item_groups = item_group_metrics(res)
+        keep_best_results(record, model, loop.prepared.evaluator, res, loop.run_dir)
         save_weights(loop.run_dir / BEST, model, inputs, {"epoch": str(epoch)})
-        save_per_user(loop.run_dir / PER_USER, res)
     else:
         loop.bad_epochs += 1
     save_last(loop.run_dir / LAST, model, inputs, loop.state(epoch))

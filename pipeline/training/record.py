@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.training.batching import BatchPlan
+from pipeline.training.fit_record import FitRecord
 from pipeline.training.floor_check import FloorCheck
 from pipeline.training.gate_health import GateStats
 from pipeline.training.liveness import ProcessInfo, run_state
@@ -66,6 +67,12 @@ class ItemGroupMetrics(BaseModel):
     users: int  # users with >= 1 held-out item in the group
     heldout: int  # held-out (user, item) pairs in the group
     metrics: dict[str, float] = Field(default_factory=dict)  # recall@20, ndcg@20
+    # share of the group's items in the top 20 of every ranked user (hybrid setting); None in older records
+    top_share: float | None = None
+
+
+def _finite(x: float) -> float | None:
+    return x if x == x else None  # NaN is not valid JSON
 
 
 def item_group_metrics(results: dict[str, Any]) -> dict[str, dict[str, ItemGroupMetrics]]:
@@ -73,11 +80,31 @@ def item_group_metrics(results: dict[str, Any]) -> dict[str, dict[str, ItemGroup
     return {
         # a group without users has no metric (NaN is not valid JSON): metrics stay empty
         part: {
-            g: ItemGroupMetrics(users=r.users, heldout=r.heldout, metrics=dict(r.metrics) if r.users else {})
+            g: ItemGroupMetrics(
+                users=r.users,
+                heldout=r.heldout,
+                metrics=dict(r.metrics) if r.users else {},
+                top_share=_finite(r.top_share),
+            )
             for g, r in res.groups.items()
         }
         for part, res in results.items()
         if getattr(res, "groups", None)
+    }
+
+
+def setting_metrics(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, ItemGroupMetrics]]:
+    """setting (cold, warm) -> part -> metrics, from ``pipeline.evaluation.settings.evaluate_settings``."""
+    return {
+        setting: {
+            part: ItemGroupMetrics(
+                users=r.num_users,
+                heldout=r.heldout,
+                metrics=dict(r.metrics) if r.num_users else {},
+            )
+            for part, r in per_part.items()
+        }
+        for setting, per_part in settings.items()
     }
 
 
@@ -112,6 +139,9 @@ class RunRecord(BaseModel):
     # part (valid, test) -> item group (warm, cold, long_tail) -> metrics at the best valid
     # epoch; absent (empty) in records written before item groups existed
     item_groups: dict[str, dict[str, ItemGroupMetrics]] = Field(default_factory=dict)
+    # cold-items splits: setting (cold, warm: candidates restricted, pipeline.evaluation.settings)
+    # -> part -> metrics at the best valid epoch; empty for other splits and older records
+    settings: dict[str, dict[str, ItemGroupMetrics]] = Field(default_factory=dict)
     selection_metric: str = "recall@20"
     wall: dict[str, float] = Field(default_factory=dict)
     memory: dict[str, float] = Field(default_factory=dict)
@@ -124,6 +154,8 @@ class RunRecord(BaseModel):
     batching: BatchPlan | None = None
     # MostPop on the same split and whether this run ended below it; None for MostPop and older records
     floor: FloorCheck | None = None
+    # befa run's fit: the search on valid this run won (pipeline.training.fit_record); None when not fitted
+    fit: FitRecord | None = None
     # why this +BeFA run's adapter could reach neither its loss nor its scores (models.base.Recommender.befa_inert)
     befa_inert: str | None = None
     # who trains it: tells a killed run ("running" forever) from a live one (pipeline.training.liveness)
@@ -166,6 +198,17 @@ class RunRecord(BaseModel):
         record = cls.model_validate(upgrade_config(json.loads(path.read_text())))
         record.run_dir = str(Path(run_dir))
         return record
+
+
+def read_per_user(run_dir: str | Path) -> Any:
+    """The run's per-user metrics (``per_user.parquet``: part, user_idx, recall@20, ndcg@20)
+    as a pandas DataFrame; FileNotFoundError naming the file when the run wrote none."""
+    import pyarrow.parquet as pq
+
+    path = Path(run_dir) / PER_USER
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no per-user metrics (the run did not finish, or predates them)")
+    return pq.read_table(path).to_pandas()
 
 
 def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:

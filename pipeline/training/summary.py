@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from pipeline.summary import StepSummary
+from pipeline.training.fit_record import FitRecord
 
 
 class TrainJob(BaseModel):
@@ -35,6 +36,7 @@ class TrainSummary(StepSummary):
     max_abs_diff: float | None = None
     verify_seconds: float | None = None  # the checkpoint re-evaluation alone (``seconds`` counts training and it)
     floor_note: str | None = None  # set when the run ended below the MostPop floor: by how much and the likely cause
+    fit: FitRecord | None = None  # befa run's fit: the search on valid the run won (None: not fitted)
 
     @property
     def label(self) -> str:

@@ -51,26 +51,22 @@ from pipeline.evaluation.evaluator import EvalResult, evaluate_model
 from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.training.allocator import keep_freed_memory
 from pipeline.training.batching import plan_batches
+from pipeline.training.best_results import keep_best_results
 from pipeline.training.build import build_model
-from pipeline.training.checkpoints import (
-    load_weights,
-    save_per_user,
-    save_weights,
-)
+from pipeline.training.checkpoints import load_weights, save_weights
 from pipeline.training.epochs import is_trainable
 from pipeline.training.floor_check import FLOOR_METRIC, FloorCheck, judge_floor
 from pipeline.training.liveness import mark_active, this_process
 from pipeline.training.loop import EpochLoop, TrainerConfig, TrainingInterrupted, restore, say, train_epochs
+from pipeline.training.mapping import map_run
 from pipeline.training.prepare import PreparedData
 from pipeline.training.record import (
     BEST,
     LAST,
-    PER_USER,
     RECORD,
     EpochLog,
     RunRecord,
     code_version,
-    item_group_metrics,
     now,
 )
 from pipeline.training.run_folder import FeaturesChanged, RunFolderBusy, check_previous
@@ -142,9 +138,27 @@ def fit(
         record.save(run_dir)  # from here on a kill leaves a record that names its process
         mark_active(run_dir, True)
         try:
-            return _finish(loop, train_epochs(loop, on_epoch_end), graph_build_s)
+            result = _finish(loop, train_epochs(loop, on_epoch_end), graph_build_s)
         finally:
             mark_active(run_dir, False)
+        _map_cold_items(result, prepared, trainer)
+        return result
+
+
+def _map_cold_items(result: RunResult, prepared: PreparedData, trainer: TrainerConfig) -> None:
+    """On a split with cold items, a content model's run gets its mappers (``befa map``)."""
+    if not (trainer.map_new_items and "cold" in prepared.evaluator.item_groups and prepared.train.features):
+        return
+    record = map_run(result.model, prepared, result.run_dir, seed=trainer.seed)
+    if not trainer.quiet:
+        for method, m in record.methods.items():
+            cold = m.cold_setting.get("test")
+            hybrid = m.hybrid_groups.get("test", {}).get("cold")
+            say(
+                f"{result.record.model}: {method} mapper ({m.fit['seconds']:.1f} s): cold-setting test R@20 "
+                f"{cold.metrics.get('recall@20', float('nan')) if cold else float('nan'):.4f}, hybrid cold R@20 "
+                f"{hybrid.metrics.get('recall@20', float('nan')) if hybrid else float('nan'):.4f}"
+            )
 
 
 def _check_run_folder(
@@ -231,12 +245,11 @@ def _evaluate_once(
     eval_s = time.perf_counter() - t1
     record.epochs = [EpochLog(epoch=0, loss=None, lr=None, train_s=0.0, eval_s=eval_s, valid=res["valid"].metrics)]
     record.best_epoch, record.best_valid, record.test = 0, res["valid"].metrics, res["test"].metrics
-    record.item_groups = item_group_metrics(res)
+    keep_best_results(record, model, prepared.evaluator, res, run_dir)
     record.status, record.finished_at = "evaluated_only", now()
     record.wall = {"train_total_s": 0.0, "eval_mean_s": eval_s, "graph_build_s": record.graph_build_s or 0.0}
     record.memory = peak_memory(device)
     save_weights(run_dir / BEST, model, list(prepared.train.features.values()), {"epoch": "0"})
-    save_per_user(run_dir / PER_USER, res)
     record.save(run_dir)
     if not trainer.quiet:
         say(f"{record.model}: not trainable, evaluated once: valid R@20 {res['valid'].metrics[SELECTION_METRIC]:.4f}")

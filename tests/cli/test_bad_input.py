@@ -169,17 +169,25 @@ CASES = [
         "none.csv: missing interaction table",
     ),
     Case("images folder missing", lambda w, s: _ingest_args(s)[:9] + [str(s / "pics")], "pics"),
-    Case("no item_id column", ingest, "items.csv: missing column(s) ['item_id']", _drop_column("items.csv", "item_id")),
+    Case(
+        "no item_id column",
+        ingest,
+        "items.csv: missing column(s) ['item_id'] (item id); found ['title', 'text', 'image']. "
+        "Name the column with --column item_id_column=NAME (ingest option item_id_column).",
+        _drop_column("items.csv", "item_id"),
+    ),
     Case(
         "no user_id column",
         ingest,
-        "interactions.csv: missing column(s) ['user_id']",
+        "interactions.csv: missing column(s) ['user_id']; found ['item_id', 'rating', 'timestamp']. "
+        "Name the column with --column user_id_column=NAME (ingest option user_id_column).",
         _drop_column("interactions.csv", "user_id"),
     ),
     Case(
         "no item_id in interactions",
         ingest_new,
-        "interactions.csv: missing column(s) ['item_id']",
+        "interactions.csv: missing column(s) ['item_id']; found ['user_id', 'rating', 'timestamp']. "
+        "Name the column with --column interaction_item_column=NAME (ingest option interaction_item_column).",
         _drop_column("interactions.csv", "item_id"),
     ),
     Case("empty item id", ingest, "items.csv, data row 3", _set_cell("items.csv", 3, "item_id", "")),
@@ -220,6 +228,18 @@ CASES = [
         "bad image template field",
         lambda w, s: _ingest_args(s) + ["--image-template", "{title}.jpg"],
         "--image-template",
+    ),
+    Case(
+        "text template: unknown column, found before the interactions are read",
+        lambda w, s: _ingest_args(s) + ["--text-template", "{title}. {colour}"],
+        "items.csv: --text-template '{title}. {colour}' names a column the item table does not have: 'colour'; "
+        "its columns are ['item_id', 'title', 'text', 'image']",
+        _set_cell("interactions.csv", 2, "timestamp", "not a date"),  # would be the error if read first
+    ),
+    Case(
+        "text template: attribute access",
+        lambda w, s: _ingest_args(s) + ["--text-template", "{title.upper}"],
+        "--text-template",
     ),
     Case("unknown importer", cli("ingest", "nosuch"), "nosuch"),
     Case(

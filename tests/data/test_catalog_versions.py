@@ -23,8 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 import pipeline.data.catalog as catalog_module
+from pipeline.cli.main import app
 from pipeline.data.catalog import Catalog, CatalogError
 from pipeline.data.ingest import ingest
 from pipeline.data.splits import Split, split_random
@@ -256,6 +258,31 @@ def test_kill_9_mid_ingest_leaves_the_previous_version_and_its_splits(tmp_path, 
 
     new, _ = ingest("generic", settings, name="shop", **paths)  # the OS released the dead process's lock
     assert new.num_users == 6 and not any(p.name.startswith(".tmp-") for p in (folder / VERSIONS).iterdir())
+
+
+def test_an_ingest_killed_at_the_switch_leaves_a_tmp_current_that_gc_and_the_next_ingest_remove(tmp_path, settings):
+    paths = make_catalog(tmp_path / "src")
+    ingest("generic", settings, name="shop", **paths)
+    folder = settings.catalog_dir("shop")
+    first = current_version(folder)
+    _add_interaction(paths)
+    pause = tmp_path / "pause"
+    proc = _ingest_process(settings, paths, {"BEFA_PAUSE_AT": "write:CURRENT", "BEFA_PAUSE_DIR": str(pause)})
+    _wait_for(lambda: (pause / "write_CURRENT.reached").exists(), proc, "the pause point")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (left,) = folder.glob(".tmp-*-CURRENT")  # the new CURRENT, written, never renamed into place
+    assert current_version(folder) == first and Catalog.load(folder).version == first
+
+    # its name says its writer is dead: `befa gc` lists it at once, seconds old as it is
+    env = {"BEFA_HOME": str(settings.home), "BEFA_FEATURE_STORE": str(settings.feature_store)}
+    res = CliRunner().invoke(app, ["gc", "--dry-run"], env=env)
+    assert res.exit_code == 0 and f"would remove {left}" in " ".join(res.output.split()) and left.exists()
+
+    unknown = folder / ".tmp-abc123-CURRENT"  # one whose writer cannot be told (an older name)
+    unknown.write_text(first + "\n")
+    new, _ = ingest("generic", settings, name="shop", **paths)  # under the lock every top-level temporary is dead
+    assert not list(folder.glob(".tmp-*")) and current_version(folder) == new.version != first
 
 
 # -- two ingests at once take the lock in turn --------------------------------------------------

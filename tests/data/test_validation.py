@@ -128,6 +128,21 @@ def test_missing_required_column(tmp_path):
     assert res.catalog.items["item_id"].tolist() == ["A"]
 
 
+def test_a_missing_interactions_column_names_its_option_key(tmp_path):
+    paths = make_shop(tmp_path, interactions=[{"customer": "u1", "article": "A"}])
+    with pytest.raises(CatalogError) as err:
+        run(paths)
+    said = str(err.value)
+    assert "interactions.csv: missing column(s) ['user_id', 'item_id']; found ['customer', 'article']" in said
+    assert "--column user_id_column=NAME, --column interaction_item_column=NAME" in said
+    assert "(ingest options user_id_column, interaction_item_column)" in said
+    # only the one still missing is named once the other is configured
+    with pytest.raises(CatalogError, match=r"\['item_id'\].*--column interaction_item_column=NAME \(ingest option "):
+        run(paths, user_id_column="customer")
+    res = run(paths, user_id_column="customer", interaction_item_column="article")
+    assert res.catalog.interactions["item_id"].tolist() == ["A"]
+
+
 def _inter(tmp_path: Path, rows) -> Path:
     path = tmp_path / "inter_extra.csv"
     pd.DataFrame(rows, columns=["user_id", "item_id", "rating"]).to_csv(path, index=False)

@@ -200,13 +200,18 @@ def test_every_cold_item_is_scored_by_the_content_models(name, adapter):
     assert all(bool((top == c).any()) for c in cold.tolist()), name
 
 
-def test_a_cold_split_run_records_its_item_groups(tmp_path):
+def cold_prepared() -> tuple[Split, object]:
+    """A small catalog's cold-items split (25% of items, seed 3) with random text features, prepared."""
     cat = _catalog(n_users=30, n_items=20, per_user=6)
     split = split_cold_items(cat, 0.25, seed=3)
     rng = np.random.default_rng(0)
     feats = {"text": torch.from_numpy(rng.standard_normal((cat.num_items, 8)).astype(np.float32))}
     bundle = FeatureBundle(feats, {"text": torch.ones(cat.num_items, dtype=torch.bool)}, {"text": "snap"})
-    prepared = prepare_data(split, cat.num_items, bundle, num_users=cat.num_users)
+    return split, prepare_data(split, cat.num_items, bundle, num_users=cat.num_users)
+
+
+def test_a_cold_split_run_records_its_item_groups(tmp_path):
+    split, prepared = cold_prepared()
     cls = MODELS["freedom"]
     res = fit(
         cls,

@@ -117,7 +117,7 @@ def test_pipeline_flow_runs_and_publishes_artifacts(harness, befa_env):
     assert table is not None and table.type == "table"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {r["model"] for r in rows} == {"mostpop", "lightgcn", "freedom"}
-    assert {"base", "+BeFA", "relative gain"} <= set(rows[0])
+    assert {"base", "+BeFA", "relative gain", "95% CI", "verdict"} <= set(rows[0])
     md = Artifact.get(artifact_key("report", "ml-flow"))
     assert md is not None and md.type == "markdown"
     assert "weights: random init" in md.data and "freedom" in md.data
@@ -189,8 +189,45 @@ def test_watch_flow_emits_only_when_something_changed(harness, befa_env, monkeyp
     assert summary["encoded"] == {"image": 3, "text": 2}
     assert sorted(added)
 
+    wf.watch(catalogs=["ml-flow"], retrain=False)
+    assert len(emitted) == 1  # nothing changed and no retrain wanted: no event
+
+    # no retrain ran since the change: the served recommendations are older than the catalog,
+    # so with retrain on the watch asks for one, watch after watch, until one succeeds
+    (due,) = wf.watch(catalogs=["ml-flow"])
+    assert len(emitted) == 2 and due["retrain_due"] and emitted[1]["resource"]["befa.retrain"] == "true"
+    assert emitted[1]["payload"]["reason"].startswith("retrain due")
     wf.watch(catalogs=["ml-flow"])
-    assert len(emitted) == 1  # nothing changed: no event
+    assert len(emitted) == 3
+    befa(dataset="ml-flow", use_registered=True)  # what the trigger runs
+    (settled,) = wf.watch(catalogs=["ml-flow"])
+    assert len(emitted) == 3 and not settled["changed"] and not settled["retrain_due"]
+
+
+def test_step_tasks_retry_transient_failures_only(harness, monkeypatch):
+    import errno
+
+    from prefect import flow
+
+    import flows.pipeline_flow as pf
+
+    assert pf.TASK_STEPS.extract.retries == 2 and pf.TASK_STEPS.train.retries == 0  # a killed train: see the watch
+    assert pf.is_transient(OSError(errno.EIO, "I/O error")) and pf.is_transient(MemoryError())
+    assert not pf.is_transient(ValueError("bad --encoder")) and not pf.is_transient(OSError(errno.ENOSPC, "full"))
+    monkeypatch.setattr(pf, "TASK_RETRY_DELAY_S", 0.0)
+    calls = []
+
+    def flaky(exc: BaseException) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc
+        return "done"
+
+    step = pf.as_task("extract", flaky)
+    assert flow(name="retry-test")(lambda: step(OSError(errno.EIO, "I/O error")))() == "done" and len(calls) == 2
+    calls.clear()
+    state = flow(name="retry-test")(lambda: step(ValueError("bad input")))(return_state=True)
+    assert state.is_failed() and len(calls) == 1  # a user error is not retried
 
 
 def test_deployments_schedule_and_trigger():

@@ -5,7 +5,9 @@ encodes nothing.
 
 Each process under test is the real CLI (``python -m pipeline.cli.main``) in a subprocess;
 it stops at the named point and writes a ``.reached`` marker, the test kills it there
-with SIGKILL (or releases it). No sleeps decide anything: the markers do.
+with SIGKILL (or releases it). No sleeps decide anything: the markers do. Every named write
+point, with the faults injected there and the test that holds each, is tabled in
+``tests/job/test_fault_injection.py``.
 """
 
 from __future__ import annotations
@@ -179,12 +181,13 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path, source, clean
     temporary was written but not renamed: the rerun ends with exactly the clean features."""
     env, home = _home(tmp_path, source)
     _kill_at(env, point, "extract", "--dataset", "shop", "--encoder", ENCODER)
+    litter = [p for p in (home / "features").rglob(f"{TMP_PREFIX}*")]
+    assert point != "write:part-*" or litter  # the killed write left its temporary (readers ignore it)
     _befa(env, "extract", "--dataset", "shop", "--encoder", ENCODER)
     got = _features(home)
     for modality, want in clean[0].items():
         np.testing.assert_array_equal(got[modality], want)
-    litter = [p for p in (home / "features").rglob(f"{TMP_PREFIX}*")]
-    assert point != "write:part-*" or litter  # the killed write left its temporary (readers ignore it; gc removes it)
+    assert not any(p.exists() for p in litter)  # its name says its writer is dead: the rerun removed it at once
 
 
 @pytest.mark.parametrize("model", ["lightgcn", "freedom"])

@@ -11,15 +11,8 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.data.summary import DatasetSummary, SplitSummary
 from pipeline.features.summary import ModalityFeatures
-from pipeline.reporting.pipeline_report import (
-    ReportContext,
-    gains_frame,
-    load_runs,
-    mean_gains,
-    metrics_frame,
-    relative_gain,
-    write_report,
-)
+from pipeline.reporting.gains import gains_frame, mean_gains, relative_gain
+from pipeline.reporting.pipeline_report import ReportContext, load_runs, metrics_frame, write_report
 from pipeline.training.record import EpochLog, RunRecord
 
 

@@ -24,7 +24,10 @@ from pipeline.data.catalog import Catalog, build_catalog
 from pipeline.data.splits import Split, split_random
 from pipeline.evaluation.evaluator import evaluate_model, topk_items
 from pipeline.features.load import load_features
+from pipeline.reporting.showcase import recommendations_section
+from pipeline.serving import ranked_files
 from pipeline.serving import ranked_lists as recommend_module
+from pipeline.serving.ranked_files import PairMismatch, read_manifest, read_ranked
 from pipeline.serving.ranked_lists import RecommendRequest, recommend, write_recommendations
 from pipeline.serving.servable import ServingError, load_servable
 from pipeline.serving.similar import similar_items
@@ -239,6 +242,33 @@ def test_output_is_atomic_and_the_manifest_names_the_run(world, tmp_path, monkey
         write_recommendations(served, RecommendRequest(k=3, block_elements=30), out)  # one user per batch
     assert out.read_bytes() == before  # the previous file is intact
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_recommend_killed_between_parquet_and_manifest_is_never_read_as_a_pair(world, tmp_path, monkeypatch):
+    """The two renames of a recommendations write, killed between them: the new Parquet is in
+    place without a manifest, and readers (the report's showcase included) say so by name
+    instead of describing it with the old manifest; the next write restores a pair."""
+    served = load_servable(world["runs"]["freedom"], world["store"])
+    out = tmp_path / "recommendations.parquet"
+    write_recommendations(served, RecommendRequest(k=5), out)
+    assert read_manifest(out)["k"] == 5
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed before the manifest's rename")
+
+    monkeypatch.setattr(ranked_files, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_recommendations(served, RecommendRequest(k=3), out)
+    monkeypatch.undo()
+    assert pd.read_parquet(out).groupby("user_id").size().max() == 3  # the new file, ...
+    with pytest.raises(PairMismatch, match="has no manifest recommendations.json beside it"):
+        read_manifest(out)  # ... which no reader pairs with the old manifest
+    section = recommendations_section(tmp_path)
+    assert section.startswith("## Recommendations") and f"Not shown: {out} has no manifest" in section
+
+    write_recommendations(served, RecommendRequest(k=3), out)
+    table, manifest = read_ranked(out)
+    assert manifest["k"] == 3 and table.num_rows == manifest["rows"] == 20 * 3
 
 
 NEW = {f"i{i}" for i in range(30, 34)}

@@ -67,6 +67,9 @@ def test_a_killed_study_resumes_without_retraining_and_reports_cold_items(tmp_pa
     groups = {(g["experiment"], g["group"]) for g in data["item_groups"]}
     assert {("cold_items", "cold"), ("cold_items", "warm"), ("main", "warm"), ("main", "long_tail")} <= groups
     assert ("main", "cold") not in groups  # the main (random) split has no cold items
+    # the cold-items split's cold and warm settings (pipeline.evaluation.settings) join the table, tested per user
+    assert {("cold_items", "cold_setting"), ("cold_items", "warm_setting")} <= groups
+    assert not {g for g in groups if g[0] == "main" and g[1].endswith("_setting")}
     md = (Path(result.folder) / "report.md").read_text()
     assert "Item cold start" in md and "By item group" in md
 

@@ -16,6 +16,10 @@ Instead of an image column, --image-template 'photos/{item_id[:3]}/{item_id}.jpg
 says where each item's image is (relative to --images): {item_id} and slices
 {item_id[a:b]} only.
 
+Instead of a text column, --text-template '{name}. {product_type}, {colour}. {description}'
+builds each item's text from item-table columns ({column} only; empty cells give nothing;
+a column the table lacks is an error before any table is read).
+
 Interaction table (CSV or Parquet), one row per event:
 
     user_id   required
@@ -40,6 +44,9 @@ Rules:
 - repeats: a (user, item) pair seen several times is kept once, as its latest event;
   the report says how many rows were folded;
 - --min-rating keeps only ratings >= it (counted in the report);
+- a negative rating (a dislike) is not kept as an interaction: those rows are dropped,
+  counted in the report (negative_ratings_dropped) and named in its warnings;
+  --keep-negative-ratings keeps them (as does a negative --min-rating, which says which to keep);
 - an image that is missing or does not decode is rejected (the item keeps its text);
   when more than --max-missing-images (default 20%) of the images given are
   rejected, ingest fails unless --allow-missing-images; --images with neither an
@@ -59,11 +66,12 @@ from pydantic import Field, field_validator
 from pipeline.data.catalog import CatalogError, IngestReport, build_catalog, row_location
 from pipeline.data.fetch import ImageRef, fetch_images
 from pipeline.data.image_cache import ImageCache, is_url
+from pipeline.data.importers import text_template as texts
 from pipeline.data.importers.base import REJECT_COLUMNS, Importer, ImporterOptions, ImportResult, count_catalog
 from pipeline.data.importers.images import (
     attach_images,
+    check_missing_images,
     expand_image_template,
-    near_miss_hint,
     outside_refs,
     parse_image_template,
     resolve,
@@ -97,6 +105,11 @@ class GenericOptions(ImporterOptions):
         description="where each item's image is, e.g. 'photos/{item_id[:3]}/{item_id}.jpg' "
         "({item_id} and slices only); replaces the image column",
     )
+    text_template: str | None = Field(
+        None,
+        description="each item's text built from item-table columns, e.g. '{name}. {product_type}, {colour}. "
+        "{description}' ({column} only); replaces the text column",
+    )
     max_missing_images: float = Field(
         0.2,
         ge=0,
@@ -115,6 +128,11 @@ class GenericOptions(ImporterOptions):
     rating_column: str = "rating"
     timestamp_column: str = "timestamp"
     min_rating: float | None = Field(None, description="keep only ratings >= this")
+    keep_negative_ratings: bool = Field(
+        False,
+        description="keep interactions with a negative rating (by default they are dropped, counted in the "
+        "report: a dislike is not a positive interaction)",
+    )
     on_unknown_items: UnknownPolicy = Field(
         "error", description="interactions naming unknown items: 'error' or 'skip' (each skip reported)"
     )
@@ -159,6 +177,13 @@ class GenericOptions(ImporterOptions):
             parse_image_template(v)  # a bad template fails here, before any file is read
         return v
 
+    @field_validator("text_template")
+    @classmethod
+    def _text_template(cls, v: str | None) -> str | None:
+        if v is not None:
+            texts.parse_text_template(v)  # its form here; its columns against the item table's header in run()
+        return v
+
 
 class GenericImporter(Importer):
     name = "generic"
@@ -170,6 +195,8 @@ class GenericImporter(Importer):
         report.sources = {"items": str(o.items), "interactions": str(o.interactions)}
         require_file(o.items, "item table")  # both files first, the item table's problems named first
         require_file(o.interactions, "interaction table")
+        if o.text_template is not None:  # before any table is read in full
+            texts.check_text_template(o.text_template, o.items)
         # every value of the interaction table is checked before any image is read
         parsed = self._read_interactions(o, report)
         items, rejects = self._items(o, report)
@@ -181,13 +208,14 @@ class GenericImporter(Importer):
     def _items(self, o: GenericOptions, report: IngestReport) -> tuple[pd.DataFrame, list[dict]]:
         """The item table, validated (ids, duplicates), with texts and images attached."""
         raw = read_table(o.items, "item table")
-        require_columns(raw, o.items, [o.item_id_column], "item id")
+        require_columns(raw, o.items, {o.item_id_column: "item_id_column"}, "item id")
         report.counts_in["item_rows"] = len(raw)
         require_nonempty(len(raw), o.items, "items (the item table has no rows)")
         rows = np.arange(1, len(raw) + 1)
         raw = raw.reset_index(drop=True)
         raw[o.item_id_column] = clean_ids(raw[o.item_id_column], o.items, o.item_id_column)
-        content = [c for c in (o.title_column, o.text_column, o.image_column) if c in raw.columns]
+        used = (o.title_column, *(texts.template_columns(o.text_template) if o.text_template else [o.text_column]))
+        content = [c for c in dict.fromkeys((*used, o.image_column)) if c in raw.columns]
         kept = fold_duplicate_items(raw, o.items, report, content, id_column=o.item_id_column, rows=rows)
         rows = rows[kept.index.to_numpy()]
         raw = kept.reset_index(drop=True)
@@ -197,7 +225,10 @@ class GenericImporter(Importer):
             return raw[col].fillna("").astype(str).str.strip() if col in raw.columns else pd.Series([""] * len(raw))
 
         title = text_col(o.title_column)
-        if o.text_column in raw.columns:
+        if o.text_template is not None:
+            text = texts.render_text_template(o.text_template, raw)
+            report.notes.append(f"texts: --text-template {o.text_template!r}")
+        elif o.text_column in raw.columns:
             text = text_col(o.text_column)
         else:
             text = title
@@ -264,7 +295,7 @@ class GenericImporter(Importer):
                 "no item has an image, only texts will be encoded"
             )
         if rejects:
-            self._check_missing(o, report, rejects, given)
+            check_missing_images(rejects, given, report, o.items, o.max_missing_images, o.allow_missing_images)
         return rejects
 
     def _fetch(
@@ -306,37 +337,14 @@ class GenericImporter(Importer):
             "--images-only refuses them"
         )
 
-    def _check_missing(self, o: GenericOptions, report: IngestReport, rejects: list[dict], given: int) -> None:
-        kinds: dict[str, int] = {}
-        for r in rejects:
-            kind = r["problem"].split(" (")[0]
-            kinds[kind] = kinds.get(kind, 0) + 1
-        share = len(rejects) / max(given, 1)
-        hint = near_miss_hint([r["source"] for r in rejects if r["problem"] == "image file missing" and r["source"]])
-        what = (
-            f"{len(rejects)} of {given} images ({share:.0%}) cannot be used ("
-            + ", ".join(f"{n} {k}" for k, n in kinds.items())
-            + f"; e.g. {rejects[0]['source']})"
-        )
-        hint = f" Hint: {hint}." if hint else ""
-        if share <= o.max_missing_images:
-            report.warnings.append(f"{what}; those items keep their text (see rejects.parquet).{hint}")
-        elif o.allow_missing_images:
-            report.warnings.append(
-                f"{what}: more than --max-missing-images {o.max_missing_images:.0%}, "
-                f"ingested anyway (--allow-missing-images).{hint}"
-            )
-        else:
-            raise CatalogError(
-                o.items,
-                f"{what}: more than --max-missing-images {o.max_missing_images:.0%}.{hint} Check the image column, "
-                "--images or --image-template; pass --allow-missing-images to ingest without those images.",
-            )
-
     def _read_interactions(self, o: GenericOptions, report: IngestReport) -> pd.DataFrame:
         """The interaction table, parsed: ids, ratings, timestamps (each bad value an error)."""
         inter_raw = read_table(o.interactions, "interaction table").reset_index(drop=True)
-        require_columns(inter_raw, o.interactions, [o.user_id_column, o.interaction_item_column])
+        require_columns(
+            inter_raw,
+            o.interactions,
+            {o.user_id_column: "user_id_column", o.interaction_item_column: "interaction_item_column"},
+        )
         report.counts_in["interactions"] = len(inter_raw)
         require_nonempty(len(inter_raw), o.interactions, "interactions (the interaction table has no rows)")
         inter = pd.DataFrame(
@@ -374,7 +382,7 @@ class GenericImporter(Importer):
             user_ids=inter["user_id"],
         )
         all_users = inter["user_id"]
-        inter = inter[keep]
+        inter = drop_negative_ratings(inter[keep], o, report)
         if o.min_rating is not None:
             low = inter["rating"].to_numpy() < o.min_rating
             report.counts_out["ratings_below_min_rating"] = int(low.sum())
@@ -385,3 +393,22 @@ class GenericImporter(Importer):
         )
         require_nonempty(len(inter), o.interactions, "interactions left after validation and filtering")
         return fold_repeat_interactions(inter, report)
+
+
+def drop_negative_ratings(inter: pd.DataFrame, o: GenericOptions, report: IngestReport) -> pd.DataFrame:
+    """Interactions without the negative ratings (dislikes), counted and warned about; kept
+    with ``--keep-negative-ratings`` or a negative ``--min-rating`` (noted)."""
+    negative = inter["rating"].to_numpy() < 0
+    n = int(negative.sum())
+    if not n:
+        return inter
+    if o.keep_negative_ratings or (o.min_rating is not None and o.min_rating < 0):
+        why = "--keep-negative-ratings" if o.keep_negative_ratings else f"--min-rating {o.min_rating:g}"
+        report.notes.append(f"{n} interactions with a negative rating kept as interactions ({why})")
+        return inter
+    report.counts_out["negative_ratings_dropped"] = n
+    report.warnings.append(
+        f"{o.interactions}: {n} interactions with a negative rating (a dislike, not a positive interaction) "
+        "were not kept; --keep-negative-ratings keeps them"
+    )
+    return inter[~negative]

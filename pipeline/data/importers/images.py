@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlparse
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.data.catalog import CatalogError, IngestReport
 from pipeline.data.image_cache import ImageCache, ImageNotDownloaded, is_url
 from storage.keys import sha256_bytes
 
@@ -90,6 +91,37 @@ def expand_image_template(template: str, item_ids: list[str]) -> list[str]:
 def _loose(name: str) -> str:
     """A file name with case and the leading zeros of every number ignored."""
     return re.sub(r"(?<!\d)0+(?=\d)", "", name.lower())
+
+
+def check_missing_images(
+    rejects: list[dict], given: int, report: IngestReport, items: Path, max_missing: float, allow: bool
+) -> None:
+    """Warn about the rejected images (``rejects``: one row each, of ``given``) with their kinds
+    and a hint; fail when more than ``max_missing`` of them cannot be used, unless ``allow``."""
+    kinds: dict[str, int] = {}
+    for r in rejects:
+        kind = r["problem"].split(" (")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    share = len(rejects) / max(given, 1)
+    hint = near_miss_hint([r["source"] for r in rejects if r["problem"] == "image file missing" and r["source"]])
+    what = (
+        f"{len(rejects)} of {given} images ({share:.0%}) cannot be used ("
+        + ", ".join(f"{n} {k}" for k, n in kinds.items())
+        + f"; e.g. {rejects[0]['source']})"
+    )
+    hint = f" Hint: {hint}." if hint else ""
+    if share <= max_missing:
+        report.warnings.append(f"{what}; those items keep their text (see rejects.parquet).{hint}")
+    elif allow:
+        report.warnings.append(
+            f"{what}: more than --max-missing-images {max_missing:.0%}, ingested anyway (--allow-missing-images).{hint}"
+        )
+    else:
+        raise CatalogError(
+            items,
+            f"{what}: more than --max-missing-images {max_missing:.0%}.{hint} Check the image column, "
+            "--images or --image-template; pass --allow-missing-images to ingest without those images.",
+        )
 
 
 def near_miss_hint(missing: list[str], limit: int = 3) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -112,13 +112,25 @@ def _utf8_error_location(path: Path, exc: UnicodeDecodeError) -> str:
     return f"{exc.reason} near byte {exc.start}"
 
 
-def require_columns(frame: pd.DataFrame, path: str | Path, columns: Iterable[str], role: str = "") -> None:
+def require_columns(
+    frame: pd.DataFrame, path: str | Path, columns: Iterable[str] | Mapping[str, str], role: str = ""
+) -> None:
+    """Fail naming the missing columns; ``columns`` as {column: option key} also names the
+    option that sets each one's name (``interaction_item_column``), as the user gives it."""
+    keys = dict(columns) if isinstance(columns, Mapping) else {}
     missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        role = f" ({role})" if role else ""
-        raise CatalogError(
-            path, f"missing column(s) {missing}{role}; found {list(frame.columns)}. Column names are configurable."
-        )
+    if not missing:
+        return
+    role = f" ({role})" if role else ""
+    named = [keys[c] for c in missing if c in keys]
+    how = (
+        "Name the column with "
+        + ", ".join(f"--column {k}=NAME" for k in named)
+        + f" (ingest option{'s' if len(named) > 1 else ''} {', '.join(named)})."
+        if named
+        else "Column names are configurable."
+    )
+    raise CatalogError(path, f"missing column(s) {missing}{role}; found {list(frame.columns)}. {how}")
 
 
 def is_blank(values: pd.Series) -> np.ndarray:

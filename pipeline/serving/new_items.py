@@ -1,0 +1,127 @@
+"""New items in served lists: their representations from the run's content mapper, their
+scores calibrated to the warm items', and a guaranteed share of the list.
+
+An item with no behaviour in the run (added to the catalog after training, or held out as
+cold) has no trained ID embedding. When the run has content mappers (``befa map``,
+``pipeline.training.mapping``) the servable replaces such an item's representation by the
+mapper's f(content), and ranks it with its score calibrated per user to the warm items'
+scale, on warm items the mapper did not train on (``pipeline.evaluation.calibration``): a
+new item enters a list as far as the mapper has earned on held-out warm items.
+
+The mapper: ``auto`` takes the method with the best VALID cold-setting Recall@20 recorded in
+``mapping.json`` (never test), or the regression mapper when the run's split had no cold
+items to judge them on; a method name forces one; ``none`` serves the model's own
+representations, as befa did before mappers.
+
+Slots (``new_item_slots``): each list holds at least that many new items when enough are
+allowed (not seen, in the catalog, in the candidates): where the calibrated ranking put
+fewer, the best remaining new items replace the lowest-ranked others, and the list is
+re-ordered by score, so a guaranteed item sits where its score puts it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipeline.evaluation.calibration import QuantileCalibration
+from pipeline.evaluation.evaluator import UserItems, topk_items
+from pipeline.features.bundle import FeatureBundle
+from pipeline.training.api import load_trained
+from pipeline.training.mapping import MappingRecord, calibration_items, load_mapper, map_run
+from pipeline.training.record import ItemGroupMetrics, RunRecord
+
+
+def choose_mapper(run_dir: str | Path, wanted: str = "auto") -> str | None:
+    """The mapper method to serve with, or None for the model's own content path.
+
+    ``auto`` compares, on VALID cold-setting Recall@20 (never test), the model as trained
+    (``RunRecord.settings``) with each fitted mapper (``mapping.json``), and takes the best; a
+    run whose split had no cold items has nothing to judge on and keeps the model's own path
+    (every content model serves new items through its content, ``Recommender.serves_new_items``).
+    A method name forces that mapper; ``none`` forces the model's own path."""
+    if wanted == "none":
+        return None
+    record = MappingRecord.load(run_dir)
+    if wanted != "auto":
+        if record is None or wanted not in record.methods:
+            raise FileNotFoundError(f"{run_dir}: no {wanted!r} mapper; run `befa map {run_dir}` first")
+        return wanted
+    if record is None or not record.methods:
+        return None
+
+    def valid_cold(entry: ItemGroupMetrics | None) -> float:
+        value = entry.metrics.get("recall@20") if entry is not None else None
+        return -1.0 if value is None else value
+
+    scored = {m: valid_cold(e.cold_setting.get("valid")) for m, e in sorted(record.methods.items())}
+    trained = valid_cold(RunRecord.load(run_dir).settings.get("cold", {}).get("valid"))
+    best = max(scored, key=scored.__getitem__)
+    return best if scored[best] > max(trained, 0.0) else None
+
+
+def top_with_slots(scores: Tensor, k: int, new: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+    """(B, k) item indices and their scores: the top ``k`` by score, holding at least ``slots``
+    items of ``new`` (a (I,) bool) per row when that many have a finite score, ordered by
+    score. A score of -inf marks an empty place (fewer than k items allowed)."""
+    top = topk_items(scores, k)
+    if slots <= 0 or not bool(new.any()):
+        return top, scores.gather(1, top)
+    slots = min(slots, k)
+    best_new = topk_items(scores.masked_fill(~new, float("-inf")), slots)
+    guaranteed = torch.isfinite(scores.gather(1, best_new)) & new[best_new]
+    candidates = torch.cat([best_new, top], dim=1)
+    key = scores.gather(1, candidates)
+    # a guaranteed new item outranks every other candidate; its repeat among the top is dropped
+    key[:, :slots] = torch.where(guaranteed, float("inf"), float("-inf"))
+    repeat = (top.unsqueeze(2) == torch.where(guaranteed, best_new, -1).unsqueeze(1)).any(2)
+    key[:, slots:] = key[:, slots:].masked_fill(repeat, float("-inf"))
+    pick = key.topk(k, dim=1).indices
+    chosen = candidates.gather(1, pick)
+    values = scores.gather(1, chosen).masked_fill(key.gather(1, pick) == float("-inf"), float("-inf"))
+    order = values.argsort(dim=1, descending=True, stable=True)
+    return chosen.gather(1, order), values.gather(1, order)
+
+
+def warm_items(train_history: UserItems, num_items: int) -> Tensor:
+    """(I,) bool: the items with at least one train interaction in the run's split."""
+    return torch.bincount(train_history.items, minlength=num_items)[:num_items] > 0
+
+
+def apply_mapper(
+    run_dir: str | Path,
+    wanted: str,
+    features: FeatureBundle,
+    user_emb: Tensor,
+    item_emb: Tensor,
+    train_history: UserItems,
+) -> tuple[Tensor, QuantileCalibration | None, str | None]:
+    """The items without behaviour (every item the run never trained on: new rows and cold
+    ones), and, when a mapper is chosen (``choose_mapper``), their representation replaced in
+    place by its f(content); returns (items without behaviour, the calibration, the method)."""
+    warm = warm_items(train_history, item_emb.size(0)).to(item_emb.device)
+    method = choose_mapper(run_dir, wanted) if features.features else None
+    if method is None or int(warm.sum()) < 2 or bool(warm.all()):
+        return ~warm, None, None
+    mapper = load_mapper(run_dir, method).to(item_emb.device)
+    with torch.no_grad():
+        mapped = mapper({m: x.to(item_emb.device) for m, x in features.features.items()}).float()
+    entry = MappingRecord.load(run_dir).methods[method]  # type: ignore[union-attr]
+    calib = calibration_items(warm, entry.seed)  # the warm items the mapper was calibrated on
+    calibration = QuantileCalibration(user_emb, item_emb, mapped, calib, ~warm, mode=entry.calibration)
+    item_emb[~warm] = mapped[~warm].to(item_emb.dtype)
+    return ~warm, calibration, method
+
+
+def fit_missing_mappers(
+    run_dir: str | Path, trained: FeatureBundle | None, catalog: Any, split: Any, device: Any
+) -> MappingRecord | None:
+    """A run asked to serve through a mapper it does not have yet: fit them now (``befa map``,
+    seconds; written to the run folder, so once). None when nothing was fitted."""
+    if trained is None or not trained.features or MappingRecord.load(run_dir) is not None:
+        return None  # nothing to map from, or fitted already
+    run = load_trained(run_dir, catalog=catalog, split=split, features=trained, device=device)
+    return map_run(run.model, run.prepared, run_dir)

@@ -1,0 +1,206 @@
+"""Cold and new items given representations from their content, after training: ``befa map
+RUN``, and automatically after a run on a cold-items split (``pipeline.training.trainer``).
+
+For each mapper method (``models.MAPPERS``: regression, ALDI) the trained model's inference
+representations are the teacher: the mapper learns f(content) -> item representation on the
+warm items (``models.content_mapper``), and every item without train interactions gets f(x)
+in place of the representation its never-trained ID embedding gave it. The model itself is
+not changed. Then, from the same representations:
+
+- the **cold setting** (warm items masked, ``pipeline.evaluation.settings``): the mapped cold
+  items ranked among themselves (calibration cannot change that order, so none is applied);
+- the **hybrid setting** (every item): the mapped items' scores calibrated per user to the
+  warm items' scale (``pipeline.evaluation.calibration``), with the cold and warm groups'
+  Recall@20 and the share of cold items in the users' top 20.
+
+Written to the run folder, atomically, one method at a time::
+
+    mappers/<method>.safetensors        the mapper's weights (inputs standardised inside)
+    mappers/<method>.per_user.parquet   per-user metrics (hybrid + cold setting), for paired tests
+    mapping.json                        MappingRecord: per method its fit, config and metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors.torch import load_file, save_file
+
+from models import MAPPERS, create_mapper
+from models.base import Recommender
+from models.content_mapper import ContentMapper, MapperData
+from models.id_dropout import item_ids_masked
+from pipeline.evaluation.calibration import QuantileCalibration
+from pipeline.evaluation.settings import merge_per_user, setting_evaluators
+from pipeline.training.checkpoints import save_per_user
+from pipeline.training.prepare import PreparedData
+from pipeline.training.record import ItemGroupMetrics, item_group_metrics, now, setting_metrics
+from storage.atomic import atomic_path, write_json
+
+MAPPING = "mapping.json"
+MAPPER_DIR = "mappers"
+DEFAULT_METHODS: tuple[str, ...] = ("regression", "aldi")
+CALIBRATION_MODES: tuple[str, ...] = ("expected", "quantile")  # the first is the default (calibration.py)
+CALIBRATION_SHARE = 0.2  # warm items held out of the mapper's training, to calibrate its scores on
+
+
+def calibration_items(warm: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(I,) bool: a seeded CALIBRATION_SHARE of the warm items, held out of the mapper's fit so
+    that its scores on them are as uncertain as on a new item (``pipeline.evaluation.calibration``);
+    every warm item when there are fewer than 10."""
+    items = warm.nonzero().flatten()
+    if items.numel() < 10:
+        return warm.clone()
+    g = torch.Generator().manual_seed(seed)
+    pick = items[torch.randperm(items.numel(), generator=g)[: max(2, round(CALIBRATION_SHARE * items.numel()))]]
+    out = torch.zeros_like(warm)
+    out[pick.to(warm.device)] = True
+    return out
+
+
+class MappedMethod(BaseModel):
+    """One mapper method on one run."""
+
+    method: str
+    config: dict[str, Any]
+    fit: dict[str, Any]  # models.content_mapper.MapperFit
+    mapped_items: int  # items without train interactions given f(x)
+    in_dims: dict[str, int]  # modality -> feature width the mapper reads
+    out_dim: int
+    calibration: str = "expected"  # pipeline.evaluation.calibration's mode
+    seed: int = 0  # of the fit and of the calibration hold-out (calibration_items)
+    hybrid: dict[str, dict[str, float]] = Field(default_factory=dict)  # part -> overall metrics
+    hybrid_groups: dict[str, dict[str, ItemGroupMetrics]] = Field(default_factory=dict)  # part -> group -> metrics
+    cold_setting: dict[str, ItemGroupMetrics] = Field(default_factory=dict)  # part -> metrics
+    # calibration mode -> part -> group -> metrics: the hybrid setting under each mode, to weigh
+    # how many cold items reach the lists against what the warm items lose
+    hybrid_by_calibration: dict[str, dict[str, dict[str, ItemGroupMetrics]]] = Field(default_factory=dict)
+
+
+class MappingRecord(BaseModel):
+    """``mapping.json``: every mapper method fitted to one run."""
+
+    run_dir: str
+    model: str
+    created_at: str = Field(default_factory=now)
+    methods: dict[str, MappedMethod] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "MappingRecord | None":
+        path = Path(run_dir) / MAPPING
+        return cls.model_validate(json.loads(path.read_text())) if path.exists() else None
+
+
+def mapper_data(model: Recommender, prepared: PreparedData) -> MapperData:
+    """The trained model's representations (never-trained items as evaluation reads them) and
+    the train interactions."""
+    train = prepared.train
+    if not train.features:
+        raise ValueError(f"{model.name} has no content features: there is nothing to map new items from")
+    model.eval()
+    with torch.no_grad(), item_ids_masked(model, model.id_keep()):
+        user_emb, item_emb = model.inference_embeddings()
+    warm = torch.bincount(train.train_items, minlength=train.num_items)[: train.num_items] > 0
+    return MapperData(
+        features={m: x.float() for m, x in train.features.items()},
+        user_emb=user_emb.float().detach(),
+        item_emb=item_emb.float().detach(),
+        warm=warm,
+        train_users=train.train_users,
+        train_items=train.train_items,
+    )
+
+
+def fit_mapper(method: str, data: MapperData, overrides: dict[str, Any] | None = None, seed: int = 0) -> Any:
+    """A mapper of ``method`` fitted to ``data``: (mapper, MapperFit)."""
+    mapper = create_mapper(method, {m: x.size(1) for m, x in data.features.items()}, data.item_emb.size(1), overrides)
+    mapper.to(data.item_emb.device)
+    return mapper, mapper.fit(data, seed=seed)
+
+
+@torch.no_grad()
+def mapped_items(mapper: ContentMapper, data: MapperData) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item representations with every non-warm row replaced by f(x), f(x) for every item)."""
+    mapped = mapper(data.features).to(data.item_emb.dtype)
+    items = data.item_emb.clone()
+    items[~data.warm] = mapped[~data.warm]
+    return items, mapped
+
+
+def evaluate_mapped(
+    method: str, mapper: ContentMapper, fit: Any, data: MapperData, prepared: PreparedData, run_dir: Path
+) -> MappedMethod:
+    """The cold and hybrid settings with the mapped items, and the per-user table."""
+    items, mapped = mapped_items(mapper, data)
+    new = ~data.warm
+    calib = data.warm & ~data.fit_mask if data.fit is not None else data.warm
+    evaluator = prepared.evaluator
+    by_mode = {}
+    for mode in CALIBRATION_MODES:  # the default first: it is the one the per-user table keeps
+        calibration = QuantileCalibration(data.user_emb, data.item_emb, mapped, calib, new, mode=mode)
+        by_mode[mode] = evaluator.evaluate(data.user_emb, items, ("valid", "test"), rescore=calibration.rescore)
+    hybrid = by_mode[CALIBRATION_MODES[0]]
+    views = setting_evaluators(evaluator)
+    cold = {"cold": views["cold"].evaluate(data.user_emb, items, ("valid", "test"))} if "cold" in views else {}
+    merge_per_user(hybrid, cold)
+    save_per_user(Path(run_dir) / MAPPER_DIR / f"{method}.per_user.parquet", hybrid)
+    return MappedMethod(
+        method=method,
+        config=mapper.config.model_dump(mode="json"),
+        fit=dataclasses.asdict(fit),
+        mapped_items=int(new.sum()),
+        in_dims={m: int(x.size(1)) for m, x in data.features.items()},
+        out_dim=int(data.item_emb.size(1)),
+        hybrid={part: dict(r.metrics) for part, r in hybrid.items()},
+        hybrid_groups=item_group_metrics(hybrid),
+        calibration=CALIBRATION_MODES[0],
+        hybrid_by_calibration={mode: item_group_metrics(res) for mode, res in by_mode.items()},
+        cold_setting=setting_metrics(cold).get("cold", {}),
+    )
+
+
+def map_run(
+    model: Recommender,
+    prepared: PreparedData,
+    run_dir: str | Path,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+) -> MappingRecord:
+    """Fit every method to a trained model, evaluate, and write the run's mapping files."""
+    run_dir = Path(run_dir)
+    unknown = [m for m in methods if m not in MAPPERS]
+    if unknown:
+        raise ValueError(f"--methods: unknown mapper {unknown[0]!r}; choose from {', '.join(MAPPERS)}")
+    data = mapper_data(model, prepared)
+    calib = calibration_items(data.warm, seed)
+    if not bool(calib.all()):
+        data.fit = data.warm & ~calib
+    record = MappingRecord.load(run_dir) or MappingRecord(run_dir=str(run_dir), model=model.name)
+    (run_dir / MAPPER_DIR).mkdir(parents=True, exist_ok=True)
+    for method in methods:
+        mapper, fit = fit_mapper(method, data, (overrides or {}).get(method), seed)
+        result = evaluate_mapped(method, mapper, fit, data, prepared, run_dir)
+        result.seed = seed
+        with atomic_path(run_dir / MAPPER_DIR / f"{method}.safetensors") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()}, str(tmp))
+        record.methods[method] = result
+        record.created_at = now()
+        write_json(run_dir / MAPPING, record.model_dump(mode="json"))
+    return record
+
+
+def load_mapper(run_dir: str | Path, method: str) -> ContentMapper:
+    """A fitted mapper back from a run folder (for serving new items)."""
+    record = MappingRecord.load(run_dir)
+    if record is None or method not in record.methods:
+        raise FileNotFoundError(f"{run_dir}: no {method!r} mapper (run `befa map {run_dir}` first)")
+    entry = record.methods[method]
+    mapper = create_mapper(method, entry.in_dims, entry.out_dim, entry.config)
+    mapper.load_state_dict(load_file(str(Path(run_dir) / MAPPER_DIR / f"{method}.safetensors")))
+    return mapper.eval()

@@ -1,0 +1,103 @@
+"""New items served through the run's content mapper (pipeline.serving.new_items): mapped,
+calibrated to the warm items' scores, a guaranteed number of places, and said so in the
+manifest. Uses test_serving's two-cluster world: items i30-i33 are new A items."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pipeline.cli.main import app
+from pipeline.serving.new_items import top_with_slots
+from pipeline.serving.ranked_files import read_manifest
+from pipeline.serving.ranked_lists import RecommendRequest, recommend, write_recommendations
+from pipeline.serving.servable import ServingError, load_servable
+from pipeline.training.mapping import MappingRecord
+from tests.serving.test_serving import NEW, _grown, world  # noqa: F401 - the module fixture
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def grown_run(world, tmp_path_factory):  # noqa: F811
+    """A copy of the FREEDOM run, the grown catalog and store, and the servable whose loading
+    fitted the run's mappers (once, into the copy)."""
+    tmp = tmp_path_factory.mktemp("new-items")
+    run = tmp / "freedom"
+    shutil.copytree(world["runs"]["freedom"], run)
+    folder, store = _grown(world, tmp)
+    assert MappingRecord.load(run) is None
+    return run, folder, store, load_servable(run, store, catalog=folder, mapper="regression")
+
+
+def test_a_forced_mapper_is_fitted_once_and_reaches_its_clusters_users(grown_run):
+    run, folder, store, served = grown_run
+    assert served.mapper == "regression" and served.calibration is not None
+    mapped = set(served.item_ids[served.no_behaviour.cpu().numpy()])
+    assert NEW <= mapped  # every new item (and any item the split never trained) is mapped
+    assert set(MappingRecord.load(run).methods) == {"regression", "aldi"}  # fitted and written once
+    recs = recommend(served, RecommendRequest(k=34, seen="none"))
+    recs["a_user"] = recs["user_id"].str[1:].astype(int) < 10
+    new_rows = recs[recs["item_id"].isin(NEW)]
+    mean_rank = new_rows.groupby("a_user")["rank"].mean()
+    assert mean_rank[True] < mean_rank[False]  # 6 held-out warm items calibrate here: a coarse, honest margin
+    top10 = new_rows[new_rows["rank"] <= 10].groupby("a_user").size()
+    assert top10.get(True, 0) > top10.get(False, 0)  # they reach A users' top 10 more than B users'
+    # auto: a random split has no cold items to judge the mappers on, so the model's own content path
+    auto = load_servable(run, store, catalog=folder)
+    assert auto.mapper is None and auto.calibration is None and NEW <= set(auto.item_ids[auto.no_behaviour.numpy()])
+
+
+def test_new_item_slots_are_honoured_and_the_manifest_lists_the_mapped_items(grown_run, tmp_path):
+    run, folder, store, served = grown_run
+    written = write_recommendations(served, RecommendRequest(k=5, new_item_slots=2), tmp_path / "recs.parquet")
+    manifest = read_manifest(written.path)
+    recs = pd.read_parquet(written.path)
+    per_user = recs.assign(new=recs["item_id"].isin(NEW)).groupby("user_id")["new"].sum()
+    assert (per_user >= 2).all() and len(per_user) == 20
+    assert (recs.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+    assert NEW <= set(manifest["mapped_items"]) and manifest["new_item_slots"] == 2
+    assert NEW <= set(manifest["items_without_behaviour"])
+    assert manifest["mapper"] == "regression" and manifest["calibration"] == "expected"
+    with pytest.raises(ServingError, match="--new-item-slots"):
+        RecommendRequest(k=5, new_item_slots=6).check()
+
+
+def test_mapper_none_serves_the_models_own_representations_and_still_honours_slots(grown_run, tmp_path):
+    run, folder, store, _ = grown_run
+    served = load_servable(run, store, catalog=folder, mapper="none")
+    assert served.mapper is None and served.calibration is None
+    written = write_recommendations(served, RecommendRequest(k=3, new_item_slots=1), tmp_path / "own.parquet")
+    recs = pd.read_parquet(written.path)
+    assert (recs.assign(new=recs["item_id"].isin(NEW)).groupby("user_id")["new"].sum() >= 1).all()
+    manifest = read_manifest(written.path)
+    assert manifest["mapper"] is None and manifest["mapped_items"] == [] and manifest["items_without_behaviour"]
+
+
+def test_slots_fill_from_the_best_new_items_and_keep_score_order():
+    scores = torch.tensor([[9.0, 8, 7, 6, 1, 2], [9.0, 8, 7, 6, 1, float("-inf")]])
+    new = torch.tensor([False, False, False, False, True, True])
+    items, values = top_with_slots(scores, 3, new, 1)
+    assert items.tolist() == [[0, 1, 5], [0, 1, 4]]  # the best new item takes the last place, in score order
+    items, values = top_with_slots(scores, 3, new, 2)
+    # row 2 has one allowed new item: it gets its place, the rest stay the best warm items
+    assert items.tolist() == [[0, 5, 4], [0, 1, 4]] and torch.isfinite(values).all()
+
+
+def test_cli_recommend_with_new_item_slots(grown_run, tmp_path):
+    run, folder, store, _ = grown_run
+    out = tmp_path / "cli.parquet"
+    args = ["recommend", str(run), "--catalog", str(folder), "--feature-store", str(store.root), "--k", "4",
+            "--mapper", "regression", "--new-item-slots", "1", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "items without behaviour scored by the regression mapper" in result.output
+    assert "1 place per list guaranteed" in result.output
+    bad = runner.invoke(app, [*args[:-2], "--new-item-slots", "9", "--out", str(out)])
+    assert bad.exit_code == 2 and "--new-item-slots" in bad.output
+    bad = runner.invoke(app, [*args[:-2], "--mapper", "magic"])
+    assert bad.exit_code == 2 and "--mapper" in bad.output
