@@ -216,9 +216,8 @@ def _arm_rows(runs: InsertionRuns, arm: Arm, gates: list[InsertionGateRow], pool
     model, insertion = arm
     recs, base = runs.runs[arm], runs.base.get(model, [])
     off, collapsed = collapsed_everywhere(recs, gates)
-    off = off or (
-        bool(recs) and all(r.befa_inert for r in recs)
-    )  # an inert adapter (a term weighted to nothing) is off too
+    inert = recs[0].befa_inert if recs and all(r.befa_inert for r in recs) else None
+    off = off or inert is not None  # an inert adapter (a term weighted to nothing) is off too
     n = min(len(recs), len(base))
     tables = ([per_user(r.run_dir) for r in base[:n]], [per_user(r.run_dir) for r in recs[:n]])
     rows = []
@@ -239,6 +238,7 @@ def _arm_rows(runs: InsertionRuns, arm: Arm, gates: list[InsertionGateRow], pool
                 reused=arm in runs.reused,
                 test=paired_test(paired_frame(*tables, metric), metric, pooling) if n else None,  # type: ignore[arg-type]
                 adapter_off=off,
+                inert=inert,
                 collapsed=collapsed,
             )
         )

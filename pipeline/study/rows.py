@@ -184,6 +184,7 @@ class InsertionArmRow(BaseModel):
     significant: bool = False
     adapter_off: bool = False  # every modality's gate collapsed in every seed: the gain is not BeFA's effect
     collapsed: list[str] = Field(default_factory=list)  # modalities whose gate collapsed in every seed
+    inert: str | None = None  # why the adapter reached neither loss nor scores in every seed (RunRecord.befa_inert)
 
 
 class InsertionGateRow(BaseModel):

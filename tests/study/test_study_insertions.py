@@ -261,3 +261,17 @@ def test_the_cli_takes_the_switch(monkeypatch):
     assert seen["params"].insertions is None
     CliRunner().invoke(app, ["study", "--insertions", "forward,content"], env=env)
     assert seen["params"].insertions == ["forward", "content"]
+
+
+def test_an_inert_arm_reads_inert_before_collapsed():
+    """An adapter no term reaches never trains: its gate stays near 0.5 with no spread, which the
+    collapse rule also flags; the reading names the cause instead (RunRecord.befa_inert)."""
+    from pipeline.study.report.insertions import reading
+    from pipeline.study.rows import InsertionArmRow
+
+    row = InsertionArmRow(
+        model="freedom", insertion="loss", metric="recall@20", mean=0.35, std=0.0, seeds=3, base_mean=0.35,
+        base_std=0.0, relative_gain=0.0, adapter_off=True, collapsed=["image"], inert="reg = 0 skips the terms",
+    )  # fmt: skip
+    assert reading(row).startswith("BeFA is inert (reg = 0 skips the terms)")
+    assert "collapsed" in reading(row.model_copy(update={"inert": None}))

@@ -40,6 +40,8 @@ def _p(v: float | None) -> str:
 
 def reading(row: InsertionArmRow) -> str:
     """What an arm's gain measures: BeFA at that insertion, or nothing of BeFA when its gate collapsed."""
+    if row.inert:  # before the gate: an adapter no term reaches never trains, so its gate only looks collapsed
+        return f"BeFA is inert ({row.inert}): its gain is not BeFA's effect"
     if row.adapter_off:
         return f"{COLLAPSED}: its gain is not BeFA's effect"
     if row.collapsed:
