@@ -40,6 +40,7 @@ SLOW_TESTS = (
     "tests/cli/test_cli_params.py::test_befa_run_movielens_set_befa_t_reaches_the_adapter",
     "tests/job/test_served.py::test_a_retrain_killed_mid_training_is_retriggered",
     "tests/training/test_mapping.py::test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them",
+    "tests/study/test_study_cold.py::test_a_killed_study_resumes_without_retraining_and_reports_cold_items",
 )
 
 
