@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from models import MAPPERS, create_mapper
 from models.base import Recommender
-from models.content_mapper import ContentMapper, MapperData
+from models.content_mapper import ContentMapper, MapperData, MapperFit
 from models.id_dropout import item_ids_masked
 from pipeline.evaluation.calibration import QuantileCalibration
 from pipeline.evaluation.settings import merge_per_user, setting_evaluators
@@ -116,7 +116,9 @@ def mapper_data(model: Recommender, prepared: PreparedData) -> MapperData:
     )
 
 
-def fit_mapper(method: str, data: MapperData, overrides: dict[str, Any] | None = None, seed: int = 0) -> Any:
+def fit_mapper(
+    method: str, data: MapperData, overrides: dict[str, Any] | None = None, seed: int = 0
+) -> tuple[ContentMapper, MapperFit]:
     """A mapper of ``method`` fitted to ``data``: (mapper, MapperFit)."""
     mapper = create_mapper(method, {m: x.size(1) for m, x in data.features.items()}, data.item_emb.size(1), overrides)
     mapper.to(data.item_emb.device)
@@ -133,16 +135,17 @@ def mapped_items(mapper: ContentMapper, data: MapperData) -> tuple[torch.Tensor,
 
 
 def evaluate_mapped(
-    method: str, mapper: ContentMapper, fit: Any, data: MapperData, prepared: PreparedData, run_dir: Path
+    method: str, mapper: ContentMapper, fit: MapperFit, data: MapperData, prepared: PreparedData, run_dir: Path
 ) -> MappedMethod:
     """The cold and hybrid settings with the mapped items, and the per-user table."""
     items, mapped = mapped_items(mapper, data)
     new = ~data.warm
     calib = data.warm & ~data.fit_mask if data.fit is not None else data.warm
     evaluator = prepared.evaluator
+    calibration = QuantileCalibration(data.user_emb, data.item_emb, mapped, calib, new)  # tables built once
     by_mode = {}
     for mode in CALIBRATION_MODES:  # the default first: it is the one the per-user table keeps
-        calibration = QuantileCalibration(data.user_emb, data.item_emb, mapped, calib, new, mode=mode)
+        calibration.mode = mode  # the modes share the per-user tables; only the read-out differs
         by_mode[mode] = evaluator.evaluate(data.user_emb, items, ("valid", "test"), rescore=calibration.rescore)
     hybrid = by_mode[CALIBRATION_MODES[0]]
     views = setting_evaluators(evaluator)

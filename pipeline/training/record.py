@@ -75,19 +75,17 @@ def _finite(x: float) -> float | None:
     return x if x == x else None  # NaN is not valid JSON
 
 
+def _group(users: int, heldout: int, metrics: dict[str, float], top_share: float = float("nan")) -> ItemGroupMetrics:
+    # a group without users has no metric (NaN is not valid JSON): metrics stay empty
+    return ItemGroupMetrics(
+        users=users, heldout=heldout, metrics=dict(metrics) if users else {}, top_share=_finite(top_share)
+    )
+
+
 def item_group_metrics(results: dict[str, Any]) -> dict[str, dict[str, ItemGroupMetrics]]:
     """part -> group -> ItemGroupMetrics from the evaluator's results (EvalResult.groups)."""
     return {
-        # a group without users has no metric (NaN is not valid JSON): metrics stay empty
-        part: {
-            g: ItemGroupMetrics(
-                users=r.users,
-                heldout=r.heldout,
-                metrics=dict(r.metrics) if r.users else {},
-                top_share=_finite(r.top_share),
-            )
-            for g, r in res.groups.items()
-        }
+        part: {g: _group(r.users, r.heldout, r.metrics, r.top_share) for g, r in res.groups.items()}
         for part, res in results.items()
         if getattr(res, "groups", None)
     }
@@ -96,14 +94,7 @@ def item_group_metrics(results: dict[str, Any]) -> dict[str, dict[str, ItemGroup
 def setting_metrics(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, ItemGroupMetrics]]:
     """setting (cold, warm) -> part -> metrics, from ``pipeline.evaluation.settings.evaluate_settings``."""
     return {
-        setting: {
-            part: ItemGroupMetrics(
-                users=r.num_users,
-                heldout=r.heldout,
-                metrics=dict(r.metrics) if r.num_users else {},
-            )
-            for part, r in per_part.items()
-        }
+        setting: {part: _group(r.num_users, r.heldout, r.metrics) for part, r in per_part.items()}
         for setting, per_part in settings.items()
     }
 
