@@ -42,5 +42,47 @@ def embedding_reg(*tensors: Tensor, form: RegForm, batch_size: int | None = None
     raise ValueError(f"reg_form must be one of {REG_FORMS}, got {form!r}")
 
 
+COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's: each norm is clamped to at least this
+
+
+class _NegativeCosine(torch.autograd.Function):
+    """1 - (1/B) sum_r cos(a_r, b_r), cos = <a_r, b_r> / (max(|a_r|, eps) max(|b_r|, eps)), in few passes.
+
+    Gradient, with n_a = max(|a_r|, eps), n_b likewise and k = -grad / B:
+        d/da_r = k (b_r / (n_a n_b) - cos_r a_r / n_a^2)
+    and symmetrically for b. Why not ``F.cosine_similarity``: it normalises both inputs and
+    divides again in the backward, about ten (B x d) passes per call; BM3 calls it six times a
+    batch (two of every three with a detached target), and a profile put its divisions at 17%
+    of a movielens epoch. Here: three row reductions forward, two (B x d) passes per input
+    that needs a gradient backward. Same values and gradients as ``F.cosine_similarity``
+    (a test holds them, zero rows included); only rows with 0 < |x| < eps, which embeddings
+    never reach, get a different (equally arbitrary) gradient at that kink."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        na_c = torch.linalg.vector_norm(a, dim=-1).clamp(min=COSINE_EPS)
+        nb_c = torch.linalg.vector_norm(b, dim=-1).clamp(min=COSINE_EPS)
+        cos = (a * b).sum(-1) / (na_c * nb_c)
+        ctx.save_for_backward(a, b, na_c, nb_c, cos)
+        return 1 - cos.mean()
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        a, b, na_c, nb_c, cos = ctx.saved_tensors
+        k = -grad / max(cos.numel(), 1)
+        cross = (k / (na_c * nb_c)).unsqueeze(-1)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = torch.addcmul(cross * b, (-k * cos / na_c.square()).unsqueeze(-1), a)
+        if ctx.needs_input_grad[1]:
+            gb = torch.addcmul(cross * a, (-k * cos / nb_c.square()).unsqueeze(-1), b)
+        return ga, gb
+
+
 def negative_cosine(a: Tensor, b: Tensor) -> Tensor:
-    return 1 - F.cosine_similarity(a, b, dim=-1).mean()
+    """1 - mean_r cos(a_r, b_r) over the rows (``F.cosine_similarity``'s values, fewer passes)."""
+    if a.dim() != 2 or a.shape != b.shape:
+        return 1 - F.cosine_similarity(a, b, dim=-1).mean()
+    return _NegativeCosine.apply(a, b)
