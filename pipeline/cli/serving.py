@@ -16,6 +16,7 @@ from pipeline.data.catalog import CatalogError
 from pipeline.serving.ranked_lists import RecommendRequest, write_recommendations
 from pipeline.serving.servable import Servable, ServingError, load_servable, read_id_file
 from pipeline.serving.similar import write_similar
+from pipeline.training.mapping import CALIBRATION_MODES
 from storage.feature_store import FeatureStore
 
 commands = CommandGroup()
@@ -31,6 +32,20 @@ MapperOpt = typer.Option(
     "--mapper",
     help="Content mapper for items without behaviour: auto (the run's best on valid), regression, aldi, or none.",
 )
+
+
+CalibrationOpt = typer.Option(
+    CALIBRATION_MODES[0],
+    "--calibration",
+    help="How mapped items' scores meet the warm items': relevance (the run's valid hit rates; "
+    "expected when its mapping.json predates them), expected, or quantile.",
+)
+
+
+def _calibration(value: str) -> str:
+    if value not in CALIBRATION_MODES:
+        fail(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}; got {value!r}")
+    return value
 
 
 def _mapper(value: str) -> str:
@@ -56,6 +71,7 @@ def _servable(
     device: Optional[str],
     new_items: bool,
     mapper: str = "auto",
+    calibration: str | None = None,
 ) -> Servable:
     device_or_fail(device)
     settings = settings_from(None, home, feature_store)
@@ -69,6 +85,7 @@ def _servable(
         device=device,
         new_items=new_items,
         mapper=mapper,
+        calibration=calibration,
     )
 
 
@@ -104,6 +121,8 @@ def _report(written: Any, what: str) -> None:
             f"  {len(unseen)} items without behaviour scored by {how or 'the model' + chr(39) + 's own content path'}"
             f"{slots} (listed in the manifest)"
         )
+    if info.get("calibration_note"):
+        console.print(f"  note: {info['calibration_note']}")
     console.print(f"  read it: duckdb -c \"SELECT * FROM '{written.path}' ORDER BY 1, rank LIMIT 20\"")
 
 
@@ -129,6 +148,7 @@ def recommend_cmd(
         0, "--new-item-slots", help="Places in each list guaranteed to items without behaviour (scored by the mapper)."
     ),
     mapper: str = MapperOpt,
+    calibration: str = CalibrationOpt,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda when present)."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
@@ -145,7 +165,9 @@ def recommend_cmd(
             new_item_slots=new_item_slots,
         )
         request.check()
-        served = _servable(run_dir, home, feature_store, catalog, device, new_items, _mapper(mapper))
+        served = _servable(
+            run_dir, home, feature_store, catalog, device, new_items, _mapper(mapper), _calibration(calibration)
+        )
         written = write_recommendations(served, request, out or run_dir / "recommendations.parquet", progress=_progress)
     except (ServingError, CatalogError, FileNotFoundError) as exc:
         fail(str(exc))

@@ -14,15 +14,22 @@ z_u . h_w. A mapped item's raw score s is placed at its quantile q = F_u^mapped(
 
 - ``quantile`` mode: the user's true score at the same quantile, Q_u^true(q): a new item
   ranks where a warm item the mapper scores alike would rank if the mapper were right;
-- ``expected`` mode (default): the user's true score at g(q), where g(q) is the mean TRUE
-  quantile of the held-out warm items whose mapped quantile is q (pooled over users, 50 bins,
-  made non-decreasing). This is regression to the mean: a mapper that ranks held-out warm
-  items poorly gets its new items pulled toward the middle of the list, so they enter a
-  top 20 only as often as the mapper has earned. A perfect mapper gives g(q) = q.
+- ``expected`` mode (relevance's fallback): the user's true score at g(q), where g(q) is the
+  mean TRUE quantile of the held-out warm items whose mapped quantile is q (pooled over users,
+  50 bins, made non-decreasing). This is regression to the mean: a mapper that ranks held-out
+  warm items poorly gets its new items pulled toward the middle of the list (measured on
+  MovieLens: no new item ever reaches a top 20, which needs q > 0.988). A perfect mapper
+  gives g(q) = q.
+- ``relevance`` mode (default where the run's ``mapping.json`` has its curves): the score at
+  which the item's estimated probability of being relevant, p_new(q), equals a warm item's
+  at that rank, p_warm(r), both learned on the VALID part (``pipeline.evaluation.relevance``
+  has the equations, ``relevance_fit`` the estimation). A new item enters a top 20 only when
+  it is likelier a hit than the warm item it displaces.
 
-Both are piecewise linear between ``levels`` quantiles, clamped at the ends, and monotone
-per user: one user's mapped items keep their order among themselves (the cold setting's
-ranking is unchanged by calibration), and warm items keep their scores and order.
+``quantile`` and ``expected`` are piecewise linear between ``levels`` quantiles, clamped at
+the ends; ``relevance`` is strictly increasing in the raw mapped score. All are monotone per
+user: one user's mapped items keep their order among themselves (the cold setting's ranking
+is unchanged by calibration), and warm items keep their scores and order.
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from pipeline.evaluation.evaluator import UserItems
+from pipeline.evaluation.relevance import RelevanceCurves, relevance_scores, warm_ladder
+
 LEVELS = 101  # quantile levels per user (0, 1, ..., 100 percent)
 BINS = 50  # bins of the mapped quantile for the expected mode's g
-Mode = Literal["quantile", "expected"]
+Mode = Literal["relevance", "expected", "quantile"]
 
 
 def _row_quantiles(scores: Tensor, levels: int) -> Tensor:
@@ -107,9 +117,27 @@ class QuantileCalibration:
         expected = torch.where(counts > 0, sums / counts.clamp(min=1), levels_mid)
         self.g = torch.cummax(expected, dim=0).values.to(user_emb.device)  # non-decreasing
         self.user_emb = user_emb
+        self.relevance: RelevanceCurves | None = None
+        self.train: UserItems | None = None
+
+    def use_relevance(self, curves: RelevanceCurves, train: UserItems) -> None:
+        """Enable ``relevance`` mode: its curves, and the train positives its warm ranks mask."""
+        self.relevance, self.train = curves, train.to(self.user_emb.device)
+
+    def position(self, users: Tensor, raw: Tensor) -> Tensor:
+        """(B, n) float64 quantiles of raw mapped scores in the users' tables, extended linearly
+        beyond them (below 0, above 1, by the table's range), so strictly increasing in ``raw``."""
+        table = self.mapped_q[users].double()
+        raw = raw.double()
+        lo, hi = table[:, :1], table[:, -1:]
+        spread = (hi - lo).clamp(min=1e-12)
+        q = _level_at(table, raw.clamp(lo, hi))
+        return q + (raw - hi).clamp(min=0) / spread - (lo - raw).clamp(min=0) / spread
 
     def calibrate(self, users: Tensor, raw: Tensor) -> Tensor:
         """(B, n) raw mapped scores of ``users`` -> the same on the users' true-score scale."""
+        if self.mode == "relevance":
+            raise ValueError("relevance mode places items among the users' warm scores: use rescore")
         q = _level_at(self.mapped_q[users], raw)
         if self.mode == "expected":
             pos = q * (BINS - 1)
@@ -121,5 +149,12 @@ class QuantileCalibration:
     def rescore(self, users: Tensor, scores: Tensor) -> Tensor:
         """The evaluator's hook: the new items' columns replaced by their calibrated scores."""
         raw = self.user_emb[users].float() @ self.mapped_new.T
-        scores[:, self.new] = self.calibrate(users, raw).to(scores.dtype)
+        if self.mode == "relevance":
+            if self.relevance is None or self.train is None:
+                raise ValueError("relevance calibration needs its curves (use_relevance)")
+            ladder = warm_ladder(scores, ~self.new, self.train.rows(users), self.relevance.k)
+            calibrated = relevance_scores(self.relevance, self.position(users, raw), ladder)
+        else:
+            calibrated = self.calibrate(users, raw)
+        scores[:, self.new] = calibrated.to(scores.dtype)
         return scores

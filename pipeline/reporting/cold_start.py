@@ -5,7 +5,8 @@ Rows, for one part (test by default): the model as trained in the hybrid setting
 item; its cold and warm groups and the share of cold items in the users' top 20), then in
 the cold setting (warm items masked: the cold-start papers' protocol) and the warm setting
 (cold items masked); then, per mapper method (``pipeline.training.mapping``), the hybrid
-setting with the mapped, calibrated cold items and the cold setting with the mapped ones.
+setting with the mapped cold items under each calibration mode (relevance, expected,
+quantile: ``CALIBRATION_MODES``, the default first) and the cold setting with the mapped ones.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from pipeline.reporting.common import fmt_number, markdown_table
-from pipeline.training.mapping import MappingRecord
+from pipeline.training.mapping import CALIBRATION_MODES, MappedMethod, MappingRecord
 from pipeline.training.record import ItemGroupMetrics, RunRecord
 
 
@@ -56,24 +57,34 @@ def setting_rows(record: RunRecord, mapping: MappingRecord | None = None, part: 
         g = record.settings.get(setting, {}).get(part)
         rows.append(SettingRow("as trained", setting, g.users if g else None, _m(g, "recall@20"), _m(g, "ndcg@20")))
     for method, m in mapping.methods.items() if mapping else []:
-        hg = m.hybrid_groups.get(part, {})
-        hybrid = m.hybrid.get(part, {})
+        rows += _mapper_rows(method, m, part)
+    return rows
+
+
+def _mapper_rows(method: str, m: MappedMethod, part: str) -> list[SettingRow]:
+    """One mapper's hybrid rows, one per calibration mode evaluated (the default first; an older
+    record has its one mode), then its cold-setting row."""
+    hybrid = m.hybrid.get(part, {})
+    known = {mode: at for at, mode in enumerate(CALIBRATION_MODES)}
+    ordered = sorted(m.hybrid_by_calibration, key=lambda mode: known.get(mode, len(known)))  # the default first
+    modes = {mode: m.hybrid_by_calibration[mode].get(part, {}) for mode in ordered}
+    rows = []
+    for mode, hg in (modes or {m.calibration: m.hybrid_groups.get(part, {})}).items():
+        default = mode == m.calibration  # the default mode's overall figures are recorded too
         rows.append(
             SettingRow(
-                f"mapper: {method}",
+                f"mapper: {method} ({mode})",
                 "hybrid",
                 None,
-                hybrid.get("recall@20"),
-                hybrid.get("ndcg@20"),
+                hybrid.get("recall@20") if default else None,
+                hybrid.get("ndcg@20") if default else None,
                 _m(hg.get("cold"), "recall@20"),
                 _m(hg.get("warm"), "recall@20"),
                 hg["cold"].top_share if hg.get("cold") else None,
             )
         )
-        g = m.cold_setting.get(part)
-        rows.append(
-            SettingRow(f"mapper: {method}", "cold", g.users if g else None, _m(g, "recall@20"), _m(g, "ndcg@20"))
-        )
+    g = m.cold_setting.get(part)
+    rows.append(SettingRow(f"mapper: {method}", "cold", g.users if g else None, _m(g, "recall@20"), _m(g, "ndcg@20")))
     return rows
 
 
@@ -133,7 +144,8 @@ def cold_start_section(records: Sequence[RunRecord]) -> list[str]:
                 "Test. hybrid = every item ranked (cold and warm groups, and the share of cold items in the "
                 "users' top 20); cold = warm items masked, the cold-start papers' protocol; warm = cold items "
                 "masked. Mapper rows: cold items represented by the content mapper (befa map), their hybrid "
-                "scores calibrated to the warm items'.",
+                "scores calibrated to the warm items' under each calibration mode (in brackets; R@20 and "
+                "N@20 for the default mode).",
             ]
         label = f"{rec.model} {'+BeFA' if rec.adapter == 'befa' else 'base'}"
         lines += ["", f"**{label}**", ""]

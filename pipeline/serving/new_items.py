@@ -5,8 +5,12 @@ An item with no behaviour in the run (added to the catalog after training, or he
 cold) has no trained ID embedding. When the run has content mappers (``befa map``,
 ``pipeline.training.mapping``) the servable replaces such an item's representation by the
 mapper's f(content), and ranks it with its score calibrated per user to the warm items'
-scale, on warm items the mapper did not train on (``pipeline.evaluation.calibration``): a
-new item enters a list as far as the mapper has earned on held-out warm items.
+scale (``pipeline.evaluation.calibration``). The default mode, ``relevance``, applies the
+curves ``befa map`` learned on the split's valid part and stored in ``mapping.json``: a new
+item enters a list where it is likelier a hit than the warm item it displaces. A run whose
+``mapping.json`` lacks the curves (mapped before they existed) falls back to ``expected``
+(the mapper's scores on held-out warm items), and says so in one line
+(``NewItemScoring.calibration_note``).
 
 The mapper: ``auto`` takes the method with the best VALID cold-setting Recall@20 recorded in
 ``mapping.json`` (never test), or the regression mapper when the run's split had no cold
@@ -21,6 +25,7 @@ re-ordered by score, so a guaranteed item sits where its score puts it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,15 @@ from pipeline.evaluation.calibration import QuantileCalibration
 from pipeline.evaluation.evaluator import UserItems, topk_items
 from pipeline.features.bundle import FeatureBundle
 from pipeline.training.api import load_trained
-from pipeline.training.mapping import MappingRecord, calibration_items, load_mapper, map_run
+from pipeline.training.mapping import (
+    CALIBRATION_MODES,
+    FALLBACK_MODE,
+    MappedMethod,
+    MappingRecord,
+    calibration_items,
+    load_mapper,
+    map_run,
+)
 from pipeline.training.record import ItemGroupMetrics, RunRecord
 
 
@@ -91,6 +104,30 @@ def warm_items(train_history: UserItems, num_items: int) -> Tensor:
     return torch.bincount(train_history.items, minlength=num_items)[:num_items] > 0
 
 
+@dataclass
+class NewItemScoring:
+    """How the items without behaviour are served (``apply_mapper``); the fields are ``Servable``'s."""
+
+    no_behaviour: Tensor  # (I,) bool: every item the run never trained on
+    calibration: QuantileCalibration | None = None
+    mapper: str | None = None  # None: the model's own content path
+    calibration_note: str | None = None  # one line when the calibration asked for could not be used
+
+
+def calibration_mode(entry: MappedMethod, wanted: str | None, where: str | Path) -> tuple[str, str | None]:
+    """(the mode to serve with, a one-line note when it is not the one asked for): ``wanted``
+    (default: the current default mode), or ``expected`` when relevance's curves are missing."""
+    mode = wanted or CALIBRATION_MODES[0]
+    if mode not in CALIBRATION_MODES:
+        raise ValueError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}; got {mode!r}")
+    if mode == "relevance" and entry.relevance is None:
+        return FALLBACK_MODE, (
+            f"{where}: mapping.json has no relevance curves for the {entry.method} mapper (mapped before "
+            f"they existed); new items calibrated with {FALLBACK_MODE!r} instead (`befa map` refits them)"
+        )
+    return mode, None
+
+
 def apply_mapper(
     run_dir: str | Path,
     wanted: str,
@@ -98,22 +135,27 @@ def apply_mapper(
     user_emb: Tensor,
     item_emb: Tensor,
     train_history: UserItems,
-) -> tuple[Tensor, QuantileCalibration | None, str | None]:
+    calibration: str | None = None,
+) -> NewItemScoring:
     """The items without behaviour (every item the run never trained on: new rows and cold
     ones), and, when a mapper is chosen (``choose_mapper``), their representation replaced in
-    place by its f(content); returns (items without behaviour, the calibration, the method)."""
+    place by its f(content) and their scores calibrated (mode ``calibration``, default the
+    current default, ``calibration_mode``)."""
     warm = warm_items(train_history, item_emb.size(0)).to(item_emb.device)
     method = choose_mapper(run_dir, wanted) if features.features else None
     if method is None or int(warm.sum()) < 2 or bool(warm.all()):
-        return ~warm, None, None
+        return NewItemScoring(~warm)
     mapper = load_mapper(run_dir, method).to(item_emb.device)
     with torch.no_grad():
         mapped = mapper({m: x.to(item_emb.device) for m, x in features.features.items()}).float()
     entry = MappingRecord.load(run_dir).methods[method]  # type: ignore[union-attr]
+    mode, note = calibration_mode(entry, calibration, run_dir)
     calib = calibration_items(warm, entry.seed)  # the warm items the mapper was calibrated on
-    calibration = QuantileCalibration(user_emb, item_emb, mapped, calib, ~warm, mode=entry.calibration)
+    scoring = QuantileCalibration(user_emb, item_emb, mapped, calib, ~warm, mode=mode)  # type: ignore[arg-type]
+    if mode == "relevance" and entry.relevance is not None:
+        scoring.use_relevance(entry.relevance, train_history)  # the warm ranks mask the train positives
     item_emb[~warm] = mapped[~warm].to(item_emb.dtype)
-    return ~warm, calibration, method
+    return NewItemScoring(~warm, scoring, method, note)
 
 
 def fit_missing_mappers(

@@ -211,6 +211,7 @@ def mapped_manifest(s: Servable, slots: int) -> dict[str, Any]:
     return {
         "mapper": s.mapper,  # None: the model's own content path
         "calibration": s.calibration.mode if s.calibration is not None else None,
+        "calibration_note": s.calibration_note,  # set when the mode asked for fell back
         "new_item_slots": slots,
         "items_without_behaviour": [str(i) for i in ids],
         "mapped_items": [str(i) for i in ids] if s.mapper else [],

@@ -87,6 +87,7 @@ class Servable:
     no_behaviour: Tensor | None = None
     calibration: QuantileCalibration | None = None  # their scores on the warm items' scale, per user
     mapper: str | None = None  # the mapper method used, None when none was
+    calibration_note: str | None = None  # one line when the calibration asked for fell back (new_items)
 
     @property
     def num_items(self) -> int:
@@ -219,9 +220,10 @@ def load_servable(
     device: str | torch.device | None = None,
     new_items: bool = True,
     mapper: str = "auto",
+    calibration: str | None = None,
 ) -> Servable:
-    """The run at ``run_dir`` mapped onto ``catalog`` (default: the one it recorded); ``mapper``:
-    how items without behaviour are represented (auto, a method or none: ``pipeline.serving.new_items``)."""
+    """The run at ``run_dir`` mapped onto ``catalog`` (default: the one it recorded); ``mapper`` and
+    ``calibration``: how items without behaviour are represented and scored (``pipeline.serving.new_items``)."""
     run_dir = Path(run_dir)
     record = RunRecord.load(run_dir)
     source, current, split = _sources(run_dir, record, catalog)
@@ -252,11 +254,9 @@ def load_servable(
     item_rows = pd.Series(np.arange(item_ids.size, dtype=np.int64), index=item_ids)
     user_rows = universe.user_rows()
     every, train_only = _histories(current, split, user_rows, item_rows, user_emb.size(0), item_emb.device)
-    no_behaviour, calibration, method = apply_mapper(run_dir, mapper, bundle, user_emb, item_emb, train_only)
+    scoring = apply_mapper(run_dir, mapper, bundle, user_emb, item_emb, train_only, calibration)
     return Servable(
-        no_behaviour=no_behaviour,
-        calibration=calibration,
-        mapper=method,
+        **vars(scoring),  # no_behaviour, calibration, mapper, calibration_note
         run_dir=run_dir,
         record=record,
         catalog=current,

@@ -11,7 +11,10 @@ not changed. Then, from the same representations:
   items ranked among themselves (calibration cannot change that order, so none is applied);
 - the **hybrid setting** (every item): the mapped items' scores calibrated per user to the
   warm items' scale (``pipeline.evaluation.calibration``), with the cold and warm groups'
-  Recall@20 and the share of cold items in the users' top 20.
+  Recall@20 and the share of cold items in the users' top 20, under every calibration mode.
+  The ``relevance`` mode's curves are learned here on the VALID part only
+  (``pipeline.evaluation.relevance_fit``) and stored with the method, so serving applies them
+  without evaluation data; test stays for the honest comparison of the modes.
 
 Written to the run folder, atomically, one method at a time::
 
@@ -36,6 +39,8 @@ from models.base import Recommender
 from models.content_mapper import ContentMapper, MapperData, MapperFit
 from models.id_dropout import item_ids_masked
 from pipeline.evaluation.calibration import QuantileCalibration
+from pipeline.evaluation.relevance import RelevanceCurves
+from pipeline.evaluation.relevance_fit import fit_relevance
 from pipeline.evaluation.settings import merge_per_user, setting_evaluators
 from pipeline.training.checkpoints import save_per_user
 from pipeline.training.prepare import PreparedData
@@ -45,7 +50,9 @@ from storage.atomic import atomic_path, write_json
 MAPPING = "mapping.json"
 MAPPER_DIR = "mappers"
 DEFAULT_METHODS: tuple[str, ...] = ("regression", "aldi")
-CALIBRATION_MODES: tuple[str, ...] = ("expected", "quantile")  # the first is the default (calibration.py)
+# the first is the default (calibration.py); relevance needs its curves, else expected is
+CALIBRATION_MODES: tuple[str, ...] = ("relevance", "expected", "quantile")
+FALLBACK_MODE = "expected"
 CALIBRATION_SHARE = 0.2  # warm items held out of the mapper's training, to calibrate its scores on
 
 
@@ -72,7 +79,7 @@ class MappedMethod(BaseModel):
     mapped_items: int  # items without train interactions given f(x)
     in_dims: dict[str, int]  # modality -> feature width the mapper reads
     out_dim: int
-    calibration: str = "expected"  # pipeline.evaluation.calibration's mode
+    calibration: str = "expected"  # pipeline.evaluation.calibration's mode (the default one evaluated)
     seed: int = 0  # of the fit and of the calibration hold-out (calibration_items)
     hybrid: dict[str, dict[str, float]] = Field(default_factory=dict)  # part -> overall metrics
     hybrid_groups: dict[str, dict[str, ItemGroupMetrics]] = Field(default_factory=dict)  # part -> group -> metrics
@@ -80,6 +87,8 @@ class MappedMethod(BaseModel):
     # calibration mode -> part -> group -> metrics: the hybrid setting under each mode, to weigh
     # how many cold items reach the lists against what the warm items lose
     hybrid_by_calibration: dict[str, dict[str, dict[str, ItemGroupMetrics]]] = Field(default_factory=dict)
+    # relevance mode's curves, learned on valid (pipeline.evaluation.relevance); None in older records
+    relevance: RelevanceCurves | None = None
 
 
 class MappingRecord(BaseModel):
@@ -143,11 +152,18 @@ def evaluate_mapped(
     calib = data.warm & ~data.fit_mask if data.fit is not None else data.warm
     evaluator = prepared.evaluator
     calibration = QuantileCalibration(data.user_emb, data.item_emb, mapped, calib, new)  # tables built once
+    curves = None
+    if "valid" in evaluator.heldout:  # learned on valid only; test stays for the comparison below
+        valid = evaluator.heldout["valid"]
+        curves = fit_relevance(calibration, data.item_emb, mapped, data.warm, calib, evaluator.train, valid)
+    if curves is not None:
+        calibration.use_relevance(curves, evaluator.train)
+    modes = [m for m in CALIBRATION_MODES if m != "relevance" or curves is not None]
     by_mode = {}
-    for mode in CALIBRATION_MODES:  # the default first: it is the one the per-user table keeps
+    for mode in modes:  # the default first: it is the one the per-user table keeps
         calibration.mode = mode  # the modes share the per-user tables; only the read-out differs
         by_mode[mode] = evaluator.evaluate(data.user_emb, items, ("valid", "test"), rescore=calibration.rescore)
-    hybrid = by_mode[CALIBRATION_MODES[0]]
+    hybrid = by_mode[modes[0]]
     views = setting_evaluators(evaluator)
     cold = {"cold": views["cold"].evaluate(data.user_emb, items, ("valid", "test"))} if "cold" in views else {}
     merge_per_user(hybrid, cold)
@@ -161,8 +177,9 @@ def evaluate_mapped(
         out_dim=int(data.item_emb.size(1)),
         hybrid={part: dict(r.metrics) for part, r in hybrid.items()},
         hybrid_groups=item_group_metrics(hybrid),
-        calibration=CALIBRATION_MODES[0],
+        calibration=modes[0],
         hybrid_by_calibration={mode: item_group_metrics(res) for mode, res in by_mode.items()},
+        relevance=curves,
         cold_setting=setting_metrics(cold).get("cold", {}),
     )
 

@@ -4,6 +4,7 @@ manifest. Uses test_serving's two-cluster world: items i30-i33 are new A items."
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
@@ -16,7 +17,7 @@ from pipeline.serving.new_items import top_with_slots
 from pipeline.serving.ranked_files import read_manifest
 from pipeline.serving.ranked_lists import RecommendRequest, recommend, write_recommendations
 from pipeline.serving.servable import ServingError, load_servable
-from pipeline.training.mapping import MappingRecord
+from pipeline.training.mapping import MAPPING, MappingRecord
 from tests.serving.test_serving import NEW, _grown, world  # noqa: F401 - the module fixture
 
 runner = CliRunner()
@@ -62,7 +63,8 @@ def test_new_item_slots_are_honoured_and_the_manifest_lists_the_mapped_items(gro
     assert (recs.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
     assert NEW <= set(manifest["mapped_items"]) and manifest["new_item_slots"] == 2
     assert NEW <= set(manifest["items_without_behaviour"])
-    assert manifest["mapper"] == "regression" and manifest["calibration"] == "expected"
+    assert manifest["mapper"] == "regression" and manifest["calibration"] == "relevance"
+    assert manifest["calibration_note"] is None
     with pytest.raises(ServingError, match="--new-item-slots"):
         RecommendRequest(k=5, new_item_slots=6).check()
 
@@ -101,3 +103,59 @@ def test_cli_recommend_with_new_item_slots(grown_run, tmp_path):
     assert bad.exit_code == 2 and "--new-item-slots" in bad.output
     bad = runner.invoke(app, [*args[:-2], "--mapper", "magic"])
     assert bad.exit_code == 2 and "--mapper" in bad.output
+
+
+def _edited_copy(run, tmp_path, edit) -> object:
+    """A copy of the run whose mapping.json's regression entry went through ``edit``."""
+    copy = tmp_path / "run-copy"
+    shutil.copytree(run, copy)
+    record = json.loads((copy / MAPPING).read_text())
+    edit(record["methods"]["regression"])
+    (copy / MAPPING).write_text(json.dumps(record))
+    return copy
+
+
+@pytest.mark.parametrize("likely", [True, False])
+def test_serving_applies_the_stored_relevance_curves(grown_run, tmp_path, likely):
+    run, folder, store, served = grown_run
+    stored = MappingRecord.load(run).methods["regression"].relevance
+    assert served.calibration.mode == "relevance" and served.calibration.relevance == stored
+    assert stored.source == "calib"  # a random split has no cold items: learned on held-out warm items
+
+    def edit(entry):  # new items likelier than every warm item, or never relevant
+        entry["relevance"]["p_warm"] = [0.2] * entry["relevance"]["k"]
+        entry["relevance"]["p_new"] = [0.5 if likely else 0.0] * len(entry["relevance"]["p_new"])
+
+    edited = load_servable(_edited_copy(run, tmp_path, edit), store, catalog=folder, mapper="regression")
+    unseen = set(edited.item_ids[edited.no_behaviour.cpu().numpy()])
+    recs = recommend(edited, RecommendRequest(k=3))
+    shown = recs["item_id"].isin(unseen)
+    assert len(recs) == 3 * 20 and len(unseen) >= 4
+    assert bool(shown.all()) if likely else not bool(shown.any())  # no evaluation data needed: the curves decide
+
+
+def test_an_old_mapping_json_without_curves_loads_and_falls_back_to_expected(grown_run, tmp_path):
+    run, folder, store, _ = grown_run
+
+    def edit(entry):  # as befa map wrote it before relevance mode
+        entry.pop("relevance")
+        entry["calibration"] = "expected"
+        entry["hybrid_by_calibration"].pop("relevance")
+
+    old = _edited_copy(run, tmp_path, edit)
+    assert MappingRecord.load(old).methods["regression"].relevance is None
+    served = load_servable(old, store, catalog=folder, mapper="regression")
+    assert served.calibration.mode == "expected" and "no relevance curves" in served.calibration_note
+    quantile = load_servable(old, store, catalog=folder, mapper="regression", calibration="quantile")
+    assert quantile.calibration.mode == "quantile" and quantile.calibration_note is None  # asked for: no note
+    out = tmp_path / "old.parquet"
+    args = ["recommend", str(old), "--catalog", str(folder), "--feature-store", str(store.root), "--k", "3",
+            "--mapper", "regression", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert (
+        "calibrated (expected)" in result.output and "note:" in result.output and "no relevance curves" in result.output
+    )
+    assert read_manifest(out)["calibration"] == "expected" and read_manifest(out)["calibration_note"]
+    bad = runner.invoke(app, [*args, "--calibration", "best"])
+    assert bad.exit_code == 2 and "--calibration" in bad.output

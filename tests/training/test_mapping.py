@@ -14,7 +14,14 @@ from models.content_mapper import MapperData
 from pipeline.cli.main import app
 from pipeline.evaluation.calibration import QuantileCalibration
 from pipeline.reporting.pipeline_report import ReportContext, write_report
-from pipeline.training.mapping import MAPPING, MappingRecord, fit_mapper, load_mapper, mapped_items
+from pipeline.training.mapping import (
+    CALIBRATION_MODES,
+    MAPPING,
+    MappingRecord,
+    fit_mapper,
+    load_mapper,
+    mapped_items,
+)
 from tests.job.test_small_catalogs import TEXT_ENCODER, _write_csvs
 
 runner = CliRunner()
@@ -117,9 +124,15 @@ def test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them(tmp_path):
         assert m.mapped_items > 0 and m.cold_setting["test"].users > 0
         assert 0 <= m.hybrid_groups["test"]["cold"].top_share <= 1
         assert (run_dir / "mappers" / f"{m.method}.per_user.parquet").exists()
+        # relevance is the default, learned on valid from the split's cold items, and every mode is recorded
+        assert m.calibration == "relevance" and set(m.hybrid_by_calibration) == set(CALIBRATION_MODES)
+        assert m.relevance.source == "cold" and sum(m.relevance.new_counts) > 0 and m.relevance.k > 0
+        assert m.hybrid_groups == m.hybrid_by_calibration["relevance"]
     report = write_report(tmp_path / "report", [run_dir], ReportContext())
     text = report.report_md.read_text()
     assert "## New items: the cold-items split" in text and "| mapper: aldi | cold |" in text
+    at = [text.index(f"| mapper: aldi ({mode}) | hybrid |") for mode in CALIBRATION_MODES]
+    assert at == sorted(at)  # a row per mode, the default first
     mapper = load_mapper(run_dir, "aldi")
     assert mapper.modalities == ["text"]
     again = runner.invoke(
