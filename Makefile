@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help venv chromium demo test test-fast lint format bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-sparse-defaults bench-cold-start bench-vs-reference bench-gpu fault-injection-root lock clean
+.PHONY: help venv chromium demo test test-fast lint format bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-sparse-defaults bench-cold-start bench-vs-reference bench-profile-epoch bench-gpu fault-injection-root lock clean
 
 help:  ## list the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,9 +84,13 @@ bench-study-full: venv  ## the study at the full protocol (hours; resumable)
 bench-lattice-mgcn: venv  ## epoch time of LATTICE and MGCN (base and +BeFA) at amazon-baby sizes
 	$(BIN)/python -m benchmarks.bench_lattice_mgcn --threads 2
 
-# befa's epoch beside the reference toolbox's recorded epoch times (movielens 1 thread, amazon-baby 2 threads)
-bench-vs-reference: venv  ## befa's epoch beside the reference toolbox's
+# befa and the reference toolbox (MMRec) run live side by side, load-matched, on movielens (docs/benchmarks.md); ARGS="--models bm3 --epochs 12 --features random --json out.json"
+bench-vs-reference: venv  ## befa vs the reference toolbox (MMRec), run live side by side
 	$(BIN)/python -m benchmarks.bench_vs_reference $(ARGS)
+
+# per-op profile of one training epoch per model, and its FLOP floor at this machine's matmul rate (docs/benchmarks.md)
+bench-profile-epoch: venv  ## where each model's training epoch goes (per-op profile) against its FLOP floor; ARGS=--models mgcn
+	$(BIN)/python -m benchmarks.profile_epoch $(ARGS)
 
 # growth with catalog size (1x, 4x, 16x amazon-baby; speed only); ARGS=--knn: approximate vs exact kNN graph
 bench-scale: venv  ## growth with catalog size (1x, 4x, 16x amazon-baby); ARGS=--knn for the approximate kNN
