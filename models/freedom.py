@@ -12,7 +12,7 @@ from models.base import Insertion, ModelConfig, Recommender, TrainData
 from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection
 from models.graphs import KnnMethod, cached, degree_sensitive_edge_sample, interaction_adjacency, knn_graph, knn_key
-from models.losses import bpr_from_embeddings
+from models.losses import bpr_gathered
 from models.sparse import SparseGraph, propagate, weighted_sum
 
 
@@ -259,18 +259,17 @@ class FREEDOM(Recommender):
             raise ValueError("FREEDOM needs negative items (BPR)")
         content = self.content() if self._needs_all_content() else None
         u_all, i_all = self._forward(self.train_adj, content)
-        u = u_all[users]
-        loss = bpr_from_embeddings(u, i_all[pos_items], i_all[neg_items])
+        loss = bpr_gathered(u_all, i_all, users, pos_items, neg_items)
         if self.config.reg > 0 and len(self.projections):
             content_loss = 0.0
             if content is not None:  # forward: every item's c_m is at hand, the terms read its rows
                 for c in content:
-                    content_loss = content_loss + bpr_from_embeddings(u, c[pos_items], c[neg_items])
+                    content_loss = content_loss + bpr_gathered(u_all, c, users, pos_items, neg_items)
             else:
                 rows, inv = torch.unique(torch.cat([pos_items, neg_items]), return_inverse=True)
                 pos_idx, neg_idx = inv[: pos_items.numel()], inv[pos_items.numel() :]
                 for c in self.contents(rows):
-                    content_loss = content_loss + bpr_from_embeddings(u, c[pos_idx], c[neg_idx])
+                    content_loss = content_loss + bpr_gathered(u_all, c, users, pos_idx, neg_idx)
             loss = loss + self.config.reg * content_loss
         return loss
 

@@ -111,7 +111,7 @@ from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA, adapt_all
 from models.content import FeatureProjection
-from models.losses import RegForm, bpr_from_embeddings, embedding_reg
+from models.losses import RegForm, bpr_gathered, counted_reg
 from models.sparse import SparseGraph, coalesce_sum, propagate
 
 
@@ -294,9 +294,12 @@ class LATTICE(Recommender):
             if self._train_content is not None:
                 self._train_content = [c.detach() for c in self._train_content]
             self._graph_has_grad = False
-        u, p, n = user_all[users], item_all[pos_items], item_all[neg_items]
-        reg = embedding_reg(u, p, n, form=self.config.reg_form, batch_size=self.config.batch_size)
-        return bpr_from_embeddings(u, p, n) + self.config.reg * reg
+        reg = counted_reg(
+            [(user_all, users), (item_all, pos_items), (item_all, neg_items)],
+            form=self.config.reg_form,
+            batch_size=self.config.batch_size,
+        )
+        return bpr_gathered(user_all, item_all, users, pos_items, neg_items) + self.config.reg * reg
 
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         """Rebuild G from the current parameters once and embed every user and item."""

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from models.base import ModelConfig, Recommender, TrainData
 from models.graphs import interaction_adjacency
-from models.losses import RegForm, bpr_from_embeddings, embedding_reg
+from models.losses import RegForm, bpr_gathered, counted_reg
 from models.sparse import SparseGraph, propagate
 
 
@@ -75,11 +75,9 @@ class LightGCN(Recommender):
         if neg_items is None:
             raise ValueError("LightGCN needs negative items (BPR)")
         u, i = self._propagate()
-        bpr = bpr_from_embeddings(u[users], i[pos_items], i[neg_items])
-        reg = embedding_reg(
-            self.user_embedding[users],
-            self.item_embedding[pos_items],
-            self.item_embedding[neg_items],
+        bpr = bpr_gathered(u, i, users, pos_items, neg_items)
+        reg = counted_reg(
+            [(self.user_embedding, users), (self.item_embedding, pos_items), (self.item_embedding, neg_items)],
             form=self.config.reg_form,
         )
         return bpr + self.config.reg * reg
