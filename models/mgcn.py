@@ -350,10 +350,13 @@ class MGCN(Recommender):
         if neg_items is None:
             raise ValueError("MGCN: BPR needs negative items")
         content, views = self.views()
+        # side is row-wise: computed once per distinct row (about a third of the 3 x batch rows)
         rows = torch.cat([users, pos_items + self.num_users, neg_items + self.num_users])
-        items = torch.cat([pos_items, neg_items])
-        side = self.side(content[rows], [torch.cat([u[users], z[items]]) for u, z in views])
-        final = content[rows] + side
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        k = int(torch.searchsorted(uniq, self.num_users))  # sorted: users first, then items
+        content_rows = content[uniq]
+        side_rows = self.side(content_rows, [torch.cat([u[uniq[:k]], z[uniq[k:] - self.num_users]]) for u, z in views])
+        side, final = side_rows[inv], (content_rows + side_rows)[inv]
         b = users.numel()
         u, p, n = final[:b], final[b : 2 * b], final[2 * b :]
         reg = embedding_reg(u, p, n, form=self.config.reg_form, batch_size=self.config.batch_size)
