@@ -95,6 +95,11 @@ Choices (where the spec is silent or the reference does not scale):
   that untrained E_i, where base LATTICE uses c_m alone.
 - The reference's raw feature tables are trainable; here they are frozen buffers unless
   ``train_features=True``.
+- Where an epoch goes (movielens, 22 batches, one thread, ``make bench-profile-epoch``,
+  2026-12-06): 0.24 s for 2.8 GFLOP, 12x its floor at the measured matmul rate: overhead
+  and memory-bound sparse products (13%), elementwise passes and gathers; the learned
+  graph's rebuild (one kNN over the items) once per epoch. Live against the reference:
+  5.6-5.9x, under the 8x target (docs/benchmarks.md).
 """
 
 from __future__ import annotations
