@@ -63,8 +63,8 @@ bench-store: venv  ## feature-store throughput: write, read, a 1% upsert vs a fu
 bench-ingest: venv  ## ingest speed
 	$(BIN)/python -m benchmarks.bench_ingest
 
-bench-extract: venv  ## extraction speed: end to end vs pure forward, and incremental re-runs
-	$(BIN)/python -m benchmarks.bench_extract
+bench-extract: venv  ## extraction per encoder: forward, end to end and FLOP limit, before/after; ARGS=--encoders minilm
+	$(BIN)/python -m benchmarks.bench_extract $(ARGS)
 
 bench-train: venv  ## epoch time per model, base and +BeFA (paired ratio)
 	$(BIN)/python -m benchmarks.bench_train

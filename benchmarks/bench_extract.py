@@ -1,25 +1,31 @@
-"""Feature extraction speed: end-to-end vs pure forward, and incremental re-runs.
+"""Feature extraction speed: pure forward, end to end and the FLOP limit per encoder, before and after.
 
-Run: ``python -m benchmarks.bench_extract [--encoder clip:ViT-B-32@random] [--device auto]
-[--batch-size N] [--num-workers N] [--threads N] [--limit N]``
+Run: ``python -m benchmarks.bench_extract [--encoders effnet:lite0,effnet:lite2,clip:ViT-B-32@random,minilm]
+[--images 64] [--texts 192] [--rounds 2] [--threads 2] [--batch-size N]``
 
-On the movielens-100k-posters catalog (1,682 items, 1,663 real posters), image modality:
+On small subsets of the movielens-100k-posters catalog (real posters; title + overview texts),
+CPU, per encoder (image encoders on the posters, MiniLM on the texts):
 
-1. pure forward: the encoder on pre-loaded, pre-processed tensors of the same
-   batches (decoding and preprocessing done beforehand, outside the clock);
-2. end-to-end: ``extract_features`` into an empty store (read, hash check,
-   decode and preprocess in DataLoader workers, forward, Parquet parts, commit);
-   ratio end-to-end / forward (TARGET >= 0.9: loading and writing hidden behind compute);
-3. incremental: 1% of the posters replaced by new images (mirrored copies in a
-   temporary folder, so new content hashes), then a re-run: wall time as a
-   fraction of the full run (TARGET <= 5%);
-4. unchanged re-run: wall time (TARGET < 5 s).
+1. **limit**: FLOPs per item of the torch forward (``torch.utils.flop_counter``; a multiply-add
+   counts 2), against this machine's fp32 matmul rate at the same threads (measured in the
+   forward pass's rounds, best round): the rate the model
+   would reach if every FLOP ran at matmul speed (depthwise convolutions and attention do not,
+   so no backend reaches it).
+2. **pure forward** on preprocessed inputs (decoded and resized posters, tokenized texts in
+   length order; all off the clock): torch *before* (contiguous memory format), torch *after*
+   (channels-last for the conv nets; the same for the others) and ONNX Runtime.
+3. **end to end**: ``extract_features`` into an empty store (read, hash check, decode,
+   preprocess, forward, Parquet parts, commit). *before*: the paths extraction had before
+   issue #24 (``ExtractTuning.baseline()``: decoding in a DataLoader worker process, texts
+   batched in catalog order, contiguous format; torch). *after*: the current defaults and the
+   backend that ``--backend auto`` picks here (its trial runs first and prints its verdict).
+   The features of both runs are compared item by item (min cosine).
+4. For the first image encoder: an incremental run (1% of the posters replaced) and an
+   unchanged re-run, against their targets.
 
-``--encoder`` takes any spec, e.g. ``imagebind:huge@random`` or
-``clip:ViT-L-14@/models/vitl14.safetensors`` on a GPU machine. Random weights
-are labelled as such: they cost exactly the same compute as trained ones.
-The 1-minute load average is printed before and after: on a shared machine,
-other processes' load skews every wall-clock figure.
+Variants are interleaved round by round and each reports its best round (see
+``benchmarks.extract_rates``). Random weights (``clip:...@random``) are labelled: they cost
+exactly what trained ones do. The 1-minute load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -35,177 +41,188 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-TARGET_RATIO = 0.9
+from benchmarks import extract_rates as R
+from encoders import create_encoder
+from pipeline.data.ingest import ingest
+from pipeline.device import cpu_count, torch_threads
+from pipeline.features.extract import extract_features
+from pipeline.settings import get_settings
+from storage.feature_store import FeatureStore
+from storage.keys import sha256_file
+
+DEFAULT_ENCODERS = "effnet:lite0,effnet:lite2,clip:ViT-B-32@random,minilm"
+BEFORE_BATCH = 32  # every encoder's CPU batch before issue #24
 TARGET_INCREMENTAL = 0.05
 TARGET_RERUN_S = 5.0
 
 
-def _catalog(datasets_root: Path | None, home: Path):
-    from pipeline.data.ingest import ingest
-    from pipeline.settings import get_settings
-
-    settings = get_settings(datasets_root=datasets_root, home=home, feature_store=str(home / "features"))
-    catalog, _ = ingest("movielens-100k-posters", settings)
-    return catalog
-
-
-def _limit(catalog, n: int | None):
-    from pipeline.data.catalog import build_catalog
-
-    if not n or n >= catalog.num_items:
-        return catalog
-    items = catalog.items.iloc[:n].drop(columns=["item_idx", "text_hash"])
-    inter = catalog.interactions[catalog.interactions.item_idx < n]
-    return build_catalog(catalog.name, items, inter[["user_id", "item_id", "rating", "timestamp"]])
-
-
 def _with_changed_posters(catalog, fraction: float, folder: Path, seed: int = 0):
     """A copy of the catalog where ``fraction`` of the posters are new images (mirrored)."""
-    from storage.keys import sha256_file
-
     items = catalog.items.copy()
     with_image = np.flatnonzero(items["image"].notna().to_numpy())
-    rng = np.random.default_rng(seed)
-    n = max(1, round(fraction * len(with_image)))
-    chosen = rng.choice(with_image, size=n, replace=False)
+    chosen = np.random.default_rng(seed).choice(
+        with_image, size=max(1, round(fraction * len(with_image))), replace=False
+    )
     folder.mkdir(parents=True, exist_ok=True)
     for row in chosen:
-        src = items.at[row, "image"]
         dst = folder / f"changed-{items.at[row, 'item_id']}.png"
-        ImageOps.mirror(Image.open(src).convert("RGB")).save(dst)
+        ImageOps.mirror(Image.open(items.at[row, "image"]).convert("RGB")).save(dst)
         items.at[row, "image"] = str(dst)
         items.at[row, "image_hash"] = sha256_file(dst)
-    changed = type(catalog)(name=catalog.name, items=items, interactions=catalog.interactions, meta=dict(catalog.meta))
-    return changed, n
+    return type(catalog)(
+        name=catalog.name, items=items, interactions=catalog.interactions, meta=dict(catalog.meta)
+    ), len(chosen)
 
 
-def _forward_only(encoder, catalog, batch_size: int, device: torch.device) -> tuple[float, int]:
-    """Seconds of pure forward passes over pre-loaded batches of the catalog's posters."""
-    tf = encoder.image_transform
-    refs = catalog.items["image"].dropna().tolist()
-    batches = []
-    for start in range(0, len(refs), batch_size):
-        batches.append(torch.stack([tf(Image.open(r).convert("RGB")) for r in refs[start : start + batch_size]]))
-    if device.type == "cuda":
-        batches = [b.to(device) for b in batches]
-    encoder.embed_pixels(batches[0][:2])  # warm-up (kernels, allocator), off the clock
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _encoder_row(spec: str, catalogs: dict, args, tmp: Path) -> dict:
+    encoder = create_encoder(spec, device="cpu")
+    modality = "image" if "image" in encoder.modalities else "text"
+    catalog = catalogs[modality]
+    label = " [RANDOM INIT: speed only]" if encoder.random_init else ""
+    print(f"\n{spec} -> {encoder.fingerprint}{label}: {catalog.num_items} {modality}s")
+    batch = args.batch_size or encoder.default_batch_size(torch.device("cpu"))
+    batches = (R.image_batches if modality == "image" else R.text_batches)(encoder, catalog, batch)
+    # an image costs the same whatever it shows; a text's cost grows with its length: count them all
+    flops = R.flops_per_item(encoder, modality, batches if modality == "text" else batches[:1])
+    onnx_dir = tmp / "onnx"
+    onnx = R.onnx_embedder(encoder, modality, onnx_dir, args.threads)
+    # the batch the trial times in an extraction: the first (images), the middle one by length (texts)
+    texts = sorted(catalog.items["text"].tolist(), key=len)
+    middle = list(range(0, len(texts), batch))[len(range(0, len(texts), batch)) // 2]
+    first = batches[0] if modality == "image" else texts[middle : middle + batch]
+    verdict = R.auto_verdict(encoder, modality, first, onnx_dir, args.threads)
+    kw = dict(num_threads=args.threads, onnx_dir=onnx_dir, device="cpu")
+    forward: dict[str, float] = {}
+    e2e: dict[str, list[float]] = {"before": [], "after": []}
+    feats, backend = {}, ""
+    for r in range(args.rounds):  # every measurement once per round: all of them see the same load drift
+        for name, rate in R.forward_rates(encoder, modality, batches, onnx, rounds=1).items():
+            forward[name] = max(forward.get(name, 0.0), rate)
+        for when in ("before", "after"):
+            rate, summary, x = R.end_to_end(
+                catalog,
+                encoder,
+                modality,
+                tmp / f"store-{spec}-{when}-{r}",
+                before=when == "before",
+                backend="auto",
+                batch_size=BEFORE_BATCH if when == "before" else batch,
+                **kw,
+            )
+            e2e[when].append(rate)
+            feats[when] = x
+            backend = summary.backend if when == "after" else backend
+    return dict(
+        spec=spec,
+        modality=modality,
+        items=catalog.num_items,
+        batch=batch,
+        gflop=flops / 1e9,
+        limit=forward["matmul GFLOP/s"] * 1e9 / flops,
+        forward=forward,
+        before=max(e2e["before"]),
+        after=max(e2e["after"]),
+        backend=backend,
+        verdict=verdict,
+        cosine=R.min_cosine(feats["before"], feats["after"]),
+        random=encoder.random_init,
+        encoder=encoder,
+    )
+
+
+def _incremental(row: dict, catalog, args, tmp: Path) -> None:
+    """The first image encoder: a full run, 1% of the posters changed, an unchanged re-run."""
+    encoder, store = row["encoder"], FeatureStore(tmp / "store-incremental")
+    kw = dict(modalities=["image"], batch_size=row["batch"], num_threads=args.threads, progress=False)
     t0 = time.perf_counter()
-    for b in batches:
-        out = encoder.embed_pixels(b)
-        out.cpu()  # the end-to-end run copies every batch back too
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0, len(refs)
+    extract_features(catalog, encoder, store, **kw)
+    t_full = time.perf_counter() - t0
+    changed, n = _with_changed_posters(catalog, 0.01, tmp / "changed")
+    t0 = time.perf_counter()
+    inc = extract_features(changed, encoder, store, **kw)
+    t_inc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = extract_features(changed, encoder, store, **kw)
+    t_again = time.perf_counter() - t0
+    frac = t_inc / t_full
+    print(f"\nincremental ({row['spec']}, torch): full {t_full:.1f} s; {n} posters changed: {t_inc:.2f} s = {frac:.1%}")
+    print(f"  of the full run (target <= {TARGET_INCREMENTAL:.0%}: {'ok' if frac <= TARGET_INCREMENTAL else 'MISS'});")
+    print(
+        f"  unchanged re-run {t_again:.2f} s (target < {TARGET_RERUN_S:.0f} s: "
+        f"{'ok' if t_again < TARGET_RERUN_S else 'MISS'}); encoded {inc.encoded} then {again.encoded}"
+    )
+
+
+def _table(rows: list[dict]) -> None:
+    print(
+        "\n| encoder | GFLOP/item | matmul GFLOP/s | limit /s | forward torch before / after / onnx /s "
+        "| end to end before /s | end to end after /s (backend) | after / before "
+        "| e2e / forward before / after | after / limit |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        f = r["forward"]
+        onnx = f"{f['onnx']:.1f}" if "onnx" in f else "-"
+        chosen = f.get("onnx") if r["backend"].startswith("onnxruntime") else f["torch after"]
+        name = r["spec"] + (" (random init)" if r["random"] else "")
+        cells = [
+            name,
+            f"{r['gflop']:.2f}",
+            f"{f['matmul GFLOP/s']:.0f}",
+            f"{r['limit']:.0f}",
+            f"{f['torch before']:.1f} / {f['torch after']:.1f} / {onnx}",
+            f"{r['before']:.1f}",
+            f"{r['after']:.1f} ({r['backend']})",
+            f"{r['after'] / r['before']:.2f}x",
+            f"{r['before'] / f['torch before']:.2f} / {r['after'] / chosen:.2f}",
+            f"{r['after'] / r['limit']:.2f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
+    for r in rows:
+        print(f"- {r['spec']}: auto: {r['verdict']}; before/after features: min cosine {r['cosine']:.6f}")
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoders", default=DEFAULT_ENCODERS, help="comma list of encoder specs (default: %(default)s)")
+    p.add_argument("--images", type=int, default=64, help="posters per image encoder (default %(default)s)")
+    p.add_argument("--texts", type=int, default=192, help="texts for MiniLM (default %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per measurement (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, help="after: default each encoder's (before: 32)")
+    p.add_argument("--datasets-root", type=Path, default=None)
+    args = p.parse_args()
+    for flag in ("images", "texts", "rounds", "threads", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    return args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default="clip:ViT-B-32@random", help="encoder spec (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: all cores)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items (quick check)")
-    parser.add_argument("--datasets-root", type=Path, default=None)
-    parser.add_argument("--changed", type=float, default=0.01, help="fraction of posters changed (default 1%%)")
-    args = parser.parse_args()
+    args = _args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    from encoders import create_encoder
-    from pipeline.device import cpu_count, resolve_device, torch_threads
-    from pipeline.features.extract import extract_features
-    from pipeline.features.images import default_num_workers
-    from storage.feature_store import FeatureStore
-
-    datasets_root = args.datasets_root or (
-        Path(os.environ["BEFA_DATASETS_ROOT"])
-        if os.environ.get("BEFA_DATASETS_ROOT")
-        else Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    root = args.datasets_root or Path(
+        os.environ.get("BEFA_DATASETS_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
     )
-    device = resolve_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="befa-bench-extract-"))
+    load_before = os.getloadavg()
     try:
-        catalog = _limit(_catalog(datasets_root, tmp / "home"), args.limit)
-        n_images = int(catalog.items["image"].notna().sum())
-        t0 = time.perf_counter()
-        encoder = create_encoder(args.encoder, device=device)
-        t_build = time.perf_counter() - t0
-        batch = args.batch_size or encoder.default_batch_size(device)
-        workers = default_num_workers(device) if args.num_workers is None else args.num_workers
-        threads = (args.threads or cpu_count()) if device.type == "cpu" else None
-        print(
-            f"encoder   {args.encoder} -> {encoder.fingerprint} ({encoder.dim}-d), weights: {encoder.weights_label}"
-            f"{'  [RANDOM INIT: speed figures only]' if encoder.random_init else ''}"
-        )
-        print(
-            f"device    {device}; batch {batch}; {workers} decode workers; torch threads {threads or 'n/a'}; "
-            f"{cpu_count()} cores; built in {t_build:.1f} s"
-        )
-        print(f"catalog   {catalog.name}: {catalog.num_items} items, {n_images} posters")
-        load_before = os.getloadavg()[0]
-
-        with torch_threads(threads):
-            t_fwd, n_fwd = _forward_only(encoder, catalog, batch, device)
-        fwd_rate = n_fwd / t_fwd
-
-        store = FeatureStore(tmp / "features")
-        kw = dict(
-            modalities=["image"],
-            batch_size=batch,
-            num_workers=workers,
-            device=device,
-            num_threads=args.threads,
-            progress=True,
-        )
-        t0 = time.perf_counter()
-        full = extract_features(catalog, encoder, store, **kw)
-        t_full = time.perf_counter() - t0
-        img = full.modalities["image"]
-        e2e_rate = img.encoded / t_full
-
-        changed, n_changed = _with_changed_posters(catalog, args.changed, tmp / "changed")
-        t0 = time.perf_counter()
-        inc = extract_features(changed, encoder, store, **kw)
-        t_inc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        again = extract_features(changed, encoder, store, **kw)
-        t_again = time.perf_counter() - t0
+        home = tmp / "home"
+        full, _ = ingest("movielens-100k-posters", get_settings(root, home, str(home / "features")))
+        catalogs = {"image": R.subset(full, "image", args.images), "text": R.subset(full, "text", args.texts)}
+        with torch_threads(args.threads):
+            print(f"cpu: {cpu_count()} cores, {args.threads} threads; fp32 matmul {R.matmul_gflops():.0f} GFLOP/s")
+            print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{x:.2f}' for x in load_before)}")
+            rows = [_encoder_row(spec.strip(), catalogs, args, tmp) for spec in args.encoders.split(",")]
+            images = [r for r in rows if r["modality"] == "image"]
+            if images:
+                _incremental(images[0], catalogs["image"], args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-    ratio = e2e_rate / fwd_rate
-    frac = t_inc / t_full
-
-    def ok(good: bool) -> str:
-        return "ok  " if good else "MISS"
-
-    print()
-    print(f"{'measure':<52} {'value':>14}   target")
-    print(f"{'pure forward (pre-loaded tensors)':<52} {fwd_rate:>10.1f} img/s")
-    print(
-        f"{'end-to-end extract (decode+forward+write+commit)':<52} {e2e_rate:>10.1f} img/s   "
-        f"({img.encoded} encoded, {img.failed} failed, {t_full:.1f} s)"
-    )
-    print(f"{'ratio end-to-end / forward':<52} {ratio:>14.3f}   >= {TARGET_RATIO}  {ok(ratio >= TARGET_RATIO)}")
-    print(
-        f"{f'incremental run, {n_changed} posters changed ({args.changed:.0%})':<52} {t_inc:>12.2f} s   "
-        f"({inc.modalities['image'].encoded} encoded)"
-    )
-    print(
-        f"{'  as a fraction of the full run':<52} {frac:>14.3%}   "
-        f"<= {TARGET_INCREMENTAL:.0%}  {ok(frac <= TARGET_INCREMENTAL)}"
-    )
-    print(
-        f"{'unchanged re-run':<52} {t_again:>12.2f} s   < {TARGET_RERUN_S:.0f} s  "
-        f"{ok(t_again < TARGET_RERUN_S)}  ({again.encoded} encoded)"
-    )
-    print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on {cpu_count()} cores")
-    print(
-        f"snapshot ids: full {img.snapshot_id}, incremental {inc.modalities['image'].snapshot_id}, "
-        f"re-run {again.modalities['image'].snapshot_id}"
-    )
+    _table(rows)
+    load_after = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; ", end="")
+    print(f"after: {', '.join(f'{x:.2f}' for x in load_after)}; torch {torch.__version__}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ Two ways in:
 
 - ``encode_images(list[PIL.Image])`` / ``encode_texts(list[str])``: convenience,
   returns CPU float32 tensors.
-- ``image_transform`` (a picklable PIL -> tensor callable, run in DataLoader
-  worker processes) + ``embed_pixels(batch)``: what batch extraction uses, so
-  decoding overlaps with the forward pass.
+- ``image_transform`` (a picklable PIL -> tensor callable, run in decoding threads
+  or DataLoader worker processes) + ``embed_pixels(batch)``: what batch extraction
+  uses, so decoding overlaps with the forward pass.
+
+An encoder that can run on ONNX Runtime (:mod:`encoders.onnx_backend`) gives its graph
+per modality (``onnx_graph``) and the graph's inputs for a batch (``onnx_feed``); the
+others return None and always run on torch.
 """
 
 from __future__ import annotations
@@ -38,11 +42,13 @@ import re
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageOps
 from torch import nn
 
+from encoders.onnx_backend import OnnxGraph
 from encoders.spec import EncoderSpec, EncoderSpecError
 from storage.keys import ENCODED_MODALITIES, sha256_file
 
@@ -268,6 +274,20 @@ class Encoder(nn.Module):
         if len(texts) == 0:
             return torch.empty(0, self.dim, dtype=torch.float32)
         return self.embed_texts(list(texts)).cpu()
+
+    # -- ONNX Runtime ---------------------------------------------------------
+    def onnx_graph(self, modality: str) -> OnnxGraph | None:
+        """The graph to export for ``modality`` (embeddings before normalisation), or None: torch only."""
+        return None
+
+    def onnx_feed(self, modality: str, batch: Any) -> dict[str, np.ndarray]:
+        """The exported graph's inputs for a batch: preprocessed pixels as they are (texts: see subclasses)."""
+        if modality != "image":
+            raise EncoderError(f"{self.name} has no ONNX inputs for {modality}")
+        return {"pixels": batch.detach().float().cpu().contiguous().numpy()}
+
+    def set_channels_last(self, on: bool) -> None:
+        """Run convolutions in channels-last memory format (conv nets; a no-op for the others)."""
 
     def default_batch_size(self, device: torch.device) -> int:
         """Batch size for ``device``: 32 on CPU (larger batches do not speed up CPU matmuls

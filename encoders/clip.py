@@ -19,6 +19,9 @@ Weights, always explicit in the spec:
 
 Architectures whose text tower comes from Hugging Face (``hf_model_name`` in
 the config) also need that model's config and tokenizer in the local HF cache.
+
+``onnx_graph('image')`` gives the image tower for ONNX Runtime (:mod:`encoders.onnx_backend`);
+texts run on torch.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from PIL import Image
 
 from encoders.base import Encoder, EncoderError, checkpoint_sha256, require_file, seeded
+from encoders.onnx_backend import OnnxGraph
 from encoders.spec import EncoderSpec, EncoderSpecError
 from encoders.text_budget import fit_texts
 
@@ -64,6 +68,17 @@ def _tag_cached(cfg: dict[str, Any]) -> bool:
         return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in names)
     url = cfg.get("url", "")
     return bool(url) and Path("~/.cache/clip", os.path.basename(url)).expanduser().is_file()
+
+
+class ImageTower(torch.nn.Module):
+    """pixels -> CLIP image embeddings before normalisation: the graph ONNX exports."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
 
 
 class ClipEncoder(Encoder):
@@ -174,6 +189,13 @@ class ClipEncoder(Encoder):
         with self._forward_context():
             out = self.model.encode_image(pixels.to(self.device, non_blocking=True))
         return self._finish(out)
+
+    def onnx_graph(self, modality: str) -> OnnxGraph | None:
+        if modality != "image":
+            return None
+        size = getattr(self.model.visual, "image_size", 224)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return OnnxGraph(ImageTower(self.model), (torch.zeros(2, 3, h, w),), ("pixels",))
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         # cut long texts to what the context keeps before tokenizing (encoders.text_budget)

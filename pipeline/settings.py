@@ -11,7 +11,8 @@ same name; nothing is hard-coded to this machine.
   fsspec URI (``s3://bucket/features``, ``memory://features``). Defaults to
   ``$BEFA_HOME/features``.
 
-Image URLs are downloaded (only by ``befa fetch-images``) into ``$BEFA_HOME/image-cache``.
+Image URLs are downloaded (only by ``befa fetch-images``) into ``$BEFA_HOME/image-cache``;
+encoders exported for ONNX Runtime live in ``$BEFA_HOME/onnx``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class Settings(BaseModel):
     def image_cache_dir(self) -> Path:
         """Downloaded image URLs (``pipeline.data.image_cache``)."""
         return self.home / "image-cache"
+
+    @property
+    def onnx_dir(self) -> Path:
+        """Encoders exported for ONNX Runtime, and the measured backend choices (``pipeline.features.backend``)."""
+        return self.home / "onnx"
 
     def catalog_dir(self, name: str) -> Path:
         return self.catalogs_dir / name

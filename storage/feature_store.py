@@ -187,7 +187,9 @@ class FeatureStore:
             return current.dim
         return (self.encoder_info(key.fingerprint) or {}).get("dim")
 
-    def _write_part_table(self, folder: str, key: FeatureSetKey, keys: pa.Table, x: np.ndarray) -> str:
+    def _write_part_table(
+        self, folder: str, key: FeatureSetKey, keys: pa.Table, x: np.ndarray, backend: str | None = None
+    ) -> str:
         # Checked here, on the rows actually written: skipped rows are never stored.
         check_part_rows(folder, keys, x)
         expected = self._existing_dim(folder, key)
@@ -196,21 +198,29 @@ class FeatureStore:
                 f"{folder}: embeddings have dimension {x.shape[1]}, but this (dataset, encoder, modality) "
                 f"holds dimension {expected}"
             )
-        return self._parts.write(folder, keys, x)
+        return self._parts.write(folder, keys, x, backend)
 
     def write_part(
-        self, key: FeatureSetKey, item_ids: Sequence[str], content_hashes: Sequence[str], embeddings: Any
+        self,
+        key: FeatureSetKey,
+        item_ids: Sequence[str],
+        content_hashes: Sequence[str],
+        embeddings: Any,
+        backend: str | None = None,
     ) -> str:
         """Write one immutable part atomically and return its file name.
 
         ``embeddings``: an (n, D) array (numpy, or anything ``np.asarray`` takes, such as
         a CPU tensor). The rows become readable through ``read`` only after ``commit``,
         but ``existing_keys`` sees them at once, so an interrupted extraction resumes.
+        ``backend`` names the inference backend that computed them (``torch 2.14.1``,
+        ``onnxruntime 1.31.0``): the part keeps it, and each snapshot counts its rows per
+        backend (``Snapshot.backends``). It is no part of the fingerprint.
         """
         folder = self.feature_set_path(key)
         keys, x = part_columns(item_ids, content_hashes, embeddings)
         with self._writing(key):
-            return self._write_part_table(folder, key, keys, x)
+            return self._write_part_table(folder, key, keys, x, backend)
 
     def existing_keys(self, key: FeatureSetKey) -> set[tuple[str, str]]:
         """Every (item_id, content_hash) with a row in a part on disk.
@@ -227,7 +237,8 @@ class FeatureStore:
         else:
             current = self._snapshots.current(folder)
             dim = current.dim if current is not None else int(self._existing_dim(folder, key) or 0)
-        return self._snapshots.commit(folder, key, index, dim, missing=missing)
+        backends = self._parts.backend_rows(folder, index["part"])
+        return self._snapshots.commit(folder, key, index, dim, missing=missing, backends=backends)
 
     def commit(self, key: FeatureSetKey, keep: Iterable[tuple[str, str]]) -> Snapshot:
         """Make the current snapshot exactly the kept keys that have a row in the store.
@@ -266,11 +277,13 @@ class FeatureStore:
         content_hashes: Sequence[str],
         embeddings: Any,
         keep: Iterable[tuple[str, str]] | None = None,
+        backend: str | None = None,
     ) -> UpsertResult:
         """Write the rows whose key is not in the store yet, then commit.
 
         ``keep`` defaults to the given keys, so items absent from this call drop out
-        of the new snapshot (they stay readable through older snapshot ids).
+        of the new snapshot (they stay readable through older snapshot ids). ``backend``:
+        as in :meth:`write_part`.
         """
         folder = self.feature_set_path(key)
         keys_table, x = part_columns(item_ids, content_hashes, embeddings)
@@ -281,7 +294,7 @@ class FeatureStore:
         if len(fresh_rows):
             fresh = keys_table.take(pa.array(fresh_rows))
             with self._writing(key):
-                name = self._write_part_table(folder, key, fresh, x[fresh_rows])
+                name = self._write_part_table(folder, key, fresh, x[fresh_rows], backend)
             available, pos = self._after_write(folder, available, name, keys, pos, fresh_rows)
         if keep is None:
             index = index_rows(available, pa.array(pos[pos >= 0]))

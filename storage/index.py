@@ -136,8 +136,17 @@ class SnapshotFiles:
             self._decoded.popitem(last=False)
         return index
 
-    def commit(self, folder: str, key: FeatureSetKey, index: pa.Table, dim: int, missing: int) -> Snapshot:
-        """Make ``index`` the current snapshot: write its file unless that state exists, then move ``CURRENT``."""
+    def commit(
+        self,
+        folder: str,
+        key: FeatureSetKey,
+        index: pa.Table,
+        dim: int,
+        missing: int,
+        backends: dict[str, int] | None = None,
+    ) -> Snapshot:
+        """Make ``index`` the current snapshot: write its file unless that state exists, then move ``CURRENT``.
+        ``backends``: rows per inference backend, for the record."""
         index = index.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA).sort_by("item_id")
         sid = snapshot_id(key, dim, index)
         current = self.current(folder)
@@ -156,6 +165,7 @@ class SnapshotFiles:
                 created=utc_now(),
                 parent=current.id if current is not None else None,
                 missing=missing,
+                backends=dict(backends or {}),
             )
             table = index.replace_schema_metadata(snapshot_metadata(snap))
             self.fs.write_parquet(self.path(folder, sid), table, **_INDEX_WRITE_OPTIONS)

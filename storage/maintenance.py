@@ -60,7 +60,8 @@ def compact(
     emb = gather(parts, folder, index, positions, snap.dim)
     take = pa.array(positions)
     table = pa.table({"item_id": index.item_id.take(take), "content_hash": index.content_hash.take(take)})
-    name = parts.write(folder, table, emb)
+    backends = snap.backends or parts.backend_rows(folder, pa.array([index.parts[c] for c in index.part_code]))
+    name = parts.write(folder, table, emb, " + ".join(backends))
     new_index = pa.table(
         {
             "item_id": table["item_id"],
@@ -69,7 +70,7 @@ def compact(
             "row": pa.array(np.arange(n, dtype=np.int64)),
         }
     )
-    return snapshots.commit(folder, key, new_index, snap.dim, missing=snap.missing)
+    return snapshots.commit(folder, key, new_index, snap.dim, missing=snap.missing, backends=backends)
 
 
 def gc(

@@ -4,7 +4,10 @@ A part is ``parts/part-<time_ns>-<uuid8>.parquet`` holding ``item_id: string,
 content_hash: string, embedding: fixed_size_list<float32>[D]`` in one row group (zstd
 by default; no dictionary or statistics on the vectors, which would only cost time).
 One row group reads back as one Arrow chunk, which is what lets reads be zero-copy.
-Names start with the write time, so sorted names list parts oldest first.
+Names start with the write time, so sorted names list parts oldest first. A part's
+key-value metadata names the inference backend that computed its vectors
+(``befa.backend``: ``torch 2.14.1``, ``onnxruntime 1.31.0``, ``imported``); a part written
+before backends were recorded has none and counts as :data:`UNRECORDED_BACKEND`.
 
 :class:`PartFiles` caches each part's keys and dimension by path (parts never change)
 and, per feature set, an :class:`Available`: the newest row of every
@@ -29,6 +32,8 @@ from storage.columns import joined_keys
 from storage.filesystem import StoreFS
 
 PARTS_DIR = "parts"
+BACKEND_METADATA_KEY = b"befa.backend"
+UNRECORDED_BACKEND = "unrecorded"
 _PART_RE = re.compile(r"^part-(\d{20})-[0-9a-f]{8}\.parquet$")
 
 # Vectors: no dictionary (every value distinct) and no min/max statistics (useless
@@ -89,6 +94,7 @@ class PartFiles:
         self.compression = compression
         self._keys: dict[str, pa.Table] = {}
         self._dims: dict[str, int] = {}
+        self._backends: dict[str, str] = {}
         self._available: dict[str, Available] = {}
 
     def names(self, folder: str) -> list[str]:
@@ -114,6 +120,26 @@ class PartFiles:
             dim = self._dims[path] = field.type.list_size
         return dim
 
+    def backend(self, folder: str, name: str) -> str:
+        """The inference backend recorded in the part (:data:`UNRECORDED_BACKEND` when none is)."""
+        path = self.path(folder, name)
+        backend = self._backends.get(path)
+        if backend is None:
+            metadata = self.fs.parquet_schema(path).metadata or {}
+            raw = metadata.get(BACKEND_METADATA_KEY)
+            backend = self._backends[path] = raw.decode("utf-8") if raw else UNRECORDED_BACKEND
+        return backend
+
+    def backend_rows(self, folder: str, part_column: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+        """Rows per inference backend of an index's ``part`` column (a snapshot's record)."""
+        out: dict[str, int] = {}
+        if len(part_column) == 0:
+            return out
+        for entry in pc.value_counts(part_column).to_pylist():
+            label = self.backend(folder, entry["values"])
+            out[label] = out.get(label, 0) + int(entry["counts"])
+        return dict(sorted(out.items()))
+
     def embeddings(self, folder: str, name: str) -> tuple[np.ndarray, bool]:
         """The part's vectors as a read-only (n, D) float32 array, and whether it views the Arrow buffer."""
         column = self.fs.read_parquet(self.path(folder, name), columns=["embedding"]).column("embedding")
@@ -124,11 +150,14 @@ class PartFiles:
         flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=True)
         return flat.reshape(-1, dim), False
 
-    def write(self, folder: str, keys: pa.Table, x: np.ndarray) -> str:
-        """Write ``keys`` with vectors ``x`` as a new part (atomically); return its name."""
+    def write(self, folder: str, keys: pa.Table, x: np.ndarray, backend: str | None = None) -> str:
+        """Write ``keys`` with vectors ``x`` as a new part (atomically); return its name.
+        ``backend``: the inference backend that computed ``x``, kept in the part's metadata."""
         dim = x.shape[1]
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x).reshape(-1)), dim)
         table = keys.select(["item_id", "content_hash"]).append_column("embedding", vectors)
+        if backend:
+            table = table.replace_schema_metadata({BACKEND_METADATA_KEY: backend.encode("utf-8")})
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.path(folder, name)
         # One row group: a part then reads back as one Arrow chunk, the zero-copy case.
@@ -136,6 +165,7 @@ class PartFiles:
         self.fs.write_parquet(path, table, row_group_size=table.num_rows, **options)
         self._keys[path] = table.select(["item_id", "content_hash"])
         self._dims[path] = dim
+        self._backends[path] = backend or UNRECORDED_BACKEND
         return name
 
     def remove(self, folder: str, name: str) -> None:
@@ -143,6 +173,7 @@ class PartFiles:
         self.fs.remove(path)
         self._keys.pop(path, None)
         self._dims.pop(path, None)
+        self._backends.pop(path, None)
 
     # ------------------------------------------------------------------ keys over all parts
 

@@ -24,7 +24,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from storage.keys import FeatureSetKey
 
@@ -56,6 +56,10 @@ class Snapshot(BaseModel):
     created: str
     parent: str | None = None
     missing: int = 0
+    # rows per inference backend that computed them ("torch 2.14.1", "onnxruntime 1.31.0",
+    # "imported"; "unrecorded" for parts written before backends were recorded). Not part of the
+    # id: a backend is chosen only where it gives the encoder's features (see docs/encoders-and-store.md)
+    backends: dict[str, int] = Field(default_factory=dict)
 
     @property
     def key(self) -> FeatureSetKey:

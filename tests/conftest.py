@@ -41,6 +41,8 @@ SLOW_TESTS = (
     "tests/job/test_served.py::test_a_retrain_killed_mid_training_is_retriggered",
     "tests/training/test_mapping.py::test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them",
     "tests/study/test_study_cold.py::test_a_killed_study_resumes_without_retraining_and_reports_cold_items",
+    "tests/features/test_backend.py::test_auto_measures_once_records_the_verdict_and_reuses_it",
+    "tests/features/test_prefetch.py::test_prefetch_extraction_gives_the_features_of_the_serial_and_dataloader_paths",
 )
 
 

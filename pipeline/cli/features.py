@@ -10,6 +10,7 @@ import typer
 from pipeline.cli.checks import at_least, device_or_fail, encoder_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fail, settings_from
 from pipeline.data.catalog import CatalogError
+from pipeline.features.backend import BACKEND_HELP, BACKENDS
 from pipeline.features.export_mmrec import export_command
 from pipeline.features.extract import extract_command
 from pipeline.job.params import DEFAULT_ENCODER
@@ -33,6 +34,7 @@ def extract_cmd(
     batch_size: Optional[int] = typer.Option(None, help="Items per forward pass (default: sized to the device)."),
     num_workers: Optional[int] = typer.Option(None, help="Image decoding worker processes (default: by device)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when present)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP[0].upper() + BACKEND_HELP[1:] + "."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
 ) -> None:
@@ -40,6 +42,8 @@ def extract_cmd(
     at_least(batch_size, "--batch-size")
     at_least(num_workers, "--num-workers", 0)
     device_or_fail(device)
+    if backend not in BACKENDS:
+        fail(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
     settings = settings_from(None, home, feature_store)
     encoder_or_fail(encoder, settings.catalog_dir(dataset), dataset)
     try:
@@ -50,6 +54,7 @@ def extract_cmd(
             batch_size=batch_size,
             num_workers=num_workers,
             device=device,
+            backend=backend,
         )
     except (CatalogError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -231,7 +231,9 @@ def _store_features(result: ImportResult, settings: Settings, report: IngestRepo
             },
         )
         key = FeatureSetKey(catalog.name, feat.fingerprint, modality)
-        res = store.upsert(key, items["item_id"].tolist(), items[f"{modality}_hash"].tolist(), feat.matrix)
+        res = store.upsert(
+            key, items["item_id"].tolist(), items[f"{modality}_hash"].tolist(), feat.matrix, backend="imported"
+        )
         report.notes.append(
             f"{modality} features {feat.source.name} ({feat.matrix.shape[0]} x {feat.matrix.shape[1]}) "
             f"-> feature store {settings.feature_store}, fingerprint {feat.fingerprint} "

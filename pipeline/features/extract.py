@@ -15,11 +15,15 @@ snapshot per modality.
   makes the snapshot exactly the current catalog: items that left the catalog or
   changed content drop out, items without a feature are counted as missing.
 - Overlapped: images are read, checked against their catalog hash, decoded and
-  preprocessed in DataLoader worker processes (:mod:`pipeline.features.images`)
-  while the main process runs the forward pass. On CUDA: bf16 (fp16 on older cards)
+  preprocessed ahead of the forward pass (:mod:`pipeline.features.batches`): on CPU in
+  a thread pool that prefetches the next batches, on CUDA in DataLoader worker
+  processes (:mod:`pipeline.features.images`). On CUDA: bf16 (fp16 on older cards)
   autocast, pinned memory, batches sized to the card, a batch that runs out of memory
-  is split. On CPU: torch uses every core for the forward pass and one worker decodes
-  (decoding a poster costs ~1/50 of a ViT-B-32 forward on it, so one worker keeps up).
+  is split. On CPU: the forward pass gets every core, one decoding thread (two on more
+  than 8 cores) keeps up, and texts are batched in length order.
+- Backend: torch, or ONNX Runtime on CPU where it was measured faster with the same
+  features (``backend``: ``auto``/``torch``/``onnx``, :mod:`pipeline.features.backend`);
+  every part records the backend that computed it.
 - Failures are listed, never silent: an item whose image is null in the catalog
   (rejected at ingest) or fails to read/decode now (or whose bytes no longer match
   the catalog hash) gets no image feature; the summary
@@ -32,8 +36,11 @@ snapshot per modality.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -43,7 +50,9 @@ from tqdm.auto import tqdm
 from encoders.base import Encoder, autocast_dtype
 from pipeline.data.catalog import Catalog
 from pipeline.device import cpu_count, resolve_device, torch_threads
-from pipeline.features.images import ImageItems, default_num_workers, image_loader
+from pipeline.features.backend import Embedder
+from pipeline.features.batches import ExtractTuning, image_batches, text_batches
+from pipeline.features.images import default_num_workers
 from pipeline.features.imported import imported_summary, is_imported
 from pipeline.features.plan import encoders_to_run, todo_keys
 from pipeline.features.progress import ProgressLines, bar_on_terminal, stderr_line
@@ -112,18 +121,6 @@ def finish_modality(
     return summary
 
 
-def _embed_split_on_oom(fn: Callable[[Any], torch.Tensor], batch: Any, n: int) -> torch.Tensor:
-    """``fn(batch)``; on CUDA out-of-memory, halve the batch and try again."""
-    try:
-        return fn(batch)
-    except torch.cuda.OutOfMemoryError:
-        if n <= 1:
-            raise
-        torch.cuda.empty_cache()
-        half = n // 2
-        return torch.cat([_embed_split_on_oom(fn, batch[:half], half), _embed_split_on_oom(fn, batch[half:], n - half)])
-
-
 def _progress(total: int, desc: str, unit: str, enabled: bool) -> tqdm:
     # tqdm shows items/s and the ETA; mininterval keeps the bar cheap.
     return tqdm(
@@ -145,28 +142,28 @@ def extract_features(
     num_threads: int | None = None,
     on_part: Callable[[str, int, str], None] | None = None,
     log: Callable[[str], None] | None = None,
+    backend: str = "torch",
+    onnx_dir: str | Path | None = None,
+    tuning: ExtractTuning | None = None,
 ) -> ExtractSummary:
     """Embed the catalog's items that the store lacks, then commit one snapshot per modality.
 
     Args:
-        catalog: the ingested catalog (its ``name`` is the store's dataset name).
+        catalog, store: the ingested catalog (its ``name`` is the store's dataset name), the store.
         encoder_or_spec: a spec string (``clip:ViT-B-32@/path``, ``image=...,text=minilm``),
             an :class:`~encoders.base.Encoder`, or a mapping modality -> spec/Encoder.
-        store: the feature store.
         modalities: which modalities to extract (default: every one the encoder(s) embed).
-        batch_size: items per forward pass (default: 32 on CPU, sized to the card on CUDA).
-        num_workers: image decoding processes (default: 1 on small CPU machines, more on CUDA).
-        device: ``cpu``, ``cuda[:i]`` or None/``auto`` (CUDA when present).
-        progress: show a progress bar (items/s and ETA).
-        part_size: rows per Parquet part (default 1024 on CPU, 4096 on CUDA); a part is
-            also written after ``flush_seconds``, bounding the work a crash can lose.
+        batch_size: items per forward pass (default: the encoder's for the device).
+        num_workers: image decoding threads on CPU, processes on CUDA (default: by device).
+        device, progress: ``cpu``, ``cuda[:i]`` or None/``auto`` (CUDA when present); a progress bar.
+        part_size: rows per Parquet part (default 1024 on CPU, 4096 on CUDA), or ``flush_seconds``' worth.
         num_threads: torch intra-op threads on CPU (default: all usable cores); restored after.
         on_part: called as ``on_part(modality, parts_written_so_far, part_name)`` after each part.
         log: gets a plain progress line (done/total, items/s, ETA) every 30 s and at the end.
-
-    Returns:
-        An :class:`ExtractSummary` (encoded / skipped / failed counts, failed items,
-        throughput, seconds, snapshot id per modality).
+        backend: ``torch``, ``onnx`` or ``auto`` (:mod:`pipeline.features.backend`); the last two
+            need ``onnx_dir`` (``Settings.onnx_dir``: exports and the auto rule's records).
+        tuning: extraction's speed paths (:class:`ExtractTuning`; default all on).
+    Returns an :class:`ExtractSummary` (counts, failed items, throughput, snapshot id, backend per modality).
     """
     if is_imported(encoder_or_spec):  # the matrices ingest stored: no encoder, nothing to encode
         return imported_summary(catalog, store, modalities)
@@ -176,24 +173,24 @@ def extract_features(
     dev = resolve_device(device)
     # the store first: a modality whose every item is already encoded needs no encoder at all
     summaries, encoders = encoders_to_run(catalog, encoder_or_spec, modalities, store, dev)
-    workers = default_num_workers(dev) if num_workers is None else int(num_workers)
     threads = (num_threads or cpu_count()) if dev.type == "cpu" else None
+    run = _Run(
+        device=dev,
+        batch_size=batch_size,
+        num_workers=default_num_workers(dev) if num_workers is None else int(num_workers),
+        part_size=part_size or (4096 if dev.type == "cuda" else 1024),
+        flush_seconds=flush_seconds,
+        progress=progress,
+        on_part=on_part,
+        log=log,
+        backend=backend,
+        onnx_dir=onnx_dir,
+        threads=threads or 1,
+        tuning=tuning or ExtractTuning(),
+    )
     with torch_threads(threads):
         for modality, encoder in encoders.items():
-            summaries[modality] = _extract_modality(
-                catalog,
-                encoder,
-                store,
-                modality,
-                dev,
-                batch_size=batch_size or encoder.default_batch_size(dev),
-                num_workers=workers,
-                part_size=part_size or (4096 if dev.type == "cuda" else 1024),
-                flush_seconds=flush_seconds,
-                progress=progress,
-                on_part=on_part,
-                log=log,
-            )
+            summaries[modality] = _extract_modality(catalog, encoder, store, modality, run)
     ordered = {m: summaries[m] for m in modality_order(summaries)}
     return ExtractSummary(dataset=catalog.name, modalities=ordered, seconds=time.perf_counter() - t_start)
 
@@ -207,22 +204,40 @@ def _check_item_ids(catalog: Catalog) -> None:
         raise ValueError(f"catalog {catalog.name}: {exc}; fix the id and re-run `befa ingest`") from None
 
 
-def _extract_modality(
-    catalog: Catalog,
-    encoder: Encoder,
-    store: FeatureStore,
-    modality: str,
-    device: torch.device,
-    *,
-    batch_size: int,
-    num_workers: int,
-    part_size: int,
-    flush_seconds: float,
-    progress: bool,
-    on_part: Callable[[str, int, str], None] | None,
-    log: Callable[[str], None] | None = None,
-) -> ModalitySummary:
+@dataclass(frozen=True)
+class _Run:
+    """How one extraction encodes: the settings every modality shares."""
+
+    device: torch.device
+    batch_size: int | None  # None: the encoder's default for the device
+    num_workers: int
+    part_size: int
+    flush_seconds: float
+    progress: bool
+    on_part: Callable[[str, int, str], None] | None
+    log: Callable[[str], None] | None
+    backend: str
+    onnx_dir: str | Path | None
+    threads: int
+    tuning: ExtractTuning
+
+    said: set[str] = field(default_factory=set)
+
+    def note(self, line: str) -> None:
+        """One line for the user (the log, else stderr above the bar), once per extraction."""
+        if line in self.said:
+            return
+        self.said.add(line)
+        if self.log is not None:
+            self.log(line)
+        else:
+            tqdm.write(line, file=sys.stderr)
+
+
+def _extract_modality(catalog: Catalog, encoder: Encoder, store: FeatureStore, modality: str, run: _Run):
     t0 = time.perf_counter()
+    encoder.set_channels_last(run.tuning.channels_last)
+    run = replace(run, batch_size=run.batch_size or encoder.default_batch_size(run.device))
     register_encoder(store, encoder)
     key = FeatureSetKey(catalog.name, encoder.fingerprint, modality)
     keys = catalog.content_keys(modality)
@@ -235,10 +250,10 @@ def _extract_modality(
         dim=encoder.dim,
         items=catalog.num_items,
         with_content=len(keys),
-        batch_size=batch_size,
-        num_workers=num_workers if modality == "image" else 0,
-        device=str(device),
-        precision=precision_name(encoder, device),
+        batch_size=run.batch_size,
+        num_workers=run.num_workers if modality == "image" else 0,
+        device=str(run.device),
+        precision=precision_name(encoder, run.device),
     )
     summary.record_no_content(catalog.items)
     # one extraction per feature set at a time: a second one waits here, then finds the work done
@@ -248,34 +263,52 @@ def _extract_modality(
             clean_temporaries(store.feature_set_path(key))
         todo = todo_keys(store, key, keys)
         summary.skipped = int(len(keys) - len(todo))
-        writer = PartWriter(store, key, part_size, flush_seconds, on_part)
+        writer = PartWriter(store, key, run.part_size, run.flush_seconds, run.on_part)
         t_enc = time.perf_counter()
         if len(todo):
-            if modality == "image":
-                batches = _image_batches(
-                    encoder, catalog.items, todo, batch_size, num_workers, device, catalog.meta.get("image_cache")
-                )
-            else:
-                batches = _text_batches(encoder, catalog.items, todo, batch_size)
-            _encode_into(writer, summary, batches, todo, progress, log)
+            embed = Embedder(
+                encoder,
+                modality,
+                run.backend,
+                device=run.device,
+                onnx_dir=run.onnx_dir,
+                threads=run.threads,
+                items=len(todo),
+                note=run.note,
+            )
+            _encode_into(writer, summary, _batches(catalog, encoder, embed, modality, todo, run), todo, run, embed)
+            summary.backend, summary.backend_reason = embed.label, embed.choice.reason if embed.choice else ""
         return finish_modality(summary, writer, store, key, keys, t_enc, t0)
 
 
+def _batches(catalog: Catalog, encoder: Encoder, embed: Embedder, modality: str, todo: pd.DataFrame, run: _Run):
+    if modality == "image":
+        return image_batches(
+            embed,
+            encoder.image_transform,
+            catalog.items,
+            todo,
+            batch_size=run.batch_size,
+            num_workers=run.num_workers,
+            device=run.device,
+            cache_root=catalog.meta.get("image_cache"),
+            tuning=run.tuning,
+        )
+    return text_batches(embed, catalog.items, todo, batch_size=run.batch_size, window=run.part_size, tuning=run.tuning)
+
+
 def _encode_into(
-    writer: PartWriter,
-    summary: ModalitySummary,
-    batches,
-    todo: pd.DataFrame,
-    progress: bool,
-    log: Callable[[str], None] | None = None,
+    writer: PartWriter, summary: ModalitySummary, batches, todo: pd.DataFrame, run: _Run, embed: Embedder
 ) -> None:
-    """Consume ``batches`` of ``todo``: vectors to the writer, failures to the summary, then flush.
-    ``log``: plain progress lines as well (``ProgressLines``), for logs where the bar does not show.
-    With ``progress`` and stderr not a terminal (a file, a pipe), the bar becomes those lines on stderr."""
+    """Consume ``batches`` of ``todo``: vectors to the writer (which records ``embed``'s backend),
+    failures to the summary, then flush. ``run.log``: plain progress lines as well (``ProgressLines``),
+    for logs where the bar does not show. With ``run.progress`` and stderr not a terminal (a file, a
+    pipe), the bar becomes those lines on stderr."""
     ids, hashes, idx = todo["item_id"].tolist(), todo["content_hash"].tolist(), todo["item_idx"].tolist()
     unit = "img" if summary.modality == "image" else "text"
-    bar = _progress(len(todo), f"{summary.modality} {summary.fingerprint}", unit, progress and bar_on_terminal())
-    if progress and log is None and not bar_on_terminal():
+    bar = _progress(len(todo), f"{summary.modality} {summary.fingerprint}", unit, run.progress and bar_on_terminal())
+    log = run.log
+    if run.progress and log is None and not bar_on_terminal():
         log = stderr_line
     lines = (
         ProgressLines(len(todo), f"extract {summary.modality} ({summary.fingerprint})", log, unit=f"{unit}s")
@@ -285,7 +318,8 @@ def _encode_into(
     try:
         for positions, emb, bad in batches:
             if positions:
-                writer.add([ids[p] for p in positions], [hashes[p] for p in positions], emb)
+                writer.backend = embed.label
+                writer.add([ids[p] for p in positions], [hashes[p] for p in positions], emb, order=positions)
                 summary.encoded += len(positions)
             for p, why in bad:
                 summary.record_failure(ids[p], idx[p], why)
@@ -299,28 +333,6 @@ def _encode_into(
         lines.close()
 
 
-def _image_batches(encoder, items, todo, batch_size, num_workers, device, cache_root=None):
-    """Yield ``(positions, embeddings (n, D) float32 numpy, failures)`` per batch of ``todo``."""
-    refs = items["image"].to_numpy()[todo["item_idx"].to_numpy()]
-    # image URLs are read from the cache the catalog was ingested with (never fetched)
-    dataset = ImageItems(refs.tolist(), todo["content_hash"].tolist(), encoder.image_transform, cache_root)
-    for positions, pixels, bad in image_loader(dataset, batch_size, num_workers, device):
-        if pixels is None:
-            yield [], None, bad
-            continue
-        pixels = pixels.to(device, non_blocking=True)
-        emb = _embed_split_on_oom(encoder.embed_pixels, pixels, len(positions))
-        yield positions, emb.cpu().numpy(), bad
-
-
-def _text_batches(encoder, items, todo, batch_size):
-    texts = items["text"].to_numpy()[todo["item_idx"].to_numpy()].tolist()
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        emb = _embed_split_on_oom(encoder.embed_texts, chunk, len(chunk))
-        yield list(range(start, start + len(chunk))), emb.cpu().numpy(), []
-
-
 # ---------------------------------------------------------------------------- CLI helpers
 def extract_command(
     dataset: str,
@@ -331,9 +343,11 @@ def extract_command(
     num_workers: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    backend: str = "auto",
 ) -> ExtractSummary:
     """What ``befa extract --dataset D --encoder SPEC`` runs: load the ingested catalog,
-    open the feature store from settings, extract, return the summary."""
+    open the feature store from settings, extract (ONNX exports and the auto rule's records
+    in ``settings.onnx_dir``), return the summary."""
     catalog = Catalog.load(settings.catalog_dir(dataset))
     store = FeatureStore(settings.feature_store)
     return extract_features(
@@ -345,4 +359,6 @@ def extract_command(
         num_workers=num_workers,
         device=device,
         progress=progress,
+        backend=backend,
+        onnx_dir=settings.onnx_dir,
     )

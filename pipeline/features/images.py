@@ -84,12 +84,15 @@ def _worker_init(_: int) -> None:
 
 
 def default_num_workers(device: torch.device) -> int:
-    """Decoding processes for ``device``."""
+    """Decoding processes (CUDA) or threads (CPU, :mod:`pipeline.features.prefetch`) for ``device``."""
     cores = cpu_count()
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
-    # On CPU the forward pass needs the cores; decoding is ~2% of its cost per image.
-    return 1 if cores <= 8 else 2
+    # On CPU the forward pass needs the cores, but a photo can cost as much to decode as to encode:
+    # per image and core, a MovieLens poster takes 2-4 ms to read, check, decode and resize, a 1200 px
+    # photo 20-30 ms, a 2000x3000 one 90-100 ms, against 20-40 ms for EfficientNet-Lite2 on ONNX Runtime
+    # (docs/benchmarks.md). Half the cores decode; threads with nothing to decode sleep.
+    return max(1, cores // 2)
 
 
 def image_loader(items: ImageItems, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:

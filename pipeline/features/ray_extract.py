@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from encoders.onnx_backend import torch_label
 from encoders.registry import create_encoders, resolve_specs
 from pipeline.cluster import connected
 from pipeline.data.catalog import Catalog
@@ -249,12 +250,15 @@ def _extract_modality(
         num_workers=actors,
         device="cuda (ray)" if use_gpu else "cpu (ray)",
         precision="bf16/fp16 autocast" if use_gpu else desc["precision"],
+        backend=torch_label(),
+        backend_reason="Ray actors run torch",
     )
     summary.record_no_content(catalog.items)
     todo = todo_keys(store, key, keys)
     summary.skipped = int(len(keys) - len(todo))
 
     writer = PartWriter(store, key, part_size, 60.0, None)
+    writer.backend = summary.backend  # Ray actors run the encoder on torch
     t_enc = time.perf_counter()
     if len(todo):
         frame = _work_frame(catalog.items, todo, modality, catalog.meta.get("image_cache"))

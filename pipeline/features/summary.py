@@ -54,6 +54,10 @@ class ModalitySummary:
     num_workers: int = 0
     device: str = "cpu"
     precision: str = "fp32"
+    # the inference backend that encoded this run's items ("torch 2.14.1", "onnxruntime 1.31.0";
+    # empty when nothing was encoded) and why it was chosen (pipeline.features.backend)
+    backend: str = ""
+    backend_reason: str = ""
 
     @property
     def failed_items(self) -> list[dict[str, Any]]:
@@ -71,6 +75,7 @@ class ModalitySummary:
             encoded=self.encoded,
             skipped=self.skipped,
             failed=self.failed,
+            backend=self.backend or None,
         )
 
     def record_no_content(self, items: Any) -> None:
@@ -141,6 +146,8 @@ class ExtractSummary:
                 f"{s.throughput:.1f} items/s on {s.device} ({s.precision}, batch {s.batch_size}, "
                 f"{s.num_workers} workers); snapshot {s.snapshot_id} ({s.snapshot_rows} rows)"
             )
+            if s.backend:
+                out.append(f"    backend: {s.backend} ({s.backend_reason})")
             for m in s.failed_items[:5]:
                 out.append(f"    failed: item {m['item_id']} (idx {m['item_idx']}): {m['reason']}")
             if s.failed > 5:
@@ -164,6 +171,9 @@ class ModalityFeatures(BaseModel):
     encoded: int = 0
     skipped: int = 0
     failed: int = 0
+    backend: str | None = Field(
+        None, description="inference backend of this extraction's encoding ('torch 2.14.1', 'onnxruntime 1.31.0')"
+    )
 
     @property
     def weights_label(self) -> str:

@@ -25,6 +25,7 @@ from pipeline.data.importers import IMPORTERS
 from pipeline.data.ingest import recorded_ingest
 from pipeline.data.versions import is_ingested
 from pipeline.device import DeviceError, check_device
+from pipeline.features.backend import BACKEND_HELP, Backend
 from pipeline.job.sources import CatalogSource, check_sources
 from pipeline.settings import Settings
 from pipeline.training.fit_record import AUTO_MAX_DENSITY, AUTO_MAX_TRAIN, FitMode
@@ -78,6 +79,7 @@ class DataParams(BaseModel):
     extract_batch_size: int | None = Field(
         None, ge=1, description="items per encoder forward pass (default: sized to the device)"
     )
+    extract_backend: Backend = Field("auto", description=BACKEND_HELP)
 
     def encoder_spec(self) -> str:
         """The encoder as one spec string (per-modality mappings become 'image=...,text=...')."""

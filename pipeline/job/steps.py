@@ -96,6 +96,8 @@ def extract_step(params: PipelineParams, settings: Settings, catalog_dir: str) -
                 batch_size=params.extract_batch_size,
                 progress=False,
                 log=print,
+                backend=params.extract_backend,
+                onnx_dir=settings.onnx_dir,
             )
             backend = "local"
         return FeaturesSummary.of(result, backend)

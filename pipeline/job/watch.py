@@ -342,7 +342,14 @@ def _reingest_and_encode(
     store = FeatureStore(settings.feature_store)
     spec = params.encoder_spec()
     result = extract_features(
-        new, spec, store, device=params.device, batch_size=params.extract_batch_size, progress=False
+        new,
+        spec,
+        store,
+        device=params.device,
+        batch_size=params.extract_batch_size,
+        progress=False,
+        backend=params.extract_backend,
+        onnx_dir=settings.onnx_dir,
     )
     mods = FeaturesSummary.of(result).modalities
     wanted = {} if is_imported(spec) else diff.to_encode(new.items)

@@ -102,7 +102,7 @@ def summary_table(summary: ExtractSummary, max_failed: int = 10):
             str(s.failed),
             str(s.no_content),
             f"{s.throughput:.1f}",
-            f"{s.device}\n{s.precision}",
+            f"{s.device}\n{s.precision}" + (f"\n{s.backend}" if s.backend else ""),
             f"{s.snapshot_id}\n{s.snapshot_rows} rows",
         )
     failed = summary.failed_items

@@ -295,6 +295,16 @@ CASES = [
         cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--device", "gpu0"),
         "--device gpu0: not a device torch knows",
     ),
+    Case(
+        "extract: unknown backend",
+        cli("extract", "--dataset", "shop", "--encoder", ENCODER, "--backend", "tensorrt"),
+        "--backend tensorrt: choose one of auto, torch, onnx",
+    ),
+    Case(
+        "run: unknown extract backend",
+        cli("run", "shop", "--encoder", ENCODER, "--extract-backend", "tensorrt"),
+        "--extract-backend",
+    ),
     # -- train / evaluate
     Case(
         "train: epochs 0",
