@@ -35,6 +35,7 @@ def grown_run(world, tmp_path_factory):  # noqa: F811
     return run, folder, store, load_servable(run, store, catalog=folder, mapper="regression")
 
 
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
 def test_a_forced_mapper_is_fitted_once_and_reaches_its_clusters_users(grown_run):
     run, folder, store, served = grown_run
     assert served.mapper == "regression" and served.calibration is not None
@@ -53,6 +54,7 @@ def test_a_forced_mapper_is_fitted_once_and_reaches_its_clusters_users(grown_run
     assert auto.mapper is None and auto.calibration is None and NEW <= set(auto.item_ids[auto.no_behaviour.numpy()])
 
 
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
 def test_new_item_slots_are_honoured_and_the_manifest_lists_the_mapped_items(grown_run, tmp_path):
     run, folder, store, served = grown_run
     written = write_recommendations(served, RecommendRequest(k=5, new_item_slots=2), tmp_path / "recs.parquet")
@@ -69,6 +71,7 @@ def test_new_item_slots_are_honoured_and_the_manifest_lists_the_mapped_items(gro
         RecommendRequest(k=5, new_item_slots=6).check()
 
 
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
 def test_mapper_none_serves_the_models_own_representations_and_still_honours_slots(grown_run, tmp_path):
     run, folder, store, _ = grown_run
     served = load_servable(run, store, catalog=folder, mapper="none")
@@ -90,6 +93,7 @@ def test_slots_fill_from_the_best_new_items_and_keep_score_order():
     assert items.tolist() == [[0, 5, 4], [0, 1, 4]] and torch.isfinite(values).all()
 
 
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
 def test_cli_recommend_with_new_item_slots(grown_run, tmp_path):
     run, folder, store, _ = grown_run
     out = tmp_path / "cli.parquet"
@@ -115,6 +119,7 @@ def _edited_copy(run, tmp_path, edit) -> object:
     return copy
 
 
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
 @pytest.mark.parametrize("likely", [True, False])
 def test_serving_applies_the_stored_relevance_curves(grown_run, tmp_path, likely):
     run, folder, store, served = grown_run
@@ -134,6 +139,7 @@ def test_serving_applies_the_stored_relevance_curves(grown_run, tmp_path, likely
     assert bool(shown.all()) if likely else not bool(shown.any())  # no evaluation data needed: the curves decide
 
 
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
 def test_an_old_mapping_json_without_curves_loads_and_falls_back_to_expected(grown_run, tmp_path):
     run, folder, store, _ = grown_run
 

@@ -316,6 +316,7 @@ def test_new_items_are_ranked_through_content_without_retraining(world, tmp_path
     assert not set(recommend(plain, RecommendRequest(k=34, seen="none"))["item_id"]) & NEW
 
 
+@pytest.mark.slow  # four trainings (about 80 s together on a loaded host): make test runs them, test-fast does not
 @pytest.mark.parametrize(
     ("model", "adapter"), [("bm3", "none"), ("bm3", "befa"), ("lattice", "befa"), ("mgcn", "none")]
 )
