@@ -48,17 +48,18 @@ from pipeline.training.mapping import (
 from pipeline.training.record import ItemGroupMetrics, RunRecord
 
 
-def choose_mapper(run_dir: str | Path, wanted: str = "auto") -> str | None:
+def choose_mapper(run_dir: str | Path, wanted: str = "auto", mapping: MappingRecord | None = None) -> str | None:
     """The mapper method to serve with, or None for the model's own content path.
 
     ``auto`` compares, on VALID cold-setting Recall@20 (never test), the model as trained
     (``RunRecord.settings``) with each fitted mapper (``mapping.json``), and takes the best; a
     run whose split had no cold items has nothing to judge on and keeps the model's own path
     (every content model serves new items through its content, ``Recommender.serves_new_items``).
-    A method name forces that mapper; ``none`` forces the model's own path."""
+    A method name forces that mapper; ``none`` forces the model's own path. ``mapping``: the
+    run's ``mapping.json`` when the caller has read it already."""
     if wanted == "none":
         return None
-    record = MappingRecord.load(run_dir)
+    record = mapping or MappingRecord.load(run_dir)
     if wanted != "auto":
         if record is None or wanted not in record.methods:
             raise FileNotFoundError(f"{run_dir}: no {wanted!r} mapper; run `befa map {run_dir}` first")
@@ -142,13 +143,14 @@ def apply_mapper(
     place by its f(content) and their scores calibrated (mode ``calibration``, default the
     current default, ``calibration_mode``)."""
     warm = warm_items(train_history, item_emb.size(0)).to(item_emb.device)
-    method = choose_mapper(run_dir, wanted) if features.features else None
-    if method is None or int(warm.sum()) < 2 or bool(warm.all()):
+    mapping = MappingRecord.load(run_dir) if features.features and wanted != "none" else None
+    method = choose_mapper(run_dir, wanted, mapping) if features.features else None
+    if method is None or mapping is None or int(warm.sum()) < 2 or bool(warm.all()):
         return NewItemScoring(~warm)
     mapper = load_mapper(run_dir, method).to(item_emb.device)
     with torch.no_grad():
         mapped = mapper({m: x.to(item_emb.device) for m, x in features.features.items()}).float()
-    entry = MappingRecord.load(run_dir).methods[method]  # type: ignore[union-attr]
+    entry = mapping.methods[method]
     mode, note = calibration_mode(entry, calibration, run_dir)
     calib = calibration_items(warm, entry.seed)  # the warm items the mapper was calibrated on
     scoring = QuantileCalibration(user_emb, item_emb, mapped, calib, ~warm, mode=mode)  # type: ignore[arg-type]
