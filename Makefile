@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: help venv chromium demo test test-fast lint format bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-sparse-defaults bench-cold-start bench-vs-reference bench-profile-epoch bench-gpu fault-injection-root lock clean
+.PHONY: help venv chromium demo test test-fast lint format bench bench-store bench-ingest bench-extract bench-train bench-recommend bench-quality bench-study bench-study-full bench-lattice-mgcn bench-scale bench-batch-rule bench-sparse-defaults bench-cold-start bench-new-item bench-vs-reference bench-profile-epoch bench-gpu fault-injection-root lock clean
 
 help:  ## list the targets with what each does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -114,6 +114,10 @@ bench-sparse-defaults: venv  ## sparse catalogs: every default model vs MostPop,
 # new items: the three settings, ItemKNN-CBF, the mappers and id_dropout on a cold-items split (ARGS="--catalog tiktok")
 bench-cold-start: venv  ## cold start: floors, every content model base/+BeFA/id_dropout with mappers, 3 seeds (hours)
 	$(BIN)/python -m benchmarks.bench_cold_start --threads 1 $(ARGS)
+
+# new items: the time from `befa ingest` of the catalog with one film added to the film in `befa recommend` (movielens)
+bench-new-item: venv  ## a film added to movielens: seconds from `befa ingest` to it in `befa recommend`; ARGS="--item 50"
+	$(BIN)/python -m benchmarks.bench_new_item --threads 1 $(ARGS)
 
 # a real full disk: befa on a small tmpfs filled to the last byte at each stage's write point; needs root to mount
 # (exit 2 otherwise); CI runs tests/job/test_fault_injection.py, which raises ENOSPC in-process instead
