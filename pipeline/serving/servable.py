@@ -289,6 +289,18 @@ def _sources(run_dir: Path, record: RunRecord, catalog: str | Path | Catalog | N
     return source, current, Split.load(record.sources["split"])
 
 
+def load_on_own_items(run_dir: str | Path, store: FeatureStore, device: str | torch.device | None = None) -> Any:
+    """The run rebuilt on the items it trained on (its ``items.parquet``), whatever its catalog
+    holds now (``befa map`` of a run whose catalog has grown): a ``TrainedRun``."""
+    run_dir = Path(run_dir)
+    record = RunRecord.load(run_dir)
+    _, current, split = _sources(run_dir, record, None)
+    universe = _universe(run_dir, record, current)
+    trained = _trained_features(record, universe, store, record.catalog or current.name)
+    view = as_catalog(universe, current.name)
+    return load_trained(run_dir, catalog=view, split=split, features=trained, device=resolve_device(device))
+
+
 def _serving_embeddings(net: Recommender, trained_items: int) -> tuple[Tensor, Tensor]:
     with torch.no_grad(), item_ids_masked(net, net.id_keep()):
         user_emb, item_emb = net.inference_embeddings()

@@ -165,3 +165,23 @@ def test_an_old_mapping_json_without_curves_loads_and_falls_back_to_expected(gro
     assert read_manifest(out)["calibration"] == "expected" and read_manifest(out)["calibration_note"]
     bad = runner.invoke(app, [*args, "--calibration", "best"])
     assert bad.exit_code == 2 and "--calibration" in bad.output
+
+
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
+def test_befa_map_fits_on_the_items_the_run_trained_after_its_catalog_grew(grown_run, tmp_path):
+    """The run's own catalog gains items after training (recorded path = the grown folder):
+    `befa map` fits on the run's items (its items.parquet), not on the catalog as it is now."""
+    run, folder, store, _ = grown_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / MAPPING).unlink()
+    record = json.loads((copy / "run.json").read_text())
+    record["sources"]["catalog"] = str(folder)  # as if the catalog folder had grown in place
+    (copy / "run.json").write_text(json.dumps(record))
+    args = ["map", str(copy), "--methods", "regression", "--feature-store", str(store.root)]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    mapped = MappingRecord.load(copy).methods["regression"]
+    trained_items = len(pd.read_parquet(copy / "items.parquet"))
+    assert trained_items == 30  # the grown folder has 34
+    assert mapped.mapped_items < trained_items  # the run's never-trained items, none of the four new ones
