@@ -71,10 +71,7 @@ class ItemKNNCBF(Recommender):
         self.register_buffer("train_items", data.train_items.clone(), persistent=False)
 
     def _normalised(self, x: Tensor) -> Tensor:
-        x = x.float()
-        if self.config.center:
-            x = x - x.mean(0, keepdim=True)
-        return F.normalize(x, dim=1)
+        return normalised_content(x, self.config.center)
 
     def befa_inputs(self, modalities=None):  # type: ignore[no-untyped-def]
         return {}  # no behaviour embedding: nothing for BeFA to gate
@@ -84,7 +81,30 @@ class ItemKNNCBF(Recommender):
 
     def inference_embeddings(self) -> tuple[Tensor, Tensor]:
         items = torch.cat([getattr(self, f"content_{m}") for m in self.used], dim=1)
-        summed = torch.zeros(self.num_users, items.size(1), device=items.device)
-        summed.index_add_(0, self.train_users, items[self.train_items])
-        count = torch.bincount(self.train_users, minlength=self.num_users).clamp(min=1).unsqueeze(1)
-        return summed / count / len(self.used), items
+        return history_profiles(items, self.train_users, self.train_items, self.num_users) / len(self.used), items
+
+
+def normalised_content(x: Tensor, center: bool = True) -> Tensor:
+    r"""\hat x_i: one modality's content, centred over items (``center``) and unit-normalised."""
+    x = x.float()
+    if center:
+        x = x - x.mean(0, keepdim=True)
+    return F.normalize(x, dim=1)
+
+
+def history_profiles(items: Tensor, train_users: Tensor, train_items: Tensor, num_users: int) -> Tensor:
+    """p_u = (1/|N_u|) sum_{j in N_u} items_j per user (0 for a user without train items)."""
+    summed = torch.zeros(num_users, items.size(1), device=items.device)
+    summed.index_add_(0, train_users.to(items.device), items[train_items.to(items.device)])
+    count = torch.bincount(train_users, minlength=num_users)[:num_users].clamp(min=1).unsqueeze(1)
+    return summed / count.to(items.device)
+
+
+def cbf_embeddings(
+    features: dict[str, Tensor], train_users: Tensor, train_items: Tensor, num_users: int
+) -> tuple[Tensor, Tensor]:
+    """ItemKNN-CBF's (user profiles, item content) over every modality of ``features`` (centred,
+    as the model's default): s(u, i) = profiles_u . content_i, the floor's score."""
+    mods = sorted(features)
+    items = torch.cat([normalised_content(features[m]) for m in mods], dim=1)
+    return history_profiles(items, train_users, train_items, num_users) / max(len(mods), 1), items

@@ -13,10 +13,9 @@ from pipeline.cli.checks import device_or_fail
 from pipeline.cli.common import CommandGroup, FeatureStoreOpt, Home, console, fail, settings_from
 from pipeline.data.catalog import CatalogError
 from pipeline.reporting.cold_start import mapping_summary, setting_rows, settings_table
-from pipeline.training.api import load_trained
-from pipeline.training.mapping import DEFAULT_METHODS, map_run
+from pipeline.serving.servable import ServingError, load_on_own_items
+from pipeline.training.mapping import DEFAULT_METHODS, WARM_BUDGET, map_run
 from pipeline.training.record import RunRecord
-from pipeline.training.run_features import load_run_features
 from storage.feature_store import FeatureStore
 
 commands = CommandGroup()
@@ -57,6 +56,14 @@ def map_cmd(
         [], "--set", help="Mapper setting METHOD.KEY=VALUE (e.g. aldi.steps=800), repeatable."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the mappers' initialisation and batches."),
+    warm_budget: float = typer.Option(
+        WARM_BUDGET,
+        "--warm-budget",
+        min=0.0,
+        max=1.0,
+        help="Relevance calibration: the largest share of their valid Recall@20 new items may cost the warm "
+        "items (1: no limit).",
+    ),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
     home: Optional[Path] = Home,
     feature_store: Optional[str] = FeatureStoreOpt,
@@ -68,10 +75,10 @@ def map_cmd(
     settings = settings_from(None, home, feature_store)
     try:
         record = RunRecord.load(run)
-        features = load_run_features(record, FeatureStore(settings.feature_store), run)
-        trained = load_trained(run, features=features, device=device)
-        mapping = map_run(trained.model, trained.prepared, run, chosen, overrides, seed)
-    except (ValueError, FileNotFoundError, CatalogError) as exc:
+        # on the items the run trained on, so a catalog grown since (new items) does not change what is fitted
+        trained = load_on_own_items(run, FeatureStore(settings.feature_store), device)
+        mapping = map_run(trained.model, trained.prepared, run, chosen, overrides, seed, warm_budget)
+    except (ValueError, FileNotFoundError, CatalogError, ServingError) as exc:
         fail(str(exc))
     console.print(mapping_summary(mapping.methods))
     rows = setting_rows(record, mapping)

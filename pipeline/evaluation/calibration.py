@@ -90,13 +90,17 @@ class QuantileCalibration:
         mode: Mode = "expected",
         levels: int = LEVELS,
         block_elements: int = 1 << 22,
+        mapped_users: Tensor | None = None,
     ):
         """``item_emb``: the model's item representations; ``mapped_emb``: f(x) for every item;
         ``calib``: (I,) bool, held-out warm items the tables are learned from; ``new``: (I,) bool,
-        the items whose scores ``rescore`` replaces (their rows of ``item_emb`` are ignored)."""
+        the items whose scores ``rescore`` replaces (their rows of ``item_emb`` are ignored).
+        ``mapped_users``: the user side of the raw mapped score, ``mapped_users_u . mapped_emb_i``
+        (default ``user_emb``; the content floor's blend widens both, ``content_blend``)."""
         if int(calib.sum()) < 2:
             raise ValueError("calibration needs at least 2 held-out warm items")
         self.mode = mode
+        self.mapped_users = user_emb if mapped_users is None else mapped_users
         self.new = new.to(device=user_emb.device, dtype=torch.bool)
         self.mapped_new = mapped_emb[self.new.to(mapped_emb.device)].float().to(user_emb.device)
         true_c = item_emb[calib].float().T.contiguous()
@@ -106,7 +110,7 @@ class QuantileCalibration:
         sums, counts = torch.zeros(BINS), torch.zeros(BINS)
         for start in range(0, user_emb.size(0), step):
             z = user_emb[start : start + step].float()
-            t, m = z @ true_c, z @ mapped_c
+            t, m = z @ true_c, self.mapped_users[start : start + step].float() @ mapped_c
             true_q.append(_row_quantiles(t, levels))
             mapped_q.append(_row_quantiles(m, levels))
             b = (_rank_quantiles(m) * (BINS - 1)).round().long().flatten().cpu()
@@ -148,7 +152,7 @@ class QuantileCalibration:
 
     def rescore(self, users: Tensor, scores: Tensor) -> Tensor:
         """The evaluator's hook: the new items' columns replaced by their calibrated scores."""
-        raw = self.user_emb[users].float() @ self.mapped_new.T
+        raw = self.mapped_users[users].float() @ self.mapped_new.T
         if self.mode == "relevance":
             if self.relevance is None or self.train is None:
                 raise ValueError("relevance calibration needs its curves (use_relevance)")

@@ -18,7 +18,7 @@ positive:
 - p_new(b): per bin b of the mapped item's per-user quantile q (``QuantileCalibration``'s
   per-user tables of the mapper's scores on held-out warm items), the share of (user, mapped
   item in bin b) that are valid positives, made non-decreasing in q by PAV. The bins lie on
-  1 - q, fine near q = 1 (``BIN_EDGES``). The population is the split's items without
+  1 - q, fine near q = 1 and beyond it (``BIN_EDGES``). The population is the split's items without
   behaviour when the valid part has positives on them (``source = "cold"``: the population
   served), else the held-out warm calibration items scored through the mapper (``"calib"``,
   pseudo-new, their train positives masked).
@@ -30,7 +30,9 @@ bins' centres), then a fractional warm rank
 
     r*(p) = j + t,  p_warm(j) >= p > p_warm(j + 1),  t = (p_warm(j) - p) / (p_warm(j) - p_warm(j + 1))
 
-and the score s_j + t' (s_{j+1} - s_j), strictly between the warm items j and j + 1. An item
+and the score s_j + t' (s_{j+1} - s_j), strictly between the warm items j and j + 1.
+(With a warm budget, p is scale * p_new(q), scale <= 1 fitted on valid so that the warm items
+lose at most the budget of their Recall@20: ``RelevanceCurves.scale``.) An item
 as likely as a warm item goes below it (ties favour the warm item). Above rank 1 (p >
 p_warm(1)) the score is s_1 + gap * u, below rank K (p <= p_warm(K)) it is s_K - gap * v,
 with gap the user's mean step (s_1 - s_K) / (K - 1) and u, v in (0, 1) growing with the
@@ -48,7 +50,12 @@ from pydantic import BaseModel, Field
 from torch import Tensor
 
 K = 200  # warm ranks p_warm is learned for
-BIN_EDGES: tuple[float, ...] = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # on 1 - q
+# on 1 - q, ascending; the negative edges hold items scored above every calibration item of the user
+# (the extended q > 1 of ``QuantileCalibration.position``), so the best new items are told apart instead
+# of sharing the top bin's rate (they would enter a list together, all or none)
+BIN_EDGES: tuple[float, ...] = (
+    -1.0, -0.3, -0.1, -0.03, 0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0
+)  # fmt: skip
 RHO = 0.5  # share of a cell's position given to the raw-score order (tie-break; never crosses a warm item)
 EPS = 1e-12
 
@@ -66,6 +73,11 @@ class RelevanceCurves(BaseModel):
     p_new: list[float]  # per bin (bin 0: q nearest 1), non-decreasing in q
     new_hits: list[int]
     new_counts: list[int]
+    # p_new is read as scale * p_new: the largest scale in [0, 1] whose VALID hybrid warm Recall@20
+    # stays within warm_budget of the list without new items (``pipeline.training.mapping``);
+    # 1 and None in records written before the budget
+    scale: float = 1.0
+    warm_budget: float | None = None
 
 
 def pav(values: Sequence[float], weights: Sequence[float], increasing: bool = True) -> list[float]:
@@ -120,9 +132,10 @@ def curves_from_counts(
 
 
 def bin_index(q: Tensor, bin_edges: Sequence[float] = BIN_EDGES) -> Tensor:
-    """The bin of each quantile q in [0, 1] (bins on 1 - q; bin 0 holds q nearest 1)."""
+    """The bin of each (extended) quantile q (bins on 1 - q, clamped to the edges' range; bin 0
+    holds the largest q)."""
     inner = torch.tensor(bin_edges[1:-1], dtype=q.dtype, device=q.device)
-    return torch.bucketize((1 - q).clamp(0, 1).contiguous(), inner, right=True)
+    return torch.bucketize((1 - q).clamp(bin_edges[0], bin_edges[-1]).contiguous(), inner, right=True)
 
 
 def squash(q: Tensor) -> Tensor:
@@ -180,7 +193,7 @@ def relevance_scores(curves: RelevanceCurves, q: Tensor, ladder: Tensor) -> Tens
     p_warm = torch.tensor(curves.p_warm[:k], dtype=torch.float64, device=q.device)
     if p_warm.numel() < k:  # a user ladder longer than the curve: the curve's last value continues
         p_warm = torch.cat([p_warm, p_warm[-1:].expand(k - p_warm.numel())])
-    p = new_probability(curves, q)
+    p = new_probability(curves, q) * curves.scale
     tie = 1 - squash(q.double())  # in (0, 1), strictly decreasing in q
     idx = torch.searchsorted(-p_warm, -p.contiguous(), right=True)  # number of warm ranks with p_warm >= p
     gap = torch.maximum((ladder[:, 0] - ladder[:, -1]) / max(k - 1, 1), 1e-6 * (ladder[:, 0].abs() + 1))[:, None]

@@ -87,7 +87,8 @@ def fit_relevance(
             continue
         query = u[:, None] * num_items + pop_idx[None, :]
         keep = ~_member(train_keys, query)
-        b = bin_index(calibration.position(u, z @ mapped_p).clamp(0, 1))[keep].cpu()
+        raw = calibration.mapped_users[u].float() @ mapped_p
+        b = bin_index(calibration.position(u, raw))[keep].cpu()  # q beyond [0, 1] has bins of its own
         new_hits += torch.bincount(b, weights=_member(valid_keys, query)[keep].double().cpu(), minlength=bins)
         new_counts += torch.bincount(b, minlength=bins).double()
     return curves_from_counts(

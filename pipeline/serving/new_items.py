@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from pipeline.evaluation.calibration import QuantileCalibration
+from pipeline.evaluation.content_blend import blended_from_history
 from pipeline.evaluation.evaluator import UserItems, topk_items
 from pipeline.features.bundle import FeatureBundle
 from pipeline.training.api import load_trained
@@ -153,7 +154,19 @@ def apply_mapper(
     entry = mapping.methods[method]
     mode, note = calibration_mode(entry, calibration, run_dir)
     calib = calibration_items(warm, entry.seed)  # the warm items the mapper was calibrated on
-    scoring = QuantileCalibration(user_emb, item_emb, mapped, calib, ~warm, mode=mode)  # type: ignore[arg-type]
+    # the raw mapped score, blended with the content floor at the share befa map chose (0: the mapper alone)
+    mapped_users, mapped_side = blended_from_history(
+        user_emb, mapped, features.features, train_history, warm, entry.cbf_weight
+    )
+    scoring = QuantileCalibration(
+        user_emb,
+        item_emb,
+        mapped_side,
+        calib,
+        ~warm,
+        mode=mode,
+        mapped_users=mapped_users,  # type: ignore[arg-type]
+    )
     if mode == "relevance" and entry.relevance is not None:
         scoring.use_relevance(entry.relevance, train_history)  # the warm ranks mask the train positives
     item_emb[~warm] = mapped[~warm].to(item_emb.dtype)

@@ -39,6 +39,8 @@ from models.base import Recommender
 from models.content_mapper import ContentMapper, MapperData, MapperFit
 from models.id_dropout import item_ids_masked
 from pipeline.evaluation.calibration import QuantileCalibration
+from pipeline.evaluation.content_blend import BLEND_WEIGHTS, blended_sides
+from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.evaluation.relevance import RelevanceCurves
 from pipeline.evaluation.relevance_fit import fit_relevance
 from pipeline.evaluation.settings import merge_per_user, setting_evaluators
@@ -54,6 +56,10 @@ DEFAULT_METHODS: tuple[str, ...] = ("regression", "aldi")
 CALIBRATION_MODES: tuple[str, ...] = ("relevance", "expected", "quantile")
 FALLBACK_MODE = "expected"
 CALIBRATION_SHARE = 0.2  # warm items held out of the mapper's training, to calibrate its scores on
+# relevance mode's default warm budget: new items may cost the warm items at most this share of their
+# VALID hybrid Recall@20 (fit_warm_budget); issue #22's target
+WARM_BUDGET = 0.02
+BUDGET_STEPS = 7  # bisection halvings of the relevance scale: 1/128 resolution
 
 
 def calibration_items(warm: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -89,6 +95,10 @@ class MappedMethod(BaseModel):
     hybrid_by_calibration: dict[str, dict[str, dict[str, ItemGroupMetrics]]] = Field(default_factory=dict)
     # relevance mode's curves, learned on valid (pipeline.evaluation.relevance); None in older records
     relevance: RelevanceCurves | None = None
+    # the content floor's share w in the mapped items' raw score (pipeline.evaluation.content_blend),
+    # chosen on VALID cold-setting Recall@20; 0 (the mapper alone) in older records
+    cbf_weight: float = 0.0
+    blend_valid: dict[str, float] = Field(default_factory=dict)  # str(w) -> valid cold-setting Recall@20
 
 
 class MappingRecord(BaseModel):
@@ -143,21 +153,97 @@ def mapped_items(mapper: ContentMapper, data: MapperData) -> tuple[torch.Tensor,
     return items, mapped
 
 
+def blend_sides(data: MapperData, mapped: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mapped side's (users, items) with the content floor's share ``weight`` (``content_blend``)."""
+    return blended_sides(data.user_emb, mapped, data.features, data.train_users, data.train_items, data.warm, weight)
+
+
+def choose_blend(data: MapperData, mapped: torch.Tensor, evaluator: Any) -> tuple[float, dict[str, float]]:
+    """The content floor's share w with the best VALID cold-setting Recall@20 over
+    ``BLEND_WEIGHTS`` (ties: the smaller w), and each w's value; (0, {}) without cold items in valid."""
+    view = setting_evaluators(evaluator).get("cold")
+    if view is None or "valid" not in view.heldout or int(view.heldout["valid"].items.numel()) == 0:
+        return 0.0, {}
+    valid = {}
+    for weight in BLEND_WEIGHTS:
+        users, items = blend_sides(data, mapped, weight)
+        valid[weight] = view.evaluate(users, items, ("valid",))["valid"].metrics[SELECTION_METRIC]
+    best = max(BLEND_WEIGHTS, key=lambda w: (valid[w], -w))
+    return best, {str(w): float(v) for w, v in valid.items()}
+
+
+def fit_warm_budget(
+    calibration: QuantileCalibration,
+    curves: RelevanceCurves,
+    evaluator: Any,
+    user_emb: torch.Tensor,
+    items: torch.Tensor,
+    budget: float | None,
+) -> None:
+    """Set ``curves.scale`` in [0, 1] to the largest (by bisection, ``BUDGET_STEPS`` halvings) whose
+    VALID hybrid warm Recall@20 is at least (1 - budget) x that of the lists without the new items
+    (in place; nothing without a budget or a warm group). Why: relevance placement maximises expected hits, and on a
+    cold-items split a cold item is a held-out positive more often than a warm item of the same
+    appeal (all its interactions are held out), so it can take more places than it earns."""
+    if budget is None or "warm" not in evaluator.item_groups:
+        return
+
+    def warm_recall(rescore: Any) -> float:
+        res = evaluator.evaluate(user_emb, items, ("valid",), rescore=rescore)["valid"]
+        group = res.groups.get("warm")
+        return float(group.metrics[SELECTION_METRIC]) if group is not None else 0.0
+
+    def without_new(users: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, calibration.new] = float("-inf")
+        return scores
+
+    floor = (1 - budget) * warm_recall(without_new)
+    mode, calibration.mode = calibration.mode, "relevance"
+    curves.warm_budget = budget
+
+    def fits(scale: float) -> bool:
+        curves.scale = scale
+        return warm_recall(calibration.rescore) >= floor
+
+    # bisection: a larger scale lets more new items in, so the warm recall falls (monotone up to noise)
+    lo, hi = 0.0, 1.0
+    if not fits(hi):
+        for _ in range(BUDGET_STEPS):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    else:
+        lo = hi
+    curves.scale = lo
+    calibration.mode = mode
+
+
 def evaluate_mapped(
-    method: str, mapper: ContentMapper, fit: MapperFit, data: MapperData, prepared: PreparedData, run_dir: Path
+    method: str,
+    mapper: ContentMapper,
+    fit: MapperFit,
+    data: MapperData,
+    prepared: PreparedData,
+    run_dir: Path,
+    warm_budget: float | None = WARM_BUDGET,
 ) -> MappedMethod:
-    """The cold and hybrid settings with the mapped items, and the per-user table."""
+    """The cold and hybrid settings with the mapped items (blended with the content floor at the
+    share chosen on valid, ``choose_blend``), and the per-user table."""
     items, mapped = mapped_items(mapper, data)
     new = ~data.warm
     calib = data.warm & ~data.fit_mask if data.fit is not None else data.warm
     evaluator = prepared.evaluator
-    calibration = QuantileCalibration(data.user_emb, data.item_emb, mapped, calib, new)  # tables built once
+    weight, blend_valid = choose_blend(data, mapped, evaluator)
+    mapped_users, mapped_side = blend_sides(data, mapped, weight)
+    calibration = QuantileCalibration(  # tables built once
+        data.user_emb, data.item_emb, mapped_side, calib, new, mapped_users=mapped_users
+    )
     curves = None
     if "valid" in evaluator.heldout:  # learned on valid only; test stays for the comparison below
         valid = evaluator.heldout["valid"]
-        curves = fit_relevance(calibration, data.item_emb, mapped, data.warm, calib, evaluator.train, valid)
+        curves = fit_relevance(calibration, data.item_emb, mapped_side, data.warm, calib, evaluator.train, valid)
     if curves is not None:
         calibration.use_relevance(curves, evaluator.train)
+        fit_warm_budget(calibration, curves, evaluator, data.user_emb, items, warm_budget)
     modes = [m for m in CALIBRATION_MODES if m != "relevance" or curves is not None]
     by_mode = {}
     for mode in modes:  # the default first: it is the one the per-user table keeps
@@ -165,7 +251,7 @@ def evaluate_mapped(
         by_mode[mode] = evaluator.evaluate(data.user_emb, items, ("valid", "test"), rescore=calibration.rescore)
     hybrid = by_mode[modes[0]]
     views = setting_evaluators(evaluator)
-    cold = {"cold": views["cold"].evaluate(data.user_emb, items, ("valid", "test"))} if "cold" in views else {}
+    cold = {"cold": views["cold"].evaluate(mapped_users, mapped_side, ("valid", "test"))} if "cold" in views else {}
     merge_per_user(hybrid, cold)
     save_per_user(Path(run_dir) / MAPPER_DIR / f"{method}.per_user.parquet", hybrid)
     return MappedMethod(
@@ -181,6 +267,8 @@ def evaluate_mapped(
         hybrid_by_calibration={mode: item_group_metrics(res) for mode, res in by_mode.items()},
         relevance=curves,
         cold_setting=setting_metrics(cold).get("cold", {}),
+        cbf_weight=weight,
+        blend_valid=blend_valid,
     )
 
 
@@ -191,6 +279,7 @@ def map_run(
     methods: Sequence[str] = DEFAULT_METHODS,
     overrides: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
+    warm_budget: float | None = WARM_BUDGET,
 ) -> MappingRecord:
     """Fit every method to a trained model, evaluate, and write the run's mapping files."""
     run_dir = Path(run_dir)
@@ -205,7 +294,7 @@ def map_run(
     (run_dir / MAPPER_DIR).mkdir(parents=True, exist_ok=True)
     for method in methods:
         mapper, fit = fit_mapper(method, data, (overrides or {}).get(method), seed)
-        result = evaluate_mapped(method, mapper, fit, data, prepared, run_dir)
+        result = evaluate_mapped(method, mapper, fit, data, prepared, run_dir, warm_budget)
         result.seed = seed
         with atomic_path(run_dir / MAPPER_DIR / f"{method}.safetensors") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()}, str(tmp))

@@ -119,7 +119,9 @@ def _rescored(w: dict, curves: RelevanceCurves) -> tuple[torch.Tensor, torch.Ten
 def test_rescoring_keeps_warm_scores_and_the_mapped_items_order_per_user():
     w = _world()
     p_warm = [0.5 * 0.9**r for r in range(N_WARM)]
-    raw, out = _rescored(w, _curves(p_warm, [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.05, 0.01, 0.0]))
+    p_new = [0.9, 0.8, 0.7, 0.65, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.05, 0.01, 0.0]
+    assert len(p_new) == len(BIN_EDGES) - 1
+    raw, out = _rescored(w, _curves(p_warm, p_new))
     assert torch.equal(out[:, w["warm"]], raw[:, w["warm"]])  # warm items keep their scores, hence their order
     mapped = w["mapped"][:, N_WARM:]
     order = mapped.argsort(dim=1)
@@ -160,5 +162,6 @@ def test_a_mapped_item_never_relevant_in_valid_stays_out_of_every_top_20():
 
 
 def test_curves_from_counts_needs_no_hits_to_be_valid():
-    curves = curves_from_counts([0, 0], [3, 3], [0] * 10, [0] * 10, "calib", 3)
-    assert curves.p_warm == [0.0, 0.0] and curves.p_new == [0.0] * 10 and curves.k == 2
+    bins = len(BIN_EDGES) - 1
+    curves = curves_from_counts([0, 0], [3, 3], [0] * bins, [0] * bins, "calib", 3)
+    assert curves.p_warm == [0.0, 0.0] and curves.p_new == [0.0] * bins and curves.k == 2

@@ -13,10 +13,12 @@ from models import MAPPERS
 from models.content_mapper import MapperData
 from pipeline.cli.main import app
 from pipeline.evaluation.calibration import QuantileCalibration
+from pipeline.evaluation.content_blend import BLEND_WEIGHTS
 from pipeline.reporting.pipeline_report import ReportContext, write_report
 from pipeline.training.mapping import (
     CALIBRATION_MODES,
     MAPPING,
+    WARM_BUDGET,
     MappingRecord,
     fit_mapper,
     load_mapper,
@@ -128,6 +130,11 @@ def test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them(tmp_path):
         assert m.calibration == "relevance" and set(m.hybrid_by_calibration) == set(CALIBRATION_MODES)
         assert m.relevance.source == "cold" and sum(m.relevance.new_counts) > 0 and m.relevance.k > 0
         assert m.hybrid_groups == m.hybrid_by_calibration["relevance"]
+        # the content floor's share, chosen on valid cold-setting recall, is what the cold setting used
+        assert set(m.blend_valid) == {str(w) for w in BLEND_WEIGHTS} and m.cbf_weight in BLEND_WEIGHTS
+        assert m.blend_valid[str(m.cbf_weight)] == max(m.blend_valid.values())
+        assert m.cold_setting["valid"].metrics["recall@20"] == pytest.approx(m.blend_valid[str(m.cbf_weight)])
+        assert m.relevance.warm_budget == WARM_BUDGET and 0 <= m.relevance.scale <= 1
     report = write_report(tmp_path / "report", [run_dir], ReportContext())
     text = report.report_md.read_text()
     assert "## New items: the cold-items split" in text and "| mapper: aldi | cold |" in text
@@ -141,6 +148,20 @@ def test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them(tmp_path):
     assert again.exit_code == 0, again.output
     redone = json.loads((run_dir / MAPPING).read_text())["methods"]["regression"]
     assert redone["fit"]["steps"] == 20 and redone["config"]["steps"] == 20
+    # the warm budget: 1 never limits the relevance placement; 0 keeps the warm items' VALID recall
+    # at that of the lists without new items, which any new item can only lower
+    valid_warm = {}
+    for budget in ("1", "0"):
+        again = runner.invoke(app, ["map", str(run_dir), "--methods", "regression", "--warm-budget", budget], env=env)
+        assert again.exit_code == 0, again.output
+        entry = MappingRecord.load(run_dir).methods["regression"]
+        assert entry.relevance.warm_budget == float(budget)
+        valid_warm[budget] = entry.hybrid_by_calibration["relevance"]["valid"]["warm"].metrics["recall@20"]
+        if budget == "1":
+            assert entry.relevance.scale == 1.0
+    assert valid_warm["0"] >= valid_warm["1"]
+    bad = runner.invoke(app, ["map", str(run_dir), "--warm-budget", "2"], env=env)
+    assert bad.exit_code == 2 and "--warm-budget" in bad.output
     bad = runner.invoke(app, ["map", str(run_dir), "--set", "aldi.nope=1"], env=env)
     assert bad.exit_code == 2 and "aldi has no setting 'nope'" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(app, ["map", str(run_dir), "--methods", "knn"], env=env)
