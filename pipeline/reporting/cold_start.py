@@ -120,12 +120,23 @@ def settings_table(rows: list[SettingRow], title: str | None = None) -> Any:
 
 
 def mapping_summary(mapping: Mapping[str, Any]) -> str:
-    """One line per method: how long the fit took and how well it fits the warm items."""
+    """One line per method: how long the fit took, how well it fits the warm items, and its share
+    of the content floor (``pipeline.evaluation.content_blend``) and warm budget, where set."""
     return "; ".join(
         f"{method}: {m.fit['steps']} steps in {m.fit['seconds']:.1f} s, warm cosine {m.fit['warm_cosine']:.3f}, "
-        f"{m.mapped_items} items mapped"
+        f"{m.mapped_items} items mapped{_blend_note(m)}"
         for method, m in mapping.items()
     )
+
+
+def _blend_note(m: Any) -> str:
+    parts = []
+    if getattr(m, "blend_valid", None):
+        parts.append(f"blended with ItemKNN-CBF at w = {m.cbf_weight:g} (chosen on valid)")
+    relevance = getattr(m, "relevance", None)
+    if relevance is not None and relevance.warm_budget is not None:
+        parts.append(f"relevance scale {relevance.scale:.3f} for a {relevance.warm_budget:.0%} warm budget")
+    return "".join(f", {p}" for p in parts)
 
 
 def cold_start_section(records: Sequence[RunRecord]) -> list[str]:

@@ -154,6 +154,7 @@ def test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them(tmp_path):
     for budget in ("1", "0"):
         again = runner.invoke(app, ["map", str(run_dir), "--methods", "regression", "--warm-budget", budget], env=env)
         assert again.exit_code == 0, again.output
+        assert "blended with ItemKNN-CBF at w = " in again.output and "warm budget" in again.output
         entry = MappingRecord.load(run_dir).methods["regression"]
         assert entry.relevance.warm_budget == float(budget)
         valid_warm[budget] = entry.hybrid_by_calibration["relevance"]["valid"]["warm"].metrics["recall@20"]
