@@ -152,7 +152,8 @@ def test_a_cold_split_run_gets_its_mappers_and_befa_map_refits_them(tmp_path):
     # at that of the lists without new items, which any new item can only lower
     valid_warm = {}
     for budget in ("1", "0"):
-        again = runner.invoke(app, ["map", str(run_dir), "--methods", "regression", "--warm-budget", budget], env=env)
+        args = ["map", str(run_dir), "--methods", "regression", "--set", "regression.steps=20", "--warm-budget", budget]
+        again = runner.invoke(app, args, env=env)
         assert again.exit_code == 0, again.output
         assert "blended with ItemKNN-CBF at w = " in again.output and "warm budget" in again.output
         entry = MappingRecord.load(run_dir).methods["regression"]
