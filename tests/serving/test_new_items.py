@@ -185,3 +185,23 @@ def test_befa_map_fits_on_the_items_the_run_trained_after_its_catalog_grew(grown
     trained_items = len(pd.read_parquet(copy / "items.parquet"))
     assert trained_items == 30  # the grown folder has 34
     assert mapped.mapped_items < trained_items  # the run's never-trained items, none of the four new ones
+
+
+@pytest.mark.slow  # the grown_run fixture trains and maps a model (about 75 s on a loaded host)
+def test_a_mapper_blended_with_the_content_floor_serves_new_items_to_their_clusters_users(grown_run, tmp_path):
+    """A mapping.json whose mapper was blended with ItemKNN-CBF (cbf_weight > 0, as befa map
+    records it on a cold-items split) serves through the blended score."""
+    run, folder, store, _ = grown_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    record = json.loads((copy / MAPPING).read_text())
+    record["methods"]["regression"]["cbf_weight"] = 0.5
+    (copy / MAPPING).write_text(json.dumps(record))
+    served = load_servable(copy, store, catalog=folder, mapper="regression")
+    calibration = served.calibration
+    assert calibration is not None and calibration.mapped_users.size(1) > served.user_emb.size(1)  # widened sides
+    recs = recommend(served, RecommendRequest(k=34, seen="none"))
+    assert torch.isfinite(torch.tensor(recs["score"].to_numpy())).all()
+    recs["a_user"] = recs["user_id"].str[1:].astype(int) < 10
+    mean_rank = recs[recs["item_id"].isin(NEW)].groupby("a_user")["rank"].mean()
+    assert mean_rank[True] < mean_rank[False]
