@@ -336,3 +336,49 @@ def test_three_epochs_beat_random_ranking(insertion):
             opt.step()
     random_recall = 5 / (data.num_items - 6)  # expected Recall@5 of a random ranking
     assert recall_at(model, data, test) > 3 * random_recall
+
+
+@pytest.mark.parametrize("insertion", [None, "forward", "content"])
+def test_knn_edges_are_reused_only_for_the_same_basis_and_training_is_unchanged(insertion, monkeypatch):
+    """The trainer evaluates after each epoch and the next pre_epoch rebuilds G from the same
+    parameters: the kNN search is reused then (base, forward), never with a changed basis, and
+    the training is bit for bit what it is without the reuse (a fused Adam step does not bump
+    parameter versions, so the check is on values)."""
+    import models.lattice as lattice_mod
+
+    calls = []
+    search = lattice_mod.topk_cosine_edges
+    monkeypatch.setattr(lattice_mod, "topk_cosine_edges", lambda *a, **k: calls.append(1) or search(*a, **k))
+    data, _ = clustered_data()
+    runs = {}
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        cfg = befa_config(insertion, t=1.0, dropout=0.3, embedding_dim=16, knn_k=5, batch_size=32)
+        model = LATTICE(data, cfg)
+        if not reuse:
+            model._knn_edges = lambda basis, k: [search(x, k, cfg.knn_method) for x in basis]
+        opt = torch.optim.Adam(model.parameters(), lr=0.02, fused=True)
+        gen, losses, searched = torch.Generator().manual_seed(0), [], []
+        for epoch in range(3):
+            calls.clear()
+            model.train()
+            model.pre_epoch(epoch)
+            searched.append(len(calls))
+            perm = torch.randperm(data.train_users.numel(), generator=gen)
+            for s in range(0, perm.numel(), 32):
+                idx = perm[s : s + 32]
+                neg = torch.randint(data.num_items, (idx.numel(),), generator=gen)
+                opt.zero_grad()
+                loss = model.loss(data.train_users[idx], data.train_items[idx], neg)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            model.eval()
+            users, items = model.inference_embeddings()  # as the trainer evaluates
+        runs[reuse] = (losses, users, items, searched)
+    assert runs[True][0] == runs[False][0]
+    assert torch.equal(runs[True][1], runs[False][1]) and torch.equal(runs[True][2], runs[False][2])
+    if insertion == "content":  # the adapters' dropout: the training basis is never the evaluation one
+        assert runs[True][3] == [2, 2, 2]
+    else:  # after the first epoch, pre_epoch reuses the evaluation's search
+        assert runs[True][3] == [2, 0, 0]
