@@ -42,6 +42,49 @@ def _row_std(vectors: Tensor, table: Tensor) -> Tensor:
     return ((v @ cov) * v).sum(1).clamp(min=0).sqrt()
 
 
+class ContentBlend:
+    """The parts of the blend that do not depend on w, computed once (the floor's profiles and
+    content, both per-user scales); :meth:`sides` combines them for one w."""
+
+    def __init__(
+        self,
+        user_emb: Tensor,
+        mapped_emb: Tensor,
+        features: dict[str, Tensor],
+        train_users: Tensor,
+        train_items: Tensor,
+        warm: Tensor,
+    ):
+        device = user_emb.device
+        self.user_emb, self.mapped_emb = user_emb, mapped_emb
+        self.has_content = bool(features)
+        if not self.has_content:
+            return
+        self.profiles, self.content = cbf_embeddings(
+            {m: x.to(device) for m, x in features.items()}, train_users, train_items, user_emb.size(0)
+        )
+        warm = warm.to(device=device, dtype=torch.bool)
+        self.mapped = mapped_emb.float().to(device)
+        self.mapper_sd = _row_std(user_emb.float(), self.mapped[warm]).clamp(min=1e-12)
+        self.floor_sd = _row_std(self.profiles, self.content[warm]).clamp(min=1e-12)
+
+    def sides(self, weight: float) -> tuple[Tensor, Tensor]:
+        """(zb (U, d + D), fb (I, d + D)) of the module docstring; (user_emb, mapped_emb)
+        unchanged when ``weight`` is 0 or there is no content."""
+        if not 0 <= weight <= 1:
+            raise ValueError(f"the content floor's share must be in [0, 1], got {weight}")
+        if weight == 0 or not self.has_content:
+            return self.user_emb, self.mapped_emb
+        users = torch.cat(
+            [
+                self.user_emb.float() * ((1 - weight) / self.mapper_sd)[:, None],
+                self.profiles * (weight / self.floor_sd)[:, None],
+            ],
+            dim=1,
+        )
+        return users, torch.cat([self.mapped, self.content], dim=1)
+
+
 def blended_sides(
     user_emb: Tensor,
     mapped_emb: Tensor,
@@ -51,23 +94,10 @@ def blended_sides(
     warm: Tensor,
     weight: float,
 ) -> tuple[Tensor, Tensor]:
-    """(zb (U, d + D), fb (I, d + D)) of the module docstring; (user_emb, mapped_emb) unchanged
-    when ``weight`` is 0 or there is no content."""
-    if weight <= 0 or not features:
+    """:meth:`ContentBlend.sides` for one w (nothing computed at w = 0)."""
+    if weight == 0:
         return user_emb, mapped_emb
-    if not 0 < weight <= 1:
-        raise ValueError(f"the content floor's share must be in [0, 1], got {weight}")
-    device = user_emb.device
-    profiles, content = cbf_embeddings(
-        {m: x.to(device) for m, x in features.items()}, train_users, train_items, user_emb.size(0)
-    )
-    warm = warm.to(device=device, dtype=torch.bool)
-    mapped = mapped_emb.float().to(device)
-    eps = 1e-12
-    mapper_scale = (1 - weight) / _row_std(user_emb.float(), mapped[warm]).clamp(min=eps)
-    floor_scale = weight / _row_std(profiles, content[warm]).clamp(min=eps)
-    users = torch.cat([user_emb.float() * mapper_scale[:, None], profiles * floor_scale[:, None]], dim=1)
-    return users, torch.cat([mapped, content], dim=1)
+    return ContentBlend(user_emb, mapped_emb, features, train_users, train_items, warm).sides(weight)
 
 
 def blended_from_history(

@@ -46,7 +46,7 @@ from pipeline.evaluation.evaluator import UserItems
 from pipeline.features.bundle import FeatureBundle
 from pipeline.features.load import load_features
 from pipeline.serving.new_items import apply_mapper, fit_missing_mappers
-from pipeline.training.api import load_trained
+from pipeline.training.api import TrainedRun, load_trained
 from pipeline.training.build import build_model
 from pipeline.training.checkpoints import upgrade_keys
 from pipeline.training.prepare import prepare_data
@@ -289,9 +289,9 @@ def _sources(run_dir: Path, record: RunRecord, catalog: str | Path | Catalog | N
     return source, current, Split.load(record.sources["split"])
 
 
-def load_on_own_items(run_dir: str | Path, store: FeatureStore, device: str | torch.device | None = None) -> Any:
+def load_on_own_items(run_dir: str | Path, store: FeatureStore, device: str | torch.device | None = None) -> TrainedRun:
     """The run rebuilt on the items it trained on (its ``items.parquet``), whatever its catalog
-    holds now (``befa map`` of a run whose catalog has grown): a ``TrainedRun``."""
+    holds now (``befa map`` of a run whose catalog has grown)."""
     run_dir = Path(run_dir)
     record = RunRecord.load(run_dir)
     _, current, split = _sources(run_dir, record, None)

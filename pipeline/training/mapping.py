@@ -39,7 +39,7 @@ from models.base import Recommender
 from models.content_mapper import ContentMapper, MapperData, MapperFit
 from models.id_dropout import item_ids_masked
 from pipeline.evaluation.calibration import QuantileCalibration
-from pipeline.evaluation.content_blend import BLEND_WEIGHTS, blended_sides
+from pipeline.evaluation.content_blend import BLEND_WEIGHTS, ContentBlend
 from pipeline.evaluation.metrics import SELECTION_METRIC
 from pipeline.evaluation.relevance import RelevanceCurves
 from pipeline.evaluation.relevance_fit import fit_relevance
@@ -153,12 +153,7 @@ def mapped_items(mapper: ContentMapper, data: MapperData) -> tuple[torch.Tensor,
     return items, mapped
 
 
-def blend_sides(data: MapperData, mapped: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mapped side's (users, items) with the content floor's share ``weight`` (``content_blend``)."""
-    return blended_sides(data.user_emb, mapped, data.features, data.train_users, data.train_items, data.warm, weight)
-
-
-def choose_blend(data: MapperData, mapped: torch.Tensor, evaluator: Any) -> tuple[float, dict[str, float]]:
+def choose_blend(blend: ContentBlend, evaluator: Any) -> tuple[float, dict[str, float]]:
     """The content floor's share w with the best VALID cold-setting Recall@20 over
     ``BLEND_WEIGHTS`` (ties: the smaller w), and each w's value; (0, {}) without cold items in valid."""
     view = setting_evaluators(evaluator).get("cold")
@@ -166,7 +161,7 @@ def choose_blend(data: MapperData, mapped: torch.Tensor, evaluator: Any) -> tupl
         return 0.0, {}
     valid = {}
     for weight in BLEND_WEIGHTS:
-        users, items = blend_sides(data, mapped, weight)
+        users, items = blend.sides(weight)
         valid[weight] = view.evaluate(users, items, ("valid",))["valid"].metrics[SELECTION_METRIC]
     best = max(BLEND_WEIGHTS, key=lambda w: (valid[w], -w))
     return best, {str(w): float(v) for w, v in valid.items()}
@@ -206,13 +201,10 @@ def fit_warm_budget(
         return warm_recall(calibration.rescore) >= floor
 
     # bisection: a larger scale lets more new items in, so the warm recall falls (monotone up to noise)
-    lo, hi = 0.0, 1.0
-    if not fits(hi):
-        for _ in range(BUDGET_STEPS):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    else:
-        lo = hi
+    lo, hi = (1.0, 1.0) if fits(1.0) else (0.0, 1.0)
+    for _ in range(BUDGET_STEPS if lo < hi else 0):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     curves.scale = lo
     calibration.mode = mode
 
@@ -232,8 +224,9 @@ def evaluate_mapped(
     new = ~data.warm
     calib = data.warm & ~data.fit_mask if data.fit is not None else data.warm
     evaluator = prepared.evaluator
-    weight, blend_valid = choose_blend(data, mapped, evaluator)
-    mapped_users, mapped_side = blend_sides(data, mapped, weight)
+    blend = ContentBlend(data.user_emb, mapped, data.features, data.train_users, data.train_items, data.warm)
+    weight, blend_valid = choose_blend(blend, evaluator)
+    mapped_users, mapped_side = blend.sides(weight)
     calibration = QuantileCalibration(  # tables built once
         data.user_emb, data.item_emb, mapped_side, calib, new, mapped_users=mapped_users
     )
