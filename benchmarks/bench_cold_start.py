@@ -19,8 +19,10 @@ For every arm (a run as trained, or a run with a mapper under each calibration m
 ``pipeline.evaluation.calibration``) it reports, on test: the cold setting's R@20 and N@20
 (warm items masked: the published protocol), the hybrid setting's cold R@20 and warm R@20
 and the share of cold items in the users' top 20, mean ± std over seeds; and a paired Wilcoxon test per arm against
-the combined ItemKNN-CBF floor on the cold setting's per-user R@20 (users averaged over
-seeds), Holm-adjusted over the arms.
+the ItemKNN-CBF floor on the cold setting's per-user R@20 (users averaged over seeds),
+Holm-adjusted over the arms. The floor compared with is the ItemKNN-CBF variant (one
+modality alone, or all combined) with the best VALID cold-setting R@20 (``pick_floor``): a
+method must beat the strongest content floor, not the one that happens to be the default.
 
 Resumable: runs live under ``$BEFA_HOME/runs/bench-cold-start/<catalog>/`` and a finished run
 (with its mappers) is reused. Hours at the protocol's budget on 2 CPU cores: ``--epochs``
@@ -61,11 +63,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def arms(models: list[str], insertions: list[str], id_dropout: float) -> list[tuple[str, str, dict[str, Any]]]:
-    """(arm name, model, config overrides) of every trained arm."""
+FLOOR = "itemknn_cbf"  # the combined floor's arm; one modality's is f"{FLOOR}-{modality}"
+FLOORS = ("mostpop", FLOOR)  # models with nothing trained: one run stands for every seed
+
+
+def arms(
+    models: list[str], insertions: list[str], id_dropout: float, modalities: list[str] | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(arm name, model, config overrides) of every trained arm; ``modalities`` (of the
+    catalog's features) adds an ItemKNN-CBF floor per modality when there are several."""
     from models import MODELS
 
-    out: list[tuple[str, str, dict[str, Any]]] = [("mostpop", "mostpop", {}), ("itemknn_cbf", "itemknn_cbf", {})]
+    out: list[tuple[str, str, dict[str, Any]]] = [("mostpop", "mostpop", {}), (FLOOR, FLOOR, {})]
+    if modalities and len(modalities) > 1:
+        out += [(f"{FLOOR}-{m}", FLOOR, {"modalities": [m]}) for m in sorted(modalities)]
     for model in models:
         out.append((model, model, {}))
         for ins in insertions:
@@ -85,11 +96,13 @@ def _rows_of(run_dir: Path, arm: str, seed: int) -> list[dict[str, Any]]:
 
     rec = RunRecord.load(run_dir)
     cold, groups = rec.settings.get("cold", {}).get("test"), rec.item_groups.get("test", {})
+    cold_valid = rec.settings.get("cold", {}).get("valid")
 
-    def row(name: str, cold_m: Any, hg: dict[str, Any], per_user: Path) -> dict[str, Any]:
+    def row(name: str, cold_m: Any, hg: dict[str, Any], per_user: Path, valid_m: Any = None) -> dict[str, Any]:
         return {
             "arm": name,
             "seed": seed,
+            "cold_valid_r20": (valid_m.metrics.get("recall@20") if valid_m else None),
             "cold_r20": (cold_m.metrics.get("recall@20") if cold_m else None),
             "cold_n20": (cold_m.metrics.get("ndcg@20") if cold_m else None),
             "hybrid_cold_r20": hg["cold"].metrics.get("recall@20") if "cold" in hg else None,
@@ -100,14 +113,14 @@ def _rows_of(run_dir: Path, arm: str, seed: int) -> list[dict[str, Any]]:
             "per_user": str(per_user),
         }
 
-    out = [row(arm, cold, groups, run_dir / PER_USER)]
+    out = [row(arm, cold, groups, run_dir / PER_USER, cold_valid)]
     mapping = MappingRecord.load(run_dir)
     for method, m in mapping.methods.items() if mapping else []:
         modes = m.hybrid_by_calibration or {m.calibration: {"test": m.hybrid_groups.get("test", {})}}
         for mode, groups_by_part in modes.items():
             out.append(
                 row(f"{arm} + {method} mapper ({mode})", m.cold_setting.get("test"), groups_by_part.get("test", {}),
-                    run_dir / MAPPER_DIR / f"{method}.per_user.parquet")
+                    run_dir / MAPPER_DIR / f"{method}.per_user.parquet", m.cold_setting.get("valid"))
             )  # fmt: skip
     return out
 
@@ -140,8 +153,9 @@ def train_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
-    for arm, model, overrides in arms(args.models.split(","), args.insertions.split(","), args.id_dropout):
-        for seed in seeds if model not in ("mostpop", "itemknn_cbf") else seeds[:1]:
+    every = arms(args.models.split(","), args.insertions.split(","), args.id_dropout, features.modalities)
+    for arm, model, overrides in every:
+        for seed in seeds if model not in FLOORS else seeds[:1]:
             run_dir = root / f"{arm.replace(' ', '_').replace('=', '')}-s{seed}"
             done = (run_dir / RECORD).exists() and RunRecord.load(run_dir).status in FINISHED
             if not done:
@@ -151,22 +165,33 @@ def train_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
                     max_epochs=args.epochs, patience=args.patience, quiet=True, num_threads=args.threads,
                     overwrite=True,
                 )  # fmt: skip
-            elif args.remap and model not in ("mostpop", "itemknn_cbf"):
+            elif args.remap and model not in FLOORS:
                 print(f"remap {arm} seed {seed}", flush=True)
                 trained = load_trained(run_dir, features=features)
                 map_run(trained.model, trained.prepared, run_dir, seed=seed)
             rows += _rows_of(run_dir, arm, seed)
-            if model in ("mostpop", "itemknn_cbf"):  # deterministic: the same result stands for every seed
+            if model in FLOORS:  # deterministic: the same result stands for every seed
                 rows += [{**r, "seed": s} for r in _rows_of(run_dir, arm, seed) for s in seeds[1:]]
     return rows, time.perf_counter() - start
 
 
-def summarise(rows: list[dict[str, Any]], floor: str = "itemknn_cbf") -> pd.DataFrame:
-    """Mean ± std per arm, and the paired test against the floor on cold-setting per-user R@20."""
+def pick_floor(frame: pd.DataFrame) -> str:
+    """The ItemKNN-CBF arm with the best mean VALID cold-setting R@20 (ties: the combined one)."""
+    floors = frame[frame["arm"].str.fullmatch(rf"{FLOOR}(-.+)?")]
+    if floors.empty:
+        raise ValueError(f"no {FLOOR} arm to compare with")
+    valid = floors.groupby("arm", sort=False)["cold_valid_r20"].mean().fillna(float("-inf"))
+    return max(valid.index, key=lambda arm: (valid[arm], arm == FLOOR))
+
+
+def summarise(rows: list[dict[str, Any]], floor: str | None = None) -> pd.DataFrame:
+    """Mean ± std per arm, and the paired test against the floor (default: ``pick_floor``) on
+    cold-setting per-user R@20; ``table.attrs["floor"]`` names it."""
     from pipeline.evaluation.settings import setting_column
     from pipeline.study.stats import holm, paired_test
 
     frame = pd.DataFrame(rows)
+    floor = floor or pick_floor(frame)
     column = setting_column("cold", "recall@20")
 
     def per_user(path: str) -> pd.DataFrame:
@@ -191,6 +216,7 @@ def summarise(rows: list[dict[str, Any]], floor: str = "itemknn_cbf") -> pd.Data
                     "diff_vs_floor": test.mean_diff if test else None})  # fmt: skip
     table = pd.DataFrame(out)
     table["p_holm"] = holm(list(table["p_vs_floor"]))
+    table.attrs["floor"] = floor
     return table
 
 
@@ -198,8 +224,10 @@ def markdown(table: pd.DataFrame, title: str) -> str:
     def f(m: float, s: float) -> str:
         return "-" if m != m else f"{m:.4f} ± {s:.4f}"
 
-    lines = [f"### {title}", "", "| arm | seeds (capped) | cold R@20 | cold N@20 | hybrid cold R@20 | hybrid warm R@20 "
-             "| cold in top 20 | vs ItemKNN-CBF (cold R@20) | Holm p |", "|" + " --- |" * 9]  # fmt: skip
+    floor = table.attrs.get("floor", FLOOR)
+    lines = [f"### {title}", "", f"Compared with: `{floor}` (the ItemKNN-CBF variant best on valid).", "",
+             "| arm | seeds (capped) | cold R@20 | cold N@20 | hybrid cold R@20 | hybrid warm R@20 "
+             f"| cold in top 20 | vs {floor} (cold R@20) | Holm p |", "|" + " --- |" * 9]  # fmt: skip
     for r in table.itertuples():
         share = "-" if r.cold_share_mean != r.cold_share_mean else f"{r.cold_share_mean:.1%}"
         diff = "floor" if r.diff_vs_floor is None or r.diff_vs_floor != r.diff_vs_floor else f"{r.diff_vs_floor:+.4f}"
