@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cpu_threads import bound_omp_spin
+
+bound_omp_spin()  # before any test imports torch: the suite shares its 2 cores with whatever else runs
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")

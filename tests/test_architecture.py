@@ -2,7 +2,8 @@
 
 Floors, lowest first; a module may import its own floor and the floors below it::
 
-    storage - (pipeline.settings, pipeline.device, pipeline.cluster, pipeline.summary, pipeline.quiet)
+    storage - (pipeline.settings, pipeline.device, pipeline.cluster, pipeline.summary, pipeline.quiet,
+    pipeline.cpu_threads)
     - (encoders, models) - pipeline.data - pipeline.features - pipeline.evaluation
     - pipeline.training - pipeline.serving - pipeline.reporting - pipeline.job
     - pipeline.study - pipeline.cli
@@ -12,7 +13,8 @@ it, then models are trained and evaluated on both.
 
 ``flows`` (Prefect only) may import ``pipeline.job``, ``pipeline.study``,
 ``pipeline.reporting``, ``pipeline.training`` (it implements the run-executor interface on
-Prefect's task runner), ``pipeline.settings``, ``pipeline.cluster`` and ``pipeline.quiet``, and
+Prefect's task runner), ``pipeline.settings``, ``pipeline.cluster``, ``pipeline.quiet`` and
+``pipeline.cpu_threads``, and
 nothing else of the core; only the CLI's Prefect commands import ``flows``, lazily, inside
 the command. First-party imports sit at the top of files (imports inside functions hid
 cycles before), and the module graph has no cycle.
@@ -28,7 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("storage", "encoders", "models", "pipeline", "flows")
 FLOORS: list[tuple[str, ...]] = [
     ("storage",),
-    ("pipeline.settings", "pipeline.device", "pipeline.cluster", "pipeline.summary", "pipeline.quiet"),
+    (
+        "pipeline.settings",
+        "pipeline.device",
+        "pipeline.cluster",
+        "pipeline.summary",
+        "pipeline.quiet",
+        "pipeline.cpu_threads",
+    ),
     ("encoders", "models"),
     ("pipeline.data",),
     ("pipeline.features",),
@@ -50,6 +59,7 @@ FLOWS_MAY_IMPORT = (
     "pipeline.settings",
     "pipeline.cluster",
     "pipeline.quiet",
+    "pipeline.cpu_threads",
 )
 
 

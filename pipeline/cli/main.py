@@ -26,10 +26,13 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from pipeline.cli.common import console
+from pipeline.cpu_threads import bound_omp_spin
 from pipeline.quiet import quiet_known_warnings
 from storage.errors import DamagedFile, DiskFull
 
-quiet_known_warnings()  # at the entry point, before any command module imports torch or an encoder
+# at the entry point, before any command module imports torch or an encoder
+bound_omp_spin()
+quiet_known_warnings()
 
 # command -> (module that defines it, the first line of its docstring: what `befa --help` shows)
 COMMANDS: dict[str, tuple[str, str]] = {
