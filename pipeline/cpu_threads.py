@@ -11,13 +11,13 @@ Measured on the project's 2-core VM (2026-12-06, 2 torch threads, one training e
 ``python -m benchmarks.profile_epoch`` on movielens, seconds; "loaded": one single-threaded
 befa training process, at nice 10, on the other core):
 
-=================  =========================  =========================  ========================
-GOMP_SPINCOUNT     quiet: LightGCN/BM3/FREEDOM  loaded: LightGCN/BM3/FREEDOM  tests/serving (s), quiet/loaded
-=================  =========================  =========================  ========================
-300,000 (default)  0.085 / 0.32 / 0.22         9.97 / 12.3 / 15.1         9.8 / 104.6
-10,000 (befa's)    0.093 / 0.28 / 0.23         0.53 / 1.46 / 1.47         9.8 / 20.2
-1,000              0.139 / 0.40 / 0.31         0.16 / 0.74 / 0.58         11.1 / 10.8
-=================  =========================  =========================  ========================
+=================  ===============================  ================================  =================================
+GOMP_SPINCOUNT     quiet: LightGCN / BM3 / FREEDOM  loaded: LightGCN / BM3 / FREEDOM  serving tests (s): quiet / loaded
+=================  ===============================  ================================  =================================
+300,000 (default)  0.085 / 0.32 / 0.22              9.97 / 12.3 / 15.1                9.8 / 104.6
+10,000 (befa's)    0.093 / 0.28 / 0.23              0.53 / 1.46 / 1.47                9.8 / 20.2
+1,000              0.139 / 0.40 / 0.31              0.16 / 0.74 / 0.58                11.1 / 10.8
+=================  ===============================  ================================  =================================
 
 (``OMP_WAIT_POLICY=PASSIVE``, no spin at all: quiet 0.21 / 0.50 / 0.45.) 10,000 costs nothing
 measurable on a quiet machine and removes most of the loss on a shared one; the rest of it is
