@@ -21,8 +21,9 @@ GOMP_SPINCOUNT     quiet: LightGCN / BM3 / FREEDOM  loaded: LightGCN / BM3 / FRE
 
 (``OMP_WAIT_POLICY=PASSIVE``, no spin at all: quiet 0.21 / 0.50 / 0.45.) 10,000 costs nothing
 measurable on a quiet machine and removes most of the loss on a shared one; the rest of it is
-two threads competing for one core (one thread, ``befa run --threads 1``, is the cure there:
-about 0.11 s for the same LightGCN epoch). It changes no result: only how long an idle thread spins.
+two threads competing for one core (one thread, ``befa run --threads 1`` or any command under
+``taskset -c 0``, is the cure there: about 0.11 s for the same LightGCN epoch). It changes no
+result: only how long an idle thread spins.
 
 :func:`bound_omp_spin` sets it, unless the user set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``
 (theirs wins). ``libgomp`` reads it once, when torch is imported, so it is called first thing
