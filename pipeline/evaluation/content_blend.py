@@ -85,21 +85,6 @@ class ContentBlend:
         return users, torch.cat([self.mapped, self.content], dim=1)
 
 
-def blended_sides(
-    user_emb: Tensor,
-    mapped_emb: Tensor,
-    features: dict[str, Tensor],
-    train_users: Tensor,
-    train_items: Tensor,
-    warm: Tensor,
-    weight: float,
-) -> tuple[Tensor, Tensor]:
-    """:meth:`ContentBlend.sides` for one w (nothing computed at w = 0)."""
-    if weight == 0:
-        return user_emb, mapped_emb
-    return ContentBlend(user_emb, mapped_emb, features, train_users, train_items, warm).sides(weight)
-
-
 def blended_from_history(
     user_emb: Tensor,
     mapped_emb: Tensor,
@@ -108,6 +93,9 @@ def blended_from_history(
     warm: Tensor,
     weight: float,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`blended_sides` with the train interactions given as a user -> items table (serving)."""
+    """:meth:`ContentBlend.sides` for one w, with the train interactions given as a user -> items
+    table (serving); nothing computed at w = 0."""
+    if weight == 0:
+        return user_emb, mapped_emb
     owner = torch.repeat_interleave(torch.arange(train.num_users, device=train.items.device), train.counts())
-    return blended_sides(user_emb, mapped_emb, features, owner, train.items, warm, weight)
+    return ContentBlend(user_emb, mapped_emb, features, owner, train.items, warm).sides(weight)

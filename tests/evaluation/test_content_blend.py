@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.itemknn_cbf import cbf_embeddings
-from pipeline.evaluation.content_blend import BLEND_WEIGHTS, blended_from_history, blended_sides
+from pipeline.evaluation.content_blend import BLEND_WEIGHTS, ContentBlend, blended_from_history
 from pipeline.evaluation.evaluator import UserItems
 from tests.training.test_mapping import _two_clusters
 
@@ -14,9 +14,8 @@ from tests.training.test_mapping import _two_clusters
 def _sides(weight: float):
     data = _two_clusters()
     mapped = data.item_emb + 0.3 * torch.randn(data.item_emb.shape, generator=torch.Generator().manual_seed(1))
-    users, items = blended_sides(
-        data.user_emb, mapped, data.features, data.train_users, data.train_items, data.warm, weight
-    )
+    blend = ContentBlend(data.user_emb, mapped, data.features, data.train_users, data.train_items, data.warm)
+    users, items = blend.sides(weight)
     return data, mapped, users, items
 
 
@@ -54,4 +53,4 @@ def test_the_history_table_gives_the_same_sides_and_bad_weights_are_refused():
     again_users, again_items = blended_from_history(data.user_emb, mapped, data.features, table, data.warm, 0.5)
     assert torch.allclose(again_users, users, atol=1e-5) and torch.equal(again_items, items)
     with pytest.raises(ValueError, match="floor's share"):
-        blended_sides(data.user_emb, mapped, data.features, data.train_users, data.train_items, data.warm, 1.5)
+        ContentBlend(data.user_emb, mapped, data.features, data.train_users, data.train_items, data.warm).sides(1.5)
