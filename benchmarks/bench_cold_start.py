@@ -169,9 +169,10 @@ def train_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float]:
                 print(f"remap {arm} seed {seed}", flush=True)
                 trained = load_trained(run_dir, features=features)
                 map_run(trained.model, trained.prepared, run_dir, seed=seed)
-            rows += _rows_of(run_dir, arm, seed)
+            found = _rows_of(run_dir, arm, seed)
+            rows += found
             if model in FLOORS:  # deterministic: the same result stands for every seed
-                rows += [{**r, "seed": s} for r in _rows_of(run_dir, arm, seed) for s in seeds[1:]]
+                rows += [{**r, "seed": s} for r in found for s in seeds[1:]]
     return rows, time.perf_counter() - start
 
 
