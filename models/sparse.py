@@ -6,7 +6,8 @@ CSR structure of its transpose, built once):
 - ``graph @ x`` is a CSR product with autograd. The gradient for x is ``G^T grad``: one
   more CSR product through the transpose kept in the graph (for a symmetric graph, the
   graph itself). The gradient for the values, when they require it (LATTICE's learned
-  graph), is one dot product per entry, gathered in chunks.
+  graph), is one dot product per entry (:func:`entry_dots`, torch's sampled dense-dense
+  product).
 - ``propagate(graph, [E_u, E_i], L)`` is LightGCN's mean of H^(0..L), H^(l+1) = G H^(l),
   as one autograd node (its backward is the same mean through G^T).
 - ``coalesce_sum`` sums duplicate entries differentiably (mixing several graphs).
@@ -148,6 +149,28 @@ class SparseGraph:
         return _SpMM.apply(self.values, x, self)
 
 
+def entry_dots(graph: SparseGraph, a: Tensor, b: Tensor) -> Tensor:
+    """<a_i, b_j> for every entry (i, j) of ``graph``, in its entry order: dL/dG_ij for G @ b
+    with dL/d(G @ b) = a (a sampled dense-dense product, SDDMM).
+
+    Why ``torch.sparse.sampled_addmm``: the gathered form, (a[row] * b[col]).sum(-1), moves
+    two (entries x d) tables through memory; measured on LATTICE's learned graph of movielens
+    (1,682 items, 60,679 entries, d 64, one thread) 7.5 ms against 0.36 ms for the native
+    kernel. The gathered form stays for what the kernel does not take (other dtypes), in
+    chunks that bound its temporaries."""
+    if a.dtype in (torch.float32, torch.float64) and a.dtype == b.dtype and graph.values.numel():
+        pattern = csr_tensor(
+            graph.crow, graph.col, torch.zeros(graph.col.numel(), dtype=a.dtype, device=a.device), graph.shape
+        )
+        return torch.sparse.sampled_addmm(pattern, a.contiguous(), b.t(), beta=0.0).values()
+    out = torch.empty(graph.col.numel(), dtype=a.dtype, device=a.device)
+    step = max(1, GATHER_ELEMENTS // max(b.size(1), 1))
+    for s in range(0, out.numel(), step):
+        r, c = graph.row[s : s + step], graph.col[s : s + step]
+        out[s : s + step] = (a[r] * b[c]).sum(-1)
+    return out
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values: Tensor, x: Tensor, graph: SparseGraph) -> Tensor:  # type: ignore[override]
@@ -161,12 +184,7 @@ class _SpMM(torch.autograd.Function):
         g: SparseGraph = ctx.graph
         grad_values = grad_x = None
         if ctx.needs_input_grad[0]:
-            # dL/dG_ij = <grad_out_i, x_j>, in chunks of entries to bound the gather.
-            grad_values = torch.empty_like(values)
-            step = max(1, GATHER_ELEMENTS // max(x.size(1), 1))
-            for s in range(0, values.numel(), step):
-                r, c = g.row[s : s + step], g.col[s : s + step]
-                grad_values[s : s + step] = (grad_out[r] * x[c]).sum(-1)
+            grad_values = entry_dots(g, grad_out, x.to(grad_out.dtype)).to(values.dtype)
         if ctx.needs_input_grad[1]:
             grad_x = csr_product(g.t_crow, g.t_col, g.transposed_values(), (g.num_cols, g.num_rows), grad_out)
         return grad_values, grad_x, None

@@ -123,6 +123,22 @@ def test_propagate_blocks_match_dense_mean_and_gradient(layers):
     assert propagate(graph, [a, b], 0) == (a, b)
 
 
+def test_sparse_product_value_gradient_is_each_entrys_dot_product():
+    from models.sparse import SparseGraph, coo_to_csr, entry_dots
+
+    g = torch.Generator().manual_seed(4)
+    row, col = torch.randint(0, 6, (20,), generator=g), torch.randint(0, 5, (20,), generator=g)
+    csr = coo_to_csr(row, col, torch.rand(20, generator=g, dtype=torch.float64), (6, 5))
+    graph = SparseGraph.from_csr(csr)
+    values = graph.values.clone().requires_grad_(True)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, y: graph.with_values(v) @ y, (values, x))
+    a, b = torch.randn(6, 3, generator=g), torch.randn(5, 3, generator=g)
+    expected = (a[graph.row] * b[graph.col]).sum(-1)
+    torch.testing.assert_close(entry_dots(graph, a, b), expected)
+    torch.testing.assert_close(entry_dots(graph, a.half(), b.half()).float(), expected, atol=0.05, rtol=0.01)
+
+
 def test_lightgcn_needs_negatives():
     model = LightGCN(tiny_data(), LightGCN.Config(embedding_dim=4))
     users, pos, _ = tiny_batch()
@@ -189,6 +205,30 @@ def test_project_matches_linear_values_and_gradients():
     torch.testing.assert_close(got[0], lin.weight.grad)
     torch.testing.assert_close(got[1], lin.bias.grad)
     torch.testing.assert_close(project(x, lin), lin(x))
+
+
+@pytest.mark.parametrize("share", [0.3, 0.9])  # below and above FULL_TABLE_SHARE: both paths
+def test_trained_table_projection_paths_agree(share):
+    from models.content import FULL_TABLE_SHARE, FeatureProjection
+
+    torch.manual_seed(0)
+    table = torch.randn(20, 6)
+    rows = torch.randperm(20)[: int(share * 20)].sort().values
+    assert (rows.numel() >= FULL_TABLE_SHARE * 20) == (share > FULL_TABLE_SHARE)
+    proj = FeatureProjection(table, 4, trainable=True)
+    g = torch.randn(rows.numel(), 4)
+    (proj(rows) * g).sum().backward()
+    got = [p.grad.clone() for p in (proj.table, proj.proj.weight, proj.proj.bias)]
+    reference = proj.proj(proj.table[rows])  # the plain gathered product
+    for p in proj.parameters():
+        p.grad = None
+    (reference * g).sum().backward()
+    torch.testing.assert_close(proj(rows), reference)
+    for a, p in zip(got, (proj.table, proj.proj.weight, proj.proj.bias)):
+        torch.testing.assert_close(a, p.grad)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[rows] = False
+    assert torch.all(got[0][untouched] == 0)  # rows outside the batch: an exact zero gradient
 
 
 def test_row_topk_equals_torch_topk():
