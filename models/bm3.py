@@ -152,18 +152,20 @@ class BM3(Recommender):
         rows, inv = torch.unique(pos_items, return_inverse=True)
         with torch.no_grad():
             u_target = dropout(u_all[user_rows], p)[user_inv]
-            i_target = dropout(i_all[rows], p)[inv]
+            i_target_rows = dropout(i_all[rows], p)
         u_online = self.predictor(u_all[users])
         i_online = self.predictor(i_all[pos_items])
-        loss = negative_cosine(u_online, i_target) + negative_cosine(i_online, u_target)
+        loss = negative_cosine(u_online, i_target_rows[inv]) + negative_cosine(i_online, u_target)
         loss = loss + self.config.reg * embedding_reg(u_all, i_all, form=self.config.reg_form)
         if len(self.projections) and self.config.cl_weight > 0:
+            # the content terms pair an item with itself: one row per distinct item, weighted
+            # by how often it is in the batch (the same mean as over the batch's rows)
+            share = torch.bincount(inv, minlength=rows.numel()).to(i_target_rows.dtype) / inv.numel()
             cl = 0.0
             for c in self.contents(rows, every_item):
-                with torch.no_grad():
-                    c_target = dropout(c, p)[inv]
-                c_online = self.predictor(c)[inv]
-                cl = cl + negative_cosine(c_online, i_target) + negative_cosine(c_online, c_target)
+                c_target = dropout(c.detach(), p)  # at p = 0 dropout returns its input: detach first
+                c_online = self.predictor(c)
+                cl = cl + negative_cosine(c_online, i_target_rows, share) + negative_cosine(c_online, c_target, share)
             loss = loss + self.config.cl_weight * cl
         return loss
 

@@ -25,6 +25,8 @@ either way (rows outside the batch get an exact zero).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,13 +56,32 @@ class _FrozenInputLinear(torch.autograd.Function):
 def project(x: Tensor, linear: nn.Linear) -> Tensor:
     """``linear(x)`` for a frozen feature table x (no gradient to x).
 
-    Why not ``linear(x)``: its backward forms the weight gradient as g^T x, (d x N)(N x D);
-    on CPU MKL runs the same product as x^T g, (D x N)(N x d), ~15-30% faster for N x 4096
-    tables (measured on this project's 2-core machines), and this is the hottest product of
-    MGCN's and LATTICE's epochs. Same values, same gradient (tested)."""
-    if x.requires_grad or x.device.type != "cpu" or not torch.is_grad_enabled() or x.dim() != 2:
+    The weight gradient is one (N x D) by (N x d) product, and which operand order MKL runs
+    faster depends on the CPU (:func:`weight_gradient_as_xtg`). Same values, same gradient
+    to float rounding (tested), and the same order every time on a given machine."""
+    if (
+        x.requires_grad
+        or x.device.type != "cpu"
+        or not torch.is_grad_enabled()
+        or x.dim() != 2
+        or not weight_gradient_as_xtg()
+    ):
         return F.linear(x, linear.weight, linear.bias)
     return _FrozenInputLinear.apply(x, linear.weight, linear.bias)
+
+
+@functools.cache
+def weight_gradient_as_xtg() -> bool:
+    """Whether the frozen-table projection's weight gradient runs as (x^T g)^T (on AVX2 CPUs)
+    instead of ``F.linear``'s g^T x.
+
+    Measured on this project's 2-core VMs, whose host CPU changes between sittings: on an
+    AVX2 host x^T g was ~15-30% faster for N x 4096 tables; on an AVX-512 host (2026-12-06,
+    one thread) g^T x was faster at every shape tried: 1.76 vs 2.73 ms for 1,682 x 1,280,
+    37.9 vs 63.6 ms for 7,050 x 4,096, and movielens epochs with F.linear ran 7.5% (MGCN),
+    5% (FREEDOM) and 3% (BM3) faster. A fixed rule per CPU keeps a run's arithmetic the same
+    from one call to the next (no timing-dependent choice)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 def make_projection(in_dim: int, out_dim: int) -> nn.Linear:

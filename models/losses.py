@@ -3,7 +3,7 @@
 - ``bpr_loss``: -mean log sigmoid(s_pos - s_neg) for score vectors.
 - ``bpr_from_embeddings``: the same with s = <u, i> (row-wise dot products).
 - ``bpr_gathered``: the same on rows gathered from two tables, fused (gradients scattered once).
-- ``negative_cosine``: 1 - mean cosine(a, b), BM3's alignment term.
+- ``negative_cosine``: 1 - mean cosine(a, b), BM3's alignment term (optionally row-weighted).
 - ``embedding_reg``: the L2-type regulariser in either form, chosen by a model's ``reg_form`` config field:
   ``"squared"`` = 0.5 * sum_t ||t||_F^2 / n (the LightGCN paper's and the reference's
   LATTICE / MGCN ``bpr_loss``), ``"norm"`` = sum_t ||t||_F / n (the reference's
@@ -63,32 +63,37 @@ class _NegativeCosine(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, a: Tensor, b: Tensor, weights: Tensor | None) -> Tensor:  # type: ignore[override]
         na_c = torch.linalg.vector_norm(a, dim=-1).clamp(min=COSINE_EPS)
         nb_c = torch.linalg.vector_norm(b, dim=-1).clamp(min=COSINE_EPS)
         cos = (a * b).sum(-1) / (na_c * nb_c)
-        ctx.save_for_backward(a, b, na_c, nb_c, cos)
-        return 1 - cos.mean()
+        ctx.save_for_backward(a, b, na_c, nb_c, cos, weights)
+        return 1 - (cos.mean() if weights is None else (weights * cos).sum())
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        a, b, na_c, nb_c, cos = ctx.saved_tensors
-        k = -grad / max(cos.numel(), 1)
+        a, b, na_c, nb_c, cos, weights = ctx.saved_tensors
+        k = -grad / max(cos.numel(), 1) if weights is None else -grad * weights
         cross = (k / (na_c * nb_c)).unsqueeze(-1)
         ga = gb = None
         if ctx.needs_input_grad[0]:
             ga = torch.addcmul(cross * b, (-k * cos / na_c.square()).unsqueeze(-1), a)
         if ctx.needs_input_grad[1]:
             gb = torch.addcmul(cross * a, (-k * cos / nb_c.square()).unsqueeze(-1), b)
-        return ga, gb
+        return ga, gb, None
 
 
-def negative_cosine(a: Tensor, b: Tensor) -> Tensor:
-    """1 - mean_r cos(a_r, b_r) over the rows (``F.cosine_similarity``'s values, fewer passes)."""
+def negative_cosine(a: Tensor, b: Tensor, weights: Tensor | None = None) -> Tensor:
+    """1 - mean_r cos(a_r, b_r) over the rows (``F.cosine_similarity``'s values, fewer passes).
+
+    ``weights`` (one per row, summing to 1): 1 - sum_r w_r cos(a_r, b_r) instead. A batch in
+    which row j stands for c_j repeated pairs (BM3's item-only terms) is then computed once
+    per distinct row with w_j = c_j / B: the same value as the repeated rows' mean."""
     if a.dim() != 2 or a.shape != b.shape:
-        return 1 - F.cosine_similarity(a, b, dim=-1).mean()
-    return _NegativeCosine.apply(a, b)
+        cos = F.cosine_similarity(a, b, dim=-1)
+        return 1 - (cos.mean() if weights is None else (weights * cos).sum())
+    return _NegativeCosine.apply(a, b, weights)
 
 
 class _GatheredBPR(torch.autograd.Function):

@@ -117,7 +117,7 @@ from models import graphs
 from models.base import ModelConfig, Recommender, TrainData
 from models.befa import BeFA
 from models.content import FeatureProjection
-from models.losses import RegForm, bpr_from_embeddings, embedding_reg
+from models.losses import RegForm, bpr_gathered, counted_reg
 from models.sparse import SparseGraph, propagate
 
 
@@ -361,17 +361,20 @@ class MGCN(Recommender):
         k = int(torch.searchsorted(uniq, self.num_users))  # sorted: users first, then items
         content_rows = content[uniq]
         side_rows = self.side(content_rows, [torch.cat([u[uniq[:k]], z[uniq[k:] - self.num_users]]) for u, z in views])
-        side, final = side_rows[inv], (content_rows + side_rows)[inv]
+        final_rows = content_rows + side_rows
+        # the batch's u, i+, i- are rows of final_rows: BPR and L2 read them by index, never
+        # gathering (3 x batch) x d copies whose slices' backward fill zero tables
         b = users.numel()
-        u, p, n = final[:b], final[b : 2 * b], final[2 * b :]
-        reg = embedding_reg(u, p, n, form=self.config.reg_form, batch_size=self.config.batch_size)
-        loss = bpr_from_embeddings(u, p, n) + self.config.reg * reg
+        at_u, at_p, at_n = inv[:b], inv[b : 2 * b], inv[2 * b :]
+        pairs = [(final_rows, at_u), (final_rows, at_p), (final_rows, at_n)]
+        reg = counted_reg(pairs, form=self.config.reg_form, batch_size=self.config.batch_size)
+        loss = bpr_gathered(final_rows, final_rows, at_u, at_p, at_n) + self.config.reg * reg
         if not self.authors and self.config.cl_weight > 0:
             t = self.config.temperature
             items_u, items_at, items_n = unique_rows(pos_items)
             users_u, users_at, users_n = unique_rows(users)
-            cl = info_nce(side[b + items_at], content[items_u + self.num_users], t, items_n) + info_nce(
-                side[users_at], content[users_u], t, users_n
+            cl = info_nce(side_rows[at_p[items_at]], content[items_u + self.num_users], t, items_n) + info_nce(
+                side_rows[at_u[users_at]], content[users_u], t, users_n
             )
             loss = loss + self.config.cl_weight * cl
         return loss

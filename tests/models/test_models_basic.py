@@ -191,9 +191,12 @@ def test_dropout_keeps_one_minus_p_scaled_and_passes_gradient_through_the_mask()
         Dropout(1.0)
 
 
-def test_project_matches_linear_values_and_gradients():
+@pytest.mark.parametrize("xtg", [True, False])  # both weight-gradient orders, whatever this CPU picks
+def test_project_matches_linear_values_and_gradients(xtg, monkeypatch):
+    import models.content
     from models.content import project
 
+    monkeypatch.setattr(models.content, "weight_gradient_as_xtg", lambda: xtg)
     torch.manual_seed(0)
     x = torch.randn(9, 6)
     lin = torch.nn.Linear(6, 4)
