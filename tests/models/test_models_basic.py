@@ -210,6 +210,24 @@ def test_project_matches_linear_values_and_gradients(xtg, monkeypatch):
     torch.testing.assert_close(project(x, lin), lin(x))
 
 
+def test_negligible_feature_entries_are_zeroed_in_the_models_copy_only():
+    from models.content import FeatureProjection, without_negligible
+
+    torch.manual_seed(0)
+    table = torch.randn(6, 5)
+    table[:, 3] = 1e-33  # as all-MiniLM-L6-v2's two dead dimensions
+    clean = without_negligible(table)
+    assert torch.all(clean[:, 3] == 0) and torch.equal(clean[:, :3], table[:, :3])
+    assert torch.all(table[:, 3] == 1e-33)  # the caller's table is not modified
+    normal = torch.randn(6, 5)
+    assert without_negligible(normal) is normal  # nothing to clean: no copy
+    frozen, trained = FeatureProjection(table, 4), FeatureProjection(table, 4, trainable=True)
+    assert torch.equal(frozen.table, clean) and torch.equal(trained.table.detach(), clean)
+    torch.testing.assert_close(frozen(), frozen.proj(table))  # no product changes
+    small = table * 1e-25  # a table of tiny scale keeps its entries: the bound is relative
+    assert torch.equal(without_negligible(small)[:, :3], small[:, :3])
+
+
 @pytest.mark.parametrize("share", [0.3, 0.9])  # below and above FULL_TABLE_SHARE: both paths
 def test_trained_table_projection_paths_agree(share):
     from models.content import FULL_TABLE_SHARE, FeatureProjection
