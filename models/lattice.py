@@ -96,14 +96,13 @@ Choices (where the spec is silent or the reference does not scale):
 - The reference's raw feature tables are trainable; here they are frozen buffers unless
   ``train_features=True``.
 - Where an epoch goes (movielens, 22 batches, one thread, ``make bench-profile-epoch``,
-  2026-12-06): 0.24 s for 2.8 GFLOP, 12x its floor at the measured matmul rate: overhead
-  and memory-bound sparse products (13%), elementwise passes and gathers; the learned
-  graph's rebuild (one kNN over the items) once per epoch. Live against the reference:
-  5.6-5.9x, under the 8x target (docs/benchmarks.md). Since then ``pre_epoch`` reuses the
-  kNN search of the evaluation just before it when the basis is bit for bit the same
-  (``_knn_edges``): -15% training time per epoch in an interleaved same-process A/B with the
-  trainer's evaluate-after-each-epoch (0.223 -> 0.190 s, identical losses and embeddings);
-  live against the reference afterwards: 6.3-7.0x training, 6.9-7.2x evaluation.
+  2026-12-06, commit 3f6dfe2): 0.17 s for 2.8 GFLOP, 9.7x its floor at the measured matmul
+  rate: overhead and memory-bound sparse products (15%), elementwise passes and gathers;
+  the learned graph's rebuild (one kNN over the items) once per epoch. ``pre_epoch`` reuses
+  the kNN search of the evaluation just before it when the basis is bit for bit the same
+  (``_knn_edges``: 0.223 -> 0.190 s in an A/B), and the learned graph's value gradient runs
+  as a sampled dense-dense product (``models.sparse.entry_dots``: -11.5%). Live against the
+  reference: training 8.5x frozen, 7.9x trained; evaluation 7.5-7.6x (target 8x for both).
 """
 
 from __future__ import annotations

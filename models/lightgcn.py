@@ -41,11 +41,11 @@ class LightGCN(Recommender):
     - E_u, E_i: Xavier-uniform initialisation (as the reference toolbox).
 
     Where an epoch goes (movielens, 22 batches, one thread, ``make bench-profile-epoch``,
-    2026-12-06): 0.13 s for 1.0 GFLOP, 19x its floor at the measured matmul rate. Overhead
-    bounds it, not arithmetic: the sparse products (21%, a memory-bound gather at ~45
-    GFLOP/s), then elementwise passes, cat and the negative sampler. BPR and L2 run fused
-    (``bpr_gathered``, ``counted_reg``: -24% per epoch). Live against the reference: 4.7-5.9x
-    (docs/benchmarks.md).
+    2026-12-06, commit 3f6dfe2): 0.078 s for 1.0 GFLOP, 13x its floor at the measured matmul
+    rate. Overhead bounds it, not arithmetic: the sparse products (24%, a memory-bound gather
+    at ~45 GFLOP/s), then elementwise passes, cat and the negative sampler. BPR and L2 run
+    fused (``bpr_gathered``, ``counted_reg``: -24% per epoch). Live against the reference:
+    5.0x, on its 5x target (4.3-5.9x over the night's runs; docs/benchmarks.md).
     """
 
     name = "lightgcn"

@@ -96,10 +96,11 @@ Choices (where the spec is silent):
   reference). The kNN graphs G_m are built from the raw features once and cached on disk
   under (feature snapshot, k, variant, split), never by k alone.
 - Where an epoch goes (movielens, 22 batches, one thread, ``make bench-profile-epoch``,
-  2026-12-06): 1.15 s for 31 GFLOP, 5.2x its floor at the measured matmul rate: dense
-  products (projections, the fuser's Linear layers, InfoNCE: 39%), then searchsorted (11%),
-  elementwise passes and gathers. The fuser runs once per distinct batch row (-29% per
-  epoch). Live against the reference: 3.1-3.7x, under the 5x target (docs/benchmarks.md).
+  2026-12-06, commit 3f6dfe2): 0.56 s for 31 GFLOP, 2.9x its floor at the measured matmul
+  rate: dense products (projections, the fuser's Linear layers, InfoNCE: 44%), then
+  elementwise passes, sparse products and gathers. The fuser runs once per distinct batch
+  row (-29% per epoch); BPR and L2 read those rows by index. Live against the reference:
+  5.0x frozen (target 5x), 4.2x trained (docs/benchmarks.md).
 """
 
 from __future__ import annotations
