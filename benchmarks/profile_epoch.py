@@ -1,13 +1,17 @@
 """Where one training epoch's time goes, per model, against its arithmetic floor.
 
     python -m benchmarks.profile_epoch [--models lightgcn,bm3,freedom,mgcn,lattice] [--adapter none|befa]
-        [--epochs 5] [--threads 1] [--top 8] [--train-features] [--json out.json]
+        [--epochs 5] [--threads 1] [--top 8] [--train-features] [--features random|real]
+        [--home DIR] [--json out.json]
 
 Catalog: movielens-100k-posters (befa's ingest, ratings >= 4, seeded 8:1:1 random split,
 44,630 train interactions = 22 batches of 2048), with SEEDED RANDOM features of the
 widths befa extracts (1280-d EfficientNet-Lite2 image, 384-d MiniLM text): speed only, no
-quality figure may be read here. One process, ``--threads`` torch threads (1 by default,
-as the live reference comparison runs).
+quality figure may be read here. ``--features real`` trains on befa's default encoders'
+features instead (extracted into ``--home``'s store the first time: minutes): real
+features can take slow paths random ones never do (MiniLM's near-zero dimensions once made
+a gradient denormal, ``models.content.without_negligible``). One process, ``--threads``
+torch threads (1 by default, as the live reference comparison runs).
 
 Per model it prints:
 - the median training seconds per epoch over ``--epochs`` epochs after one warm-up;
@@ -35,10 +39,13 @@ from typing import Any
 
 MODELS = ("lightgcn", "bm3", "freedom", "mgcn", "lattice")
 IMAGE_DIM, TEXT_DIM = 1280, 384
+REAL_ENCODER = "image=effnet:lite2,text=minilm"  # befa's defaults, as bench-vs-reference trains
 
 
-def movielens_train_data(home: Path, image_dim: int = IMAGE_DIM, text_dim: int = TEXT_DIM):
-    """movielens-100k-posters' seeded random split as befa trains it, with seeded random features."""
+def movielens_train_data(home: Path, image_dim: int = IMAGE_DIM, text_dim: int = TEXT_DIM, features: str = "random"):
+    """movielens-100k-posters' seeded random split as befa trains it, with seeded random
+    features, or (``features="real"``) befa's default encoders' features from ``home``'s
+    store, extracted there first if missing (minutes on CPU)."""
     import torch
 
     from benchmarks.bench_train import random_features
@@ -46,14 +53,20 @@ def movielens_train_data(home: Path, image_dim: int = IMAGE_DIM, text_dim: int =
     from pipeline.data.ingest import ingest
     from pipeline.data.splits import split_random
     from pipeline.data.versions import is_ingested
+    from pipeline.features.load import features_for_training
     from pipeline.settings import get_settings
     from pipeline.training.prepare import prepare_data
+    from storage.feature_store import FeatureStore
 
     settings = get_settings(home=home)
     folder = settings.catalog_dir("movielens-100k-posters")
     catalog = Catalog.load(folder) if is_ingested(folder) else ingest("movielens-100k-posters", settings)[0]
     frame = split_random(catalog, seed=2024).frame
-    feats = random_features(catalog.num_items, image_dim=image_dim, text_dim=text_dim)
+    if features == "real":
+        store = FeatureStore(settings.feature_store)
+        feats = features_for_training(catalog, REAL_ENCODER, store, device="cpu", progress=False)
+    else:
+        feats = random_features(catalog.num_items, image_dim=image_dim, text_dim=text_dim)
     cpu = torch.device("cpu")
     return prepare_data(frame, catalog.num_items, feats, num_users=catalog.num_users, device=cpu).train
 
@@ -173,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--train-features", action="store_true", help="trainable raw feature tables (reference)")
+    parser.add_argument(
+        "--features",
+        choices=("random", "real"),
+        default="random",
+        help="seeded random rows of the real widths, or befa's default encoders' features (from --home's store)",
+    )
     parser.add_argument("--home", type=Path, default=None, help="befa home to ingest movielens into (default: temp)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -186,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     gflops = matmul_gflops(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="befa-profile-") as tmp:
-        data = movielens_train_data(args.home or Path(tmp))
+        data = movielens_train_data(args.home or Path(tmp), features=args.features)
         rows = [profile_model(m, data, args, gflops) for m in models]
     print_report(rows, gflops, args.threads)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

@@ -25,3 +25,9 @@ def test_unknown_model_is_refused_with_the_flag_named(capsys):
     with pytest.raises(SystemExit):
         profile_epoch.main(["--models", "lightgcn,ngcf"])
     assert "--models: unknown ngcf" in capsys.readouterr().err
+
+
+def test_features_flag_takes_only_random_or_real(capsys):
+    with pytest.raises(SystemExit):
+        profile_epoch.main(["--features", "clip"])
+    assert "--features: invalid choice: 'clip'" in capsys.readouterr().err
