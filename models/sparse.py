@@ -156,9 +156,10 @@ def entry_dots(graph: SparseGraph, a: Tensor, b: Tensor) -> Tensor:
     Why ``torch.sparse.sampled_addmm``: the gathered form, (a[row] * b[col]).sum(-1), moves
     two (entries x d) tables through memory; measured on LATTICE's learned graph of movielens
     (1,682 items, 60,679 entries, d 64, one thread) 7.5 ms against 0.36 ms for the native
-    kernel. The gathered form stays for what the kernel does not take (other dtypes), in
-    chunks that bound its temporaries."""
-    if a.dtype in (torch.float32, torch.float64) and a.dtype == b.dtype and graph.values.numel():
+    kernel. The gathered form stays for the rest (other dtypes; CUDA, where the kernel was not
+    measured), in chunks that bound its temporaries."""
+    cpu_float = a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and a.dtype == b.dtype
+    if cpu_float and graph.values.numel():
         pattern = csr_tensor(
             graph.crow, graph.col, torch.zeros(graph.col.numel(), dtype=a.dtype, device=a.device), graph.shape
         )
