@@ -75,8 +75,8 @@ class BM3(Recommender):
     rate: dense products (projections, predictor: 27%), then gathers and ~250 small ops a
     batch. The cosine terms run fused (``negative_cosine``; ``F.cosine_similarity``'s
     divisions were 17% of the epoch), the four content terms once per distinct item with
-    its count as weight (0.234 -> 0.20 s). Live against the reference: 5.3x with frozen
-    tables (target 5x), 3.1x like for like with trained tables (docs/benchmarks.md).
+    its count as weight (0.234 -> 0.20 s). Live against the reference: 5.3-5.4x with
+    frozen tables (target 5x), 2.6-3.1x like for like with trained tables (docs/benchmarks.md).
     """
 
     name = "bm3"

@@ -122,7 +122,7 @@ class FREEDOM(Recommender):
     2026-12-06, commit 3f6dfe2): 0.22 s for 12.1 GFLOP, 2.9x its floor at the measured matmul
     rate: the feature projections of the batch's items every batch (forward and weight
     gradient: 38%, 76 ms), then gathers (index_select 11%) and scatters. BPR runs fused
-    (``bpr_gathered``). Live against the reference: 3.8x frozen, 2.2x trained, under the 8x
+    (``bpr_gathered``). Live against the reference: 3.8-4.2x frozen, 2.2-2.3x trained, under the 8x
     target, which this CPU's arithmetic rules out (docs/benchmarks.md says why).
     """
 

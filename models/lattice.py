@@ -102,7 +102,7 @@ Choices (where the spec is silent or the reference does not scale):
   the kNN search of the evaluation just before it when the basis is bit for bit the same
   (``_knn_edges``: 0.223 -> 0.190 s in an A/B), and the learned graph's value gradient runs
   as a sampled dense-dense product (``models.sparse.entry_dots``: -11.5%). Live against the
-  reference: training 8.5x frozen, 7.9x trained; evaluation 7.5-7.6x (target 8x for both).
+  reference: training 8.3-8.5x frozen, 7.9-8.2x trained; evaluation 7.0-7.8x (target 8x for both).
 """
 
 from __future__ import annotations

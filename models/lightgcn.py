@@ -45,7 +45,8 @@ class LightGCN(Recommender):
     rate. Overhead bounds it, not arithmetic: the sparse products (24%, a memory-bound gather
     at ~45 GFLOP/s), then elementwise passes, cat and the negative sampler. BPR and L2 run
     fused (``bpr_gathered``, ``counted_reg``: -24% per epoch). Live against the reference:
-    5.0x, on its 5x target (4.3-5.9x over the night's runs; docs/benchmarks.md).
+    5.0-5.3x, on its 5x target (4.3-5.9x over the night's runs; docs/benchmarks.md). The two
+    scatters of ``bpr_gathered``'s item gradient: -5.5%.
     """
 
     name = "lightgcn"

@@ -100,7 +100,7 @@ Choices (where the spec is silent):
   rate: dense products (projections, the fuser's Linear layers, InfoNCE: 44%), then
   elementwise passes, sparse products and gathers. The fuser runs once per distinct batch
   row (-29% per epoch); BPR and L2 read those rows by index. Live against the reference:
-  5.0x frozen (target 5x), 4.2x trained (docs/benchmarks.md).
+  4.7-5.0x frozen (target 5x, on the line), 3.5-4.2x trained (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -33,6 +33,24 @@ def test_negative_cosine_gives_no_gradient_to_a_detached_target():
     assert a.grad is not None and b.grad is None
 
 
+def test_weighted_negative_cosine_equals_the_mean_over_repeated_rows():
+    torch.manual_seed(2)
+    a = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    inv = torch.tensor([0, 2, 2, 3, 0, 2, 1])  # a batch in which distinct row j appears count_j times
+    share = torch.bincount(inv, minlength=4).double() / inv.numel()
+    ours = negative_cosine(a, b, share)
+    g_ours = torch.autograd.grad(ours, (a, b))
+    ref = negative_cosine(a[inv], b[inv])
+    g_ref = torch.autograd.grad(ref, (a, b))
+    torch.testing.assert_close(ours, ref)
+    for x, y in zip(g_ours, g_ref):
+        torch.testing.assert_close(x, y)
+    assert torch.autograd.gradcheck(lambda x, y: negative_cosine(x, y, share), (a, b))
+    # the fallback path (not 2-d) weighs the same way
+    torch.testing.assert_close(negative_cosine(a[None], b[None], share[None]), ours.detach(), check_dtype=False)
+
+
 def test_gathered_bpr_matches_the_gathered_rows_form_with_repeated_rows():
     torch.manual_seed(1)
     users_t = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
