@@ -39,7 +39,6 @@ from typing import Any
 
 MODELS = ("lightgcn", "bm3", "freedom", "mgcn", "lattice")
 IMAGE_DIM, TEXT_DIM = 1280, 384
-REAL_ENCODER = "image=effnet:lite2,text=minilm"  # befa's defaults, as bench-vs-reference trains
 
 
 def movielens_train_data(home: Path, image_dim: int = IMAGE_DIM, text_dim: int = TEXT_DIM, features: str = "random"):
@@ -49,6 +48,7 @@ def movielens_train_data(home: Path, image_dim: int = IMAGE_DIM, text_dim: int =
     import torch
 
     from benchmarks.bench_train import random_features
+    from benchmarks.vs_reference_data import REAL_ENCODER  # befa's defaults, as bench-vs-reference trains
     from pipeline.data.catalog import Catalog
     from pipeline.data.ingest import ingest
     from pipeline.data.splits import split_random

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 FULL_TABLE_SHARE = 0.6
 # Entries of a feature table below this times its largest magnitude are set to 0 (``without_negligible``).
 NEGLIGIBLE = 1e-20
+CLEAN_CHUNK_ELEMENTS = 1 << 22  # entries per chunk of that check (16 MB of float32): tables reach GBs
 
 
 class _FrozenInputLinear(torch.autograd.Function):
@@ -102,9 +103,20 @@ def without_negligible(table: Tensor) -> Tensor:
     fingerprints are untouched: this is the models' copy of the table."""
     if not table.is_floating_point() or not table.numel():
         return table
-    scale = float(table.abs().max())
-    tiny = (table != 0) & (table.abs() < NEGLIGIBLE * scale)
-    return table.masked_fill(tiny, 0.0) if bool(tiny.any()) else table
+    low, high = torch.aminmax(table)  # one pass, no table-sized temporary
+    bound = NEGLIGIBLE * max(abs(float(low)), abs(float(high)))
+    step = max(1, CLEAN_CHUNK_ELEMENTS // max(table[0].numel(), 1))  # rows per chunk: bounded temporaries
+
+    def tiny(part: Tensor) -> Tensor:
+        return (part != 0) & (part.abs() < bound)
+
+    if not any(bool(tiny(table[s : s + step]).any()) for s in range(0, table.size(0), step)):
+        return table
+    out = table.clone()
+    for s in range(0, out.size(0), step):
+        part = out[s : s + step]
+        part.masked_fill_(tiny(part), 0.0)
+    return out
 
 
 def make_projection(in_dim: int, out_dim: int) -> nn.Linear:

@@ -210,7 +210,7 @@ def test_project_matches_linear_values_and_gradients(xtg, monkeypatch):
     torch.testing.assert_close(project(x, lin), lin(x))
 
 
-def test_negligible_feature_entries_are_zeroed_in_the_models_copy_only():
+def test_negligible_feature_entries_are_zeroed_in_the_models_copy_only(monkeypatch):
     from models.content import FeatureProjection, without_negligible
 
     torch.manual_seed(0)
@@ -226,6 +226,11 @@ def test_negligible_feature_entries_are_zeroed_in_the_models_copy_only():
     torch.testing.assert_close(frozen(), frozen.proj(table))  # no product changes
     small = table * 1e-25  # a table of tiny scale keeps its entries: the bound is relative
     assert torch.equal(without_negligible(small)[:, :3], small[:, :3])
+    import models.content
+
+    monkeypatch.setattr(models.content, "CLEAN_CHUNK_ELEMENTS", 7)  # one row per chunk: the chunked passes
+    torch.testing.assert_close(without_negligible(table), clean, rtol=0, atol=0)
+    assert without_negligible(normal) is normal
 
 
 @pytest.mark.parametrize("share", [0.3, 0.9])  # below and above FULL_TABLE_SHARE: both paths
